@@ -1,0 +1,524 @@
+//! `config.toml` → a validated [`Config`]. Unknown keys are errors; every error names the file,
+//! the key and the reason on one line. Secrets live in [`Secret`], which never prints itself.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configuration problem, reported as `FILE: KEY: REASON`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{reason}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The dotted key at fault (empty when the whole file is).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A secret value (password, client secret). Debug, Display and Serialize print a mask, so it
+/// cannot leak into logs, errors or `check-config` output by accident.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is compared or sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+const MASK: &str = "********";
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(MASK)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// An IP address or CIDR range, written either way in the config (`10.0.0.1`, `10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange(pub IpNet);
+
+impl IpRange {
+    /// Whether `ip` is inside the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip)
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(Self(net.trunc()));
+        }
+        text.parse::<IpAddr>()
+            .map(|ip| Self(IpNet::from(ip)))
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))
+    }
+}
+
+impl<'de> Deserialize<'de> for IpRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for IpRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// The whole configuration, validated, with relative paths resolved and secrets loaded.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The webhook listener.
+    pub server: ServerConfig,
+    /// Where the SQLite file is.
+    pub database: DatabaseConfig,
+    /// Ordering rule and group-commit tuning.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP listener that takes Musement's webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Path Musement posts webhooks to.
+    pub path: String,
+    /// Largest accepted body; larger ones get 413 without being read.
+    pub max_body_bytes: usize,
+    /// Time a client has to send the request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the body; also bounds the wait for the commit.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most open connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Peers allowed to post webhooks (empty: anyone who passes auth).
+    pub allow_ips: Vec<IpRange>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpRange>,
+    /// Basic auth expected on webhooks (absent: none).
+    pub auth: Option<AuthConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            path: "/webhooks/musement".into(),
+            max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
+            allow_ips: Vec::new(),
+            trusted_proxies: Vec::new(),
+            auth: None,
+        }
+    }
+}
+
+/// `[server.auth]`: the Basic credentials Musement sends. Exactly one password source.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Expected user name.
+    pub username: String,
+    /// The password itself (prefer `password_env` or `password_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored; relative to the config file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The password, loaded from whichever source is set.
+    #[serde(skip)]
+    pub resolved_password: Secret,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The SQLite file; a relative path is resolved against the config file's folder.
+    pub path: PathBuf,
+    /// How long a write waits for a lock held by another process before giving up (then 503).
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            path: "orderwatch.db".into(),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How far one source's time must lead the other's to be believed.
+    #[serde(with = "humantime_serde")]
+    pub skew_margin: Duration,
+    /// Most updates committed in one transaction (1 = a commit per request).
+    pub max_batch: usize,
+    /// Updates that may wait for the writer; beyond that webhooks get 503 + Retry-After.
+    pub queue_capacity: usize,
+    /// Rejected webhooks kept (oldest pruned).
+    pub rejected_keep: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            skew_margin: Duration::from_secs(5),
+            max_batch: 512,
+            queue_capacity: 4096,
+            rejected_keep: 1000,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `orderwatch=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path` (relative paths resolve against its
+    /// folder).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config = parse(text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base, path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    fn resolve(&mut self, base: &Path, file: &Path) -> Result<(), ConfigError> {
+        if self.database.path.is_relative() {
+            self.database.path = base.join(&self.database.path);
+        }
+        if let Some(auth) = &mut self.server.auth {
+            if let Some(secret_file) = &mut auth.password_file
+                && secret_file.is_relative()
+            {
+                *secret_file = base.join(&*secret_file);
+            }
+            auth.resolved_password = resolve_secret(
+                file,
+                "server.auth.password",
+                auth.password.as_ref(),
+                auth.password_env.as_deref(),
+                auth.password_file.as_deref(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let error = |key: &str, reason: &str| {
+            Err(ConfigError {
+                file: file.to_owned(),
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        let server = &self.server;
+        if !server.path.starts_with('/') {
+            return error("server.path", "must start with '/'");
+        }
+        if ["/healthz", "/readyz"].contains(&server.path.as_str()) {
+            return error("server.path", "is reserved for health checks");
+        }
+        if server.max_body_bytes == 0 {
+            return error("server.max_body_bytes", "must be at least 1");
+        }
+        for (key, value) in [
+            ("server.header_read_timeout", server.header_read_timeout),
+            ("server.request_timeout", server.request_timeout),
+            ("database.busy_timeout", self.database.busy_timeout),
+        ] {
+            if value.is_zero() {
+                return error(key, "must be longer than 0s");
+            }
+        }
+        if server.max_connections == 0 {
+            return error("server.max_connections", "must be at least 1");
+        }
+        if let Some(auth) = &server.auth {
+            if auth.username.is_empty() {
+                return error("server.auth.username", "must not be empty");
+            }
+            if auth.username.contains(':') {
+                return error(
+                    "server.auth.username",
+                    "must not contain ':' (Basic auth cannot carry it)",
+                );
+            }
+        }
+        let exposed = !server.listen.ip().is_loopback() || !server.trusted_proxies.is_empty();
+        if exposed && server.auth.is_none() && server.allow_ips.is_empty() {
+            return error(
+                "server",
+                "listening beyond loopback (or behind trusted_proxies) needs [server.auth] or allow_ips",
+            );
+        }
+        if self.store.max_batch == 0 {
+            return error("store.max_batch", "must be at least 1");
+        }
+        if self.store.queue_capacity == 0 {
+            return error("store.queue_capacity", "must be at least 1");
+        }
+        if self.store.skew_margin > Duration::from_secs(3600) {
+            return error("store.skew_margin", "must be at most 1h");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return error("log.level", &format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let located = |key: String, error: &toml::de::Error| ConfigError {
+        file: path.to_owned(),
+        key,
+        reason: match error.span() {
+            Some(span) => format!(
+                "{} (line {})",
+                error.message().trim(),
+                line_of(text, span.start)
+            ),
+            None => error.message().trim().to_owned(),
+        },
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| located(String::new(), &e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        located(if key == "." { String::new() } else { key }, e.inner())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Loads a secret from exactly one of `KEY`, `KEY_env` or `KEY_file`; errors name `key` but
+/// never the value.
+pub fn resolve_secret(
+    file: &Path,
+    key: &str,
+    value: Option<&Secret>,
+    env: Option<&str>,
+    secret_file: Option<&Path>,
+) -> Result<Secret, ConfigError> {
+    let error = |key: String, reason: String| ConfigError {
+        file: file.to_owned(),
+        key,
+        reason,
+    };
+    let secret = match (value, env, secret_file) {
+        (Some(value), None, None) => value.clone(),
+        (None, Some(var), None) => std::env::var(var).map(Secret).map_err(|_| {
+            error(
+                format!("{key}_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        (None, None, Some(path)) => std::fs::read_to_string(path)
+            .map(|text| Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
+            .map_err(|e| {
+                error(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?,
+        _ => {
+            return Err(error(
+                key.into(),
+                format!("set exactly one of {key}, {key}_env, {key}_file"),
+            ));
+        }
+    };
+    if secret.expose().is_empty() {
+        return Err(error(key.into(), "is empty".into()));
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/orderwatch/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_loopback_defaults_and_resolves_the_database_path() {
+        let config = load("").unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.server.path, "/webhooks/musement");
+        assert_eq!(config.server.max_body_bytes, 65536);
+        assert_eq!(
+            config.database.path,
+            Path::new("/etc/orderwatch/orderwatch.db")
+        );
+        assert_eq!(config.store.skew_margin, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let err = load("[server]\nlisten = \"127.0.0.1:1\"\npaht = \"/x\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/orderwatch/config.toml: server"),
+            "{text}"
+        );
+        assert!(text.contains("unknown field `paht`"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = load("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert_eq!(err.key, "server.listen");
+        let err = load("[server]\nallow_ips = [\"10.0.0.0/8\", \"bogus\"]\n").unwrap_err();
+        assert_eq!(err.key, "server.allow_ips[1]");
+        let err = load("[store]\nskew_margin = \"soon\"\n").unwrap_err();
+        assert_eq!(err.key, "store.skew_margin");
+    }
+
+    #[test]
+    fn exposed_listener_needs_auth_or_allowlist() {
+        let err = load("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!(err.key, "server");
+        let err = load("[server]\ntrusted_proxies = [\"127.0.0.1\"]\n").unwrap_err();
+        assert_eq!(err.key, "server");
+        load("[server]\nlisten = \"0.0.0.0:8080\"\nallow_ips = [\"203.0.113.0/24\", \"2001:db8::1\"]\n").unwrap();
+    }
+
+    #[test]
+    fn password_sources_are_exclusive_and_masked() {
+        let err = load("[server.auth]\nusername = \"u\"\n").unwrap_err();
+        assert_eq!(err.key, "server.auth.password");
+        let err = load("[server.auth]\nusername = \"u\"\npassword = \"p\"\npassword_env = \"X\"\n")
+            .unwrap_err();
+        assert_eq!(err.key, "server.auth.password");
+        let err =
+            load("[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_TEST_UNSET_VAR\"\n")
+                .unwrap_err();
+        assert_eq!(err.key, "server.auth.password_env");
+
+        let config = load("[server.auth]\nusername = \"u\"\npassword = \"Swordfish\"\n").unwrap();
+        let auth = config.server.auth.as_ref().unwrap();
+        assert_eq!(auth.resolved_password.expose(), "Swordfish");
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains("Swordfish"), "{shown}");
+        assert!(shown.contains(MASK), "{shown}");
+        assert!(!format!("{config:?}").contains("Swordfish"));
+    }
+
+    #[test]
+    fn password_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "Swordfish\n").unwrap();
+        let path = dir.path().join("config.toml");
+        let config = Config::from_toml(
+            "[server.auth]\nusername = \"u\"\npassword_file = \"pw\"\n",
+            &path,
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.auth.unwrap().resolved_password.expose(),
+            "Swordfish"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! orderwatch keeps a durable, reconciled SQLite copy of Musement order-item statuses.
+//!
+//! Webhooks ([`receiver`]) and, later, polls of `GET /orders/{uuid}` both become an
+//! [`observation::Observation`]; the single [`store::writer`] applies each one through
+//! [`store::apply`], whose ordering rule is the pure [`store::decide`]. [`startup`] wires it
+//! together for `main` and for the tests.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod observation;
+pub mod receiver;
+pub mod startup;
+pub mod store;

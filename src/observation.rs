@@ -1,0 +1,342 @@
+//! The one value both ingest paths produce: an [`Observation`] of one order item's status.
+//!
+//! The receiver builds it from a webhook body ([`Observation::from_webhook`]); the reconciler
+//! builds it from a polled order. Everything downstream (the ordering rule, the store, the event
+//! log) sees only this type.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// An order item status. The six documented values are variants; anything else Musement may
+/// add later is kept verbatim in `Other` (stored, logged), never rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Status {
+    Pending,
+    Ok,
+    Ko,
+    RefundStarted,
+    Refunded,
+    CancellationError,
+    Other(String),
+}
+
+impl Status {
+    /// Parses a status string; unknown values become `Other`.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "PENDING" => Self::Pending,
+            "OK" => Self::Ok,
+            "KO" => Self::Ko,
+            "REFUND_STARTED" => Self::RefundStarted,
+            "REFUNDED" => Self::Refunded,
+            "CANCELLATION_ERROR" => Self::CancellationError,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The wire and database spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Ok => "OK",
+            Self::Ko => "KO",
+            Self::RefundStarted => "REFUND_STARTED",
+            Self::Refunded => "REFUNDED",
+            Self::CancellationError => "CANCELLATION_ERROR",
+            Self::Other(text) => text,
+        }
+    }
+
+    /// True for a value outside the documented six.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Self::Other(_))
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which ingest path an observation came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Webhook,
+    Poll,
+}
+
+impl Source {
+    /// The database spelling (`webhook` / `poll`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Poll => "poll",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "webhook" => Some(Self::Webhook),
+            "poll" => Some(Self::Poll),
+            _ => None,
+        }
+    }
+}
+
+/// Where an observation sits in Musement's history of the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A webhook: Musement's per-item counter and the item's update time.
+    Webhook {
+        /// `order_item_version`, at most `i64::MAX` (SQLite's integer range).
+        version: i64,
+        /// `order_item_updated`, as Musement sent it (the rule clamps far-future values).
+        updated: DateTime<Utc>,
+    },
+    /// A poll of `GET /orders/{uuid}`: no version, only the response's `Date` header.
+    Poll {
+        /// Musement's server time of the response (our clock when the header is missing).
+        as_of: DateTime<Utc>,
+    },
+}
+
+impl Position {
+    /// The ingest path this position belongs to.
+    pub fn source(&self) -> Source {
+        match self {
+            Self::Webhook { .. } => Source::Webhook,
+            Self::Poll { .. } => Source::Poll,
+        }
+    }
+
+    /// The webhook version, if any.
+    pub fn version(&self) -> Option<i64> {
+        match self {
+            Self::Webhook { version, .. } => Some(*version),
+            Self::Poll { .. } => None,
+        }
+    }
+}
+
+/// Order-level facts that came with an observation; each path fills what it knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFacts {
+    /// Webhook `order_id` (a numeric string; not the `MUS…` identifier).
+    pub id: Option<String>,
+    /// Webhook `order_version`.
+    pub version: Option<i64>,
+    /// Webhook `order_created`.
+    pub created: Option<DateTime<Utc>>,
+    /// Webhook `order_updated`.
+    pub updated: Option<DateTime<Utc>>,
+    /// Polled order `status` (only a poll has it).
+    pub status: Option<String>,
+    /// Polled order `identifier`, e.g. `MUS0738876` (only a poll has it).
+    pub identifier: Option<String>,
+}
+
+/// One observed state of one order item, from either ingest path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// The order item's UUID.
+    pub item: Uuid,
+    /// The UUID of the order the item belongs to.
+    pub order: Uuid,
+    /// The item status observed.
+    pub status: Status,
+    /// Version and time (webhook) or response time (poll).
+    pub position: Position,
+    /// Webhook `order_item_created`, when known.
+    pub item_created: Option<DateTime<Utc>>,
+    /// What the observation said about the order.
+    pub order_facts: OrderFacts,
+    /// When orderwatch received it, by its own clock.
+    pub received_at: DateTime<Utc>,
+    /// The JSON kept in the event log: the webhook body as received, or the polled item without
+    /// personal data.
+    pub raw: String,
+}
+
+/// Why a webhook body was refused, naming the field at fault. Maps to HTTP 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct PayloadError {
+    /// The offending field (`body` when the whole body is at fault).
+    pub field: &'static str,
+    /// What is wrong with it, in a few words.
+    pub reason: String,
+}
+
+impl PayloadError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Observation {
+    /// Parses a Musement order-item webhook body (the ten documented fields; extra fields are
+    /// ignored) received at `received_at`.
+    pub fn from_webhook(body: &[u8], received_at: DateTime<Utc>) -> Result<Self, PayloadError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|e| PayloadError::new("body", format!("not UTF-8: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| PayloadError::new("body", format!("malformed JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(PayloadError::new("body", "expected a JSON object"));
+        };
+        let order_facts = OrderFacts {
+            id: Some(digits(&fields, "order_id")?),
+            version: Some(version(&fields, "order_version")?),
+            created: Some(timestamp(&fields, "order_created")?),
+            updated: Some(timestamp(&fields, "order_updated")?),
+            status: None,
+            identifier: None,
+        };
+        Ok(Self {
+            item: uuid(&fields, "order_item_uuid")?,
+            order: uuid(&fields, "order_uuid")?,
+            status: status(&fields, "order_item_status")?,
+            position: Position::Webhook {
+                version: version(&fields, "order_item_version")?,
+                updated: timestamp(&fields, "order_item_updated")?,
+            },
+            item_created: Some(timestamp(&fields, "order_item_created")?),
+            order_facts,
+            received_at,
+            raw: text.to_owned(),
+        })
+    }
+}
+
+fn required<'a>(
+    fields: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a Value, PayloadError> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Err(PayloadError::new(field, "missing")),
+        Some(value) => Ok(value),
+    }
+}
+
+fn string<'a>(
+    fields: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, PayloadError> {
+    match required(fields, field)? {
+        Value::String(text) if text.is_empty() => Err(PayloadError::new(field, "empty string")),
+        Value::String(text) => Ok(text),
+        other => Err(PayloadError::new(
+            field,
+            format!("expected a string, got {}", kind(other)),
+        )),
+    }
+}
+
+fn uuid(fields: &Map<String, Value>, field: &'static str) -> Result<Uuid, PayloadError> {
+    let text = string(fields, field)?;
+    Uuid::try_parse(text).map_err(|_| PayloadError::new(field, "not a UUID"))
+}
+
+fn status(fields: &Map<String, Value>, field: &'static str) -> Result<Status, PayloadError> {
+    Ok(Status::parse(string(fields, field)?))
+}
+
+/// A non-negative integer sent as a string of digits (documented) or as a bare JSON number.
+fn digits(fields: &Map<String, Value>, field: &'static str) -> Result<String, PayloadError> {
+    match required(fields, field)? {
+        Value::String(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(text.clone())
+        }
+        Value::String(text) if text.is_empty() => Err(PayloadError::new(field, "empty string")),
+        Value::String(_) => Err(PayloadError::new(field, "expected a string of digits")),
+        Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        Value::Number(_) => Err(PayloadError::new(
+            field,
+            "expected a non-negative whole number",
+        )),
+        other => Err(PayloadError::new(
+            field,
+            format!("expected a string of digits, got {}", kind(other)),
+        )),
+    }
+}
+
+/// A version counter: digits that fit SQLite's signed 64-bit integers.
+fn version(fields: &Map<String, Value>, field: &'static str) -> Result<i64, PayloadError> {
+    let text = digits(fields, field)?;
+    text.parse::<i64>().map_err(|_| {
+        PayloadError::new(
+            field,
+            format!("exceeds the largest supported version {}", i64::MAX),
+        )
+    })
+}
+
+/// Musement sends `2018-12-10T13:12:40+0000`; RFC 3339 (`+00:00`, `Z`, fractions) is accepted too.
+fn timestamp(
+    fields: &Map<String, Value>,
+    field: &'static str,
+) -> Result<DateTime<Utc>, PayloadError> {
+    let text = string(fields, field)?;
+    parse_musement_time(text).ok_or_else(|| {
+        PayloadError::new(
+            field,
+            "not a timestamp like 2018-12-10T13:12:40+0000 or RFC 3339",
+        )
+    })
+}
+
+/// Parses a Musement timestamp in either accepted form.
+pub fn parse_musement_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::<FixedOffset>::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(text))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn musement_and_rfc3339_times_agree() {
+        let musement = parse_musement_time("2018-12-10T13:12:40+0000").unwrap();
+        for other in [
+            "2018-12-10T13:12:40+00:00",
+            "2018-12-10T13:12:40Z",
+            "2018-12-10T15:12:40+0200",
+            "2018-12-10T13:12:40.000Z",
+        ] {
+            assert_eq!(parse_musement_time(other), Some(musement), "{other}");
+        }
+        assert_eq!(parse_musement_time("2018-12-10 13:12:40"), None);
+        assert_eq!(parse_musement_time("yesterday"), None);
+    }
+
+    #[test]
+    fn unknown_status_is_kept_verbatim() {
+        let status = Status::parse("ON_HOLD");
+        assert!(status.is_unknown());
+        assert_eq!(status.as_str(), "ON_HOLD");
+        assert_eq!(Status::parse("REFUND_STARTED"), Status::RefundStarted);
+    }
+}

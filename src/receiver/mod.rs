@@ -1,0 +1,360 @@
+//! The HTTP side: routes, access control, limits, and the mapping of every failure to one
+//! precise status. A webhook gets 200 only after the writer confirmed its commit.
+
+pub mod auth;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::header::{
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use self::auth::{BasicCredentials, allowed, client_ip};
+use crate::clock::Clock;
+use crate::config::{IpRange, ServerConfig};
+use crate::observation::{Observation, PayloadError, Position};
+use crate::store::Outcome;
+use crate::store::RejectedWebhook;
+use crate::store::writer::{WriteError, Writer};
+
+/// What the receiver needs from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ReceiverSettings {
+    /// Webhook path.
+    pub path: String,
+    /// Body size limit.
+    pub max_body_bytes: usize,
+    /// Bound on reading the body and on waiting for the commit.
+    pub request_timeout: Duration,
+    /// Allowed client addresses (empty: all).
+    pub allow_ips: Vec<IpRange>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpRange>,
+    /// Required Basic credentials, if any.
+    pub auth: Option<BasicCredentials>,
+}
+
+impl From<&ServerConfig> for ReceiverSettings {
+    fn from(server: &ServerConfig) -> Self {
+        Self {
+            path: server.path.clone(),
+            max_body_bytes: server.max_body_bytes,
+            request_timeout: server.request_timeout,
+            allow_ips: server.allow_ips.clone(),
+            trusted_proxies: server.trusted_proxies.clone(),
+            auth: server.auth.as_ref().map(|auth| BasicCredentials {
+                username: auth.username.clone(),
+                password: auth.resolved_password.clone(),
+            }),
+        }
+    }
+}
+
+/// The request handler shared by every connection.
+pub struct Receiver {
+    settings: ReceiverSettings,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    /// Set once shutdown begins: `/readyz` then answers 503 so load balancers stop sending.
+    draining: AtomicBool,
+}
+
+/// Every way a request can end, each with exactly one status code.
+#[derive(Debug)]
+enum Reply {
+    Stored(Outcome),
+    Healthy,
+    Ready,
+    NotFound,
+    MethodNotAllowed(&'static str),
+    Forbidden,
+    Unauthorized,
+    UnsupportedMediaType,
+    TooLarge,
+    BodyTimeout,
+    BodyUnreadable(String),
+    Invalid(PayloadError),
+    Unavailable(WriteError),
+    NotReady(String),
+}
+
+impl Reply {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Stored(_) | Self::Healthy | Self::Ready => StatusCode::OK,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyUnreadable(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short word for the request log.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Stored(outcome) => outcome.as_str(),
+            Self::Healthy | Self::Ready => "ok",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooLarge => "too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyUnreadable(_) => "body_unreadable",
+            Self::Invalid(_) => "invalid",
+            Self::Unavailable(WriteError::QueueFull) => "queue_full",
+            Self::Unavailable(_) => "store_unavailable",
+            Self::NotReady(_) => "not_ready",
+        }
+    }
+
+    fn body(&self) -> serde_json::Value {
+        match self {
+            Self::Stored(outcome) => json!({ "outcome": outcome.as_str() }),
+            Self::Healthy | Self::Ready => json!({ "status": "ok" }),
+            Self::Invalid(error) => {
+                json!({ "error": "invalid payload", "field": error.field, "reason": error.reason })
+            }
+            Self::BodyUnreadable(reason) => {
+                json!({ "error": "could not read body", "reason": reason })
+            }
+            Self::Unavailable(error) => {
+                json!({ "error": "not stored, retry later", "reason": error.to_string() })
+            }
+            Self::NotReady(reason) => json!({ "error": "not ready", "reason": reason }),
+            other => json!({ "error": other.status().canonical_reason().unwrap_or("error") }),
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::builder()
+            .status(self.status())
+            .header(CONTENT_TYPE, "application/json");
+        match &self {
+            Self::MethodNotAllowed(allow) => response = response.header(ALLOW, *allow),
+            Self::Unauthorized => {
+                response = response.header(WWW_AUTHENTICATE, "Basic realm=\"orderwatch\"")
+            }
+            Self::Unavailable(_) | Self::NotReady(_) => {
+                response = response.header(RETRY_AFTER, "1")
+            }
+            // The body was (partly) left unread: close rather than parse its rest as a request.
+            Self::TooLarge | Self::BodyTimeout | Self::BodyUnreadable(_) => {
+                response = response.header(CONNECTION, "close")
+            }
+            _ => {}
+        }
+        let body = Bytes::from(self.body().to_string());
+        response
+            .body(Full::new(body))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}
+
+impl Receiver {
+    /// A handler that stores through `writer`.
+    pub fn new(settings: ReceiverSettings, writer: Writer, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            settings,
+            writer,
+            clock,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the start of shutdown.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Handles one request from `peer` and logs one line about it.
+    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let reply = self.route(request, peer).await;
+        let status = reply.status().as_u16();
+        let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        if status >= 500 {
+            tracing::warn!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
+        } else {
+            tracing::info!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
+        }
+        reply.into_response()
+    }
+
+    async fn route<B>(&self, request: Request<B>, peer: SocketAddr) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = request.uri().path();
+        let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+        match path {
+            "/healthz" if read_only => Reply::Healthy,
+            "/readyz" if read_only => self.readiness().await,
+            "/healthz" | "/readyz" => Reply::MethodNotAllowed("GET, HEAD"),
+            _ if path == self.settings.path => {
+                if request.method() == Method::POST {
+                    self.webhook(request, peer).await
+                } else {
+                    Reply::MethodNotAllowed("POST")
+                }
+            }
+            _ => Reply::NotFound,
+        }
+    }
+
+    async fn readiness(&self) -> Reply {
+        if self.draining.load(Ordering::SeqCst) {
+            return Reply::NotReady("shutting down".into());
+        }
+        match tokio::time::timeout(self.settings.request_timeout, self.writer.ping()).await {
+            Ok(Ok(())) => Reply::Ready,
+            Ok(Err(error)) => Reply::NotReady(error.to_string()),
+            Err(_) => Reply::NotReady("database did not answer in time".into()),
+        }
+    }
+
+    async fn webhook<B>(&self, request: Request<B>, peer: SocketAddr) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let headers = request.headers();
+        let client = client_ip(peer.ip(), headers, &self.settings.trusted_proxies);
+        if !allowed(client, &self.settings.allow_ips) {
+            return Reply::Forbidden;
+        }
+        if let Some(credentials) = &self.settings.auth
+            && !credentials.accepts(headers)
+        {
+            return Reply::Unauthorized;
+        }
+        if !content_type_is_json(headers) {
+            return Reply::UnsupportedMediaType;
+        }
+        let declared_length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|n| n > self.settings.max_body_bytes as u64) {
+            return Reply::TooLarge;
+        }
+        let body = match self.read_body(request.into_body()).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let received_at = self.clock.now();
+        let observation = match Observation::from_webhook(&body, received_at) {
+            Ok(observation) => observation,
+            Err(error) => return self.reject(error, body, peer, received_at).await,
+        };
+        warn_about_oddities(&observation);
+        match tokio::time::timeout(
+            self.settings.request_timeout,
+            self.writer.apply(observation),
+        )
+        .await
+        {
+            Ok(Ok(outcome)) => Reply::Stored(outcome),
+            Ok(Err(error)) => Reply::Unavailable(error),
+            Err(_) => {
+                Reply::Unavailable(WriteError::Storage("commit did not finish in time".into()))
+            }
+        }
+    }
+
+    /// Reads at most `max_body_bytes` within `request_timeout`.
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, Reply>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let limited = Limited::new(body, self.settings.max_body_bytes);
+        match tokio::time::timeout(self.settings.request_timeout, limited.collect()).await {
+            Err(_) => Err(Reply::BodyTimeout),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(Reply::TooLarge)
+            }
+            Ok(Err(error)) => Err(Reply::BodyUnreadable(error.to_string())),
+        }
+    }
+
+    /// Keeps an authenticated but invalid webhook for operators, then answers 400. If even that
+    /// cannot be stored the answer stays 400: a retry of the same body would fail the same way.
+    async fn reject(
+        &self,
+        error: PayloadError,
+        body: Bytes,
+        peer: SocketAddr,
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Reply {
+        tracing::warn!(field = error.field, reason = %error.reason, %peer, "rejected webhook");
+        let rejected = RejectedWebhook {
+            received_at,
+            peer: peer.to_string(),
+            field: error.field.to_owned(),
+            error: error.reason.clone(),
+            body: body.to_vec(),
+        };
+        let stored = tokio::time::timeout(
+            self.settings.request_timeout,
+            self.writer.record_rejected(rejected),
+        )
+        .await;
+        if !matches!(stored, Ok(Ok(()))) {
+            tracing::warn!("could not keep the rejected webhook in rejected_webhooks");
+        }
+        Reply::Invalid(error)
+    }
+}
+
+/// Absent is fine (Musement sends JSON); present must be `application/json` or `…+json`.
+fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Accepted but unusual input is stored and logged, never silently normalised.
+fn warn_about_oddities(observation: &Observation) {
+    if observation.status.is_unknown() {
+        tracing::warn!(item = %observation.item, status = %observation.status, "undocumented item status; stored as sent");
+    }
+    if let Position::Webhook { updated, .. } = observation.position
+        && updated > observation.received_at + chrono::Duration::hours(1)
+    {
+        tracing::warn!(item = %observation.item, %updated, "order_item_updated is far in the future; the rule clamps it");
+    }
+}

@@ -1,0 +1,251 @@
+//! The one store function every ingest path goes through: [`apply`] reads the item's row, asks
+//! the pure rule what to do, writes the result and logs the observation.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rule::{ItemState, Outcome, Rules, decide, musement_time};
+use crate::clock::{from_db_text, to_db_text};
+use crate::observation::{Observation, Position, Source, Status};
+
+/// The longest a persistent doubt pushes an order's re-poll out.
+const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
+
+/// Applies one observation inside the caller's transaction and returns the rule's outcome.
+/// `now` is our clock at commit time (for `first_seen_at`, `changed_at`, re-poll marks).
+pub fn apply(
+    conn: &Connection,
+    observation: &Observation,
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Outcome> {
+    upsert_order(conn, observation, now)?;
+    let current = load_item(conn, &observation.item.to_string())?;
+    let decision = decide(current.as_ref(), observation, rules);
+    if current.as_ref() != Some(&decision.state) {
+        let status_changed = current.as_ref().map(|c| &c.status) != Some(&decision.state.status);
+        write_item(conn, observation, &decision.state, status_changed, now)?;
+    }
+    append_event(conn, observation, decision.outcome, rules)?;
+    if decision.outcome.needs_repoll() {
+        mark_for_repoll(conn, &observation.order.to_string(), rules, now)?;
+    }
+    Ok(decision.outcome)
+}
+
+/// Creates the order row if needed and merges order-level facts: webhook facts follow the
+/// `order_version` rule, poll-only facts their own `order_polled_as_of`.
+fn upsert_order(
+    conn: &Connection,
+    observation: &Observation,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let facts = &observation.order_facts;
+    // SQLite evaluates every SET expression against the old row, so both CASEs see the old version.
+    conn.prepare_cached(
+        "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated, first_seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (order_uuid) DO UPDATE SET
+           order_id = coalesce(orders.order_id, excluded.order_id),
+           order_created = coalesce(orders.order_created, excluded.order_created),
+           order_updated = CASE WHEN excluded.order_version > coalesce(orders.order_version, -1)
+                                THEN excluded.order_updated ELSE orders.order_updated END,
+           order_version = CASE WHEN excluded.order_version > coalesce(orders.order_version, -1)
+                                THEN excluded.order_version ELSE orders.order_version END",
+    )?
+    .execute(params![
+        observation.order.to_string(),
+        facts.id,
+        facts.version,
+        facts.created.map(to_db_text),
+        facts.updated.map(to_db_text),
+        to_db_text(now),
+    ])?;
+    if let Position::Poll { as_of } = observation.position
+        && (facts.status.is_some() || facts.identifier.is_some())
+    {
+        conn.prepare_cached(
+            "UPDATE orders SET order_status = coalesce(?2, order_status),
+                               identifier = coalesce(?3, identifier),
+                               order_polled_as_of = ?4
+             WHERE order_uuid = ?1 AND (order_polled_as_of IS NULL OR order_polled_as_of < ?4)",
+        )?
+        .execute(params![
+            observation.order.to_string(),
+            facts.status,
+            facts.identifier,
+            to_db_text(as_of),
+        ])?;
+    }
+    Ok(())
+}
+
+fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<ItemState>> {
+    conn.prepare_cached(
+        "SELECT status, status_version, item_version, as_of, as_of_source, source
+         FROM order_items WHERE item_uuid = ?1",
+    )?
+    .query_row([item_uuid], |row| {
+        Ok(ItemState {
+            status: Status::parse(&row.get::<_, String>(0)?),
+            status_version: row.get(1)?,
+            item_version: row.get(2)?,
+            as_of: parse_time(row, 3)?,
+            as_of_source: parse_source(row, 4)?,
+            source: parse_source(row, 5)?,
+        })
+    })
+    .optional()
+}
+
+fn parse_time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = row.get(index)?;
+    from_db_text(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn parse_source(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Source> {
+    let text: String = row.get(index)?;
+    Source::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown source {text:?}").into(),
+        )
+    })
+}
+
+fn write_item(
+    conn: &Connection,
+    observation: &Observation,
+    state: &ItemState,
+    status_changed: bool,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    // item_updated follows item_version: only the webhook that raised the version sets it.
+    let updated = match observation.position {
+        Position::Webhook { version, updated } if state.item_version == Some(version) => {
+            Some(to_db_text(updated))
+        }
+        _ => None,
+    };
+    let now = to_db_text(now);
+    conn.prepare_cached(
+        "INSERT INTO order_items (item_uuid, order_uuid, status, item_version, status_version,
+                                  item_created, item_updated, as_of, as_of_source, source,
+                                  first_seen_at, changed_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11)
+         ON CONFLICT (item_uuid) DO UPDATE SET
+           status = excluded.status,
+           item_version = excluded.item_version,
+           status_version = excluded.status_version,
+           item_created = coalesce(order_items.item_created, excluded.item_created),
+           item_updated = coalesce(excluded.item_updated, order_items.item_updated),
+           as_of = excluded.as_of,
+           as_of_source = excluded.as_of_source,
+           source = excluded.source,
+           changed_at = CASE WHEN ?12 THEN excluded.changed_at ELSE order_items.changed_at END,
+           updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        observation.item.to_string(),
+        observation.order.to_string(),
+        state.status.as_str(),
+        state.item_version,
+        state.status_version,
+        observation.item_created.map(to_db_text),
+        updated,
+        to_db_text(state.as_of),
+        state.as_of_source.as_str(),
+        state.source.as_str(),
+        now,
+        status_changed,
+    ])?;
+    Ok(())
+}
+
+fn append_event(
+    conn: &Connection,
+    observation: &Observation,
+    outcome: Outcome,
+    rules: &Rules,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version, as_of,
+                                  received_at, outcome, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        observation.item.to_string(),
+        observation.order.to_string(),
+        observation.position.source().as_str(),
+        observation.status.as_str(),
+        observation.position.version(),
+        to_db_text(musement_time(observation, rules)),
+        to_db_text(observation.received_at),
+        outcome.as_str(),
+        observation.raw,
+    ])?;
+    Ok(())
+}
+
+/// Asks for a poll of the order after `skew_margin`, doubling the wait each time the doubt
+/// comes back while a mark is already due (Musement's state settles it; see the reconciler).
+fn mark_for_repoll(
+    conn: &Connection,
+    order_uuid: &str,
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let (pending, attempts): (Option<String>, i64) = conn
+        .prepare_cached("SELECT repoll_at, repoll_attempts FROM orders WHERE order_uuid = ?1")?
+        .query_row([order_uuid], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let now_text = to_db_text(now);
+    if pending.is_some_and(|at| at > now_text) {
+        return Ok(()); // already marked for a future poll; one poll settles every item
+    }
+    let base = rules.skew_margin.max(Duration::seconds(1));
+    let delay = (base * 2i32.saturating_pow(attempts.clamp(0, 12) as u32)).min(MAX_REPOLL_DELAY);
+    conn.prepare_cached(
+        "UPDATE orders SET repoll_at = ?2, repoll_attempts = repoll_attempts + 1 WHERE order_uuid = ?1",
+    )?
+    .execute(params![order_uuid, to_db_text(now + delay)])?;
+    Ok(())
+}
+
+/// An authenticated webhook that failed validation, kept for operators.
+#[derive(Debug, Clone)]
+pub struct RejectedWebhook {
+    /// Our clock when it arrived.
+    pub received_at: DateTime<Utc>,
+    /// The client address it came from.
+    pub peer: String,
+    /// The offending field (`body` when the whole body was at fault).
+    pub field: String,
+    /// The validation error.
+    pub error: String,
+    /// The body as received.
+    pub body: Vec<u8>,
+}
+
+/// Stores a rejected webhook and prunes the table to the newest `keep` rows.
+pub fn record_rejected(
+    conn: &Connection,
+    rejected: &RejectedWebhook,
+    keep: u32,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO rejected_webhooks (received_at, peer, field, error, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        to_db_text(rejected.received_at),
+        rejected.peer,
+        rejected.field,
+        rejected.error,
+        rejected.body,
+    ])?;
+    conn.prepare_cached("DELETE FROM rejected_webhooks WHERE id <= last_insert_rowid() - ?1")?
+        .execute([keep])?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! SQLite storage: opening and migrating the database, the one function that applies an
+//! observation ([`apply`]), the group-commit [`writer`], and read-side queries.
+
+mod apply;
+pub mod rule;
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use apply::{RejectedWebhook, apply, record_rejected};
+pub use rule::{Decision, ItemState, Outcome, Rules, decide};
+
+/// The schema version this binary writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this orderwatch knows ({known}); upgrade orderwatch"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("database {path}: could not switch to WAL journal mode (got {mode})")]
+    NoWal { path: String, mode: String },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Opens (creating if needed) the database for writing, in WAL mode with `synchronous=FULL` so
+/// a commit survives power loss, and brings its schema up to date.
+pub fn open_for_writing(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_error)?;
+    conn.busy_timeout(busy_timeout).map_err(open_error)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only (CLI and readiness checks), refusing a newer schema.
+pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    conn.busy_timeout(busy_timeout).map_err(open_error)?;
+    let found = schema_version(&conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}
+
+fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found = schema_version(&tx)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (from, script) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(script)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_in_wal_with_full_sync_and_refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = open_for_writing(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+        let err = open_read_only(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            err.to_string().contains("newer than this orderwatch knows"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_does_not_remigrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
+        conn.execute(
+            "INSERT INTO orders (order_uuid, first_seen_at) VALUES ('x', '2020-01-01T00:00:00.000Z')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,372 @@
+//! The ordering rule: one pure function, [`decide`], with no I/O. The store calls it for every
+//! observation from every path; proptests and the fuzzer call it directly.
+//!
+//! Webhooks carry Musement's per-item version, which orders them among themselves. Polls carry
+//! no version, only the Musement server time of the response, which can trail or lead the
+//! webhooks' `order_item_updated` by clock offset and read lag. So: between webhooks the version
+//! decides; across sources the time decides, but only when it leads by more than `skew_margin`;
+//! in between we keep what we have and ask for a fresh poll (see README "The ordering rule").
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::observation::{Observation, Position, Source, Status};
+
+/// Tuning of the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// How far one source's time must lead the other's before it is believed (`[store] skew_margin`).
+    pub skew_margin: Duration,
+    /// A webhook's `order_item_updated` is clamped to at most `received_at` plus this, so a
+    /// far-future timestamp cannot freeze the row.
+    pub max_future: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            skew_margin: Duration::seconds(5),
+            max_future: Duration::hours(1),
+        }
+    }
+}
+
+/// The reconciled state of one item, as stored in `order_items`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemState {
+    /// Current status.
+    pub status: Status,
+    /// Version of the webhook that set `status`; `None` when a poll set it.
+    pub status_version: Option<i64>,
+    /// Highest webhook version seen; `None` while only polls have been seen.
+    pub item_version: Option<i64>,
+    /// Musement time up to which `status` is known to hold.
+    pub as_of: DateTime<Utc>,
+    /// Which path `as_of` came from.
+    pub as_of_source: Source,
+    /// Which path set `status`.
+    pub source: Source,
+}
+
+/// What the rule made of an observation; stored in `item_events.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The observation set the status (new item, newer version, or a poll clearly later).
+    Applied,
+    /// A poll agreed with the current status (and advanced `as_of` when clearly later).
+    Confirmed,
+    /// Already known: the same version again.
+    Duplicate,
+    /// Older than what is stored.
+    Stale,
+    /// Same version as the one that set the status, but another status. Kept the row; re-poll.
+    Conflict,
+    /// Sources disagree within the skew margin. Kept the status; re-poll to settle it.
+    Doubtful,
+}
+
+impl Outcome {
+    /// The database and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Confirmed => "confirmed",
+            Self::Duplicate => "duplicate",
+            Self::Stale => "stale",
+            Self::Conflict => "conflict",
+            Self::Doubtful => "doubtful",
+        }
+    }
+
+    /// Whether the order must be polled again because the sources disagree.
+    pub fn needs_repoll(self) -> bool {
+        matches!(self, Self::Conflict | Self::Doubtful)
+    }
+}
+
+/// The rule's verdict: the outcome and the state to store (equal to the current one when
+/// nothing changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub state: ItemState,
+}
+
+/// The Musement time an observation speaks for: a webhook's `order_item_updated` (clamped to
+/// `received_at + max_future`) or a poll's `Date`.
+pub fn musement_time(observation: &Observation, rules: &Rules) -> DateTime<Utc> {
+    match observation.position {
+        Position::Webhook { updated, .. } => {
+            updated.min(observation.received_at + rules.max_future)
+        }
+        Position::Poll { as_of } => as_of,
+    }
+}
+
+/// Decides what `observation` does to an item whose stored state is `current` (`None`: new item).
+pub fn decide(current: Option<&ItemState>, observation: &Observation, rules: &Rules) -> Decision {
+    let time = musement_time(observation, rules);
+    let Some(current) = current else {
+        return Decision {
+            outcome: Outcome::Applied,
+            state: ItemState {
+                status: observation.status.clone(),
+                status_version: observation.position.version(),
+                item_version: observation.position.version(),
+                as_of: time,
+                as_of_source: observation.position.source(),
+                source: observation.position.source(),
+            },
+        };
+    };
+    match observation.position {
+        Position::Webhook { version, .. } => {
+            decide_webhook(current, &observation.status, version, time, rules)
+        }
+        Position::Poll { .. } => decide_poll(current, &observation.status, time, rules),
+    }
+}
+
+fn decide_webhook(
+    current: &ItemState,
+    status: &Status,
+    version: i64,
+    time: DateTime<Utc>,
+    rules: &Rules,
+) -> Decision {
+    let keep = |outcome| Decision {
+        outcome,
+        state: current.clone(),
+    };
+    match current.item_version {
+        Some(seen) if version < seen => return keep(Outcome::Stale),
+        Some(seen) if version == seen => {
+            let set_status = current.status_version == Some(version);
+            return keep(if set_status && current.status != *status {
+                Outcome::Conflict
+            } else {
+                Outcome::Duplicate
+            });
+        }
+        _ => {}
+    }
+    // A version above everything seen. Against another webhook it wins outright; against a poll
+    // it must be clearly later than what the poll saw.
+    let clearly_later = time > current.as_of + rules.skew_margin;
+    if current.as_of_source == Source::Webhook || clearly_later {
+        Decision {
+            outcome: Outcome::Applied,
+            state: ItemState {
+                status: status.clone(),
+                status_version: Some(version),
+                item_version: Some(version),
+                as_of: if current.as_of_source == Source::Webhook {
+                    time.max(current.as_of)
+                } else {
+                    time
+                },
+                as_of_source: Source::Webhook,
+                source: Source::Webhook,
+            },
+        }
+    } else {
+        Decision {
+            outcome: Outcome::Doubtful,
+            state: ItemState {
+                item_version: Some(version),
+                ..current.clone()
+            },
+        }
+    }
+}
+
+fn decide_poll(
+    current: &ItemState,
+    status: &Status,
+    time: DateTime<Utc>,
+    rules: &Rules,
+) -> Decision {
+    let same_status = current.status == *status;
+    let keep = |outcome| Decision {
+        outcome,
+        state: current.clone(),
+    };
+    // Against a poll, any later response wins; against a webhook it must lead by the margin.
+    let later = match current.as_of_source {
+        Source::Poll => time > current.as_of,
+        Source::Webhook => time > current.as_of + rules.skew_margin,
+    };
+    if later {
+        let state = if same_status {
+            ItemState {
+                as_of: time,
+                as_of_source: Source::Poll,
+                ..current.clone()
+            }
+        } else {
+            ItemState {
+                status: status.clone(),
+                status_version: None,
+                as_of: time,
+                as_of_source: Source::Poll,
+                source: Source::Poll,
+                ..current.clone()
+            }
+        };
+        let outcome = if same_status {
+            Outcome::Confirmed
+        } else {
+            Outcome::Applied
+        };
+        return Decision { outcome, state };
+    }
+    match current.as_of_source {
+        Source::Poll => keep(Outcome::Stale),
+        Source::Webhook if same_status => keep(Outcome::Confirmed),
+        Source::Webhook => keep(Outcome::Doubtful),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::OrderFacts;
+    use uuid::Uuid;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn webhook(version: i64, status: Status, updated: i64) -> Observation {
+        Observation {
+            item: Uuid::nil(),
+            order: Uuid::nil(),
+            status,
+            position: Position::Webhook {
+                version,
+                updated: at(updated),
+            },
+            item_created: None,
+            order_facts: OrderFacts::default(),
+            received_at: at(updated),
+            raw: String::new(),
+        }
+    }
+
+    fn poll(status: Status, as_of: i64) -> Observation {
+        Observation {
+            position: Position::Poll { as_of: at(as_of) },
+            ..webhook(0, status, as_of)
+        }
+    }
+
+    fn after(steps: &[Observation]) -> (Option<ItemState>, Vec<Outcome>) {
+        let rules = Rules::default();
+        let mut state = None;
+        let mut outcomes = Vec::new();
+        for step in steps {
+            let decision = decide(state.as_ref(), step, &rules);
+            outcomes.push(decision.outcome);
+            state = Some(decision.state);
+        }
+        (state, outcomes)
+    }
+
+    use Outcome::*;
+    use Status::{Ok as OK, Pending, Refunded};
+
+    #[test]
+    fn webhooks_order_by_version() {
+        let (state, outcomes) = after(&[
+            webhook(2, OK, 10),
+            webhook(1, Pending, 5),
+            webhook(2, OK, 10),
+            webhook(3, Refunded, 20),
+        ]);
+        assert_eq!(outcomes, [Applied, Stale, Duplicate, Applied]);
+        let state = state.unwrap();
+        assert_eq!(state.status, Refunded);
+        assert_eq!(
+            (state.item_version, state.status_version),
+            (Some(3), Some(3))
+        );
+    }
+
+    #[test]
+    fn same_version_other_status_is_a_conflict_that_keeps_the_row() {
+        let (state, outcomes) = after(&[webhook(4, OK, 10), webhook(4, Refunded, 10)]);
+        assert_eq!(outcomes, [Applied, Conflict]);
+        assert_eq!(state.unwrap().status, OK);
+    }
+
+    #[test]
+    fn poll_must_lead_a_webhook_by_the_margin() {
+        // Webhook at t=10; margin 5 s.
+        let (state, outcomes) = after(&[webhook(1, Pending, 10), poll(OK, 14)]);
+        assert_eq!(outcomes, [Applied, Doubtful]);
+        assert_eq!(state.unwrap().status, Pending);
+
+        let (state, outcomes) = after(&[webhook(1, Pending, 10), poll(Pending, 14)]);
+        assert_eq!(outcomes, [Applied, Confirmed]);
+        assert_eq!(
+            state.unwrap().as_of,
+            at(10),
+            "within the margin as_of does not move"
+        );
+
+        let (state, outcomes) = after(&[webhook(1, Pending, 10), poll(OK, 16)]);
+        assert_eq!(outcomes, [Applied, Applied]);
+        let state = state.unwrap();
+        assert_eq!(
+            (state.status, state.status_version, state.source),
+            (OK, None, Source::Poll)
+        );
+        assert_eq!(
+            state.item_version,
+            Some(1),
+            "the highest version seen is kept"
+        );
+    }
+
+    #[test]
+    fn late_webhook_older_than_a_poll_does_not_undo_it() {
+        // Poll at t=30 says REFUNDED; a webhook for version 2 (OK at t=20) arrives late.
+        let (state, outcomes) = after(&[
+            webhook(1, Pending, 10),
+            poll(Refunded, 30),
+            webhook(2, OK, 20),
+        ]);
+        assert_eq!(outcomes, [Applied, Applied, Doubtful]);
+        let state = state.unwrap();
+        assert_eq!(state.status, Refunded);
+        assert_eq!(state.item_version, Some(2));
+        // Its duplicate is recognised as already recorded.
+        let decision = decide(Some(&state), &webhook(2, OK, 20), &Rules::default());
+        assert_eq!(decision.outcome, Duplicate);
+    }
+
+    #[test]
+    fn newer_webhook_beats_an_older_poll() {
+        let (state, outcomes) = after(&[poll(Pending, 10), webhook(5, OK, 20)]);
+        assert_eq!(outcomes, [Applied, Applied]);
+        assert_eq!(state.unwrap().status, OK);
+    }
+
+    #[test]
+    fn polls_order_by_time() {
+        let (state, outcomes) =
+            after(&[poll(OK, 20), poll(Pending, 10), poll(OK, 20), poll(OK, 21)]);
+        assert_eq!(outcomes, [Applied, Stale, Stale, Confirmed]);
+        assert_eq!(state.unwrap().as_of, at(21));
+    }
+
+    #[test]
+    fn far_future_webhook_time_is_clamped() {
+        let mut far = webhook(1, OK, 0);
+        far.position = Position::Webhook {
+            version: 1,
+            updated: at(10 * 365 * 86_400),
+        };
+        let (state, _) = after(&[far]);
+        assert_eq!(state.unwrap().as_of, at(3600));
+    }
+}
