@@ -20,7 +20,7 @@ use serde_json::json;
 use self::auth::{BasicCredentials, allowed, client_ip};
 use crate::clock::Clock;
 use crate::config::{IpRange, ServerConfig};
-use crate::observation::{Observation, PayloadError, Position};
+use crate::observation::{Observation, PayloadError};
 use crate::store::Outcome;
 use crate::store::RejectedWebhook;
 use crate::store::writer::{WriteError, Writer};
@@ -351,10 +351,5 @@ fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
 fn warn_about_oddities(observation: &Observation) {
     if observation.status.is_unknown() {
         tracing::warn!(item = %observation.item, status = %observation.status, "undocumented item status; stored as sent");
-    }
-    if let Position::Webhook { updated, .. } = observation.position
-        && updated > observation.received_at + chrono::Duration::hours(1)
-    {
-        tracing::warn!(item = %observation.item, %updated, "order_item_updated is far in the future; the rule clamps it");
     }
 }

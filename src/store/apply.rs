@@ -19,6 +19,7 @@ pub fn apply(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Outcome> {
+    warn_if_clamped(observation, rules);
     upsert_order(conn, observation, now)?;
     let current = load_item(conn, &observation.item.to_string())?;
     let decision = decide(current.as_ref(), observation, rules);
@@ -31,6 +32,15 @@ pub fn apply(
         mark_for_repoll(conn, &observation.order.to_string(), rules, now)?;
     }
     Ok(decision.outcome)
+}
+
+/// A far-future `order_item_updated` is stored but clamped by the rule; say so once, here.
+fn warn_if_clamped(observation: &Observation, rules: &Rules) {
+    if let Position::Webhook { updated, .. } = observation.position
+        && updated > musement_time(observation, rules)
+    {
+        tracing::warn!(item = %observation.item, %updated, "order_item_updated is far in the future; using received time + max_future");
+    }
 }
 
 /// Creates the order row if needed and merges order-level facts: webhook facts follow the
@@ -248,4 +258,122 @@ pub fn record_rejected(
     conn.prepare_cached("DELETE FROM rejected_webhooks WHERE id <= last_insert_rowid() - ?1")?
         .execute([keep])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::OrderFacts;
+    use uuid::Uuid;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    fn poll(status: &str, order_status: &str, as_of: i64) -> Observation {
+        Observation {
+            item: Uuid::from_u128(1),
+            order: Uuid::from_u128(2),
+            status: Status::parse(status),
+            position: Position::Poll { as_of: at(as_of) },
+            item_created: None,
+            order_facts: OrderFacts {
+                status: Some(order_status.into()),
+                identifier: Some("MUS0738876".into()),
+                ..OrderFacts::default()
+            },
+            received_at: at(as_of),
+            raw: "{}".into(),
+        }
+    }
+
+    fn database() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_for_writing(
+            &dir.path().join("t.db"),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn poll_only_order_facts_follow_their_own_as_of() {
+        let (_dir, conn) = database();
+        let rules = Rules::default();
+        assert_eq!(
+            apply(&conn, &poll("PENDING", "PENDING", 10), &rules, at(10)).unwrap(),
+            Outcome::Applied
+        );
+        assert_eq!(
+            apply(&conn, &poll("OK", "OK", 30), &rules, at(30)).unwrap(),
+            Outcome::Applied
+        );
+        assert_eq!(
+            apply(&conn, &poll("PENDING", "PENDING", 20), &rules, at(31)).unwrap(),
+            Outcome::Stale
+        );
+        let (order_status, identifier, polled): (String, String, String) = conn
+            .query_row(
+                "SELECT order_status, identifier, order_polled_as_of FROM orders",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (order_status.as_str(), identifier.as_str()),
+            ("OK", "MUS0738876")
+        );
+        assert_eq!(polled, to_db_text(at(30)));
+        let (status, source, version, changed): (String, String, Option<i64>, String) = conn
+            .query_row(
+                "SELECT status, source, item_version, changed_at FROM order_items",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), source.as_str(), version),
+            ("OK", "poll", None)
+        );
+        assert_eq!(
+            changed,
+            to_db_text(at(30)),
+            "changed_at moves only with the status"
+        );
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 3);
+    }
+
+    #[test]
+    fn persistent_doubt_backs_off_the_repoll() {
+        let (_dir, conn) = database();
+        let rules = Rules::default();
+        let repoll = |conn: &Connection| -> (String, i64) {
+            conn.query_row("SELECT repoll_at, repoll_attempts FROM orders", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+        };
+        let mut webhook = poll("PENDING", "PENDING", 100);
+        webhook.position = Position::Webhook {
+            version: 1,
+            updated: at(100),
+        };
+        apply(&conn, &webhook, &rules, at(100)).unwrap();
+        // Polls within the margin that disagree are doubtful.
+        assert_eq!(
+            apply(&conn, &poll("OK", "OK", 102), &rules, at(102)).unwrap(),
+            Outcome::Doubtful
+        );
+        assert_eq!(repoll(&conn), (to_db_text(at(107)), 1));
+        // Another doubt before the mark is due does not push it out.
+        apply(&conn, &poll("OK", "OK", 103), &rules, at(103)).unwrap();
+        assert_eq!(repoll(&conn), (to_db_text(at(107)), 1));
+        // Once due, a renewed doubt doubles the wait.
+        apply(&conn, &poll("OK", "OK", 104), &rules, at(108)).unwrap();
+        assert_eq!(repoll(&conn), (to_db_text(at(118)), 2));
+    }
 }

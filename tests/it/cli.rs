@@ -1,0 +1,239 @@
+//! The real `orderwatch` binary: configuration errors, masked secrets, and a daemon that
+//! stores a webhook and stops cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::helpers::{binary, fixture};
+
+const SECRET: &str = "Sw0rdfish-not-for-logs";
+
+fn orderwatch(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .env("ORDERWATCH_TEST_PASSWORD", SECRET)
+        .env_remove("ORDERWATCH_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_shipped_config_is_valid_and_listens_on_loopback() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let (code, stdout, stderr) = orderwatch(&["check-config", "--config", shipped]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("listen = \"127.0.0.1:8080\""), "{stdout}");
+    assert!(stdout.contains("path = \"/webhooks/musement\""), "{stdout}");
+    assert!(stdout.contains("orderwatch.db"), "{stdout}");
+}
+
+#[test]
+fn secrets_never_reach_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let literal = dir.path().join("literal.toml");
+    std::fs::write(
+        &literal,
+        format!("[server.auth]\nusername = \"u\"\npassword = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let from_env = dir.path().join("env.toml");
+    std::fs::write(
+        &from_env,
+        "[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_TEST_PASSWORD\"\n",
+    )
+    .unwrap();
+    for config in [&literal, &from_env] {
+        let (code, stdout, stderr) =
+            orderwatch(&["check-config", "--config", config.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("username = \"u\""), "{stdout}");
+        assert!(
+            !stdout.contains(SECRET) && !stderr.contains(SECRET),
+            "{stdout}{stderr}"
+        );
+    }
+    for help in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check-config", "--help"],
+    ] {
+        let (code, stdout, _) = orderwatch(&help);
+        assert_eq!(code, 0);
+        assert!(!stdout.contains(SECRET), "{stdout}");
+    }
+}
+
+#[test]
+fn config_errors_exit_2_with_one_line_naming_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown.toml",
+            "[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n",
+            "server.lisen: unknown field `lisen`",
+        ),
+        ("syntax.toml", "[server\n", "line 1"),
+        (
+            "address.toml",
+            "[server]\nlisten = \"localhost\"\n",
+            "server.listen: ",
+        ),
+        (
+            "exposed.toml",
+            "[server]\nlisten = \"0.0.0.0:8080\"\n",
+            "server: listening beyond loopback",
+        ),
+        (
+            "two-passwords.toml",
+            "[server.auth]\nusername = \"u\"\npassword = \"a\"\npassword_file = \"pw\"\n",
+            "server.auth.password: set exactly one of",
+        ),
+        (
+            "missing-env.toml",
+            "[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_NOT_SET_ANYWHERE\"\n",
+            "server.auth.password_env: environment variable ORDERWATCH_NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            "batch.toml",
+            "[store]\nmax_batch = 0\n",
+            "store.max_batch: must be at least 1",
+        ),
+    ];
+    for (file, text, expected) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        for command in ["check-config", "run"] {
+            let (code, stdout, stderr) = orderwatch(&[command, "--config", path.to_str().unwrap()]);
+            assert_eq!(code, 2, "{file} {command}: {stderr}");
+            assert!(stdout.is_empty());
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            assert!(
+                stderr.starts_with(&format!("orderwatch: {}: ", path.display())),
+                "{stderr}"
+            );
+            assert!(
+                stderr.contains(expected),
+                "{file}: expected {expected:?} in {stderr}"
+            );
+        }
+    }
+    let missing = dir.path().join("absent.toml");
+    let (code, _, stderr) = orderwatch(&["run", "--config", missing.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("absent.toml: cannot read"), "{stderr}");
+    let (code, _, _) = orderwatch(&["run", "--no-such-flag"]);
+    assert_eq!(code, 2, "usage errors exit 2 too");
+}
+
+/// Starts the daemon and returns it with the address it announced in its JSON log.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the caller waits for the child it gets back"
+)]
+fn start_daemon(config: &std::path::Path) -> (Child, std::net::SocketAddr, mpsc::Receiver<String>) {
+    let mut child = Command::new(binary())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("ORDERWATCH_TEST_PASSWORD", SECRET)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, log) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the daemon announced its address");
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(listen) = entry["fields"]["listen"].as_str() {
+            return (child, listen.parse().unwrap(), log);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.auth]\nusername = \"JohnSmith\"\n\
+         password_env = \"ORDERWATCH_TEST_PASSWORD\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let (mut child, addr, log) = start_daemon(&config);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .post(format!("http://{addr}/webhooks/musement"))
+        .basic_auth("JohnSmith", Some(SECRET))
+        .header("content-type", "application/json")
+        .body(fixture("webhooks/documented-example.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client
+        .post(format!("http://{addr}/webhooks/musement"))
+        .basic_auth("JohnSmith", Some("wrong"))
+        .body(fixture("webhooks/documented-example.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
+
+    let lines: Vec<String> = log.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("\"status\":200")),
+        "one line per request: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(SECRET)),
+        "the password is never logged"
+    );
+    let db = rusqlite::Connection::open(dir.path().join("orderwatch.db")).unwrap();
+    let status: String = db
+        .query_row("SELECT status FROM order_items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        status, "OK",
+        "the database sits next to the config and holds the item"
+    );
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,8 @@
+//! orderwatch's integration tests: one binary, the real server on 127.0.0.1:0, real SQLite files
+//! in temp dirs. `helpers` spawns the app; each other module covers one concern.
+
+mod cli;
+mod helpers;
+mod ordering_props;
+mod receiver;
+mod store;

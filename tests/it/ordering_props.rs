@@ -1,0 +1,1 @@
+//! Property tests of the pure ordering rule: in progress.
