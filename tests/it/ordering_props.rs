@@ -1,1 +1,504 @@
-//! Property tests of the pure ordering rule: in progress.
+//! Property tests of the pure ordering rule, [`orderwatch::store::decide`], with no database.
+//!
+//! The model: one item has a TRUE history, versions `1..=n`, each set at a whole-second Musement
+//! time `t_i` (non-decreasing, ties allowed) to any status. What orderwatch sees of it is
+//! - webhooks: each version's webhook delivered 0 to 3 times (dropped, duplicated), received at
+//!   or after `t_i`;
+//! - polls: a read at a real (millisecond) time `r >= t_1` sees the status of the highest version
+//!   with `t_i <= r` (a whole-second event happens at the start of its second); its `as_of` is
+//!   `r + d + k`, where `d` in `0..=1 s` is how much older the data is than the `Date` header and
+//!   `k` is one clock offset for the whole case, `|k| < skew_margin`;
+//!
+//! all shuffled together. Each case folds the deliveries over the state with `decide`.
+//!
+//! Properties, and why they matter:
+//! - `item_version` never decreases: it is the dedup/staleness key for every later webhook; if it
+//!   went back, an old webhook could be applied over a newer status.
+//! - every outcome matches the state it returns (Stale/Duplicate keep the row, Doubtful only
+//!   records the version, Applied stores the observed status, ...) and a truthful history never
+//!   yields Conflict: the outcome is what the event log and the re-poll logic act on.
+//! - with webhooks only, the stored status is that of the highest delivered version: versions
+//!   alone must order webhooks, whatever the delivery order and duplication.
+//! - after everything, one poll read clearly after the last change (and after every earlier
+//!   poll) converges the row to the true final status: whatever the interleaving, orderwatch is
+//!   never stuck on a wrong status once it polls again.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use orderwatch::observation::{Observation, OrderFacts, Position, Status};
+use orderwatch::store::{ItemState, Outcome, Rules, decide};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use uuid::Uuid;
+
+/// Musement time 0 of every case, in seconds since the Unix epoch.
+const EPOCH_SECONDS: i64 = 1_700_000_000;
+/// Most versions in a history.
+const MAX_VERSIONS: usize = 12;
+/// Most polls delivered before the final one.
+const MAX_POLLS: usize = 8;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        // Keep the tree clean: a failure is reported with its minimal case instead of a file.
+        failure_persistence: None,
+        // Bound the search for a minimal case so a failure still reports within seconds.
+        max_shrink_time: 10_000,
+        ..ProptestConfig::with_cases(512)
+    }
+}
+
+fn margin_ms() -> i64 {
+    Rules::default().skew_margin.num_milliseconds()
+}
+
+/// One version of the item's true history.
+#[derive(Debug, Clone)]
+struct Version {
+    number: i64,
+    /// `order_item_updated`, in whole seconds after [`EPOCH_SECONDS`].
+    updated_s: i64,
+    status: Status,
+}
+
+/// One thing delivered to orderwatch; times in milliseconds after [`EPOCH_SECONDS`].
+#[derive(Clone)]
+enum Delivery {
+    Webhook {
+        version: i64,
+        updated_s: i64,
+        received_s: i64,
+        status: Status,
+    },
+    Poll {
+        read_ms: i64,
+        as_of_ms: i64,
+        status: Status,
+    },
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Webhook {
+                version,
+                updated_s,
+                received_s,
+                status,
+            } => write!(
+                f,
+                "webhook v{version} {status} updated={updated_s}s received={received_s}s"
+            ),
+            Self::Poll {
+                read_ms,
+                as_of_ms,
+                status,
+            } => write!(f, "poll {status} read={read_ms}ms as_of={as_of_ms}ms"),
+        }
+    }
+}
+
+impl Delivery {
+    fn observation(&self) -> Observation {
+        let (status, position, received_at) = match self {
+            Self::Webhook {
+                version,
+                updated_s,
+                received_s,
+                status,
+            } => (
+                status,
+                Position::Webhook {
+                    version: *version,
+                    updated: at_ms(updated_s * 1000),
+                },
+                at_ms(received_s * 1000),
+            ),
+            Self::Poll {
+                read_ms,
+                as_of_ms,
+                status,
+            } => (
+                status,
+                Position::Poll {
+                    as_of: at_ms(*as_of_ms),
+                },
+                at_ms(*read_ms),
+            ),
+        };
+        Observation {
+            item: Uuid::nil(),
+            order: Uuid::nil(),
+            status: status.clone(),
+            position,
+            item_created: None,
+            order_facts: OrderFacts::default(),
+            received_at,
+            raw: String::new(),
+        }
+    }
+}
+
+/// A generated case: the truth, the shuffled deliveries, and the final converging poll.
+#[derive(Debug, Clone)]
+struct Case {
+    history: Vec<Version>,
+    skew_ms: i64,
+    deliveries: Vec<Delivery>,
+    final_poll: Delivery,
+}
+
+fn at_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(EPOCH_SECONDS * 1000 + ms).expect("time in range")
+}
+
+fn any_status() -> impl Strategy<Value = Status> {
+    prop_oneof![
+        Just(Status::Pending),
+        Just(Status::Ok),
+        Just(Status::Ko),
+        Just(Status::RefundStarted),
+        Just(Status::Refunded),
+        Just(Status::CancellationError),
+        Just(Status::Other("ON_HOLD".into())),
+    ]
+}
+
+/// A step between two versions' times, 0 to 20 s, often a tie or within the skew margin.
+fn gap_s() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), 0i64..=6, 0i64..=20]
+}
+
+/// The case's clock offset `k`, `|k| < skew_margin`, often at either extreme.
+fn skew_ms() -> impl Strategy<Value = i64> {
+    let skew = margin_ms() - 1;
+    prop_oneof![Just(-skew), Just(skew), -skew..=skew]
+}
+
+/// How much later than its floor the final poll is read, often not at all.
+fn final_extra_ms() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), 0i64..=5000]
+}
+
+/// Versions `1..=n`: a start and, per version, the gap from the previous one and its status.
+fn history() -> impl Strategy<Value = Vec<Version>> {
+    (
+        0i64..=100,
+        prop::collection::vec((gap_s(), any_status()), 1..=MAX_VERSIONS),
+    )
+        .prop_map(|(start, steps)| {
+            let mut updated_s = start;
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(index, (gap, status))| {
+                    if index > 0 {
+                        updated_s += gap;
+                    }
+                    Version {
+                        number: index as i64 + 1,
+                        updated_s,
+                        status,
+                    }
+                })
+                .collect()
+        })
+}
+
+/// The status a read at `read_ms` sees: that of the highest version with `t_i <= r`.
+fn truth_at(history: &[Version], read_ms: i64) -> Status {
+    history
+        .iter()
+        .rev()
+        .find(|version| version.updated_s * 1000 <= read_ms)
+        .expect("polls are read at or after t_1")
+        .status
+        .clone()
+}
+
+/// When a poll reads, drawn independently of the history and resolved against it.
+#[derive(Debug, Clone)]
+enum ReadAt {
+    /// Within a second of some version's `t_i` (where ties and the lag matter), not before `t_1`.
+    NearVersion(prop::sample::Index, i64),
+    /// Anywhere from `t_1` to a minute after `t_n`, as millionths of that span.
+    Anywhere(i64),
+}
+
+impl ReadAt {
+    fn resolve(&self, history: &[Version]) -> i64 {
+        let first_ms = history[0].updated_s * 1000;
+        match self {
+            Self::NearVersion(index, offset_ms) => {
+                let version = index.get(history);
+                (version.updated_s * 1000 + offset_ms).max(first_ms)
+            }
+            Self::Anywhere(millionths) => {
+                let span_ms = last_change_ms(history) + 60_000 - first_ms;
+                first_ms + span_ms * millionths / 1_000_000
+            }
+        }
+    }
+}
+
+fn read_at() -> impl Strategy<Value = ReadAt> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), -1000i64..=1000)
+            .prop_map(|(index, offset)| ReadAt::NearVersion(index, offset)),
+        (0i64..=1_000_000).prop_map(ReadAt::Anywhere),
+    ]
+}
+
+/// Everything random about a case, drawn independently so it shrinks quickly; see [`build`].
+#[derive(Debug, Clone)]
+struct Draw {
+    history: Vec<Version>,
+    skew_ms: i64,
+    /// Per version (first `n` used): the receive delays, in seconds, of its 0 to 3 deliveries.
+    webhook_delays: Vec<Vec<i64>>,
+    /// Each poll's read time and lag `d` (ms).
+    polls: Vec<(ReadAt, i64)>,
+    /// Sort keys giving the delivery order (one per possible delivery).
+    order: Vec<u16>,
+    final_extra_ms: i64,
+    final_lag_ms: i64,
+}
+
+const MAX_DELIVERIES: usize = MAX_VERSIONS * 3 + MAX_POLLS;
+
+fn draw(max_polls: usize) -> impl Strategy<Value = Draw> {
+    (
+        history(),
+        skew_ms(),
+        prop::collection::vec(prop::collection::vec(0i64..=3600, 0..=3), MAX_VERSIONS),
+        prop::collection::vec((read_at(), 0i64..=1000), 0..=max_polls),
+        prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
+        final_extra_ms(),
+        0i64..=1000,
+    )
+        .prop_map(
+            |(history, skew_ms, webhook_delays, polls, order, final_extra_ms, final_lag_ms)| Draw {
+                history,
+                skew_ms,
+                webhook_delays,
+                polls,
+                order,
+                final_extra_ms,
+                final_lag_ms,
+            },
+        )
+}
+
+fn last_change_ms(history: &[Version]) -> i64 {
+    history[history.len() - 1].updated_s * 1000
+}
+
+/// Each version's webhook once per drawn delay, received that many seconds after its `t_i`.
+fn webhook_deliveries(history: &[Version], delays: &[Vec<i64>]) -> Vec<Delivery> {
+    history
+        .iter()
+        .zip(delays)
+        .flat_map(|(version, delays)| {
+            delays.iter().map(|delay| Delivery::Webhook {
+                version: version.number,
+                updated_s: version.updated_s,
+                received_s: version.updated_s + delay,
+                status: version.status.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A poll read at `read_ms`, its data `lag_ms` older than its `Date`, on a clock `skew_ms` off.
+fn poll(history: &[Version], read_ms: i64, lag_ms: i64, skew_ms: i64) -> Delivery {
+    Delivery::Poll {
+        read_ms,
+        as_of_ms: read_ms + lag_ms + skew_ms,
+        status: truth_at(history, read_ms),
+    }
+}
+
+/// The converging poll: read after `t_n + 2 * margin` and over 1 s after every earlier poll.
+fn final_poll(history: &[Version], polls: &[Delivery], draw: &Draw) -> Delivery {
+    let last_read_ms = polls
+        .iter()
+        .filter_map(|delivery| match delivery {
+            Delivery::Poll { read_ms, .. } => Some(*read_ms),
+            Delivery::Webhook { .. } => None,
+        })
+        .max()
+        .unwrap_or(i64::MIN);
+    let floor_ms =
+        (last_change_ms(history) + 2 * margin_ms()).max(last_read_ms.saturating_add(1000));
+    let read_ms = floor_ms + 1 + draw.final_extra_ms;
+    poll(history, read_ms, draw.final_lag_ms, draw.skew_ms)
+}
+
+/// Turns a draw into the deliveries it stands for, ordered by the drawn sort keys.
+fn build(draw: Draw) -> Case {
+    let history = draw.history.clone();
+    let polls: Vec<Delivery> = draw
+        .polls
+        .iter()
+        .map(|(read, lag_ms)| poll(&history, read.resolve(&history), *lag_ms, draw.skew_ms))
+        .collect();
+    let final_poll = final_poll(&history, &polls, &draw);
+    let mut keyed: Vec<(u16, Delivery)> = draw
+        .order
+        .iter()
+        .copied()
+        .zip(
+            webhook_deliveries(&history, &draw.webhook_delays)
+                .into_iter()
+                .chain(polls),
+        )
+        .collect();
+    keyed.sort_by_key(|(key, _)| *key);
+    Case {
+        history,
+        skew_ms: draw.skew_ms,
+        deliveries: keyed.into_iter().map(|(_, delivery)| delivery).collect(),
+        final_poll,
+    }
+}
+
+/// A whole case with at most `max_polls` polls before the final one.
+fn case(max_polls: usize) -> impl Strategy<Value = Case> {
+    draw(max_polls).prop_map(build)
+}
+
+/// Checks that `outcome` agrees with the state it returns.
+fn check_outcome(
+    previous: Option<&ItemState>,
+    observation: &Observation,
+    outcome: Outcome,
+    state: &ItemState,
+) -> Result<(), String> {
+    let Some(previous) = previous else {
+        return match outcome {
+            Outcome::Applied if state.status == observation.status => Ok(()),
+            _ => Err(format!(
+                "first observation gave {outcome:?}, state {state:?}"
+            )),
+        };
+    };
+    let ok = match outcome {
+        Outcome::Conflict => return Err("a truthful history gave a Conflict".into()),
+        Outcome::Stale | Outcome::Duplicate => state == previous,
+        // Only the highest version seen may move.
+        Outcome::Doubtful => {
+            ItemState {
+                item_version: previous.item_version,
+                ..state.clone()
+            } == *previous
+        }
+        Outcome::Confirmed => state.status == previous.status && state.status == observation.status,
+        Outcome::Applied => {
+            state.status == observation.status
+                && state.status_version == observation.position.version()
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{outcome:?} inconsistent: previous {previous:?}, now {state:?}"
+        ))
+    }
+}
+
+/// Folds `deliveries` over `state`, checking every step; returns the final state.
+fn replay(
+    mut state: Option<ItemState>,
+    deliveries: &[Delivery],
+    case: &Case,
+) -> Result<Option<ItemState>, TestCaseError> {
+    let rules = Rules::default();
+    for (step, delivery) in deliveries.iter().enumerate() {
+        let observation = delivery.observation();
+        let decision = decide(state.as_ref(), &observation, &rules);
+        let previous_version = state.as_ref().and_then(|s| s.item_version);
+        prop_assert!(
+            decision.state.item_version >= previous_version,
+            "item_version went from {previous_version:?} to {:?} at step {step} ({delivery:?})\n{}",
+            decision.state.item_version,
+            describe(case)
+        );
+        if let Err(message) = check_outcome(
+            state.as_ref(),
+            &observation,
+            decision.outcome,
+            &decision.state,
+        ) {
+            return Err(TestCaseError::fail(format!(
+                "step {step} ({delivery:?}): {message}\n{}",
+                describe(case)
+            )));
+        }
+        state = Some(decision.state);
+    }
+    Ok(state)
+}
+
+/// The case, one delivery per line, for failure messages.
+fn describe(case: &Case) -> String {
+    let mut text = format!("skew k = {} ms\nhistory:\n", case.skew_ms);
+    for version in &case.history {
+        text += &format!(
+            "  v{} {} at {}s\n",
+            version.number, version.status, version.updated_s
+        );
+    }
+    text += "deliveries:\n";
+    for (step, delivery) in case.deliveries.iter().enumerate() {
+        text += &format!("  {step}: {delivery:?}\n");
+    }
+    text + &format!("final: {:?}", case.final_poll)
+}
+
+/// The highest version among the delivered webhooks, with its status.
+fn highest_delivered(deliveries: &[Delivery]) -> Option<(i64, Status)> {
+    deliveries
+        .iter()
+        .filter_map(|delivery| match delivery {
+            Delivery::Webhook {
+                version, status, ..
+            } => Some((*version, status.clone())),
+            Delivery::Poll { .. } => None,
+        })
+        .max_by_key(|(version, _)| *version)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Webhooks only: the highest delivered version's status is stored, whatever the order.
+    #[test]
+    fn webhooks_alone_store_the_highest_delivered_version(case in case(0)) {
+        let state = replay(None, &case.deliveries, &case)?;
+        match highest_delivered(&case.deliveries) {
+            None => prop_assert!(state.is_none(), "nothing delivered yet a state\n{}", describe(&case)),
+            Some((version, status)) => {
+                let state = state.expect("a webhook was delivered");
+                prop_assert_eq!(
+                    (&state.status, state.item_version),
+                    (&status, Some(version)),
+                    "\n{}",
+                    describe(&case)
+                );
+            }
+        }
+    }
+
+    /// Webhooks and polls in any order: `item_version` never decreases, outcomes are
+    /// consistent, and a final poll clearly after everything yields the true final status.
+    #[test]
+    fn a_late_clear_poll_converges_to_the_truth(case in case(MAX_POLLS)) {
+        let state = replay(None, &case.deliveries, &case)?;
+        let state = replay(state, std::slice::from_ref(&case.final_poll), &case)?
+            .expect("the final poll leaves a state");
+        let truth = &case.history[case.history.len() - 1].status;
+        prop_assert_eq!(&state.status, truth, "final state {:?}\n{}", state, describe(&case));
+    }
+}
