@@ -106,6 +106,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Ordering rule and group-commit tuning.
     pub store: StoreConfig,
+    /// The Musement API the reconciler polls.
+    pub musement: MusementConfig,
+    /// The scheduled reconciler.
+    pub reconciler: ReconcilerConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -222,6 +226,134 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[musement]`: the partner API the reconciler polls. Credentials are optional: without them
+/// the daemon only receives webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MusementConfig {
+    /// API base, up to and including `/api/v3`.
+    pub base_url: String,
+    /// `X-Musement-Application`, the application name Musement gave you (required by the API).
+    pub application: String,
+    /// `X-Musement-Version`.
+    pub version: String,
+    /// `Accept-Language`.
+    pub accept_language: String,
+    /// OAuth client id, or the name of a variable / file holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id_file: Option<PathBuf>,
+    /// OAuth client secret, or the name of a variable / file holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The credentials, loaded; `None` when none are configured (reconciler off).
+    #[serde(skip)]
+    pub credentials: Option<(String, Secret)>,
+}
+
+impl Default for MusementConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://sandbox.musement.com/api/v3".into(),
+            application: String::new(),
+            version: "3.4.0".into(),
+            accept_language: "en-US".into(),
+            client_id: None,
+            client_id_env: None,
+            client_id_file: None,
+            client_secret: None,
+            client_secret_env: None,
+            client_secret_file: None,
+            credentials: None,
+        }
+    }
+}
+
+/// `[reconciler]`: when and how orders with unsettled items are polled.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcilerConfig {
+    /// Off: never poll, even with credentials.
+    pub enabled: bool,
+    /// Run a pass this often (exclusive with `cron`; the default when neither is set is 1m).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Or run a pass on this tokio-cron-scheduler schedule: 6 or 7 fields, seconds first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// Orders polled at once.
+    pub concurrency: usize,
+    /// Ceiling on GET /orders calls per second across the pass (0 = no ceiling).
+    pub max_requests_per_second: f64,
+    /// Per-request timeout for the Musement API.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Item statuses that keep an order polled every pass. Unknown statuses count as not final.
+    pub poll_statuses: Vec<String>,
+    /// A webhook for any item of an order pushes that order's next poll at least this far out.
+    #[serde(with = "humantime_serde")]
+    pub quiet_period: Duration,
+    /// How often an OK item is re-checked, until its activity date has passed.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
+    /// Stop polling an order this long after it was first seen (and report it).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// First wait after a failed poll; doubles per consecutive failure, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Longest wait after failed polls.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: None,
+            cron: None,
+            concurrency: 4,
+            max_requests_per_second: 5.0,
+            request_timeout: Duration::from_secs(10),
+            poll_statuses: ["PENDING", "REFUND_STARTED", "CANCELLATION_ERROR"]
+                .map(String::from)
+                .to_vec(),
+            quiet_period: Duration::from_secs(120),
+            recheck_interval: Duration::from_secs(24 * 3600),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            backoff_base: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// When reconciler passes run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every so often.
+    Every(Duration),
+    /// On a cron schedule (6 or 7 fields, seconds first).
+    Cron(String),
+}
+
+impl ReconcilerConfig {
+    /// The schedule, `interval` defaulting to one minute.
+    pub fn schedule(&self) -> Schedule {
+        match (&self.cron, self.interval) {
+            (Some(cron), _) => Schedule::Cron(cron.clone()),
+            (None, interval) => Schedule::Every(interval.unwrap_or(Duration::from_secs(60))),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -294,7 +426,7 @@ impl Config {
                 auth.password_file.as_deref(),
             )?;
         }
-        Ok(())
+        self.musement.resolve(base, file)
     }
 
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
@@ -357,6 +489,125 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return error("log.level", &format!("not a valid filter: {e}"));
         }
+        self.validate_reconciler(file)
+    }
+
+    fn validate_reconciler(&self, file: &Path) -> Result<(), ConfigError> {
+        let error = |key: &str, reason: String| {
+            Err(ConfigError {
+                file: file.to_owned(),
+                key: key.into(),
+                reason,
+            })
+        };
+        let reconciler = &self.reconciler;
+        if reconciler.interval.is_some() && reconciler.cron.is_some() {
+            return error("reconciler", "set either interval or cron, not both".into());
+        }
+        if reconciler
+            .interval
+            .is_some_and(|i| i < Duration::from_secs(1))
+        {
+            return error("reconciler.interval", "must be at least 1s".into());
+        }
+        if let Some(cron) = &reconciler.cron
+            && let Err(e) =
+                tokio_cron_scheduler::Job::new_async(cron.as_str(), |_, _| Box::pin(async {}))
+        {
+            return error(
+                "reconciler.cron",
+                format!(
+                    "not a schedule (6 or 7 fields, seconds first, e.g. \"0 */5 * * * *\"): {e}"
+                ),
+            );
+        }
+        if reconciler.concurrency == 0 {
+            return error("reconciler.concurrency", "must be at least 1".into());
+        }
+        if !(reconciler.max_requests_per_second >= 0.0
+            && reconciler.max_requests_per_second.is_finite())
+        {
+            return error(
+                "reconciler.max_requests_per_second",
+                "must be 0 (no ceiling) or more".into(),
+            );
+        }
+        for (key, value) in [
+            ("reconciler.request_timeout", reconciler.request_timeout),
+            ("reconciler.backoff_base", reconciler.backoff_base),
+            ("reconciler.max_age", reconciler.max_age),
+        ] {
+            if value.is_zero() {
+                return error(key, "must be longer than 0s".into());
+            }
+        }
+        if reconciler.backoff_cap < reconciler.backoff_base {
+            return error(
+                "reconciler.backoff_cap",
+                "must not be shorter than backoff_base".into(),
+            );
+        }
+        if let Some(bad) = reconciler.poll_statuses.iter().position(|s| s.is_empty()) {
+            return error(
+                &format!("reconciler.poll_statuses[{bad}]"),
+                "must not be empty".into(),
+            );
+        }
+        if !self.musement.base_url.starts_with("http://")
+            && !self.musement.base_url.starts_with("https://")
+        {
+            return error(
+                "musement.base_url",
+                "must start with http:// or https://".into(),
+            );
+        }
+        if self.musement.credentials.is_some() && self.musement.application.is_empty() {
+            return error(
+                "musement.application",
+                "is required with API credentials (Musement refuses requests without X-Musement-Application)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl MusementConfig {
+    /// Loads `client_id` and `client_secret` from whichever source each uses. Neither set means
+    /// "no credentials"; one without the other is an error.
+    fn resolve(&mut self, base: &Path, file: &Path) -> Result<(), ConfigError> {
+        for path in [&mut self.client_id_file, &mut self.client_secret_file]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        let id_set = self.client_id.is_some()
+            || self.client_id_env.is_some()
+            || self.client_id_file.is_some();
+        let secret_set = self.client_secret.is_some()
+            || self.client_secret_env.is_some()
+            || self.client_secret_file.is_some();
+        if !id_set && !secret_set {
+            return Ok(());
+        }
+        let id_value = self.client_id.clone().map(Secret);
+        let id = resolve_secret(
+            file,
+            "musement.client_id",
+            id_value.as_ref(),
+            self.client_id_env.as_deref(),
+            self.client_id_file.as_deref(),
+        )?;
+        let secret = resolve_secret(
+            file,
+            "musement.client_secret",
+            self.client_secret.as_ref(),
+            self.client_secret_env.as_deref(),
+            self.client_secret_file.as_deref(),
+        )?;
+        self.credentials = Some((id.0, secret));
         Ok(())
     }
 }
@@ -504,6 +755,43 @@ mod tests {
         assert!(!shown.contains("Swordfish"), "{shown}");
         assert!(shown.contains(MASK), "{shown}");
         assert!(!format!("{config:?}").contains("Swordfish"));
+    }
+
+    #[test]
+    fn reconciler_schedule_is_interval_or_cron() {
+        let config = load("").unwrap();
+        assert_eq!(
+            config.reconciler.schedule(),
+            Schedule::Every(Duration::from_secs(60))
+        );
+        assert!(
+            config.musement.credentials.is_none(),
+            "no credentials by default"
+        );
+        let config = load("[reconciler]\ncron = \"*/10 * * * * *\"\n").unwrap();
+        assert_eq!(
+            config.reconciler.schedule(),
+            Schedule::Cron("*/10 * * * * *".into())
+        );
+        let err = load("[reconciler]\ncron = \"every tuesday\"\n").unwrap_err();
+        assert_eq!(err.key, "reconciler.cron");
+        let err = load("[reconciler]\ncron = \"0 * * * * *\"\ninterval = \"1m\"\n").unwrap_err();
+        assert_eq!(err.key, "reconciler");
+    }
+
+    #[test]
+    fn musement_credentials_come_in_pairs_and_need_an_application() {
+        let err = load("[musement]\nclient_id = \"id\"\n").unwrap_err();
+        assert_eq!(err.key, "musement.client_secret");
+        let err = load("[musement]\nclient_id = \"id\"\nclient_secret = \"s3cret\"\n").unwrap_err();
+        assert_eq!(err.key, "musement.application");
+        let config = load(
+            "[musement]\napplication = \"acme\"\nclient_id = \"id\"\nclient_secret = \"s3cret\"\n",
+        )
+        .unwrap();
+        let (id, secret) = config.musement.credentials.clone().unwrap();
+        assert_eq!((id.as_str(), secret.expose()), ("id", "s3cret"));
+        assert!(!config.to_masked_toml().contains("s3cret"));
     }
 
     #[test]

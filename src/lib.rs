@@ -8,7 +8,9 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod musement;
 pub mod observation;
 pub mod receiver;
+pub mod reconciler;
 pub mod startup;
 pub mod store;

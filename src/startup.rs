@@ -15,11 +15,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use std::pin::Pin;
+
+use tokio_cron_scheduler::{Job, JobScheduler};
+
 use crate::clock::Clock;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, Schedule};
+use crate::musement::{MusementClient, MusementSettings};
 use crate::receiver::{Receiver, ReceiverSettings};
-use crate::store::writer::{self, WriterSettings};
-use crate::store::{self, Rules, StoreError};
+use crate::reconciler::{Reconciler, ReconcilerSettings};
+use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
+use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +39,9 @@ pub enum StartupError {
     },
     #[error("cannot start the writer thread: {0}")]
     Writer(std::io::Error),
+    #[error("cannot start the reconciler's scheduler: {0}")]
+    Scheduler(String),
 }
-
-/// How long shutdown waits for the writer to answer the last queued jobs.
-const WRITER_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Binds the configured listen address.
 pub async fn bind(config: &Config) -> Result<TcpListener, StartupError> {
@@ -46,21 +51,47 @@ pub async fn bind(config: &Config) -> Result<TcpListener, StartupError> {
         .map_err(|source| StartupError::Bind { addr, source })
 }
 
-/// Serves webhooks on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish (up to `shutdown_grace`), flushes the writer and returns.
+/// Opens (creating and migrating) the database and starts the single writer on it.
+pub async fn open_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<(Writer, WriterThread), StartupError> {
+    let db_path = config.database.path.clone();
+    let busy_timeout = config.database.busy_timeout;
+    let conn = tokio::task::spawn_blocking(move || store::open_for_writing(&db_path, busy_timeout))
+        .await
+        .expect("opening the database panicked")?;
+    writer::spawn(conn, writer_settings(config), clock).map_err(StartupError::Writer)
+}
+
+/// Serves webhooks on `listener` and, when configured, runs the reconciler on its schedule,
+/// until `shutdown` resolves; then stops accepting, lets in-flight requests and a running pass
+/// finish (up to `shutdown_grace`), flushes the writer and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let db_path = config.database.path.clone();
-    let busy_timeout = config.database.busy_timeout;
-    let conn = tokio::task::spawn_blocking(move || store::open_for_writing(&db_path, busy_timeout))
-        .await
-        .expect("opening the database panicked")?;
-    let (writer, writer_thread) = writer::spawn(conn, writer_settings(&config), clock.clone())
-        .map_err(StartupError::Writer)?;
+    let (writer, writer_thread) = open_store(&config, clock.clone()).await?;
+    let reconciler = match build_reconciler(
+        &config,
+        writer.clone(),
+        clock.clone(),
+        "orderwatch run",
+    ) {
+        Ok(reconciler) => Some(Arc::new(reconciler)),
+        Err(off) => {
+            tracing::warn!(reason = %off, "the reconciler is off; only webhooks will update the state");
+            None
+        }
+    };
+    let mut scheduler = match &reconciler {
+        Some(reconciler) => {
+            Some(start_scheduler(reconciler.clone(), config.reconciler.schedule()).await?)
+        }
+        None => None,
+    };
     let receiver = Arc::new(Receiver::new(
         ReceiverSettings::from(&config.server),
         writer,
@@ -72,32 +103,135 @@ pub async fn run(
     serve(listener, &config, receiver.clone(), &graceful, shutdown).await;
 
     receiver.start_draining();
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(config.server.shutdown_grace) => {
-            tracing::warn!(grace = ?config.server.shutdown_grace, "connections still open after the grace period; closing anyway");
+    if let Some(scheduler) = &mut scheduler {
+        let _ = scheduler.shutdown().await;
+    }
+    let grace = config.server.shutdown_grace;
+    let drained = async {
+        if let Some(reconciler) = &reconciler {
+            reconciler.stop().await;
         }
+        graceful.shutdown().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "requests or a reconciler pass still running after the grace period; stopping anyway"
+        );
     }
-    drop(receiver); // the last handle to the writer (once connections are gone): it drains and exits
-    let joined = tokio::task::spawn_blocking(move || writer_thread.join());
-    if tokio::time::timeout(WRITER_DRAIN_LIMIT, joined)
-        .await
-        .is_err()
-    {
-        tracing::error!("the writer did not finish in time");
-    }
+    writer_thread.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Why the reconciler does not run; said once at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcilerOff {
+    #[error("[reconciler] enabled = false")]
+    Disabled,
+    #[error(
+        "no Musement API credentials: set [musement] client_id and client_secret (or their _env / _file forms)"
+    )]
+    NoCredentials,
+    #[error("cannot build the Musement API client: {0}")]
+    Client(String),
+}
+
+/// Builds the reconciler from the configuration, or says why it is off. `role` names this
+/// process in the lease table.
+pub fn build_reconciler(
+    config: &Config,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    role: &str,
+) -> Result<Reconciler, ReconcilerOff> {
+    if !config.reconciler.enabled {
+        return Err(ReconcilerOff::Disabled);
+    }
+    let (client_id, client_secret) = config
+        .musement
+        .credentials
+        .clone()
+        .ok_or(ReconcilerOff::NoCredentials)?;
+    let musement = &config.musement;
+    let client = MusementClient::new(
+        MusementSettings {
+            base_url: musement.base_url.clone(),
+            application: musement.application.clone(),
+            version: musement.version.clone(),
+            accept_language: musement.accept_language.clone(),
+            client_id,
+            client_secret,
+            request_timeout: config.reconciler.request_timeout,
+        },
+        clock.clone(),
+    )
+    .map_err(|e| ReconcilerOff::Client(e.to_string()))?;
+    let duration = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let settings = ReconcilerSettings {
+        concurrency: config.reconciler.concurrency,
+        max_requests_per_second: config.reconciler.max_requests_per_second,
+        max_age: duration(config.reconciler.max_age),
+        backoff_base: duration(config.reconciler.backoff_base),
+        backoff_cap: duration(config.reconciler.backoff_cap),
+        database: config.database.path.clone(),
+        busy_timeout: config.database.busy_timeout,
+    };
+    let holder = format!("{role} (pid {})", std::process::id());
+    Ok(Reconciler::new(client, writer, clock, settings, holder))
+}
+
+/// Runs a first pass right away (catching up after downtime), then one per scheduled tick.
+async fn start_scheduler(
+    reconciler: Arc<Reconciler>,
+    schedule: Schedule,
+) -> Result<JobScheduler, StartupError> {
+    let scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| StartupError::Scheduler(e.to_string()))?;
+    let ticking = reconciler.clone();
+    let run = move |_, _| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let reconciler = ticking.clone();
+        Box::pin(async move { reconciler.tick().await })
+    };
+    let job = match &schedule {
+        Schedule::Every(interval) => Job::new_repeated_async(*interval, run),
+        Schedule::Cron(cron) => Job::new_async(cron.as_str(), run),
+    }
+    .map_err(|e| StartupError::Scheduler(e.to_string()))?;
+    scheduler
+        .add(job)
+        .await
+        .map_err(|e| StartupError::Scheduler(e.to_string()))?;
+    scheduler
+        .start()
+        .await
+        .map_err(|e| StartupError::Scheduler(e.to_string()))?;
+    tracing::info!(?schedule, "the reconciler is on");
+    tokio::spawn(async move { reconciler.tick().await });
+    Ok(scheduler)
 }
 
 fn writer_settings(config: &Config) -> WriterSettings {
     WriterSettings {
         max_batch: config.store.max_batch,
         queue_capacity: config.store.queue_capacity,
+        store: store_settings(config),
+    }
+}
+
+/// The store's view of the configuration.
+pub fn store_settings(config: &Config) -> StoreSettings {
+    let duration = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    StoreSettings {
         rules: Rules {
-            skew_margin: chrono::Duration::from_std(config.store.skew_margin)
-                .unwrap_or(chrono::Duration::seconds(5)),
+            skew_margin: duration(config.store.skew_margin),
             ..Rules::default()
+        },
+        policy: PollPolicy {
+            poll_statuses: config.reconciler.poll_statuses.clone(),
+            quiet_period: duration(config.reconciler.quiet_period),
+            recheck_interval: duration(config.reconciler.recheck_interval),
         },
         rejected_keep: config.store.rejected_keep,
     }

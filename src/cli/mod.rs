@@ -1,7 +1,9 @@
 //! The command line: one file per subcommand; [`Cli::execute`] dispatches.
 
 mod check_config;
+mod reconcile;
 mod run;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +31,22 @@ enum Command {
     Run(ConfigArg),
     /// Validate the configuration and print it, secrets masked.
     CheckConfig(ConfigArg),
+    /// Register orders to poll before any webhook arrives (call it right after creating an order).
+    Watch {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Order UUIDs, or `-` to read them from standard input, one per line.
+        #[arg(required = true, value_name = "ORDER_UUID")]
+        orders: Vec<String>,
+    },
+    /// Run one reconciler pass now and print a summary (works while the daemon runs).
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run a single pass and exit (the daemon schedules passes itself).
+        #[arg(long, required = true)]
+        once: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +62,8 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(&args.config),
             Command::CheckConfig(args) => check_config::check_config(&args.config),
+            Command::Watch { config, orders } => watch::watch(&config.config, &orders),
+            Command::Reconcile { config, once: _ } => reconcile::reconcile_once(&config.config),
         }
     }
 }
@@ -53,5 +73,13 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|error| {
         eprintln!("orderwatch: {error}");
         ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// A multi-threaded runtime for the commands that need one.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap_or_else(|error| {
+        eprintln!("orderwatch: cannot start the async runtime: {error}");
+        std::process::exit(EXIT_FAILURE.into())
     })
 }

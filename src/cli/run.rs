@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{EXIT_FAILURE, load_config};
+use super::{EXIT_FAILURE, load_config, runtime};
 use crate::clock::SystemClock;
 use crate::startup;
 
@@ -14,14 +14,7 @@ pub(super) fn run(config_path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     startup::init_logging(&config);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("orderwatch: cannot start the async runtime: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let result = runtime.block_on(async {
+    let result = runtime().block_on(async {
         let listener = startup::bind(&config).await?;
         startup::run(
             listener,

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::StoreSettings;
+use super::poll_state::{self, Trigger};
 use super::rule::{ItemState, Outcome, Rules, decide, musement_time};
 use crate::clock::{from_db_text, to_db_text};
 use crate::observation::{Observation, Position, Source, Status};
@@ -16,9 +18,11 @@ const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
 pub fn apply(
     conn: &Connection,
     observation: &Observation,
-    rules: &Rules,
+    settings: &StoreSettings,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Outcome> {
+    let rules = &settings.rules;
+    let order_uuid = observation.order.to_string();
     warn_if_clamped(observation, rules);
     upsert_order(conn, observation, now)?;
     let current = load_item(conn, &observation.item.to_string())?;
@@ -29,8 +33,13 @@ pub fn apply(
     }
     append_event(conn, observation, decision.outcome, rules)?;
     if decision.outcome.needs_repoll() {
-        mark_for_repoll(conn, &observation.order.to_string(), rules, now)?;
+        mark_for_repoll(conn, &order_uuid, rules, now)?;
     }
+    let trigger = match observation.position.source() {
+        Source::Webhook => Trigger::Webhook,
+        Source::Poll => Trigger::Other, // the caller that polled says when the order is due again
+    };
+    poll_state::refresh(conn, &order_uuid, &settings.policy, trigger, now)?;
     Ok(decision.outcome)
 }
 
@@ -287,6 +296,14 @@ mod tests {
         }
     }
 
+    fn apply(
+        conn: &Connection,
+        observation: &Observation,
+        now: DateTime<Utc>,
+    ) -> rusqlite::Result<Outcome> {
+        super::apply(conn, observation, &StoreSettings::default(), now)
+    }
+
     fn database() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::store::open_for_writing(
@@ -300,17 +317,16 @@ mod tests {
     #[test]
     fn poll_only_order_facts_follow_their_own_as_of() {
         let (_dir, conn) = database();
-        let rules = Rules::default();
         assert_eq!(
-            apply(&conn, &poll("PENDING", "PENDING", 10), &rules, at(10)).unwrap(),
+            apply(&conn, &poll("PENDING", "PENDING", 10), at(10)).unwrap(),
             Outcome::Applied
         );
         assert_eq!(
-            apply(&conn, &poll("OK", "OK", 30), &rules, at(30)).unwrap(),
+            apply(&conn, &poll("OK", "OK", 30), at(30)).unwrap(),
             Outcome::Applied
         );
         assert_eq!(
-            apply(&conn, &poll("PENDING", "PENDING", 20), &rules, at(31)).unwrap(),
+            apply(&conn, &poll("PENDING", "PENDING", 20), at(31)).unwrap(),
             Outcome::Stale
         );
         let (order_status, identifier, polled): (String, String, String) = conn
@@ -350,7 +366,6 @@ mod tests {
     #[test]
     fn persistent_doubt_backs_off_the_repoll() {
         let (_dir, conn) = database();
-        let rules = Rules::default();
         let repoll = |conn: &Connection| -> (String, i64) {
             conn.query_row("SELECT repoll_at, repoll_attempts FROM orders", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -362,18 +377,18 @@ mod tests {
             version: 1,
             updated: at(100),
         };
-        apply(&conn, &webhook, &rules, at(100)).unwrap();
+        apply(&conn, &webhook, at(100)).unwrap();
         // Polls within the margin that disagree are doubtful.
         assert_eq!(
-            apply(&conn, &poll("OK", "OK", 102), &rules, at(102)).unwrap(),
+            apply(&conn, &poll("OK", "OK", 102), at(102)).unwrap(),
             Outcome::Doubtful
         );
         assert_eq!(repoll(&conn), (to_db_text(at(107)), 1));
         // Another doubt before the mark is due does not push it out.
-        apply(&conn, &poll("OK", "OK", 103), &rules, at(103)).unwrap();
+        apply(&conn, &poll("OK", "OK", 103), at(103)).unwrap();
         assert_eq!(repoll(&conn), (to_db_text(at(107)), 1));
         // Once due, a renewed doubt doubles the wait.
-        apply(&conn, &poll("OK", "OK", 104), &rules, at(108)).unwrap();
+        apply(&conn, &poll("OK", "OK", 104), at(108)).unwrap();
         assert_eq!(repoll(&conn), (to_db_text(at(118)), 2));
     }
 }

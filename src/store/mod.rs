@@ -2,6 +2,10 @@
 //! observation ([`apply`]), the group-commit [`writer`], and read-side queries.
 
 mod apply;
+pub mod commands;
+pub mod poll_state;
+pub mod queries;
+mod reconcile;
 pub mod rule;
 pub mod writer;
 
@@ -11,7 +15,20 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use apply::{RejectedWebhook, apply, record_rejected};
+pub use poll_state::PollPolicy;
+pub use reconcile::{LeaseAnswer, PollFailure, PollRecord, PolledItemFacts};
 pub use rule::{Decision, ItemState, Outcome, Rules, decide};
+
+/// What the store functions need to know besides the connection and their input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The ordering rule's tuning.
+    pub rules: Rules,
+    /// What makes an order due for polling.
+    pub policy: PollPolicy,
+    /// Newest rejected webhooks kept.
+    pub rejected_keep: u32,
+}
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;

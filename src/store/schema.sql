@@ -14,10 +14,21 @@ CREATE TABLE orders (
     order_polled_as_of  TEXT,              -- Musement time of the poll that set the two above
     first_seen_at       TEXT NOT NULL,     -- our clock, first observation of the order
     repoll_at           TEXT,              -- set by a doubtful/conflict outcome: poll at or after this
-    repoll_attempts     INTEGER NOT NULL DEFAULT 0  -- consecutive doubts, for backoff
+    repoll_attempts     INTEGER NOT NULL DEFAULT 0, -- consecutive doubts, for backoff
+    -- Reconciler bookkeeping, maintained by the store on every change:
+    watched             INTEGER NOT NULL DEFAULT 0, -- registered with `orderwatch watch`
+    needs_poll          INTEGER NOT NULL DEFAULT 0, -- 1 while some item is unsettled (see README)
+    next_poll_at        TEXT,              -- due at or after this (with needs_poll = 1)
+    last_polled_at      TEXT,              -- our clock, last successful poll
+    poll_failures       INTEGER NOT NULL DEFAULT 0, -- consecutive failed polls, for backoff
+    last_error          TEXT,              -- why the last poll failed (NULL after a success)
+    not_found_at        TEXT,              -- Musement answered 404: no longer polled
+    expired_at          TEXT               -- past [reconciler] max_age: no longer polled
 ) STRICT;
 
 CREATE INDEX orders_repoll ON orders (repoll_at) WHERE repoll_at IS NOT NULL;
+-- Due orders are found through this partial index, so settled orders are never scanned.
+CREATE INDEX orders_due ON orders (next_poll_at) WHERE needs_poll = 1;
 
 -- The reconciled state: one row per order item.
 CREATE TABLE order_items (
@@ -33,7 +44,15 @@ CREATE TABLE order_items (
     source          TEXT NOT NULL CHECK (source IN ('webhook', 'poll')),  -- what set status
     first_seen_at   TEXT NOT NULL,         -- our clock
     changed_at      TEXT NOT NULL,         -- our clock, when status last changed
-    updated_at      TEXT NOT NULL          -- our clock, last write of this row
+    updated_at      TEXT NOT NULL,         -- our clock, last write of this row
+    -- Facts only a poll gives:
+    vouchers        TEXT,                  -- JSON array of voucher URLs (NULL: never polled)
+    product_id      TEXT,
+    product_title   TEXT,
+    product_date    TEXT,                  -- activity's local date, as sent: 2018-09-01 15:30
+    max_confirmation_time TEXT,            -- ISO-8601 duration as sent: P0D, PT30M, P2D
+    confirm_deadline TEXT,                 -- first_seen_at + max_confirmation_time
+    overdue_warned_at TEXT                 -- when the overdue warning was logged (once per item)
 ) STRICT;
 
 CREATE INDEX order_items_order ON order_items (order_uuid);
@@ -64,3 +83,16 @@ CREATE TABLE rejected_webhooks (
     error        TEXT NOT NULL,
     body         BLOB NOT NULL             -- as received (may be invalid UTF-8)
 ) STRICT;
+
+-- Who runs a reconciler pass now, so passes never overlap across processes.
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+) STRICT;
+
+-- PENDING items past their confirmation deadline (real time; the daemon uses its own clock).
+CREATE VIEW overdue_items AS
+SELECT item_uuid, order_uuid, status, first_seen_at, max_confirmation_time, confirm_deadline
+FROM order_items
+WHERE status = 'PENDING' AND confirm_deadline < strftime('%Y-%m-%dT%H:%M:%fZ', 'now');

@@ -12,22 +12,25 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::apply::{RejectedWebhook, apply, record_rejected};
-use super::rule::{Outcome, Rules};
+use chrono::Duration;
+use uuid::Uuid;
+
+use super::commands::{Command, Done, execute};
+use super::reconcile::{LeaseAnswer, PollFailure, PollRecord};
+use super::rule::Outcome;
+use super::{RejectedWebhook, StoreSettings};
 use crate::clock::Clock;
 use crate::observation::Observation;
 
 /// How the writer batches and what it keeps.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterSettings {
     /// Most jobs in one transaction (`1` = one commit per request, the naive baseline).
     pub max_batch: usize,
-    /// Jobs that may wait for the writer before new ones are refused.
+    /// Jobs that may wait for the writer before new webhooks are refused.
     pub queue_capacity: usize,
-    /// The ordering rule's tuning.
-    pub rules: Rules,
-    /// Newest rejected webhooks kept.
-    pub rejected_keep: u32,
+    /// What the store functions need to know.
+    pub store: StoreSettings,
 }
 
 /// Why a write was not confirmed. Every variant means "not known to be stored": answer 503.
@@ -52,16 +55,17 @@ pub struct WriterStats {
     pub failed_batches: AtomicU64,
 }
 
-enum Op {
-    Apply(Box<Observation>),
-    Reject(RejectedWebhook),
-    /// Proves the writer is alive and can take the write lock and commit.
-    Ping,
+struct Job {
+    command: Command,
+    reply: oneshot::Sender<Result<Done, WriteError>>,
 }
 
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Option<Outcome>, WriteError>>,
+/// Whether a full queue refuses at once (webhooks: answer 503 now) or waits (reconciler, CLI:
+/// nobody is waiting on an HTTP answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenFull {
+    Refuse,
+    Wait,
 }
 
 /// A cheap, cloneable handle for sending work to the writer thread.
@@ -71,17 +75,24 @@ pub struct Writer {
     stats: Arc<WriterStats>,
 }
 
-/// The writer thread; [`WriterThread::join`] waits until every queued job is answered, which
-/// happens once every [`Writer`] handle is dropped.
+/// The writer thread. It stops when every [`Writer`] handle is dropped or when
+/// [`WriterThread::shutdown`] asks it to.
 pub struct WriterThread {
     handle: JoinHandle<()>,
+    /// Used only to queue the shutdown request behind everything already queued.
+    writer: Writer,
 }
 
 impl WriterThread {
-    /// Waits for the thread to drain its queue and exit.
-    pub fn join(self) {
-        if self.handle.join().is_err() {
-            tracing::error!("the writer thread panicked");
+    /// Lets the writer commit everything queued so far, stops it, and waits for the thread.
+    /// Jobs sent after this are answered [`WriteError::Closed`] (a 503 for webhooks).
+    pub async fn shutdown(self) {
+        let _ = self.writer.submit(Command::Shutdown, WhenFull::Wait).await;
+        drop(self.writer);
+        let handle = self.handle;
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("the writer thread panicked"),
         }
     }
 }
@@ -98,24 +109,108 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("orderwatch-writer".into())
         .spawn(move || run(conn, receiver, settings, clock, &thread_stats))?;
-    Ok((Writer { sender, stats }, WriterThread { handle }))
+    let writer = Writer { sender, stats };
+    Ok((writer.clone(), WriterThread { handle, writer }))
 }
 
 impl Writer {
-    /// Stores an observation; resolves once it is committed (or known not to be).
+    /// Stores a webhook observation; resolves once it is committed (or known not to be).
+    /// Refuses at once when the queue is full.
     pub async fn apply(&self, observation: Observation) -> Result<Outcome, WriteError> {
-        let outcome = self.submit(Op::Apply(Box::new(observation))).await?;
-        outcome.ok_or_else(|| WriteError::Storage("no outcome returned".into()))
+        match self
+            .submit(Command::Apply(Box::new(observation)), WhenFull::Refuse)
+            .await?
+        {
+            Done::Outcome(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Stores a rejected webhook for operators.
     pub async fn record_rejected(&self, rejected: RejectedWebhook) -> Result<(), WriteError> {
-        self.submit(Op::Reject(rejected)).await.map(|_| ())
+        self.submit(Command::Reject(rejected), WhenFull::Refuse)
+            .await
+            .map(drop)
     }
 
     /// Round-trips a write transaction through the writer (used by `/readyz`).
     pub async fn ping(&self) -> Result<(), WriteError> {
-        self.submit(Op::Ping).await.map(|_| ())
+        self.submit(Command::Ping, WhenFull::Refuse).await.map(drop)
+    }
+
+    /// Stores a successful poll; returns each item's outcome.
+    pub async fn record_poll(&self, record: PollRecord) -> Result<Vec<Outcome>, WriteError> {
+        match self
+            .submit(Command::RecordPoll(Box::new(record)), WhenFull::Wait)
+            .await?
+        {
+            Done::Outcomes(outcomes) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Records a failed poll; returns when the order is due again (`None` after a 404).
+    pub async fn record_poll_failure(
+        &self,
+        failure: PollFailure,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, WriteError> {
+        match self
+            .submit(Command::RecordPollFailure(failure), WhenFull::Wait)
+            .await?
+        {
+            Done::NextPoll(next) => Ok(next),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Registers orders for polling; returns how many were new.
+    pub async fn watch(&self, orders: Vec<Uuid>) -> Result<usize, WriteError> {
+        match self.submit(Command::Watch(orders), WhenFull::Wait).await? {
+            Done::Count(new) => Ok(new),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops polling orders past `max_age`; returns those newly expired.
+    pub async fn expire(&self, orders: Vec<Uuid>) -> Result<Vec<Uuid>, WriteError> {
+        match self.submit(Command::Expire(orders), WhenFull::Wait).await? {
+            Done::Orders(expired) => Ok(expired),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Notes that overdue warnings for these items were logged.
+    pub async fn mark_overdue_warned(&self, items: Vec<Uuid>) -> Result<(), WriteError> {
+        self.submit(Command::MarkOverdueWarned(items), WhenFull::Wait)
+            .await
+            .map(drop)
+    }
+
+    /// Takes or renews a lease.
+    pub async fn acquire_lease(
+        &self,
+        name: &'static str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseAnswer, WriteError> {
+        let command = Command::AcquireLease {
+            name,
+            holder: holder.to_owned(),
+            ttl,
+        };
+        match self.submit(command, WhenFull::Wait).await? {
+            Done::Lease(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Gives a lease back.
+    pub async fn release_lease(&self, name: &'static str, holder: &str) -> Result<(), WriteError> {
+        let command = Command::ReleaseLease {
+            name,
+            holder: holder.to_owned(),
+        };
+        self.submit(command, WhenFull::Wait).await.map(drop)
     }
 
     /// The writer's counters.
@@ -123,16 +218,26 @@ impl Writer {
         &self.stats
     }
 
-    async fn submit(&self, op: Op) -> Result<Option<Outcome>, WriteError> {
+    async fn submit(&self, command: Command, when_full: WhenFull) -> Result<Done, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .try_send(Job { op, reply })
-            .map_err(|e| match e {
+        let job = Job { command, reply };
+        match when_full {
+            WhenFull::Refuse => self.sender.try_send(job).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
-            })?;
+            })?,
+            WhenFull::Wait => self
+                .sender
+                .send(job)
+                .await
+                .map_err(|_| WriteError::Closed)?,
+        }
         answer.await.map_err(|_| WriteError::Closed)?
     }
+}
+
+fn unexpected(done: Done) -> WriteError {
+    WriteError::Storage(format!("unexpected answer from the writer: {done:?}"))
 }
 
 fn run(
@@ -162,11 +267,17 @@ fn run(
                 tracing::error!(%error, jobs = batch.len(), "could not commit a batch; answering 503");
             }
         }
+        let stop = batch
+            .iter()
+            .any(|job| matches!(job.command, Command::Shutdown));
         answer(batch.drain(..), results);
+        if stop {
+            break;
+        }
     }
 }
 
-type JobResult = Result<Option<Outcome>, WriteError>;
+type JobResult = Result<Done, WriteError>;
 
 /// Runs every job of the batch in one transaction, each in its own savepoint so one failing job
 /// does not sink the others, then commits once. A failed commit fails every job.
@@ -184,19 +295,10 @@ fn commit_batch(
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let savepoint = tx.savepoint().map_err(storage)?;
-        let result = match &job.op {
-            Op::Apply(observation) => {
-                apply(&savepoint, observation, &settings.rules, now).map(Some)
-            }
-            Op::Reject(rejected) => {
-                record_rejected(&savepoint, rejected, settings.rejected_keep).map(|()| None)
-            }
-            Op::Ping => Ok(None),
-        };
-        match result {
-            Ok(outcome) => {
+        match execute(&savepoint, &job.command, &settings.store, now) {
+            Ok(done) => {
                 savepoint.commit().map_err(storage)?;
-                results.push(Ok(outcome));
+                results.push(Ok(done));
             }
             Err(error) => {
                 drop(savepoint); // rolls back this job only

@@ -2,7 +2,10 @@
 //! in temp dirs. `helpers` spawns the app; each other module covers one concern.
 
 mod cli;
+mod fake_musement;
 mod helpers;
+mod musement_client;
 mod ordering_props;
 mod receiver;
+mod reconciler;
 mod store;

@@ -1,0 +1,536 @@
+//! [`MusementClient`]: logs in with client credentials, caches the bearer token until shortly
+//! before it expires, and fetches orders, classifying every failure into an [`ApiError`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{RequestBuilder, StatusCode};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::error::{ApiError, snippet};
+use super::headers::{parse_http_date, parse_retry_after};
+use super::model::{self, PolledOrder};
+use crate::clock::Clock;
+use crate::config::Secret;
+
+/// The largest response body read; Musement orders are a few kilobytes, so anything near this
+/// is not an order and must not exhaust memory.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest safety margin before a token's stated expiry at which it is renewed.
+const MAX_RENEW_MARGIN_SECS: u64 = 60;
+
+/// The longest token lifetime believed, so an absurd `expires_in` cannot overflow time math
+/// (and a bad token still gets replaced: a 401 triggers a re-login anyway).
+const MAX_EXPIRES_IN_SECS: u64 = 30 * 24 * 3600;
+
+/// How to reach Musement and who we are.
+#[derive(Debug, Clone)]
+pub struct MusementSettings {
+    /// API root, e.g. `https://sandbox.musement.com/api/v3`; a trailing slash is ignored.
+    pub base_url: String,
+    /// `X-Musement-Application`: Musement refuses every request without it (400, code 2271).
+    pub application: String,
+    /// `X-Musement-Version`, e.g. `3.4.0`: pins the API version so responses keep their shape.
+    pub version: String,
+    /// `Accept-Language`, e.g. `en-US`: the language of titles in responses.
+    pub accept_language: String,
+    /// OAuth client id for `POST /login`.
+    pub client_id: String,
+    /// OAuth client secret for `POST /login`; masked wherever it could be printed.
+    pub client_secret: Secret,
+    /// The limit on one request, from connecting to the last byte of the body.
+    pub request_timeout: Duration,
+}
+
+/// A Musement API client. Cheap to clone: clones share the connection pool and the token.
+#[derive(Clone)]
+pub struct MusementClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One pooled HTTP client with the identity headers and the timeout set on it.
+    http: reqwest::Client,
+    /// `settings.base_url` without trailing slashes.
+    base_url: String,
+    client_id: String,
+    client_secret: Secret,
+    clock: Arc<dyn Clock>,
+    /// The cached token. A tokio mutex held across the login request, so concurrent callers
+    /// that find no valid token wait for one login instead of each doing their own.
+    token: Mutex<Option<CachedToken>>,
+    /// Successful logins so far.
+    logins: AtomicU64,
+}
+
+/// A bearer token and when to stop using it.
+#[derive(Clone)]
+struct CachedToken {
+    value: String,
+    /// Renew at or after this time (our clock): the stated expiry minus a safety margin.
+    renew_at: DateTime<Utc>,
+}
+
+/// What came back from one HTTP exchange, body fully read.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl std::fmt::Debug for MusementClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MusementClient")
+            .field("base_url", &self.inner.base_url)
+            .field("client_id", &self.inner.client_id)
+            .field("logins", &self.logins())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MusementClient {
+    /// Builds the client. Fails with [`ApiError::Config`] on a base URL that is not http(s),
+    /// an empty or non-header-safe identity header, or a zero timeout.
+    pub fn new(settings: MusementSettings, clock: Arc<dyn Clock>) -> Result<Self, ApiError> {
+        let base_url = checked_base_url(&settings.base_url)?;
+        if settings.request_timeout.is_zero() {
+            return Err(ApiError::Config(
+                "request_timeout must be above zero".into(),
+            ));
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(identity_headers(&settings)?)
+            .user_agent(concat!("orderwatch/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.request_timeout);
+        if is_loopback(&base_url) {
+            // A proxy from HTTP(S)_PROXY cannot reach our own loopback (a local mock or the
+            // tests' fake), and reqwest does not exempt it on its own.
+            builder = builder.no_proxy();
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ApiError::Config(error_chain(&e.without_url())))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                client_id: settings.client_id,
+                client_secret: settings.client_secret,
+                clock,
+                token: Mutex::new(None),
+                logins: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// `GET {base_url}/orders/{order}`, logging in first if there is no valid token. A 401 means
+    /// the token died early: log in again once and retry once; a second 401 is
+    /// [`ApiError::Unauthorized`].
+    pub async fn get_order(&self, order: Uuid) -> Result<PolledOrder, ApiError> {
+        let token = self.valid_token().await.map_err(|e| self.scrub(e, &[]))?;
+        let first = self.fetch_order(order, &token).await;
+        let Err(ApiError::Unauthorized { .. }) = first else {
+            return first.map_err(|e| self.scrub(e, &[&token]));
+        };
+        tracing::debug!(%order, "Musement refused the token; logging in again");
+        let fresh = self
+            .token_replacing(&token)
+            .await
+            .map_err(|e| self.scrub(e, &[&token]))?;
+        let second = match self.fetch_order(order, &fresh).await {
+            Err(ApiError::Unauthorized { message }) => Err(ApiError::Unauthorized {
+                message: format!("{message} (right after a fresh login)"),
+            }),
+            other => other,
+        };
+        second.map_err(|e| self.scrub(e, &[&token, &fresh]))
+    }
+
+    /// How many logins succeeded since the client was built (for metrics and tests).
+    pub fn logins(&self) -> u64 {
+        self.inner.logins.load(Ordering::Relaxed)
+    }
+
+    /// One GET of the order with `token`; a 401 comes back as `Unauthorized`.
+    async fn fetch_order(&self, order: Uuid, token: &str) -> Result<PolledOrder, ApiError> {
+        let url = format!("{}/orders/{order}", self.inner.base_url);
+        let request = self.inner.http.get(url).bearer_auth(token);
+        let reply = self.exchange(request).await?;
+        match reply.status {
+            status if status.is_success() => {
+                let server_time = header_text(&reply.headers, header::DATE)
+                    .and_then(|date| parse_http_date(&date));
+                model::parse_order(&reply.body, order, server_time)
+            }
+            StatusCode::UNAUTHORIZED => Err(ApiError::Unauthorized {
+                message: refusal("token refused", &reply),
+            }),
+            StatusCode::NOT_FOUND => Err(ApiError::NotFound),
+            _ => Err(self.status_error(&reply)),
+        }
+    }
+
+    /// The cached token if it is still good, else a fresh one from a login.
+    async fn valid_token(&self) -> Result<String, ApiError> {
+        let mut cached = self.inner.token.lock().await;
+        let now = self.inner.clock.now();
+        match cached.as_ref() {
+            Some(token) if now < token.renew_at => Ok(token.value.clone()),
+            _ => self.login_into(&mut cached).await,
+        }
+    }
+
+    /// A token other than `rejected`: one another caller already obtained while we waited for
+    /// the lock, else a fresh login. This keeps N callers hit by the same 401 to one login.
+    async fn token_replacing(&self, rejected: &str) -> Result<String, ApiError> {
+        let mut cached = self.inner.token.lock().await;
+        let now = self.inner.clock.now();
+        match cached.as_ref() {
+            Some(token) if token.value != rejected && now < token.renew_at => {
+                Ok(token.value.clone())
+            }
+            _ => self.login_into(&mut cached).await,
+        }
+    }
+
+    /// Logs in and stores the token in `slot` (the locked cache).
+    async fn login_into(&self, slot: &mut Option<CachedToken>) -> Result<String, ApiError> {
+        let token = self.login().await?;
+        let value = token.value.clone();
+        *slot = Some(token);
+        Ok(value)
+    }
+
+    /// `POST {base_url}/login` with the client credentials.
+    async fn login(&self) -> Result<CachedToken, ApiError> {
+        // The lifetime runs from when Musement issued the token, which is after this instant;
+        // counting from here errs on the safe side.
+        let requested_at = self.inner.clock.now();
+        let body = serde_json::json!({
+            "client_id": self.inner.client_id,
+            "client_secret": self.inner.client_secret.expose(),
+            "grant_type": "client_credentials",
+        });
+        let url = format!("{}/login", self.inner.base_url);
+        let reply = self.exchange(self.inner.http.post(url).json(&body)).await?;
+        match reply.status {
+            status if status.is_success() => {
+                let grant = model::parse_login(&reply.body)?;
+                self.inner.logins.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(expires_in = grant.expires_in, "logged in to Musement");
+                Ok(CachedToken {
+                    value: grant.access_token,
+                    renew_at: requested_at + renew_after(grant.expires_in),
+                })
+            }
+            StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(ApiError::Unauthorized {
+                    message: refusal("login refused", &reply),
+                })
+            }
+            _ => Err(self.status_error(&reply)),
+        }
+    }
+
+    /// Sends `request`, reads the whole body and logs the exchange (never its headers, which
+    /// carry the token, nor its body, which may carry the secret).
+    async fn exchange(&self, request: RequestBuilder) -> Result<Reply, ApiError> {
+        let request = request.build().map_err(transport_error)?;
+        let method = request.method().clone();
+        let path = request.url().path().to_owned();
+        let started = Instant::now();
+        let result = self.send_and_read(request).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(reply) => tracing::debug!(
+                %method, path, status = reply.status.as_u16(), latency_ms, "Musement request"
+            ),
+            // Only the kind: an error's text can hold part of a body.
+            Err(error) => tracing::debug!(
+                %method, path, error = error.kind(), latency_ms, "Musement request failed"
+            ),
+        }
+        result
+    }
+
+    /// Sends `request` and reads the body, at most [`MAX_BODY_BYTES`] of it.
+    async fn send_and_read(&self, request: reqwest::Request) -> Result<Reply, ApiError> {
+        let mut response = self
+            .inner
+            .http
+            .execute(request)
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY_BYTES {
+                return Err(ApiError::malformed(
+                    format!("body larger than {MAX_BODY_BYTES} bytes"),
+                    &body,
+                ));
+            }
+        }
+        Ok(Reply {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// The error for a status that has no meaning specific to the endpoint: 429, 5xx, other.
+    fn status_error(&self, reply: &Reply) -> ApiError {
+        let retry_after = header_text(&reply.headers, header::RETRY_AFTER)
+            .and_then(|value| parse_retry_after(&value, self.inner.clock.now()));
+        match reply.status.as_u16() {
+            429 => ApiError::RateLimited { retry_after },
+            status @ 500..=599 => ApiError::Server {
+                status,
+                retry_after,
+            },
+            status => ApiError::UnexpectedStatus {
+                status,
+                snippet: snippet(&reply.body),
+            },
+        }
+    }
+
+    /// `error` with the client secret and `tokens` masked in all its texts.
+    fn scrub(&self, error: ApiError, tokens: &[&str]) -> ApiError {
+        let mut secrets = vec![self.inner.client_secret.expose()];
+        secrets.extend_from_slice(tokens);
+        error.scrubbed(&secrets)
+    }
+}
+
+/// Classifies a reqwest failure. The URL is dropped from the text: it adds nothing the caller
+/// does not know and keeps the line short.
+fn transport_error(error: reqwest::Error) -> ApiError {
+    if error.is_timeout() {
+        ApiError::Timeout
+    } else if error.is_builder() {
+        ApiError::Config(error_chain(&error.without_url()))
+    } else {
+        ApiError::Connect(error_chain(&error.without_url()))
+    }
+}
+
+/// `error` and its sources joined with `: `, on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some layers repeat their cause in their own message; say it once.
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ").replace(['\n', '\r'], " ")
+}
+
+/// How long after the login request a token with lifetime `expires_in` is renewed: its lifetime
+/// minus `min(60 s, expires_in / 10)`, so short-lived tokens keep most of their life.
+fn renew_after(expires_in: u64) -> chrono::Duration {
+    let lifetime = expires_in.min(MAX_EXPIRES_IN_SECS);
+    let margin = MAX_RENEW_MARGIN_SECS.min(lifetime / 10);
+    // Both fit easily: lifetime is capped at 30 days.
+    chrono::Duration::seconds((lifetime - margin) as i64)
+}
+
+/// `"{what} (HTTP 401): {Musement's message}"`.
+fn refusal(what: &str, reply: &Reply) -> String {
+    let status = reply.status.as_u16();
+    match model::error_message(&reply.body) {
+        Some(message) => format!("{what} (HTTP {status}): {message}"),
+        None => format!("{what} (HTTP {status})"),
+    }
+}
+
+/// A header's value as text, if present and visible ASCII.
+fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+/// The base URL without trailing slashes, checked to be absolute http(s).
+fn checked_base_url(base_url: &str) -> Result<String, ApiError> {
+    let trimmed = base_url.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(trimmed)
+        .map_err(|e| ApiError::Config(format!("base_url {trimmed:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(ApiError::Config(format!(
+            "base_url {trimmed:?}: not an http(s) URL"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ApiError::Config(format!(
+            "base_url {trimmed:?}: must not have a query or fragment"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Whether `base_url` (already checked to parse) points at this machine.
+fn is_loopback(base_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    // IPv6 hosts come bracketed (`[::1]`).
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The headers every request carries: who we are, which API version and language we want.
+fn identity_headers(settings: &MusementSettings) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    for (name, setting, value) in [
+        (
+            "x-musement-application",
+            "application",
+            &settings.application,
+        ),
+        ("x-musement-version", "version", &settings.version),
+        (
+            "accept-language",
+            "accept_language",
+            &settings.accept_language,
+        ),
+    ] {
+        let value = value.trim();
+        let header = HeaderValue::from_str(value)
+            .ok()
+            .filter(|_| !value.is_empty())
+            .ok_or_else(|| {
+                ApiError::Config(format!("{setting}: empty or not a valid header value"))
+            })?;
+        headers.insert(HeaderName::from_static(name), header);
+    }
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn settings(base_url: &str) -> MusementSettings {
+        MusementSettings {
+            base_url: base_url.into(),
+            application: "acme".into(),
+            version: "3.4.0".into(),
+            accept_language: "en-US".into(),
+            client_id: "id".into(),
+            client_secret: Secret::new("secret"),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn client_is_send_sync_and_clone() {
+        fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+        assert_traits::<MusementClient>();
+    }
+
+    #[test]
+    fn renew_margin_is_a_tenth_up_to_a_minute() {
+        assert_eq!(renew_after(3600), chrono::Duration::seconds(3540));
+        assert_eq!(renew_after(300), chrono::Duration::seconds(270));
+        assert_eq!(renew_after(5), chrono::Duration::seconds(5));
+        assert_eq!(renew_after(0), chrono::Duration::zero());
+        assert_eq!(
+            renew_after(u64::MAX),
+            chrono::Duration::seconds((MAX_EXPIRES_IN_SECS - 60) as i64)
+        );
+    }
+
+    #[test]
+    fn base_url_is_checked_and_trimmed() {
+        assert_eq!(
+            checked_base_url("https://sandbox.musement.com/api/v3/").unwrap(),
+            "https://sandbox.musement.com/api/v3"
+        );
+        for bad in [
+            "",
+            "sandbox.musement.com",
+            "ftp://x/api",
+            "https://x/api?a=1",
+        ] {
+            assert!(
+                matches!(checked_base_url(bad), Err(ApiError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_base_urls_are_recognised() {
+        for url in [
+            "http://127.0.0.1:8080/api/v3",
+            "http://localhost/api",
+            "http://[::1]:1/",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in ["https://sandbox.musement.com/api/v3", "http://10.0.0.1/"] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let clock = Arc::new(SystemClock);
+        let mut bad = settings("http://127.0.0.1:1/api/v3");
+        bad.application = String::new();
+        assert!(matches!(
+            MusementClient::new(bad, clock.clone()),
+            Err(ApiError::Config(_))
+        ));
+        let mut bad = settings("http://127.0.0.1:1/api/v3");
+        bad.version = "3.4\u{7}".into();
+        assert!(matches!(
+            MusementClient::new(bad, clock.clone()),
+            Err(ApiError::Config(_))
+        ));
+        let mut bad = settings("http://127.0.0.1:1/api/v3");
+        bad.request_timeout = Duration::ZERO;
+        assert!(matches!(
+            MusementClient::new(bad, clock.clone()),
+            Err(ApiError::Config(_))
+        ));
+        let client = MusementClient::new(settings("http://127.0.0.1:1/api/v3"), clock).unwrap();
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
+    fn error_chain_is_one_line_without_repeats() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = Outer(std::io::Error::other("inner\nline"));
+        assert_eq!(error_chain(&error), "outer: inner line");
+    }
+}

@@ -1,0 +1,17 @@
+//! The Musement partner API client the reconciler polls with: `POST /login` (client
+//! credentials, token cached until shortly before expiry) and `GET /orders/{uuid}`, parsed
+//! leniently into a [`PolledOrder`] with personal data stripped.
+//!
+//! - [`client`]: [`MusementClient`] and its [`MusementSettings`]; logins, headers, retries on 401.
+//! - [`model`]: [`PolledOrder`] / [`PolledItem`] and the personal-data allowlist.
+//! - [`error`]: [`ApiError`], classified into transient and permanent failures.
+//! - `headers`: parsing of `Date` and `Retry-After`.
+
+pub mod client;
+pub mod error;
+mod headers;
+pub mod model;
+
+pub use client::{MusementClient, MusementSettings};
+pub use error::ApiError;
+pub use model::{PolledItem, PolledOrder};

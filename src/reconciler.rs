@@ -1,0 +1,462 @@
+//! The fallback Musement asks for: poll `GET /orders/{uuid}` for orders whose items are not
+//! settled, and feed every item through the same store function as webhooks.
+//!
+//! A pass reads the due orders from a partial index (re-poll marks first), expires those past
+//! `max_age`, polls the rest with bounded concurrency and a request-rate ceiling, records each
+//! answer or failure through the writer, and finally warns about overdue items. Passes never
+//! overlap: within the process a mutex (a tick that finds a pass running waits for it, a third
+//! is dropped), across processes a lease row in the database.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::musement::{ApiError, MusementClient, PolledOrder};
+use crate::observation::{Observation, OrderFacts, Position};
+use crate::store::queries::{self, DueOrder};
+use crate::store::writer::{WriteError, Writer};
+use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord, PolledItemFacts};
+
+/// The lease row's name.
+const LEASE: &str = "reconciler";
+/// How long a lease holds without renewal; a pass renews it at a third of this.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// How the reconciler polls (from `[reconciler]`).
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    /// Orders polled at once.
+    pub concurrency: usize,
+    /// Ceiling on GET calls per second (0 = none).
+    pub max_requests_per_second: f64,
+    /// Orders first seen longer ago than this are no longer polled (unless marked for re-poll).
+    pub max_age: chrono::Duration,
+    /// First wait after a failed poll.
+    pub backoff_base: chrono::Duration,
+    /// Longest wait after failed polls.
+    pub backoff_cap: chrono::Duration,
+    /// The SQLite file, read through its own read-only connections.
+    pub database: PathBuf,
+    /// Busy timeout for those connections.
+    pub busy_timeout: Duration,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    /// Orders that were due.
+    pub due: usize,
+    /// Orders polled successfully.
+    pub polled: usize,
+    /// Items whose stored state a poll set (`applied` outcomes, new items included).
+    pub items_changed: usize,
+    /// Polls that failed (timeouts, 5xx, 429, bad bodies); those orders back off.
+    pub failures: usize,
+    /// Orders Musement answered 404 for; no longer polled.
+    pub not_found: usize,
+    /// Orders past `max_age`, no longer polled.
+    pub expired: usize,
+    /// Items newly found past their confirmation deadline.
+    pub overdue: usize,
+    /// Set when the pass stopped early, e.g. because the API refused our credentials.
+    pub stopped: Option<String>,
+}
+
+/// Why a pass did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("another reconciler pass is running ({holder}, lease until {until})")]
+    LeaseHeld {
+        holder: String,
+        until: DateTime<Utc>,
+    },
+    #[error("database: {0}")]
+    Store(String),
+}
+
+impl From<WriteError> for PassError {
+    fn from(error: WriteError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+/// The reconciler: owns the API client and a handle to the writer.
+pub struct Reconciler {
+    client: MusementClient,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    settings: ReconcilerSettings,
+    /// Who we are in the lease table.
+    holder: String,
+    /// Held for the whole of a pass.
+    pass: Mutex<()>,
+    /// A tick is waiting for the running pass; further ticks are dropped.
+    queued: AtomicBool,
+    /// Shutdown asked: start no new polls.
+    stopping: AtomicBool,
+    limiter: RateLimiter,
+}
+
+/// One order's poll, as the pass counts it.
+enum PollResult {
+    Polled {
+        changed: usize,
+    },
+    Failed,
+    NotFound,
+    /// The API refused our credentials even after a fresh login: stop the pass.
+    Credentials(String),
+    Skipped,
+}
+
+impl Reconciler {
+    /// A reconciler polling through `client` and storing through `writer`; `holder` names this
+    /// process in the lease table (e.g. `orderwatch run (pid 42)`).
+    pub fn new(
+        client: MusementClient,
+        writer: Writer,
+        clock: Arc<dyn Clock>,
+        settings: ReconcilerSettings,
+        holder: String,
+    ) -> Self {
+        let limiter = RateLimiter::new(settings.max_requests_per_second);
+        Self {
+            client,
+            writer,
+            clock,
+            settings,
+            holder,
+            pass: Mutex::new(()),
+            queued: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            limiter,
+        }
+    }
+
+    /// The scheduler's entry point: runs a pass unless one is running and another already
+    /// waits for it, and logs the result.
+    pub async fn tick(&self) {
+        if self.queued.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                "a reconciler pass is running and another is queued; skipping this tick"
+            );
+            return;
+        }
+        let guard = self.pass.lock().await;
+        self.queued.store(false, Ordering::SeqCst);
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.pass_locked().await {
+            Ok(summary) => log_summary(&summary),
+            Err(PassError::LeaseHeld { holder, until }) => {
+                tracing::info!(%holder, %until, "another process is reconciling; skipping this pass");
+            }
+            Err(error) => tracing::error!(%error, "reconciler pass failed"),
+        }
+        drop(guard);
+    }
+
+    /// Runs one pass now (waiting for a running one to finish first).
+    pub async fn run_once(&self) -> Result<PassSummary, PassError> {
+        let _guard = self.pass.lock().await;
+        self.pass_locked().await
+    }
+
+    /// Asks a running pass to start no new polls, then waits for it to end.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.pass.lock().await;
+    }
+
+    async fn pass_locked(&self) -> Result<PassSummary, PassError> {
+        let started = std::time::Instant::now();
+        match self
+            .writer
+            .acquire_lease(LEASE, &self.holder, lease_ttl())
+            .await?
+        {
+            LeaseAnswer::Acquired { .. } => {}
+            LeaseAnswer::Held { holder, until } => {
+                return Err(PassError::LeaseHeld { holder, until });
+            }
+        }
+        let result = tokio::select! {
+            result = self.poll_due() => result,
+            error = self.keep_lease() => Err(error),
+        };
+        if let Err(error) = self.writer.release_lease(LEASE, &self.holder).await {
+            tracing::warn!(%error, "could not release the reconciler lease; it expires by itself");
+        }
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconciler pass ended"
+        );
+        result
+    }
+
+    /// Renews the lease until the pass ends (this future is dropped then); resolves only if
+    /// the lease was lost.
+    async fn keep_lease(&self) -> PassError {
+        loop {
+            tokio::time::sleep(LEASE_TTL / 3).await;
+            match self
+                .writer
+                .acquire_lease(LEASE, &self.holder, lease_ttl())
+                .await
+            {
+                Ok(LeaseAnswer::Acquired { .. }) => {}
+                Ok(LeaseAnswer::Held { holder, until }) => {
+                    return PassError::LeaseHeld { holder, until };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not renew the reconciler lease; retrying")
+                }
+            }
+        }
+    }
+
+    async fn poll_due(&self) -> Result<PassSummary, PassError> {
+        let now = self.clock.now();
+        let due = self
+            .read(move |conn| queries::due_orders(conn, now))
+            .await?;
+        let mut summary = PassSummary {
+            due: due.len(),
+            ..PassSummary::default()
+        };
+        let (too_old, to_poll): (Vec<DueOrder>, Vec<DueOrder>) = due
+            .into_iter()
+            .partition(|d| !d.repoll && d.first_seen_at + self.settings.max_age < now);
+        summary.expired = self.expire(too_old).await?;
+
+        let credentials_refused = AtomicBool::new(false);
+        let results: Vec<PollResult> = futures_util::stream::iter(to_poll)
+            .map(|due| self.poll_one(due.order, &credentials_refused))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                PollResult::Polled { changed } => {
+                    summary.polled += 1;
+                    summary.items_changed += changed;
+                }
+                PollResult::Failed => summary.failures += 1,
+                PollResult::NotFound => summary.not_found += 1,
+                PollResult::Credentials(message) => summary.stopped = Some(message),
+                PollResult::Skipped => {}
+            }
+        }
+        summary.overdue = self.warn_overdue().await?;
+        Ok(summary)
+    }
+
+    async fn poll_one(&self, order: Uuid, credentials_refused: &AtomicBool) -> PollResult {
+        if self.stopping.load(Ordering::SeqCst) || credentials_refused.load(Ordering::SeqCst) {
+            return PollResult::Skipped;
+        }
+        self.limiter.wait().await;
+        if credentials_refused.load(Ordering::SeqCst) {
+            return PollResult::Skipped;
+        }
+        let answer = self.client.get_order(order).await;
+        match self.record(order, answer).await {
+            Ok(PollResult::Credentials(message)) => {
+                credentials_refused.store(true, Ordering::SeqCst);
+                tracing::error!(%message, "the Musement API refused our credentials; stopping this pass");
+                PollResult::Credentials(message)
+            }
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(%order, %error, "could not store a poll result");
+                PollResult::Failed
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        order: Uuid,
+        answer: Result<PolledOrder, ApiError>,
+    ) -> Result<PollResult, WriteError> {
+        match answer {
+            Ok(polled) => {
+                let outcomes = self.writer.record_poll(self.poll_record(polled)).await?;
+                let changed = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+                Ok(PollResult::Polled { changed })
+            }
+            Err(ApiError::NotFound) => {
+                tracing::warn!(%order, "Musement does not know this order (404); no longer polling it");
+                self.writer
+                    .record_poll_failure(PollFailure::NotFound { order })
+                    .await?;
+                Ok(PollResult::NotFound)
+            }
+            Err(ApiError::Unauthorized { message }) => Ok(PollResult::Credentials(message)),
+            Err(error) => {
+                let failure = PollFailure::Failed {
+                    order,
+                    error: error.to_string(),
+                    retry_after: error
+                        .retry_after()
+                        .and_then(|d| chrono::Duration::from_std(d).ok()),
+                    backoff_base: self.settings.backoff_base,
+                    backoff_cap: self.settings.backoff_cap,
+                    jitter: 0.5 + fastrand::f64() * 0.5,
+                };
+                let next = self.writer.record_poll_failure(failure).await?;
+                tracing::warn!(%order, %error, next_poll_at = ?next, "poll failed; backing off");
+                Ok(PollResult::Failed)
+            }
+        }
+    }
+
+    /// Turns an API answer into observations: every item is a poll at the response's `Date`
+    /// (our clock when Musement sent none).
+    fn poll_record(&self, polled: PolledOrder) -> PollRecord {
+        let received_at = self.clock.now();
+        let as_of = polled.server_time.unwrap_or(received_at);
+        let order_facts = OrderFacts {
+            status: polled.status.clone(),
+            identifier: polled.identifier.clone(),
+            ..OrderFacts::default()
+        };
+        let items = polled
+            .items
+            .into_iter()
+            .map(|item| {
+                let observation = Observation {
+                    item: item.uuid,
+                    order: polled.uuid,
+                    status: item.status,
+                    position: Position::Poll { as_of },
+                    item_created: None,
+                    order_facts: order_facts.clone(),
+                    received_at,
+                    raw: item.raw,
+                };
+                let facts = PolledItemFacts {
+                    vouchers: item.vouchers,
+                    product_id: item.product_id,
+                    product_title: item.product_title,
+                    product_date: item.product_date,
+                    max_confirmation_time: item.max_confirmation_time,
+                };
+                (observation, facts)
+            })
+            .collect();
+        PollRecord {
+            order: polled.uuid,
+            items,
+        }
+    }
+
+    async fn expire(&self, orders: Vec<DueOrder>) -> Result<usize, PassError> {
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        let expired = self
+            .writer
+            .expire(orders.into_iter().map(|d| d.order).collect())
+            .await?;
+        for order in &expired {
+            tracing::warn!(%order, "order is past [reconciler] max_age; no longer polled");
+        }
+        Ok(expired.len())
+    }
+
+    async fn warn_overdue(&self) -> Result<usize, PassError> {
+        let now = self.clock.now();
+        let overdue = self
+            .read(move |conn| queries::unwarned_overdue(conn, now))
+            .await?;
+        for item in &overdue {
+            tracing::warn!(item = %item.item, order = %item.order, deadline = %item.deadline,
+                "item is still PENDING past its confirmation deadline");
+        }
+        if !overdue.is_empty() {
+            self.writer
+                .mark_overdue_warned(overdue.iter().map(|o| o.item).collect())
+                .await?;
+        }
+        Ok(overdue.len())
+    }
+
+    /// Runs a query on a fresh read-only connection, off the async threads.
+    async fn read<T, F>(&self, query: F) -> Result<T, PassError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let path = self.settings.database.clone();
+        let busy_timeout = self.settings.busy_timeout;
+        tokio::task::spawn_blocking(move || {
+            let conn = crate::store::open_read_only(&path, busy_timeout)
+                .map_err(|e| PassError::Store(e.to_string()))?;
+            query(&conn).map_err(|e| PassError::Store(e.to_string()))
+        })
+        .await
+        .map_err(|e| PassError::Store(format!("query task failed: {e}")))?
+    }
+}
+
+fn lease_ttl() -> chrono::Duration {
+    chrono::Duration::from_std(LEASE_TTL).unwrap_or(chrono::Duration::seconds(60))
+}
+
+fn log_summary(summary: &PassSummary) {
+    tracing::info!(
+        due = summary.due,
+        polled = summary.polled,
+        items_changed = summary.items_changed,
+        failures = summary.failures,
+        not_found = summary.not_found,
+        expired = summary.expired,
+        overdue = summary.overdue,
+        stopped = summary.stopped.as_deref().unwrap_or(""),
+        "reconciler pass"
+    );
+}
+
+/// Spaces requests at least `1 / max_requests_per_second` apart across all concurrent polls.
+struct RateLimiter {
+    /// Gap between two requests; zero means no ceiling.
+    gap: Duration,
+    /// The earliest time the next request may start.
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_second: f64) -> Self {
+        let gap = if per_second > 0.0 {
+            Duration::from_secs_f64(1.0 / per_second)
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            gap,
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        if self.gap.is_zero() {
+            return;
+        }
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.gap;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}

@@ -1,0 +1,90 @@
+//! Everything the writer can be asked to do, and the one place that dispatches it to the store
+//! functions. The writer batches and commits; it does not know what the commands mean.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use super::reconcile::{self, LeaseAnswer, PollFailure, PollRecord};
+use super::{RejectedWebhook, StoreSettings, apply, record_rejected};
+use crate::observation::Observation;
+use crate::store::Outcome;
+
+/// A unit of work for the writer; each runs in its own savepoint inside a batch.
+#[derive(Debug)]
+pub enum Command {
+    /// Store an observation through the ordering rule.
+    Apply(Box<Observation>),
+    /// Keep an invalid webhook for operators.
+    Reject(RejectedWebhook),
+    /// Do nothing, but inside a committed write transaction (readiness).
+    Ping,
+    /// Store a successful poll.
+    RecordPoll(Box<PollRecord>),
+    /// Record a failed poll.
+    RecordPollFailure(PollFailure),
+    /// Register orders to poll.
+    Watch(Vec<Uuid>),
+    /// Stop polling orders past `max_age`.
+    Expire(Vec<Uuid>),
+    /// Note that overdue warnings were logged.
+    MarkOverdueWarned(Vec<Uuid>),
+    /// Take or renew a lease.
+    AcquireLease {
+        name: &'static str,
+        holder: String,
+        ttl: Duration,
+    },
+    /// Give a lease back.
+    ReleaseLease { name: &'static str, holder: String },
+    /// Commit what came before, then stop the writer: later jobs are answered "shut down".
+    Shutdown,
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    Outcome(Outcome),
+    Outcomes(Vec<Outcome>),
+    NextPoll(Option<DateTime<Utc>>),
+    Count(usize),
+    Orders(Vec<Uuid>),
+    Lease(LeaseAnswer),
+    Nothing,
+}
+
+/// Runs one command on the writer's connection at `now`.
+pub fn execute(
+    conn: &Connection,
+    command: &Command,
+    settings: &StoreSettings,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Done> {
+    Ok(match command {
+        Command::Apply(observation) => Done::Outcome(apply(conn, observation, settings, now)?),
+        Command::Reject(rejected) => {
+            record_rejected(conn, rejected, settings.rejected_keep)?;
+            Done::Nothing
+        }
+        Command::Ping | Command::Shutdown => Done::Nothing,
+        Command::RecordPoll(record) => {
+            Done::Outcomes(reconcile::record_poll(conn, record, settings, now)?)
+        }
+        Command::RecordPollFailure(failure) => Done::NextPoll(reconcile::record_poll_failure(
+            conn, failure, settings, now,
+        )?),
+        Command::Watch(orders) => Done::Count(reconcile::watch(conn, orders, settings, now)?),
+        Command::Expire(orders) => Done::Orders(reconcile::expire(conn, orders, now)?),
+        Command::MarkOverdueWarned(items) => {
+            reconcile::mark_overdue_warned(conn, items, now)?;
+            Done::Nothing
+        }
+        Command::AcquireLease { name, holder, ttl } => {
+            Done::Lease(reconcile::acquire_lease(conn, name, holder, *ttl, now)?)
+        }
+        Command::ReleaseLease { name, holder } => {
+            reconcile::release_lease(conn, name, holder)?;
+            Done::Nothing
+        }
+    })
+}

@@ -1,0 +1,615 @@
+//! A fake Musement partner API: a real HTTP/1 server on `127.0.0.1:0`, serving `POST /login`
+//! and `GET /orders/{uuid}` under `/api/v3` the way the reference (`musement-api.md`) documents
+//! them, with knobs to script failures, revoke tokens, fix the `Date` header and add latency.
+//!
+//! ```ignore
+//! let fake = FakeMusement::start().await;
+//! let order = new_uuid();
+//! fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+//! fake.push_response(&format!("/orders/{order}"), FakeResponse::status(503));
+//! let client = MusementClient::new(fake.settings(), Arc::new(SystemClock)).unwrap();
+//! ```
+//!
+//! Tokens never expire on their own here (tests move a `ManualClock`, not real time); use
+//! [`FakeMusement::revoke_tokens`] to make Musement refuse them.
+
+// Shared by the client tests and the reconciler tests: not every helper is used by both.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use orderwatch::config::Secret;
+use orderwatch::musement::MusementSettings;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use uuid::Uuid;
+
+/// The client id the fake accepts.
+pub const CLIENT_ID: &str = "orderwatch-test-client";
+/// The client secret the fake accepts.
+pub const CLIENT_SECRET: &str = "fake-secret-7d1e9c";
+/// The `X-Musement-Application` value [`FakeMusement::settings`] uses (any non-empty value is
+/// accepted).
+pub const APPLICATION: &str = "orderwatch-tests";
+/// The API prefix the fake serves under, as Musement's base URLs have it.
+pub const PREFIX: &str = "/api/v3";
+
+// Personal values `order_json` puts in every order; none may ever reach a stored field. They
+// are unusual enough that finding one anywhere means it leaked.
+/// `customer.email` (also in `participants_info`).
+pub const CUSTOMER_EMAIL: &str = "jane.customer@example.com";
+/// `customer.firstname` (also in `extra_customer_data`).
+pub const CUSTOMER_FIRSTNAME: &str = "Janeprivate";
+/// `customer.lastname`.
+pub const CUSTOMER_LASTNAME: &str = "Customerprivate";
+/// `items[].participants_info[].name`.
+pub const PARTICIPANT_NAME: &str = "Paolo Participantprivate";
+/// `customer.phone` and `items[].extra_customer_data[].phone`.
+pub const CUSTOMER_PHONE: &str = "+39 02 5555 0199";
+/// All of the above, for "none of these appear in X" checks.
+pub const PERSONAL_VALUES: &[&str] = &[
+    CUSTOMER_EMAIL,
+    CUSTOMER_FIRSTNAME,
+    CUSTOMER_LASTNAME,
+    PARTICIPANT_NAME,
+    CUSTOMER_PHONE,
+];
+
+/// The fixtures the fake answers with, compiled in so serving never touches the file system.
+const LOGIN_OK: &str = include_str!("../../fixtures/musement/login-ok.json");
+const NOT_FOUND: &str = include_str!("../../fixtures/musement/error-not-found.json");
+const UNAUTHORIZED: &str = include_str!("../../fixtures/musement/error-unauthorized.json");
+const INVALID_CREDENTIALS: &str =
+    include_str!("../../fixtures/musement/error-invalid-credentials.json");
+const BAD_LOGIN_REQUEST: &str =
+    include_str!("../../fixtures/musement/error-bad-login-request.json");
+const MISSING_APPLICATION: &str =
+    include_str!("../../fixtures/musement/error-missing-application.json");
+
+/// The largest request body the fake reads (anything bigger gets 413).
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The URL path, without the query (`/api/v3/orders/…`).
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Every header, names lowercased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body, lossily decoded.
+    pub body: String,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// A scripted answer, served once instead of the normal behaviour.
+#[derive(Debug, Clone)]
+pub struct FakeResponse {
+    /// The HTTP status (an out-of-range value is answered as 500).
+    pub status: u16,
+    /// The body, sent as is.
+    pub body: String,
+    /// Extra headers; `content-type: application/json` is added when absent and there is a body.
+    pub headers: Vec<(String, String)>,
+    /// How long to wait before answering (on top of the fake's latency).
+    pub delay: Duration,
+}
+
+impl FakeResponse {
+    /// `status` with an empty body.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            body: String::new(),
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// `status` with `body` serialized as JSON.
+    pub fn json(status: u16, body: Value) -> Self {
+        Self::status(status).with_body(body.to_string())
+    }
+
+    /// `status` with the body of `fixtures/musement/{name}`.
+    pub fn fixture(status: u16, name: &str) -> Self {
+        Self::status(status).with_body(fixture(name))
+    }
+
+    /// The same response with `body`.
+    pub fn with_body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The same response with one more header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same response, answered after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// The text of `fixtures/musement/{name}` (panics with the path if missing: a test bug).
+pub fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/musement")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The fixture's JSON.
+pub fn fixture_json(name: &str) -> Value {
+    serde_json::from_str(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A random (version 4) UUID; the crate's `uuid` has no `v4` feature, so build it from fastrand.
+pub fn new_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
+/// A realistic `GET /orders/{order}` body (reference §9 shape) with one item per
+/// `(uuid, status)`: identifier, date, status, a customer with email and name, and items with
+/// product (type, max_confirmation_time, date, id, title, api_url, retail_price), quantity,
+/// prices, status, vouchers (one URL when `OK`), `participants_info` and `extra_customer_data`
+/// carrying the [`PERSONAL_VALUES`].
+pub fn order_json(order: Uuid, items: &[(Uuid, &str)]) -> Value {
+    let items: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .map(|(index, (item, status))| item_json(index, *item, status))
+        .collect();
+    let all_ok = items.iter().all(|item| item["status"] == "OK");
+    json!({
+        "identifier": format!("MUS{:07}", order.as_u128() % 10_000_000),
+        "uuid": order.to_string(),
+        "date": "2024-01-01T10:00:00+0000",
+        "status": if all_ok && !items.is_empty() { "OK" } else { "PENDING" },
+        "market": "us",
+        "source": "frontend",
+        "trustpilot_url": "https://us.trustpilot.com/evaluate/embed/www.musement.com?a=MUS0000000",
+        "customer": {
+            "email": CUSTOMER_EMAIL,
+            "firstname": CUSTOMER_FIRSTNAME,
+            "lastname": CUSTOMER_LASTNAME,
+            "phone": CUSTOMER_PHONE,
+        },
+        "items": items,
+        "total_price": { "currency": "USD", "value": 21, "formatted_value": "$ 21.00" },
+        "discount_amount": { "currency": "USD", "value": 0, "formatted_value": "$ 0.00" },
+        "extra_data": null,
+    })
+}
+
+fn item_json(index: usize, item: Uuid, status: &str) -> Value {
+    json!({
+        "uuid": item.to_string(),
+        "code": format!("C{index:04}"),
+        "transaction_code": format!("tx-{item}"),
+        "product": {
+            "type": "musement",
+            "max_confirmation_time": if index % 2 == 0 { "PT30M" } else { "P0D" },
+            "date": format!("2024-02-{:02} 15:30", index % 28 + 1),
+            "id": (434_696_106 + index).to_string(),
+            "title": format!("Test activity {index}"),
+            "api_url": "https://sandbox.musement.com/api/v3/activities/0f5821c5-2046-11e7-9cc9-06a7e332783f",
+            "retail_price": { "currency": "USD", "value": 21, "formatted_value": "$ 21.00" },
+        },
+        "quantity": 1,
+        "total_retail_price_in_order_currency": { "currency": "USD", "value": 21, "formatted_value": "$ 21.00" },
+        "status": status,
+        "vouchers": if status == "OK" { json!([{ "url": voucher_url(item) }]) } else { json!([]) },
+        "is_gift_redeem": false,
+        "participants_info": [{ "name": PARTICIPANT_NAME, "email": CUSTOMER_EMAIL }],
+        "extra_customer_data": [{ "phone": CUSTOMER_PHONE, "firstname": CUSTOMER_FIRSTNAME }],
+        "cancellation_additional_info": format!("call {CUSTOMER_FIRSTNAME} {CUSTOMER_LASTNAME}"),
+    })
+}
+
+/// The voucher URL the fake uses for `item`.
+pub fn voucher_url(item: Uuid) -> String {
+    format!("https://sandbox.musement.com/voucher/view/{item}?pdf=1")
+}
+
+/// A running fake; stops (listener and every connection) when dropped.
+pub struct FakeMusement {
+    /// Where it listens (always loopback).
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+/// Everything the fake knows; one lock, never held across an await.
+struct State {
+    /// Order bodies by lowercased UUID text.
+    orders: HashMap<String, Value>,
+    /// Scripted answers in push order; the first whose suffix ends the path is served.
+    scripted: Vec<(String, FakeResponse)>,
+    token_lifetime: u64,
+    tokens_issued: u64,
+    valid_tokens: HashSet<String>,
+    date: Option<DateTime<Utc>>,
+    latency: Duration,
+    requests: Vec<RecordedRequest>,
+}
+
+impl FakeMusement {
+    /// The client id it accepts.
+    pub const CLIENT_ID: &str = CLIENT_ID;
+    /// The client secret it accepts.
+    pub const CLIENT_SECRET: &str = CLIENT_SECRET;
+
+    /// Starts a fake on `127.0.0.1:0` with no orders, token lifetime 3600 s, no latency.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(State {
+            orders: HashMap::new(),
+            scripted: Vec::new(),
+            token_lifetime: 3600,
+            tokens_issued: 0,
+            valid_tokens: HashSet::new(),
+            date: None,
+            latency: Duration::ZERO,
+            requests: Vec::new(),
+        }));
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Self { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT/api/v3`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}{PREFIX}", self.addr)
+    }
+
+    /// Client settings that work against this fake (5 s timeout); adjust fields as needed.
+    pub fn settings(&self) -> MusementSettings {
+        MusementSettings {
+            base_url: self.base_url(),
+            application: APPLICATION.into(),
+            version: "3.4.0".into(),
+            accept_language: "en-US".into(),
+            client_id: CLIENT_ID.into(),
+            client_secret: Secret::new(CLIENT_SECRET),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Serves `order` at `GET /api/v3/orders/{order["uuid"]}`, replacing any previous body.
+    pub fn put_order(&self, order: Value) {
+        let key = order["uuid"]
+            .as_str()
+            .expect("put_order needs a string \"uuid\"")
+            .to_ascii_lowercase();
+        self.state().orders.insert(key, order);
+    }
+
+    /// The stored body of `order`, if any.
+    pub fn order(&self, order: Uuid) -> Option<Value> {
+        self.state().orders.get(&order.to_string()).cloned()
+    }
+
+    /// Removes `order` (later GETs answer 404).
+    pub fn remove_order(&self, order: Uuid) {
+        self.state().orders.remove(&order.to_string());
+    }
+
+    /// Sets `status` on `item` of stored `order`; when it becomes `OK` with no voucher, adds
+    /// one, as Musement does. Panics if the order or item is not stored (a test bug).
+    pub fn set_item_status(&self, order: Uuid, item: Uuid, status: &str) {
+        let mut state = self.state();
+        let body = state
+            .orders
+            .get_mut(&order.to_string())
+            .unwrap_or_else(|| panic!("set_item_status: order {order} is not stored"));
+        let entry = body["items"]
+            .as_array_mut()
+            .and_then(|items| {
+                items.iter_mut().find(|i| {
+                    i["uuid"]
+                        .as_str()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(&item.to_string()))
+                })
+            })
+            .unwrap_or_else(|| panic!("set_item_status: item {item} is not in order {order}"));
+        entry["status"] = json!(status);
+        let no_voucher = entry["vouchers"].as_array().is_none_or(|v| v.is_empty());
+        if status == "OK" && no_voucher {
+            entry["vouchers"] = json!([{ "url": voucher_url(item) }]);
+        }
+    }
+
+    /// Queues a one-shot `response` for the next request whose path ends with `path_suffix`
+    /// (`"/login"`, `"/orders/<uuid>"`, or `""` for any). Queued responses are served first in,
+    /// first out and take precedence over the normal behaviour.
+    pub fn push_response(&self, path_suffix: &str, response: FakeResponse) {
+        self.state()
+            .scripted
+            .push((path_suffix.to_owned(), response));
+    }
+
+    /// The `expires_in` later logins return (default 3600).
+    pub fn set_token_lifetime(&self, seconds: u64) {
+        self.state().token_lifetime = seconds;
+    }
+
+    /// Makes every token issued so far invalid (GET order answers 401).
+    pub fn revoke_tokens(&self) {
+        self.state().valid_tokens.clear();
+    }
+
+    /// The `Date` header of GET order responses; `None` (default) sends the real current time.
+    pub fn set_date(&self, date: Option<DateTime<Utc>>) {
+        self.state().date = date;
+    }
+
+    /// A delay added before every answer (default zero).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().requests.clone()
+    }
+
+    /// How many `method` requests had a path ending with `path_suffix`.
+    pub fn count(&self, method: &str, path_suffix: &str) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.ends_with(path_suffix))
+            .count()
+    }
+
+    /// How many tokens logins have issued (`token-1`, `token-2`, …).
+    pub fn tokens_issued(&self) -> u64 {
+        self.state().tokens_issued
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+impl Drop for FakeMusement {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every connection task.
+        self.task.abort();
+    }
+}
+
+/// Locks the state, ignoring poisoning: a panicking test must not cascade into the server.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let Ok((stream, _peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let state = state.clone();
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, request).await) }
+        });
+        connections.spawn(async move {
+            // Errors here are clients hanging up mid-request: nothing to report.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Records the request, waits the configured latency, then answers: a scripted response if one
+/// is queued for this path, else the fake API's normal behaviour.
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return error(413, "413", "Request body too large or unreadable"),
+    };
+    let recorded = RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_ascii_lowercase(), value)
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let (scripted, latency) = {
+        let mut state = lock(&state);
+        state.requests.push(recorded.clone());
+        let scripted = state
+            .scripted
+            .iter()
+            .position(|(suffix, _)| recorded.path.ends_with(suffix.as_str()))
+            .map(|index| state.scripted.remove(index).1);
+        (scripted, state.latency)
+    };
+    tokio::time::sleep(latency).await;
+    match scripted {
+        Some(response) => {
+            tokio::time::sleep(response.delay).await;
+            scripted_response(response)
+        }
+        None => route(&state, &recorded),
+    }
+}
+
+/// The fake API proper.
+fn route(state: &Mutex<State>, request: &RecordedRequest) -> Response<Full<Bytes>> {
+    let Some(path) = request.path.strip_prefix(PREFIX) else {
+        return error(404, "0", "No route found");
+    };
+    if request
+        .header("x-musement-application")
+        .is_none_or(|v| v.trim().is_empty())
+    {
+        return json_response(400, MISSING_APPLICATION.into(), &[]);
+    }
+    if path == "/login" {
+        return match request.method.as_str() {
+            "POST" => login(state, request),
+            _ => method_not_allowed("POST"),
+        };
+    }
+    if let Some(order) = path.strip_prefix("/orders/").filter(|o| !o.contains('/')) {
+        return match request.method.as_str() {
+            "GET" => get_order(state, request, order),
+            _ => method_not_allowed("GET"),
+        };
+    }
+    error(404, "0", "No route found")
+}
+
+/// `POST /login`: checks the three mandatory fields and the credentials, issues `token-N`.
+fn login(state: &Mutex<State>, request: &RecordedRequest) -> Response<Full<Bytes>> {
+    let body = request.json().unwrap_or(Value::Null);
+    let field = |name: &str| body.get(name).and_then(Value::as_str);
+    let (Some(id), Some(secret), Some(grant)) = (
+        field("client_id"),
+        field("client_secret"),
+        field("grant_type"),
+    ) else {
+        return json_response(400, BAD_LOGIN_REQUEST.into(), &[]);
+    };
+    if grant != "client_credentials" {
+        return error(400, "1400", "Unsupported grant_type");
+    }
+    if id != CLIENT_ID || secret != CLIENT_SECRET {
+        return json_response(401, INVALID_CREDENTIALS.into(), &[]);
+    }
+    let mut state = lock(state);
+    state.tokens_issued += 1;
+    let token = format!("token-{}", state.tokens_issued);
+    state.valid_tokens.insert(token.clone());
+    let mut grant: Value = serde_json::from_str(LOGIN_OK).unwrap_or_else(|_| json!({}));
+    grant["access_token"] = json!(token);
+    grant["expires_in"] = json!(state.token_lifetime);
+    json_response(200, grant.to_string(), &[])
+}
+
+/// `GET /orders/{order}`: a valid bearer token, then the stored body or 404.
+fn get_order(
+    state: &Mutex<State>,
+    request: &RecordedRequest,
+    order: &str,
+) -> Response<Full<Bytes>> {
+    let state = lock(state);
+    let date = httpdate(state.date.unwrap_or_else(Utc::now));
+    let headers = [("date", date.as_str())];
+    let token = request
+        .header("authorization")
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    if !token.is_some_and(|t| state.valid_tokens.contains(t)) {
+        return json_response(401, UNAUTHORIZED.into(), &headers);
+    }
+    match state.orders.get(&order.to_ascii_lowercase()) {
+        Some(body) => json_response(200, body.to_string(), &headers),
+        None => json_response(404, NOT_FOUND.into(), &headers),
+    }
+}
+
+/// An HTTP-date (IMF-fixdate), as the `Date` header carries it.
+pub fn httpdate(time: DateTime<Utc>) -> String {
+    time.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+fn scripted_response(response: FakeResponse) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = Response::builder().status(status);
+    let has_type = response
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    if !has_type && !response.body.is_empty() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (name, value) in &response.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|_| plain(500, "the scripted response has an invalid header"))
+}
+
+/// A Musement-style `{code, message}` error.
+fn error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({ "code": code, "message": message }).to_string();
+    json_response(status, body, &[])
+}
+
+fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
+    let body = json!({ "code": "405", "message": "Method not allowed" }).to_string();
+    json_response(405, body, &[("allow", allow)])
+}
+
+fn json_response(status: u16, body: String, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| plain(500, "cannot build the response"))
+}
+
+fn plain(status: u16, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+}

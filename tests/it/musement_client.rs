@@ -1,0 +1,742 @@
+//! `orderwatch::musement::MusementClient` over real HTTP against the fake Musement API: login and
+//! token caching, renewal on the injected clock, 401 handling, error classification, lenient
+//! parsing, and that neither personal data nor credentials leak.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use orderwatch::clock::{Clock, ManualClock, SystemClock};
+use orderwatch::musement::{ApiError, MusementClient, MusementSettings, PolledOrder};
+use orderwatch::observation::Status;
+use uuid::Uuid;
+
+use crate::fake_musement::{
+    CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, fixture, fixture_json,
+    new_uuid, order_json, voucher_url,
+};
+
+/// The order in `fixtures/musement/order-two-items.json` (reference §9) and its items.
+const FIXTURE_ORDER: &str = "bf464161-f03a-449e-ac82-566721c0e6b4";
+const FIXTURE_PENDING_ITEM: &str = "8b742505-38c7-4bed-9bf5-468a3e7cc731";
+const FIXTURE_OK_ITEM: &str = "5c0d3e2a-7f41-4b9e-8a26-1d9f0b7c4e55";
+
+fn uuid(text: &str) -> Uuid {
+    Uuid::parse_str(text).unwrap()
+}
+
+fn client_with(settings: MusementSettings) -> MusementClient {
+    MusementClient::new(settings, Arc::new(SystemClock)).unwrap()
+}
+
+/// A fake serving the §9 fixture order, and a client for it.
+async fn fixture_setup() -> (FakeMusement, MusementClient, Uuid) {
+    let fake = FakeMusement::start().await;
+    fake.put_order(fixture_json("order-two-items.json"));
+    let client = client_with(fake.settings());
+    (fake, client, uuid(FIXTURE_ORDER))
+}
+
+/// A fake with one generated order of one `PENDING` item, and a client using `clock`.
+async fn generated_setup(clock: Arc<dyn Clock>) -> (FakeMusement, MusementClient, Uuid) {
+    let fake = FakeMusement::start().await;
+    let order = new_uuid();
+    fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+    let client = MusementClient::new(fake.settings(), clock).unwrap();
+    (fake, client, order)
+}
+
+fn orders_path(order: Uuid) -> String {
+    format!("/orders/{order}")
+}
+
+#[tokio::test]
+async fn login_then_get_returns_the_parsed_order() {
+    let (fake, client, order) = fixture_setup().await;
+    let polled = client.get_order(order).await.unwrap();
+
+    assert_eq!(polled.uuid, order);
+    assert_eq!(polled.identifier.as_deref(), Some("MUS0738876"));
+    assert_eq!(polled.status.as_deref(), Some("PENDING"));
+    assert_eq!(
+        polled.date,
+        Some("2018-08-17T15:59:43Z".parse::<DateTime<Utc>>().unwrap())
+    );
+    assert!(polled.server_time.is_some(), "the fake always sends Date");
+    assert_eq!(polled.items.len(), 2);
+
+    let pending = &polled.items[0];
+    assert_eq!(pending.uuid, uuid(FIXTURE_PENDING_ITEM));
+    assert_eq!(pending.status, Status::Pending);
+    assert_eq!(pending.max_confirmation_time.as_deref(), Some("PT30M"));
+    assert_eq!(pending.product_date.as_deref(), Some("2018-09-01 15:30"));
+    assert_eq!(
+        pending.product_title.as_deref(),
+        Some("Exclusive skip-the-line guided visit of Leonardo da Vinci's vineyard")
+    );
+    assert_eq!(pending.product_id.as_deref(), Some("434696106"));
+    assert!(pending.vouchers.is_empty());
+
+    let ok = &polled.items[1];
+    assert_eq!(ok.uuid, uuid(FIXTURE_OK_ITEM));
+    assert_eq!(ok.status, Status::Ok);
+    assert_eq!(ok.max_confirmation_time.as_deref(), Some("P0D"));
+    assert_eq!(ok.product_date.as_deref(), Some("2018-09-02 10:00"));
+    assert_eq!(ok.product_id.as_deref(), Some("434696107"));
+    assert_eq!(
+        ok.vouchers,
+        vec![
+            "https://sandbox.musement.com/voucher/view/92a1c3d4-ba5d-496f-9149-9d846e70ba87?pdf=1"
+        ]
+    );
+
+    assert_eq!(client.logins(), 1);
+    assert_eq!(fake.count("POST", "/login"), 1);
+    assert_eq!(fake.count("GET", &orders_path(order)), 1);
+}
+
+#[tokio::test]
+async fn every_request_carries_the_required_headers() {
+    let (fake, client, order) = fixture_setup().await;
+    client.get_order(order).await.unwrap();
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let user_agent = format!("orderwatch/{}", env!("CARGO_PKG_VERSION"));
+    for request in &requests {
+        assert_eq!(
+            request.header("x-musement-application"),
+            Some("orderwatch-tests")
+        );
+        assert_eq!(request.header("x-musement-version"), Some("3.4.0"));
+        assert_eq!(request.header("accept-language"), Some("en-US"));
+        assert_eq!(request.header("accept"), Some("application/json"));
+        assert_eq!(request.header("user-agent"), Some(user_agent.as_str()));
+    }
+
+    let (login, get) = (&requests[0], &requests[1]);
+    assert_eq!(
+        (login.method.as_str(), login.path.as_str()),
+        ("POST", "/api/v3/login")
+    );
+    assert_eq!(login.header("authorization"), None);
+    assert_eq!(
+        login.json().unwrap(),
+        serde_json::json!({
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "grant_type": "client_credentials",
+        })
+    );
+    assert_eq!(get.method, "GET");
+    assert_eq!(get.path, format!("/api/v3/orders/{FIXTURE_ORDER}"));
+    assert_eq!(get.header("authorization"), Some("Bearer token-1"));
+}
+
+#[tokio::test]
+async fn a_trailing_slash_on_the_base_url_is_ignored() {
+    let fake = FakeMusement::start().await;
+    fake.put_order(fixture_json("order-two-items.json"));
+    let mut settings = fake.settings();
+    settings.base_url.push('/');
+    client_with(settings)
+        .get_order(uuid(FIXTURE_ORDER))
+        .await
+        .unwrap();
+    assert_eq!(fake.requests()[0].path, "/api/v3/login");
+}
+
+#[tokio::test]
+async fn the_token_is_cached_across_calls() {
+    let (fake, client, order) = fixture_setup().await;
+    for _ in 0..4 {
+        client.get_order(order).await.unwrap();
+    }
+    assert_eq!(client.logins(), 1);
+    assert_eq!(fake.count("POST", "/login"), 1);
+    assert!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .all(|r| r.header("authorization") == Some("Bearer token-1"))
+    );
+}
+
+#[tokio::test]
+async fn the_token_is_renewed_just_before_it_expires() {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let (fake, client, order) = generated_setup(clock.clone()).await;
+    // 600 s lifetime: renewed min(60, 600/10) = 60 s early, i.e. at 540 s.
+    fake.set_token_lifetime(600);
+    client.get_order(order).await.unwrap();
+
+    clock.advance(chrono::Duration::seconds(539));
+    client.get_order(order).await.unwrap();
+    assert_eq!(
+        client.logins(),
+        1,
+        "still valid one second before the margin"
+    );
+
+    clock.advance(chrono::Duration::seconds(1));
+    client.get_order(order).await.unwrap();
+    assert_eq!(client.logins(), 2, "renewed at expires_in minus the margin");
+    let last = fake.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer token-2"));
+    assert_eq!(
+        fake.count("GET", &orders_path(order)),
+        3,
+        "no request was refused on the way"
+    );
+}
+
+#[tokio::test]
+async fn a_short_lived_token_keeps_nine_tenths_of_its_life() {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let (fake, client, order) = generated_setup(clock.clone()).await;
+    // 100 s lifetime: the margin is 10 s (a tenth), not 60 s.
+    fake.set_token_lifetime(100);
+    client.get_order(order).await.unwrap();
+    clock.advance(chrono::Duration::seconds(89));
+    client.get_order(order).await.unwrap();
+    assert_eq!(client.logins(), 1);
+    clock.advance(chrono::Duration::seconds(1));
+    client.get_order(order).await.unwrap();
+    assert_eq!(client.logins(), 2);
+}
+
+#[tokio::test]
+async fn a_revoked_token_means_one_relogin_and_one_retry() {
+    let (fake, client, order) = fixture_setup().await;
+    client.get_order(order).await.unwrap();
+    fake.revoke_tokens();
+
+    let polled = client.get_order(order).await.unwrap();
+    assert_eq!(polled.uuid, order);
+    assert_eq!(client.logins(), 2);
+    // First GET, then the refused one, then the retry with the new token.
+    assert_eq!(fake.count("GET", &orders_path(order)), 3);
+    let last = fake.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer token-2"));
+}
+
+#[tokio::test]
+async fn a_401_right_after_a_fresh_login_is_unauthorized() {
+    let (fake, client, order) = fixture_setup().await;
+    for _ in 0..2 {
+        fake.push_response(
+            &orders_path(order),
+            FakeResponse::fixture(401, "error-unauthorized.json"),
+        );
+    }
+    let error = client.get_order(order).await.unwrap_err();
+    let ApiError::Unauthorized { message } = &error else {
+        panic!("expected Unauthorized, got {error:?}");
+    };
+    assert!(
+        message.contains("Invalid or expired access token"),
+        "{message}"
+    );
+    assert!(!error.is_transient());
+    assert_eq!(client.logins(), 2, "one login, one re-login, no more");
+    assert_eq!(
+        fake.count("GET", &orders_path(order)),
+        2,
+        "retried once only"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_login_is_unauthorized() {
+    let fake = FakeMusement::start().await;
+    let mut settings = fake.settings();
+    settings.client_secret = orderwatch::config::Secret::new("wrong-secret");
+    let client = client_with(settings);
+
+    let error = client.get_order(new_uuid()).await.unwrap_err();
+    let ApiError::Unauthorized { message } = &error else {
+        panic!("expected Unauthorized, got {error:?}");
+    };
+    assert!(message.contains("login refused (HTTP 401)"), "{message}");
+    assert!(message.contains("Invalid client credentials"), "{message}");
+    assert!(!error.to_string().contains("wrong-secret"));
+    assert_eq!(client.logins(), 0);
+    assert_eq!(fake.count("GET", ""), 0, "no GET without a token");
+
+    // 400 and 403 from /login are credential problems too.
+    for status in [400, 403] {
+        let fake = FakeMusement::start().await;
+        fake.push_response("/login", FakeResponse::status(status));
+        let error = client_with(fake.settings())
+            .get_order(new_uuid())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ApiError::Unauthorized { .. }),
+            "{status}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_login_is_classified_like_any_request() {
+    let fake = FakeMusement::start().await;
+    fake.push_response(
+        "/login",
+        FakeResponse::fixture(503, "error-service-unavailable.json")
+            .with_header("retry-after", "3"),
+    );
+    let client = client_with(fake.settings());
+    let error = client.get_order(new_uuid()).await.unwrap_err();
+    assert_eq!(
+        error,
+        ApiError::Server {
+            status: 503,
+            retry_after: Some(Duration::from_secs(3)),
+        }
+    );
+    assert!(error.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_without_a_token_share_one_login() {
+    let (fake, client, order) = generated_setup(Arc::new(SystemClock)).await;
+    // Latency keeps the login in flight while the other callers arrive.
+    fake.set_latency(Duration::from_millis(50));
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get_order(order).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(client.logins(), 1);
+    assert_eq!(fake.count("POST", "/login"), 1);
+    assert_eq!(fake.count("GET", &orders_path(order)), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_hit_by_a_revocation_share_one_relogin() {
+    let (fake, client, order) = generated_setup(Arc::new(SystemClock)).await;
+    client.get_order(order).await.unwrap();
+    fake.revoke_tokens();
+    fake.set_latency(Duration::from_millis(50));
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get_order(order).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(client.logins(), 2, "one initial login, one shared re-login");
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_not_found() {
+    let (fake, client, _) = fixture_setup().await;
+    let error = client.get_order(new_uuid()).await.unwrap_err();
+    assert_eq!(error, ApiError::NotFound);
+    assert!(!error.is_transient());
+    assert_eq!(client.logins(), 1, "a 404 is not a token problem");
+    drop(fake);
+}
+
+#[tokio::test]
+async fn a_429_is_rate_limited_with_its_retry_after() {
+    let (fake, client, order) = fixture_setup().await;
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(429).with_header("Retry-After", "7"),
+    );
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(
+        error,
+        ApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(7))
+        }
+    );
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    assert!(error.is_transient());
+    // The next call is served normally: scripted answers are one-shot.
+    client.get_order(order).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_after_date_becomes_a_wait_on_the_injected_clock() {
+    let now = "2024-05-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap();
+    let clock = Arc::new(ManualClock::new(now));
+    let (fake, client, order) = generated_setup(clock).await;
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(503).with_header("Retry-After", "Wed, 01 May 2024 12:00:30 GMT"),
+    );
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(30)));
+}
+
+#[tokio::test]
+async fn a_5xx_is_a_transient_server_error() {
+    let (fake, client, order) = fixture_setup().await;
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::fixture(503, "error-service-unavailable.json"),
+    );
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(500).with_body("oops"),
+    );
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(
+        error,
+        ApiError::Server {
+            status: 503,
+            retry_after: None
+        }
+    );
+    assert!(error.is_transient());
+    let error = client.get_order(order).await.unwrap_err();
+    assert!(
+        matches!(error, ApiError::Server { status: 500, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn another_status_is_unexpected_with_a_snippet() {
+    let (fake, client, order) = fixture_setup().await;
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(418).with_body(r#"{"code":"418","message":"I'm a teapot"}"#),
+    );
+    let error = client.get_order(order).await.unwrap_err();
+    let ApiError::UnexpectedStatus { status, snippet } = &error else {
+        panic!("expected UnexpectedStatus, got {error:?}");
+    };
+    assert_eq!(*status, 418);
+    assert!(snippet.contains("teapot"), "{snippet}");
+    assert!(!error.is_transient());
+}
+
+#[tokio::test]
+async fn a_response_slower_than_the_timeout_is_a_timeout() {
+    let fake = FakeMusement::start().await;
+    fake.put_order(fixture_json("order-two-items.json"));
+    let mut settings = fake.settings();
+    settings.request_timeout = Duration::from_millis(200);
+    let client = client_with(settings);
+    let order = uuid(FIXTURE_ORDER);
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::fixture(200, "order-two-items.json").delayed(Duration::from_secs(2)),
+    );
+
+    let started = Instant::now();
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(error, ApiError::Timeout);
+    assert!(error.is_transient());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_connect_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let fake = FakeMusement::start().await;
+    let mut settings = fake.settings();
+    settings.base_url = format!("http://127.0.0.1:{port}/api/v3");
+    let error = client_with(settings)
+        .get_order(new_uuid())
+        .await
+        .unwrap_err();
+    let ApiError::Connect(text) = &error else {
+        panic!("expected Connect, got {error:?}");
+    };
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    assert!(error.is_transient());
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_malformed_with_its_first_bytes() {
+    let (fake, client, order) = fixture_setup().await;
+    let body = fixture("order-malformed.json");
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(200).with_body(body.clone()),
+    );
+    let error = client.get_order(order).await.unwrap_err();
+    let ApiError::Malformed { reason, snippet } = &error else {
+        panic!("expected Malformed, got {error:?}");
+    };
+    assert!(reason.starts_with("not JSON"), "{reason}");
+    assert_eq!(snippet.as_str(), &body[..200]);
+    assert!(!error.is_transient());
+    assert!(!error.to_string().contains('\n'), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_item_status_is_malformed_naming_the_field() {
+    let (fake, client, order) = fixture_setup().await;
+    fake.put_order(fixture_json("order-missing-item-status.json"));
+    let error = client.get_order(order).await.unwrap_err();
+    let ApiError::Malformed { reason, .. } = &error else {
+        panic!("expected Malformed, got {error:?}");
+    };
+    assert_eq!(reason, "items[1].status: missing");
+}
+
+#[tokio::test]
+async fn a_body_for_another_order_is_malformed() {
+    let (fake, client, _) = fixture_setup().await;
+    let asked = new_uuid();
+    fake.push_response(
+        &orders_path(asked),
+        FakeResponse::fixture(200, "order-two-items.json"),
+    );
+    let error = client.get_order(asked).await.unwrap_err();
+    assert!(
+        matches!(&error, ApiError::Malformed { reason, .. } if reason.starts_with("uuid:")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn raw_items_carry_no_personal_data() {
+    let fake = FakeMusement::start().await;
+    let (order, pending, ok) = (new_uuid(), new_uuid(), new_uuid());
+    let body = order_json(order, &[(pending, "PENDING"), (ok, "OK")]);
+    for personal in PERSONAL_VALUES {
+        assert!(
+            body.to_string().contains(personal),
+            "the fake order has {personal}"
+        );
+    }
+    fake.put_order(body);
+    let polled = client_with(fake.settings()).get_order(order).await.unwrap();
+
+    for item in &polled.items {
+        for banned in PERSONAL_VALUES.iter().chain(&[
+            "participants_info",
+            "extra_customer_data",
+            "cancellation_additional_info",
+            "customer",
+        ]) {
+            assert!(!item.raw.contains(banned), "{banned} in {}", item.raw);
+        }
+        let raw: serde_json::Value = serde_json::from_str(&item.raw).unwrap();
+        assert_eq!(raw["uuid"], item.uuid.to_string());
+        assert_eq!(raw["status"], item.status.as_str());
+        assert!(raw["product"]["title"].is_string(), "{raw}");
+        assert!(
+            !item.raw.contains(": ") && !item.raw.contains('\n'),
+            "compact: {}",
+            item.raw
+        );
+    }
+    assert_eq!(polled.items[1].vouchers, vec![voucher_url(ok)]);
+    let everything = format!("{polled:?}");
+    for personal in PERSONAL_VALUES {
+        assert!(!everything.contains(personal), "{personal} in {everything}");
+    }
+}
+
+#[tokio::test]
+async fn server_time_is_the_date_header() {
+    let (fake, client, order) = fixture_setup().await;
+    let date = "2024-03-10T08:49:37Z".parse::<DateTime<Utc>>().unwrap();
+    fake.set_date(Some(date));
+    assert_eq!(
+        client.get_order(order).await.unwrap().server_time,
+        Some(date)
+    );
+
+    // No usable Date header: None, not an error.
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::fixture(200, "order-two-items.json").with_header("date", "not a date"),
+    );
+    assert_eq!(client.get_order(order).await.unwrap().server_time, None);
+}
+
+#[tokio::test]
+async fn set_item_status_changes_what_the_next_poll_sees() {
+    let fake = FakeMusement::start().await;
+    let (order, item) = (new_uuid(), new_uuid());
+    fake.put_order(order_json(order, &[(item, "PENDING")]));
+    let client = client_with(fake.settings());
+    let before: PolledOrder = client.get_order(order).await.unwrap();
+    assert_eq!(before.items[0].status, Status::Pending);
+    assert!(before.items[0].vouchers.is_empty());
+
+    fake.set_item_status(order, item, "OK");
+    let after = client.get_order(order).await.unwrap();
+    assert_eq!(after.items[0].status, Status::Ok);
+    assert_eq!(after.items[0].vouchers, vec![voucher_url(item)]);
+}
+
+#[tokio::test]
+async fn errors_never_show_the_secret_or_the_token() {
+    let (fake, client, order) = fixture_setup().await;
+    // A server that echoes credentials back, in every kind of error text.
+    let echo = format!(r#"{{"message":"bad token-1 / {CLIENT_SECRET}"}}"#);
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(400).with_body(echo.clone()),
+    );
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(200).with_body(echo.clone()),
+    );
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(401).with_body(echo.clone()),
+    );
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(401).with_body(echo.clone()),
+    );
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        errors.push(client.get_order(order).await.unwrap_err());
+    }
+    // A login refusal that echoes the secret, and a grant that is malformed but has a token.
+    let fake = FakeMusement::start().await;
+    let echo_secret = format!(r#"{{"message":"bad secret {CLIENT_SECRET}"}}"#);
+    fake.push_response("/login", FakeResponse::status(401).with_body(echo_secret));
+    fake.push_response(
+        "/login",
+        FakeResponse::status(200).with_body(r#"{"access_token":"token-9","expires_in":"later"}"#),
+    );
+    let client = client_with(fake.settings());
+    errors.push(client.get_order(order).await.unwrap_err());
+    errors.push(client.get_order(order).await.unwrap_err());
+
+    let kinds: Vec<_> = errors.iter().map(|e| format!("{e:?}")).collect();
+    assert!(
+        matches!(errors[0], ApiError::UnexpectedStatus { .. }),
+        "{kinds:?}"
+    );
+    assert!(matches!(errors[1], ApiError::Malformed { .. }), "{kinds:?}");
+    assert!(
+        matches!(errors[2], ApiError::Unauthorized { .. }),
+        "{kinds:?}"
+    );
+    assert!(
+        matches!(errors[3], ApiError::Unauthorized { .. }),
+        "{kinds:?}"
+    );
+    assert!(matches!(errors[4], ApiError::Malformed { .. }), "{kinds:?}");
+    for error in &errors {
+        for text in [error.to_string(), format!("{error:?}")] {
+            for secret in [CLIENT_SECRET, "token-1", "token-2", "token-9"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_fake_validates_like_musement() {
+    let fake = FakeMusement::start().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |path: &str| format!("{}{path}", fake.base_url());
+    let login = |body: serde_json::Value, application: bool| {
+        let request = http.post(url("/login")).json(&body);
+        if application {
+            request.header("x-musement-application", "test")
+        } else {
+            request
+        }
+    };
+    let good = serde_json::json!({
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "grant_type": "client_credentials",
+    });
+    let code = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        (status, body["code"].as_str().unwrap().to_owned())
+    };
+
+    assert_eq!(
+        code(login(good.clone(), false).send().await.unwrap()).await,
+        (400, "2271".into())
+    );
+    let mut wrong_grant = good.clone();
+    wrong_grant["grant_type"] = "password".into();
+    assert_eq!(
+        code(login(wrong_grant, true).send().await.unwrap()).await.0,
+        400
+    );
+    assert_eq!(
+        code(login(serde_json::json!([1]), true).send().await.unwrap())
+            .await
+            .0,
+        400
+    );
+    let mut wrong_secret = good.clone();
+    wrong_secret["client_secret"] = "nope".into();
+    assert_eq!(
+        code(login(wrong_secret, true).send().await.unwrap()).await,
+        (401, "401".into())
+    );
+
+    let grant: serde_json::Value = login(good.clone(), true)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grant["access_token"], "token-1");
+    assert_eq!(grant["expires_in"], 3600);
+    let grant: serde_json::Value = login(good, true)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        grant["access_token"], "token-2",
+        "every login issues a new token"
+    );
+
+    let get = |path: &str, token: &str| {
+        http.get(url(path))
+            .header("x-musement-application", "test")
+            .bearer_auth(token)
+            .send()
+    };
+    let order = format!("/orders/{}", new_uuid());
+    assert_eq!(
+        code(get(&order, "token-404").await.unwrap()).await,
+        (401, "401".into())
+    );
+    assert_eq!(
+        code(get(&order, "token-1").await.unwrap()).await,
+        (404, "1404".into())
+    );
+    assert_eq!(get("/nowhere", "token-1").await.unwrap().status(), 404);
+    let garbage = http
+        .request(
+            reqwest::Method::PUT,
+            format!("http://{}/\u{1F4A5}?x", fake.addr),
+        )
+        .body(vec![0xff_u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 404, "no panic, just a 404");
+    assert_eq!(fake.tokens_issued(), 2);
+    assert_eq!(fake.count("POST", "/login"), 6);
+}

@@ -1,0 +1,777 @@
+//! The reconciler against a fake Musement API on 127.0.0.1:0: what a pass polls, what it stores,
+//! how it fails and backs off, and how polls and webhooks race. Time is a `ManualClock`, so
+//! nothing here sleeps through an interval.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use orderwatch::clock::{Clock, ManualClock};
+use orderwatch::config::Config;
+use orderwatch::observation::Observation;
+use orderwatch::reconciler::{PassSummary, Reconciler};
+use orderwatch::startup;
+use orderwatch::store::Outcome;
+use orderwatch::store::writer::{Writer, WriterThread};
+use rusqlite::Connection;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::fake_musement::{
+    APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid,
+    order_json, voucher_url,
+};
+
+/// The harness's clock starts here; the fake's activity dates (February 2024) are ahead of it.
+const START: &str = "2024-01-01T12:00:00Z";
+
+pub struct Harness {
+    pub fake: FakeMusement,
+    /// Unless a test pins it, the fake's `Date` header follows the harness clock, as Musement's
+    /// server time follows real time.
+    date_pinned: std::sync::atomic::AtomicBool,
+    pub clock: Arc<ManualClock>,
+    pub reconciler: Reconciler,
+    pub writer: Writer,
+    writer_thread: Option<WriterThread>,
+    pub config: Config,
+    pub dir: TempDir,
+}
+
+/// Config text pointing at `fake`, with `extra` appended to `[reconciler]`.
+pub fn config_for(fake: &FakeMusement, reconciler_extra: &str) -> String {
+    format!(
+        "[musement]\nbase_url = \"{}\"\napplication = \"{APPLICATION}\"\nclient_id = \"{CLIENT_ID}\"\n\
+         client_secret = \"{CLIENT_SECRET}\"\n\n[reconciler]\ninterval = \"1h\"\n\
+         max_requests_per_second = 0.0\n{reconciler_extra}\n",
+        fake.base_url()
+    )
+}
+
+pub async fn harness(reconciler_extra: &str) -> Harness {
+    let fake = FakeMusement::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_for(&fake, reconciler_extra)).unwrap();
+    let config = Config::load(&path).unwrap();
+    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
+    let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
+    let reconciler =
+        startup::build_reconciler(&config, writer.clone(), clock.clone(), "test").unwrap();
+    Harness {
+        fake,
+        date_pinned: std::sync::atomic::AtomicBool::new(false),
+        clock,
+        reconciler,
+        writer,
+        writer_thread: Some(writer_thread),
+        config,
+        dir,
+    }
+}
+
+impl Harness {
+    /// Runs a pass that must not stop early.
+    pub async fn pass(&self) -> PassSummary {
+        let summary = self.any_pass().await;
+        assert_eq!(summary.stopped, None, "{summary:?}");
+        summary
+    }
+
+    /// Runs a pass, whatever its outcome.
+    pub async fn any_pass(&self) -> PassSummary {
+        if !self.date_pinned.load(std::sync::atomic::Ordering::SeqCst) {
+            self.fake.set_date(Some(self.clock.now()));
+        }
+        self.reconciler.run_once().await.unwrap()
+    }
+
+    /// Fixes the fake's `Date` header.
+    pub fn pin_date(&self, date: DateTime<Utc>) {
+        self.date_pinned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.fake.set_date(Some(date));
+    }
+
+    pub async fn watch(&self, orders: &[Uuid]) {
+        self.writer.watch(orders.to_vec()).await.unwrap();
+    }
+
+    /// Delivers a webhook through the same store function the receiver uses.
+    pub async fn webhook(
+        &self,
+        item: Uuid,
+        order: Uuid,
+        version: i64,
+        status: &str,
+        updated: DateTime<Utc>,
+    ) -> Outcome {
+        let body = serde_json::json!({
+            "order_id": "1", "order_uuid": order.to_string(), "order_created": "2024-01-01T10:00:00+0000",
+            "order_updated": updated.to_rfc3339(), "order_version": version.to_string(),
+            "order_item_uuid": item.to_string(), "order_item_created": "2024-01-01T10:00:00+0000",
+            "order_item_updated": updated.to_rfc3339(), "order_item_version": version.to_string(),
+            "order_item_status": status,
+        });
+        let observation =
+            Observation::from_webhook(body.to_string().as_bytes(), self.clock.now()).unwrap();
+        self.writer.apply(observation).await.unwrap()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub fn db(&self) -> Connection {
+        Connection::open(&self.config.database.path).unwrap()
+    }
+
+    /// `(status, source)` of an item.
+    pub fn item(&self, item: Uuid) -> (String, String) {
+        self.db()
+            .query_row(
+                "SELECT status, source FROM order_items WHERE item_uuid = ?1",
+                [item.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+
+    /// One text column of an order row.
+    pub fn order_field(&self, order: Uuid, column: &str) -> Option<String> {
+        self.db()
+            .query_row(
+                &format!("SELECT {column} FROM orders WHERE order_uuid = ?1"),
+                [order.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    pub fn gets(&self, order: Uuid) -> usize {
+        self.fake.count("GET", &format!("/orders/{order}"))
+    }
+
+    pub async fn close(mut self) {
+        drop(self.reconciler);
+        self.writer_thread.take().unwrap().shutdown().await;
+    }
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
+    let h = harness("").await;
+    let (order, pending, ok) = (new_uuid(), new_uuid(), new_uuid());
+    h.fake
+        .put_order(order_json(order, &[(pending, "PENDING"), (ok, "OK")]));
+    h.watch(&[order]).await;
+
+    let summary = h.pass().await;
+    assert_eq!(
+        (summary.due, summary.polled, summary.items_changed),
+        (1, 1, 2)
+    );
+    assert_eq!(h.item(pending), ("PENDING".into(), "poll".into()));
+    assert_eq!(h.item(ok).0, "OK");
+    assert_eq!(h.gets(order), 1, "one GET per order, never per item");
+    assert_eq!(
+        h.order_field(order, "order_status").as_deref(),
+        Some("PENDING")
+    );
+    assert!(
+        h.order_field(order, "identifier")
+            .unwrap()
+            .starts_with("MUS")
+    );
+
+    // The PENDING item keeps the order due every pass; Musement confirms it without a webhook.
+    h.fake.set_item_status(order, pending, "OK");
+    h.advance(Duration::minutes(1));
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.items_changed), (1, 1));
+    assert_eq!(h.item(pending).0, "OK");
+    let vouchers: String = h
+        .db()
+        .query_row(
+            "SELECT vouchers FROM order_items WHERE item_uuid = ?1",
+            [pending.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Vec<String>>(&vouchers).unwrap(),
+        [voucher_url(pending)]
+    );
+    let product: (String, String, String) = h
+        .db()
+        .query_row(
+            "SELECT product_id, product_title, product_date FROM order_items WHERE item_uuid = ?1",
+            [pending.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        product,
+        (
+            "434696106".into(),
+            "Test activity 0".into(),
+            "2024-02-01 15:30".into()
+        )
+    );
+
+    // Everything settled (OK with vouchers): only a re-check after recheck_interval is due.
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.due, 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn personal_data_is_never_stored() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "OK")]));
+    h.watch(&[order]).await;
+    h.pass().await;
+    let dump: String = h
+        .db()
+        .query_row(
+            "SELECT group_concat(payload, ' ') FROM item_events",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(dump.contains(&item.to_string()));
+    for personal in PERSONAL_VALUES {
+        assert!(
+            !dump.contains(personal),
+            "{personal} leaked into item_events: {dump}"
+        );
+    }
+    for key in ["participants_info", "extra_customer_data", "customer"] {
+        assert!(
+            !dump.contains(&format!("\"{key}\"")),
+            "{key} leaked: {dump}"
+        );
+    }
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_late_webhook_older_than_a_poll_does_not_undo_it() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    assert_eq!(
+        h.webhook(item, order, 1, "OK", at("2024-01-01T11:00:00Z"))
+            .await,
+        Outcome::Applied
+    );
+    // Musement refunded the item at 11:30 but that webhook is lost; a poll at 12:00 sees it.
+    let mut body = order_json(order, &[(item, "REFUNDED")]);
+    body["status"] = "REFUNDED".into();
+    h.fake.put_order(body);
+    h.pin_date(at("2024-01-01T12:00:00Z"));
+    h.any_pass().await;
+    // The quiet period after the webhook kept the order back: nothing polled yet.
+    assert_eq!(h.gets(order), 0, "quiet_period holds the poll back");
+    h.advance(Duration::minutes(3));
+    assert_eq!(h.pass().await.polled, 1);
+    assert_eq!(h.item(item), ("REFUNDED".into(), "poll".into()));
+
+    // Now the webhook for the OK→OK version 2 (updated 11:20, before the poll) arrives late.
+    let outcome = h
+        .webhook(item, order, 2, "OK", at("2024-01-01T11:20:00Z"))
+        .await;
+    assert_eq!(outcome, Outcome::Doubtful);
+    assert_eq!(
+        h.item(item).0,
+        "REFUNDED",
+        "an older webhook does not undo the poll"
+    );
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_newer_webhook_wins_over_an_older_poll() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.pin_date(at("2024-01-01T12:00:00Z"));
+    h.watch(&[order]).await;
+    h.pass().await;
+    assert_eq!(h.item(item).0, "PENDING");
+    // Confirmed at 12:00:30, clearly after the poll's Date (+ 5 s margin).
+    let outcome = h
+        .webhook(item, order, 3, "OK", at("2024-01-01T12:00:30Z"))
+        .await;
+    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(h.item(item), ("OK".into(), "webhook".into()));
+    // A webhook within the margin of the poll is doubtful and asks for a re-poll.
+    let (order2, item2) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order2, &[(item2, "PENDING")]));
+    h.watch(&[order2]).await;
+    h.pass().await;
+    let outcome = h
+        .webhook(item2, order2, 2, "OK", at("2024-01-01T12:00:02Z"))
+        .await;
+    assert_eq!(outcome, Outcome::Doubtful);
+    assert_eq!(h.item(item2).0, "PENDING");
+    assert!(h.order_field(order2, "repoll_at").is_some());
+    h.close().await;
+}
+
+#[tokio::test]
+async fn doubt_is_settled_by_a_repoll_that_bypasses_the_quiet_period() {
+    let h = harness("quiet_period = \"1h\"").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.pin_date(at("2024-01-01T12:00:00Z"));
+    h.watch(&[order]).await;
+    h.pass().await;
+    assert_eq!(
+        h.webhook(item, order, 2, "OK", at("2024-01-01T12:00:02Z"))
+            .await,
+        Outcome::Doubtful
+    );
+    // Musement's truth is OK; the re-poll after skew_margin (5 s) settles it despite the 1h quiet period.
+    h.fake.set_item_status(order, item, "OK");
+    h.pin_date(at("2024-01-01T12:01:00Z"));
+    h.advance(Duration::seconds(2));
+    assert_eq!(h.pass().await.due, 0, "not before skew_margin");
+    h.advance(Duration::seconds(5));
+    let summary = h.pass().await;
+    assert_eq!((summary.due, summary.polled), (1, 1));
+    assert_eq!(h.item(item).0, "OK");
+    assert_eq!(
+        h.order_field(order, "repoll_at"),
+        None,
+        "the mark is cleared once settled"
+    );
+    h.close().await;
+}
+
+#[tokio::test]
+async fn not_found_stops_polling_until_watched_again() {
+    let h = harness("").await;
+    let order = new_uuid();
+    h.watch(&[order]).await;
+    let summary = h.pass().await;
+    assert_eq!(summary.not_found, 1);
+    assert!(h.order_field(order, "not_found_at").is_some());
+    h.advance(Duration::hours(1));
+    assert_eq!(h.pass().await.due, 0, "a 404 order is not polled again");
+    // The partner watches it again (e.g. it was created late): polled again.
+    let item = new_uuid();
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    assert_eq!(h.pass().await.polled, 1);
+    assert_eq!(h.order_field(order, "not_found_at"), None);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
+    let h = harness("backoff_base = \"30s\"\nbackoff_cap = \"10m\"").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    let path = format!("/orders/{order}");
+
+    // 429 with Retry-After: 120 → due again in exactly 120 s.
+    h.fake.push_response(
+        &path,
+        FakeResponse::status(429).with_header("retry-after", "120"),
+    );
+    let summary = h.pass().await;
+    assert_eq!(summary.failures, 1);
+    let next = h.order_field(order, "next_poll_at").unwrap();
+    assert_eq!(next, "2024-01-01T12:02:00.000Z");
+    h.advance(Duration::seconds(119));
+    assert_eq!(h.pass().await.due, 0);
+
+    // A 500 is the second failure in a row: base × 2 × jitter in [0.5, 1], i.e. 30–60 s.
+    h.advance(Duration::seconds(1));
+    h.fake.push_response(&path, FakeResponse::status(500));
+    h.pass().await;
+    let now = h.clock.now();
+    let next: DateTime<Utc> = h
+        .order_field(order, "next_poll_at")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        next >= now + Duration::seconds(30) && next <= now + Duration::seconds(60),
+        "{next}: the second failure waits 2 × base × [0.5, 1]"
+    );
+    assert!(h.order_field(order, "last_error").is_some());
+
+    h.advance(Duration::seconds(61));
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (1, 0));
+    let failures: i64 = h
+        .db()
+        .query_row(
+            "SELECT poll_failures FROM orders WHERE order_uuid = ?1",
+            [order.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failures, 0);
+    assert_eq!(h.order_field(order, "last_error"), None);
+    assert_eq!(h.item(item).0, "PENDING");
+    h.close().await;
+}
+
+#[tokio::test]
+async fn timeouts_and_malformed_bodies_are_failures_that_change_no_item() {
+    let h = harness("request_timeout = \"300ms\"").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    h.pass().await;
+    let events_before: i64 = h
+        .db()
+        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
+        .unwrap();
+
+    h.fake.set_item_status(order, item, "OK");
+    let path = format!("/orders/{order}");
+    h.fake.push_response(
+        &path,
+        FakeResponse::status(200)
+            .with_body("{\"uuid\": \"oops")
+            .delayed(std::time::Duration::ZERO),
+    );
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.failures, 1);
+    let error = h.order_field(order, "last_error").unwrap();
+    assert!(
+        error.contains("uuid") && error.contains("oops"),
+        "the first bytes are recorded: {error}"
+    );
+
+    h.advance(Duration::hours(1));
+    h.fake.set_latency(std::time::Duration::from_secs(2));
+    assert_eq!(h.pass().await.failures, 1);
+    let error = h.order_field(order, "last_error").unwrap();
+    assert!(error.to_lowercase().contains("time"), "{error}");
+
+    let events_after: i64 = h
+        .db()
+        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        events_before, events_after,
+        "nothing from a failed response reaches the items"
+    );
+    assert_eq!(h.item(item).0, "PENDING");
+    h.close().await;
+}
+
+#[tokio::test]
+async fn expired_token_is_renewed_and_refused_credentials_stop_the_pass() {
+    let h = harness("").await;
+    let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
+    for order in &orders {
+        h.fake
+            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
+    }
+    h.watch(&orders).await;
+    assert_eq!(h.pass().await.polled, 3);
+    assert_eq!(h.fake.tokens_issued(), 1, "one login for the whole pass");
+
+    h.fake.revoke_tokens(); // 401 → one fresh login → retry
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.polled, 3);
+    assert_eq!(h.fake.tokens_issued(), 2);
+
+    // The API keeps refusing: the pass stops and says why.
+    for _ in 0..4 {
+        h.fake.push_response(
+            "",
+            FakeResponse::status(401).with_body("{\"code\":\"401\",\"message\":\"nope\"}"),
+        );
+    }
+    h.advance(Duration::minutes(1));
+    let summary = h.any_pass().await;
+    assert!(summary.stopped.is_some(), "{summary:?}");
+    assert!(summary.polled < 3);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn max_age_stops_polling_and_is_reported() {
+    let h = harness("max_age = \"2d\"").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    h.pass().await;
+    h.advance(Duration::days(2) + Duration::minutes(1));
+    let summary = h.pass().await;
+    assert_eq!((summary.due, summary.expired, summary.polled), (1, 1, 0));
+    assert!(h.order_field(order, "expired_at").is_some());
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.due, 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn recheck_interval_catches_a_refund_whose_webhook_never_came() {
+    let h = harness("recheck_interval = \"24h\"").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "OK")]));
+    h.watch(&[order]).await;
+    h.pass().await;
+    assert_eq!(h.item(item).0, "OK");
+    h.fake.set_item_status(order, item, "REFUNDED");
+    h.advance(Duration::hours(23));
+    assert_eq!(
+        h.pass().await.due,
+        0,
+        "an OK item with vouchers waits for the re-check"
+    );
+    h.advance(Duration::hours(1));
+    assert_eq!(h.pass().await.polled, 1);
+    assert_eq!(h.item(item).0, "REFUNDED");
+    // Final now: never polled again.
+    h.advance(Duration::days(3));
+    assert_eq!(h.pass().await.due, 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn pending_items_past_their_confirmation_deadline_are_reported_once() {
+    let h = harness("").await;
+    let (order, slow, instant) = (new_uuid(), new_uuid(), new_uuid());
+    // Item 0 has max_confirmation_time PT30M, item 1 P0D.
+    h.fake.put_order(order_json(
+        order,
+        &[(slow, "PENDING"), (instant, "PENDING")],
+    ));
+    h.watch(&[order]).await;
+    assert_eq!(h.pass().await.overdue, 0);
+    h.advance(Duration::minutes(1));
+    assert_eq!(
+        h.pass().await.overdue,
+        1,
+        "the instant-confirmation item is overdue"
+    );
+    h.advance(Duration::minutes(30));
+    assert_eq!(
+        h.pass().await.overdue,
+        1,
+        "the 30-minute one now; the first is not reported twice"
+    );
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.overdue, 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn the_lease_refuses_a_concurrent_pass_and_names_the_holder() {
+    let h = harness("").await;
+    let answer = h
+        .writer
+        .acquire_lease(
+            "reconciler",
+            "another process (pid 1)",
+            Duration::seconds(600),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        answer,
+        orderwatch::store::LeaseAnswer::Acquired { .. }
+    ));
+    let error = h.reconciler.run_once().await.unwrap_err().to_string();
+    assert!(error.contains("another process (pid 1)"), "{error}");
+    h.writer
+        .release_lease("reconciler", "another process (pid 1)")
+        .await
+        .unwrap();
+    h.pass().await;
+    h.close().await;
+}
+
+#[test]
+fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let h = runtime.block_on(harness(""));
+    let config_path = h.dir.path().join("config.toml");
+    runtime
+        .block_on(h.writer.acquire_lease(
+            "reconciler",
+            "orderwatch run (pid 4242)",
+            Duration::days(36500),
+        ))
+        .unwrap();
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "reconcile",
+            "--once",
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("orderwatch run (pid 4242)"), "{stderr}");
+
+    runtime
+        .block_on(
+            h.writer
+                .release_lease("reconciler", "orderwatch run (pid 4242)"),
+        )
+        .unwrap();
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    // Watched through the CLI too: both processes then use the real clock.
+    let watched = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "watch",
+            "--config",
+            config_path.to_str().unwrap(),
+            &order.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(watched.status.success());
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "reconcile",
+            "--once",
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("polled: 1"), "{stdout}");
+    runtime.block_on(h.close());
+}
+
+#[tokio::test]
+async fn watch_cli_registers_orders_from_arguments_and_stdin() {
+    let h = harness("").await;
+    let config_path = h.dir.path().join("config.toml");
+    let (a, b) = (new_uuid(), new_uuid());
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "watch",
+            "--config",
+            config_path.to_str().unwrap(),
+            &a.to_string(),
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{b}\n\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "watching 2 order(s), 2 new"
+    );
+    for order in [a, b] {
+        assert_eq!(
+            h.order_field(order, "CAST(watched AS TEXT)").as_deref(),
+            Some("1")
+        );
+    }
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "watch",
+            "--config",
+            config_path.to_str().unwrap(),
+            "not-a-uuid",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("\"not-a-uuid\" is not an order UUID")
+    );
+    h.close().await;
+}
+
+#[tokio::test]
+async fn the_daemon_reconciles_on_its_interval_and_cron_schedules() {
+    for schedule in ["interval = \"1s\"", "cron = \"* * * * * *\""] {
+        let fake = FakeMusement::start().await;
+        let (order, item) = (new_uuid(), new_uuid());
+        fake.put_order(order_json(order, &[(item, "PENDING")]));
+        let text = config_for(&fake, "").replace("interval = \"1h\"", schedule);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), &text).unwrap();
+        let config = Config::load(&dir.path().join("config.toml")).unwrap();
+        // Register the order before the daemon starts.
+        {
+            let (writer, thread) =
+                startup::open_store(&config, Arc::new(orderwatch::clock::SystemClock))
+                    .await
+                    .unwrap();
+            writer.watch(vec![order]).await.unwrap();
+            drop(writer);
+            thread.shutdown().await;
+        }
+        let app =
+            crate::helpers::spawn_app_in(dir, &text, Arc::new(orderwatch::clock::SystemClock))
+                .await;
+        // The first pass runs at start; the schedule must bring at least two more.
+        let path = format!("/orders/{order}");
+        let mut waited = 0;
+        while fake.count("GET", &path) < 3 {
+            assert!(
+                waited < 200,
+                "{schedule}: only {} polls in 10 s",
+                fake.count("GET", &path)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        // PENDING → OK at Musement without any webhook: the daemon's next pass stores it.
+        fake.set_item_status(order, item, "OK");
+        let mut waited = 0;
+        loop {
+            let status: String = app
+                .db()
+                .query_row(
+                    "SELECT status FROM order_items WHERE item_uuid = ?1",
+                    [item.to_string()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            if status == "OK" {
+                break;
+            }
+            assert!(waited < 200, "{schedule}: never reconciled to OK");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        app.stop().await;
+    }
+}
