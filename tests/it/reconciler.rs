@@ -718,17 +718,51 @@ async fn watch_cli_registers_orders_from_arguments_and_stdin() {
     h.close().await;
 }
 
+/// The shipped `config.toml`, pointed at `fake` with credentials and `schedule`, as a partner
+/// would edit it.
+fn shipped_config_for(fake: &FakeMusement, schedule: &str, dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("musement-secret"), format!("{CLIENT_SECRET}\n")).unwrap();
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    for (from, to) in [
+        (
+            "base_url = \"https://sandbox.musement.com/api/v3\"",
+            format!("base_url = \"{}\"", fake.base_url()),
+        ),
+        (
+            "application = \"\"",
+            format!("application = \"{APPLICATION}\""),
+        ),
+        (
+            "# client_id_env = \"MUSEMENT_CLIENT_ID\"",
+            format!("client_id = \"{CLIENT_ID}\""),
+        ),
+        (
+            "# client_secret_env = \"MUSEMENT_CLIENT_SECRET\"",
+            "client_secret_file = \"musement-secret\"".into(),
+        ),
+        ("interval = \"1m\"", schedule.into()),
+    ] {
+        assert!(
+            text.contains(from),
+            "the shipped config.toml no longer has {from}"
+        );
+        text = text.replacen(from, &to, 1);
+    }
+    text
+}
+
 #[tokio::test]
-async fn the_daemon_reconciles_on_its_interval_and_cron_schedules() {
+async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
     for schedule in ["interval = \"1s\"", "cron = \"* * * * * *\""] {
         let fake = FakeMusement::start().await;
         let (order, item) = (new_uuid(), new_uuid());
         fake.put_order(order_json(order, &[(item, "PENDING")]));
-        let text = config_for(&fake, "").replace("interval = \"1h\"", schedule);
         let dir = tempfile::tempdir().unwrap();
+        let text = shipped_config_for(&fake, schedule, dir.path());
         std::fs::write(dir.path().join("config.toml"), &text).unwrap();
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
-        // Register the order before the daemon starts.
+        // Register the order before the daemon starts, as `orderwatch watch` would.
         {
             let (writer, thread) =
                 startup::open_store(&config, Arc::new(orderwatch::clock::SystemClock))
@@ -753,7 +787,7 @@ async fn the_daemon_reconciles_on_its_interval_and_cron_schedules() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             waited += 1;
         }
-        // PENDING → OK at Musement without any webhook: the daemon's next pass stores it.
+        // PENDING → OK at Musement without any webhook: a later pass stores it.
         fake.set_item_status(order, item, "OK");
         let mut waited = 0;
         loop {
