@@ -289,8 +289,15 @@ impl Reconciler {
     ) -> Result<PollResult, WriteError> {
         match answer {
             Ok(polled) => {
-                let outcomes = self.writer.record_poll(self.poll_record(polled)).await?;
-                let changed = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+                let recorded = self.writer.record_poll(self.poll_record(polled)).await?;
+                if recorded.previous_failures > 0 {
+                    tracing::info!(%order, failures = recorded.previous_failures, "polling works again");
+                }
+                let changed = recorded
+                    .outcomes
+                    .iter()
+                    .filter(|o| **o == Outcome::Applied)
+                    .count();
                 Ok(PollResult::Polled { changed })
             }
             Err(ApiError::NotFound) => {
@@ -312,8 +319,14 @@ impl Reconciler {
                     backoff_cap: self.settings.backoff_cap,
                     jitter: 0.5 + fastrand::f64() * 0.5,
                 };
-                let next = self.writer.record_poll_failure(failure).await?;
-                tracing::warn!(%order, %error, next_poll_at = ?next, "poll failed; backing off");
+                let backoff = self.writer.record_poll_failure(failure).await?;
+                // Logged when the order starts failing, not on every retry; the row keeps the rest.
+                match backoff {
+                    Some(b) if b.failures == 1 => {
+                        tracing::warn!(%order, %error, next_poll_at = %b.next_poll_at, "poll failed; backing off")
+                    }
+                    _ => tracing::debug!(%order, %error, ?backoff, "poll failed again"),
+                }
                 Ok(PollResult::Failed)
             }
         }

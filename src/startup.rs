@@ -56,11 +56,16 @@ pub async fn open_store(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<(Writer, WriterThread), StartupError> {
-    let db_path = config.database.path.clone();
-    let busy_timeout = config.database.busy_timeout;
-    let conn = tokio::task::spawn_blocking(move || store::open_for_writing(&db_path, busy_timeout))
-        .await
-        .expect("opening the database panicked")?;
+    let database = config.database.clone();
+    let conn = tokio::task::spawn_blocking(move || {
+        let conn = store::open_for_writing(&database.path, database.busy_timeout)?;
+        if let Some(bytes) = database.max_size_bytes {
+            store::limit_size(&conn, bytes)?;
+        }
+        Ok::<_, StoreError>(conn)
+    })
+    .await
+    .expect("opening the database panicked")?;
     writer::spawn(conn, writer_settings(config), clock).map_err(StartupError::Writer)
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::Connection;
 use uuid::Uuid;
 
-use super::reconcile::{self, LeaseAnswer, PollFailure, PollRecord};
+use super::reconcile::{self, Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::{RejectedWebhook, StoreSettings, apply, record_rejected};
 use crate::observation::Observation;
 use crate::store::Outcome;
@@ -45,8 +45,8 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
     Outcome(Outcome),
-    Outcomes(Vec<Outcome>),
-    NextPoll(Option<DateTime<Utc>>),
+    Polled(PollRecorded),
+    BackedOff(Option<Backoff>),
     Count(usize),
     Orders(Vec<Uuid>),
     Lease(LeaseAnswer),
@@ -68,9 +68,9 @@ pub fn execute(
         }
         Command::Ping | Command::Shutdown => Done::Nothing,
         Command::RecordPoll(record) => {
-            Done::Outcomes(reconcile::record_poll(conn, record, settings, now)?)
+            Done::Polled(reconcile::record_poll(conn, record, settings, now)?)
         }
-        Command::RecordPollFailure(failure) => Done::NextPoll(reconcile::record_poll_failure(
+        Command::RecordPollFailure(failure) => Done::BackedOff(reconcile::record_poll_failure(
             conn, failure, settings, now,
         )?),
         Command::Watch(orders) => Done::Count(reconcile::watch(conn, orders, settings, now)?),

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use apply::{RejectedWebhook, apply, record_rejected};
 pub use poll_state::PollPolicy;
-pub use reconcile::{LeaseAnswer, PollFailure, PollRecord, PolledItemFacts};
+pub use reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, PolledItemFacts};
 pub use rule::{Decision, ItemState, Outcome, Rules, decide};
 
 /// What the store functions need to know besides the connection and their input.
@@ -80,6 +80,15 @@ pub fn open_for_writing(path: &Path, busy_timeout: Duration) -> Result<Connectio
         .map_err(open_error)?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Caps the database file at about `bytes` (`PRAGMA max_page_count`), so a runaway table fails
+/// writes (503, retried by Musement) instead of filling the disk.
+pub fn limit_size(conn: &Connection, bytes: u64) -> Result<(), StoreError> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let pages = (bytes / page_size.max(1) as u64).clamp(1, i64::MAX as u64) as i64;
+    conn.pragma_update(None, "max_page_count", pages)?;
+    Ok(())
 }
 
 /// Opens an existing database read-only (CLI and readiness checks), refusing a newer schema.

@@ -58,16 +58,35 @@ pub enum PollFailure {
     },
 }
 
+/// What storing a poll did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollRecorded {
+    /// Each item's outcome, in response order.
+    pub outcomes: Vec<Outcome>,
+    /// Consecutive failed polls before this success (to log a recovery once).
+    pub previous_failures: i64,
+}
+
+/// When a failed order is due again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Due again at or after this.
+    pub next_poll_at: DateTime<Utc>,
+    /// Consecutive failures, this one included (to log the first one only).
+    pub failures: i64,
+}
+
 /// Stores a poll: each item through the one ordering rule, then the poll-only facts and the
-/// order's bookkeeping. Returns each item's outcome.
+/// order's bookkeeping.
 pub fn record_poll(
     conn: &Connection,
     record: &PollRecord,
     settings: &StoreSettings,
     now: DateTime<Utc>,
-) -> rusqlite::Result<Vec<Outcome>> {
+) -> rusqlite::Result<PollRecorded> {
     let order_uuid = record.order.to_string();
     ensure_order(conn, &order_uuid, now)?;
+    let previous_failures = failures(conn, &order_uuid)?;
     let mut outcomes = Vec::with_capacity(record.items.len());
     for (observation, facts) in &record.items {
         let outcome = apply(conn, observation, settings, now)?;
@@ -83,7 +102,15 @@ pub fn record_poll(
     )?
     .execute(params![order_uuid, to_db_text(now), still_in_doubt])?;
     poll_state::refresh(conn, &order_uuid, &settings.policy, Trigger::Polled, now)?;
-    Ok(outcomes)
+    Ok(PollRecorded {
+        outcomes,
+        previous_failures,
+    })
+}
+
+fn failures(conn: &Connection, order_uuid: &str) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT poll_failures FROM orders WHERE order_uuid = ?1")?
+        .query_row([order_uuid], |r| r.get(0))
 }
 
 /// Creates the order row if a poll comes before any webhook or watch (e.g. a re-poll of an
@@ -150,7 +177,7 @@ pub fn record_poll_failure(
     failure: &PollFailure,
     settings: &StoreSettings,
     now: DateTime<Utc>,
-) -> rusqlite::Result<Option<DateTime<Utc>>> {
+) -> rusqlite::Result<Option<Backoff>> {
     match failure {
         PollFailure::NotFound { order } => {
             let order_uuid = order.to_string();
@@ -173,9 +200,7 @@ pub fn record_poll_failure(
         } => {
             let order_uuid = order.to_string();
             ensure_order(conn, &order_uuid, now)?;
-            let failures: i64 = conn
-                .prepare_cached("SELECT poll_failures FROM orders WHERE order_uuid = ?1")?
-                .query_row([&order_uuid], |r| r.get(0))?;
+            let failures = failures(conn, &order_uuid)?;
             let exponential = (*backoff_base * 2i32.saturating_pow(failures.clamp(0, 20) as u32))
                 .min(*backoff_cap);
             let jittered = Duration::milliseconds(
@@ -189,7 +214,10 @@ pub fn record_poll_failure(
                  WHERE order_uuid = ?1",
             )?
             .execute(params![order_uuid, error, to_db_text(next), to_db_text(now)])?;
-            Ok(Some(next))
+            Ok(Some(Backoff {
+                next_poll_at: next,
+                failures: failures + 1,
+            }))
         }
     }
 }

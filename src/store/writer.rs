@@ -16,7 +16,7 @@ use chrono::Duration;
 use uuid::Uuid;
 
 use super::commands::{Command, Done, execute};
-use super::reconcile::{LeaseAnswer, PollFailure, PollRecord};
+use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
 use super::{RejectedWebhook, StoreSettings};
 use crate::clock::Clock;
@@ -138,27 +138,27 @@ impl Writer {
         self.submit(Command::Ping, WhenFull::Refuse).await.map(drop)
     }
 
-    /// Stores a successful poll; returns each item's outcome.
-    pub async fn record_poll(&self, record: PollRecord) -> Result<Vec<Outcome>, WriteError> {
+    /// Stores a successful poll.
+    pub async fn record_poll(&self, record: PollRecord) -> Result<PollRecorded, WriteError> {
         match self
             .submit(Command::RecordPoll(Box::new(record)), WhenFull::Wait)
             .await?
         {
-            Done::Outcomes(outcomes) => Ok(outcomes),
+            Done::Polled(recorded) => Ok(recorded),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Records a failed poll; returns when the order is due again (`None` after a 404).
+    /// Records a failed poll; returns the backoff (`None` after a 404).
     pub async fn record_poll_failure(
         &self,
         failure: PollFailure,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, WriteError> {
+    ) -> Result<Option<Backoff>, WriteError> {
         match self
             .submit(Command::RecordPollFailure(failure), WhenFull::Wait)
             .await?
         {
-            Done::NextPoll(next) => Ok(next),
+            Done::BackedOff(backoff) => Ok(backoff),
             other => Err(unexpected(other)),
         }
     }

@@ -1,9 +1,12 @@
 //! orderwatch's integration tests: one binary, the real server on 127.0.0.1:0, real SQLite files
 //! in temp dirs. `helpers` spawns the app; each other module covers one concern.
 
+mod api_faults;
 mod cli;
+mod durability;
 mod fake_musement;
 mod helpers;
+mod hostile;
 mod musement_client;
 mod ordering_props;
 mod receiver;
