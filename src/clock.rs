@@ -54,6 +54,17 @@ impl Clock for ManualClock {
     }
 }
 
+/// The latest time orderwatch stores: the end of year 9999, so stored text stays fixed-width.
+pub fn latest() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `time + by`, never past [`latest`] and never panicking, whatever a peer or a config sent.
+pub fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    time.checked_add_signed(by)
+        .map_or(latest(), |t| t.min(latest()))
+}
+
 /// Formats a time the way every table stores it: fixed-width RFC 3339 UTC with milliseconds
 /// (`2018-12-10T13:12:40.000Z`), so `sqlite3` users can read it and string order is time order.
 pub fn to_db_text(time: DateTime<Utc>) -> String {
@@ -76,6 +87,14 @@ mod tests {
             .with_timezone(&Utc);
         assert_eq!(to_db_text(t), "2018-12-10T13:12:40.000Z");
         assert_eq!(from_db_text(&to_db_text(t)).unwrap(), t);
+    }
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let t = Utc::now();
+        assert_eq!(later(t, Duration::seconds(5)), t + Duration::seconds(5));
+        assert_eq!(later(t, Duration::MAX), latest());
+        assert_eq!(to_db_text(latest()), "9999-12-31T23:59:59.000Z");
     }
 
     #[test]

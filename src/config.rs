@@ -55,7 +55,41 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        deserializer.deserialize_string(SecretVisitor)
+    }
+}
+
+/// Accepts only strings, and refuses anything else without echoing it (serde's default message
+/// would quote a numeric password in the config error).
+struct SecretVisitor;
+
+const NOT_A_STRING: &str = "must be a quoted string (value not shown)";
+
+impl serde::de::Visitor<'_> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+        Ok(Secret(value.to_owned()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(E::custom(NOT_A_STRING))
     }
 }
 
@@ -752,6 +786,10 @@ mod tests {
             load("[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_TEST_UNSET_VAR\"\n")
                 .unwrap_err();
         assert_eq!(err.key, "server.auth.password_env");
+
+        let err = load("[server.auth]\nusername = \"u\"\npassword = 73915468\n").unwrap_err();
+        assert_eq!(err.key, "server.auth.password");
+        assert!(!err.to_string().contains("73915468"), "{err}");
 
         let config = load("[server.auth]\nusername = \"u\"\npassword = \"Swordfish\"\n").unwrap();
         let auth = config.server.auth.as_ref().unwrap();

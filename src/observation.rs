@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -294,12 +294,14 @@ fn timestamp(
     })
 }
 
-/// Parses a Musement timestamp in either accepted form.
+/// Parses a Musement timestamp in either accepted form. Years outside 0000–9999 are refused:
+/// they cannot be stored as fixed-width text that sorts as time.
 pub fn parse_musement_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::<FixedOffset>::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
         .or_else(|_| DateTime::parse_from_rfc3339(text))
         .ok()
         .map(|t| t.with_timezone(&Utc))
+        .filter(|t| (0..=9999).contains(&t.year()))
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -329,6 +331,11 @@ mod tests {
             assert_eq!(parse_musement_time(other), Some(musement), "{other}");
         }
         assert_eq!(parse_musement_time("2018-12-10 13:12:40"), None);
+        assert_eq!(parse_musement_time("-0001-01-01T00:00:00+0000"), None);
+        assert!(
+            parse_musement_time("0001-01-01T00:00:00+0000").is_some(),
+            "far past is kept"
+        );
         assert_eq!(parse_musement_time("yesterday"), None);
     }
 

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, later};
 use crate::musement::{ApiError, MusementClient, PolledOrder};
 use crate::observation::{Observation, OrderFacts, Position};
 use crate::store::queries::{self, DueOrder};
@@ -234,7 +234,7 @@ impl Reconciler {
         };
         let (too_old, to_poll): (Vec<DueOrder>, Vec<DueOrder>) = due
             .into_iter()
-            .partition(|d| !d.repoll && d.first_seen_at + self.settings.max_age < now);
+            .partition(|d| !d.repoll && later(d.first_seen_at, self.settings.max_age) < now);
         summary.expired = self.expire(too_old).await?;
 
         let credentials_refused = AtomicBool::new(false);
@@ -264,7 +264,7 @@ impl Reconciler {
             return PollResult::Skipped;
         }
         self.limiter.wait().await;
-        if credentials_refused.load(Ordering::SeqCst) {
+        if self.stopping.load(Ordering::SeqCst) || credentials_refused.load(Ordering::SeqCst) {
             return PollResult::Skipped;
         }
         let answer = self.client.get_order(order).await;
@@ -276,7 +276,13 @@ impl Reconciler {
             }
             Ok(result) => result,
             Err(error) => {
+                // Back the order off like any failed poll, or it would be retried every pass.
                 tracing::error!(%order, %error, "could not store a poll result");
+                let failure =
+                    self.failure(order, format!("could not store the answer: {error}"), None);
+                if let Err(error) = self.writer.record_poll_failure(failure).await {
+                    tracing::error!(%order, %error, "could not record the failure either");
+                }
                 PollResult::Failed
             }
         }
@@ -309,16 +315,10 @@ impl Reconciler {
             }
             Err(ApiError::Unauthorized { message }) => Ok(PollResult::Credentials(message)),
             Err(error) => {
-                let failure = PollFailure::Failed {
-                    order,
-                    error: error.to_string(),
-                    retry_after: error
-                        .retry_after()
-                        .and_then(|d| chrono::Duration::from_std(d).ok()),
-                    backoff_base: self.settings.backoff_base,
-                    backoff_cap: self.settings.backoff_cap,
-                    jitter: 0.5 + fastrand::f64() * 0.5,
-                };
+                let retry_after = error
+                    .retry_after()
+                    .and_then(|d| chrono::Duration::from_std(d).ok());
+                let failure = self.failure(order, error.to_string(), retry_after);
                 let backoff = self.writer.record_poll_failure(failure).await?;
                 // Logged when the order starts failing, not on every retry; the row keeps the rest.
                 match backoff {
@@ -329,6 +329,23 @@ impl Reconciler {
                 }
                 Ok(PollResult::Failed)
             }
+        }
+    }
+
+    /// A failed poll of `order`, backing off with fresh jitter.
+    fn failure(
+        &self,
+        order: Uuid,
+        error: String,
+        retry_after: Option<chrono::Duration>,
+    ) -> PollFailure {
+        PollFailure::Failed {
+            order,
+            error,
+            retry_after,
+            backoff_base: self.settings.backoff_base,
+            backoff_cap: self.settings.backoff_cap,
+            jitter: 0.5 + fastrand::f64() * 0.5,
         }
     }
 

@@ -112,12 +112,13 @@ pub async fn run(
         let _ = scheduler.shutdown().await;
     }
     let grace = config.server.shutdown_grace;
-    let drained = async {
+    // Connections are told to close while a running pass winds down, not after it.
+    let reconciler_stopped = async {
         if let Some(reconciler) = &reconciler {
             reconciler.stop().await;
         }
-        graceful.shutdown().await;
     };
+    let drained = async { tokio::join!(reconciler_stopped, graceful.shutdown()) };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             ?grace,
@@ -182,7 +183,17 @@ pub fn build_reconciler(
         database: config.database.path.clone(),
         busy_timeout: config.database.busy_timeout,
     };
-    let holder = format!("{role} (pid {})", std::process::id());
+    // Pids repeat across containers sharing a volume; the host and a random tag keep holders apart.
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown host".into());
+    let holder = format!(
+        "{role} (pid {} on {host}, {:08x})",
+        std::process::id(),
+        fastrand::u32(..)
+    );
     Ok(Reconciler::new(client, writer, clock, settings, holder))
 }
 

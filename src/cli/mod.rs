@@ -52,7 +52,13 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ConfigArg {
     /// Configuration file; relative paths inside it resolve against its folder.
-    #[arg(long, short, default_value = "config.toml", env = "ORDERWATCH_CONFIG")]
+    #[arg(
+        long,
+        short,
+        default_value = "config.toml",
+        env = "ORDERWATCH_CONFIG",
+        hide_env_values = true
+    )]
     config: PathBuf,
 }
 

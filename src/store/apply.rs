@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::StoreSettings;
 use super::poll_state::{self, Trigger};
 use super::rule::{ItemState, Outcome, Rules, decide, musement_time};
-use crate::clock::{from_db_text, to_db_text};
+use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::{Observation, Position, Source, Status};
 
 /// The longest a persistent doubt pushes an order's re-poll out.
@@ -23,7 +23,7 @@ pub fn apply(
 ) -> rusqlite::Result<Outcome> {
     let rules = &settings.rules;
     let order_uuid = observation.order.to_string();
-    warn_if_clamped(observation, rules);
+    warn_about_times(observation, rules);
     upsert_order(conn, observation, now)?;
     let current = load_item(conn, &observation.item.to_string())?;
     let decision = decide(current.as_ref(), observation, rules);
@@ -32,6 +32,15 @@ pub fn apply(
         write_item(conn, observation, &decision.state, status_changed, now)?;
     }
     append_event(conn, observation, decision.outcome, rules)?;
+    if decision.outcome == Outcome::Conflict {
+        tracing::error!(
+            item = %observation.item,
+            version = ?observation.position.version(),
+            stored = %decision.state.status,
+            received = %observation.status,
+            "conflict: Musement sent two statuses for the same item version; kept the first, re-polling"
+        );
+    }
     if decision.outcome.needs_repoll() {
         mark_for_repoll(conn, &order_uuid, rules, now)?;
     }
@@ -43,12 +52,18 @@ pub fn apply(
     Ok(decision.outcome)
 }
 
-/// A far-future `order_item_updated` is stored but clamped by the rule; say so once, here.
-fn warn_if_clamped(observation: &Observation, rules: &Rules) {
-    if let Position::Webhook { updated, .. } = observation.position
-        && updated > musement_time(observation, rules)
-    {
-        tracing::warn!(item = %observation.item, %updated, "order_item_updated is far in the future; using received time + max_future");
+/// Odd Musement times are stored, never rejected, but said once, here: a far-future time is
+/// clamped by the rule, a very old one is suspicious.
+fn warn_about_times(observation: &Observation, rules: &Rules) {
+    let time = musement_time(observation, rules);
+    let sent = match observation.position {
+        Position::Webhook { updated, .. } => updated,
+        Position::Poll { as_of } => as_of,
+    };
+    if sent > time {
+        tracing::warn!(item = %observation.item, %sent, used = %time, "Musement time is far in the future; clamped");
+    } else if sent < observation.received_at - Duration::days(365) {
+        tracing::warn!(item = %observation.item, %sent, "Musement time is more than a year old; stored as sent");
     }
 }
 
@@ -229,7 +244,7 @@ fn mark_for_repoll(
     conn.prepare_cached(
         "UPDATE orders SET repoll_at = ?2, repoll_attempts = repoll_attempts + 1 WHERE order_uuid = ?1",
     )?
-    .execute(params![order_uuid, to_db_text(now + delay)])?;
+    .execute(params![order_uuid, to_db_text(later(now, delay))])?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ pub enum Command {
     Apply(Box<Observation>),
     /// Keep an invalid webhook for operators.
     Reject(RejectedWebhook),
-    /// Do nothing, but inside a committed write transaction (readiness).
+    /// Rewrite the heartbeat row (readiness: a real write that must commit).
     Ping,
     /// Store a successful poll.
     RecordPoll(Box<PollRecord>),
@@ -66,7 +66,12 @@ pub fn execute(
             record_rejected(conn, rejected, settings.rejected_keep)?;
             Done::Nothing
         }
-        Command::Ping | Command::Shutdown => Done::Nothing,
+        Command::Ping => {
+            conn.prepare_cached("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?1)")?
+                .execute([crate::clock::to_db_text(now)])?;
+            Done::Nothing
+        }
+        Command::Shutdown => Done::Nothing,
         Command::RecordPoll(record) => {
             Done::Polled(reconcile::record_poll(conn, record, settings, now)?)
         }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
 
-use crate::clock::to_db_text;
+use crate::clock::{later, to_db_text};
 
 /// What decides whether and when an order is polled (from `[reconciler]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +74,12 @@ pub fn refresh(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?;
     let now_text = to_db_text(now);
-    let quiet_until = to_db_text(now + policy.quiet_period);
+    let quiet_until = to_db_text(later(now, policy.quiet_period));
     let next = match trigger {
         Trigger::Webhook if active && failures == 0 => quiet_until,
         Trigger::Webhook => next.map_or(quiet_until.clone(), |n| n.max(quiet_until)),
         Trigger::Polled if active || items == 0 => now_text,
-        Trigger::Polled => to_db_text(now + policy.recheck_interval),
+        Trigger::Polled => to_db_text(later(now, policy.recheck_interval)),
         Trigger::Other => next.unwrap_or(now_text),
     };
     conn.prepare_cached(

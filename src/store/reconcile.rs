@@ -10,8 +10,11 @@ use super::StoreSettings;
 use super::apply::apply;
 use super::poll_state::{self, Trigger};
 use super::rule::Outcome;
-use crate::clock::{from_db_text, to_db_text};
+use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::Observation;
+
+/// The longest a `Retry-After` is honoured; a server asking for more is polled again after this.
+const MAX_RETRY_AFTER: Duration = Duration::hours(24);
 
 /// Item facts only a poll gives, stored beside the reconciled state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -141,7 +144,7 @@ fn store_item_facts(
         .as_deref()
         .and_then(parse_iso_duration)
         .zip(from_db_text(&first_seen).ok())
-        .map(|(allowed, seen)| to_db_text(seen + allowed));
+        .map(|(allowed, seen)| to_db_text(later(seen, allowed)));
     conn.prepare_cached(
         "UPDATE order_items SET
            vouchers = CASE WHEN ?2 OR vouchers IS NULL THEN ?3 ELSE vouchers END,
@@ -206,7 +209,10 @@ pub fn record_poll_failure(
             let jittered = Duration::milliseconds(
                 (exponential.num_milliseconds() as f64 * jitter.clamp(0.5, 1.0)) as i64,
             );
-            let next = now + retry_after.unwrap_or(jittered);
+            let next = later(
+                now,
+                retry_after.map_or(jittered, |r| r.min(MAX_RETRY_AFTER)),
+            );
             // A due re-poll mark waits for the backoff too, or it would bypass it every pass.
             conn.prepare_cached(
                 "UPDATE orders SET poll_failures = poll_failures + 1, last_error = ?2, next_poll_at = ?3,
@@ -319,7 +325,7 @@ pub fn acquire_lease(
             until,
         });
     }
-    let until = now + ttl;
+    let until = later(now, ttl);
     conn.prepare_cached(
         "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",

@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::clock::later;
 use crate::observation::{Observation, Position, Source, Status};
 
 /// Tuning of the rule.
@@ -96,9 +97,9 @@ pub struct Decision {
 pub fn musement_time(observation: &Observation, rules: &Rules) -> DateTime<Utc> {
     match observation.position {
         Position::Webhook { updated, .. } => {
-            updated.min(observation.received_at + rules.max_future)
+            updated.min(later(observation.received_at, rules.max_future))
         }
-        Position::Poll { as_of } => as_of,
+        Position::Poll { as_of } => as_of.min(later(observation.received_at, rules.max_future)),
     }
 }
 
@@ -357,6 +358,23 @@ mod tests {
             after(&[poll(OK, 20), poll(Pending, 10), poll(OK, 20), poll(OK, 21)]);
         assert_eq!(outcomes, [Applied, Stale, Stale, Confirmed]);
         assert_eq!(state.unwrap().as_of, at(21));
+    }
+
+    #[test]
+    fn far_future_poll_date_is_clamped_too() {
+        let mut far = poll(OK, 0);
+        far.position = Position::Poll {
+            as_of: at(10 * 365 * 86_400),
+        };
+        let (state, _) = after(&[webhook(1, Pending, 0), far]);
+        assert_eq!(state.as_ref().unwrap().as_of, at(3600));
+        // A webhook an hour and a bit later still wins: the row is not frozen.
+        let decision = decide(
+            state.as_ref(),
+            &webhook(2, Refunded, 3700),
+            &Rules::default(),
+        );
+        assert_eq!(decision.outcome, Applied);
     }
 
     #[test]

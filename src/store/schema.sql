@@ -84,6 +84,12 @@ CREATE TABLE rejected_webhooks (
     body         BLOB NOT NULL             -- as received (may be invalid UTF-8)
 ) STRICT;
 
+-- One row, rewritten by every readiness check, so /readyz proves a real write can commit.
+CREATE TABLE heartbeat (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    at  TEXT NOT NULL
+) STRICT;
+
 -- Who runs a reconciler pass now, so passes never overlap across processes.
 CREATE TABLE leases (
     name        TEXT PRIMARY KEY,

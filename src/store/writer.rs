@@ -53,6 +53,8 @@ pub struct WriterStats {
     pub jobs: AtomicU64,
     /// Batches that failed to commit.
     pub failed_batches: AtomicU64,
+    /// Observations whose outcome was `conflict` (two statuses for one version).
+    pub conflicts: AtomicU64,
 }
 
 struct Job {
@@ -258,9 +260,16 @@ fn run(
         }
         let results = commit_batch(&mut conn, &batch, &settings, clock.as_ref());
         match &results {
-            Ok(_) => {
+            Ok(done) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let conflicts = done
+                    .iter()
+                    .filter(|r| matches!(r, Ok(Done::Outcome(Outcome::Conflict))))
+                    .count();
+                stats
+                    .conflicts
+                    .fetch_add(conflicts as u64, Ordering::Relaxed);
             }
             Err(error) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);

@@ -209,6 +209,7 @@ async fn bad_bodies_get_400_naming_the_field_and_are_kept_as_rejected() {
         ("order-version-empty.json", "order_version"),
         ("order-id-not-digits.json", "order_id"),
         ("timestamp-unparseable.json", "order_item_updated"),
+        ("timestamp-negative-year.json", "order_item_updated"),
         ("order-uuid-not-a-uuid.json", "order_uuid"),
         ("status-empty.json", "order_item_status"),
         ("status-not-a-string.json", "order_item_status"),

@@ -425,6 +425,30 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
 }
 
 #[tokio::test]
+async fn an_absurd_retry_after_is_capped_and_the_writer_survives() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    h.fake.push_response(
+        &format!("/orders/{order}"),
+        FakeResponse::status(503).with_header("retry-after", "10000000000000"),
+    );
+    assert_eq!(h.pass().await.failures, 1);
+    assert_eq!(
+        h.order_field(order, "next_poll_at").as_deref(),
+        Some("2024-01-02T12:00:00.000Z"),
+        "Retry-After is honoured up to 24 h"
+    );
+    // The writer is alive: a webhook is still stored.
+    let outcome = h
+        .webhook(new_uuid(), order, 1, "OK", at("2024-01-01T12:00:00Z"))
+        .await;
+    assert_eq!(outcome, Outcome::Applied);
+    h.close().await;
+}
+
+#[tokio::test]
 async fn timeouts_and_malformed_bodies_are_failures_that_change_no_item() {
     let h = harness("request_timeout = \"300ms\"").await;
     let (order, item) = (new_uuid(), new_uuid());
