@@ -245,8 +245,17 @@ fn uuid(fields: &Map<String, Value>, field: &'static str) -> Result<Uuid, Payloa
     Uuid::try_parse(text).map_err(|_| PayloadError::new(field, "not a UUID"))
 }
 
+/// Any status string is kept, but one with control characters or surrounding blanks is not a
+/// status: it would be polled forever and could forge log lines.
 fn status(fields: &Map<String, Value>, field: &'static str) -> Result<Status, PayloadError> {
-    Ok(Status::parse(string(fields, field)?))
+    let text = string(fields, field)?;
+    if text.chars().any(char::is_control) || text.trim() != text {
+        return Err(PayloadError::new(
+            field,
+            "contains control characters or surrounding blanks",
+        ));
+    }
+    Ok(Status::parse(text))
 }
 
 /// A non-negative integer sent as a string of digits (documented) or as a bare JSON number.

@@ -271,7 +271,10 @@ impl Reconciler {
         match self.record(order, answer).await {
             Ok(PollResult::Credentials(message)) => {
                 credentials_refused.store(true, Ordering::SeqCst);
-                tracing::error!(%message, "the Musement API refused our credentials; stopping this pass");
+                tracing::error!(
+                    ?message,
+                    "the Musement API refused our credentials; stopping this pass"
+                );
                 PollResult::Credentials(message)
             }
             Ok(result) => result,

@@ -62,6 +62,10 @@ pub async fn open_store(
         if let Some(bytes) = database.max_size_bytes {
             store::limit_size(&conn, bytes)?;
         }
+        // Said once so operators (and the durability test) can see the promise is in force.
+        let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        tracing::info!(%journal_mode, synchronous, "database opened for writing");
         Ok::<_, StoreError>(conn)
     })
     .await

@@ -122,11 +122,21 @@ impl ApiError {
         }
     }
 
-    /// A `Malformed` error for `body`.
+    /// A `Malformed` error for `body`. A body that is valid JSON (an order in an unexpected
+    /// shape) may hold customer data, so only its top-level keys are kept; other bodies (HTML
+    /// error pages, cut-off text) keep their first bytes, which is what helps an operator.
     pub(crate) fn malformed(reason: impl Into<String>, body: &[u8]) -> Self {
+        let snippet = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(fields)) => {
+                let keys: Vec<&str> = fields.keys().map(String::as_str).collect();
+                format!("JSON object with keys {keys:?} (values not shown)")
+            }
+            Ok(_) => "JSON that is not an object (not shown)".to_owned(),
+            Err(_) => snippet(body),
+        };
         Self::Malformed {
             reason: reason.into(),
-            snippet: snippet(body),
+            snippet,
         }
     }
 }

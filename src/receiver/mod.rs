@@ -350,6 +350,6 @@ fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
 /// Accepted but unusual input is stored and logged, never silently normalised.
 fn warn_about_oddities(observation: &Observation) {
     if observation.status.is_unknown() {
-        tracing::warn!(item = %observation.item, status = %observation.status, "undocumented item status; stored as sent");
+        tracing::warn!(item = %observation.item, status = ?observation.status.as_str(), "undocumented item status; stored as sent");
     }
 }

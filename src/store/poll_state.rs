@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
 
 use crate::clock::{later, to_db_text};
+use crate::observation::Status;
 
 /// What decides whether and when an order is polled (from `[reconciler]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,25 +55,37 @@ pub fn refresh(
     trigger: Trigger,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    let statuses = serde_json::to_string(&policy.poll_statuses).unwrap_or_else(|_| "[]".into());
-    let activity_cutoff = (now - RECHECK_AFTER_ACTIVITY)
+    // Two plain indexed reads and the decision in Rust: this runs for every webhook, and an
+    // aggregate query with IN-lists cost the writer more than the rest of `apply` together.
+    let activity_cutoff = later(now, -RECHECK_AFTER_ACTIVITY)
         .format("%Y-%m-%d %H:%M")
         .to_string();
-    let (active, recheck, items, failures, next): (bool, bool, i64, i64, Option<String>) = conn
+    let (failures, next, watched, stopped): (i64, Option<String>, bool, bool) = conn
         .prepare_cached(
-            "SELECT
-               coalesce(max(i.status IN (SELECT value FROM json_each(?2))
-                            OR i.status NOT IN ('PENDING', 'OK', 'KO', 'REFUND_STARTED', 'REFUNDED', 'CANCELLATION_ERROR')
-                            OR (i.status = 'OK' AND coalesce(i.vouchers, '[]') = '[]')), 0),
-               coalesce(max(i.status = 'OK' AND coalesce(i.vouchers, '[]') <> '[]'
-                            AND (i.product_date IS NULL OR i.product_date >= ?3)), 0),
-               count(i.item_uuid), o.poll_failures, o.next_poll_at
-             FROM orders o LEFT JOIN order_items i ON i.order_uuid = o.order_uuid
-             WHERE o.order_uuid = ?1",
+            "SELECT poll_failures, next_poll_at, watched,
+                    not_found_at IS NOT NULL OR expired_at IS NOT NULL
+             FROM orders WHERE order_uuid = ?1",
         )?
-        .query_row(params![order_uuid, statuses, activity_cutoff], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        .query_row([order_uuid], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
+    let (mut active, mut recheck, mut items) = (false, false, 0usize);
+    let mut statement = conn.prepare_cached(
+        "SELECT status, coalesce(vouchers, '[]') <> '[]', product_date FROM order_items WHERE order_uuid = ?1",
+    )?;
+    let mut rows = statement.query([order_uuid])?;
+    while let Some(row) = rows.next()? {
+        let (status, has_vouchers, product_date): (String, bool, Option<String>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?);
+        items += 1;
+        let unsettled = policy.poll_statuses.contains(&status)
+            || Status::parse(&status).is_unknown()
+            || (status == "OK" && !has_vouchers);
+        active |= unsettled;
+        recheck |= status == "OK"
+            && has_vouchers
+            && product_date.is_none_or(|date| date >= activity_cutoff);
+    }
     let now_text = to_db_text(now);
     let quiet_until = to_db_text(later(now, policy.quiet_period));
     let next = match trigger {
@@ -82,12 +95,11 @@ pub fn refresh(
         Trigger::Polled => to_db_text(later(now, policy.recheck_interval)),
         Trigger::Other => next.unwrap_or(now_text),
     };
+    let needs_poll = (active || recheck || (watched && items == 0)) && !stopped;
     conn.prepare_cached(
-        "UPDATE orders SET
-           needs_poll = (?2 OR ?3 OR (watched AND ?4 = 0)) AND not_found_at IS NULL AND expired_at IS NULL,
-           next_poll_at = ?5
-         WHERE order_uuid = ?1",
+        "UPDATE orders SET needs_poll = ?2, next_poll_at = ?3
+         WHERE order_uuid = ?1 AND (needs_poll IS NOT ?2 OR next_poll_at IS NOT ?3)",
     )?
-    .execute(params![order_uuid, active, recheck, items, next])?;
+    .execute(params![order_uuid, needs_poll, next])?;
     Ok(())
 }

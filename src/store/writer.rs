@@ -297,20 +297,35 @@ fn commit_batch(
     clock: &dyn Clock,
 ) -> Result<Vec<JobResult>, WriteError> {
     let storage = |e: rusqlite::Error| WriteError::Storage(e.to_string());
-    let mut tx = conn
+    let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(storage)?;
     let now = clock.now();
     let mut results = Vec::with_capacity(batch.len());
+    // Savepoint statements are prepared once and reused: parsing them anew for every job was a
+    // visible share of the writer's time.
+    let run = |sql: &str| {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+    };
     for job in batch {
-        let savepoint = tx.savepoint().map_err(storage)?;
-        match execute(&savepoint, &job.command, &settings.store, now) {
+        run("SAVEPOINT job").map_err(storage)?;
+        match execute(&tx, &job.command, &settings.store, now) {
             Ok(done) => {
-                savepoint.commit().map_err(storage)?;
+                run("RELEASE job").map_err(storage)?;
                 results.push(Ok(done));
             }
             Err(error) => {
-                drop(savepoint); // rolls back this job only
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back (disk full, I/O error): no later
+                    // job may run outside it, and the whole batch answers with this error.
+                    return Err(storage(error));
+                }
+                // Undo this job only.
+                run("ROLLBACK TO job")
+                    .and_then(|()| run("RELEASE job"))
+                    .map_err(storage)?;
                 results.push(Err(storage(error)));
             }
         }

@@ -1,6 +1,7 @@
 //! A fake Musement partner API: a real HTTP/1 server on `127.0.0.1:0`, serving `POST /login`
 //! and `GET /orders/{uuid}` under `/api/v3` the way the reference (`musement-api.md`) documents
-//! them, with knobs to script failures, revoke tokens, fix the `Date` header and add latency.
+//! them, with knobs to script failures, revoke tokens, fix the `Date` header and add latency,
+//! and faults below HTTP (an outage, a reset mid-body, a body that never ends; see the end).
 //!
 //! ```ignore
 //! let fake = FakeMusement::start().await;
@@ -19,13 +20,17 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -33,7 +38,8 @@ use hyper_util::rt::TokioIo;
 use orderwatch::config::Secret;
 use orderwatch::musement::MusementSettings;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
@@ -266,6 +272,10 @@ struct State {
     date: Option<DateTime<Utc>>,
     latency: Duration,
     requests: Vec<RecordedRequest>,
+    /// Persistent answers (see [`FakeMusement::set_outage`]), checked before `scripted`.
+    outages: Vec<(String, FakeResponse)>,
+    /// One-shot connection faults (see [`FakeMusement::push_fault`]).
+    faults: Vec<(String, FakeFault)>,
 }
 
 impl FakeMusement {
@@ -276,9 +286,15 @@ impl FakeMusement {
 
     /// Starts a fake on `127.0.0.1:0` with no orders, token lifetime 3600 s, no latency.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a fake like [`FakeMusement::start`] but on `addr`: an API that comes (back) up
+    /// where a client already points, e.g. after a test saw "connection refused" there.
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
             orders: HashMap::new(),
@@ -289,6 +305,8 @@ impl FakeMusement {
             date: None,
             latency: Duration::ZERO,
             requests: Vec::new(),
+            outages: Vec::new(),
+            faults: Vec::new(),
         }));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Self { addr, state, task }
@@ -430,14 +448,21 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
             continue;
         };
         let state = state.clone();
+        // Set by a `ResetMidBody` fault: the connection then ends with a RST, not a FIN.
+        let reset = Arc::new(AtomicBool::new(false));
+        let io = ResetOnDrop {
+            stream,
+            reset: reset.clone(),
+        };
         let service = service_fn(move |request| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, request).await) }
+            let reset = reset.clone();
+            async move { Ok::<_, Infallible>(handle_with_faults(state, request, reset).await) }
         });
         connections.spawn(async move {
             // Errors here are clients hanging up mid-request: nothing to report.
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .await;
         });
     }
@@ -468,11 +493,18 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
     let (scripted, latency) = {
         let mut state = lock(&state);
         state.requests.push(recorded.clone());
-        let scripted = state
-            .scripted
+        let outage = state
+            .outages
             .iter()
-            .position(|(suffix, _)| recorded.path.ends_with(suffix.as_str()))
-            .map(|index| state.scripted.remove(index).1);
+            .find(|(suffix, _)| recorded.path.ends_with(suffix.as_str()))
+            .map(|(_, response)| response.clone());
+        let scripted = outage.or_else(|| {
+            state
+                .scripted
+                .iter()
+                .position(|(suffix, _)| recorded.path.ends_with(suffix.as_str()))
+                .map(|index| state.scripted.remove(index).1)
+        });
         (scripted, state.latency)
     };
     tokio::time::sleep(latency).await;
@@ -612,4 +644,171 @@ fn plain(status: u16, text: &'static str) -> Response<Full<Bytes>> {
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults below HTTP: outages, resets mid-body, bodies that never end.
+
+/// A connection-level fault, served once instead of the normal end of an answer: the status
+/// line, headers (with the full `Content-Length`) and the first half of the body the fake would
+/// have sent go out, then…
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeFault {
+    /// …after a short pause the connection is reset (RST), as a crashing proxy does.
+    ResetMidBody,
+    /// …nothing more, ever: the body never ends (until the fake is dropped).
+    NeverEnds,
+}
+
+impl FakeMusement {
+    /// Until cleared with `None`, answers every request whose path ends with `path_suffix`
+    /// (`""` for all) with `response`, before any scripted one: an API that is down. Requests
+    /// are still recorded.
+    pub fn set_outage(&self, path_suffix: &str, response: Option<FakeResponse>) {
+        let mut state = self.state();
+        state.outages.retain(|(suffix, _)| suffix != path_suffix);
+        if let Some(response) = response {
+            state.outages.push((path_suffix.to_owned(), response));
+        }
+    }
+
+    /// Queues a one-shot `fault` for the next request whose path ends with `path_suffix`; the
+    /// request is otherwise handled as usual (recorded, scripted or normal answer).
+    pub fn push_fault(&self, path_suffix: &str, fault: FakeFault) {
+        self.state().faults.push((path_suffix.to_owned(), fault));
+    }
+}
+
+type FakeBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// [`handle`], with a queued [`FakeFault`] applied to its answer.
+async fn handle_with_faults(
+    state: Arc<Mutex<State>>,
+    request: Request<Incoming>,
+    reset: Arc<AtomicBool>,
+) -> Response<FakeBody> {
+    let path = request.uri().path().to_owned();
+    let fault = {
+        let mut state = lock(&state);
+        state
+            .faults
+            .iter()
+            .position(|(suffix, _)| path.ends_with(suffix.as_str()))
+            .map(|index| state.faults.remove(index).1)
+    };
+    let response = handle(state, request).await;
+    let Some(fault) = fault else {
+        return response.map(|body| body.map_err(|never| match never {}).boxed_unsync());
+    };
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let half = body.slice(..body.len() / 2);
+    let body = FaultBody {
+        first: Some(half),
+        declared: body.len() as u64,
+        fault,
+        reset,
+        pause: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A body that sends its first part, then fails as its [`FakeFault`] says.
+struct FaultBody {
+    first: Option<Bytes>,
+    declared: u64,
+    fault: FakeFault,
+    reset: Arc<AtomicBool>,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for FaultBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        match this.fault {
+            // Never woken: the connection task waits until the fake is dropped.
+            FakeFault::NeverEnds => Poll::Pending,
+            FakeFault::ResetMidBody => {
+                if this.pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.reset.store(true, Ordering::SeqCst);
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "scripted reset mid-body",
+                ))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.declared)
+    }
+}
+
+/// The fake's side of a connection: when `reset` is set, closing it sends a RST (SO_LINGER 0)
+/// instead of a FIN.
+struct ResetOnDrop {
+    stream: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst) {
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for ResetOnDrop {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResetOnDrop {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }

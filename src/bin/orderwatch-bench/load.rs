@@ -1,0 +1,496 @@
+//! The webhook load generator.
+//!
+//! N keep-alive HTTP/1.1 connections (hyper's client over a `TcpStream` each) share one request
+//! counter. Request `i` carries a distinct, valid webhook for item `derived_uuid(seed, 0, i)`.
+//! Closed loop (default): a connection sends its next request as soon as the previous answer
+//! arrived. Open loop (`--rate R`): request `i` is *scheduled* at `start + i / R`; a free
+//! connection claims the next index, waits for its slot and sends; latency is measured from the
+//! slot, so a generator or server that falls behind shows up as latency instead of hiding it
+//! (no coordinated omission). Every answer is recorded; at the end the ledger is checked: every
+//! webhook answered 200 must be in `item_events` (item and version), otherwise the run is VOID.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::util::{
+    BenchResult, LoopbackUrl, derived_uuid, fail, musement_time, parse_duration, percentile_ms,
+    rss_kib, webhook_body,
+};
+
+/// UUID kinds for [`derived_uuid`].
+const ITEM: u64 = 0;
+const ORDER: u64 = 1;
+/// Every webhook of a run has this item version.
+const VERSION: u64 = 1;
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The webhook URL (a loopback address).
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/musement")]
+    url: String,
+    /// Keep-alive connections.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    connections: usize,
+    /// Run for this long (default 5s when --count is not given).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Send this many requests (with --duration, whichever ends first).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Open loop: schedule this many requests per second, latency from the scheduled time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The server's SQLite file: check that every acknowledged webhook is stored.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// The server's PID, to report its peak RSS (VmHWM).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A name for this run in reports (the scripts use noop, orderwatch, naive).
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Give up on one request after this long (counted as an error).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+/// What one run measured; written with `--json` and read by `ingest-report`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub label: String,
+    pub connections: usize,
+    /// The open-loop rate, if any.
+    pub rate: Option<f64>,
+    /// From the first scheduled send to the last answer.
+    pub elapsed_s: f64,
+    /// Answers received (any status).
+    pub responses: u64,
+    /// Answers with status 200.
+    pub ok: u64,
+    /// Other statuses and how often.
+    pub other_statuses: BTreeMap<u16, u64>,
+    /// Outcomes in the 200 bodies (`applied`, …).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Requests without an answer (connection errors, timeouts).
+    pub errors: u64,
+    /// Open loop only: scheduled before the end but never sent (the run was cut off).
+    pub unsent: u64,
+    /// 200 answers per second.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    /// `ok`, `VOID` or `skipped` (no database given).
+    pub ledger: String,
+    /// Acknowledged webhooks missing from `item_events`.
+    pub missing: u64,
+    /// Rows in `order_items` (one per acknowledged request in these runs).
+    pub stored_items: Option<u64>,
+    /// Distinct commit times (`order_items.first_seen_at`, millisecond resolution): a lower
+    /// bound on the commits that stored them.
+    pub commit_times: Option<u64>,
+    /// `stored_items / commit_times`: the average group-commit batch (an upper bound; exact
+    /// while commits are over 1 ms apart).
+    pub avg_batch: Option<f64>,
+    /// The server's peak RSS (VmHWM) in KiB after the run.
+    pub server_peak_rss_kib: Option<u64>,
+}
+
+/// One answered request.
+#[derive(Clone, Copy)]
+struct Sample {
+    index: u64,
+    latency_ns: u64,
+    status: u16,
+}
+
+#[derive(Default)]
+struct ConnectionLog {
+    samples: Vec<Sample>,
+    outcomes: BTreeMap<String, u64>,
+    errors: u64,
+    unsent: u64,
+    last_done: Option<Instant>,
+}
+
+struct Plan {
+    url: LoopbackUrl,
+    host: String,
+    seed: u64,
+    updated: String,
+    next: AtomicU64,
+    count: Option<u64>,
+    rate: Option<f64>,
+    start: Instant,
+    /// No request is sent (closed loop) or scheduled (open loop) at or after this.
+    deadline: Option<Instant>,
+    /// Open loop: stop sending late requests after this, even if some are still due.
+    hard_stop: Option<Instant>,
+    timeout: Duration,
+}
+
+pub fn run(args: LoadArgs) -> BenchResult<ExitCode> {
+    let url = LoopbackUrl::parse(&args.url)?;
+    if args.connections == 0 {
+        return fail("--connections must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return fail("--rate must be a positive number");
+    }
+    let duration = match (args.duration, args.count) {
+        (None, None) => Some(Duration::from_secs(5)),
+        (duration, _) => duration,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (mut result, acknowledged, seed) = runtime.block_on(generate(&args, url, duration))?;
+    drop(runtime);
+
+    match &args.db {
+        Some(db) => check_ledger(db, &mut result, &acknowledged, seed)?,
+        None => result.ledger = "skipped".into(),
+    }
+    if let Some(pid) = args.server_pid {
+        result.server_peak_rss_kib = rss_kib(pid).map(|(peak, _)| peak);
+    }
+    print_result(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+    }
+    if result.ledger == "VOID" {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the load; returns the result, the indexes answered 200, and the run's UUID seed.
+async fn generate(
+    args: &LoadArgs,
+    url: LoopbackUrl,
+    duration: Option<Duration>,
+) -> BenchResult<(LoadResult, Vec<u64>, u64)> {
+    // Connect everything first, so connection set-up is not part of the measurement.
+    let mut senders = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        senders.push(connect(&url).await?);
+    }
+    let seed = fastrand::u64(..);
+    let start = Instant::now() + Duration::from_millis(20);
+    let deadline = duration.map(|d| start + d);
+    let plan = Arc::new(Plan {
+        host: url.host(),
+        url,
+        seed,
+        updated: musement_time(chrono::Utc::now()),
+        next: AtomicU64::new(0),
+        count: args.count,
+        rate: args.rate,
+        start,
+        deadline,
+        hard_stop: match (args.rate, duration) {
+            (Some(_), Some(d)) => Some(start + d * 2 + Duration::from_secs(5)),
+            _ => None,
+        },
+        timeout: args.timeout,
+    });
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|sender| tokio::spawn(drive(sender, plan.clone())))
+        .collect();
+    let mut logs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        logs.push(task.await?);
+    }
+    Ok(summarize(args, &plan, logs))
+}
+
+async fn connect(url: &LoopbackUrl) -> BenchResult<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(url.addr)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", url.addr))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// One connection's loop: claim an index, wait for its slot (open loop), send, record.
+async fn drive(mut sender: SendRequest<Full<Bytes>>, plan: Arc<Plan>) -> ConnectionLog {
+    let mut log = ConnectionLog::default();
+    loop {
+        let index = plan.next.fetch_add(1, Ordering::Relaxed);
+        if plan.count.is_some_and(|count| index >= count) {
+            break;
+        }
+        let scheduled = match plan.rate {
+            Some(rate) => {
+                let slot = plan.start + Duration::from_secs_f64(index as f64 / rate);
+                if plan.deadline.is_some_and(|d| slot >= d) {
+                    break;
+                }
+                if plan.hard_stop.is_some_and(|stop| Instant::now() >= stop) {
+                    log.unsent += 1;
+                    continue;
+                }
+                tokio::time::sleep_until(slot).await;
+                slot
+            }
+            None => {
+                let now = Instant::now();
+                if now < plan.start {
+                    tokio::time::sleep_until(plan.start).await;
+                    plan.start
+                } else if plan.deadline.is_some_and(|d| now >= d) {
+                    break;
+                } else {
+                    now
+                }
+            }
+        };
+        let request = build_request(&plan, index);
+        match tokio::time::timeout(plan.timeout, exchange(&mut sender, request)).await {
+            Ok(Ok((status, outcome))) => {
+                let done = Instant::now();
+                log.samples.push(Sample {
+                    index,
+                    latency_ns: done.saturating_duration_since(scheduled).as_nanos() as u64,
+                    status,
+                });
+                if let Some(outcome) = outcome {
+                    *log.outcomes.entry(outcome).or_default() += 1;
+                }
+                log.last_done = Some(done);
+            }
+            _ => {
+                log.errors += 1;
+                // The connection is in an unknown state: start a new one (for up to a second).
+                let mut attempts = 0;
+                loop {
+                    match connect(&plan.url).await {
+                        Ok(fresh) => {
+                            sender = fresh;
+                            break;
+                        }
+                        Err(_) if attempts < 100 => {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(_) => return log,
+                    }
+                }
+            }
+        }
+    }
+    log
+}
+
+fn build_request(plan: &Plan, index: u64) -> Request<Full<Bytes>> {
+    let item = derived_uuid(plan.seed, ITEM, index);
+    let order = derived_uuid(plan.seed, ORDER, index);
+    let body = webhook_body(
+        &item,
+        &order,
+        10_000_000 + index,
+        VERSION,
+        "PENDING",
+        &plan.updated,
+    );
+    Request::builder()
+        .method(Method::POST)
+        .uri(plan.url.path.as_str())
+        .header(HOST, plan.host.as_str())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a request from valid parts")
+}
+
+/// Sends one request and reads the whole answer; the status and the body's `outcome`.
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> BenchResult<(u16, Option<String>)> {
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    let outcome = if status == 200 {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("outcome").and_then(|o| o.as_str()).map(str::to_owned))
+    } else {
+        None
+    };
+    Ok((status, outcome))
+}
+
+fn summarize(
+    args: &LoadArgs,
+    plan: &Plan,
+    logs: Vec<ConnectionLog>,
+) -> (LoadResult, Vec<u64>, u64) {
+    let mut result = LoadResult {
+        label: args.label.clone(),
+        connections: args.connections,
+        rate: args.rate,
+        ..LoadResult::default()
+    };
+    let mut latencies = Vec::new();
+    let mut acknowledged = Vec::new();
+    let mut last_done = plan.start;
+    for log in logs {
+        result.errors += log.errors;
+        result.unsent += log.unsent;
+        for (outcome, n) in log.outcomes {
+            *result.outcomes.entry(outcome).or_default() += n;
+        }
+        if let Some(done) = log.last_done {
+            last_done = last_done.max(done);
+        }
+        for sample in log.samples {
+            latencies.push(sample.latency_ns);
+            if sample.status == 200 {
+                acknowledged.push(sample.index);
+            } else {
+                *result.other_statuses.entry(sample.status).or_default() += 1;
+            }
+        }
+    }
+    latencies.sort_unstable();
+    result.responses = latencies.len() as u64;
+    result.ok = acknowledged.len() as u64;
+    result.elapsed_s = last_done
+        .saturating_duration_since(plan.start)
+        .as_secs_f64();
+    result.rps = if result.elapsed_s > 0.0 {
+        result.ok as f64 / result.elapsed_s
+    } else {
+        0.0
+    };
+    result.p50_ms = percentile_ms(&latencies, 0.50);
+    result.p90_ms = percentile_ms(&latencies, 0.90);
+    result.p99_ms = percentile_ms(&latencies, 0.99);
+    result.max_ms = percentile_ms(&latencies, 1.0);
+    result.mean_ms = if latencies.is_empty() {
+        0.0
+    } else {
+        latencies.iter().map(|&n| n as f64).sum::<f64>() / latencies.len() as f64 / 1e6
+    };
+    (result, acknowledged, plan.seed)
+}
+
+/// Every acknowledged webhook must be in `item_events` with its item and version. Also derives
+/// the average group-commit batch from the rows' commit times.
+fn check_ledger(
+    db: &Path,
+    result: &mut LoadResult,
+    acknowledged: &[u64],
+    seed: u64,
+) -> BenchResult<()> {
+    let conn = orderwatch::store::open_read_only(db, Duration::from_secs(10))?;
+    let mut statement = conn.prepare(
+        "SELECT item_uuid FROM item_events WHERE source = 'webhook' AND item_version = ?1",
+    )?;
+    let stored: HashSet<String> = statement
+        .query_map([VERSION as i64], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let missing: Vec<u64> = acknowledged
+        .iter()
+        .copied()
+        .filter(|&i| !stored.contains(&derived_uuid(seed, ITEM, i).to_string()))
+        .collect();
+    result.missing = missing.len() as u64;
+    result.ledger = if missing.is_empty() { "ok" } else { "VOID" }.into();
+    for index in missing.iter().take(5) {
+        eprintln!(
+            "MISSING: request {index} (item {}, version {VERSION}) was answered 200 but is not in item_events",
+            derived_uuid(seed, ITEM, *index)
+        );
+    }
+    let (items, commit_times): (i64, i64) = conn.query_row(
+        "SELECT count(*), count(DISTINCT first_seen_at) FROM order_items",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let (items, commit_times) = (items as u64, commit_times as u64);
+    result.stored_items = Some(items);
+    result.commit_times = Some(commit_times);
+    result.avg_batch = (commit_times > 0).then(|| items as f64 / commit_times as f64);
+    Ok(())
+}
+
+fn print_result(r: &LoadResult) {
+    let mode = match r.rate {
+        Some(rate) => format!("open loop at {rate:.0} req/s"),
+        None => "closed loop".into(),
+    };
+    println!(
+        "{}: {} connections, {mode}, {:.2} s",
+        r.label, r.connections, r.elapsed_s
+    );
+    let others: Vec<String> = r
+        .other_statuses
+        .iter()
+        .map(|(status, n)| format!("{status}: {n}"))
+        .collect();
+    println!(
+        "  responses {} (200: {}{}{}), errors {}{}",
+        r.responses,
+        r.ok,
+        if others.is_empty() { "" } else { ", " },
+        others.join(", "),
+        r.errors,
+        if r.unsent > 0 {
+            format!(", never sent (cut off) {}", r.unsent)
+        } else {
+            String::new()
+        }
+    );
+    println!("  throughput {:.0} req/s (200s)", r.rps);
+    println!(
+        "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
+        r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms
+    );
+    let outcomes: Vec<String> = r.outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+    if !outcomes.is_empty() {
+        println!("  outcomes: {}", outcomes.join(", "));
+    }
+    match r.ledger.as_str() {
+        "ok" => println!(
+            "  ledger: ok, all {} acknowledged webhooks are in item_events",
+            r.ok
+        ),
+        "VOID" => println!(
+            "  ledger: VOID: {} acknowledged webhooks are missing from item_events; this run is void",
+            r.missing
+        ),
+        _ => println!("  ledger: skipped (no --db)"),
+    }
+    if let (Some(items), Some(times), Some(batch)) = (r.stored_items, r.commit_times, r.avg_batch) {
+        println!(
+            "  group commit: {items} items over {times} distinct commit times: avg batch {batch:.1}"
+        );
+    }
+    if let Some(kib) = r.server_peak_rss_kib {
+        println!("  server peak RSS {:.1} MiB", kib as f64 / 1024.0);
+    }
+}
