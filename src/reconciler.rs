@@ -224,6 +224,7 @@ impl Reconciler {
     }
 
     async fn poll_due(&self) -> Result<PassSummary, PassError> {
+        self.client.forget_login_failure().await;
         let now = self.clock.now();
         let due = self
             .read(move |conn| queries::due_orders(conn, now))

@@ -64,10 +64,21 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// The cached token. A tokio mutex held across the login request, so concurrent callers
     /// that find no valid token wait for one login instead of each doing their own.
-    token: Mutex<Option<CachedToken>>,
+    token: Mutex<TokenState>,
     /// Successful logins so far.
     logins: AtomicU64,
 }
+
+/// The token cache, and the last failed login so that a down or hanging token endpoint costs
+/// one attempt per cool-down, not one per order waiting in line for the lock.
+#[derive(Default)]
+struct TokenState {
+    token: Option<CachedToken>,
+    failed: Option<(DateTime<Utc>, ApiError)>,
+}
+
+/// How long a failed login is answered from memory.
+const LOGIN_COOLDOWN: chrono::Duration = chrono::Duration::seconds(30);
 
 /// A bearer token and when to stop using it.
 #[derive(Clone)]
@@ -123,7 +134,7 @@ impl MusementClient {
                 client_id: settings.client_id,
                 client_secret: settings.client_secret,
                 clock,
-                token: Mutex::new(None),
+                token: Mutex::new(TokenState::default()),
                 logins: AtomicU64::new(0),
             }),
         })
@@ -152,6 +163,12 @@ impl MusementClient {
         second.map_err(|e| self.scrub(e, &[&token, &fresh]))
     }
 
+    /// Forgets a remembered login failure, so the next call tries again at once. The reconciler
+    /// calls it when a pass starts: one login attempt per pass, not one per order.
+    pub async fn forget_login_failure(&self) {
+        self.inner.token.lock().await.failed = None;
+    }
+
     /// How many logins succeeded since the client was built (for metrics and tests).
     pub fn logins(&self) -> u64 {
         self.inner.logins.load(Ordering::Relaxed)
@@ -178,33 +195,48 @@ impl MusementClient {
 
     /// The cached token if it is still good, else a fresh one from a login.
     async fn valid_token(&self) -> Result<String, ApiError> {
-        let mut cached = self.inner.token.lock().await;
+        let mut state = self.inner.token.lock().await;
         let now = self.inner.clock.now();
-        match cached.as_ref() {
+        match state.token.as_ref() {
             Some(token) if now < token.renew_at => Ok(token.value.clone()),
-            _ => self.login_into(&mut cached).await,
+            _ => self.login_into(&mut state).await,
         }
     }
 
     /// A token other than `rejected`: one another caller already obtained while we waited for
     /// the lock, else a fresh login. This keeps N callers hit by the same 401 to one login.
     async fn token_replacing(&self, rejected: &str) -> Result<String, ApiError> {
-        let mut cached = self.inner.token.lock().await;
+        let mut state = self.inner.token.lock().await;
         let now = self.inner.clock.now();
-        match cached.as_ref() {
+        match state.token.as_ref() {
             Some(token) if token.value != rejected && now < token.renew_at => {
                 Ok(token.value.clone())
             }
-            _ => self.login_into(&mut cached).await,
+            _ => self.login_into(&mut state).await,
         }
     }
 
-    /// Logs in and stores the token in `slot` (the locked cache).
-    async fn login_into(&self, slot: &mut Option<CachedToken>) -> Result<String, ApiError> {
-        let token = self.login().await?;
-        let value = token.value.clone();
-        *slot = Some(token);
-        Ok(value)
+    /// Logs in and stores the token in the locked cache, unless a login failed less than
+    /// [`LOGIN_COOLDOWN`] ago: then that failure is the answer.
+    async fn login_into(&self, state: &mut TokenState) -> Result<String, ApiError> {
+        let now = self.inner.clock.now();
+        if let Some((at, error)) = &state.failed
+            && now < *at + LOGIN_COOLDOWN
+        {
+            return Err(error.clone());
+        }
+        match self.login().await {
+            Ok(token) => {
+                let value = token.value.clone();
+                state.token = Some(token);
+                state.failed = None;
+                Ok(value)
+            }
+            Err(error) => {
+                state.failed = Some((now, error.clone()));
+                Err(error)
+            }
+        }
     }
 
     /// `POST {base_url}/login` with the client credentials.

@@ -78,6 +78,12 @@ pub fn open_for_writing(path: &Path, busy_timeout: Duration) -> Result<Connectio
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
+    // The per-job savepoints' statement journal lives in memory, not in a temp file written
+    // with a syscall per page (it only matters until the batch commits).
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(open_error)?;
+    // Every statement of the write path stays prepared (the default cache holds 16).
+    conn.set_prepared_statement_cache_capacity(64);
     migrate(&mut conn, path)?;
     Ok(conn)
 }
