@@ -235,7 +235,7 @@ fn string<'a>(
         Value::String(text) => Ok(text),
         other => Err(PayloadError::new(
             field,
-            format!("expected a string, got {}", kind(other)),
+            format!("expected a string, got {}", json_kind(other)),
         )),
     }
 }
@@ -273,7 +273,7 @@ fn digits(fields: &Map<String, Value>, field: &'static str) -> Result<String, Pa
         )),
         other => Err(PayloadError::new(
             field,
-            format!("expected a string of digits, got {}", kind(other)),
+            format!("expected a string of digits, got {}", json_kind(other)),
         )),
     }
 }
@@ -313,7 +313,8 @@ pub fn parse_musement_time(text: &str) -> Option<DateTime<Utc>> {
         .filter(|t| (0..=9999).contains(&t.year()))
 }
 
-fn kind(value: &Value) -> &'static str {
+/// "a string", "an array"…: how field errors name what arrived instead.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::error::{ApiError, snippet};
+use crate::observation::json_kind;
 use crate::observation::{Status, parse_musement_time};
 
 /// One polled order: what `GET /orders/{uuid}` said, minus anything personal.
@@ -157,7 +158,10 @@ fn parse_order_fields(
 ) -> Result<PolledOrder, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(order) = value else {
-        return Err(format!("body: expected an object, got {}", kind(&value)));
+        return Err(format!(
+            "body: expected an object, got {}",
+            json_kind(&value)
+        ));
     };
     let uuid = required_uuid(&order, "uuid", "uuid")?;
     if uuid != requested {
@@ -171,7 +175,12 @@ fn parse_order_fields(
             .enumerate()
             .map(|(index, item)| parse_item(index, item))
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(format!("items: expected an array, got {}", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "items: expected an array, got {}",
+                json_kind(other)
+            ));
+        }
     };
     Ok(PolledOrder {
         uuid,
@@ -187,7 +196,7 @@ fn parse_item(index: usize, item: &Value) -> Result<PolledItem, String> {
     let Value::Object(fields) = item else {
         return Err(format!(
             "items[{index}]: expected an object, got {}",
-            kind(item)
+            json_kind(item)
         ));
     };
     let uuid = required_uuid(fields, "uuid", &format!("items[{index}].uuid"))?;
@@ -198,7 +207,7 @@ fn parse_item(index: usize, item: &Value) -> Result<PolledItem, String> {
         Some(other) => {
             return Err(format!(
                 "items[{index}].status: expected a string, got {}",
-                kind(other)
+                json_kind(other)
             ));
         }
     };
@@ -223,7 +232,10 @@ fn required_uuid(object: &Map<String, Value>, key: &str, field: &str) -> Result<
             Uuid::try_parse(text).map_err(|_| format!("{field}: {text:?} is not a UUID"))
         }
         None | Some(Value::Null) => Err(format!("{field}: missing")),
-        Some(other) => Err(format!("{field}: expected a string, got {}", kind(other))),
+        Some(other) => Err(format!(
+            "{field}: expected a string, got {}",
+            json_kind(other)
+        )),
     }
 }
 
@@ -276,7 +288,10 @@ pub(crate) fn parse_login(body: &[u8]) -> Result<LoginGrant, ApiError> {
 fn parse_login_fields(body: &[u8]) -> Result<LoginGrant, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(fields) = value else {
-        return Err(format!("body: expected an object, got {}", kind(&value)));
+        return Err(format!(
+            "body: expected an object, got {}",
+            json_kind(&value)
+        ));
     };
     let access_token = match fields.get("access_token") {
         Some(Value::String(token)) if usable_token(token) => token.clone(),
@@ -285,7 +300,7 @@ fn parse_login_fields(body: &[u8]) -> Result<LoginGrant, String> {
         Some(other) => {
             return Err(format!(
                 "access_token: expected a string, got {}",
-                kind(other)
+                json_kind(other)
             ));
         }
     };
@@ -345,17 +360,6 @@ pub(crate) fn error_message(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let message = value.get("message")?.as_str()?;
     Some(snippet(message.as_bytes()))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
