@@ -600,6 +600,14 @@ impl Config {
                 "must start with http:// or https://".into(),
             );
         }
+        if let Some(rest) = self.musement.base_url.strip_prefix("http://")
+            && !is_loopback_host(rest)
+        {
+            return error(
+                "musement.base_url",
+                "plain http:// is allowed only for loopback (the client secret would travel in clear); use https://".into(),
+            );
+        }
         if self.musement.credentials.is_some() && self.musement.application.is_empty() {
             return error(
                 "musement.application",
@@ -669,6 +677,19 @@ fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let key = e.path().to_string();
         located(if key == "." { String::new() } else { key }, e.inner())
     })
+}
+
+/// Whether the host at the start of `rest` (what follows `http://`) is loopback.
+fn is_loopback_host(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -820,6 +841,22 @@ mod tests {
         assert_eq!(err.key, "reconciler.cron");
         let err = load("[reconciler]\ncron = \"0 * * * * *\"\ninterval = \"1m\"\n").unwrap_err();
         assert_eq!(err.key, "reconciler");
+    }
+
+    #[test]
+    fn plain_http_is_only_for_loopback_apis() {
+        for ok in [
+            "http://127.0.0.1:9/api/v3",
+            "http://localhost/api",
+            "http://[::1]:8080/x",
+        ] {
+            assert!(
+                load(&format!("[musement]\nbase_url = \"{ok}\"\n")).is_ok(),
+                "{ok}"
+            );
+        }
+        let err = load("[musement]\nbase_url = \"http://api.musement.com/api/v3\"\n").unwrap_err();
+        assert_eq!(err.key, "musement.base_url");
     }
 
     #[test]
