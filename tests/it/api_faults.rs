@@ -27,7 +27,7 @@ use crate::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeFault, FakeMusement, FakeResponse, new_uuid,
     order_json,
 };
-use crate::hostile::Daemon;
+use crate::helpers::Daemon;
 
 /// The rig's clock starts here.
 const START: &str = "2024-01-01T12:00:00Z";
@@ -774,9 +774,12 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         .unwrap();
     assert_eq!(stored, n as i64, "every webhook answered 200 is stored");
 
-    let lines = tokio::task::spawn_blocking(move || daemon.stop())
-        .await
-        .unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut daemon = daemon;
+        daemon.stop()
+    })
+    .await
+    .unwrap();
     let about: Vec<Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -1,12 +1,9 @@
 //! The real `orderwatch` binary: configuration errors, masked secrets, and a daemon that
 //! stores a webhook and stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use crate::helpers::{binary, fixture};
+use crate::helpers::{Daemon, binary, fixture};
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
 
@@ -139,52 +136,17 @@ fn config_errors_exit_2_with_one_line_naming_file_key_and_reason() {
     assert_eq!(code, 2, "usage errors exit 2 too");
 }
 
-/// Starts the daemon and returns it with the address it announced in its JSON log.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the caller waits for the child it gets back"
-)]
-fn start_daemon(config: &std::path::Path) -> (Child, std::net::SocketAddr, mpsc::Receiver<String>) {
-    let mut child = Command::new(binary())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("ORDERWATCH_TEST_PASSWORD", SECRET)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, log) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the daemon announced its address");
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(listen) = entry["fields"]["listen"].as_str() {
-            return (child, listen.parse().unwrap(), log);
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[server.auth]\nusername = \"JohnSmith\"\n\
-         password_env = \"ORDERWATCH_TEST_PASSWORD\"\n[log]\nformat = \"json\"\n",
-    )
-    .unwrap();
-    let (mut child, addr, log) = start_daemon(&config);
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[server.auth]\nusername = \"JohnSmith\"\n\
+                  password_env = \"ORDERWATCH_TEST_PASSWORD\"\n[log]\nformat = \"json\"\n";
+    let mut daemon = Daemon::start_with_env(
+        tempfile::tempdir().unwrap(),
+        config,
+        &[("ORDERWATCH_TEST_PASSWORD", SECRET)],
+    );
+    let addr = daemon.addr;
+    let db_path = daemon.dir.path().join("orderwatch.db");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let response = client
         .post(format!("http://{addr}/webhooks/musement"))
@@ -204,15 +166,8 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         .unwrap();
     assert_eq!(response.status(), 401);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
-
-    let lines: Vec<String> = log.try_iter().collect();
+    // Sends SIGTERM and asserts a clean exit (code 0) within its time limit.
+    let lines = daemon.stop();
     assert!(
         lines.iter().any(|l| l.contains("\"status\":200")),
         "one line per request: {lines:?}"
@@ -221,7 +176,7 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         lines.iter().all(|l| !l.contains(SECRET)),
         "the password is never logged"
     );
-    let db = rusqlite::Connection::open(dir.path().join("orderwatch.db")).unwrap();
+    let db = rusqlite::Connection::open(&db_path).unwrap();
     let status: String = db
         .query_row("SELECT status FROM order_items", [], |r| r.get(0))
         .unwrap();
@@ -229,18 +184,4 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         status, "OK",
         "the database sits next to the config and holds the item"
     );
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the daemon did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::config::Config;
 use orderwatch::startup;
 use rusqlite::Connection;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -165,4 +167,116 @@ pub fn webhook(item: &str, order: &str, version: u64, status: &str) -> String {
 /// A deterministic UUID-shaped string for test item/order `n`.
 pub fn uuid(kind: u8, n: u64) -> String {
     format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
+
+/// How long the real daemon may take to start or stop.
+const DAEMON_LIMIT: Duration = Duration::from_secs(10);
+
+/// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Where it listens, from its start-up log line.
+    pub addr: SocketAddr,
+    log: std::sync::mpsc::Receiver<String>,
+    /// The folder with its config and database.
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon on `config` (which must set `listen = "127.0.0.1:0"`) in `dir`.
+    pub fn start(dir: tempfile::TempDir, config: &str) -> Self {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. a `password_env` secret).
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(crate::helpers::binary())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (lines, log) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Self {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + DAEMON_LIMIT;
+        while Instant::now() < deadline {
+            let Ok(line) = daemon.log.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            let json: Value = serde_json::from_str(&line).unwrap_or_default();
+            let listen = json["fields"]["listen"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| {
+                    let at = line.find("listen=")? + "listen=".len();
+                    line[at..].split_whitespace().next().map(str::to_owned)
+                });
+            if let Some(addr) = listen.and_then(|a| a.parse().ok()) {
+                daemon.addr = addr;
+                return daemon;
+            }
+        }
+        let _ = daemon.child.kill();
+        panic!("the daemon never announced its address");
+    }
+
+    /// `http://ADDR/webhooks/musement`.
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhooks/musement", self.addr)
+    }
+
+    /// SIGTERM, wait for exit 0 (bounded), and return every line logged since the last call.
+    pub fn stop(&mut self) -> Vec<String> {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + DAEMON_LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the daemon did not stop within {DAEMON_LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "clean exit");
+        let mut lines = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(2)) {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

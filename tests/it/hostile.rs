@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app_with, uuid, webhook};
+use crate::helpers::{Daemon, TestApp, spawn_app_with, uuid, webhook};
 
 /// Every wait in this module is bounded by this, so a hang fails instead of blocking CI.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -1342,109 +1342,6 @@ async fn oversized_header_blocks_and_ambiguous_framing_are_refused() {
 // ---------------------------------------------------------------------------------------------
 // What the real daemon logs about hostile input.
 
-/// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line.
-pub struct Daemon {
-    child: std::process::Child,
-    /// Where it listens, from its start-up log line.
-    pub addr: SocketAddr,
-    log: std::sync::mpsc::Receiver<String>,
-    /// The folder with its config and database.
-    pub dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts the daemon on `config` (which must set `listen = "127.0.0.1:0"`) in `dir`.
-    pub fn start(dir: tempfile::TempDir, config: &str) -> Self {
-        use std::io::BufRead;
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = std::process::Command::new(crate::helpers::binary())
-            .args(["run", "--config", path.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (lines, log) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Self {
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            log,
-            dir,
-        };
-        let deadline = Instant::now() + LIMIT;
-        while Instant::now() < deadline {
-            let Ok(line) = daemon.log.recv_timeout(Duration::from_millis(100)) else {
-                continue;
-            };
-            let json: Value = serde_json::from_str(&line).unwrap_or_default();
-            let listen = json["fields"]["listen"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| {
-                    let at = line.find("listen=")? + "listen=".len();
-                    line[at..].split_whitespace().next().map(str::to_owned)
-                });
-            if let Some(addr) = listen.and_then(|a| a.parse().ok()) {
-                daemon.addr = addr;
-                return daemon;
-            }
-        }
-        let _ = daemon.child.kill();
-        panic!("the daemon never announced its address");
-    }
-
-    /// `http://ADDR/webhooks/musement`.
-    pub fn webhook_url(&self) -> String {
-        format!("http://{}/webhooks/musement", self.addr)
-    }
-
-    /// SIGTERM, wait for exit 0 (bounded), and return every line logged since the last call.
-    pub fn stop(mut self) -> Vec<String> {
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the daemon did not stop within {LIMIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!(status.code(), Some(0), "clean exit");
-        let mut lines = Vec::new();
-        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(2)) {
-            lines.push(line);
-        }
-        lines
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A webhook for item `n` with every timestamp set to `at`.
 fn at_time(n: u64, at: &str) -> String {
     let mut body: Value = serde_json::from_str(&good(n)).unwrap();
@@ -1478,7 +1375,7 @@ async fn post_to(daemon: &Daemon, body: String) -> u16 {
 
 #[tokio::test]
 async fn a_far_future_timestamp_is_stored_clamped_and_logged() {
-    let daemon = Daemon::start(tempfile::tempdir().unwrap(), JSON_DAEMON);
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), JSON_DAEMON);
     assert_eq!(
         post_to(&daemon, at_time(1, "9999-12-31T23:59:59+0000")).await,
         200
@@ -1494,7 +1391,7 @@ async fn a_far_future_timestamp_is_stored_clamped_and_logged() {
 
 #[tokio::test]
 async fn a_far_past_timestamp_is_stored_and_logged() {
-    let daemon = Daemon::start(tempfile::tempdir().unwrap(), JSON_DAEMON);
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), JSON_DAEMON);
     assert_eq!(
         post_to(&daemon, at_time(1, "0001-01-01T00:00:00+0000")).await,
         200
@@ -1509,7 +1406,7 @@ async fn a_far_past_timestamp_is_stored_and_logged() {
 
 #[tokio::test]
 async fn a_status_with_a_newline_cannot_forge_a_log_line() {
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         tempfile::tempdir().unwrap(),
         "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\n",
     );
