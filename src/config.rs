@@ -164,7 +164,7 @@ pub struct ServerConfig {
     /// Time a client has to send the body; also bounds the wait for the commit.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Most open connections; more wait in the kernel's accept queue.
+    /// Most open connections; at the cap the longest-idle one makes room for a new one.
     pub max_connections: usize,
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]

@@ -12,8 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket};
 
 use std::pin::Pin;
 
@@ -22,6 +21,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use crate::clock::Clock;
 use crate::config::{Config, LogFormat, Schedule};
 use crate::musement::{MusementClient, MusementSettings};
+use crate::receiver::connections::{Admission, ConnectionTable};
 use crate::receiver::{Receiver, ReceiverSettings};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
@@ -43,11 +43,29 @@ pub enum StartupError {
     Scheduler(String),
 }
 
+/// How many connections the kernel may queue before `accept`; it caps this at
+/// `net.core.somaxconn` (4096 by default on current kernels).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the configured listen address.
 pub async fn bind(config: &Config) -> Result<TcpListener, StartupError> {
-    let addr = config.server.listen;
-    TcpListener::bind(addr)
-        .await
+    listen_on(config.server.listen)
+}
+
+/// Binds `addr` (port 0: any free port) with a deep accept queue.
+pub fn listen_on(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|socket| {
+            // Like std's bind: a restarted daemon can rebind while old connections linger.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })
         .map_err(|source| StartupError::Bind { addr, source })
 }
 
@@ -275,7 +293,8 @@ fn announce(config: &Config, listener: &TcpListener) {
     }
 }
 
-/// The accept loop: one task per connection, at most `max_connections` at once.
+/// The accept loop: one task per connection, at most `max_connections` at once. Accepting never
+/// waits for a slot; see [`ConnectionTable`] for who makes room.
 async fn serve(
     listener: TcpListener,
     config: &Config,
@@ -287,13 +306,9 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
         .keep_alive(true);
-    let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let table = Arc::new(ConnectionTable::new(config.server.max_connections));
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -306,19 +321,48 @@ async fn serve(
                 }
             },
         };
+        let Admission::Admitted {
+            id,
+            activity,
+            evicted,
+        } = table.admit()
+        else {
+            tracing::debug!(%peer, "every connection has a request in progress; closed the new one");
+            continue;
+        };
+        if let Some(closing) = evicted {
+            // Its socket closes when its aborted task is dropped; wait for that, so a burst of
+            // accepts cannot overshoot the cap.
+            let _ = closing.await;
+        }
         let _ = stream.set_nodelay(true);
         let receiver = receiver.clone();
+        let busy_table = table.clone();
         let service = service_fn(move |request| {
             let receiver = receiver.clone();
-            async move { Ok::<_, Infallible>(receiver.handle(request, peer).await) }
+            let activity = activity.clone();
+            let table = busy_table.clone();
+            async move {
+                let _busy = activity.busy(&table);
+                Ok::<_, Infallible>(receiver.handle(request, peer).await)
+            }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        let ended_table = table.clone();
+        let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
-            drop(slot);
+            ended_table.remove(id);
         });
+        table.register(id, task);
+    }
+    if table.evicted() + table.refused() > 0 {
+        tracing::info!(
+            evicted_idle = table.evicted(),
+            refused_busy = table.refused(),
+            "connections closed at the max_connections cap since start"
+        );
     }
     tracing::info!("shutting down: no longer accepting connections");
 }

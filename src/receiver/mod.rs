@@ -2,6 +2,7 @@
 //! precise status. A webhook gets 200 only after the writer confirmed its commit.
 
 pub mod auth;
+pub mod connections;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

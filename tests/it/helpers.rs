@@ -45,7 +45,7 @@ pub async fn spawn_app_in(dir: TempDir, toml: &str, clock: Arc<dyn Clock>) -> Te
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, toml).unwrap();
     let config = Config::load(&config_path).expect("test config is valid");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = startup::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
     let db_path = config.database.path.clone();
@@ -237,6 +237,11 @@ impl Daemon {
         }
         let _ = daemon.child.kill();
         panic!("the daemon never announced its address");
+    }
+
+    /// The process id, for looking at it in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `http://ADDR/webhooks/musement`.
