@@ -10,6 +10,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod sources;
+pub use sources::{ENV_PREFIX, Origin, Sources, annotate};
+
 /// A configuration problem, reported as `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {}{reason}", file.display(), if key.is_empty() { String::new() } else { format!("{key}: ") })]
@@ -146,6 +149,9 @@ pub struct Config {
     pub reconciler: ReconcilerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Where each value came from (file, environment, default), for `check-config`.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 /// `[server]`: the HTTP listener that takes Musement's webhooks.
@@ -422,20 +428,35 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, with this process's `ORDERWATCH_…__…`
+    /// environment overrides applied.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             key: String::new(),
             reason: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text, path)
+        Self::from_toml_and_env(&text, path, std::env::vars())
     }
 
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its
-    /// folder).
+    /// folder), without environment overrides.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config = parse(text, path)?;
+        Self::from_toml_and_env(text, path, std::iter::empty())
+    }
+
+    /// [`Config::from_toml`] with the overrides found among `vars` (see [`ENV_PREFIX`]).
+    pub fn from_toml_and_env(
+        text: &str,
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let overrides = sources::overrides(vars).map_err(|reason| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            reason,
+        })?;
+        let mut config = parse(text, path, &overrides)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base, path)?;
         config.validate(path)?;
@@ -659,7 +680,39 @@ impl MusementConfig {
     }
 }
 
-fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+/// Deserializes the file, with `overrides` written over it. Without overrides the file is read
+/// straight, so errors carry line numbers; an error in an override names its variable.
+fn parse(text: &str, path: &Path, overrides: &[sources::Override]) -> Result<Config, ConfigError> {
+    // The file on its own must be valid too: its errors then come with line numbers.
+    let mut config = parse_text(text, path)?;
+    let mut table: toml::Table = toml::from_str(text).unwrap_or_default();
+    let fail = |key: String, reason: String| ConfigError {
+        file: path.to_owned(),
+        key,
+        reason,
+    };
+    if overrides.is_empty() {
+        config.sources = sources::apply(&mut table, &[], &toml::Table::new())
+            .map_err(|reason| fail(String::new(), reason))?;
+        return Ok(config);
+    }
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let origins = sources::apply(&mut table, overrides, &defaults)
+        .map_err(|reason| fail(String::new(), reason))?;
+    let mut config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = match origins.env_var_for(&key) {
+                Some(var) => format!("{key} (from {var})"),
+                None => key,
+            };
+            fail(key, e.inner().message().trim().to_owned())
+        })?;
+    config.sources = origins;
+    Ok(config)
+}
+
+fn parse_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let located = |key: String, error: &toml::de::Error| ConfigError {
         file: path.to_owned(),
         key,

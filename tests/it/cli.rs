@@ -185,3 +185,88 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         "the database sits next to the config and holds the item"
     );
 }
+
+fn orderwatch_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("ORDERWATCH_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn environment_overrides_win_and_check_config_says_where_each_value_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[server]\npath = \"/hook\"\nmax_connections = 10\n[server.auth]\nusername = \"u\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = orderwatch_with_env(
+        &["check-config", "--config", config.to_str().unwrap()],
+        &[
+            ("ORDERWATCH_SERVER__MAX_CONNECTIONS", "64"),
+            ("ORDERWATCH_SERVER__ALLOW_IPS", "[\"192.0.2.0/24\"]"),
+            // Text keys stay text even when they look like numbers.
+            ("ORDERWATCH_SERVER__AUTH__PASSWORD", "0123456789"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "max_connections = 64  # env ORDERWATCH_SERVER__MAX_CONNECTIONS",
+        "path = \"/hook\"  # file",
+        "max_body_bytes = 65536  # default",
+        "username = \"u\"  # file",
+        "password = \"********\"  # env ORDERWATCH_SERVER__AUTH__PASSWORD",
+        "\"192.0.2.0/24\"",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("0123456789"), "{stdout}");
+}
+
+#[test]
+fn a_bad_environment_override_is_named_in_one_line_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.to_str().unwrap();
+    for (var, value) in [
+        ("ORDERWATCH_STORE__MAX_BATCH", "lots"),
+        ("ORDERWATCH_SERVER__NO_SUCH_KEY", "1"),
+        ("ORDERWATCH_SERVER____LISTEN", "127.0.0.1:1"),
+    ] {
+        let (code, _, stderr) =
+            orderwatch_with_env(&["check-config", "--config", config], &[(var, value)]);
+        assert_eq!(code, 2, "{var}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{var} not named: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_listens_where_the_environment_says() {
+    // The file sets nothing; the address comes from the environment only.
+    let mut daemon = Daemon::start_with_env(
+        tempfile::tempdir().unwrap(),
+        "",
+        &[("ORDERWATCH_SERVER__LISTEN", "127.0.0.1:0")],
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .post(daemon.webhook_url())
+        .header("content-type", "application/json")
+        .body(fixture("webhooks/documented-example.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    daemon.stop();
+}
