@@ -12,5 +12,6 @@ pub mod musement;
 pub mod observation;
 pub mod receiver;
 pub mod reconciler;
+pub mod reload;
 pub mod startup;
 pub mod store;

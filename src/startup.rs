@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use std::pin::Pin;
 
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::clock::Clock;
 use crate::config::{Config, LogFormat, Schedule};
@@ -24,6 +24,7 @@ use crate::musement::{MusementClient, MusementSettings};
 use crate::receiver::connections::{Admission, ConnectionTable};
 use crate::receiver::{Receiver, ReceiverSettings};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
+use crate::reload::{self, LogControl, Reload};
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
 use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
 
@@ -100,6 +101,17 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
+    run_with_reload(listener, config, clock, shutdown, Reload::none()).await
+}
+
+/// [`run`], applying each configuration `reload` delivers (see [`crate::reload`]).
+pub async fn run_with_reload(
+    listener: TcpListener,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+    reload: Reload,
+) -> Result<(), StartupError> {
     let (writer, writer_thread) = open_store(&config, clock.clone()).await?;
     let reconciler = match build_reconciler(
         &config,
@@ -113,10 +125,10 @@ pub async fn run(
             None
         }
     };
-    let mut scheduler = match &reconciler {
-        Some(reconciler) => {
-            Some(start_scheduler(reconciler.clone(), config.reconciler.schedule()).await?)
-        }
+    let passes = match &reconciler {
+        Some(reconciler) => Some(Arc::new(tokio::sync::Mutex::new(
+            ScheduledPasses::start(reconciler.clone(), config.reconciler.schedule()).await?,
+        ))),
         None => None,
     };
     let receiver = Arc::new(Receiver::new(
@@ -125,13 +137,23 @@ pub async fn run(
         clock,
     ));
     announce(&config, &listener);
+    let reloads = tokio::spawn(reload::follow(
+        reload.configs,
+        config.clone(),
+        reload::Targets {
+            receiver: receiver.clone(),
+            passes: passes.clone(),
+            log: reload.log,
+        },
+    ));
 
     let graceful = GracefulShutdown::new();
     serve(listener, &config, receiver.clone(), &graceful, shutdown).await;
 
     receiver.start_draining();
-    if let Some(scheduler) = &mut scheduler {
-        let _ = scheduler.shutdown().await;
+    reloads.abort();
+    if let Some(passes) = &passes {
+        passes.lock().await.shutdown().await;
     }
     let grace = config.server.shutdown_grace;
     // Connections are told to close while a running pass winds down, not after it.
@@ -219,35 +241,61 @@ pub fn build_reconciler(
     Ok(Reconciler::new(client, writer, clock, settings, holder))
 }
 
-/// Runs a first pass right away (catching up after downtime), then one per scheduled tick.
-async fn start_scheduler(
+/// The reconciler's scheduler and its one job, which a reload can replace.
+pub struct ScheduledPasses {
+    scheduler: JobScheduler,
+    /// The job running passes now.
+    job: uuid::Uuid,
     reconciler: Arc<Reconciler>,
-    schedule: Schedule,
-) -> Result<JobScheduler, StartupError> {
-    let scheduler = JobScheduler::new()
-        .await
-        .map_err(|e| StartupError::Scheduler(e.to_string()))?;
+}
+
+impl ScheduledPasses {
+    /// Runs a first pass right away (catching up after downtime), then one per scheduled tick.
+    async fn start(reconciler: Arc<Reconciler>, schedule: Schedule) -> Result<Self, StartupError> {
+        let failed = |e: JobSchedulerError| StartupError::Scheduler(e.to_string());
+        let scheduler = JobScheduler::new().await.map_err(failed)?;
+        let job = scheduler
+            .add(pass_job(&reconciler, &schedule).map_err(failed)?)
+            .await
+            .map_err(failed)?;
+        scheduler.start().await.map_err(failed)?;
+        tracing::info!(?schedule, "the reconciler is on");
+        let first = reconciler.clone();
+        tokio::spawn(async move { first.tick().await });
+        Ok(Self {
+            scheduler,
+            job,
+            reconciler,
+        })
+    }
+
+    /// Replaces the schedule: the new job is added before the old one goes, so no tick is lost
+    /// and a bad schedule leaves the old one running.
+    pub async fn reschedule(&mut self, schedule: Schedule) -> Result<(), String> {
+        let job = pass_job(&self.reconciler, &schedule).map_err(|e| e.to_string())?;
+        let added = self.scheduler.add(job).await.map_err(|e| e.to_string())?;
+        let _ = self.scheduler.remove(&self.job).await;
+        self.job = added;
+        tracing::info!(?schedule, "the reconciler's schedule changed");
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.scheduler.shutdown().await;
+    }
+}
+
+/// A job that runs one pass per tick of `schedule` (a pass still running makes the tick a no-op).
+fn pass_job(reconciler: &Arc<Reconciler>, schedule: &Schedule) -> Result<Job, JobSchedulerError> {
     let ticking = reconciler.clone();
     let run = move |_, _| -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let reconciler = ticking.clone();
         Box::pin(async move { reconciler.tick().await })
     };
-    let job = match &schedule {
+    match schedule {
         Schedule::Every(interval) => Job::new_repeated_async(*interval, run),
         Schedule::Cron(cron) => Job::new_async(cron.as_str(), run),
     }
-    .map_err(|e| StartupError::Scheduler(e.to_string()))?;
-    scheduler
-        .add(job)
-        .await
-        .map_err(|e| StartupError::Scheduler(e.to_string()))?;
-    scheduler
-        .start()
-        .await
-        .map_err(|e| StartupError::Scheduler(e.to_string()))?;
-    tracing::info!(?schedule, "the reconciler is on");
-    tokio::spawn(async move { reconciler.tick().await });
-    Ok(scheduler)
 }
 
 fn writer_settings(config: &Config) -> WriterSettings {
@@ -367,19 +415,29 @@ async fn serve(
     tracing::info!("shutting down: no longer accepting connections");
 }
 
-/// Installs the log subscriber: `RUST_LOG` if set, else `[log] level`; text or JSON lines.
-pub fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Installs the log subscriber: `RUST_LOG` if set, else `[log] level`; text or JSON lines. The
+/// returned control lets a reload change the level.
+pub fn init_logging(config: &Config) -> LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env();
+    let rust_log_set = from_env.is_ok();
+    let filter = from_env
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => registry.with(lines).try_init(),
+        LogFormat::Json => registry.with(lines.json()).try_init(),
     };
+    LogControl {
+        handle,
+        from_env: rust_log_set,
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{EXIT_FAILURE, load_config, runtime};
 use crate::clock::SystemClock;
+use crate::reload::{self, Reload};
 use crate::startup;
 
 pub(super) fn run(config_path: &Path) -> ExitCode {
@@ -13,14 +14,26 @@ pub(super) fn run(config_path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    startup::init_logging(&config);
+    let log = startup::init_logging(&config);
     let result = runtime().block_on(async {
         let listener = startup::bind(&config).await?;
-        startup::run(
+        let (reloads, configs) = tokio::sync::mpsc::channel(4);
+        #[cfg(unix)]
+        if let Err(error) = reload::reload_on_sighup(config_path.to_owned(), reloads) {
+            tracing::warn!(%error, "cannot listen for SIGHUP; configuration reloads are off");
+        }
+        #[cfg(not(unix))]
+        drop(reloads);
+        let reload = Reload {
+            configs,
+            log: Some(log),
+        };
+        startup::run_with_reload(
             listener,
             config,
             Arc::new(SystemClock),
             startup::shutdown_signal(),
+            reload,
         )
         .await
     });

@@ -5,8 +5,8 @@ pub mod auth;
 pub mod connections;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -59,9 +59,32 @@ impl From<&ServerConfig> for ReceiverSettings {
     }
 }
 
+/// Who may post webhooks; replaced as a whole when the configuration is reloaded (SIGHUP).
+#[derive(Debug)]
+struct Access {
+    /// Allowed client addresses (empty: all).
+    allow_ips: Vec<IpRange>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<IpRange>,
+    /// Required Basic credentials, if any.
+    auth: Option<BasicCredentials>,
+}
+
+impl From<&ReceiverSettings> for Access {
+    fn from(settings: &ReceiverSettings) -> Self {
+        Self {
+            allow_ips: settings.allow_ips.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            auth: settings.auth.clone(),
+        }
+    }
+}
+
 /// The request handler shared by every connection.
 pub struct Receiver {
     settings: ReceiverSettings,
+    /// The access rules in force (from `settings` at start, then from reloads).
+    access: RwLock<Arc<Access>>,
     writer: Writer,
     clock: Arc<dyn Clock>,
     /// Set once shutdown begins: `/readyz` then answers 503 so load balancers stop sending.
@@ -170,11 +193,29 @@ impl Receiver {
     /// A handler that stores through `writer`.
     pub fn new(settings: ReceiverSettings, writer: Writer, clock: Arc<dyn Clock>) -> Self {
         Self {
+            access: RwLock::new(Arc::new(Access::from(&settings))),
             settings,
             writer,
             clock,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Replaces the allowlist, trusted proxies and credentials; requests already past their
+    /// checks finish under the old rules.
+    pub fn set_access(&self, settings: &ReceiverSettings) {
+        let access = Arc::new(Access::from(settings));
+        *self
+            .access
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = access;
+    }
+
+    fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Marks the start of shutdown.
@@ -241,11 +282,12 @@ impl Receiver {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let headers = request.headers();
-        let client = client_ip(peer.ip(), headers, &self.settings.trusted_proxies);
-        if !allowed(client, &self.settings.allow_ips) {
+        let access = self.access();
+        let client = client_ip(peer.ip(), headers, &access.trusted_proxies);
+        if !allowed(client, &access.allow_ips) {
             return Reply::Forbidden;
         }
-        if let Some(credentials) = &self.settings.auth
+        if let Some(credentials) = &access.auth
             && !credentials.accepts(headers)
         {
             return Reply::Unauthorized;

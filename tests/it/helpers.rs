@@ -239,6 +239,43 @@ impl Daemon {
         panic!("the daemon never announced its address");
     }
 
+    /// Sends `signal` (e.g. `"HUP"`) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// Waits (up to 10 s) for a log line containing `needle` and returns it; lines read on the
+    /// way are dropped.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DAEMON_LIMIT;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.log.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return line;
+            }
+        }
+        panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}");
+    }
+
+    /// Every log line that arrives within `window`.
+    pub fn log_lines_for(&self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        lines
+    }
+
     /// The process id, for looking at it in /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()

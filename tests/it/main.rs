@@ -11,4 +11,5 @@ mod musement_client;
 mod ordering_props;
 mod receiver;
 mod reconciler;
+mod reload;
 mod store;

@@ -1,0 +1,324 @@
+//! Configuration reloads (SIGHUP): what can change while the daemon runs is applied at once and
+//! logged; every other change is named in a warning and waits for a restart.
+//!
+//! Reloadable: `log.level`, the reconciler's `interval`/`cron`, and who may post webhooks
+//! (`server.allow_ips`, `server.trusted_proxies`, `[server.auth]`, so a password can be
+//! rotated without dropping a webhook).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc};
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+use crate::config::Config;
+use crate::receiver::{Receiver, ReceiverSettings};
+use crate::startup::ScheduledPasses;
+
+/// Keys (or key prefixes) a reload applies without a restart.
+const RELOADABLE: &[&str] = &[
+    "log.level",
+    "reconciler.interval",
+    "reconciler.cron",
+    "server.allow_ips",
+    "server.trusted_proxies",
+    "server.auth",
+];
+
+/// New configurations for the running daemon, and the log filter they may change.
+pub struct Reload {
+    /// Each value is a complete, validated configuration to apply.
+    pub configs: mpsc::Receiver<Config>,
+    /// The installed log filter, if this process installed one.
+    pub log: Option<LogControl>,
+}
+
+impl Reload {
+    /// No reloads ever (tests, benchmarks).
+    pub fn none() -> Self {
+        let (_, configs) = mpsc::channel(1);
+        Self { configs, log: None }
+    }
+}
+
+/// Changes the level of the installed log subscriber.
+pub struct LogControl {
+    /// The filter layer's reload handle.
+    pub(crate) handle: reload::Handle<EnvFilter, Registry>,
+    /// `RUST_LOG` was set at start: it wins over `[log] level`, on reload too.
+    pub(crate) from_env: bool,
+}
+
+impl LogControl {
+    fn set_level(&self, level: &str) -> Result<(), String> {
+        if self.from_env {
+            return Err("RUST_LOG is set and takes precedence over [log] level".into());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Re-reads `path` on every SIGHUP and sends the new configuration to `configs`; an invalid
+/// file is reported and the running configuration stays. The handler is installed before this
+/// returns, so a SIGHUP from then on never kills the process.
+#[cfg(unix)]
+pub fn reload_on_sighup(
+    path: std::path::PathBuf,
+    configs: mpsc::Sender<Config>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(file = %path.display(), "SIGHUP: reading the configuration again");
+            match Config::load(&path) {
+                Ok(config) => {
+                    if configs.send(config).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the configuration was not reloaded; the running one stays");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What a reload acts on.
+pub(crate) struct Targets {
+    /// Gets the new access rules.
+    pub receiver: Arc<Receiver>,
+    /// Gets the new schedule (absent when the reconciler is off).
+    pub passes: Option<Arc<Mutex<ScheduledPasses>>>,
+    /// Gets the new level.
+    pub log: Option<LogControl>,
+}
+
+/// Applies each configuration from `configs` until the channel closes.
+pub(crate) async fn follow(
+    mut configs: mpsc::Receiver<Config>,
+    mut running: Config,
+    targets: Targets,
+) {
+    while let Some(new) = configs.recv().await {
+        running = apply(running, &new, &targets).await;
+    }
+}
+
+/// Applies what may change from `new` and returns the configuration now in force.
+async fn apply(mut running: Config, new: &Config, targets: &Targets) -> Config {
+    let changed = changed_keys(&running, new);
+    let (now, later): (Vec<&Change>, Vec<&Change>) = changed
+        .iter()
+        .partition(|change| RELOADABLE.iter().any(|prefix| change.key_is_under(prefix)));
+    let touches = |prefix: &str| now.iter().any(|change| change.key_is_under(prefix));
+    let mut failed = Vec::new();
+    if touches("log.level") {
+        match targets
+            .log
+            .as_ref()
+            .map(|log| log.set_level(&new.log.level))
+        {
+            Some(Ok(())) | None => running.log.level = new.log.level.clone(),
+            Some(Err(reason)) => failed.push(format!("log.level: {reason}")),
+        }
+    }
+    if touches("server.allow_ips") || touches("server.trusted_proxies") || touches("server.auth") {
+        targets
+            .receiver
+            .set_access(&ReceiverSettings::from(&new.server));
+        running.server.allow_ips = new.server.allow_ips.clone();
+        running.server.trusted_proxies = new.server.trusted_proxies.clone();
+        running.server.auth = new.server.auth.clone();
+    }
+    if touches("reconciler.interval") || touches("reconciler.cron") {
+        match &targets.passes {
+            Some(passes) => match passes
+                .lock()
+                .await
+                .reschedule(new.reconciler.schedule())
+                .await
+            {
+                Ok(()) => {
+                    running.reconciler.interval = new.reconciler.interval;
+                    running.reconciler.cron = new.reconciler.cron.clone();
+                }
+                Err(reason) => failed.push(format!("reconciler schedule: {reason}")),
+            },
+            None => failed.push("reconciler schedule: the reconciler is off".into()),
+        }
+    }
+    log_outcome(&now, &later, &failed);
+    running
+}
+
+fn log_outcome(now: &[&Change], later: &[&Change], failed: &[String]) {
+    let list = |changes: &[&Change]| {
+        changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if now.is_empty() && later.is_empty() {
+        tracing::info!("configuration reloaded: nothing changed");
+    } else if !now.is_empty() {
+        tracing::info!(changed = %list(now), "configuration reloaded");
+    }
+    if !later.is_empty() {
+        tracing::warn!(changed = %list(later), "configuration changes that need a restart were not applied");
+    }
+    for reason in failed {
+        tracing::error!(%reason, "could not apply a reloaded setting; the old one stays");
+    }
+}
+
+/// One key whose value differs between two configurations.
+#[derive(Debug, PartialEq, Eq)]
+struct Change {
+    /// Dotted key, e.g. `log.level`.
+    key: String,
+    /// Old and new values, or `None` for secrets (never shown).
+    values: Option<(String, String)>,
+}
+
+impl Change {
+    fn key_is_under(&self, prefix: &str) -> bool {
+        self.key == prefix || self.key.starts_with(&format!("{prefix}."))
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.values {
+            Some((old, new)) => write!(f, "{}: {old} -> {new}", self.key),
+            None => write!(f, "{} (value not shown)", self.key),
+        }
+    }
+}
+
+/// Every key whose effective value differs. Secrets are compared by value but never shown.
+fn changed_keys(old: &Config, new: &Config) -> Vec<Change> {
+    let (before, after) = (flatten(old), flatten(new));
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let absent = || "(unset)".to_owned();
+    let mut changes: Vec<Change> = keys
+        .into_iter()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .map(|key| Change {
+            key: key.clone(),
+            values: Some((
+                before.get(key).cloned().unwrap_or_else(absent),
+                after.get(key).cloned().unwrap_or_else(absent),
+            )),
+        })
+        .collect();
+    let password = |c: &Config| {
+        c.server
+            .auth
+            .as_ref()
+            .map(|a| a.resolved_password.expose().to_owned())
+    };
+    if password(old) != password(new) {
+        changes.push(Change {
+            key: "server.auth.password".into(),
+            values: None,
+        });
+    }
+    let client_secret = |c: &Config| {
+        c.musement
+            .credentials
+            .as_ref()
+            .map(|(id, secret)| (id.clone(), secret.expose().to_owned()))
+    };
+    if client_secret(old) != client_secret(new) {
+        changes.push(Change {
+            key: "musement.credentials".into(),
+            values: None,
+        });
+    }
+    changes.dedup_by(|a, b| a.key == b.key);
+    changes
+}
+
+/// The configuration as dotted key → TOML value text, secrets masked.
+fn flatten(config: &Config) -> BTreeMap<String, String> {
+    let table = toml::Table::try_from(config).unwrap_or_default();
+    let mut flat = BTreeMap::new();
+    flatten_into(&table, "", &mut flat);
+    flat
+}
+
+fn flatten_into(table: &toml::Table, prefix: &str, into: &mut BTreeMap<String, String>) {
+    for (key, value) in table {
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten_into(inner, &dotted, into),
+            other => {
+                into.insert(dotted, other.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, std::path::Path::new("/etc/orderwatch/config.toml")).unwrap()
+    }
+
+    #[test]
+    fn changes_are_listed_by_key_and_secrets_are_not_shown() {
+        let old = config("[server.auth]\nusername = \"u\"\npassword = \"one\"\n");
+        let new = config(
+            "[server]\nallow_ips = [\"192.0.2.1\"]\n[server.auth]\nusername = \"u\"\npassword = \"two\"\n[database]\npath = \"other.db\"\n",
+        );
+        let changes = changed_keys(&old, &new);
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|c| c.starts_with("server.allow_ips: [] -> ")),
+            "{shown:?}"
+        );
+        assert!(
+            shown.iter().any(|c| c.starts_with("database.path: ")),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"server.auth.password (value not shown)".to_owned()),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .all(|c| !c.contains("one") && !c.contains("two")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn only_listed_keys_are_reloadable() {
+        let old = config("");
+        let new = config("[log]\nlevel = \"debug\"\n[server]\nmax_body_bytes = 1000\n");
+        let changes = changed_keys(&old, &new);
+        let reloadable: Vec<bool> = changes
+            .iter()
+            .map(|c| RELOADABLE.iter().any(|p| c.key_is_under(p)))
+            .collect();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(changes[0].key, "log.level");
+        assert_eq!(reloadable, [true, false]);
+    }
+}

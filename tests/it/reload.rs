@@ -1,0 +1,117 @@
+//! SIGHUP on the real binary: what can change while running changes and is logged; the rest
+//! is named and waits for a restart; a broken file changes nothing.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::helpers::{Daemon, fixture};
+
+const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Rewrites the daemon's config file with `text`.
+fn rewrite(daemon: &Daemon, text: &str) {
+    std::fs::write(daemon.dir.path().join("config.toml"), text).unwrap();
+}
+
+async fn post(daemon: &Daemon) -> u16 {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(daemon.webhook_url())
+        .header("content-type", "application/json")
+        .body(fixture("webhooks/documented-example.json"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A connection that sends garbage: hyper fails to parse it, which the daemon logs at debug.
+fn send_garbage(daemon: &Daemon) {
+    let mut stream = TcpStream::connect(daemon.addr).unwrap();
+    stream.write_all(b"\x00\x01 not http\r\n\r\n").unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn sighup_changes_the_log_level() {
+    let mut daemon = Daemon::start(
+        tempfile::tempdir().unwrap(),
+        &format!("{BASE}[log]\nlevel = \"info\"\n"),
+    );
+    send_garbage(&daemon);
+    let before = daemon.log_lines_for(Duration::from_millis(500));
+    assert!(
+        before.iter().all(|l| !l.contains("connection ended")),
+        "no debug lines at info: {before:?}"
+    );
+
+    rewrite(&daemon, &format!("{BASE}[log]\nlevel = \"debug\"\n"));
+    daemon.signal("HUP");
+    let reloaded = daemon.wait_for_log("configuration reloaded");
+    assert!(reloaded.contains("log.level"), "{reloaded}");
+    send_garbage(&daemon);
+    daemon.wait_for_log("connection ended");
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn sighup_changes_the_allowlist_and_names_what_needs_a_restart() {
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), BASE);
+    assert_eq!(post(&daemon).await, 200);
+
+    // Only a documentation address may post now; max_body_bytes needs a restart.
+    rewrite(
+        &daemon,
+        &format!("{BASE}allow_ips = [\"192.0.2.1\"]\nmax_body_bytes = 1000\n"),
+    );
+    daemon.signal("HUP");
+    let reloaded = daemon.wait_for_log("configuration reloaded");
+    assert!(reloaded.contains("server.allow_ips"), "{reloaded}");
+    let later = daemon.wait_for_log("need a restart");
+    assert!(later.contains("server.max_body_bytes"), "{later}");
+    assert_eq!(post(&daemon).await, 403, "the new allowlist is in force");
+
+    // A broken file is reported and changes nothing.
+    rewrite(&daemon, "[server\n");
+    daemon.signal("HUP");
+    daemon.wait_for_log("was not reloaded");
+    assert_eq!(post(&daemon).await, 403, "the last good rules stay");
+
+    // And back.
+    rewrite(&daemon, BASE);
+    daemon.signal("HUP");
+    daemon.wait_for_log("configuration reloaded");
+    assert_eq!(post(&daemon).await, 200);
+    daemon.stop();
+}
+
+#[test]
+fn sighup_changes_the_reconciler_schedule() {
+    // Credentials for a loopback port nobody listens on: passes run (nothing is due), which is
+    // all this test needs to see.
+    let reconciler = |interval: &str| {
+        format!(
+            "{BASE}[musement]\nbase_url = \"http://127.0.0.1:9\"\napplication = \"test\"\n\
+             client_id = \"id\"\nclient_secret = \"secret\"\n[reconciler]\ninterval = \"{interval}\"\n"
+        )
+    };
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), &reconciler("1h"));
+    daemon.wait_for_log("reconciler pass");
+    let quiet = daemon.log_lines_for(Duration::from_secs(1));
+    assert!(
+        quiet.iter().all(|l| !l.contains("reconciler pass")),
+        "one pass at start, then none for an hour: {quiet:?}"
+    );
+
+    rewrite(&daemon, &reconciler("1s"));
+    daemon.signal("HUP");
+    daemon.wait_for_log("schedule changed");
+    for _ in 0..2 {
+        daemon.wait_for_log("reconciler pass");
+    }
+    daemon.stop();
+}
