@@ -14,3 +14,4 @@ pub mod receiver;
 pub mod reconciler;
 pub mod startup;
 pub mod store;
+pub mod systemd;

@@ -26,6 +26,7 @@ use crate::receiver::{Receiver, ReceiverSettings};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
 use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
+use crate::systemd;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,16 +102,20 @@ pub async fn run(
         }
         None => None,
     };
+    let watchdog = systemd::Watchdog::start(&writer);
     let receiver = Arc::new(Receiver::new(
         ReceiverSettings::from(&config.server),
         writer,
         clock,
     ));
     announce(&config, &listener);
+    systemd::ready(listener.local_addr().ok(), reconciler.is_some());
 
     let graceful = GracefulShutdown::new();
     serve(listener, &config, receiver.clone(), &graceful, shutdown).await;
 
+    systemd::stopping();
+    drop(watchdog);
     receiver.start_draining();
     if let Some(scheduler) = &mut scheduler {
         let _ = scheduler.shutdown().await;
