@@ -54,6 +54,9 @@ impl Watchdog {
         let Some(timeout) = sd_notify::watchdog_enabled() else {
             return Self(None);
         };
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return Self(None);
+        }
         // A tick and a ping each take at most a third, so two keep-alives are never further
         // apart than two thirds of the timeout.
         let period = (timeout / 3).max(Duration::from_millis(10));
