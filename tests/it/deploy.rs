@@ -176,7 +176,7 @@ fn unit_value(unit: &str, key: &str) -> Option<String> {
         .filter_map(|line| line.split_once('='))
         .filter(|(k, _)| k.trim() == key)
         .map(|(_, v)| v.trim().to_owned())
-        .last()
+        .next_back()
 }
 
 fn seconds(value: &str) -> Duration {
