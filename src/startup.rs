@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,8 +22,9 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::clock::Clock;
 use crate::config::{Config, LogFormat, Schedule};
+use crate::metrics::{Metrics, StateSource};
 use crate::musement::{MusementClient, MusementSettings};
-use crate::receiver::{Receiver, ReceiverSettings};
+use crate::receiver::{Listener, Receiver, ReceiverSettings};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
 use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
@@ -51,10 +53,35 @@ pub async fn bind(config: &Config) -> Result<TcpListener, StartupError> {
         .map_err(|source| StartupError::Bind { addr, source })
 }
 
-/// Opens (creating and migrating) the database and starts the single writer on it.
+/// Most connections the `metrics_listen` listener serves at once (scrapers are few).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Binds `[server] metrics_listen`, if set.
+pub async fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, StartupError> {
+    let Some(addr) = config.server.metrics_listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Opens (creating and migrating) the database and starts the single writer on it, with
+/// metrics of its own (for commands that serve none; the daemon uses [`open_store_with`]).
 pub async fn open_store(
     config: &Config,
     clock: Arc<dyn Clock>,
+) -> Result<(Writer, WriterThread), StartupError> {
+    open_store_with(config, clock, Arc::new(Metrics::new())).await
+}
+
+/// [`open_store`], the writer counting into `metrics`; whatever is built on the writer (see
+/// [`build_reconciler`]) counts there too.
+pub async fn open_store_with(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 ) -> Result<(Writer, WriterThread), StartupError> {
     let database = config.database.clone();
     let conn = tokio::task::spawn_blocking(move || {
@@ -70,19 +97,34 @@ pub async fn open_store(
     })
     .await
     .expect("opening the database panicked")?;
-    writer::spawn(conn, writer_settings(config), clock).map_err(StartupError::Writer)
+    writer::spawn(conn, writer_settings(config), clock, metrics).map_err(StartupError::Writer)
 }
 
-/// Serves webhooks on `listener` and, when configured, runs the reconciler on its schedule,
-/// until `shutdown` resolves; then stops accepting, lets in-flight requests and a running pass
-/// finish (up to `shutdown_grace`), flushes the writer and returns.
+/// Serves webhooks on `listener` (and metrics on `[server] metrics_listen`, bound here if set)
+/// and, when configured, runs the reconciler on its schedule, until `shutdown` resolves; then
+/// stops accepting, lets in-flight requests and a running pass finish (up to
+/// `shutdown_grace`), flushes the writer and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let (writer, writer_thread) = open_store(&config, clock.clone()).await?;
+    let metrics_listener = bind_metrics(&config).await?;
+    run_with(listener, metrics_listener, config, clock, shutdown).await
+}
+
+/// [`run`] with the metrics listener already bound (tests bind `127.0.0.1:0`).
+pub async fn run_with(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartupError> {
+    // One set of metrics per app, never global: tests run several apps in one process.
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) = open_store_with(&config, clock.clone(), metrics.clone()).await?;
     let reconciler = match build_reconciler(
         &config,
         writer.clone(),
@@ -105,11 +147,37 @@ pub async fn run(
         ReceiverSettings::from(&config.server),
         writer,
         clock,
+        metrics,
+        StateSource::new(config.database.path.clone()),
     ));
-    announce(&config, &listener);
+    announce(&config, &listener, metrics_listener.as_ref());
 
     let graceful = GracefulShutdown::new();
-    serve(listener, &config, receiver.clone(), &graceful, shutdown).await;
+    let shutdown = shutdown.shared();
+    let serve_metrics = async {
+        if let Some(metrics_listener) = metrics_listener {
+            let on = Listener::Metrics;
+            serve(
+                metrics_listener,
+                &config,
+                on,
+                receiver.clone(),
+                &graceful,
+                shutdown.clone(),
+            )
+            .await;
+        }
+    };
+    let on = Listener::Webhooks;
+    let serve_webhooks = serve(
+        listener,
+        &config,
+        on,
+        receiver.clone(),
+        &graceful,
+        shutdown.clone(),
+    );
+    tokio::join!(serve_webhooks, serve_metrics);
 
     receiver.start_draining();
     if let Some(scheduler) = &mut scheduler {
@@ -164,6 +232,8 @@ pub fn build_reconciler(
         .clone()
         .ok_or(ReconcilerOff::NoCredentials)?;
     let musement = &config.musement;
+    // The reconciler counts into the metrics of the writer it stores through.
+    let metrics = writer.metrics().clone();
     let client = MusementClient::new(
         MusementSettings {
             base_url: musement.base_url.clone(),
@@ -175,6 +245,7 @@ pub fn build_reconciler(
             request_timeout: config.reconciler.request_timeout,
         },
         clock.clone(),
+        metrics.clone(),
     )
     .map_err(|e| ReconcilerOff::Client(e.to_string()))?;
     let duration = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
@@ -198,7 +269,9 @@ pub fn build_reconciler(
         std::process::id(),
         fastrand::u32(..)
     );
-    Ok(Reconciler::new(client, writer, clock, settings, holder))
+    Ok(Reconciler::new(
+        client, writer, clock, settings, holder, metrics,
+    ))
 }
 
 /// Runs a first pass right away (catching up after downtime), then one per scheduled tick.
@@ -257,11 +330,20 @@ pub fn store_settings(config: &Config) -> StoreSettings {
     }
 }
 
-fn announce(config: &Config, listener: &TcpListener) {
+fn announce(config: &Config, listener: &TcpListener, metrics_listener: Option<&TcpListener>) {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    match metrics_listener.and_then(|l| l.local_addr().ok()) {
+        Some(metrics_listen) => tracing::info!(%metrics_listen, "serving GET /metrics"),
+        None if config.server.trusted_proxies.is_empty() => {
+            tracing::info!(listen = %addr, "serving GET /metrics to direct loopback clients")
+        }
+        None => tracing::info!(
+            "/metrics is off behind trusted_proxies; set [server] metrics_listen to serve it"
+        ),
+    }
     tracing::info!(
         listen = %addr,
         path = %config.server.path,
@@ -279,6 +361,7 @@ fn announce(config: &Config, listener: &TcpListener) {
 async fn serve(
     listener: TcpListener,
     config: &Config,
+    on: Listener,
     receiver: Arc<Receiver>,
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
@@ -287,7 +370,10 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
         .keep_alive(true);
-    let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let slots = Arc::new(Semaphore::new(match on {
+        Listener::Webhooks => config.server.max_connections,
+        Listener::Metrics => METRICS_CONNECTIONS,
+    }));
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -310,7 +396,7 @@ async fn serve(
         let receiver = receiver.clone();
         let service = service_fn(move |request| {
             let receiver = receiver.clone();
-            async move { Ok::<_, Infallible>(receiver.handle(request, peer).await) }
+            async move { Ok::<_, Infallible>(receiver.handle_on(on, request, peer).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -320,7 +406,9 @@ async fn serve(
             drop(slot);
         });
     }
-    tracing::info!("shutting down: no longer accepting connections");
+    if on == Listener::Webhooks {
+        tracing::info!("shutting down: no longer accepting connections");
+    }
 }
 
 /// Installs the log subscriber: `RUST_LOG` if set, else `[log] level`; text or JSON lines.
