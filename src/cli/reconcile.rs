@@ -152,10 +152,9 @@ impl ProgressOutput {
 }
 
 fn new_bar(total: usize) -> ProgressBar {
-    let style = ProgressStyle::with_template(
-        "polling {bar:30} {pos}/{len} orders, {per_sec}, {eta} left",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("polling {bar:30} {pos}/{len} orders, {per_sec}, {eta} left")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     let bar = ProgressBar::new(total as u64).with_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
