@@ -483,3 +483,45 @@ fn warn_about_oddities(observation: &Observation) {
         tracing::warn!(item = %observation.item, status = ?observation.status.as_str(), "undocumented item status; stored as sent");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_direct_loopback_clients_count_as_local() {
+        let none = hyper::HeaderMap::new();
+        for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert!(is_direct_local(peer.parse().unwrap(), &none), "{peer}");
+        }
+        for peer in ["10.0.0.5:5000", "203.0.113.9:443", "[2001:db8::1]:5000"] {
+            assert!(!is_direct_local(peer.parse().unwrap(), &none), "{peer}");
+        }
+        let mut relayed = hyper::HeaderMap::new();
+        relayed.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert!(!is_direct_local(
+            "127.0.0.1:5000".parse().unwrap(),
+            &relayed
+        ));
+    }
+
+    #[test]
+    fn metrics_are_off_on_the_webhook_listener_behind_a_proxy_or_with_metrics_listen() {
+        let mut server = ServerConfig::default();
+        assert_eq!(
+            ReceiverSettings::from(&server).metrics_access,
+            MetricsAccess::Local
+        );
+        server.metrics_listen = Some("127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            ReceiverSettings::from(&server).metrics_access,
+            MetricsAccess::Off
+        );
+        server.metrics_listen = None;
+        server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        assert_eq!(
+            ReceiverSettings::from(&server).metrics_access,
+            MetricsAccess::Off
+        );
+    }
+}
