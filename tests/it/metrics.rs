@@ -731,3 +731,59 @@ fn reconcile_once_prints_plain_progress_lines_without_a_terminal() {
     );
     runtime.block_on(async { drop(fake) });
 }
+
+#[test]
+fn reconcile_once_draws_a_bar_on_a_terminal() {
+    // `script` (util-linux) runs the command on a pseudo-terminal; without it there is no
+    // terminal to test on.
+    let has_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        eprintln!("skipped: no `script` command to provide a terminal");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeMusement::start());
+    // Slow enough answers that the bar is drawn before the pass ends.
+    fake.set_latency(std::time::Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_for(&fake, "concurrency = 1")).unwrap();
+    let orders: Vec<String> = (0..4)
+        .map(|_| {
+            let order = new_uuid();
+            fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+            order.to_string()
+        })
+        .collect();
+    let config = config.to_str().unwrap();
+    let binary = crate::helpers::binary();
+    let watched = std::process::Command::new(binary)
+        .args(["watch", "--config", config])
+        .args(&orders)
+        .output()
+        .unwrap();
+    assert!(watched.status.success(), "{watched:?}");
+    let command = format!("'{binary}' reconcile --once --config '{config}'");
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    // `script` merges the command's stdout and stderr into its own stdout.
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{terminal}");
+    assert!(terminal.contains("polled: 4"), "{terminal}");
+    assert!(terminal.contains("polling "), "the bar: {terminal:?}");
+    assert!(terminal.contains("/4 orders"), "the bar: {terminal:?}");
+    assert!(
+        !terminal
+            .lines()
+            .any(|l| l.trim_start().starts_with("polled ")),
+        "no plain progress lines on a terminal: {terminal:?}"
+    );
+    runtime.block_on(async { drop(fake) });
+}
