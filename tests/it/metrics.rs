@@ -23,6 +23,9 @@ const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \
 /// `JohnSmith:Swordfish`.
 const BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
 
+/// A histogram series' `(le, cumulative count)` pairs.
+type Buckets = Vec<(f64, f64)>;
+
 /// One sample line: `name{label="value",…} value`.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -96,7 +99,8 @@ impl Exposition {
                 continue;
             }
             let bucket = format!("{name}_bucket");
-            let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            // Label set (without `le`) → its `(le, cumulative count)` buckets.
+            let mut series: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
             for sample in self.samples.iter().filter(|s| s.name == bucket) {
                 let mut labels = sample.labels.clone();
                 let le = labels.remove("le").expect("bucket without le");
