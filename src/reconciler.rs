@@ -143,6 +143,7 @@ impl Reconciler {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.max_requests_per_second);
+        metrics.reconciler_started();
         Self {
             client,
             writer,

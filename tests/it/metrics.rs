@@ -612,6 +612,11 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     );
     let passes = "orderwatch_reconciler_passes_total";
     assert_eq!(m.get(passes, &[("result", "ok")]), Some(1.0));
+    assert_eq!(
+        m.get(passes, &[("result", "failed")]),
+        Some(0.0),
+        "shown at zero"
+    );
     let handled = "orderwatch_reconciler_orders_total";
     assert_eq!(m.get(handled, &[("result", "polled")]), Some(2.0));
     assert_eq!(m.get(handled, &[("result", "failed")]), Some(1.0));
