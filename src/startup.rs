@@ -335,21 +335,22 @@ fn announce(config: &Config, listener: &TcpListener, metrics_listener: Option<&T
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    match metrics_listener.and_then(|l| l.local_addr().ok()) {
-        Some(metrics_listen) => tracing::info!(%metrics_listen, "serving GET /metrics"),
-        None if config.server.trusted_proxies.is_empty() => {
-            tracing::info!(listen = %addr, "serving GET /metrics to direct loopback clients")
-        }
-        None => tracing::info!(
-            "/metrics is off behind trusted_proxies; set [server] metrics_listen to serve it"
-        ),
-    }
     tracing::info!(
         listen = %addr,
         path = %config.server.path,
         database = %config.database.path.display(),
         "orderwatch is receiving webhooks"
     );
+    // After the line above, and without a `listen=` field: scripts find the address there.
+    match metrics_listener.and_then(|l| l.local_addr().ok()) {
+        Some(address) => tracing::info!(%address, "serving GET /metrics on metrics_listen"),
+        None if config.server.trusted_proxies.is_empty() => {
+            tracing::info!("serving GET /metrics to direct loopback clients on the webhook port")
+        }
+        None => tracing::info!(
+            "/metrics is off behind trusted_proxies; set [server] metrics_listen to serve it"
+        ),
+    }
     if config.server.auth.is_none() {
         tracing::warn!(
             "webhook Basic auth is off; fine on loopback, set [server.auth] before exposing the port"
