@@ -261,10 +261,10 @@ impl Metrics {
     /// appears only at its first increment hides that increment from `rate()`).
     pub fn reconciler_started(&self) {
         for result in ["ok", "stopped", "lease_held", "failed"] {
-            self.passes.get_or_create(&ResultLabel { result });
+            drop(self.passes.get_or_create(&ResultLabel { result }));
         }
         for result in ["polled", "failed", "not_found", "unauthorized", "expired"] {
-            self.orders.get_or_create(&ResultLabel { result });
+            drop(self.orders.get_or_create(&ResultLabel { result }));
         }
     }
 
