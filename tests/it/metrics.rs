@@ -796,3 +796,50 @@ fn reconcile_once_draws_a_bar_on_a_terminal() {
     );
     runtime.block_on(async { drop(fake) });
 }
+
+#[tokio::test]
+async fn a_full_database_shows_as_503s_and_failed_batches() {
+    // As in the durability tests: 64 pages, a ballast table fills most of them.
+    let app = spawn_app_with("[database]\nmax_size_bytes = 262144\n").await;
+    app.db()
+        .execute_batch(
+            "CREATE TABLE ballast (b BLOB NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 24)
+             INSERT INTO ballast SELECT zeroblob(4000) FROM n;",
+        )
+        .unwrap();
+    let (mut stored, mut refused) = (0.0, 0.0);
+    for n in 0..2_000 {
+        let status = app
+            .post_webhook(webhook(&uuid(1, n), &uuid(2, n), 1, "PENDING"))
+            .await
+            .status();
+        if status == 200 {
+            stored += 1.0;
+        } else {
+            assert_eq!(status, 503);
+            refused += 1.0;
+            break;
+        }
+    }
+    assert_eq!(refused, 1.0, "the database never filled up");
+    let m = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    let requests = "orderwatch_webhook_requests_total";
+    assert_eq!(
+        m.get(requests, &[("code", "200"), ("outcome", "applied")]),
+        Some(stored)
+    );
+    assert_eq!(
+        m.get(
+            requests,
+            &[("code", "503"), ("outcome", "store_unavailable")]
+        ),
+        Some(refused)
+    );
+    assert_eq!(
+        m.get("orderwatch_store_failed_batches_total", &[]),
+        Some(1.0)
+    );
+    // The gauges still read fine: a full database is still readable.
+    assert_eq!(m.get("orderwatch_pending_items", &[]), Some(stored));
+}
