@@ -9,6 +9,8 @@
 //! database never makes the whole scrape fail.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, prometheus_text, text};
@@ -17,7 +19,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::clock::{Clock, from_db_text};
 
 /// The `Content-Type` of the Prometheus text format (what `/metrics` answers by default).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -297,7 +301,8 @@ impl Metrics {
                 }
             }
         };
-        let state = snapshot.map(|s| s.registry());
+        let now = database.clock.now();
+        let state = snapshot.map(|s| s.registry(now));
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug in a label.
         let encoded = if openmetrics {
@@ -321,20 +326,32 @@ impl Metrics {
 }
 
 /// Where scrapes read the stored state from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StateSource {
     /// The SQLite file.
     pub database: PathBuf,
     /// Upper bound on the whole read (lock waits included).
     pub deadline: Duration,
+    /// The app's clock, for ages.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for StateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateSource")
+            .field("database", &self.database)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StateSource {
-    /// Reads `database` within the default scrape deadline.
-    pub fn new(database: PathBuf) -> Self {
+    /// Reads `database` within the default scrape deadline; ages are measured on `clock`.
+    pub fn new(database: PathBuf, clock: Arc<dyn Clock>) -> Self {
         Self {
             database,
             deadline: SCRAPE_DB_DEADLINE,
+            clock,
         }
     }
 
@@ -373,6 +390,8 @@ struct StateSnapshot {
     overdue: i64,
     /// Orders still polled whose last poll failed.
     in_backoff: i64,
+    /// When the longest-PENDING item became PENDING (`changed_at`), if any is.
+    oldest_pending: Option<String>,
 }
 
 /// Cheap queries only: the status index, the `overdue_items` view over PENDING rows, and the
@@ -389,16 +408,25 @@ fn read_state(conn: &Connection) -> rusqlite::Result<StateSnapshot> {
         [],
         |r| r.get(0),
     )?;
+    let oldest_pending = conn
+        .query_row(
+            "SELECT min(changed_at) FROM order_items WHERE status = 'PENDING'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
     Ok(StateSnapshot {
         by_status,
         overdue,
         in_backoff,
+        oldest_pending,
     })
 }
 
 impl StateSnapshot {
-    /// The snapshot as a registry of its own, rendered after the main one.
-    fn registry(&self) -> Registry {
+    /// The snapshot as a registry of its own, rendered after the main one; ages run to `now`.
+    fn registry(&self, now: chrono::DateTime<chrono::Utc>) -> Registry {
         let mut registry = Registry::with_prefix("orderwatch");
         let items = Family::<StatusLabel, Gauge>::default();
         let mut pending = 0;
@@ -422,6 +450,23 @@ impl StateSnapshot {
             "pending_items",
             "Items whose status is PENDING",
             gauge(pending),
+        );
+        // Rows are written only by orderwatch; an unreadable time shows as no age rather than
+        // failing the scrape.
+        let oldest = self
+            .oldest_pending
+            .as_deref()
+            .and_then(|t| from_db_text(t).ok())
+            .map_or(0.0, |since| {
+                (now - since).num_milliseconds().max(0) as f64 / 1000.0
+            });
+        let age = Gauge::<f64, AtomicU64>::default();
+        age.set(oldest);
+        registry.register_with_unit(
+            "oldest_pending_item_age",
+            "How long the longest-PENDING item has been PENDING (0 when none is)",
+            Unit::Seconds,
+            age,
         );
         registry.register(
             "overdue_items",
@@ -451,7 +496,10 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let missing = StateSource::new("/nonexistent/orderwatch.db".into());
+        let missing = StateSource::new(
+            "/nonexistent/orderwatch.db".into(),
+            Arc::new(crate::clock::SystemClock),
+        );
         let out = runtime.block_on(metrics.render(&missing, false));
         assert!(
             out.contains("orderwatch_webhook_requests_total{code=\"200\",outcome=\"applied\"} 1\n"),

@@ -146,9 +146,9 @@ pub async fn run_with(
     let receiver = Arc::new(Receiver::new(
         ReceiverSettings::from(&config.server),
         writer,
-        clock,
+        clock.clone(),
         metrics,
-        StateSource::new(config.database.path.clone()),
+        StateSource::new(config.database.path.clone(), clock),
     ));
     announce(&config, &listener, metrics_listener.as_ref());
 

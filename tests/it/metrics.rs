@@ -329,6 +329,10 @@ async fn counters_and_gauges_match_the_traffic_and_the_database() {
     assert_eq!(m.all("orderwatch_items").len(), stored.len());
     assert_eq!(m.types["orderwatch_items"], "gauge");
     assert_eq!(m.get("orderwatch_pending_items", &[]), Some(2.0));
+    let age = m
+        .get("orderwatch_oldest_pending_item_age_seconds", &[])
+        .unwrap();
+    assert!((0.0..600.0).contains(&age), "{age}");
     let overdue = app.count("overdue_items") as f64;
     assert_eq!(m.get("orderwatch_overdue_items", &[]), Some(overdue));
     assert_eq!(
@@ -413,6 +417,11 @@ async fn a_database_that_cannot_be_read_leaves_the_gauges_out_and_counts_an_erro
     );
     let after = scrape(&app.client, &format!("http://{}", app.addr)).await;
     assert_eq!(after.get("orderwatch_pending_items", &[]), Some(0.0));
+    assert_eq!(
+        after.get("orderwatch_oldest_pending_item_age_seconds", &[]),
+        Some(0.0),
+        "no PENDING item: no age"
+    );
 }
 
 #[tokio::test]
@@ -589,7 +598,7 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
         *h.reconciler.progress().borrow(),
         Progress { done: 3, total: 3 }
     );
-    let state = StateSource::new(h.config.database.path.clone());
+    let state = StateSource::new(h.config.database.path.clone(), h.clock.clone());
     let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
     let calls = "orderwatch_musement_requests_total";
     assert_eq!(
@@ -667,6 +676,11 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     assert_eq!(
         m.get("orderwatch_items", &[("status", "PENDING")]),
         Some(3.0)
+    );
+    // Two became PENDING at the first pass, five minutes ago on the harness clock.
+    assert_eq!(
+        m.get("orderwatch_oldest_pending_item_age_seconds", &[]),
+        Some(300.0)
     );
     assert_eq!(m.get(latency, &[("endpoint", "order")]), Some(7.0));
 
