@@ -181,6 +181,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpRange>,
     /// Basic auth expected on webhooks (absent: none).
     pub auth: Option<AuthConfig>,
+    /// A separate listener serving only `GET /metrics` (absent: `/metrics` is served on
+    /// `listen`, to direct loopback clients only, and not at all behind `trusted_proxies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -196,6 +200,7 @@ impl Default for ServerConfig {
             allow_ips: Vec::new(),
             trusted_proxies: Vec::new(),
             auth: None,
+            metrics_listen: None,
         }
     }
 }
@@ -503,6 +508,18 @@ impl Config {
         }
         if ["/healthz", "/readyz"].contains(&server.path.as_str()) {
             return error("server.path", "is reserved for health checks");
+        }
+        if server.path == "/metrics" {
+            return error("server.path", "is reserved for metrics");
+        }
+        if server
+            .metrics_listen
+            .is_some_and(|m| m == server.listen && m.port() != 0)
+        {
+            return error(
+                "server.metrics_listen",
+                "must differ from listen (leave it unset to serve /metrics on listen)",
+            );
         }
         if server.max_body_bytes == 0 {
             return error("server.max_body_bytes", "must be at least 1");
@@ -847,6 +864,22 @@ mod tests {
         let err = load("[server]\ntrusted_proxies = [\"127.0.0.1\"]\n").unwrap_err();
         assert_eq!(err.key, "server");
         load("[server]\nlisten = \"0.0.0.0:8080\"\nallow_ips = [\"203.0.113.0/24\", \"2001:db8::1\"]\n").unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_separate() {
+        assert_eq!(load("").unwrap().server.metrics_listen, None);
+        let config = load("[server]\nmetrics_listen = \"127.0.0.1:9090\"\n").unwrap();
+        assert_eq!(
+            config.server.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        let err = load("[server]\nmetrics_listen = \"127.0.0.1:8080\"\n").unwrap_err();
+        assert_eq!(err.key, "server.metrics_listen");
+        let err = load("[server]\nmetrics_listen = \"9090\"\n").unwrap_err();
+        assert_eq!(err.key, "server.metrics_listen");
+        let err = load("[server]\npath = \"/metrics\"\n").unwrap_err();
+        assert_eq!(err.key, "server.path");
     }
 
     #[test]

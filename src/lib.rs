@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod musement;
 pub mod observation;
 pub mod receiver;

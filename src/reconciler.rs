@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
 use crate::clock::{Clock, later};
+use crate::metrics::Metrics;
 use crate::musement::{ApiError, MusementClient, PolledOrder};
 use crate::observation::{Observation, OrderFacts, Position};
 use crate::store::queries::{self, DueOrder};
@@ -69,6 +70,16 @@ pub struct PassSummary {
     pub stopped: Option<String>,
 }
 
+/// How far the running (or last) pass is: `done` of `total` orders handled. A new pass starts
+/// at `0/total` once it knows what is due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Orders polled (or skipped) so far in this pass.
+    pub done: usize,
+    /// Orders this pass polls (due and not past `max_age`).
+    pub total: usize,
+}
+
 /// Why a pass did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -102,6 +113,10 @@ pub struct Reconciler {
     /// Shutdown asked: start no new polls.
     stopping: AtomicBool,
     limiter: RateLimiter,
+    /// Passes and orders are counted here.
+    metrics: Arc<Metrics>,
+    /// The latest [`Progress`], for whoever watches (e.g. `reconcile --once`'s progress bar).
+    progress: watch::Sender<Progress>,
 }
 
 /// One order's poll, as the pass counts it.
@@ -117,16 +132,18 @@ enum PollResult {
 }
 
 impl Reconciler {
-    /// A reconciler polling through `client` and storing through `writer`; `holder` names this
-    /// process in the lease table (e.g. `orderwatch run (pid 42)`).
+    /// A reconciler polling through `client` and storing through `writer`, counting into
+    /// `metrics`; `holder` names this process in the lease table (e.g. `orderwatch run (pid 42)`).
     pub fn new(
         client: MusementClient,
         writer: Writer,
         clock: Arc<dyn Clock>,
         settings: ReconcilerSettings,
         holder: String,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.max_requests_per_second);
+        metrics.reconciler_started();
         Self {
             client,
             writer,
@@ -137,7 +154,14 @@ impl Reconciler {
             queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             limiter,
+            metrics,
+            progress: watch::Sender::new(Progress::default()),
         }
+    }
+
+    /// Follows the progress of passes: the receiver sees each update of `(done, total)`.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
     }
 
     /// The scheduler's entry point: runs a pass unless one is running and another already
@@ -185,6 +209,7 @@ impl Reconciler {
         {
             LeaseAnswer::Acquired { .. } => {}
             LeaseAnswer::Held { holder, until } => {
+                self.metrics.pass("lease_held");
                 return Err(PassError::LeaseHeld { holder, until });
             }
         }
@@ -192,6 +217,7 @@ impl Reconciler {
             result = self.poll_due() => result,
             error = self.keep_lease() => Err(error),
         };
+        self.count_pass(&result);
         if let Err(error) = self.writer.release_lease(LEASE, &self.holder).await {
             tracing::warn!(%error, "could not release the reconciler lease; it expires by itself");
         }
@@ -200,6 +226,33 @@ impl Reconciler {
             "reconciler pass ended"
         );
         result
+    }
+
+    /// Counts a pass that ran in the metrics.
+    fn count_pass(&self, result: &Result<PassSummary, PassError>) {
+        let label = match result {
+            Ok(summary) if summary.stopped.is_some() => "stopped",
+            Ok(_) => "ok",
+            Err(PassError::LeaseHeld { .. }) => "lease_held",
+            Err(PassError::Store(_)) => "failed",
+        };
+        self.metrics.pass(label);
+    }
+
+    /// Counts one order's poll as soon as it is done, so long passes show in the metrics and
+    /// the progress as they go.
+    fn count_order(&self, result: &PollResult) {
+        let label = match result {
+            PollResult::Polled { .. } => Some("polled"),
+            PollResult::Failed => Some("failed"),
+            PollResult::NotFound => Some("not_found"),
+            PollResult::Credentials(_) => Some("unauthorized"),
+            PollResult::Skipped => None,
+        };
+        if let Some(label) = label {
+            self.metrics.orders(label, 1);
+        }
+        self.progress.send_modify(|p| p.done += 1);
     }
 
     /// Renews the lease until the pass ends (this future is dropped then); resolves only if
@@ -237,11 +290,15 @@ impl Reconciler {
             .into_iter()
             .partition(|d| !d.repoll && later(d.first_seen_at, self.settings.max_age) < now);
         summary.expired = self.expire(too_old).await?;
+        self.metrics.orders("expired", summary.expired);
 
+        let total = to_poll.len();
+        self.progress.send_replace(Progress { done: 0, total });
         let credentials_refused = AtomicBool::new(false);
         let results: Vec<PollResult> = futures_util::stream::iter(to_poll)
             .map(|due| self.poll_one(due.order, &credentials_refused))
             .buffer_unordered(self.settings.concurrency.max(1))
+            .inspect(|result| self.count_order(result))
             .collect()
             .await;
         for result in results {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,11 +21,13 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::clock::Clock;
 use crate::config::{Config, LogFormat, Schedule};
+use crate::metrics::{Metrics, StateSource};
 use crate::musement::{MusementClient, MusementSettings};
 use crate::receiver::connections::{Admission, ConnectionTable};
-use crate::receiver::{Receiver, ReceiverSettings};
+use crate::receiver::{Listener, Receiver, ReceiverSettings};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
-use crate::reload::{self, LogControl, Reload};
+pub use crate::reload::Reload;
+use crate::reload::{self, LogControl};
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
 use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
 use crate::systemd;
@@ -71,10 +74,35 @@ pub fn listen_on(addr: SocketAddr) -> Result<TcpListener, StartupError> {
         .map_err(|source| StartupError::Bind { addr, source })
 }
 
-/// Opens (creating and migrating) the database and starts the single writer on it.
+/// Most connections the `metrics_listen` listener serves at once (scrapers are few).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Binds `[server] metrics_listen`, if set.
+pub async fn bind_metrics(config: &Config) -> Result<Option<TcpListener>, StartupError> {
+    let Some(addr) = config.server.metrics_listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Opens (creating and migrating) the database and starts the single writer on it, with
+/// metrics of its own (for commands that serve none; the daemon uses [`open_store_with`]).
 pub async fn open_store(
     config: &Config,
     clock: Arc<dyn Clock>,
+) -> Result<(Writer, WriterThread), StartupError> {
+    open_store_with(config, clock, Arc::new(Metrics::new())).await
+}
+
+/// [`open_store`], the writer counting into `metrics`; whatever is built on the writer (see
+/// [`build_reconciler`]) counts there too.
+pub async fn open_store_with(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 ) -> Result<(Writer, WriterThread), StartupError> {
     let database = config.database.clone();
     let conn = tokio::task::spawn_blocking(move || {
@@ -90,30 +118,44 @@ pub async fn open_store(
     })
     .await
     .expect("opening the database panicked")?;
-    writer::spawn(conn, writer_settings(config), clock).map_err(StartupError::Writer)
+    writer::spawn(conn, writer_settings(config), clock, metrics).map_err(StartupError::Writer)
 }
 
-/// Serves webhooks on `listener` and, when configured, runs the reconciler on its schedule,
-/// until `shutdown` resolves; then stops accepting, lets in-flight requests and a running pass
-/// finish (up to `shutdown_grace`), flushes the writer and returns.
+/// Serves webhooks on `listener` (and metrics on `[server] metrics_listen`, bound here if set)
+/// and, when configured, runs the reconciler on its schedule, until `shutdown` resolves; then
+/// stops accepting, lets in-flight requests and a running pass finish (up to
+/// `shutdown_grace`), flushes the writer and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    run_with_reload(listener, config, clock, shutdown, Reload::none()).await
+    let metrics_listener = bind_metrics(&config).await?;
+    run_with(
+        listener,
+        metrics_listener,
+        config,
+        clock,
+        shutdown,
+        Reload::none(),
+    )
+    .await
 }
 
-/// [`run`], applying each configuration `reload` delivers (see [`crate::reload`]).
-pub async fn run_with_reload(
+/// [`run`] with the metrics listener already bound (tests bind `127.0.0.1:0`), applying each
+/// configuration `reload` delivers (see [`crate::reload`]).
+pub async fn run_with(
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
     reload: Reload,
 ) -> Result<(), StartupError> {
-    let (writer, writer_thread) = open_store(&config, clock.clone()).await?;
+    // One set of metrics per app, never global: tests run several apps in one process.
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) = open_store_with(&config, clock.clone(), metrics.clone()).await?;
     let reconciler = match build_reconciler(
         &config,
         writer.clone(),
@@ -136,9 +178,11 @@ pub async fn run_with_reload(
     let receiver = Arc::new(Receiver::new(
         ReceiverSettings::from(&config.server),
         writer,
-        clock,
+        clock.clone(),
+        metrics,
+        StateSource::new(config.database.path.clone(), clock),
     ));
-    announce(&config, &listener);
+    announce(&config, &listener, metrics_listener.as_ref());
     let reloads = tokio::spawn(reload::follow(
         reload.configs,
         config.clone(),
@@ -151,7 +195,31 @@ pub async fn run_with_reload(
     systemd::ready(listener.local_addr().ok(), reconciler.is_some());
 
     let graceful = GracefulShutdown::new();
-    serve(listener, &config, receiver.clone(), &graceful, shutdown).await;
+    let shutdown = shutdown.shared();
+    let serve_metrics = async {
+        if let Some(metrics_listener) = metrics_listener {
+            let on = Listener::Metrics;
+            serve(
+                metrics_listener,
+                &config,
+                on,
+                receiver.clone(),
+                &graceful,
+                shutdown.clone(),
+            )
+            .await;
+        }
+    };
+    let on = Listener::Webhooks;
+    let serve_webhooks = serve(
+        listener,
+        &config,
+        on,
+        receiver.clone(),
+        &graceful,
+        shutdown.clone(),
+    );
+    tokio::join!(serve_webhooks, serve_metrics);
 
     systemd::stopping();
     drop(watchdog);
@@ -209,6 +277,8 @@ pub fn build_reconciler(
         .clone()
         .ok_or(ReconcilerOff::NoCredentials)?;
     let musement = &config.musement;
+    // The reconciler counts into the metrics of the writer it stores through.
+    let metrics = writer.metrics().clone();
     let client = MusementClient::new(
         MusementSettings {
             base_url: musement.base_url.clone(),
@@ -220,6 +290,7 @@ pub fn build_reconciler(
             request_timeout: config.reconciler.request_timeout,
         },
         clock.clone(),
+        metrics.clone(),
     )
     .map_err(|e| ReconcilerOff::Client(e.to_string()))?;
     let duration = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
@@ -243,7 +314,9 @@ pub fn build_reconciler(
         std::process::id(),
         fastrand::u32(..)
     );
-    Ok(Reconciler::new(client, writer, clock, settings, holder))
+    Ok(Reconciler::new(
+        client, writer, clock, settings, holder, metrics,
+    ))
 }
 
 /// The reconciler's scheduler and its one job, which a reload can replace.
@@ -328,7 +401,7 @@ pub fn store_settings(config: &Config) -> StoreSettings {
     }
 }
 
-fn announce(config: &Config, listener: &TcpListener) {
+fn announce(config: &Config, listener: &TcpListener, metrics_listener: Option<&TcpListener>) {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -339,6 +412,16 @@ fn announce(config: &Config, listener: &TcpListener) {
         database = %config.database.path.display(),
         "orderwatch is receiving webhooks"
     );
+    // After the line above, and without a `listen=` field: scripts find the address there.
+    match metrics_listener.and_then(|l| l.local_addr().ok()) {
+        Some(address) => tracing::info!(%address, "serving GET /metrics on metrics_listen"),
+        None if config.server.trusted_proxies.is_empty() => {
+            tracing::info!("serving GET /metrics to direct loopback clients on the webhook port")
+        }
+        None => tracing::info!(
+            "/metrics is off behind trusted_proxies; set [server] metrics_listen to serve it"
+        ),
+    }
     if config.server.auth.is_none() {
         tracing::warn!(
             "webhook Basic auth is off; fine on loopback, set [server.auth] before exposing the port"
@@ -351,6 +434,7 @@ fn announce(config: &Config, listener: &TcpListener) {
 async fn serve(
     listener: TcpListener,
     config: &Config,
+    on: Listener,
     receiver: Arc<Receiver>,
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
@@ -359,7 +443,10 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
         .keep_alive(true);
-    let table = Arc::new(ConnectionTable::new(config.server.max_connections));
+    let table = Arc::new(ConnectionTable::new(match on {
+        Listener::Webhooks => config.server.max_connections,
+        Listener::Metrics => METRICS_CONNECTIONS,
+    }));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -397,7 +484,7 @@ async fn serve(
             let table = busy_table.clone();
             async move {
                 let _busy = activity.busy(&table);
-                Ok::<_, Infallible>(receiver.handle(request, peer).await)
+                Ok::<_, Infallible>(receiver.handle_on(on, request, peer).await)
             }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -417,7 +504,9 @@ async fn serve(
             "connections closed at the max_connections cap since start"
         );
     }
-    tracing::info!("shutting down: no longer accepting connections");
+    if on == Listener::Webhooks {
+        tracing::info!("shutting down: no longer accepting connections");
+    }
 }
 
 /// Installs the log subscriber: `RUST_LOG` if set, else `[log] level`; text or JSON lines. The

@@ -28,8 +28,10 @@ pub(super) fn run(config_path: &Path) -> ExitCode {
             configs,
             log: Some(log),
         };
-        startup::run_with_reload(
+        let metrics_listener = startup::bind_metrics(&config).await?;
+        startup::run_with(
             listener,
+            metrics_listener,
             config,
             Arc::new(SystemClock),
             startup::shutdown_signal(),

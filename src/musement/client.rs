@@ -2,7 +2,6 @@
 //! before it expires, and fetches orders, classifying every failure into an [`ApiError`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +16,7 @@ use super::headers::{parse_http_date, parse_retry_after};
 use super::model::{self, PolledOrder};
 use crate::clock::Clock;
 use crate::config::Secret;
+use crate::metrics::Metrics;
 
 /// The largest response body read; Musement orders are a few kilobytes, so anything near this
 /// is not an order and must not exhaust memory.
@@ -65,8 +65,8 @@ struct Inner {
     /// The cached token. A tokio mutex held across the login request, so concurrent callers
     /// that find no valid token wait for one login instead of each doing their own.
     token: Mutex<TokenState>,
-    /// Successful logins so far.
-    logins: AtomicU64,
+    /// Where calls, latencies and logins are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// The token cache, and the last failed login so that a down or hanging token endpoint costs
@@ -106,9 +106,14 @@ impl std::fmt::Debug for MusementClient {
 }
 
 impl MusementClient {
-    /// Builds the client. Fails with [`ApiError::Config`] on a base URL that is not http(s),
-    /// an empty or non-header-safe identity header, or a zero timeout.
-    pub fn new(settings: MusementSettings, clock: Arc<dyn Clock>) -> Result<Self, ApiError> {
+    /// Builds the client, counting its calls in `metrics`. Fails with [`ApiError::Config`] on a
+    /// base URL that is not http(s), an empty or non-header-safe identity header, or a zero
+    /// timeout.
+    pub fn new(
+        settings: MusementSettings,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ApiError> {
         let base_url = checked_base_url(&settings.base_url)?;
         if settings.request_timeout.is_zero() {
             return Err(ApiError::Config(
@@ -135,7 +140,7 @@ impl MusementClient {
                 client_secret: settings.client_secret,
                 clock,
                 token: Mutex::new(TokenState::default()),
-                logins: AtomicU64::new(0),
+                metrics,
             }),
         })
     }
@@ -169,16 +174,17 @@ impl MusementClient {
         self.inner.token.lock().await.failed = None;
     }
 
-    /// How many logins succeeded since the client was built (for metrics and tests).
+    /// How many logins succeeded, as counted in the client's metrics (for tests; a client
+    /// with metrics of its own counts only its own logins).
     pub fn logins(&self) -> u64 {
-        self.inner.logins.load(Ordering::Relaxed)
+        self.inner.metrics.successful_logins()
     }
 
     /// One GET of the order with `token`; a 401 comes back as `Unauthorized`.
     async fn fetch_order(&self, order: Uuid, token: &str) -> Result<PolledOrder, ApiError> {
         let url = format!("{}/orders/{order}", self.inner.base_url);
         let request = self.inner.http.get(url).bearer_auth(token);
-        let reply = self.exchange(request).await?;
+        let reply = self.exchange("order", request).await?;
         match reply.status {
             status if status.is_success() => {
                 let server_time = header_text(&reply.headers, header::DATE)
@@ -199,7 +205,8 @@ impl MusementClient {
         let now = self.inner.clock.now();
         match state.token.as_ref() {
             Some(token) if now < token.renew_at => Ok(token.value.clone()),
-            _ => self.login_into(&mut state).await,
+            Some(_) => self.login_into(&mut state, "expiring").await,
+            None => self.login_into(&mut state, "first").await,
         }
     }
 
@@ -212,20 +219,32 @@ impl MusementClient {
             Some(token) if token.value != rejected && now < token.renew_at => {
                 Ok(token.value.clone())
             }
-            _ => self.login_into(&mut state).await,
+            _ => self.login_into(&mut state, "rejected").await,
         }
     }
 
     /// Logs in and stores the token in the locked cache, unless a login failed less than
-    /// [`LOGIN_COOLDOWN`] ago: then that failure is the answer.
-    async fn login_into(&self, state: &mut TokenState) -> Result<String, ApiError> {
+    /// [`LOGIN_COOLDOWN`] ago: then that failure is the answer. `reason` labels the login in
+    /// the metrics.
+    async fn login_into(
+        &self,
+        state: &mut TokenState,
+        reason: &'static str,
+    ) -> Result<String, ApiError> {
         let now = self.inner.clock.now();
         if let Some((at, error)) = &state.failed
             && now < *at + LOGIN_COOLDOWN
         {
             return Err(error.clone());
         }
-        match self.login().await {
+        let result = self.login().await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(ApiError::Unauthorized { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        self.inner.metrics.login(reason, label);
+        match result {
             Ok(token) => {
                 let value = token.value.clone();
                 state.token = Some(token);
@@ -250,11 +269,12 @@ impl MusementClient {
             "grant_type": "client_credentials",
         });
         let url = format!("{}/login", self.inner.base_url);
-        let reply = self.exchange(self.inner.http.post(url).json(&body)).await?;
+        let reply = self
+            .exchange("login", self.inner.http.post(url).json(&body))
+            .await?;
         match reply.status {
             status if status.is_success() => {
                 let grant = model::parse_login(&reply.body)?;
-                self.inner.logins.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(expires_in = grant.expires_in, "logged in to Musement");
                 Ok(CachedToken {
                     value: grant.access_token,
@@ -270,15 +290,25 @@ impl MusementClient {
         }
     }
 
-    /// Sends `request`, reads the whole body and logs the exchange (never its headers, which
-    /// carry the token, nor its body, which may carry the secret).
-    async fn exchange(&self, request: RequestBuilder) -> Result<Reply, ApiError> {
+    /// Sends `request`, reads the whole body, counts the call under `endpoint` and logs it (never
+    /// its headers, which carry the token, nor its body, which may carry the secret).
+    async fn exchange(
+        &self,
+        endpoint: &'static str,
+        request: RequestBuilder,
+    ) -> Result<Reply, ApiError> {
         let request = request.build().map_err(transport_error)?;
         let method = request.method().clone();
         let path = request.url().path().to_owned();
         let started = Instant::now();
         let result = self.send_and_read(request).await;
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let code = match &result {
+            Ok(reply) => reply.status.as_u16().to_string(),
+            Err(error) => error.kind().to_owned(),
+        };
+        self.inner.metrics.api_call(endpoint, code, elapsed);
+        let latency_ms = elapsed.as_millis() as u64;
         match &result {
             Ok(reply) => tracing::debug!(
                 %method, path, status = reply.status.as_u16(), latency_ms, "Musement request"
@@ -528,22 +558,24 @@ mod tests {
         let mut bad = settings("http://127.0.0.1:1/api/v3");
         bad.application = String::new();
         assert!(matches!(
-            MusementClient::new(bad, clock.clone()),
+            MusementClient::new(bad, clock.clone(), Arc::default()),
             Err(ApiError::Config(_))
         ));
         let mut bad = settings("http://127.0.0.1:1/api/v3");
         bad.version = "3.4\u{7}".into();
         assert!(matches!(
-            MusementClient::new(bad, clock.clone()),
+            MusementClient::new(bad, clock.clone(), Arc::default()),
             Err(ApiError::Config(_))
         ));
         let mut bad = settings("http://127.0.0.1:1/api/v3");
         bad.request_timeout = Duration::ZERO;
         assert!(matches!(
-            MusementClient::new(bad, clock.clone()),
+            MusementClient::new(bad, clock.clone(), Arc::default()),
             Err(ApiError::Config(_))
         ));
-        let client = MusementClient::new(settings("http://127.0.0.1:1/api/v3"), clock).unwrap();
+        let client =
+            MusementClient::new(settings("http://127.0.0.1:1/api/v3"), clock, Arc::default())
+                .unwrap();
         let debug = format!("{client:?}");
         assert!(!debug.contains("secret"), "{debug}");
     }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{
-    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCEPT, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -21,6 +21,7 @@ use serde_json::json;
 use self::auth::{BasicCredentials, allowed, client_ip};
 use crate::clock::Clock;
 use crate::config::{IpRange, ServerConfig};
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, StateSource};
 use crate::observation::{Observation, PayloadError};
 use crate::store::Outcome;
 use crate::store::RejectedWebhook;
@@ -41,6 +42,30 @@ pub struct ReceiverSettings {
     pub trusted_proxies: Vec<IpRange>,
     /// Required Basic credentials, if any.
     pub auth: Option<BasicCredentials>,
+    /// Who may read `/metrics` on the webhook listener.
+    pub metrics_access: MetricsAccess,
+}
+
+/// Who may read `GET /metrics` on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Not served here (404): `metrics_listen` serves it, or a proxy is in front.
+    Off,
+    /// Only a client on this machine talking to us directly: a loopback peer and no
+    /// forwarding header (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`), so nothing relayed
+    /// by a local reverse proxy gets it. Others get 403.
+    Local,
+    /// Anyone who reaches the listener (the separate `metrics_listen` one).
+    Anyone,
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The webhook listener (`[server] listen`): webhooks, health checks, maybe `/metrics`.
+    Webhooks,
+    /// `[server] metrics_listen`: `/metrics` only.
+    Metrics,
 }
 
 impl From<&ServerConfig> for ReceiverSettings {
@@ -55,6 +80,13 @@ impl From<&ServerConfig> for ReceiverSettings {
                 username: auth.username.clone(),
                 password: auth.resolved_password.clone(),
             }),
+            // Behind a proxy, "loopback" may be the proxy relaying anyone: only metrics_listen.
+            metrics_access: if server.metrics_listen.is_some() || !server.trusted_proxies.is_empty()
+            {
+                MetricsAccess::Off
+            } else {
+                MetricsAccess::Local
+            },
         }
     }
 }
@@ -89,6 +121,10 @@ pub struct Receiver {
     clock: Arc<dyn Clock>,
     /// Set once shutdown begins: `/readyz` then answers 503 so load balancers stop sending.
     draining: AtomicBool,
+    /// Counted into, and rendered by `/metrics`.
+    metrics: Arc<Metrics>,
+    /// Where `/metrics` reads the stored-state gauges from.
+    state: StateSource,
 }
 
 /// Every way a request can end, each with exactly one status code.
@@ -108,15 +144,20 @@ enum Reply {
     Invalid(PayloadError),
     Unavailable(WriteError),
     NotReady(String),
+    Metrics {
+        text: String,
+        content_type: &'static str,
+    },
+    MetricsRefused,
 }
 
 impl Reply {
     fn status(&self) -> StatusCode {
         match self {
-            Self::Stored(_) | Self::Healthy | Self::Ready => StatusCode::OK,
+            Self::Stored(_) | Self::Healthy | Self::Ready | Self::Metrics { .. } => StatusCode::OK,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::MetricsRefused => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,6 +184,8 @@ impl Reply {
             Self::Unavailable(WriteError::QueueFull) => "queue_full",
             Self::Unavailable(_) => "store_unavailable",
             Self::NotReady(_) => "not_ready",
+            Self::Metrics { .. } => "metrics",
+            Self::MetricsRefused => "metrics_refused",
         }
     }
 
@@ -160,11 +203,21 @@ impl Reply {
                 json!({ "error": "not stored, retry later", "reason": error.to_string() })
             }
             Self::NotReady(reason) => json!({ "error": "not ready", "reason": reason }),
+            Self::MetricsRefused => json!({
+                "error": "Forbidden",
+                "reason": "/metrics is served here only to direct loopback clients; see [server] metrics_listen",
+            }),
             other => json!({ "error": other.status().canonical_reason().unwrap_or("error") }),
         }
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
+        if let Self::Metrics { text, content_type } = self {
+            return Response::builder()
+                .header(CONTENT_TYPE, content_type)
+                .body(Full::new(Bytes::from(text)))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        }
         let mut response = Response::builder()
             .status(self.status())
             .header(CONTENT_TYPE, "application/json");
@@ -190,14 +243,23 @@ impl Reply {
 }
 
 impl Receiver {
-    /// A handler that stores through `writer`.
-    pub fn new(settings: ReceiverSettings, writer: Writer, clock: Arc<dyn Clock>) -> Self {
+    /// A handler that stores through `writer`, counts into `metrics` and reads the gauges of
+    /// `/metrics` from `state`.
+    pub fn new(
+        settings: ReceiverSettings,
+        writer: Writer,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        state: StateSource,
+    ) -> Self {
         Self {
             access: RwLock::new(Arc::new(Access::from(&settings))),
             settings,
             writer,
             clock,
             draining: AtomicBool::new(false),
+            metrics,
+            state,
         }
     }
 
@@ -223,8 +285,23 @@ impl Receiver {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Handles one request from `peer` and logs one line about it.
+    /// Handles one request from `peer` on the webhook listener and logs one line about it.
     pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.handle_on(Listener::Webhooks, request, peer).await
+    }
+
+    /// Handles one request from `peer` that came in on `listener`, counts it if it was for the
+    /// webhook path, and logs one line about it.
+    pub async fn handle_on<B>(
+        &self,
+        listener: Listener,
+        request: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -232,9 +309,16 @@ impl Receiver {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let reply = self.route(request, peer).await;
+        let reply = match listener {
+            Listener::Webhooks => self.route(request, peer).await,
+            Listener::Metrics => self.route_metrics_listener(request).await,
+        };
         let status = reply.status().as_u16();
-        let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let elapsed = started.elapsed();
+        if listener == Listener::Webhooks && path == self.settings.path {
+            self.metrics.webhook_request(status, reply.label(), elapsed);
+        }
+        let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         if status >= 500 {
             tracing::warn!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
         } else {
@@ -253,7 +337,19 @@ impl Receiver {
         match path {
             "/healthz" if read_only => Reply::Healthy,
             "/readyz" if read_only => self.readiness().await,
+            "/metrics" if read_only => match self.settings.metrics_access {
+                MetricsAccess::Off => Reply::NotFound,
+                MetricsAccess::Local if !is_direct_local(peer, request.headers()) => {
+                    Reply::MetricsRefused
+                }
+                MetricsAccess::Local | MetricsAccess::Anyone => {
+                    self.scrape(request.headers()).await
+                }
+            },
             "/healthz" | "/readyz" => Reply::MethodNotAllowed("GET, HEAD"),
+            "/metrics" if self.settings.metrics_access != MetricsAccess::Off => {
+                Reply::MethodNotAllowed("GET, HEAD")
+            }
             _ if path == self.settings.path => {
                 if request.method() == Method::POST {
                     self.webhook(request, peer).await
@@ -263,6 +359,31 @@ impl Receiver {
             }
             _ => Reply::NotFound,
         }
+    }
+
+    /// The `metrics_listen` listener serves `/metrics` and nothing else.
+    async fn route_metrics_listener<B>(&self, request: Request<B>) -> Reply {
+        match (request.uri().path(), request.method()) {
+            ("/metrics", &Method::GET | &Method::HEAD) => self.scrape(request.headers()).await,
+            ("/metrics", _) => Reply::MethodNotAllowed("GET, HEAD"),
+            _ => Reply::NotFound,
+        }
+    }
+
+    /// Renders the metrics, as OpenMetrics if the scraper asks for it.
+    async fn scrape(&self, headers: &hyper::HeaderMap) -> Reply {
+        let openmetrics = headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("application/openmetrics-text"));
+        let text = self.metrics.render(&self.state, openmetrics).await;
+        let content_type = if openmetrics {
+            OPENMETRICS_CONTENT_TYPE
+        } else {
+            PROMETHEUS_CONTENT_TYPE
+        };
+        Reply::Metrics { text, content_type }
     }
 
     async fn readiness(&self) -> Reply {
@@ -372,6 +493,15 @@ impl Receiver {
     }
 }
 
+/// Whether the request comes straight from this machine: a loopback peer that relays nobody
+/// (no forwarding header, which a local reverse proxy would add).
+fn is_direct_local(peer: SocketAddr, headers: &hyper::HeaderMap) -> bool {
+    let relayed = ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|name| headers.contains_key(*name));
+    peer.ip().to_canonical().is_loopback() && !relayed
+}
+
 /// Absent is fine (Musement sends JSON); present must be `application/json` or `…+json`.
 fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE) else {
@@ -394,5 +524,47 @@ fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
 fn warn_about_oddities(observation: &Observation) {
     if observation.status.is_unknown() {
         tracing::warn!(item = %observation.item, status = ?observation.status.as_str(), "undocumented item status; stored as sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_direct_loopback_clients_count_as_local() {
+        let none = hyper::HeaderMap::new();
+        for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert!(is_direct_local(peer.parse().unwrap(), &none), "{peer}");
+        }
+        for peer in ["10.0.0.5:5000", "203.0.113.9:443", "[2001:db8::1]:5000"] {
+            assert!(!is_direct_local(peer.parse().unwrap(), &none), "{peer}");
+        }
+        let mut relayed = hyper::HeaderMap::new();
+        relayed.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert!(!is_direct_local(
+            "127.0.0.1:5000".parse().unwrap(),
+            &relayed
+        ));
+    }
+
+    #[test]
+    fn metrics_are_off_on_the_webhook_listener_behind_a_proxy_or_with_metrics_listen() {
+        let mut server = ServerConfig::default();
+        assert_eq!(
+            ReceiverSettings::from(&server).metrics_access,
+            MetricsAccess::Local
+        );
+        server.metrics_listen = Some("127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            ReceiverSettings::from(&server).metrics_access,
+            MetricsAccess::Off
+        );
+        server.metrics_listen = None;
+        server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        assert_eq!(
+            ReceiverSettings::from(&server).metrics_access,
+            MetricsAccess::Off
+        );
     }
 }

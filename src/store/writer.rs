@@ -6,8 +6,8 @@
 //! is refused at once ([`WriteError::QueueFull`], a 503 with `Retry-After`) instead of growing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +20,7 @@ use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecord
 use super::rule::Outcome;
 use super::{RejectedWebhook, StoreSettings};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::observation::Observation;
 
 /// How the writer batches and what it keeps.
@@ -44,19 +45,6 @@ pub enum WriteError {
     Storage(String),
 }
 
-/// Counters a benchmark or `/metrics` can read.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Transactions committed.
-    pub commits: AtomicU64,
-    /// Jobs confirmed by those commits.
-    pub jobs: AtomicU64,
-    /// Batches that failed to commit.
-    pub failed_batches: AtomicU64,
-    /// Observations whose outcome was `conflict` (two statuses for one version).
-    pub conflicts: AtomicU64,
-}
-
 struct Job {
     command: Command,
     reply: oneshot::Sender<Result<Done, WriteError>>,
@@ -74,7 +62,7 @@ enum WhenFull {
 #[derive(Clone)]
 pub struct Writer {
     sender: mpsc::Sender<Job>,
-    stats: Arc<WriterStats>,
+    metrics: Arc<Metrics>,
 }
 
 /// The writer thread. It stops when every [`Writer`] handle is dropped or when
@@ -99,19 +87,20 @@ impl WriterThread {
     }
 }
 
-/// Starts the writer thread on an open, migrated connection.
+/// Starts the writer thread on an open, migrated connection; it counts batches, commit time,
+/// failures and conflicts in `metrics`.
 pub fn spawn(
     conn: Connection,
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(Writer, WriterThread)> {
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-    let stats = Arc::new(WriterStats::default());
-    let thread_stats = stats.clone();
+    let thread_metrics = metrics.clone();
     let handle = std::thread::Builder::new()
         .name("orderwatch-writer".into())
-        .spawn(move || run(conn, receiver, settings, clock, &thread_stats))?;
-    let writer = Writer { sender, stats };
+        .spawn(move || run(conn, receiver, settings, clock, &thread_metrics))?;
+    let writer = Writer { sender, metrics };
     Ok((writer.clone(), WriterThread { handle, writer }))
 }
 
@@ -215,9 +204,9 @@ impl Writer {
         self.submit(command, WhenFull::Wait).await.map(drop)
     }
 
-    /// The writer's counters.
-    pub fn stats(&self) -> &WriterStats {
-        &self.stats
+    /// The metrics this writer counts into; the app's other parts share them.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     async fn submit(&self, command: Command, when_full: WhenFull) -> Result<Done, WriteError> {
@@ -247,7 +236,7 @@ fn run(
     mut receiver: mpsc::Receiver<Job>,
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
-    stats: &WriterStats,
+    metrics: &Metrics,
 ) {
     let mut batch = Vec::with_capacity(settings.max_batch);
     while let Some(first) = receiver.blocking_recv() {
@@ -258,21 +247,22 @@ fn run(
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let results = commit_batch(&mut conn, &batch, &settings, clock.as_ref());
+        metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
         match &results {
             Ok(done) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics.batch_size.observe(batch.len() as f64);
                 let conflicts = done
                     .iter()
                     .filter(|r| matches!(r, Ok(Done::Outcome(Outcome::Conflict))))
                     .count();
-                stats
-                    .conflicts
-                    .fetch_add(conflicts as u64, Ordering::Relaxed);
+                metrics.conflicts.inc_by(conflicts as u64);
             }
             Err(error) => {
-                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                metrics.failed_batches.inc();
                 tracing::error!(%error, jobs = batch.len(), "could not commit a batch; answering 503");
             }
         }

@@ -8,7 +8,7 @@
 //! let order = new_uuid();
 //! fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
 //! fake.push_response(&format!("/orders/{order}"), FakeResponse::status(503));
-//! let client = MusementClient::new(fake.settings(), Arc::new(SystemClock)).unwrap();
+//! let client = MusementClient::new(fake.settings(), Arc::new(SystemClock), Arc::default()).unwrap();
 //! ```
 //!
 //! Tokens never expire on their own here (tests move a `ManualClock`, not real time); use

@@ -8,6 +8,7 @@ mod durability;
 mod fake_musement;
 mod helpers;
 mod hostile;
+mod metrics;
 mod musement_client;
 mod ordering_props;
 mod receiver;

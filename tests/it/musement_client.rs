@@ -26,7 +26,7 @@ fn uuid(text: &str) -> Uuid {
 }
 
 fn client_with(settings: MusementSettings) -> MusementClient {
-    MusementClient::new(settings, Arc::new(SystemClock)).unwrap()
+    MusementClient::new(settings, Arc::new(SystemClock), Arc::default()).unwrap()
 }
 
 /// A fake serving the §9 fixture order, and a client for it.
@@ -42,7 +42,7 @@ async fn generated_setup(clock: Arc<dyn Clock>) -> (FakeMusement, MusementClient
     let fake = FakeMusement::start().await;
     let order = new_uuid();
     fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
-    let client = MusementClient::new(fake.settings(), clock).unwrap();
+    let client = MusementClient::new(fake.settings(), clock, Arc::default()).unwrap();
     (fake, client, order)
 }
 

@@ -1,0 +1,526 @@
+//! The daemon's Prometheus metrics: one [`Metrics`] per running app (no global registry, so
+//! tests can run several apps in one process), shared as an `Arc` by the receiver, the writer,
+//! the Musement client and the reconciler, and rendered by [`Metrics::render`] for `GET /metrics`.
+//!
+//! Counters and histograms are updated where things happen. The gauges about the stored state
+//! (items by status, overdue items, orders in backoff) are read from the database at scrape
+//! time through a read-only connection, with a deadline; when that read fails they are left out
+//! of the answer and `orderwatch_metrics_scrape_errors_total` counts it, so a slow or locked
+//! database never makes the whole scrape fail.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::clock::{Clock, from_db_text};
+
+/// The `Content-Type` of the Prometheus text format (what `/metrics` answers by default).
+pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+/// The `Content-Type` of the OpenMetrics text format (answered when a scraper asks for it).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The longest a scrape waits for the database gauges before leaving them out.
+const SCRAPE_DB_DEADLINE: Duration = Duration::from_secs(2);
+
+/// `code` and `outcome` of a webhook request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP status code sent, e.g. `200`.
+    pub code: u16,
+    /// What became of the request: `applied`, `duplicate`, `unauthorized`, `invalid`, …
+    pub outcome: &'static str,
+}
+
+/// One word naming a result, e.g. `ok` / `failed`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The result.
+    pub result: &'static str,
+}
+
+/// A Musement API call: which endpoint and what came back.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCallLabels {
+    /// `login` or `order`.
+    pub endpoint: &'static str,
+    /// The HTTP status code, or `timeout` / `connect` / another error kind when no status
+    /// came back.
+    pub code: String,
+}
+
+/// Which API endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    /// `login` or `order`.
+    pub endpoint: &'static str,
+}
+
+/// Why a login happened and how it went.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    /// `first` (no token yet), `expiring` (the token reached its renewal time) or `rejected`
+    /// (Musement refused the token with a 401).
+    pub reason: &'static str,
+    /// `ok`, `refused` (credentials not accepted) or `failed` (timeout, 5xx, bad answer).
+    pub result: &'static str,
+}
+
+/// An item status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of one app, and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Webhook requests by status code and outcome.
+    pub webhook_requests: Family<RequestLabels, Counter>,
+    /// Time from a webhook request's arrival to its answer.
+    pub webhook_duration: Histogram,
+    /// Jobs per committed group-commit transaction (its count is the commits, its sum the jobs).
+    pub batch_size: Histogram,
+    /// Time to run and commit one batch.
+    pub commit_duration: Histogram,
+    /// Batches whose transaction failed (every job in them was answered with an error).
+    pub failed_batches: Counter,
+    /// Observations whose outcome was `conflict`.
+    pub conflicts: Counter,
+    /// Reconciler passes by result: `ok`, `stopped`, `lease_held`, `failed`.
+    pub passes: Family<ResultLabel, Counter>,
+    /// Orders handled by passes, by result: `polled`, `failed`, `not_found`, `unauthorized`,
+    /// `expired`.
+    pub orders: Family<ResultLabel, Counter>,
+    /// Musement API calls by endpoint and status code.
+    pub api_calls: Family<ApiCallLabels, Counter>,
+    /// Musement API latency by endpoint.
+    pub api_duration: HistogramFamily<EndpointLabel>,
+    /// Logins to the Musement API by reason and result.
+    pub logins: Family<LoginLabels, Counter>,
+    /// Scrapes that could not read the database gauges.
+    pub scrape_errors: Counter,
+    /// One scrape reads the database at a time.
+    scraping: tokio::sync::Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero, registered under the `orderwatch_` prefix.
+    pub fn new() -> Self {
+        let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16)); // 0.5 ms … 16 s
+        let mut registry = Registry::with_prefix("orderwatch");
+        let webhook_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by HTTP status code and outcome",
+            webhook_requests.clone(),
+        );
+        let webhook_duration = seconds();
+        registry.register_with_unit(
+            "webhook_request_duration",
+            "Time from a webhook request's arrival to its answer (the commit included)",
+            Unit::Seconds,
+            webhook_duration.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11)); // 1 … 1024
+        registry.register(
+            "store_batch_size",
+            "Jobs per group-commit transaction (count = commits, sum = jobs)",
+            batch_size.clone(),
+        );
+        let commit_duration = seconds();
+        registry.register_with_unit(
+            "store_commit_duration",
+            "Time to run and commit one group-commit batch",
+            Unit::Seconds,
+            commit_duration.clone(),
+        );
+        let failed_batches = Counter::default();
+        registry.register(
+            "store_failed_batches",
+            "Group-commit batches that failed to commit (every waiter got an error)",
+            failed_batches.clone(),
+        );
+        let conflicts = Counter::default();
+        registry.register(
+            "store_conflicts",
+            "Observations with two statuses for one version (outcome conflict)",
+            conflicts.clone(),
+        );
+        let passes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciler_passes",
+            "Reconciler passes by result (ok, stopped, lease_held, failed)",
+            passes.clone(),
+        );
+        let orders = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciler_orders",
+            "Orders handled by reconciler passes by result (polled, failed, not_found, unauthorized, expired)",
+            orders.clone(),
+        );
+        let api_calls = Family::<ApiCallLabels, Counter>::default();
+        registry.register(
+            "musement_requests",
+            "Musement API calls by endpoint and HTTP status code (or error kind: timeout, connect)",
+            api_calls.clone(),
+        );
+        let api_duration: HistogramFamily<EndpointLabel> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        registry.register_with_unit(
+            "musement_request_duration",
+            "Musement API latency by endpoint, the body read included",
+            Unit::Seconds,
+            api_duration.clone(),
+        );
+        let logins = Family::<LoginLabels, Counter>::default();
+        registry.register(
+            "musement_logins",
+            "Musement API logins (token refreshes) by reason and result",
+            logins.clone(),
+        );
+        let scrape_errors = Counter::default();
+        registry.register(
+            "metrics_scrape_errors",
+            "Scrapes whose database gauges could not be read (they were left out)",
+            scrape_errors.clone(),
+        );
+        Self {
+            registry,
+            webhook_requests,
+            webhook_duration,
+            batch_size,
+            commit_duration,
+            failed_batches,
+            conflicts,
+            passes,
+            orders,
+            api_calls,
+            api_duration,
+            logins,
+            scrape_errors,
+            scraping: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Counts one webhook request and its latency.
+    pub fn webhook_request(&self, code: u16, outcome: &'static str, elapsed: Duration) {
+        self.webhook_requests
+            .get_or_create(&RequestLabels { code, outcome })
+            .inc();
+        self.webhook_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one Musement API call. `code` is the status, or the error kind without one.
+    pub fn api_call(&self, endpoint: &'static str, code: String, elapsed: Duration) {
+        self.api_calls
+            .get_or_create(&ApiCallLabels { endpoint, code })
+            .inc();
+        self.api_duration
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one login.
+    pub fn login(&self, reason: &'static str, result: &'static str) {
+        self.logins
+            .get_or_create(&LoginLabels { reason, result })
+            .inc();
+    }
+
+    /// Successful logins so far, whatever their reason.
+    pub fn successful_logins(&self) -> u64 {
+        ["first", "expiring", "rejected"]
+            .into_iter()
+            .filter_map(|reason| {
+                self.logins
+                    .get(&LoginLabels {
+                        reason,
+                        result: "ok",
+                    })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    /// Shows the reconciler's pass and order counters at zero from the start (a series that
+    /// appears only at its first increment hides that increment from `rate()`).
+    pub fn reconciler_started(&self) {
+        for result in ["ok", "stopped", "lease_held", "failed"] {
+            drop(self.passes.get_or_create(&ResultLabel { result }));
+        }
+        for result in ["polled", "failed", "not_found", "unauthorized", "expired"] {
+            drop(self.orders.get_or_create(&ResultLabel { result }));
+        }
+    }
+
+    /// Counts one reconciler pass.
+    pub fn pass(&self, result: &'static str) {
+        self.passes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts `n` orders handled with `result`.
+    pub fn orders(&self, result: &'static str, n: usize) {
+        if n > 0 {
+            self.orders
+                .get_or_create(&ResultLabel { result })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// The exposition: every metric, plus the database gauges read now from `database` (left
+    /// out, and counted as a scrape error, if they cannot be read in time). OpenMetrics text
+    /// when `openmetrics`, else the Prometheus text format.
+    pub async fn render(&self, database: &StateSource, openmetrics: bool) -> String {
+        let snapshot = {
+            let _one_at_a_time = self.scraping.lock().await;
+            match database.snapshot().await {
+                Ok(snapshot) => Some(snapshot),
+                Err(error) => {
+                    tracing::warn!(%error, "metrics: cannot read the database gauges; leaving them out");
+                    self.scrape_errors.inc();
+                    None
+                }
+            }
+        };
+        let now = database.clock.now();
+        let state = snapshot.map(|s| s.registry(now));
+        let mut out = String::new();
+        // Writing to a String cannot fail; an encoder error would be a bug in a label.
+        let encoded = if openmetrics {
+            text::encode_registry(&mut out, &self.registry)
+                .and_then(|()| match &state {
+                    Some(state) => text::encode_registry(&mut out, state),
+                    None => Ok(()),
+                })
+                .and_then(|()| text::encode_eof(&mut out))
+        } else {
+            prometheus_text::encode(&mut out, &self.registry).and_then(|()| match &state {
+                Some(state) => prometheus_text::encode(&mut out, state),
+                None => Ok(()),
+            })
+        };
+        if let Err(error) = encoded {
+            tracing::error!(%error, "metrics: cannot encode");
+        }
+        out
+    }
+}
+
+/// Where scrapes read the stored state from.
+#[derive(Clone)]
+pub struct StateSource {
+    /// The SQLite file.
+    pub database: PathBuf,
+    /// Upper bound on the whole read (lock waits included).
+    pub deadline: Duration,
+    /// The app's clock, for ages.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for StateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateSource")
+            .field("database", &self.database)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateSource {
+    /// Reads `database` within the default scrape deadline; ages are measured on `clock`.
+    pub fn new(database: PathBuf, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            database,
+            deadline: SCRAPE_DB_DEADLINE,
+            clock,
+        }
+    }
+
+    /// Reads the gauges on a fresh read-only connection, off the async threads. The deadline
+    /// bounds both the wait here and the query itself (SQLite is interrupted past it), so a
+    /// stuck read cannot pile up blocking threads.
+    async fn snapshot(&self) -> Result<StateSnapshot, String> {
+        let path = self.database.clone();
+        let busy_timeout = self.deadline;
+        let (interrupt, interrupter) = std::sync::mpsc::channel();
+        let read = tokio::task::spawn_blocking(move || {
+            let conn =
+                crate::store::open_read_only(&path, busy_timeout).map_err(|e| e.to_string())?;
+            let _ = interrupt.send(conn.get_interrupt_handle());
+            read_state(&conn).map_err(|e| e.to_string())
+        });
+        match tokio::time::timeout(self.deadline, read).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(format!("read task failed: {join}")),
+            Err(_) => {
+                if let Ok(handle) = interrupter.try_recv() {
+                    handle.interrupt();
+                }
+                Err(format!("no answer within {:?}", self.deadline))
+            }
+        }
+    }
+}
+
+/// The stored state at one scrape.
+#[derive(Debug, Default)]
+struct StateSnapshot {
+    /// Items per status.
+    by_status: Vec<(String, i64)>,
+    /// PENDING items past their confirmation deadline (the `overdue_items` view).
+    overdue: i64,
+    /// Orders still polled whose last poll failed.
+    in_backoff: i64,
+    /// When the longest-PENDING item became PENDING (`changed_at`), if any is.
+    oldest_pending: Option<String>,
+}
+
+/// Cheap queries only: the status index, the `overdue_items` view over PENDING rows, and the
+/// partial index of orders still polled.
+fn read_state(conn: &Connection) -> rusqlite::Result<StateSnapshot> {
+    let mut statement =
+        conn.prepare("SELECT status, count(*) FROM order_items GROUP BY status ORDER BY status")?;
+    let by_status = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let overdue = conn.query_row("SELECT count(*) FROM overdue_items", [], |r| r.get(0))?;
+    let in_backoff = conn.query_row(
+        "SELECT count(*) FROM orders INDEXED BY orders_due WHERE needs_poll = 1 AND poll_failures > 0",
+        [],
+        |r| r.get(0),
+    )?;
+    let oldest_pending = conn
+        .query_row(
+            "SELECT min(changed_at) FROM order_items WHERE status = 'PENDING'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(StateSnapshot {
+        by_status,
+        overdue,
+        in_backoff,
+        oldest_pending,
+    })
+}
+
+impl StateSnapshot {
+    /// The snapshot as a registry of its own, rendered after the main one; ages run to `now`.
+    fn registry(&self, now: chrono::DateTime<chrono::Utc>) -> Registry {
+        let mut registry = Registry::with_prefix("orderwatch");
+        let items = Family::<StatusLabel, Gauge>::default();
+        let mut pending = 0;
+        for (status, count) in &self.by_status {
+            items
+                .get_or_create(&StatusLabel {
+                    status: status.clone(),
+                })
+                .set(*count);
+            if status == "PENDING" {
+                pending = *count;
+            }
+        }
+        registry.register("items", "Stored order items by status", items);
+        let gauge = |value: i64| {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(value);
+            gauge
+        };
+        registry.register(
+            "pending_items",
+            "Items whose status is PENDING",
+            gauge(pending),
+        );
+        // Rows are written only by orderwatch; an unreadable time shows as no age rather than
+        // failing the scrape.
+        let oldest = self
+            .oldest_pending
+            .as_deref()
+            .and_then(|t| from_db_text(t).ok())
+            .map_or(0.0, |since| {
+                (now - since).num_milliseconds().max(0) as f64 / 1000.0
+            });
+        let age = Gauge::<f64, AtomicU64>::default();
+        age.set(oldest);
+        registry.register_with_unit(
+            "oldest_pending_item_age",
+            "How long the longest-PENDING item has been PENDING (0 when none is)",
+            Unit::Seconds,
+            age,
+        );
+        registry.register(
+            "overdue_items",
+            "PENDING items past their confirmation deadline (the overdue_items view)",
+            gauge(self.overdue),
+        );
+        registry.register(
+            "reconciler_orders_in_backoff",
+            "Orders still polled whose last poll failed (waiting out a backoff)",
+            gauge(self.in_backoff),
+        );
+        registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_units_and_suffixes() {
+        let metrics = Metrics::new();
+        metrics.webhook_request(200, "applied", Duration::from_millis(3));
+        metrics.api_call("order", "503".into(), Duration::from_millis(20));
+        metrics.login("first", "ok");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let missing = StateSource::new(
+            "/nonexistent/orderwatch.db".into(),
+            Arc::new(crate::clock::SystemClock),
+        );
+        let out = runtime.block_on(metrics.render(&missing, false));
+        assert!(
+            out.contains("orderwatch_webhook_requests_total{code=\"200\",outcome=\"applied\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE orderwatch_webhook_request_duration_seconds histogram"),
+            "{out}"
+        );
+        assert!(
+            out.contains("orderwatch_musement_requests_total{endpoint=\"order\",code=\"503\"} 1"),
+            "{out}"
+        );
+        assert_eq!(metrics.successful_logins(), 1);
+        // The database is missing: its gauges are left out and the error is counted.
+        assert!(!out.contains("orderwatch_items"), "{out}");
+        assert!(
+            out.contains("orderwatch_metrics_scrape_errors_total 1"),
+            "{out}"
+        );
+        let open = runtime.block_on(metrics.render(&missing, true));
+        assert!(open.ends_with("# EOF\n"), "{open}");
+    }
+}

@@ -1,0 +1,860 @@
+//! `GET /metrics`: known traffic in, the text exposition parsed (a small parser below, strict
+//! about the format), and every counter compared with the traffic and the database. Plus who
+//! may scrape where, the reconciler's and API client's metrics after passes against the fake
+//! API, and `reconcile --once`'s plain progress lines from the real binary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::Duration;
+use orderwatch::clock::SystemClock;
+use orderwatch::config::Config;
+use orderwatch::metrics::StateSource;
+use orderwatch::reconciler::Progress;
+use orderwatch::startup;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
+use crate::helpers::{TestApp, spawn_app_with, uuid, webhook};
+use crate::reconciler::{config_for, harness};
+
+const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
+/// `JohnSmith:Swordfish`.
+const BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
+
+/// A histogram series' `(le, cumulative count)` pairs.
+type Buckets = Vec<(f64, f64)>;
+
+/// One sample line: `name{label="value",…} value`.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A parsed exposition: the samples and each family's `# TYPE`.
+#[derive(Debug)]
+struct Exposition {
+    samples: Vec<Sample>,
+    types: HashMap<String, String>,
+}
+
+impl Exposition {
+    /// Parses the Prometheus text format (0.0.4), panicking on any line it does not follow.
+    fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        let mut types = HashMap::new();
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect(line);
+                assert!(
+                    ["counter", "gauge", "histogram", "untyped", "summary"].contains(&kind),
+                    "{line}"
+                );
+                assert!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "TYPE given twice: {line}"
+                );
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment: {line}");
+            samples.push(parse_sample(line));
+        }
+        let exposition = Self { samples, types };
+        for sample in &exposition.samples {
+            let family = exposition.family_of(&sample.name);
+            assert!(
+                family.is_some(),
+                "{} has no # TYPE line before it",
+                sample.name
+            );
+        }
+        exposition.check_histograms();
+        exposition
+    }
+
+    /// The `# TYPE` family a sample belongs to (histograms add `_bucket`, `_sum`, `_count`).
+    fn family_of(&self, name: &str) -> Option<&str> {
+        if self.types.contains_key(name) {
+            return Some(self.types[name].as_str());
+        }
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = name.strip_suffix(suffix)?;
+            (self.types.get(base)? == "histogram").then_some("histogram")
+        })
+    }
+
+    /// Buckets are cumulative and `+Inf` equals `_count`, for every label set.
+    fn check_histograms(&self) {
+        for (name, kind) in &self.types {
+            if kind != "histogram" {
+                continue;
+            }
+            let bucket = format!("{name}_bucket");
+            // Label set (without `le`) → its `(le, cumulative count)` buckets.
+            let mut series: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
+            for sample in self.samples.iter().filter(|s| s.name == bucket) {
+                let mut labels = sample.labels.clone();
+                let le = labels.remove("le").expect("bucket without le");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                series
+                    .entry(labels.into_iter().collect())
+                    .or_default()
+                    .push((le, sample.value));
+            }
+            for (labels, buckets) in series {
+                assert!(
+                    buckets
+                        .windows(2)
+                        .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                    "{name}{labels:?}: buckets not cumulative: {buckets:?}"
+                );
+                let inf = buckets.last().unwrap();
+                assert_eq!(inf.0, f64::INFINITY, "{name}: no +Inf bucket");
+                let label_refs: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                assert_eq!(
+                    Some(inf.1),
+                    self.get(&format!("{name}_count"), &label_refs),
+                    "{name}: +Inf bucket is not the count"
+                );
+            }
+        }
+    }
+
+    /// The value of the sample `name` with exactly `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let found: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == wanted)
+            .collect();
+        assert!(found.len() <= 1, "duplicate series {name}{labels:?}");
+        found.first().map(|s| s.value)
+    }
+
+    /// Like [`Exposition::get`], 0 when the series does not exist yet (a counter never hit).
+    fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// Every sample of `name`, whatever its labels.
+    fn all(&self, name: &str) -> Vec<&Sample> {
+        self.samples.iter().filter(|s| s.name == name).collect()
+    }
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let (series, value) = line.rsplit_once(' ').expect(line);
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        other => other
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}")),
+    };
+    let (name, labels) = match series.split_once('{') {
+        None => (series, BTreeMap::new()),
+        Some((name, rest)) => {
+            let body = rest.strip_suffix('}').expect(line);
+            (name, parse_labels(body, line))
+        }
+    };
+    assert!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !name.starts_with(|c: char| c.is_ascii_digit()),
+        "bad metric name: {line}"
+    );
+    Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    }
+}
+
+/// `k="v",k2="v2"` with `\"`, `\\` and `\n` escapes in values.
+fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").expect(line);
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next().expect(line) {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next().expect(line).1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        assert!(
+            labels.insert(key.to_owned(), value).is_none(),
+            "label twice: {line}"
+        );
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    labels
+}
+
+/// `GET /metrics` on `base` (e.g. `http://127.0.0.1:PORT`), which must answer 200.
+async fn scrape(client: &reqwest::Client, base: &str) -> Exposition {
+    let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    Exposition::parse(&response.text().await.unwrap())
+}
+
+async fn post(app: &TestApp, body: String) -> reqwest::StatusCode {
+    app.webhook_request()
+        .header("authorization", BASIC)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// `(status, count)` of the stored items, as `sqlite3` would say.
+fn items_by_status(app: &TestApp) -> Vec<(String, i64)> {
+    let db = app.db();
+    let mut statement = db
+        .prepare("SELECT status, count(*) FROM order_items GROUP BY status ORDER BY status")
+        .unwrap();
+    statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn counters_and_gauges_match_the_traffic_and_the_database() {
+    let app = spawn_app_with(AUTH_CONFIG).await;
+    let order = uuid(2, 1);
+    let (a, b, c) = (uuid(1, 1), uuid(1, 2), uuid(1, 3));
+    assert_eq!(post(&app, webhook(&a, &order, 1, "PENDING")).await, 200);
+    assert_eq!(post(&app, webhook(&b, &order, 1, "OK")).await, 200);
+    assert_eq!(post(&app, webhook(&c, &order, 1, "PENDING")).await, 200);
+    assert_eq!(post(&app, webhook(&a, &order, 1, "PENDING")).await, 200); // duplicate
+    assert_eq!(post(&app, webhook(&b, &order, 1, "KO")).await, 200); // conflict
+    assert_eq!(post(&app, "{\"order_uuid\": 7}".into()).await, 400);
+    let unauthorized = app
+        .post_webhook(webhook(&a, &order, 2, "OK"))
+        .await
+        .status();
+    assert_eq!(unauthorized, 401);
+    // Not webhooks: health checks and unknown paths are not counted as webhook requests.
+    app.client.get(app.url("/healthz")).send().await.unwrap();
+    app.client.get(app.url("/nope")).send().await.unwrap();
+
+    let m = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    let requests = "orderwatch_webhook_requests_total";
+    assert_eq!(m.types[requests], "counter");
+    for (code, outcome, expected) in [
+        ("200", "applied", 3.0),
+        ("200", "duplicate", 1.0),
+        ("200", "conflict", 1.0),
+        ("400", "invalid", 1.0),
+        ("401", "unauthorized", 1.0),
+    ] {
+        assert_eq!(
+            m.get(requests, &[("code", code), ("outcome", outcome)]),
+            Some(expected),
+            "{code} {outcome}"
+        );
+    }
+    assert_eq!(m.all(requests).len(), 5, "{:?}", m.all(requests));
+    assert_eq!(
+        m.get("orderwatch_webhook_request_duration_seconds_count", &[]),
+        Some(7.0)
+    );
+    assert_eq!(m.get("orderwatch_store_conflicts_total", &[]), Some(1.0));
+    assert_eq!(
+        m.get("orderwatch_store_failed_batches_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get("orderwatch_metrics_scrape_errors_total", &[]),
+        Some(0.0)
+    );
+    // 5 observations and the rejected body went through the writer (and /readyz pings).
+    let jobs = m.get("orderwatch_store_batch_size_sum", &[]).unwrap();
+    let commits = m.get("orderwatch_store_batch_size_count", &[]).unwrap();
+    assert!(
+        jobs >= 6.0 && commits >= 1.0 && commits <= jobs,
+        "{jobs} {commits}"
+    );
+    assert_eq!(
+        m.get("orderwatch_store_commit_duration_seconds_count", &[]),
+        Some(commits)
+    );
+
+    // Gauges come from the database at scrape time.
+    let stored = items_by_status(&app);
+    assert_eq!(stored, [("OK".into(), 1), ("PENDING".into(), 2)]);
+    for (status, count) in &stored {
+        assert_eq!(
+            m.get("orderwatch_items", &[("status", status)]),
+            Some(*count as f64)
+        );
+    }
+    assert_eq!(m.all("orderwatch_items").len(), stored.len());
+    assert_eq!(m.types["orderwatch_items"], "gauge");
+    assert_eq!(m.get("orderwatch_pending_items", &[]), Some(2.0));
+    let age = m
+        .get("orderwatch_oldest_pending_item_age_seconds", &[])
+        .unwrap();
+    assert!((0.0..600.0).contains(&age), "{age}");
+    let overdue = app.count("overdue_items") as f64;
+    assert_eq!(m.get("orderwatch_overdue_items", &[]), Some(overdue));
+    assert_eq!(
+        m.get("orderwatch_reconciler_orders_in_backoff", &[]),
+        Some(0.0)
+    );
+
+    // One more webhook is exactly one more request, one more job, one more commit.
+    assert_eq!(post(&app, webhook(&a, &order, 2, "OK")).await, 200);
+    let after = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    assert_eq!(
+        after.get(requests, &[("code", "200"), ("outcome", "applied")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        after.get("orderwatch_store_batch_size_sum", &[]),
+        Some(jobs + 1.0)
+    );
+    assert_eq!(
+        after.get("orderwatch_store_batch_size_count", &[]),
+        Some(commits + 1.0)
+    );
+    assert_eq!(after.get("orderwatch_pending_items", &[]), Some(1.0));
+    assert_eq!(
+        after.get("orderwatch_items", &[("status", "OK")]),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn openmetrics_is_served_when_asked_for() {
+    let app = spawn_app_with("").await;
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE orderwatch_metrics_scrape_errors counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orderwatch_metrics_scrape_errors_total 0\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_read_leaves_the_gauges_out_and_counts_an_error() {
+    let app = spawn_app_with("").await;
+    let before = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    assert!(before.get("orderwatch_pending_items", &[]).is_some());
+    // The file moved away (the writer keeps its open handle): a scrape cannot open it.
+    let moved = app.db_path.with_extension("moved");
+    std::fs::rename(&app.db_path, &moved).unwrap();
+    let during = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    std::fs::rename(&moved, &app.db_path).unwrap();
+    assert_eq!(during.get("orderwatch_pending_items", &[]), None);
+    assert!(during.all("orderwatch_items").is_empty());
+    assert_eq!(
+        during.get("orderwatch_metrics_scrape_errors_total", &[]),
+        Some(1.0)
+    );
+    assert!(
+        during
+            .get("orderwatch_webhook_request_duration_seconds_count", &[])
+            .is_some()
+    );
+    let after = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    assert_eq!(after.get("orderwatch_pending_items", &[]), Some(0.0));
+    assert_eq!(
+        after.get("orderwatch_oldest_pending_item_age_seconds", &[]),
+        Some(0.0),
+        "no PENDING item: no age"
+    );
+}
+
+#[tokio::test]
+async fn metrics_on_the_webhook_listener_are_for_direct_loopback_clients_only() {
+    let app = spawn_app_with("").await;
+    for header in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        let relayed = app
+            .client
+            .get(app.url("/metrics"))
+            .header(header, "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(relayed.status(), 403, "{header}");
+        let body = relayed.text().await.unwrap();
+        assert!(body.contains("metrics_listen"), "{body}");
+    }
+    let post = app.client.post(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    let head = app.client.head(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+
+    // Behind a proxy "loopback" may be anyone: not served on the webhook listener at all.
+    let proxied = spawn_app_with(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n{AUTH_CONFIG}"
+    ))
+    .await;
+    let response = proxied
+        .client
+        .get(proxied.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+/// The app with `[server] metrics_listen`, both listeners on `127.0.0.1:0`.
+struct TwoListeners {
+    webhooks: String,
+    metrics: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), startup::StartupError>>,
+}
+
+async fn spawn_with_metrics_listener() -> TwoListeners {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[server]\nmetrics_listen = \"127.0.0.1:0\"\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let urls = (
+        format!("http://{}", webhooks.local_addr().unwrap()),
+        format!("http://{}", metrics.local_addr().unwrap()),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(startup::run_with(
+        webhooks,
+        Some(metrics),
+        config,
+        Arc::new(SystemClock),
+        async {
+            let _ = stopped.await;
+        },
+        startup::Reload::none(),
+    ));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ready = client.get(format!("{}/readyz", urls.0)).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    TwoListeners {
+        webhooks: urls.0,
+        metrics: urls.1,
+        client,
+        _dir: dir,
+        stop: Some(stop),
+        task,
+    }
+}
+
+#[tokio::test]
+async fn metrics_listen_serves_metrics_there_and_only_there() {
+    let app = spawn_with_metrics_listener().await;
+    let posted = app
+        .client
+        .post(format!("{}/webhooks/musement", app.webhooks))
+        .header("content-type", "application/json")
+        .body(webhook(&uuid(1, 9), &uuid(2, 9), 1, "PENDING"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+
+    let m = scrape(&app.client, &app.metrics).await;
+    assert_eq!(
+        m.get(
+            "orderwatch_webhook_requests_total",
+            &[("code", "200"), ("outcome", "applied")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.get("orderwatch_pending_items", &[]), Some(1.0));
+
+    // Not on the webhook listener, even for loopback.
+    let main = app
+        .client
+        .get(format!("{}/metrics", app.webhooks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    // The metrics listener serves nothing else, and only reads.
+    for path in ["/webhooks/musement", "/healthz", "/readyz", "/"] {
+        let other = app
+            .client
+            .get(format!("{}{path}", app.metrics))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 404, "{path}");
+    }
+    let post = app
+        .client
+        .post(format!("{}/webhooks/musement", app.metrics))
+        .body(webhook(&uuid(1, 8), &uuid(2, 8), 1, "PENDING"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 404);
+    let post = app
+        .client
+        .post(format!("{}/metrics", app.metrics))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    // Scrapes are not webhook requests.
+    let again = scrape(&app.client, &app.metrics).await;
+    assert_eq!(
+        again.all("orderwatch_webhook_requests_total").len(),
+        1,
+        "{:?}",
+        again.all("orderwatch_webhook_requests_total")
+    );
+
+    let TwoListeners { stop, task, .. } = app;
+    stop.unwrap().send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reconciler_and_api_metrics_follow_the_passes() {
+    let h = harness("concurrency = 1").await;
+    let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
+    for order in &orders {
+        h.fake
+            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
+    }
+    h.watch(&orders).await;
+    // The first pass: one login, two orders answered, one 503.
+    h.fake
+        .push_response(&format!("/orders/{}", orders[1]), FakeResponse::status(503));
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (2, 1));
+    assert_eq!(
+        *h.reconciler.progress().borrow(),
+        Progress { done: 3, total: 3 }
+    );
+    let state = StateSource::new(h.config.database.path.clone(), h.clock.clone());
+    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let calls = "orderwatch_musement_requests_total";
+    assert_eq!(
+        m.get(calls, &[("endpoint", "login"), ("code", "200")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(calls, &[("endpoint", "order"), ("code", "200")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get(calls, &[("endpoint", "order"), ("code", "503")]),
+        Some(1.0)
+    );
+    assert_eq!(m.all(calls).len(), 3, "{:?}", m.all(calls));
+    let logins = "orderwatch_musement_logins_total";
+    assert_eq!(
+        m.get(logins, &[("reason", "first"), ("result", "ok")]),
+        Some(1.0)
+    );
+    let passes = "orderwatch_reconciler_passes_total";
+    assert_eq!(m.get(passes, &[("result", "ok")]), Some(1.0));
+    assert_eq!(
+        m.get(passes, &[("result", "failed")]),
+        Some(0.0),
+        "shown at zero"
+    );
+    let handled = "orderwatch_reconciler_orders_total";
+    assert_eq!(m.get(handled, &[("result", "polled")]), Some(2.0));
+    assert_eq!(m.get(handled, &[("result", "failed")]), Some(1.0));
+    assert_eq!(
+        m.get("orderwatch_reconciler_orders_in_backoff", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get("orderwatch_items", &[("status", "PENDING")]),
+        Some(2.0)
+    );
+    let latency = "orderwatch_musement_request_duration_seconds_count";
+    assert_eq!(m.get(latency, &[("endpoint", "order")]), Some(3.0));
+    assert_eq!(m.get(latency, &[("endpoint", "login")]), Some(1.0));
+
+    // Musement drops our token: one 401, one re-login, then every order answers.
+    h.fake.revoke_tokens();
+    h.advance(Duration::minutes(5));
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (3, 0));
+    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    assert_eq!(
+        m.get(calls, &[("endpoint", "order"), ("code", "401")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(calls, &[("endpoint", "order"), ("code", "200")]),
+        Some(5.0)
+    );
+    assert_eq!(
+        m.get(calls, &[("endpoint", "login"), ("code", "200")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get(logins, &[("reason", "rejected"), ("result", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.count(logins, &[("reason", "expiring"), ("result", "ok")]),
+        0.0
+    );
+    assert_eq!(m.get(passes, &[("result", "ok")]), Some(2.0));
+    assert_eq!(m.get(handled, &[("result", "polled")]), Some(5.0));
+    assert_eq!(
+        m.get("orderwatch_reconciler_orders_in_backoff", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get("orderwatch_items", &[("status", "PENDING")]),
+        Some(3.0)
+    );
+    // Two became PENDING at the first pass, five minutes ago on the harness clock.
+    assert_eq!(
+        m.get("orderwatch_oldest_pending_item_age_seconds", &[]),
+        Some(300.0)
+    );
+    assert_eq!(m.get(latency, &[("endpoint", "order")]), Some(7.0));
+
+    // The login itself fails: counted as refused, and the pass as stopped.
+    h.fake.revoke_tokens();
+    h.fake.push_response("/login", FakeResponse::status(401));
+    h.advance(Duration::minutes(5));
+    let summary = h.any_pass().await;
+    assert!(summary.stopped.is_some(), "{summary:?}");
+    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    assert_eq!(
+        m.get(logins, &[("reason", "rejected"), ("result", "refused")]),
+        Some(1.0)
+    );
+    assert_eq!(m.get(passes, &[("result", "stopped")]), Some(1.0));
+    assert_eq!(m.get(handled, &[("result", "unauthorized")]), Some(1.0));
+    h.close().await;
+}
+
+#[test]
+fn reconcile_once_prints_plain_progress_lines_without_a_terminal() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeMusement::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_for(&fake, "concurrency = 2")).unwrap();
+    let orders: Vec<String> = (0..5)
+        .map(|_| {
+            let order = new_uuid();
+            fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+            order.to_string()
+        })
+        .collect();
+    let config = config.to_str().unwrap();
+    let mut watch = vec!["watch", "--config", config];
+    watch.extend(orders.iter().map(String::as_str));
+    let watched = std::process::Command::new(crate::helpers::binary())
+        .args(&watch)
+        .output()
+        .unwrap();
+    assert!(watched.status.success(), "{watched:?}");
+
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args(["reconcile", "--once", "--config", config])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("polled: 5"), "{stdout}");
+    let progress: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("polled ")?.strip_suffix(" orders")?;
+            let (done, total) = rest.split_once('/')?;
+            Some((done.parse().ok()?, total.parse().ok()?))
+        })
+        .collect();
+    assert!(!progress.is_empty(), "{stderr}");
+    assert_eq!(progress.last(), Some(&(5, 5)), "{stderr}");
+    assert!(progress.iter().all(|&(_, total)| total == 5), "{stderr}");
+    assert!(
+        progress.windows(2).all(|w| w[0].0 < w[1].0),
+        "each line once, counting up: {stderr}"
+    );
+    // No bar drawing without a terminal.
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
+    runtime.block_on(async { drop(fake) });
+}
+
+#[test]
+fn reconcile_once_draws_a_bar_on_a_terminal() {
+    // `script` (util-linux) runs the command on a pseudo-terminal; without it there is no
+    // terminal to test on.
+    let has_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        eprintln!("skipped: no `script` command to provide a terminal");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeMusement::start());
+    // Slow enough answers that the bar is drawn before the pass ends.
+    fake.set_latency(std::time::Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_for(&fake, "concurrency = 1")).unwrap();
+    let orders: Vec<String> = (0..4)
+        .map(|_| {
+            let order = new_uuid();
+            fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+            order.to_string()
+        })
+        .collect();
+    let config = config.to_str().unwrap();
+    let binary = crate::helpers::binary();
+    let watched = std::process::Command::new(binary)
+        .args(["watch", "--config", config])
+        .args(&orders)
+        .output()
+        .unwrap();
+    assert!(watched.status.success(), "{watched:?}");
+    let command = format!("'{binary}' reconcile --once --config '{config}'");
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    // `script` merges the command's stdout and stderr into its own stdout.
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{terminal}");
+    assert!(terminal.contains("polled: 4"), "{terminal}");
+    assert!(terminal.contains("polling "), "the bar: {terminal:?}");
+    assert!(terminal.contains("/4 orders"), "the bar: {terminal:?}");
+    assert!(
+        !terminal
+            .lines()
+            .any(|l| l.trim_start().starts_with("polled ")),
+        "no plain progress lines on a terminal: {terminal:?}"
+    );
+    runtime.block_on(async { drop(fake) });
+}
+
+#[tokio::test]
+async fn a_full_database_shows_as_503s_and_failed_batches() {
+    // As in the durability tests: 64 pages, a ballast table fills most of them.
+    let app = spawn_app_with("[database]\nmax_size_bytes = 262144\n").await;
+    app.db()
+        .execute_batch(
+            "CREATE TABLE ballast (b BLOB NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 24)
+             INSERT INTO ballast SELECT zeroblob(4000) FROM n;",
+        )
+        .unwrap();
+    let (mut stored, mut refused) = (0.0, 0.0);
+    for n in 0..2_000 {
+        let status = app
+            .post_webhook(webhook(&uuid(1, n), &uuid(2, n), 1, "PENDING"))
+            .await
+            .status();
+        if status == 200 {
+            stored += 1.0;
+        } else {
+            assert_eq!(status, 503);
+            refused += 1.0;
+            break;
+        }
+    }
+    assert_eq!(refused, 1.0, "the database never filled up");
+    let m = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    let requests = "orderwatch_webhook_requests_total";
+    assert_eq!(
+        m.get(requests, &[("code", "200"), ("outcome", "applied")]),
+        Some(stored)
+    );
+    assert_eq!(
+        m.get(
+            requests,
+            &[("code", "503"), ("outcome", "store_unavailable")]
+        ),
+        Some(refused)
+    );
+    assert_eq!(
+        m.get("orderwatch_store_failed_batches_total", &[]),
+        Some(1.0)
+    );
+    // The gauges still read fine: a full database is still readable.
+    assert_eq!(m.get("orderwatch_pending_items", &[]), Some(stored));
+}
