@@ -112,6 +112,11 @@ pub struct Metrics {
     pub logins: Family<LoginLabels, Counter>,
     /// Scrapes that could not read the database gauges.
     pub scrape_errors: Counter,
+    /// Connections open on the webhook listener now.
+    pub connections_open: Gauge,
+    /// Connections closed at `max_connections`, by result: `evicted_idle` (the longest-idle
+    /// connection made room) or `refused_busy` (every connection had a request in progress).
+    pub connections_closed_at_cap: Family<ResultLabel, Counter>,
     /// One scrape reads the database at a time.
     scraping: tokio::sync::Mutex<()>,
 }
@@ -203,8 +208,22 @@ impl Metrics {
             "Scrapes whose database gauges could not be read (they were left out)",
             scrape_errors.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the webhook listener",
+            connections_open.clone(),
+        );
+        let connections_closed_at_cap = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "connections_closed_at_cap",
+            "Connections closed at max_connections (evicted_idle: the longest-idle one made room; refused_busy: all had a request in progress)",
+            connections_closed_at_cap.clone(),
+        );
         Self {
             registry,
+            connections_open,
+            connections_closed_at_cap,
             webhook_requests,
             webhook_duration,
             batch_size,

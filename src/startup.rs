@@ -447,6 +447,9 @@ async fn serve(
         Listener::Webhooks => config.server.max_connections,
         Listener::Metrics => METRICS_CONNECTIONS,
     }));
+    // Only the webhook listener's connections are reported.
+    let open_connections =
+        (on == Listener::Webhooks).then(|| receiver.metrics().connections_open.clone());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -468,12 +471,17 @@ async fn serve(
         } = table.admit()
         else {
             tracing::debug!(%peer, "every connection has a request in progress; closed the new one");
+            count_closed_at_cap(&receiver, on, "refused_busy");
             continue;
         };
         if let Some(closing) = evicted {
+            count_closed_at_cap(&receiver, on, "evicted_idle");
             // Its socket closes when its aborted task is dropped; wait for that, so a burst of
             // accepts cannot overshoot the cap.
             let _ = closing.await;
+        }
+        if let Some(gauge) = &open_connections {
+            gauge.set(table.len() as i64);
         }
         let _ = stream.set_nodelay(true);
         let receiver = receiver.clone();
@@ -489,11 +497,15 @@ async fn serve(
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let ended_table = table.clone();
+        let open_gauge = open_connections.clone();
         let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
             ended_table.remove(id);
+            if let Some(gauge) = open_gauge {
+                gauge.set(ended_table.len() as i64);
+            }
         });
         table.register(id, task);
     }
@@ -506,6 +518,16 @@ async fn serve(
     }
     if on == Listener::Webhooks {
         tracing::info!("shutting down: no longer accepting connections");
+    }
+}
+
+fn count_closed_at_cap(receiver: &Receiver, on: Listener, result: &'static str) {
+    if on == Listener::Webhooks {
+        receiver
+            .metrics()
+            .connections_closed_at_cap
+            .get_or_create(&crate::metrics::ResultLabel { result })
+            .inc();
     }
 }
 

@@ -280,6 +280,11 @@ impl Receiver {
             .clone()
     }
 
+    /// The app's metrics (the accept loop counts connections into them).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Marks the start of shutdown.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -377,6 +377,8 @@ struct Flood {
     status: u16,
     /// The most connections the daemon held at once (sockets in its descriptor table).
     max_held: usize,
+    /// Idle connections the daemon says it closed to make room (its `/metrics`).
+    evicted: u64,
     /// Peak growth of the daemon's resident memory during the flood.
     rss_growth_kb: i64,
 }
@@ -478,6 +480,20 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
     )
     .await;
     let latency = started.elapsed();
+    let (scraped, _) = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let evicted = scraped
+        .first()
+        .map(|answer| answer.body.as_str())
+        .unwrap_or("")
+        .lines()
+        .find(|line| line.contains("connections_closed_at_cap_total{result=\"evicted_idle\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (max_held, max_rss) = sampling.join().unwrap();
     for attacker in attackers {
@@ -488,6 +504,7 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
         latency,
         status: answered.map_or(0, |(answers, _)| answers.first().map_or(0, |a| a.status)),
         max_held,
+        evicted,
         rss_growth_kb: max_rss - rss_before,
     }
 }
@@ -535,14 +552,18 @@ async fn a_new_request_is_served_promptly_despite_a_thousand_idle_connections() 
     eprintln!(
         "1000 idle connections re-opened as soon as closed, max_connections = 64, \
          header_read_timeout = {timeout:?}: the new webhook got {} after {:?} (0 = no answer \
-         within 30 s); the server held at most {} connections",
-        flood.status, flood.latency, flood.max_held
+         within 30 s); the server held at most {} connections and evicted {} idle ones",
+        flood.status, flood.latency, flood.max_held, flood.evicted
     );
     // Before idle connections were evicted at the cap, this webhook got no answer within 30 s:
     // accept() waited for a free slot and every freed slot went to a returning idler.
     assert_eq!(
         flood.status, 200,
         "a new webhook got no answer within 30 s behind idle connections"
+    );
+    assert!(
+        flood.evicted > 0,
+        "/metrics counts the idle connections closed at the cap"
     );
     assert!(
         flood.max_held <= HELD_AT_MOST,
