@@ -3,6 +3,7 @@
 
 mod api_faults;
 mod cli;
+mod convergence;
 mod durability;
 mod fake_musement;
 mod helpers;

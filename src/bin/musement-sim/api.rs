@@ -357,9 +357,13 @@ fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
 
 fn json_response(status: u16, body: String, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let map = response.headers_mut();
-    map.insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    map.insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (
             hyper::header::HeaderName::from_bytes(name.as_bytes()),

@@ -14,9 +14,9 @@ use clap::Parser;
 /// Prints each order's UUID on standard output when it is created (pipe it into
 /// `orderwatch watch -`), logs to standard error, and writes the truth (every item's final
 /// status and version, and counters) as JSON. Durations use humantime syntax (`250ms`, `2s`);
-/// a range is `MIN..MAX` (uniform) or a single duration.
+/// a range is `MIN..MAX` (uniform) or a single duration. A flag given twice takes the last value.
 #[derive(Debug, Parser)]
-#[command(name = "musement-sim", version)]
+#[command(name = "musement-sim", version, args_override_self = true)]
 pub struct Args {
     /// Seed of every random choice (orders, lifecycles, faults).
     #[arg(long, default_value_t = 1)]
@@ -343,7 +343,9 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
                 ))
             }
         }
-        _ => Err(format!("--webhook-url: {url:?}: not an http:// or https:// URL")),
+        _ => Err(format!(
+            "--webhook-url: {url:?}: not an http:// or https:// URL"
+        )),
     }
 }
 

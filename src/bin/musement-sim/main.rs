@@ -118,7 +118,10 @@ async fn run(settings: Settings) -> ExitCode {
         if let Some(path) = &settings.args.truth
             && let Err(error) = truth::write(path, &value)
         {
-            eprintln!("musement-sim: cannot write the truth to {}: {error}", path.display());
+            eprintln!(
+                "musement-sim: cannot write the truth to {}: {error}",
+                path.display()
+            );
         }
     };
 
@@ -167,7 +170,11 @@ async fn play(
 ) {
     enum Event {
         Create(usize),
-        Step { order: usize, item: usize, step: usize },
+        Step {
+            order: usize,
+            item: usize,
+            step: usize,
+        },
     }
     let mut events: Vec<(Duration, Event)> = Vec::new();
     for (o, plan) in plans.iter().enumerate() {

@@ -34,7 +34,8 @@ pub struct WebhookCounts {
     pub suppressed: u64,
     /// Re-sends asked with `POST /orders/{o}/items/{i}/notifications`.
     pub resend_requests: u64,
-    /// Attempts answered by status (`"200"`, `"503"`, `"error"` for no answer).
+    /// Attempts by answer: a status (`"200"`, `"503"`), or why there was none (`"connect"`
+    /// refused, `"timeout"`, `"error"` such as a connection closed mid-request).
     pub answers: BTreeMap<String, u64>,
 }
 

@@ -152,9 +152,12 @@ impl Pusher {
                 let mut stats = self.counters.lock();
                 stats.webhooks.attempts += 1;
                 stats.webhooks.retried += u64::from(retry);
-                let label = answer.map_or_else(|| "error".to_owned(), |s| s.to_string());
+                let label = match &answer {
+                    Ok(status) => status.to_string(),
+                    Err(kind) => (*kind).to_owned(),
+                };
                 *stats.webhooks.answers.entry(label).or_default() += 1;
-                if answer == Some(200) {
+                if matches!(answer, Ok(200)) {
                     stats.webhooks.delivered += 1;
                     stats
                         .delivered
@@ -177,8 +180,8 @@ impl Pusher {
 }
 
 impl Target {
-    /// One POST; the status, or `None` when there was no answer (refused, reset, timeout).
-    async fn post(&self, body: &str) -> Option<u16> {
+    /// One POST; the status, or why there was none (`connect`, `timeout`, `error`).
+    async fn post(&self, body: &str) -> Result<u16, &'static str> {
         let mut request = self
             .http
             .post(&self.url)
@@ -187,10 +190,19 @@ impl Target {
         if let Some(authorization) = &self.authorization {
             request = request.header("authorization", authorization);
         }
-        // Read the body so the connection can be reused; Musement ignores it.
-        let response = request.send().await.ok()?;
+        let classify = |error: reqwest::Error| {
+            if error.is_connect() {
+                "connect"
+            } else if error.is_timeout() {
+                "timeout"
+            } else {
+                "error"
+            }
+        };
+        let response = request.send().await.map_err(classify)?;
         let status = response.status().as_u16();
+        // Read the body so the connection can be reused; Musement ignores it.
         let _ = response.bytes().await;
-        Some(status)
+        Ok(status)
     }
 }

@@ -55,9 +55,8 @@ pub fn plan(settings: &Settings, rng: &mut fastrand::Rng) -> Vec<OrderPlan> {
         .into_iter()
         .enumerate()
         .map(|(n, size)| {
-            let created_after = Duration::from_micros(
-                rng.u64(0..=args.create_over.as_micros() as u64),
-            );
+            let created_after =
+                Duration::from_micros(rng.u64(0..=args.create_over.as_micros() as u64));
             let items = (0..size)
                 .map(|_| {
                     let mut pick = rng.u32(0..total_weight);
@@ -327,10 +326,7 @@ pub fn order_json(order: &Order, at: DateTime<Utc>) -> Value {
         .enumerate()
         .map(|(n, item)| item_json(order, n, item, at))
         .collect();
-    let statuses: Vec<&str> = items
-        .iter()
-        .filter_map(|i| i["status"].as_str())
-        .collect();
+    let statuses: Vec<&str> = items.iter().filter_map(|i| i["status"].as_str()).collect();
     let status = if statuses.contains(&"PENDING") {
         "PENDING"
     } else if statuses.iter().all(|s| *s == statuses[0]) {
