@@ -16,8 +16,15 @@ use clap::Parser;
 /// status and version, and counters) as JSON. Durations use humantime syntax (`250ms`, `2s`);
 /// a range is `MIN..MAX` (uniform) or a single duration. A flag given twice takes the last value.
 #[derive(Debug, Parser)]
-#[command(name = "musement-sim", version, args_override_self = true)]
+#[command(
+    name = "musement-sim",
+    version,
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Seed of every random choice (orders, lifecycles, faults).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -141,12 +148,21 @@ pub struct Args {
     /// delivered or given up (so a reconciler can finish); `forever` = until SIGINT/SIGTERM.
     #[arg(long, default_value = "0s", value_parser = parse_linger)]
     pub linger: Linger,
-    /// Write the truth JSON here (when settled, and again with final counters at exit).
+    /// Write the truth JSON here: every second while running, when settled, and with the final
+    /// counters at exit.
     #[arg(long)]
     pub truth: Option<PathBuf>,
     /// Write created order UUIDs here, one per line, instead of standard output.
     #[arg(long)]
     pub orders_out: Option<PathBuf>,
+}
+
+/// Other things the binary does besides simulating.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Compare an orderwatch database with the truth: one summary line; exit 0 when every
+    /// item agrees, 1 when not (yet), 2 when a file cannot be read.
+    Compare(crate::compare::CompareArgs),
 }
 
 /// A uniform range of durations.

@@ -5,14 +5,17 @@
 //! - `world`: orders and item lifecycles planned from the seed, then played in real time;
 //! - `api`: the partner API on loopback, with faults;
 //! - `webhooks`: the pusher, with retries and faults;
-//! - `truth`: the counters and the truth JSON.
+//! - `truth`: the counters and the truth JSON;
+//! - `compare`: `musement-sim compare`, an orderwatch database against the truth.
 //!
 //! The run: create orders over `--create-over` (printing each UUID), play every lifecycle step
-//! at its time, wait for every webhook to be delivered or given up, write the truth ("settled"),
+//! at its time (the truth so far is written every second, "running"), wait for every webhook to
+//! be delivered or given up, write the truth ("settled"),
 //! serve the API for `--linger`, write the truth again with the final counters, exit 0. SIGINT
 //! or SIGTERM ends the linger early (exit 0); before settling it writes what is known and exits 1.
 
 mod api;
+mod compare;
 mod config;
 mod truth;
 mod webhooks;
@@ -36,7 +39,11 @@ use crate::world::{OrderPlan, World};
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let settings = match Settings::check(Args::parse()) {
+    let args = Args::parse();
+    if let Some(config::Command::Compare(compare)) = &args.command {
+        return compare::run(compare);
+    }
+    let settings = match Settings::check(args) {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("musement-sim: {message}");
@@ -128,6 +135,22 @@ async fn run(settings: Settings) -> ExitCode {
     let played = async {
         play(&plans, &settings, &world, &pusher, &mut out).await;
         pusher.idle().await;
+    };
+    // While playing, the truth so far, for anyone watching (`compare` waits for `settled`).
+    let running = async {
+        if settings.args.truth.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            write_truth(Phase::Running);
+        }
+    };
+    let played = async {
+        tokio::select! {
+            () = played => {}
+            () = running => {}
+        }
     };
     let settled = tokio::select! {
         () = played => true,

@@ -90,6 +90,8 @@ impl Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Lifecycles are still being played: statuses are not final (rewritten every second).
+    Running,
     /// Every lifecycle ended and every webhook was delivered or given up; still serving.
     Settled,
     /// Done: the simulator exited after settling.
