@@ -113,7 +113,9 @@ fn order_items_converge_on_polls_alone_when_every_webhook_is_refused() {
     assert_eq!(w["delivered"], 0, "{w}");
     assert!(w["retried"].as_u64() > Some(0), "{w}");
     assert_eq!(w["given_up"], w["sent"], "{w}");
-    assert_eq!(w["answers"]["401"], w["attempts"], "{w}");
+    // Every answer a 401 (or, on a stalled machine, no answer in time); never a 200.
+    assert!(w["answers"]["401"].as_u64() > Some(0), "{w}");
+    assert!(w["answers"].get("200").is_none(), "{w}");
     println!(
         "seed {} (webhooks refused): {} items; polls {}; passes {} after settling",
         f.seed, f.items, f.gets, f.passes_after_settle
