@@ -12,4 +12,5 @@ mod musement_client;
 mod ordering_props;
 mod receiver;
 mod reconciler;
+mod simulator;
 mod store;
