@@ -44,6 +44,8 @@ struct Scenario {
 struct Figures {
     seed: u64,
     items: usize,
+    /// Items whose final version's webhook was delivered: their `item_version` was checked too.
+    versions_checked: usize,
     webhooks: Value,
     gets: u64,
     api: Value,
@@ -80,10 +82,11 @@ fn order_items_converge_to_the_simulators_truth_under_lossy_delivery() {
     for f in &figures {
         let w = &f.webhooks;
         println!(
-            "seed {}: {} items; webhooks generated {} sent {} dropped {} duplicated {} delivered {} retried {}; \
+            "seed {}: {} items ({} with their final version delivered); webhooks generated {} sent {} dropped {} duplicated {} delivered {} retried {}; \
              polls (GET /orders) {}; passes {} in all, {} after settling; settled after {:.1}s, converged {:.1}s later; api {}",
             f.seed,
             f.items,
+            f.versions_checked,
             w["generated"],
             w["sent"],
             w["dropped"],
@@ -183,6 +186,12 @@ fn run(scenario: &Scenario) -> Figures {
     Figures {
         seed: scenario.seed,
         items,
+        versions_checked: truth["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["final_version_delivered"] == true)
+            .count(),
         webhooks: final_truth["webhooks"].clone(),
         gets: final_truth["get_orders"].as_u64().unwrap_or(0),
         api: final_truth["api"].clone(),
