@@ -175,6 +175,18 @@ fn run(scenario: &Scenario) -> Figures {
         );
     }
     let passes_after_settle = passes(&daemon_log) - passes_at_settle;
+    // The demo's judge agrees with this test's.
+    let compare = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
+        .args(["compare", "--database", db_path.to_str().unwrap()])
+        .args(["--truth", truth_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&compare.stdout);
+    assert_eq!(compare.status.code(), Some(0), "{summary}");
+    assert!(
+        summary.contains(&format!("matching {items}/{items}")),
+        "{summary}"
+    );
     let final_truth = sim.stop(&truth_path);
     let output = watch_output(&mut watch, &watch_log);
     assert!(
