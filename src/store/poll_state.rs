@@ -60,9 +60,9 @@ pub fn refresh(
     let activity_cutoff = later(now, -RECHECK_AFTER_ACTIVITY)
         .format("%Y-%m-%d %H:%M")
         .to_string();
-    let (failures, next, watched, stopped): (i64, Option<String>, bool, bool) = conn
+    let (failures, next, never_polled, stopped): (i64, Option<String>, bool, bool) = conn
         .prepare_cached(
-            "SELECT poll_failures, next_poll_at, watched,
+            "SELECT poll_failures, next_poll_at, last_polled_at IS NULL,
                     not_found_at IS NOT NULL OR expired_at IS NOT NULL
              FROM orders WHERE order_uuid = ?1",
         )?
@@ -95,7 +95,10 @@ pub fn refresh(
         Trigger::Polled => to_db_text(later(now, policy.recheck_interval)),
         Trigger::Other => next.unwrap_or(now_text),
     };
-    let needs_poll = (active || recheck || (watched && items == 0)) && !stopped;
+    // Webhooks name only the items they are about, so until one poll has listed the order's
+    // items, an item whose every webhook was lost is unknown: an order whose known items are
+    // all final (KO, REFUNDED) is still polled once.
+    let needs_poll = (active || recheck || never_polled) && !stopped;
     conn.prepare_cached(
         "UPDATE orders SET needs_poll = ?2, next_poll_at = ?3
          WHERE order_uuid = ?1 AND (needs_poll IS NOT ?2 OR next_poll_at IS NOT ?3)",

@@ -286,6 +286,11 @@ impl Daemon {
         format!("http://{}/webhooks/musement", self.addr)
     }
 
+    /// Every line logged since the last call, without waiting.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
     /// SIGTERM, wait for exit 0 (bounded), and return every line logged since the last call.
     pub fn stop(&mut self) -> Vec<String> {
         let killed = std::process::Command::new("kill")

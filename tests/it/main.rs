@@ -3,6 +3,7 @@
 
 mod api_faults;
 mod cli;
+mod convergence;
 mod deploy;
 mod durability;
 mod fake_musement;
@@ -14,4 +15,5 @@ mod ordering_props;
 mod receiver;
 mod reconciler;
 mod reload;
+mod simulator;
 mod store;

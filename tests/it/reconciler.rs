@@ -833,3 +833,76 @@ async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
         app.stop().await;
     }
 }
+
+/// Webhooks only name the item they are about: an order whose delivered webhooks all say KO or
+/// REFUNDED may have items whose every webhook was lost. Found by the convergence test.
+#[tokio::test]
+async fn an_order_known_only_from_final_webhooks_is_polled_once_to_find_its_other_items() {
+    let h = harness("").await;
+    let (order, refused, unseen) = (new_uuid(), new_uuid(), new_uuid());
+    h.fake
+        .put_order(order_json(order, &[(refused, "KO"), (unseen, "OK")]));
+    let outcome = h.webhook(refused, order, 2, "KO", h.clock.now()).await;
+    assert_eq!(outcome, Outcome::Applied);
+
+    h.advance(Duration::minutes(3));
+    let summary = h.pass().await;
+    assert_eq!((summary.due, summary.polled), (1, 1), "{summary:?}");
+    assert_eq!(h.item(unseen), ("OK".into(), "poll".into()));
+
+    // Once listed, the order is settled: KO is final and the OK item has its vouchers.
+    h.advance(Duration::minutes(3));
+    assert_eq!(h.pass().await.due, 0);
+    assert_eq!(h.gets(order), 1);
+    h.close().await;
+}
+
+/// `watch -` registers each line as it arrives, not at end of input; a bad line stops it with
+/// exit 2 and says how many orders before it are watched.
+#[tokio::test]
+async fn watch_cli_streams_stdin_and_stops_at_a_bad_line() {
+    use std::io::Write;
+    let h = harness("").await;
+    let config_path = h.dir.path().join("config.toml");
+    let first = new_uuid();
+    let mut child = std::process::Command::new(crate::helpers::binary())
+        .args(["watch", "--config", config_path.to_str().unwrap(), "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{first}").unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let watched = |h: &Harness| {
+        h.db()
+            .query_row(
+                "SELECT count(*) FROM orders WHERE order_uuid = ?1 AND watched = 1",
+                [first.to_string()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(0)
+            == 1
+    };
+    while !watched(&h) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first line was not registered while standard input stayed open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    writeln!(stdin, "not-a-uuid").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "line 2: \"not-a-uuid\" is not an order UUID (1 order(s) before it are watched)"
+        ),
+        "{stderr}"
+    );
+    h.close().await;
+}

@@ -1,0 +1,147 @@
+//! What the simulator counts, and the truth it writes: every item's final status and version,
+//! which of its versions were delivered (got a 200), and the counters.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::world::{World, musement_time};
+
+/// Webhook counters.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct WebhookCounts {
+    /// Status changes that call for a webhook (re-sends asked through the API included).
+    pub generated: u64,
+    /// Of those, dropped for good: never sent.
+    pub dropped: u64,
+    /// Extra copies sent because of the duplicate fault.
+    pub duplicated: u64,
+    /// Copies sent at least once (`generated - dropped + duplicated`).
+    pub sent: u64,
+    /// HTTP requests made, retries included.
+    pub attempts: u64,
+    /// Of those, retries after a non-200 answer or no answer.
+    pub retried: u64,
+    /// Copies acknowledged with 200.
+    pub delivered: u64,
+    /// Copies abandoned after the last retry.
+    pub given_up: u64,
+    /// REFUND_STARTED changes not pushed (`--no-refund-started-webhook`).
+    pub suppressed: u64,
+    /// Re-sends asked with `POST /orders/{o}/items/{i}/notifications`.
+    pub resend_requests: u64,
+    /// Attempts by answer: a status (`"200"`, `"503"`), or why there was none (`"connect"`
+    /// refused, `"timeout"`, `"error"` such as a connection closed mid-request).
+    pub answers: BTreeMap<String, u64>,
+}
+
+/// Everything counted, behind one lock.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub webhooks: WebhookCounts,
+    /// API requests by endpoint (`login`, `get_order`, `notifications`, `other`), then by
+    /// answer (`"200"`, `"401"`, `"timeout"`, …).
+    pub api: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    /// Versions acknowledged with 200, per item.
+    pub delivered: HashMap<Uuid, BTreeSet<u64>>,
+}
+
+/// [`Stats`], shared.
+#[derive(Debug, Default)]
+pub struct Counters(Mutex<Stats>);
+
+impl Counters {
+    /// The stats, locked (poisoning ignored: counters stay usable).
+    pub fn lock(&self) -> MutexGuard<'_, Stats> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one API request on `endpoint` answered `answer`.
+    pub fn api(&self, endpoint: &'static str, answer: impl Into<String>) {
+        *self
+            .lock()
+            .api
+            .entry(endpoint)
+            .or_default()
+            .entry(answer.into())
+            .or_default() += 1;
+    }
+
+    /// The counters as JSON (also served at `GET /sim/stats`).
+    pub fn json(&self) -> Value {
+        let stats = self.lock();
+        let get_orders: u64 = stats
+            .api
+            .get("get_order")
+            .map_or(0, |answers| answers.values().sum());
+        json!({
+            "webhooks": stats.webhooks,
+            "api": stats.api,
+            "get_orders": get_orders,
+        })
+    }
+}
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Lifecycles are still being played: statuses are not final (rewritten every second).
+    Running,
+    /// Every lifecycle ended and every webhook was delivered or given up; still serving.
+    Settled,
+    /// Done: the simulator exited after settling.
+    Finished,
+    /// Stopped by a signal before settling: the statuses are not final.
+    Interrupted,
+}
+
+/// The truth as JSON.
+pub fn truth(world: &World, counters: &Counters, seed: u64, phase: Phase) -> Value {
+    let delivered = counters.lock().delivered.clone();
+    let items: Vec<Value> = world
+        .created
+        .iter()
+        .filter_map(|uuid| world.orders.get(uuid))
+        .flat_map(|order| {
+            order.items.iter().map(|item| {
+                let current = item.current();
+                let versions = delivered.get(&item.uuid).cloned().unwrap_or_default();
+                json!({
+                    "order": order.uuid.to_string(),
+                    "item": item.uuid.to_string(),
+                    "kind": item.kind,
+                    "status": current.status.as_str(),
+                    "version": current.version,
+                    "final_version_delivered": versions.contains(&current.version),
+                    "delivered_versions": versions,
+                    "history": item.history.iter().map(|c| json!({
+                        "version": c.version,
+                        "status": c.status.as_str(),
+                        "at": musement_time(c.at),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+        })
+        .collect();
+    let mut truth = counters.json();
+    truth["seed"] = json!(seed);
+    truth["phase"] = json!(phase);
+    truth["orders"] = json!(world.created.len());
+    truth["items"] = json!(items);
+    truth
+}
+
+/// Writes `value` to `path` atomically (a temporary file renamed over it), so a reader never
+/// sees half a file.
+pub fn write(path: &Path, value: &Value) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,553 @@
+//! The project's central claim, end to end: whatever webhooks are lost, duplicated or
+//! reordered, and however the API fails, the reconciled `order_items` table ends equal to
+//! Musement's truth.
+//!
+//! Per seed: the real `orderwatch run` daemon and the real `musement-sim` binary on loopback;
+//! the simulator's standard output (each order's UUID as it is created) is piped into the real
+//! `orderwatch watch -`, as a partner registers orders right after creating them. Once the
+//! simulator has settled (every lifecycle ended, every webhook delivered or given up) the test
+//! polls the database until it equals the truth the simulator wrote: every item present with its
+//! final status, and its `item_version` equal to the final version wherever a webhook for that
+//! version was delivered (below it, or NULL, otherwise).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+
+use crate::helpers::{Daemon, binary};
+
+/// The webhook Basic auth and API credentials the two sides share.
+const WEBHOOK_USER: &str = "musement";
+const WEBHOOK_PASSWORD: &str = "convergence-webhook-pw";
+const CLIENT_ID: &str = "convergence-client";
+const CLIENT_SECRET: &str = "convergence-secret";
+
+/// How long the simulator may take to settle, and the table to converge after that.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
+
+/// One run's faults on top of the common ones.
+struct Scenario {
+    seed: u64,
+    /// Extra simulator flags.
+    extra: &'static [&'static str],
+    /// Basic auth password the simulator sends (a wrong one: every webhook is refused).
+    webhook_password: &'static str,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Figures {
+    seed: u64,
+    items: usize,
+    /// Items whose final version's webhook was delivered: their `item_version` was checked too.
+    versions_checked: usize,
+    webhooks: Value,
+    gets: u64,
+    api: Value,
+    passes_total: usize,
+    passes_after_settle: usize,
+    settle: Duration,
+    converge: Duration,
+}
+
+#[test]
+fn order_items_converge_to_the_simulators_truth_under_lossy_delivery() {
+    let scenarios = [
+        Scenario {
+            seed: 1,
+            extra: &[],
+            webhook_password: WEBHOOK_PASSWORD,
+        },
+        Scenario {
+            seed: 2,
+            // REFUND_STARTED is then visible only by polling (the newest guide's trigger list).
+            extra: &["--no-refund-started-webhook"],
+            webhook_password: WEBHOOK_PASSWORD,
+        },
+        Scenario {
+            seed: 3,
+            // A lagging read replica: polls show the state of 300ms ago under a current Date.
+            extra: &["--api-read-lag", "300ms"],
+            webhook_password: WEBHOOK_PASSWORD,
+        },
+    ];
+    // One after the other: side by side they share two busy cores and one disk, and a stalled
+    // fsync then costs webhook timeouts that blur the figures.
+    let figures: Vec<Figures> = scenarios.iter().map(run).collect();
+    for f in &figures {
+        let w = &f.webhooks;
+        println!(
+            "seed {}: {} items ({} with their final version delivered); webhooks generated {} sent {} dropped {} duplicated {} delivered {} retried {}; \
+             polls (GET /orders) {}; passes {} in all, {} after settling; settled after {:.1}s, converged {:.1}s later; api {}",
+            f.seed,
+            f.items,
+            f.versions_checked,
+            w["generated"],
+            w["sent"],
+            w["dropped"],
+            w["duplicated"],
+            w["delivered"],
+            w["retried"],
+            f.gets,
+            f.passes_total,
+            f.passes_after_settle,
+            f.settle.as_secs_f64(),
+            f.converge.as_secs_f64(),
+            f.api,
+        );
+    }
+}
+
+/// Webhooks refused for good (a wrong Basic auth password): the simulator retries each on its
+/// schedule and gives up, and the table converges on polls alone.
+#[test]
+fn order_items_converge_on_polls_alone_when_every_webhook_is_refused() {
+    let f = run(&Scenario {
+        seed: 4,
+        extra: &["--orders", "40", "--items", "100"],
+        webhook_password: "not-the-password",
+    });
+    let w = &f.webhooks;
+    assert_eq!(w["delivered"], 0, "{w}");
+    assert!(w["retried"].as_u64() > Some(0), "{w}");
+    assert_eq!(w["given_up"], w["sent"], "{w}");
+    // Every answer a 401 (or, on a stalled machine, no answer in time); never a 200.
+    assert!(w["answers"]["401"].as_u64() > Some(0), "{w}");
+    assert!(w["answers"].get("200").is_none(), "{w}");
+    println!(
+        "seed {} (webhooks refused): {} items; polls {}; passes {} after settling",
+        f.seed, f.items, f.gets, f.passes_after_settle
+    );
+}
+
+fn run(scenario: &Scenario) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let sim_port = free_port();
+    let config = daemon_config(sim_port);
+    let config_path = dir.path().join("config.toml");
+    let db_path = dir.path().join("orderwatch.db");
+    let truth_path = dir.path().join("truth.json");
+    let watch_log = dir.path().join("watch.log");
+    let daemon = Daemon::start_with_env(dir, &config, &[("CONVERGENCE_SECRET", CLIENT_SECRET)]);
+    let started = Instant::now();
+    let mut sim = Simulator::start(scenario, sim_port, &daemon.webhook_url(), &truth_path);
+    let mut watch = Command::new(binary())
+        .args(["watch", "--config", config_path.to_str().unwrap(), "-"])
+        .env_remove("RUST_LOG")
+        .env("CONVERGENCE_SECRET", CLIENT_SECRET)
+        .stdin(sim.child.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&watch_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let mut daemon_log = Vec::new();
+    let truth = sim.wait_settled(&truth_path, &daemon, &mut daemon_log);
+    let settle = started.elapsed();
+    let passes_at_settle = passes(&daemon_log);
+    let settled_at = Instant::now();
+    let items = truth["items"].as_array().unwrap().len();
+    let mut last_diff = Vec::new();
+    while settled_at.elapsed() < CONVERGE_LIMIT {
+        daemon_log.extend(log_lines(&daemon));
+        last_diff = diff(&truth, &db_path);
+        if last_diff.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let converge = settled_at.elapsed();
+    if !last_diff.is_empty() {
+        panic!(
+            "seed {}: order_items did not converge within {CONVERGE_LIMIT:?} after the simulator settled; \
+             {} of {items} items differ (database vs truth):\n{}\nsimulator log:\n{}\nwatch log:\n{}\ndaemon log (last 40 lines):\n{}",
+            scenario.seed,
+            last_diff.len(),
+            last_diff.join("\n"),
+            sim.log(),
+            std::fs::read_to_string(&watch_log).unwrap_or_default(),
+            daemon_log[daemon_log.len().saturating_sub(40)..].join("\n"),
+        );
+    }
+    let passes_after_settle = passes(&daemon_log) - passes_at_settle;
+    // The demo's judge agrees with this test's.
+    let compare = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
+        .args(["compare", "--database", db_path.to_str().unwrap()])
+        .args(["--truth", truth_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&compare.stdout);
+    assert_eq!(compare.status.code(), Some(0), "{summary}");
+    assert!(
+        summary.contains(&format!("matching {items}/{items}")),
+        "{summary}"
+    );
+    let final_truth = sim.stop(&truth_path);
+    let output = watch_output(&mut watch, &watch_log);
+    assert!(
+        output.contains(&format!("watching {} order(s)", truth["orders"])),
+        "{output}"
+    );
+    let mut daemon = daemon;
+    daemon_log.extend(daemon.stop());
+    Figures {
+        seed: scenario.seed,
+        items,
+        versions_checked: truth["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["final_version_delivered"] == true)
+            .count(),
+        webhooks: final_truth["webhooks"].clone(),
+        gets: final_truth["get_orders"].as_u64().unwrap_or(0),
+        api: final_truth["api"].clone(),
+        passes_total: passes(&daemon_log),
+        passes_after_settle,
+        settle,
+        converge,
+    }
+}
+
+/// The daemon: webhooks with Basic auth, the simulator as Musement, and the reconciler tuned
+/// for seconds instead of hours (every knob at or above its minimum).
+fn daemon_config(sim_port: u16) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[server.auth]
+username = "{WEBHOOK_USER}"
+password = "{WEBHOOK_PASSWORD}"
+
+[database]
+path = "orderwatch.db"
+# `orderwatch watch -` writes while the daemon does; on a loaded machine an fsync can stall the
+# daemon's commit for seconds, and the watch must wait rather than fail.
+busy_timeout = "30s"
+
+[store]
+skew_margin = "1s"
+
+[musement]
+base_url = "http://127.0.0.1:{sim_port}/api/v3"
+application = "orderwatch-convergence"
+client_id = "{CLIENT_ID}"
+client_secret_env = "CONVERGENCE_SECRET"
+
+[reconciler]
+interval = "1s"
+concurrency = 8
+max_requests_per_second = 0.0
+request_timeout = "1s"
+quiet_period = "300ms"
+recheck_interval = "1s"
+backoff_base = "200ms"
+backoff_cap = "1s"
+
+[log]
+format = "json"
+level = "warn,orderwatch::reconciler=info,orderwatch::startup=info"
+"#
+    )
+}
+
+/// The real `musement-sim`, killed if the test panics.
+struct Simulator {
+    child: Child,
+    log: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Simulator {
+    fn start(scenario: &Scenario, port: u16, webhook_url: &str, truth: &Path) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        let seed = scenario.seed.to_string();
+        let mut args = vec![
+            "--seed",
+            &seed,
+            "--listen",
+            &listen,
+            "--orders",
+            "200",
+            "--items",
+            "500",
+            "--create-over",
+            "1s",
+            "--instant-delay",
+            "0ms..50ms",
+            "--confirm-delay",
+            "100ms..1500ms",
+            "--cancel-after",
+            "200ms..1s",
+            "--refund-delay",
+            "100ms..500ms",
+            "--resolve-delay",
+            "200ms..1s",
+            "--voucher-delay",
+            "0ms..300ms",
+            "--webhook-url",
+            webhook_url,
+            "--webhook-user",
+            WEBHOOK_USER,
+            "--drop",
+            "0.3",
+            "--duplicate",
+            "0.2",
+            "--webhook-delay",
+            "0ms..1s",
+            "--retry-schedule",
+            "100ms,200ms,400ms,800ms",
+            "--client-id",
+            CLIENT_ID,
+            "--token-ttl",
+            "2s",
+            "--api-5xx",
+            "0.05",
+            "--api-429",
+            "0.03",
+            "--api-timeout",
+            "0.02",
+            "--api-hang",
+            "3s",
+            "--linger",
+            "5m",
+            "--truth",
+            truth.to_str().unwrap(),
+        ];
+        // Later flags win (clap keeps the last value), so a scenario can override the above.
+        args.extend_from_slice(scenario.extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
+            .args(&args)
+            .env("MUSEMENT_SIM_CLIENT_SECRET", CLIENT_SECRET)
+            .env("MUSEMENT_SIM_WEBHOOK_PASSWORD", scenario.webhook_password)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, log) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            log,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Its standard error so far.
+    fn log(&mut self) -> String {
+        self.lines.extend(self.log.try_iter());
+        self.lines.join("\n")
+    }
+
+    /// Waits for the truth file to say `settled`, collecting the daemon's log meanwhile.
+    fn wait_settled(
+        &mut self,
+        truth: &Path,
+        daemon: &Daemon,
+        daemon_log: &mut Vec<String>,
+    ) -> Value {
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        loop {
+            daemon_log.extend(log_lines(daemon));
+            if let Some(value) = read_truth(truth)
+                && value["phase"] == "settled"
+            {
+                return value;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("musement-sim exited early ({status}):\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "musement-sim did not settle within {SETTLE_LIMIT:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, expect exit 0 and the truth with its final counters.
+    fn stop(&mut self, truth: &Path) -> Value {
+        terminate(&self.child);
+        let status = wait_bounded(&mut self.child, Duration::from_secs(10));
+        assert_eq!(status, Some(0), "musement-sim exit:\n{}", self.log());
+        let value = read_truth(truth).expect("the final truth");
+        assert_eq!(value["phase"], "finished");
+        value
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_truth(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The daemon's log lines since the last call.
+fn log_lines(daemon: &Daemon) -> Vec<String> {
+    daemon.drain_log()
+}
+
+/// How many of `lines` report a reconciler pass.
+fn passes(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .filter(|line| line.contains("\"reconciler pass\""))
+        .count()
+}
+
+/// Every difference between `order_items` and the truth, one line each.
+fn diff(truth: &Value, db_path: &Path) -> Vec<String> {
+    let Ok(db) = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return vec!["the database cannot be opened yet".into()];
+    };
+    let mut rows = std::collections::HashMap::new();
+    let read = db
+        .prepare("SELECT item_uuid, order_uuid, status, item_version FROM order_items")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        (
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                        ),
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+        });
+    match read {
+        Ok(all) => rows.extend(all),
+        Err(error) => return vec![format!("cannot read order_items: {error}")],
+    }
+    let mut differences = Vec::new();
+    for item in truth["items"].as_array().unwrap() {
+        let uuid = item["item"].as_str().unwrap();
+        let want_status = item["status"].as_str().unwrap();
+        let want_version = item["version"].as_i64().unwrap();
+        let delivered = item["final_version_delivered"].as_bool().unwrap();
+        let context = format!(
+            "{} ({}, history {}, delivered versions {})",
+            uuid, item["kind"], item["history"], item["delivered_versions"]
+        );
+        let Some((order, status, version)) = rows.remove(uuid) else {
+            let order = describe_order(&db, item["order"].as_str().unwrap());
+            differences.push(format!("missing: {context}; its order: {order}"));
+            continue;
+        };
+        if order != item["order"].as_str().unwrap() {
+            differences.push(format!("order {order}: {context}"));
+        }
+        if status != want_status {
+            differences.push(format!("status {status}, want {want_status}: {context}"));
+        }
+        let version_ok = if delivered {
+            version == Some(want_version)
+        } else {
+            version.is_none_or(|v| v < want_version)
+        };
+        if !version_ok {
+            differences.push(format!(
+                "item_version {version:?}, want {}{want_version}: {context}",
+                if delivered { "" } else { "below " }
+            ));
+        }
+    }
+    for (uuid, row) in rows {
+        differences.push(format!("not in the truth: {uuid} {row:?}"));
+    }
+    differences
+}
+
+/// The reconciler's bookkeeping of one order and the statuses of its known items.
+fn describe_order(db: &Connection, order: &str) -> String {
+    let row = db.query_row(
+        "SELECT watched, needs_poll, next_poll_at, last_polled_at, poll_failures, not_found_at, repoll_at,
+                (SELECT group_concat(status || coalesce(' v' || item_version, '') ||
+                                     CASE WHEN coalesce(vouchers, '[]') <> '[]' THEN ' +vouchers' ELSE '' END, ', ')
+                 FROM order_items WHERE order_uuid = orders.order_uuid)
+         FROM orders WHERE order_uuid = ?1",
+        [order],
+        |r| {
+            Ok(format!(
+                "watched {} needs_poll {} next_poll_at {:?} last_polled_at {:?} poll_failures {} not_found_at {:?} repoll_at {:?} items [{}]",
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            ))
+        },
+    );
+    row.unwrap_or_else(|e| format!("{order}: {e}"))
+}
+
+/// `orderwatch watch -` ends when the simulator closes its standard output; its summary line.
+fn watch_output(watch: &mut Child, log: &Path) -> String {
+    use std::io::Read;
+    let status = wait_bounded(watch, Duration::from_secs(10));
+    let mut stdout = String::new();
+    let _ = watch.stdout.take().unwrap().read_to_string(&mut stdout);
+    let stderr = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(status, Some(0), "orderwatch watch: {stdout}{stderr}");
+    stdout
+}
+
+fn terminate(child: &Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+/// The exit code, waiting at most `limit` (then killed: `None`).
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that was free a moment ago (the simulator binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

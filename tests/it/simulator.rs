@@ -1,0 +1,219 @@
+//! `musement-sim` speaks what orderwatch expects of Musement: our own client parses its orders
+//! (statuses, vouchers once OK, `max_confirmation_time`, the `Date` header), its tokens expire
+//! into 401s, a missing `X-Musement-Application` is a 400 with code 2271, and
+//! `POST …/notifications` re-sends an item's current webhook to the receiver.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orderwatch::clock::SystemClock;
+use orderwatch::config::Secret;
+use orderwatch::musement::{MusementClient, MusementSettings};
+use orderwatch::observation::Status;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::spawn_app_with;
+
+const SECRET: &str = "simulator-test-secret";
+
+#[tokio::test]
+async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
+    let app = spawn_app_with(
+        "[server.auth]\nusername = \"musement\"\npassword = \"sim-test-pw\"\n[store]\nskew_margin = \"1s\"\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
+        .args([
+            "--seed",
+            "11",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--orders",
+            "3",
+            "--items",
+            "5",
+            "--create-over",
+            "0ms",
+            "--mix",
+            "instant=1",
+            "--instant-delay",
+            "10ms",
+            "--webhook-url",
+            &app.url("/webhooks/musement"),
+            "--webhook-user",
+            "musement",
+            "--token-ttl",
+            "1s",
+            "--linger",
+            "forever",
+            "--truth",
+            truth_path.to_str().unwrap(),
+        ])
+        .env("MUSEMENT_SIM_CLIENT_SECRET", SECRET)
+        .env("MUSEMENT_SIM_WEBHOOK_PASSWORD", "sim-test-pw")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = sim.stdout.take().unwrap();
+    let mut sim = KillOnDrop(sim);
+    let orders: Vec<Uuid> = BufReader::new(stdout)
+        .lines()
+        .take(3)
+        .map(|line| Uuid::parse_str(&line.unwrap()).unwrap())
+        .collect();
+    let truth = wait_settled(&truth_path).await;
+    assert_eq!(truth["items"].as_array().unwrap().len(), 5);
+    let base = format!("http://127.0.0.1:{port}/api/v3");
+
+    // Our own client: login, then each order as the reconciler sees it.
+    let client = MusementClient::new(
+        MusementSettings {
+            base_url: base.clone(),
+            application: "sim-test".into(),
+            version: "3.4.0".into(),
+            accept_language: "en-US".into(),
+            client_id: "sim-client".into(),
+            client_secret: Secret::new(SECRET),
+            request_timeout: Duration::from_secs(10),
+        },
+        Arc::new(SystemClock),
+        Arc::default(),
+    )
+    .unwrap();
+    let mut seen_items = 0;
+    for order in &orders {
+        let polled = client.get_order(*order).await.unwrap();
+        assert!(polled.server_time.is_some(), "a Date header");
+        assert!(polled.identifier.as_deref().unwrap().starts_with("MUS"));
+        for item in &polled.items {
+            seen_items += 1;
+            assert_eq!(item.status, Status::Ok);
+            assert_eq!(item.max_confirmation_time.as_deref(), Some("P0D"));
+            assert_eq!(item.vouchers.len(), 1, "vouchers once OK");
+        }
+    }
+    assert_eq!(seen_items, 5);
+
+    // Raw HTTP: the headers and status codes the reference documents.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let login = json!({ "client_id": "sim-client", "client_secret": SECRET, "grant_type": "client_credentials" });
+    let no_application = http
+        .post(format!("{base}/login"))
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_application.status(), 400);
+    assert_eq!(
+        no_application.json::<Value>().await.unwrap()["code"],
+        "2271"
+    );
+    let wrong = http
+        .post(format!("{base}/login"))
+        .header("x-musement-application", "sim-test")
+        .json(&json!({ "client_id": "sim-client", "client_secret": "nope", "grant_type": "client_credentials" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let grant: Value = http
+        .post(format!("{base}/login"))
+        .header("x-musement-application", "sim-test")
+        .json(&login)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grant["expires_in"], 1);
+    let token = grant["access_token"].as_str().unwrap().to_owned();
+    let get = |path: String, token: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .header("x-musement-application", "sim-test")
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let unknown = get(format!("{base}/orders/{}", Uuid::nil()), token.clone()).await;
+    assert_eq!(unknown.status(), 404);
+
+    // Re-send one item's webhook: orderwatch records it (as a duplicate of what it has).
+    let item = truth["items"][0]["item"].as_str().unwrap();
+    let order = truth["items"][0]["order"].as_str().unwrap();
+    let events = || app.count(&format!("item_events WHERE item_uuid = '{item}'"));
+    let before = events();
+    let resend = http
+        .post(format!("{base}/orders/{order}/items/{item}/notifications"))
+        .header("x-musement-application", "sim-test")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the re-sent webhook never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The token expires after its lifetime: 401, as Musement answers an expired token.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = get(format!("{base}/orders/{}", orders[0]), token).await;
+    assert_eq!(expired.status(), 401);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &sim.0.id().to_string()])
+        .status();
+    assert_eq!(sim.0.wait().unwrap().code(), Some(0));
+    let finished: Value = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
+    assert_eq!(finished["phase"], "finished");
+    assert_eq!(finished["webhooks"]["resend_requests"], 1);
+    assert_eq!(finished["api"]["get_order"]["404"], 1);
+    assert_eq!(finished["api"]["get_order"]["401"], 1);
+}
+
+async fn wait_settled(path: &std::path::Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(truth) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(|t| t["phase"] == "settled")
+        {
+            return truth;
+        }
+        assert!(Instant::now() < deadline, "the simulator never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The simulator lingers forever: killed if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
