@@ -252,6 +252,14 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Rejected webhooks kept (oldest pruned).
     pub rejected_keep: u32,
+    /// The daemon deletes `item_events` and `rejected_webhooks` rows older than this, at start
+    /// and hourly (absent: keep forever). Current state is never deleted.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub events_keep: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -261,6 +269,7 @@ impl Default for StoreConfig {
             max_batch: 512,
             queue_capacity: 4096,
             rejected_keep: 1000,
+            events_keep: None,
         }
     }
 }
@@ -524,6 +533,13 @@ impl Config {
         }
         if self.store.skew_margin > Duration::from_secs(3600) {
             return error("store.skew_margin", "must be at most 1h");
+        }
+        if self
+            .store
+            .events_keep
+            .is_some_and(|keep| keep < Duration::from_secs(3600))
+        {
+            return error("store.events_keep", "must be at least 1h");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return error("log.level", &format!("not a valid filter: {e}"));

@@ -47,7 +47,8 @@ pub struct ItemFilter {
     pub limit: Option<usize>,
 }
 
-const ITEM_COLUMNS: &str = "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline";
+const ITEM_COLUMNS: &str =
+    "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline";
 
 fn item_row(row: &Row<'_>, now: DateTime<Utc>) -> rusqlite::Result<ItemRow> {
     let status: String = row.get(2)?;

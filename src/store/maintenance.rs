@@ -58,7 +58,9 @@ pub fn prune_step(
          FROM item_events e WHERE e.id > ?1 AND e.received_at < ?2 ORDER BY e.id LIMIT ?3",
     )?;
     let rows: Vec<(i64, bool)> = candidates
-        .query_map(params![after, cutoff, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![after, cutoff, batch], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let mut delete = conn.prepare_cached("DELETE FROM item_events WHERE id = ?1")?;
     let mut events = 0;
@@ -240,8 +242,8 @@ mod tests {
     #[test]
     fn prune_keeps_each_items_newest_and_newest_applied_event() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_for_writing(&dir.path().join("t.db"), Duration::ZERO)
-            .unwrap();
+        let conn =
+            super::super::open_for_writing(&dir.path().join("t.db"), Duration::ZERO).unwrap();
         let old = "2020-01-01T00:00:00.000Z";
         event(&conn, "a", "applied", "PENDING", old); // 1: deleted
         event(&conn, "a", "applied", "OK", old); // 2: newest applied of a, kept

@@ -233,9 +233,11 @@ mod tests {
         let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), 2);
         let (item, age, human): (String, i64, String) = conn
-            .query_row("SELECT item_uuid, age_seconds, age FROM pending_items", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT item_uuid, age_seconds, age FROM pending_items",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .unwrap();
         assert_eq!(item, "i");
         assert!(age > 86_400 * 365, "{age}");
@@ -255,6 +257,9 @@ mod tests {
         assert!(!path.exists());
         std::fs::write(&path, b"").unwrap();
         let err = open_read_only(&path, Duration::from_secs(1)).unwrap_err();
-        assert!(err.to_string().contains("not an orderwatch database"), "{err}");
+        assert!(
+            err.to_string().contains("not an orderwatch database"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,169 @@
+//! `orderwatch show`: an item or an order, its current state and every observation with what
+//! the ordering rule made of it and why.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use super::ConfigArg;
+use super::output::{
+    fail, finish, human_age, open_database, second, second_or_dash, short_uuid, wrap,
+};
+use crate::store::inspect::{self, EventRow, ItemRow, OrderRow, Shown};
+
+/// Show an item or an order: current state and full history, each outcome explained.
+///
+/// Takes an item or order UUID, or a unique prefix of at least 4 characters (as tables print
+/// them). Times are UTC. `--format json` prints one object: {"order", "items", "events"}.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Item or order UUID (or a unique prefix).
+    #[arg(value_name = "ITEM_UUID|ORDER_UUID")]
+    uuid: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: ShowFormat,
+}
+
+/// `show` prints one document, so no row formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+enum ShowFormat {
+    /// Readable text, up to 80 columns wide.
+    #[default]
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+pub(super) fn show(args: Args) -> ExitCode {
+    let (_, conn) = match open_database(&args.config.config) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let shown = match inspect::show(&conn, &args.uuid, Utc::now()) {
+        Ok(shown) => shown,
+        Err(error) => return fail(error),
+    };
+    let mut out = std::io::stdout().lock();
+    let written = match args.format {
+        ShowFormat::Json => serde_json::to_writer_pretty(&mut out, &shown)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        ShowFormat::Table => out.write_all(render(&shown).as_bytes()),
+    };
+    finish(written.and_then(|()| out.flush()))
+}
+
+fn render(shown: &Shown) -> String {
+    let mut text = String::new();
+    if let Some(order) = &shown.order {
+        render_order(&mut text, order);
+    }
+    for item in &shown.items {
+        render_item(&mut text, item);
+    }
+    let several = shown.items.len() > 1;
+    let _ = writeln!(
+        text,
+        "\nhistory, oldest first ({} events; times UTC):",
+        shown.events.len()
+    );
+    for event in &shown.events {
+        render_event(&mut text, event, several);
+    }
+    text
+}
+
+fn render_order(text: &mut String, order: &OrderRow) {
+    let _ = writeln!(text, "order {}", order.order);
+    let _ = writeln!(
+        text,
+        "  identifier {}  status {}  first seen {}",
+        order.identifier.as_deref().unwrap_or("-"),
+        order.order_status.as_deref().unwrap_or("-"),
+        second(&order.first_seen_at)
+    );
+    let polling = if let Some(at) = &order.not_found_at {
+        format!("stopped: Musement said 404 at {}", second(at))
+    } else if let Some(at) = &order.expired_at {
+        format!("stopped: past max_age at {}", second(at))
+    } else if order.needs_poll {
+        format!("next {}", second_or_dash(order.next_poll_at.as_deref()))
+    } else {
+        "not needed (settled)".into()
+    };
+    let _ = writeln!(
+        text,
+        "  polling: {polling}; last poll {}{}",
+        second_or_dash(order.last_polled_at.as_deref()),
+        if order.watched { "; watched" } else { "" }
+    );
+    if order.poll_failures > 0 {
+        let _ = writeln!(
+            text,
+            "  {} failed poll(s) in a row, backing off: {}",
+            order.poll_failures,
+            order.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(at) = &order.repoll_at {
+        let _ = writeln!(text, "  re-poll asked for at {}", second(at));
+    }
+}
+
+fn render_item(text: &mut String, item: &ItemRow) {
+    let _ = writeln!(text, "\nitem {}", item.item);
+    let _ = writeln!(
+        text,
+        "  status {}{}  set by {}{}  as of {}",
+        item.status,
+        if item.overdue { " (OVERDUE)" } else { "" },
+        item.source,
+        item.version
+            .map_or_else(String::new, |v| format!(" (highest version seen {v})")),
+        second(&item.as_of)
+    );
+    let _ = writeln!(
+        text,
+        "  in this status since {} ({}){}",
+        second(&item.changed_at),
+        human_age(item.age_seconds),
+        item.confirm_deadline
+            .as_deref()
+            .map_or_else(String::new, |d| format!("; confirm by {}", second(d)))
+    );
+}
+
+fn render_event(text: &mut String, event: &EventRow, several: bool) {
+    let version = event
+        .version
+        .map_or_else(|| "-".into(), |v| format!("v{v}"));
+    let item = if several {
+        format!("{}  ", short_uuid(&event.item))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        text,
+        "#{:<5} {}  {item}{:<7} {:>4}  {:<14} {}",
+        event.id,
+        second(&event.received_at),
+        event.source,
+        version,
+        event.status,
+        event.outcome.to_uppercase()
+    );
+    let _ = write!(
+        text,
+        "{}",
+        wrap(
+            &format!("as of {}: {}", second(&event.as_of), event.why),
+            7,
+            80
+        )
+    );
+}
