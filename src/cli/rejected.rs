@@ -39,8 +39,8 @@ pub(super) fn rejected(args: Args) -> ExitCode {
     let columns = [
         column("ID", 6),
         column("RECEIVED (UTC)", 19),
-        column("FIELD", 14),
-        column("ERROR", 32),
+        column("FIELD", 18),
+        column("ERROR", 31),
     ];
     let mut out = std::io::stdout().lock();
     let written = if args.format == Format::Table {
@@ -77,7 +77,11 @@ fn render(rows: &[RejectedRow], columns: &[Column]) -> String {
         let room = 80 - "        from : ".len() - peer.chars().count();
         text.push_str(&format!(
             "{line}\n        from {peer}: {}\n",
-            truncate(&row.body, room)
+            // Pretty-printed JSON reads fine on one line with its runs of blanks folded.
+            truncate(
+                &row.body.split_whitespace().collect::<Vec<_>>().join(" "),
+                room
+            )
         ));
     }
     text

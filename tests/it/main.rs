@@ -7,6 +7,7 @@ mod durability;
 mod fake_musement;
 mod helpers;
 mod hostile;
+mod inspect;
 mod musement_client;
 mod ordering_props;
 mod receiver;
