@@ -804,6 +804,19 @@ mod tests {
     }
 
     #[test]
+    fn events_keep_is_off_by_default_and_at_least_an_hour() {
+        assert_eq!(load("").unwrap().store.events_keep, None);
+        let config = load("[store]\nevents_keep = \"90d\"\n").unwrap();
+        assert_eq!(
+            config.store.events_keep,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert!(config.to_masked_toml().contains("events_keep = "));
+        let err = load("[store]\nevents_keep = \"10m\"\n").unwrap_err();
+        assert_eq!(err.key, "store.events_keep");
+    }
+
+    #[test]
     fn exposed_listener_needs_auth_or_allowlist() {
         let err = load("[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
         assert_eq!(err.key, "server");

@@ -1,6 +1,7 @@
 //! `orderwatch show`: an item or an order, its current state and every observation with what
 //! the ordering rule made of it and why.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
@@ -72,8 +73,16 @@ fn render(shown: &Shown) -> String {
         "\nhistory, oldest first ({} events; times UTC):",
         shown.events.len()
     );
+    // The highest webhook version each item had before an event, to say what a stale or
+    // duplicate webhook was measured against.
+    let mut highest: HashMap<&str, i64> = HashMap::new();
     for event in &shown.events {
-        render_event(&mut text, event, several);
+        let before = highest.get(event.item.as_str()).copied();
+        render_event(&mut text, event, several, before);
+        if let Some(version) = event.version {
+            let seen = highest.entry(event.item.as_str()).or_insert(version);
+            *seen = (*seen).max(version);
+        }
     }
     text
 }
@@ -138,7 +147,7 @@ fn render_item(text: &mut String, item: &ItemRow) {
     );
 }
 
-fn render_event(text: &mut String, event: &EventRow, several: bool) {
+fn render_event(text: &mut String, event: &EventRow, several: bool, highest_before: Option<i64>) {
     let version = event
         .version
         .map_or_else(|| "-".into(), |v| format!("v{v}"));
@@ -157,11 +166,17 @@ fn render_event(text: &mut String, event: &EventRow, several: bool) {
         event.status,
         event.outcome.to_uppercase()
     );
+    let measured = match (event.outcome.as_str(), highest_before) {
+        ("stale" | "duplicate" | "conflict", Some(seen)) if event.source == "webhook" => {
+            format!(" (v{seen} seen before)")
+        }
+        _ => String::new(),
+    };
     let _ = write!(
         text,
         "{}",
         wrap(
-            &format!("as of {}: {}", second(&event.as_of), event.why),
+            &format!("as of {}: {}{measured}", second(&event.as_of), event.why),
             7,
             80
         )

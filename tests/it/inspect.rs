@@ -304,7 +304,9 @@ async fn show_explains_stale_and_duplicate_observations() {
     assert!(text.contains(&format!("order {}", f.order_a)), "{text}");
     assert!(text.contains("STALE"), "{text}");
     assert!(
-        text.contains("older than what is stored: a version below the highest"),
+        text.contains(
+            "older than what is stored: a version below the highest one seen (v3 seen before)"
+        ),
         "{text}"
     );
     assert!(text.contains("DUPLICATE"), "{text}");
