@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use super::ConfigArg;
 use super::output::{
-    fail, finish, human_age, open_database, second, second_or_dash, short_uuid, wrap,
+    fail, finish, human_age, open_database, second, second_or_dash, short_uuid, truncate, wrap,
 };
 use crate::store::inspect::{self, EventRow, ItemRow, OrderRow, Shown};
 
@@ -89,62 +89,90 @@ fn render(shown: &Shown) -> String {
 
 fn render_order(text: &mut String, order: &OrderRow) {
     let _ = writeln!(text, "order {}", order.order);
-    let _ = writeln!(
-        text,
-        "  identifier {}  status {}  first seen {}",
-        order.identifier.as_deref().unwrap_or("-"),
-        order.order_status.as_deref().unwrap_or("-"),
-        second(&order.first_seen_at)
-    );
     let polling = if let Some(at) = &order.not_found_at {
-        format!("stopped: Musement said 404 at {}", second(at))
+        format!("stopped, Musement said 404 at {}", second(at))
     } else if let Some(at) = &order.expired_at {
-        format!("stopped: past max_age at {}", second(at))
+        format!("stopped, past max_age at {}", second(at))
     } else if order.needs_poll {
-        format!("next {}", second_or_dash(order.next_poll_at.as_deref()))
+        format!("next at {}", second_or_dash(order.next_poll_at.as_deref()))
     } else {
         "not needed (settled)".into()
     };
-    let _ = writeln!(
-        text,
-        "  polling: {polling}; last poll {}{}",
-        second_or_dash(order.last_polled_at.as_deref()),
-        if order.watched { "; watched" } else { "" }
-    );
+    let mut lines = vec![
+        (
+            "identifier",
+            format!(
+                "{} (order status {})",
+                order.identifier.as_deref().unwrap_or("-"),
+                order.order_status.as_deref().unwrap_or("-")
+            ),
+        ),
+        ("first seen", second(&order.first_seen_at)),
+        ("polling", polling),
+        (
+            "last poll",
+            format!(
+                "{}{}",
+                second_or_dash(order.last_polled_at.as_deref()),
+                if order.watched { " (watched)" } else { "" }
+            ),
+        ),
+    ];
     if order.poll_failures > 0 {
-        let _ = writeln!(
-            text,
-            "  {} failed poll(s) in a row, backing off: {}",
-            order.poll_failures,
-            order.last_error.as_deref().unwrap_or("-")
-        );
+        lines.push((
+            "backing off",
+            format!(
+                "{} failed poll(s): {}",
+                order.poll_failures,
+                order.last_error.as_deref().unwrap_or("-")
+            ),
+        ));
     }
     if let Some(at) = &order.repoll_at {
-        let _ = writeln!(text, "  re-poll asked for at {}", second(at));
+        lines.push(("re-poll at", second(at)));
     }
+    key_values(text, &lines);
 }
 
 fn render_item(text: &mut String, item: &ItemRow) {
     let _ = writeln!(text, "\nitem {}", item.item);
-    let _ = writeln!(
-        text,
-        "  status {}{}  set by {}{}  as of {}",
-        item.status,
-        if item.overdue { " (OVERDUE)" } else { "" },
-        item.source,
-        item.version
-            .map_or_else(String::new, |v| format!(" (highest version seen {v})")),
-        second(&item.as_of)
-    );
-    let _ = writeln!(
-        text,
-        "  in this status since {} ({}){}",
-        second(&item.changed_at),
-        human_age(item.age_seconds),
-        item.confirm_deadline
-            .as_deref()
-            .map_or_else(String::new, |d| format!("; confirm by {}", second(d)))
-    );
+    let mut lines = vec![
+        (
+            "status",
+            format!(
+                "{}{}",
+                item.status,
+                if item.overdue { " (OVERDUE)" } else { "" }
+            ),
+        ),
+        (
+            "set by",
+            match item.version {
+                Some(v) => format!("{}; highest webhook version seen {v}", item.source),
+                None => item.source.clone(),
+            },
+        ),
+        ("as of", format!("{} (Musement time)", second(&item.as_of))),
+        (
+            "since",
+            format!(
+                "{} ({} in this status)",
+                second(&item.changed_at),
+                human_age(item.age_seconds)
+            ),
+        ),
+    ];
+    if let Some(deadline) = &item.confirm_deadline {
+        lines.push(("confirm by", second(deadline)));
+    }
+    key_values(text, &lines);
+}
+
+/// Indented `key  value` lines, values aligned and cut to fit 80 columns.
+fn key_values(text: &mut String, lines: &[(&str, String)]) {
+    for (key, value) in lines {
+        let _ = writeln!(text, "  {key:<12}{}", truncate(value, 80 - 14));
+    }
 }
 
 fn render_event(text: &mut String, event: &EventRow, several: bool, highest_before: Option<i64>) {

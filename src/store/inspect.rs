@@ -373,9 +373,10 @@ pub struct Stats {
     pub orders_not_found: i64,
     /// Orders past `[reconciler] max_age`: no longer polled.
     pub orders_expired: i64,
-    /// Our clock when the newest webhook observation arrived.
+    /// Our clock when the newest webhook observation arrived; looked for among the newest
+    /// [`RECENT_EVENTS`] events only (null when none of them is a webhook).
     pub last_webhook_at: Option<String>,
-    /// Our clock when the newest poll observation arrived.
+    /// Our clock at the newest successful poll of any order.
     pub last_poll_at: Option<String>,
     /// Observations received in the hour before `at`, by source and outcome.
     pub events_last_hour: Vec<EventCount>,
@@ -389,6 +390,10 @@ pub struct Stats {
 /// newer ones: an observation is stamped when it arrives and committed within the request
 /// timeout or a poll's duration, far less than this.
 const COMMIT_LAG: Duration = Duration::minutes(10);
+
+/// How many of the newest events `stats` searches for the last webhook: without an index on
+/// `source`, a history of polls only would otherwise be read whole (seconds per million rows).
+pub const RECENT_EVENTS: i64 = 100_000;
 
 /// The numbers behind `orderwatch stats` at `now`.
 pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
@@ -426,14 +431,15 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
             ])
         },
     )?;
-    let last = |source: &str| {
-        conn.query_row(
-            "SELECT received_at FROM item_events WHERE source = ?1 ORDER BY id DESC LIMIT 1",
-            [source],
+    let last_webhook_at = conn
+        .query_row(
+            "SELECT received_at FROM item_events
+             WHERE id > (SELECT coalesce(max(id), 0) FROM item_events) - ?1 AND source = 'webhook'
+             ORDER BY id DESC LIMIT 1",
+            [RECENT_EVENTS],
             |r| r.get::<_, String>(0),
         )
-        .optional()
-    };
+        .optional()?;
     Ok(Stats {
         at: now_text.clone(),
         items: items_by_status.iter().map(|s| s.count).sum(),
@@ -457,8 +463,8 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         orders_in_backoff: orders[3],
         orders_not_found: orders[4],
         orders_expired: orders[5],
-        last_webhook_at: last("webhook")?,
-        last_poll_at: last("poll")?,
+        last_webhook_at,
+        last_poll_at: conn.query_row("SELECT max(last_polled_at) FROM orders", [], |r| r.get(0))?,
         events_last_hour: events_since(conn, now - Duration::hours(1))?,
         events: count("SELECT count(*) FROM item_events")?,
         rejected_webhooks: count("SELECT count(*) FROM rejected_webhooks")?,

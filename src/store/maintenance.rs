@@ -103,6 +103,8 @@ pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, Wri
 pub enum BackupError {
     #[error("{0} exists; pass --force to replace it")]
     Exists(String),
+    #[error("{0} is the database itself; back up to another file")]
+    SameFile(String),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -123,6 +125,14 @@ pub enum BackupError {
 /// `target` is never a half-written file; without `force` an existing `target` is kept.
 pub fn backup(source: &Connection, target: &Path, force: bool) -> Result<u64, BackupError> {
     let shown = target.display().to_string();
+    let live = source
+        .path()
+        .map(Path::new)
+        .and_then(|p| p.canonicalize().ok());
+    if live.is_some() && target.canonicalize().ok() == live {
+        // --force would rename the copy over the file the daemon is writing.
+        return Err(BackupError::SameFile(shown));
+    }
     if !force && target.exists() {
         return Err(BackupError::Exists(shown));
     }

@@ -614,6 +614,9 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     assert_eq!(code, 1);
     assert!(stderr.contains("exists; pass --force"), "{stderr}");
     assert_eq!(std::fs::read(&target).unwrap(), before, "left alone");
+    let (code, _, stderr) = f.ow(&["backup", f.db.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is the database itself"), "{stderr}");
     f.ok(&["backup", target_text, "--force"]);
     assert_eq!(rows(&target), rows(&f.db));
     assert_eq!(rows(&target).1, 7, "the newer webhook is in the new copy");
