@@ -68,7 +68,10 @@ pub(super) fn items(args: Args) -> ExitCode {
             .collect(),
         order: args.order.map(|o| o.to_string()),
         changed_since: args.since.map(|since| {
-            now - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX / 2)
+            chrono::Duration::from_std(since)
+                .ok()
+                .and_then(|since| now.checked_sub_signed(since))
+                .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
         }),
         overdue: args.overdue,
         // One more than asked, to know whether rows were left out.

@@ -229,6 +229,16 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
     );
     let recent = f.json(&["items", "--since", "1h", "--format", "json"]);
     assert_eq!(recent.as_array().unwrap().len(), 3);
+    let forever = f.json(&["items", "--since", "1000000years", "--format", "json"]);
+    assert_eq!(forever.as_array().unwrap().len(), 3, "no overflow");
+    let none = f.json(&["items", "--since", "0s", "--format", "json"]);
+    assert_eq!(
+        none.as_array().unwrap().len(),
+        0,
+        "every change is older than now"
+    );
+    let (code, _, stderr) = f.ow(&["items", "--since", "lately"]);
+    assert_eq!(code, 2, "{stderr}");
     let overdue = f.json(&["items", "--overdue", "--format", "json"]);
     assert_eq!(
         overdue.as_array().unwrap().len(),
