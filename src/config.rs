@@ -263,6 +263,14 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Rejected webhooks kept (oldest pruned).
     pub rejected_keep: u32,
+    /// The daemon deletes `item_events` and `rejected_webhooks` rows older than this, at start
+    /// and hourly (absent: keep forever). Current state is never deleted.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub events_keep: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -272,6 +280,7 @@ impl Default for StoreConfig {
             max_batch: 512,
             queue_capacity: 4096,
             rejected_keep: 1000,
+            events_keep: None,
         }
     }
 }
@@ -562,6 +571,13 @@ impl Config {
         }
         if self.store.skew_margin > Duration::from_secs(3600) {
             return error("store.skew_margin", "must be at most 1h");
+        }
+        if self
+            .store
+            .events_keep
+            .is_some_and(|keep| keep < Duration::from_secs(3600))
+        {
+            return error("store.events_keep", "must be at least 1h");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return error("log.level", &format!("not a valid filter: {e}"));
@@ -855,6 +871,19 @@ mod tests {
         assert_eq!(err.key, "server.allow_ips[1]");
         let err = load("[store]\nskew_margin = \"soon\"\n").unwrap_err();
         assert_eq!(err.key, "store.skew_margin");
+    }
+
+    #[test]
+    fn events_keep_is_off_by_default_and_at_least_an_hour() {
+        assert_eq!(load("").unwrap().store.events_keep, None);
+        let config = load("[store]\nevents_keep = \"90d\"\n").unwrap();
+        assert_eq!(
+            config.store.events_keep,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert!(config.to_masked_toml().contains("events_keep = "));
+        let err = load("[store]\nevents_keep = \"10m\"\n").unwrap_err();
+        assert_eq!(err.key, "store.events_keep");
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub async fn run_with(
         None => None,
     };
     let watchdog = systemd::Watchdog::start(&writer);
+    let pruning = config
+        .store
+        .events_keep
+        .map(|keep| tokio::spawn(prune_periodically(writer.clone(), clock.clone(), keep)));
     let receiver = Arc::new(Receiver::new(
         ReceiverSettings::from(&config.server),
         writer,
@@ -242,9 +246,34 @@ pub async fn run_with(
             "requests or a reconciler pass still running after the grace period; stopping anyway"
         );
     }
+    if let Some(pruning) = pruning {
+        // A batch already sent still commits; the rest waits for the next start.
+        pruning.abort();
+    }
     writer_thread.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the daemon prunes history (`[store] events_keep`), besides once at start.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes history older than `keep` now and every [`PRUNE_EVERY`], in writer-sized batches.
+async fn prune_periodically(writer: Writer, clock: Arc<dyn Clock>, keep: Duration) {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    loop {
+        let cutoff = clock.now().checked_sub_signed(keep).unwrap_or_default();
+        match store::maintenance::prune(&writer, cutoff).await {
+            Ok(pruned) => tracing::info!(
+                events = pruned.events,
+                rejected_webhooks = pruned.rejected,
+                older_than = %crate::clock::to_db_text(cutoff),
+                "pruned history"
+            ),
+            Err(error) => tracing::warn!(%error, "pruning history failed; trying again later"),
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
+    }
 }
 
 /// Why the reconciler does not run; said once at start-up.

@@ -1,8 +1,16 @@
 //! The command line: one file per subcommand; [`Cli::execute`] dispatches.
 
+mod backup;
+mod changes;
 mod check_config;
+mod items;
+mod output;
+mod prune;
 mod reconcile;
+mod rejected;
 mod run;
+mod show;
+mod stats;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +55,13 @@ enum Command {
         #[arg(long, required = true)]
         once: bool,
     },
+    Items(items::Args),
+    Show(show::Args),
+    Stats(stats::Args),
+    Rejected(rejected::Args),
+    Changes(changes::Args),
+    Prune(prune::Args),
+    Backup(backup::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +85,13 @@ impl Cli {
             Command::CheckConfig(args) => check_config::check_config(&args.config),
             Command::Watch { config, orders } => watch::watch(&config.config, &orders),
             Command::Reconcile { config, once: _ } => reconcile::reconcile_once(&config.config),
+            Command::Items(args) => items::items(args),
+            Command::Show(args) => show::show(args),
+            Command::Stats(args) => stats::stats(args),
+            Command::Rejected(args) => rejected::rejected(args),
+            Command::Changes(args) => changes::changes(args),
+            Command::Prune(args) => prune::prune(args),
+            Command::Backup(args) => backup::backup(args),
         }
     }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::Connection;
 use uuid::Uuid;
 
+use super::maintenance::{self, PruneStep};
 use super::reconcile::{self, Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::{RejectedWebhook, StoreSettings, apply, record_rejected};
 use crate::observation::Observation;
@@ -37,6 +38,12 @@ pub enum Command {
     },
     /// Give a lease back.
     ReleaseLease { name: &'static str, holder: String },
+    /// Delete one batch of history received before `cutoff`, after event id `after`.
+    Prune {
+        cutoff: DateTime<Utc>,
+        after: i64,
+        batch: usize,
+    },
     /// Commit what came before, then stop the writer: later jobs are answered "shut down".
     Shutdown,
 }
@@ -50,6 +57,7 @@ pub enum Done {
     Count(usize),
     Orders(Vec<Uuid>),
     Lease(LeaseAnswer),
+    Pruned(PruneStep),
     Nothing,
 }
 
@@ -91,5 +99,10 @@ pub fn execute(
             reconcile::release_lease(conn, name, holder)?;
             Done::Nothing
         }
+        Command::Prune {
+            cutoff,
+            after,
+            batch,
+        } => Done::Pruned(maintenance::prune_step(conn, *cutoff, *after, *batch)?),
     })
 }

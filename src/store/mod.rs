@@ -3,6 +3,8 @@
 
 mod apply;
 pub mod commands;
+pub mod inspect;
+pub mod maintenance;
 pub mod poll_state;
 pub mod queries;
 mod reconcile;
@@ -31,14 +33,21 @@ pub struct StoreSettings {
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+/// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`. Databases at
+/// every earlier version exist in the field: never edit a shipped entry, append a new one.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "database {path} does not exist (orderwatch run creates it; check [database] path in the config)"
+    )]
+    Missing { path: String },
+    #[error("database {path} is not an orderwatch database (schema version 0)")]
+    NotOrderwatch { path: String },
     #[error("database {path}: {source}")]
     Open {
         path: String,
@@ -97,24 +106,38 @@ pub fn limit_size(conn: &Connection, bytes: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Opens an existing database read-only (CLI and readiness checks), refusing a newer schema.
+/// Opens an existing database read-only (CLI and readiness checks), refusing a missing file,
+/// an empty one and a newer schema. Never creates anything.
 pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
         source,
     };
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.display().to_string(),
+        });
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(open_error)?;
     conn.busy_timeout(busy_timeout).map_err(open_error)?;
-    let found = schema_version(&conn)?;
+    let found = schema_version(&conn).map_err(|error| match error {
+        StoreError::Sqlite(source) => open_error(source),
+        other => other,
+    })?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
             path: path.display().to_string(),
             found,
             known: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        return Err(StoreError::NotOrderwatch {
+            path: path.display().to_string(),
         });
     }
     Ok(conn)
@@ -187,5 +210,56 @@ mod tests {
             .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_views_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO orders (order_uuid, first_seen_at) VALUES ('o', '2020-01-01T00:00:00.000Z');
+             INSERT INTO order_items (item_uuid, order_uuid, status, as_of, as_of_source, source,
+                                      first_seen_at, changed_at, updated_at)
+             VALUES ('i', 'o', 'PENDING', '2020-01-01T00:00:00.000Z', 'webhook', 'webhook',
+                     '2020-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+        drop(conn);
+        // A v1 database reads fine before the daemon migrates it.
+        assert!(open_read_only(&path, Duration::from_secs(1)).is_ok());
+        let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), 2);
+        let (item, age, human): (String, i64, String) = conn
+            .query_row(
+                "SELECT item_uuid, age_seconds, age FROM pending_items",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(item, "i");
+        assert!(age > 86_400 * 365, "{age}");
+        assert!(human.ends_with('h') && human.contains("d "), "{human}");
+        let history: i64 = conn
+            .query_row("SELECT count(*) FROM item_history", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(history, 0);
+    }
+
+    #[test]
+    fn read_only_open_never_creates_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.db");
+        let err = open_read_only(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(!path.exists());
+        std::fs::write(&path, b"").unwrap();
+        let err = open_read_only(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            err.to_string().contains("not an orderwatch database"),
+            "{err}"
+        );
     }
 }

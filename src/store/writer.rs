@@ -16,6 +16,7 @@ use chrono::Duration;
 use uuid::Uuid;
 
 use super::commands::{Command, Done, execute};
+use super::maintenance::PruneStep;
 use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
 use super::{RejectedWebhook, StoreSettings};
@@ -202,6 +203,25 @@ impl Writer {
             holder: holder.to_owned(),
         };
         self.submit(command, WhenFull::Wait).await.map(drop)
+    }
+
+    /// Deletes one batch of history received before `cutoff` after event id `after` (see
+    /// [`super::maintenance::prune`], which loops over this).
+    pub async fn prune_step(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        after: i64,
+        batch: usize,
+    ) -> Result<PruneStep, WriteError> {
+        let command = Command::Prune {
+            cutoff,
+            after,
+            batch,
+        };
+        match self.submit(command, WhenFull::Wait).await? {
+            Done::Pruned(step) => Ok(step),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The metrics this writer counts into; the app's other parts share them.

@@ -9,6 +9,7 @@ mod durability;
 mod fake_musement;
 mod helpers;
 mod hostile;
+mod inspect;
 mod metrics;
 mod musement_client;
 mod ordering_props;

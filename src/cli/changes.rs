@@ -1,0 +1,114 @@
+//! `orderwatch changes`: the change feed, one JSON object per status change.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::output::{fail, finish, open_database};
+use super::{ConfigArg, runtime};
+use crate::store::inspect;
+
+/// How often `--follow` looks for new changes: a cheap indexed read.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// Applied events looked at per query.
+const PAGE: usize = 500;
+
+/// Print every status change as NDJSON, oldest first; `--follow` keeps printing new ones.
+///
+/// A change is an `applied` observation whose status differs from the item's previous one:
+/// {"id", "item", "order", "old_status" (null for a new item), "new_status", "version" (null
+/// when a poll set it), "source", "as_of", "received_at"}. `id` is `item_events.id`, a stable
+/// cursor: store the last one you processed and resume with `--after ID`. Pruning keeps each
+/// item's newest events, so a cursor stays valid, but older changes may be gone.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only changes with an id above this.
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    after: i64,
+    /// Keep running and print changes as they are committed, until SIGINT or SIGTERM (exit 0).
+    #[arg(long)]
+    follow: bool,
+    /// Stop after this many changes.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+pub(super) fn changes(args: Args) -> ExitCode {
+    let (_, conn) = match open_database(&args.config.config) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    runtime().block_on(async {
+        let mut stop = match Stop::new() {
+            Ok(stop) => stop,
+            Err(error) => return fail(format!("cannot listen for signals: {error}")),
+        };
+        let mut out = std::io::stdout().lock();
+        let (mut cursor, mut left) = (args.after, args.limit.unwrap_or(usize::MAX));
+        while left > 0 {
+            let page = match inspect::changes(&conn, cursor, PAGE) {
+                Ok(page) => page,
+                Err(error) => return fail(format!("cannot read changes: {error}")),
+            };
+            for change in page.changes.iter().take(left) {
+                // One line at a time, flushed, so a consumer sees each change as it happens.
+                let line = serde_json::to_string(change).unwrap_or_default();
+                if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                    return finish(Err(error));
+                }
+                left -= 1;
+            }
+            cursor = page.scanned_to.unwrap_or(cursor);
+            if !page.caught_up {
+                continue;
+            }
+            if !args.follow {
+                break;
+            }
+            tokio::select! {
+                () = stop.signalled() => break,
+                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGINT and SIGTERM, listened for from the start so none is missed between polls.
+struct Stop {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {})
+    }
+
+    #[cfg(unix)]
+    async fn signalled(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn signalled(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,125 @@
+//! `orderwatch items`: one row per order item, filtered.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::ConfigArg;
+use super::output::{
+    Format, column, fail, finish, human_age, minute, open_database, short_uuid, write_records,
+};
+use crate::store::inspect::{self, ItemFilter, ItemRow};
+
+/// List order items with their current status, longest in that status first.
+///
+/// Tables show the first 8 characters of each UUID (`show` accepts them) and times in UTC to
+/// the minute; AGE is the time in the current status; `PENDING!` is past its confirmation
+/// deadline. json/ndjson/csv give full values.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only items in this status (repeat or comma-separate for several; case-insensitive).
+    #[arg(long, value_name = "S", value_delimiter = ',')]
+    status: Vec<String>,
+    /// Only the items of this order.
+    #[arg(long, value_name = "UUID", value_parser = Uuid::try_parse)]
+    order: Option<Uuid>,
+    /// Only items whose status changed within this long, e.g. 30m, 2h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
+    /// Only PENDING items past their confirmation deadline.
+    #[arg(long)]
+    overdue: bool,
+    /// At most this many rows (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+const FIELDS: &[&str] = &[
+    "item",
+    "order",
+    "status",
+    "version",
+    "source",
+    "as_of",
+    "changed_at",
+    "age_seconds",
+    "confirm_deadline",
+    "overdue",
+];
+
+pub(super) fn items(args: Args) -> ExitCode {
+    let (_, conn) = match open_database(&args.config.config) {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let now = Utc::now();
+    let filter = ItemFilter {
+        statuses: args
+            .status
+            .iter()
+            .map(|s| s.trim().to_uppercase())
+            .collect(),
+        order: args.order.map(|o| o.to_string()),
+        changed_since: args.since.map(|since| {
+            chrono::Duration::from_std(since)
+                .ok()
+                .and_then(|since| now.checked_sub_signed(since))
+                .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+        }),
+        overdue: args.overdue,
+        // One more than asked, to know whether rows were left out.
+        limit: (args.limit > 0).then(|| args.limit.saturating_add(1)),
+    };
+    let mut rows = match inspect::items(&conn, &filter, now) {
+        Ok(rows) => rows,
+        Err(error) => return fail(format!("cannot read items: {error}")),
+    };
+    let more = args.limit > 0 && rows.len() > args.limit;
+    rows.truncate(if args.limit > 0 {
+        args.limit
+    } else {
+        rows.len()
+    });
+    let columns = [
+        column("ITEM", 8),
+        column("ORDER", 8),
+        column("STATUS", 18),
+        column("VER", 6),
+        column("SOURCE", 7),
+        column("AS OF (UTC)", 16),
+        column("AGE", 8),
+    ];
+    let mut out = std::io::stdout().lock();
+    let written = write_records(&mut out, args.format, &rows, &columns, FIELDS, cells)
+        .and_then(|()| out.flush());
+    if more {
+        eprintln!(
+            "orderwatch: showing the first {} items; --limit 0 shows all",
+            args.limit
+        );
+    }
+    finish(written)
+}
+
+fn cells(row: &ItemRow) -> Vec<String> {
+    vec![
+        short_uuid(&row.item),
+        short_uuid(&row.order),
+        if row.overdue {
+            format!("{}!", row.status)
+        } else {
+            row.status.clone()
+        },
+        row.version.map_or_else(|| "-".into(), |v| v.to_string()),
+        row.source.clone(),
+        minute(&row.as_of),
+        human_age(row.age_seconds),
+    ]
+}

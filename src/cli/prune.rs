@@ -1,0 +1,58 @@
+//! `orderwatch prune`: delete old history by hand (the daemon can do it itself, see
+//! `[store] events_keep`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::output::{fail, open_database};
+use super::{ConfigArg, runtime};
+use crate::clock::{SystemClock, to_db_text};
+use crate::startup;
+use crate::store::maintenance;
+
+/// Delete item_events and rejected_webhooks rows received before a cutoff.
+///
+/// Never deletes current state (order_items, orders), nor an item's newest event or its newest
+/// `applied` event, so `show` still explains every row and `changes` cursors stay valid. Runs
+/// while the daemon does: deletes in short batches through its own writer, each a brief
+/// transaction. Freed pages are reused by SQLite; the file does not shrink (VACUUM does that,
+/// with the daemon stopped).
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Delete what was received longer ago than this, e.g. 90d, 12h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, required = true)]
+    events_older_than: std::time::Duration,
+}
+
+pub(super) fn prune(args: Args) -> ExitCode {
+    // Read-only first: refuses a missing or newer database instead of creating one.
+    let config = match open_database(&args.config.config) {
+        Ok((config, _)) => config,
+        Err(code) => return code,
+    };
+    let keep = chrono::Duration::from_std(args.events_older_than).unwrap_or(chrono::Duration::MAX);
+    let cutoff = Utc::now().checked_sub_signed(keep).unwrap_or_default();
+    startup::init_logging(&config);
+    let result = runtime().block_on(async {
+        let (writer, writer_thread) = startup::open_store(&config, Arc::new(SystemClock)).await?;
+        let pruned = maintenance::prune(&writer, cutoff).await;
+        writer_thread.shutdown().await;
+        Ok::<_, Box<dyn std::error::Error>>(pruned?)
+    });
+    match result {
+        Ok(pruned) => {
+            println!(
+                "deleted {} event(s) and {} rejected webhook(s) received before {}",
+                pruned.events,
+                pruned.rejected,
+                to_db_text(cutoff)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error),
+    }
+}

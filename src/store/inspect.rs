@@ -1,0 +1,658 @@
+//! Read-side queries behind the inspection commands (`items`, `show`, `stats`, `rejected`,
+//! `changes`). They run on read-only connections ([`super::open_read_only`]), so they work
+//! while the daemon writes (WAL) and never change the file. They read the tables, not the v2
+//! views, so they also work on a version 1 database the daemon has not migrated yet.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use crate::clock::{from_db_text, to_db_text};
+
+/// One row of `order_items`, as `orderwatch items` and `show` print it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemRow {
+    pub item: String,
+    pub order: String,
+    pub status: String,
+    /// Highest webhook version seen (`None`: only polls so far).
+    pub version: Option<i64>,
+    /// What set the status: `webhook` or `poll`.
+    pub source: String,
+    /// Musement time up to which the status is known to hold.
+    pub as_of: String,
+    /// Our clock, when the status last changed.
+    pub changed_at: String,
+    /// Seconds in the current status (from `changed_at` to now).
+    pub age_seconds: i64,
+    /// `first_seen_at + max_confirmation_time`, once a poll told it.
+    pub confirm_deadline: Option<String>,
+    /// PENDING and past `confirm_deadline`.
+    pub overdue: bool,
+}
+
+/// What `orderwatch items` selects.
+#[derive(Debug, Clone, Default)]
+pub struct ItemFilter {
+    /// Any of these statuses (empty: all).
+    pub statuses: Vec<String>,
+    /// Only this order's items.
+    pub order: Option<String>,
+    /// Only items whose status changed at or after this time.
+    pub changed_since: Option<DateTime<Utc>>,
+    /// Only PENDING items past their confirmation deadline.
+    pub overdue: bool,
+    /// At most this many rows (`None`: all).
+    pub limit: Option<usize>,
+}
+
+const ITEM_COLUMNS: &str =
+    "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline";
+
+fn item_row(row: &Row<'_>, now: DateTime<Utc>) -> rusqlite::Result<ItemRow> {
+    let status: String = row.get(2)?;
+    let changed_at: String = row.get(6)?;
+    let confirm_deadline: Option<String> = row.get(7)?;
+    let now_text = to_db_text(now);
+    Ok(ItemRow {
+        item: row.get(0)?,
+        order: row.get(1)?,
+        overdue: status == "PENDING" && confirm_deadline.as_ref().is_some_and(|d| *d < now_text),
+        status,
+        version: row.get(3)?,
+        source: row.get(4)?,
+        as_of: row.get(5)?,
+        age_seconds: seconds_since(&changed_at, now),
+        changed_at,
+        confirm_deadline,
+    })
+}
+
+/// Whole seconds from a stored time to `now` (0 for an unreadable or future time).
+pub fn seconds_since(text: &str, now: DateTime<Utc>) -> i64 {
+    from_db_text(text).map_or(0, |t| (now - t).num_seconds().max(0))
+}
+
+/// Items matching `filter`, longest in their current status first.
+pub fn items(
+    conn: &Connection,
+    filter: &ItemFilter,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Vec<ItemRow>> {
+    let mut sql = format!("SELECT {ITEM_COLUMNS} FROM order_items WHERE 1");
+    let mut values: Vec<Box<dyn ToSql>> = Vec::new();
+    if !filter.statuses.is_empty() {
+        let marks = vec!["?"; filter.statuses.len()].join(", ");
+        sql.push_str(&format!(" AND status IN ({marks})"));
+        values.extend(filter.statuses.iter().map(|s| Box::new(s.clone()) as _));
+    }
+    if let Some(order) = &filter.order {
+        sql.push_str(" AND order_uuid = ?");
+        values.push(Box::new(order.clone()));
+    }
+    if let Some(since) = filter.changed_since {
+        sql.push_str(" AND changed_at >= ?");
+        values.push(Box::new(to_db_text(since)));
+    }
+    if filter.overdue {
+        sql.push_str(" AND status = 'PENDING' AND confirm_deadline < ?");
+        values.push(Box::new(to_db_text(now)));
+    }
+    sql.push_str(" ORDER BY changed_at, item_uuid");
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+    }
+    let mut statement = conn.prepare(&sql)?;
+    let rows = statement.query_map(
+        rusqlite::params_from_iter(values.iter().map(|v| v.as_ref())),
+        |row| item_row(row, now),
+    )?;
+    rows.collect()
+}
+
+/// Polling state of one order, as `show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderRow {
+    pub order: String,
+    /// Musement's booking code, once a poll told it (e.g. MUS0738876).
+    pub identifier: Option<String>,
+    /// Order status from the last poll.
+    pub order_status: Option<String>,
+    pub first_seen_at: String,
+    /// Registered with `orderwatch watch`.
+    pub watched: bool,
+    /// The reconciler still polls it.
+    pub needs_poll: bool,
+    pub next_poll_at: Option<String>,
+    pub last_polled_at: Option<String>,
+    /// Consecutive failed polls (backoff while above 0).
+    pub poll_failures: i64,
+    pub last_error: Option<String>,
+    /// A doubtful or conflicting observation asked for a poll at or after this.
+    pub repoll_at: Option<String>,
+    pub not_found_at: Option<String>,
+    pub expired_at: Option<String>,
+}
+
+/// One observation from `item_events` with what the ordering rule made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRow {
+    /// `item_events.id`: the stable cursor.
+    pub id: i64,
+    pub item: String,
+    pub order: String,
+    pub source: String,
+    /// The status this observation carried.
+    pub status: String,
+    /// Its webhook version (`None` for polls).
+    pub version: Option<i64>,
+    /// Its Musement time (webhook `order_item_updated`, clamped, or the poll's `Date`).
+    pub as_of: String,
+    /// Our clock when it arrived.
+    pub received_at: String,
+    pub outcome: String,
+    /// Why the rule decided so, in words (the `item_history` view says the same).
+    pub why: String,
+    /// The raw JSON (polls: without personal data).
+    pub payload: String,
+}
+
+/// What `orderwatch show` found for an item or an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shown {
+    /// The order (of the item), if it has a row.
+    pub order: Option<OrderRow>,
+    /// The item, or every item of the order.
+    pub items: Vec<ItemRow>,
+    /// Their events, oldest first.
+    pub events: Vec<EventRow>,
+}
+
+/// Why `show` found nothing to show.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    #[error("no item or order matches {0:?}")]
+    NotFound(String),
+    #[error("{0:?} matches more than one item or order; give more characters")]
+    Ambiguous(String),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The words for an outcome: the same as the `item_history` view's `why` column (a test keeps
+/// them equal). They follow [`super::rule::decide`].
+pub fn why(outcome: &str, source: &str) -> &'static str {
+    match (outcome, source) {
+        ("applied", "webhook") => {
+            "set the status: first sight of the item, or a version above every one seen (clearly later than a poll's time, if a poll set the status)"
+        }
+        ("applied", "poll") => {
+            "set the status: first sight of the item, or a poll later than the stored time (by more than skew_margin when a webhook set it) that saw another status"
+        }
+        ("confirmed", "poll") => {
+            "the poll saw the stored status (as_of moves forward when the poll is later)"
+        }
+        ("duplicate", "webhook") => "this version was already stored: nothing changed",
+        ("stale", "webhook") => "older than what is stored: a version below the highest one seen",
+        ("stale", "poll") => {
+            "older than what is stored: the poll's time is not after the time of the poll that set the row"
+        }
+        ("conflict", "webhook") => {
+            "same version as the webhook that set the status but another status: kept the stored one, re-poll scheduled"
+        }
+        ("doubtful", "webhook") => {
+            "a newer version, but not more than skew_margin later than the poll that set the status: kept it, re-poll scheduled"
+        }
+        ("doubtful", "poll") => {
+            "another status than the webhook's, but not more than skew_margin later than it: kept it, re-poll scheduled"
+        }
+        _ => "",
+    }
+}
+
+/// Finds `text` (a full UUID or a unique prefix of one, as tables print them) among items,
+/// then orders, and returns its current state and history.
+pub fn show(conn: &Connection, text: &str, now: DateTime<Utc>) -> Result<Shown, ShowError> {
+    let key = text.trim().to_ascii_lowercase();
+    let item = find(conn, "order_items", "item_uuid", &key)?;
+    let order = find(conn, "orders", "order_uuid", &key)?;
+    let (items, order_uuid) = match (item, order) {
+        (Found::One(item), Found::None) => {
+            let row = conn
+                .prepare(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM order_items WHERE item_uuid = ?1"
+                ))?
+                .query_row([&item], |r| item_row(r, now))?;
+            let order = row.order.clone();
+            (vec![row], order)
+        }
+        (Found::None, Found::One(order)) => {
+            let mut statement = conn.prepare(&format!(
+                "SELECT {ITEM_COLUMNS} FROM order_items WHERE order_uuid = ?1 ORDER BY first_seen_at, item_uuid"
+            ))?;
+            let rows = statement.query_map([&order], |r| item_row(r, now))?;
+            (rows.collect::<rusqlite::Result<_>>()?, order)
+        }
+        (Found::None, Found::None) => return Err(ShowError::NotFound(text.into())),
+        _ => return Err(ShowError::Ambiguous(text.into())),
+    };
+    let mut events = Vec::new();
+    let mut statement = conn.prepare(
+        "SELECT id, item_uuid, order_uuid, source, status, item_version, as_of, received_at, outcome, payload
+         FROM item_events WHERE item_uuid = ?1 ORDER BY id",
+    )?;
+    for item in &items {
+        let rows = statement.query_map([&item.item], |r| {
+            let (outcome, source): (String, String) = (r.get(8)?, r.get(3)?);
+            Ok(EventRow {
+                id: r.get(0)?,
+                item: r.get(1)?,
+                order: r.get(2)?,
+                why: why(&outcome, &source).to_owned(),
+                source,
+                status: r.get(4)?,
+                version: r.get(5)?,
+                as_of: r.get(6)?,
+                received_at: r.get(7)?,
+                outcome,
+                payload: r.get(9)?,
+            })
+        })?;
+        for row in rows {
+            events.push(row?);
+        }
+    }
+    events.sort_by_key(|e| e.id);
+    Ok(Shown {
+        order: order_row(conn, &order_uuid)?,
+        items,
+        events,
+    })
+}
+
+enum Found {
+    None,
+    One(String),
+    Many,
+}
+
+/// An exact key, else a unique prefix of at least 4 characters (a range scan of the primary key).
+fn find(conn: &Connection, table: &str, column: &str, key: &str) -> rusqlite::Result<Found> {
+    let exact: Option<String> = conn
+        .query_row(
+            &format!("SELECT {column} FROM {table} WHERE {column} = ?1"),
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(exact) = exact {
+        return Ok(Found::One(exact));
+    }
+    if key.len() < 4 {
+        return Ok(Found::None);
+    }
+    // '~' sorts after every character of a UUID.
+    let mut statement = conn.prepare(&format!(
+        "SELECT {column} FROM {table} WHERE {column} >= ?1 AND {column} < ?1 || '~' ORDER BY {column} LIMIT 2"
+    ))?;
+    let found: Vec<String> = statement
+        .query_map([key], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(match found.as_slice() {
+        [] => Found::None,
+        [one] => Found::One(one.clone()),
+        _ => Found::Many,
+    })
+}
+
+fn order_row(conn: &Connection, order: &str) -> rusqlite::Result<Option<OrderRow>> {
+    conn.query_row(
+        "SELECT order_uuid, identifier, order_status, first_seen_at, watched, needs_poll, next_poll_at,
+                last_polled_at, poll_failures, last_error, repoll_at, not_found_at, expired_at
+         FROM orders WHERE order_uuid = ?1",
+        [order],
+        |r| {
+            Ok(OrderRow {
+                order: r.get(0)?,
+                identifier: r.get(1)?,
+                order_status: r.get(2)?,
+                first_seen_at: r.get(3)?,
+                watched: r.get(4)?,
+                needs_poll: r.get(5)?,
+                next_poll_at: r.get(6)?,
+                last_polled_at: r.get(7)?,
+                poll_failures: r.get(8)?,
+                last_error: r.get(9)?,
+                repoll_at: r.get(10)?,
+                not_found_at: r.get(11)?,
+                expired_at: r.get(12)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// A count of items with one status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusCount {
+    pub status: String,
+    pub count: i64,
+}
+
+/// Events of the last hour with one source and outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventCount {
+    pub source: String,
+    pub outcome: String,
+    pub count: i64,
+}
+
+/// What `orderwatch stats` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// When the numbers were taken (our clock).
+    pub at: String,
+    pub items: i64,
+    /// Items by status, most frequent first.
+    pub items_by_status: Vec<StatusCount>,
+    pub pending: i64,
+    /// `changed_at` of the item longest in PENDING.
+    pub oldest_pending_since: Option<String>,
+    pub oldest_pending_age_seconds: Option<i64>,
+    /// PENDING items past their confirmation deadline.
+    pub overdue: i64,
+    pub orders: i64,
+    /// Orders registered with `orderwatch watch`.
+    pub watched_orders: i64,
+    /// Orders the reconciler still polls.
+    pub orders_polled: i64,
+    /// Orders whose last poll failed (`poll_failures > 0`): polled again after a backoff.
+    pub orders_in_backoff: i64,
+    /// Orders Musement answered 404 for: no longer polled.
+    pub orders_not_found: i64,
+    /// Orders past `[reconciler] max_age`: no longer polled.
+    pub orders_expired: i64,
+    /// Our clock when the newest webhook observation arrived; looked for among the newest
+    /// [`RECENT_EVENTS`] events only (null when none of them is a webhook).
+    pub last_webhook_at: Option<String>,
+    /// Our clock at the newest successful poll of any order.
+    pub last_poll_at: Option<String>,
+    /// Observations received in the hour before `at`, by source and outcome.
+    pub events_last_hour: Vec<EventCount>,
+    pub events: i64,
+    /// Stored rejected webhooks (the newest `[store] rejected_keep`).
+    pub rejected_webhooks: i64,
+    pub schema_version: i64,
+}
+
+/// How much older than the cutoff an event's `received_at` may be while still committed after
+/// newer ones: an observation is stamped when it arrives and committed within the request
+/// timeout or a poll's duration, far less than this.
+const COMMIT_LAG: Duration = Duration::minutes(10);
+
+/// How many of the newest events `stats` searches for the last webhook: without an index on
+/// `source`, a history of polls only would otherwise be read whole (seconds per million rows).
+pub const RECENT_EVENTS: i64 = 100_000;
+
+/// The numbers behind `orderwatch stats` at `now`.
+pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
+    let now_text = to_db_text(now);
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    let mut statement = conn.prepare(
+        "SELECT status, count(*) FROM order_items GROUP BY status ORDER BY count(*) DESC, status",
+    )?;
+    let items_by_status = statement
+        .query_map([], |r| {
+            Ok(StatusCount {
+                status: r.get(0)?,
+                count: r.get(1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let oldest_pending_since: Option<String> = conn.query_row(
+        "SELECT min(changed_at) FROM order_items WHERE status = 'PENDING'",
+        [],
+        |r| r.get(0),
+    )?;
+    let orders = conn.query_row(
+        "SELECT count(*), coalesce(sum(watched), 0), coalesce(sum(needs_poll), 0),
+                coalesce(sum(poll_failures > 0), 0), count(not_found_at), count(expired_at)
+         FROM orders",
+        [],
+        |r| {
+            Ok([
+                r.get::<_, i64>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ])
+        },
+    )?;
+    let last_webhook_at = conn
+        .query_row(
+            "SELECT received_at FROM item_events
+             WHERE id > (SELECT coalesce(max(id), 0) FROM item_events) - ?1 AND source = 'webhook'
+             ORDER BY id DESC LIMIT 1",
+            [RECENT_EVENTS],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?;
+    Ok(Stats {
+        at: now_text.clone(),
+        items: items_by_status.iter().map(|s| s.count).sum(),
+        pending: items_by_status
+            .iter()
+            .find(|s| s.status == "PENDING")
+            .map_or(0, |s| s.count),
+        items_by_status,
+        oldest_pending_age_seconds: oldest_pending_since
+            .as_deref()
+            .map(|t| seconds_since(t, now)),
+        oldest_pending_since,
+        overdue: conn.query_row(
+            "SELECT count(*) FROM order_items WHERE status = 'PENDING' AND confirm_deadline < ?1",
+            [&now_text],
+            |r| r.get(0),
+        )?,
+        orders: orders[0],
+        watched_orders: orders[1],
+        orders_polled: orders[2],
+        orders_in_backoff: orders[3],
+        orders_not_found: orders[4],
+        orders_expired: orders[5],
+        last_webhook_at,
+        last_poll_at: conn.query_row("SELECT max(last_polled_at) FROM orders", [], |r| r.get(0))?,
+        events_last_hour: events_since(conn, now - Duration::hours(1))?,
+        events: count("SELECT count(*) FROM item_events")?,
+        rejected_webhooks: count("SELECT count(*) FROM rejected_webhooks")?,
+        schema_version: count("PRAGMA user_version")?,
+    })
+}
+
+/// Counts events received at or after `since`, reading backwards from the newest (there is
+/// no index on `received_at`, and a full scan of a large history would be slow).
+fn events_since(conn: &Connection, since: DateTime<Utc>) -> rusqlite::Result<Vec<EventCount>> {
+    let since_text = to_db_text(since);
+    let stop = to_db_text(since - COMMIT_LAG);
+    let mut statement =
+        conn.prepare("SELECT received_at, source, outcome FROM item_events ORDER BY id DESC")?;
+    let mut rows = statement.query([])?;
+    let mut counts: Vec<EventCount> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let received_at: String = row.get(0)?;
+        if received_at < stop {
+            break;
+        }
+        if received_at < since_text {
+            continue;
+        }
+        let (source, outcome): (String, String) = (row.get(1)?, row.get(2)?);
+        match counts
+            .iter_mut()
+            .find(|c| c.source == source && c.outcome == outcome)
+        {
+            Some(count) => count.count += 1,
+            None => counts.push(EventCount {
+                source,
+                outcome,
+                count: 1,
+            }),
+        }
+    }
+    counts.sort_by(|a, b| (&a.source, &a.outcome).cmp(&(&b.source, &b.outcome)));
+    Ok(counts)
+}
+
+/// One stored rejected webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedRow {
+    pub id: i64,
+    pub received_at: String,
+    /// Client address it came from.
+    pub peer: String,
+    /// The offending field, or `body`.
+    pub field: String,
+    pub error: String,
+    /// The body as received, invalid UTF-8 replaced by U+FFFD.
+    pub body: String,
+}
+
+/// The newest `limit` rejected webhooks, newest first.
+pub fn rejected(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<RejectedRow>> {
+    let mut statement = conn.prepare(
+        "SELECT id, received_at, peer, field, error, body FROM rejected_webhooks ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = statement.query_map([limit.min(i64::MAX as usize) as i64], |r| {
+        Ok(RejectedRow {
+            id: r.get(0)?,
+            received_at: r.get(1)?,
+            peer: r.get(2)?,
+            field: r.get(3)?,
+            error: r.get(4)?,
+            body: String::from_utf8_lossy(&r.get::<_, Vec<u8>>(5)?).into_owned(),
+        })
+    })?;
+    rows.collect()
+}
+
+/// One status change in the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// `item_events.id` of the applied event: the cursor to resume after (`--after`).
+    pub id: i64,
+    pub item: String,
+    pub order: String,
+    /// The status before (`None` when the item was first seen).
+    pub old_status: Option<String>,
+    pub new_status: String,
+    /// Webhook version (`None` when a poll set it).
+    pub version: Option<i64>,
+    pub source: String,
+    /// Musement time of the change.
+    pub as_of: String,
+    /// Our clock when it arrived.
+    pub received_at: String,
+}
+
+/// A page of the change feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// Changes after the cursor, in id order.
+    pub changes: Vec<Change>,
+    /// The last event id looked at (resume after it); `None` when nothing was newer.
+    pub scanned_to: Option<i64>,
+    /// Fewer than the page size were looked at: the feed is caught up.
+    pub caught_up: bool,
+}
+
+/// Looks at up to `page` `applied` events after `after` and keeps those whose status differs
+/// from the item's previous applied status: the status changes, in commit order. Ids of
+/// committed events only grow (one writer; pruning never deletes an item's newest event), so
+/// `id` is a stable cursor.
+pub fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<ChangePage> {
+    let mut statement = conn.prepare_cached(
+        "SELECT e.id, e.item_uuid, e.order_uuid,
+                (SELECT p.status FROM item_events p
+                 WHERE p.item_uuid = e.item_uuid AND p.id < e.id AND p.outcome = 'applied'
+                 ORDER BY p.id DESC LIMIT 1),
+                e.status, e.item_version, e.source, e.as_of, e.received_at
+         FROM item_events e WHERE e.id > ?1 AND e.outcome = 'applied' ORDER BY e.id LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![after, page.min(i64::MAX as usize) as i64], |r| {
+        Ok(Change {
+            id: r.get(0)?,
+            item: r.get(1)?,
+            order: r.get(2)?,
+            old_status: r.get(3)?,
+            new_status: r.get(4)?,
+            version: r.get(5)?,
+            source: r.get(6)?,
+            as_of: r.get(7)?,
+            received_at: r.get(8)?,
+        })
+    })?;
+    let mut result = ChangePage::default();
+    let mut looked_at = 0;
+    for row in rows {
+        let change = row?;
+        looked_at += 1;
+        result.scanned_to = Some(change.id);
+        if change.old_status.as_deref() != Some(change.new_status.as_str()) {
+            result.changes.push(change);
+        }
+    }
+    result.caught_up = looked_at < page;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_matches_the_item_history_view_for_every_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::open_for_writing(&dir.path().join("t.db"), std::time::Duration::ZERO)
+                .unwrap();
+        let pairs = [
+            ("applied", "webhook"),
+            ("applied", "poll"),
+            ("confirmed", "poll"),
+            ("duplicate", "webhook"),
+            ("stale", "webhook"),
+            ("stale", "poll"),
+            ("conflict", "webhook"),
+            ("doubtful", "webhook"),
+            ("doubtful", "poll"),
+        ];
+        for (outcome, source) in pairs {
+            conn.execute(
+                "INSERT INTO item_events (item_uuid, order_uuid, source, status, as_of, received_at, outcome, payload)
+                 VALUES ('i', 'o', ?1, 'OK', 't', 't', ?2, '{}')",
+                [source, outcome],
+            )
+            .unwrap();
+            let from_view: String = conn
+                .query_row(
+                    "SELECT why FROM item_history ORDER BY event_id DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(!why(outcome, source).is_empty(), "{outcome}/{source}");
+            assert_eq!(from_view, why(outcome, source), "{outcome}/{source}");
+        }
+    }
+
+    #[test]
+    fn seconds_since_is_never_negative() {
+        let now = from_db_text("2024-01-01T00:01:00.000Z").unwrap();
+        assert_eq!(seconds_since("2024-01-01T00:00:00.000Z", now), 60);
+        assert_eq!(seconds_since("2024-01-01T00:02:00.000Z", now), 0);
+        assert_eq!(seconds_since("garbage", now), 0);
+    }
+}

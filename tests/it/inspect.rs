@@ -1,0 +1,850 @@
+//! The inspection and maintenance commands as the real binary, against a database filled by
+//! the real ingest paths: webhooks posted to the running daemon and polls by `orderwatch
+//! reconcile --once` against the fake Musement API. Also the v2 views and the v1 migration.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orderwatch::clock::ManualClock;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::fake_musement::{FakeMusement, new_uuid, order_json};
+use crate::helpers::{Daemon, binary, fixture, spawn_app_in, webhook};
+use crate::reconciler::config_for;
+
+/// Generous bound for anything the tests wait on.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `orderwatch ARGS --config CONFIG`; returns (exit code, stdout, stderr).
+fn ow(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("ORDERWATCH_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `ow` that must succeed; returns stdout.
+fn ok(config: &Path, args: &[&str]) -> String {
+    let (code, stdout, stderr) = ow(config, args);
+    assert_eq!(code, 0, "orderwatch {args:?}: {stderr}");
+    stdout
+}
+
+/// A running daemon with a reconciler config pointing at a fake API, and what went in:
+/// order A (webhooks only): a1 PENDING v1, OK v3, then v2 (stale) and v3 again (duplicate);
+/// a2 PENDING v1. Order B, watched and polled through `reconcile --once`: b1 PENDING.
+/// One rejected webhook.
+struct Filled {
+    fake: FakeMusement,
+    daemon: Daemon,
+    config: PathBuf,
+    db: PathBuf,
+    client: reqwest::Client,
+    order_a: Uuid,
+    a1: Uuid,
+    a2: Uuid,
+    order_b: Uuid,
+    b1: Uuid,
+}
+
+impl Filled {
+    async fn start() -> Self {
+        let fake = FakeMusement::start().await;
+        let config_text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            config_for(&fake, "")
+        );
+        let daemon = Daemon::start(tempfile::tempdir().unwrap(), &config_text);
+        let config = daemon.dir.path().join("config.toml");
+        let db = daemon.dir.path().join("orderwatch.db");
+        let filled = Self {
+            fake,
+            daemon,
+            config,
+            db,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            order_a: new_uuid(),
+            a1: new_uuid(),
+            a2: new_uuid(),
+            order_b: new_uuid(),
+            b1: new_uuid(),
+        };
+        let (a, a1, a2) = (filled.order_a, filled.a1, filled.a2);
+        for (item, version, status) in [
+            (a1, 1, "PENDING"),
+            (a1, 3, "OK"),
+            (a1, 2, "PENDING"),
+            (a1, 3, "OK"),
+            (a2, 1, "PENDING"),
+        ] {
+            filled.post(item, a, version, status).await;
+        }
+        let response = filled
+            .client
+            .post(filled.daemon.webhook_url())
+            .header("content-type", "application/json")
+            .body(fixture("webhooks/bad/missing-order-item-uuid.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        filled
+            .fake
+            .put_order(order_json(filled.order_b, &[(filled.b1, "PENDING")]));
+        let config = filled.config.clone();
+        let order_b = filled.order_b.to_string();
+        tokio::task::spawn_blocking(move || {
+            ok(&config, &["watch", &order_b]);
+            let summary = ok(&config, &["reconcile", "--once"]);
+            assert!(summary.contains("polled: 1"), "{summary}");
+        })
+        .await
+        .unwrap();
+        filled
+    }
+
+    async fn post(&self, item: Uuid, order: Uuid, version: u64, status: &str) {
+        let response = self
+            .client
+            .post(self.daemon.webhook_url())
+            .header("content-type", "application/json")
+            .body(webhook(
+                &item.to_string(),
+                &order.to_string(),
+                version,
+                status,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    fn ow(&self, args: &[&str]) -> (i32, String, String) {
+        ow(&self.config, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        ok(&self.config, args)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+    }
+}
+
+/// `(item, status)` pairs of a JSON array of items.
+fn statuses(items: &Value) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["item"].as_str().unwrap().to_owned(),
+                i["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+fn sorted(mut pairs: Vec<(Uuid, &str)>) -> Vec<(String, String)> {
+    pairs.sort_by_key(|(u, _)| u.to_string());
+    pairs
+        .into_iter()
+        .map(|(u, s)| (u.to_string(), s.to_owned()))
+        .collect()
+}
+
+fn assert_fits_80_columns(text: &str) {
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "{} wide: {line}", line.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_lists_filters_and_formats_the_reconciled_rows() {
+    let f = Filled::start().await;
+    let all = f.json(&["items", "--format", "json"]);
+    assert_eq!(
+        statuses(&all),
+        sorted(vec![(f.a1, "OK"), (f.a2, "PENDING"), (f.b1, "PENDING")])
+    );
+    let a1 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["item"] == f.a1.to_string())
+        .unwrap();
+    assert_eq!(a1["order"], f.order_a.to_string());
+    assert_eq!(
+        (a1["version"].as_i64(), a1["source"].as_str()),
+        (Some(3), Some("webhook"))
+    );
+    assert_eq!(a1["as_of"], "2024-01-01T00:00:03.000Z");
+    assert!(a1["age_seconds"].as_i64().unwrap() >= 0);
+    let b1 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["item"] == f.b1.to_string())
+        .unwrap();
+    assert_eq!(
+        (b1["source"].as_str(), b1["version"].as_i64()),
+        (Some("poll"), None)
+    );
+
+    let pending = f.json(&["items", "--status", "pending", "--format", "json"]);
+    assert_eq!(
+        statuses(&pending),
+        sorted(vec![(f.a2, "PENDING"), (f.b1, "PENDING")])
+    );
+    let several = f.json(&["items", "--status", "OK,PENDING", "--format", "json"]);
+    assert_eq!(several.as_array().unwrap().len(), 3);
+    let of_a = f.json(&[
+        "items",
+        "--order",
+        &f.order_a.to_string(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        statuses(&of_a),
+        sorted(vec![(f.a1, "OK"), (f.a2, "PENDING")])
+    );
+    let recent = f.json(&["items", "--since", "1h", "--format", "json"]);
+    assert_eq!(recent.as_array().unwrap().len(), 3);
+    let forever = f.json(&["items", "--since", "1000000years", "--format", "json"]);
+    assert_eq!(forever.as_array().unwrap().len(), 3, "no overflow");
+    let none = f.json(&["items", "--since", "0s", "--format", "json"]);
+    assert_eq!(
+        none.as_array().unwrap().len(),
+        0,
+        "every change is older than now"
+    );
+    let (code, _, stderr) = f.ow(&["items", "--since", "lately"]);
+    assert_eq!(code, 2, "{stderr}");
+    let overdue = f.json(&["items", "--overdue", "--format", "json"]);
+    assert_eq!(
+        overdue.as_array().unwrap().len(),
+        0,
+        "PT30M deadlines are ahead"
+    );
+    let limited = f.json(&["items", "--limit", "1", "--format", "json"]);
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+
+    let ndjson = f.ok(&["items", "--format", "ndjson"]);
+    let lines: Vec<Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+
+    let csv_text = f.ok(&["items", "--format", "csv"]);
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        headers,
+        [
+            "item",
+            "order",
+            "status",
+            "version",
+            "source",
+            "as_of",
+            "changed_at",
+            "age_seconds",
+            "confirm_deadline",
+            "overdue"
+        ]
+    );
+    let mut rows: Vec<(String, String)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_owned(), r[2].to_owned())
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(rows, statuses(&all));
+    let empty = f.ok(&["items", "--status", "NOPE", "--format", "csv"]);
+    assert_eq!(
+        empty.lines().next(),
+        csv_text.lines().next(),
+        "header even when empty"
+    );
+
+    let table = f.ok(&["items"]);
+    assert_fits_80_columns(&table);
+    assert!(table.starts_with("ITEM"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let a1_line = table
+        .lines()
+        .find(|l| l.starts_with(&f.a1.to_string()[..8]))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        a1_line.contains("OK") && a1_line.contains("webhook"),
+        "{a1_line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_explains_stale_and_duplicate_observations() {
+    let f = Filled::start().await;
+    let text = f.ok(&["show", &f.a1.to_string()]);
+    assert_fits_80_columns(&text);
+    // Explanations wrap; read them as one line.
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains(&format!("item {}", f.a1)), "{text}");
+    assert!(text.contains(&format!("order {}", f.order_a)), "{text}");
+    assert!(text.contains("STALE"), "{text}");
+    assert!(
+        text.contains(
+            "older than what is stored: a version below the highest one seen (v3 seen before)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("DUPLICATE"), "{text}");
+    assert!(text.contains("this version was already stored"), "{text}");
+
+    let json = f.json(&["show", &f.a1.to_string(), "--format", "json"]);
+    let outcomes: Vec<(&str, i64)> = json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("applied", 1),
+            ("applied", 3),
+            ("stale", 2),
+            ("duplicate", 3)
+        ]
+    );
+    assert_eq!(json["items"][0]["status"], "OK");
+    assert!(json["events"][2]["why"].as_str().unwrap().contains("older"));
+
+    // A prefix as the tables print it, and an order with all its items.
+    let prefix = &f.order_a.to_string()[..8];
+    let order = f.json(&["show", prefix, "--format", "json"]);
+    assert_eq!(order["order"]["order"], f.order_a.to_string());
+    assert_eq!(order["items"].as_array().unwrap().len(), 2);
+    assert_eq!(order["events"].as_array().unwrap().len(), 5);
+
+    // The polled item says where its status came from.
+    let polled = f.json(&["show", &f.b1.to_string(), "--format", "json"]);
+    assert_eq!(polled["events"][0]["source"], "poll");
+    assert_eq!(polled["order"]["watched"], true);
+    assert!(
+        polled["order"]["identifier"]
+            .as_str()
+            .unwrap()
+            .starts_with("MUS")
+    );
+
+    let (code, _, stderr) = f.ow(&["show", &new_uuid().to_string()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no item or order matches"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_rejected_report_what_came_in() {
+    let f = Filled::start().await;
+    let stats = f.json(&["stats", "--format", "json"]);
+    assert_eq!(stats["items"], 3);
+    assert_eq!(stats["pending"], 2);
+    assert_eq!(stats["orders"], 2);
+    assert_eq!(stats["watched_orders"], 1);
+    assert_eq!(stats["orders_in_backoff"], 0);
+    assert_eq!(stats["rejected_webhooks"], 1);
+    assert_eq!(stats["events"], 6);
+    assert_eq!(stats["schema_version"], 2);
+    assert!(stats["last_webhook_at"].is_string() && stats["last_poll_at"].is_string());
+    assert!(stats["oldest_pending_age_seconds"].as_i64().unwrap() >= 0);
+    let by_status: Vec<(String, i64)> = stats["items_by_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["status"].as_str().unwrap().into(),
+                s["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(by_status, [("PENDING".into(), 2), ("OK".into(), 1)]);
+    let hour: Vec<(String, String, i64)> = stats["events_last_hour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["source"].as_str().unwrap().into(),
+                e["outcome"].as_str().unwrap().into(),
+                e["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hour,
+        [
+            ("poll".into(), "applied".into(), 1),
+            ("webhook".into(), "applied".into(), 3),
+            ("webhook".into(), "duplicate".into(), 1),
+            ("webhook".into(), "stale".into(), 1),
+        ]
+    );
+    let table = f.ok(&["stats"]);
+    assert_fits_80_columns(&table);
+    assert!(table.contains("items_by_status.PENDING"), "{table}");
+    let csv_text = f.ok(&["stats", "--format", "csv"]);
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    assert_eq!(reader.headers().unwrap(), vec!["metric", "value"]);
+    let pending = reader
+        .records()
+        .map(Result::unwrap)
+        .find(|r| &r[0] == "pending")
+        .unwrap();
+    assert_eq!(&pending[1], "2");
+    let ndjson = f.ok(&["stats", "--format", "ndjson"]);
+    assert_eq!(ndjson.lines().count(), 1);
+
+    let rejected = f.json(&["rejected", "--format", "json"]);
+    let rejected = rejected.as_array().unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["field"], "order_item_uuid");
+    let body = String::from_utf8(fixture("webhooks/bad/missing-order-item-uuid.json")).unwrap();
+    assert_eq!(rejected[0]["body"], body);
+    assert!(
+        rejected[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1")
+    );
+    let table = f.ok(&["rejected"]);
+    assert_fits_80_columns(&table);
+    assert!(
+        table.contains("order_item_uuid") && table.contains("from 127.0.0.1"),
+        "{table}"
+    );
+    let csv_text = f.ok(&["rejected", "--format", "csv"]);
+    assert_eq!(
+        csv::Reader::from_reader(csv_text.as_bytes())
+            .records()
+            .count(),
+        1
+    );
+}
+
+/// The change feed's lines as `(item, old, new)`.
+fn feed(text: &str) -> Vec<(String, Option<String>, String)> {
+    text.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            (
+                v["item"].as_str().unwrap().into(),
+                v["old_status"].as_str().map(String::from),
+                v["new_status"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_lists_status_changes_with_a_stable_cursor() {
+    let f = Filled::start().await;
+    let text = f.ok(&["changes"]);
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        feed(&text),
+        [
+            (f.a1.to_string(), None, "PENDING".into()),
+            (f.a1.to_string(), some("PENDING"), "OK".into()),
+            (f.a2.to_string(), None, "PENDING".into()),
+            (f.b1.to_string(), None, "PENDING".into()),
+        ]
+    );
+    let second: Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(second["version"], 3);
+    assert_eq!(second["source"], "webhook");
+    assert_eq!(second["order"], f.order_a.to_string());
+    assert!(second["received_at"].is_string() && second["as_of"].is_string());
+    let after = second["id"].as_i64().unwrap().to_string();
+    let rest = f.ok(&["changes", "--after", &after]);
+    assert_eq!(
+        rest,
+        text.lines()
+            .skip(2)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    assert_eq!(f.ok(&["changes", "--limit", "1"]).lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_follow_sees_a_webhook_posted_after_it_started_and_exits_0_on_sigint() {
+    let f = Filled::start().await;
+    let mut child = Command::new(binary())
+        .args([
+            "changes",
+            "--follow",
+            "--config",
+            f.config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || received.recv_timeout(LIMIT).expect("a change line in time");
+    for _ in 0..4 {
+        next(); // what was there before
+    }
+    f.post(f.a2, f.order_a, 2, "OK").await;
+    let line = next();
+    assert_eq!(
+        feed(&line),
+        [(f.a2.to_string(), Some("PENDING".into()), "OK".into())]
+    );
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(wait(&mut child), Some(0), "SIGINT ends the feed cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_follow_exits_0_when_its_reader_goes_away() {
+    let f = Filled::start().await;
+    let mut child = Command::new(binary())
+        .args([
+            "changes",
+            "--follow",
+            "--config",
+            f.config.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("PENDING"), "{first}");
+    drop(stdout); // the reader closes the pipe, like `| head -1`
+    f.post(f.a2, f.order_a, 2, "OK").await;
+    assert_eq!(wait(&mut child), Some(0), "EPIPE is a clean end");
+}
+
+/// Waits (bounded) for a child to exit; its exit code.
+fn wait(child: &mut std::process::Child) -> Option<i32> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rows(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let items = conn
+        .prepare("SELECT item_uuid, status, item_version FROM order_items ORDER BY item_uuid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let events = conn
+        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
+        .unwrap();
+    (items, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
+    let f = Filled::start().await;
+    let target = f.daemon.dir.path().join("copy.db");
+    let target_text = target.to_str().unwrap();
+    let out = f.ok(&["backup", target_text]);
+    assert!(out.contains("3 items, 6 events"), "{out}");
+    let copy = orderwatch::store::open_read_only(&target, Duration::from_secs(1)).unwrap();
+    let version: i64 = copy
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    drop(copy);
+    assert_eq!(rows(&target), rows(&f.db));
+    assert_eq!(rows(&target).0.len(), 3);
+    assert!(
+        !f.daemon.dir.path().join("copy.db-wal").exists(),
+        "a standalone file"
+    );
+
+    let before = std::fs::read(&target).unwrap();
+    f.post(f.a2, f.order_a, 2, "OK").await;
+    let (code, _, stderr) = f.ow(&["backup", target_text]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("exists; pass --force"), "{stderr}");
+    assert_eq!(std::fs::read(&target).unwrap(), before, "left alone");
+    let (code, _, stderr) = f.ow(&["backup", f.db.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is the database itself"), "{stderr}");
+    f.ok(&["backup", target_text, "--force"]);
+    assert_eq!(rows(&target), rows(&f.db));
+    assert_eq!(rows(&target).1, 7, "the newer webhook is in the new copy");
+    let leftovers: Vec<_> = std::fs::read_dir(f.daemon.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_old_history_but_keeps_current_state_while_the_daemon_runs() {
+    let f = Filled::start().await;
+    let (items_before, events_before) = rows(&f.db);
+    assert_eq!(events_before, 6);
+    // Everything so far is older than "0s": all but what must stay goes.
+    let out = f.ok(&["prune", "--events-older-than", "0s"]);
+    assert!(
+        out.contains("deleted 2 event(s) and 1 rejected webhook(s)"),
+        "{out}"
+    );
+    let (items_after, events_after) = rows(&f.db);
+    assert_eq!(items_after, items_before, "current state untouched");
+    assert_eq!(events_after, 4);
+    let shown = f.json(&["show", &f.a1.to_string(), "--format", "json"]);
+    let kept: Vec<&str> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        ["applied", "duplicate"],
+        "newest applied and newest event stay"
+    );
+    // The daemon keeps writing, and the feed still knows the previous status.
+    f.post(f.a1, f.order_a, 4, "REFUNDED").await;
+    let feed_text = f.ok(&["changes"]);
+    let last = feed(&feed_text).pop().unwrap();
+    assert_eq!(
+        last,
+        (f.a1.to_string(), Some("OK".into()), "REFUNDED".into())
+    );
+    // Nothing is younger than a day.
+    let out = f.ok(&["prune", "--events-older-than", "1d"]);
+    assert!(out.contains("deleted 0 event(s) and 0 rejected"), "{out}");
+    let (code, _, stderr) = f.ow(&["prune", "--events-older-than", "soon"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[tokio::test]
+async fn the_daemon_prunes_by_itself_with_events_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let then = chrono::Utc::now() - chrono::Duration::days(100);
+    let app = spawn_app_in(dir, "", Arc::new(ManualClock::new(then))).await;
+    let (order, item) = (new_uuid().to_string(), new_uuid().to_string());
+    for (version, status) in [(1, "PENDING"), (2, "OK"), (1, "PENDING")] {
+        let response = app
+            .post_webhook(webhook(&item, &order, version, status))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let response = app
+        .post_webhook(fixture("webhooks/bad/missing-order-item-uuid.json"))
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(app.count("item_events"), 3);
+    let dir = app.stop().await;
+
+    let app = spawn_app_in(
+        dir,
+        "[store]\nevents_keep = \"90d\"\n",
+        Arc::new(orderwatch::clock::SystemClock),
+    )
+    .await;
+    let deadline = Instant::now() + LIMIT;
+    while app.count("item_events") != 2 || app.count("rejected_webhooks") != 0 {
+        assert!(Instant::now() < deadline, "the start-up prune never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes: Vec<String> = app
+        .db()
+        .prepare("SELECT outcome FROM item_events ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(outcomes, ["applied", "stale"]);
+    assert_eq!(app.count("order_items WHERE status = 'OK'"), 1);
+    app.stop().await;
+}
+
+#[test]
+fn a_missing_or_newer_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let db = dir.path().join("orderwatch.db");
+    let copy = dir.path().join("copy.db");
+    let copy = copy.to_str().unwrap();
+    let commands: [&[&str]; 8] = [
+        &["items"],
+        &["show", "0000"],
+        &["stats"],
+        &["rejected"],
+        &["changes"],
+        &["changes", "--follow"],
+        &["prune", "--events-older-than", "90d"],
+        &["backup", copy],
+    ];
+    for args in commands {
+        let (code, stdout, stderr) = ow(&config, args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("database {} does not exist", db.display())),
+            "{stderr}"
+        );
+        assert!(!db.exists(), "{args:?} created the database");
+    }
+    let conn = orderwatch::store::open_for_writing(&db, Duration::from_secs(1)).unwrap();
+    conn.pragma_update(None, "user_version", orderwatch::store::SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    for args in commands {
+        let (code, _, stderr) = ow(&config, args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("newer than this orderwatch knows"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orderwatch.db");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    // A database as orderwatch with schema version 1 left it.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(include_str!("../../src/store/schema.sql"))
+        .unwrap();
+    conn.pragma_update(None, "user_version", 1).unwrap();
+    let (order, item) = (new_uuid().to_string(), new_uuid().to_string());
+    let since = "2024-01-01T00:00:00.000Z";
+    conn.execute(
+        "INSERT INTO orders (order_uuid, first_seen_at) VALUES (?1, ?2)",
+        [&order, since],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO order_items (item_uuid, order_uuid, status, item_version, status_version,
+                                  as_of, as_of_source, source, first_seen_at, changed_at, updated_at)
+         VALUES (?1, ?2, 'PENDING', 1, 1, ?3, 'webhook', 'webhook', ?3, ?3, ?3)",
+        [&item, &order, since],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version, as_of,
+                                  received_at, outcome, payload)
+         VALUES (?1, ?2, 'webhook', 'PENDING', 1, ?3, ?3, 'applied', '{}')",
+        [&item, &order, since],
+    )
+    .unwrap();
+    drop(conn);
+
+    // The CLI reads it as it is (read-only: it never migrates).
+    let items: Value = serde_json::from_str(&ok(&config, &["items", "--format", "json"])).unwrap();
+    assert_eq!(items[0]["item"], item);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    drop(conn);
+
+    // The daemon migrates it at start.
+    let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
+    let conn = app.db();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let (pending, since_text, age, last): (String, String, i64, String) = conn
+        .query_row(
+            "SELECT item_uuid, pending_since, age_seconds, last_outcome FROM pending_items",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (pending.as_str(), since_text.as_str()),
+        (item.as_str(), since)
+    );
+    assert!(age > 86_400 * 300, "{age}");
+    assert_eq!(last, "applied");
+    // New traffic shows up in item_history next to the current state.
+    app.post_webhook(webhook(&item, &order, 2, "OK")).await;
+    let (outcome, current, why): (String, String, String) = conn
+        .query_row(
+            "SELECT outcome, current_status, why FROM item_history ORDER BY event_id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((outcome.as_str(), current.as_str()), ("applied", "OK"));
+    assert!(why.starts_with("set the status"), "{why}");
+    let pending: i64 = conn
+        .query_row("SELECT count(*) FROM pending_items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pending, 0);
+    drop(conn);
+    app.stop().await;
+}
