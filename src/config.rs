@@ -453,6 +453,19 @@ impl Config {
         Self::from_toml_and_env(&text, path, std::env::vars())
     }
 
+    /// [`Config::load`] for commands that only touch the database (inspection, `watch`,
+    /// `prune`, `backup`): secrets are not read, so an operator without access to the webhook
+    /// password or the API secret can still use them. Webhook auth and API credentials stay
+    /// unresolved (`credentials` is `None`).
+    pub fn load_for_database(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::build(&text, path, std::env::vars(), Secrets::Skip)
+    }
+
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its
     /// folder), without environment overrides.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -465,6 +478,15 @@ impl Config {
         path: &Path,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::build(text, path, vars, Secrets::Resolve)
+    }
+
+    fn build(
+        text: &str,
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+        secrets: Secrets,
+    ) -> Result<Self, ConfigError> {
         let overrides = sources::overrides(vars).map_err(|reason| ConfigError {
             file: path.to_owned(),
             key: String::new(),
@@ -472,7 +494,7 @@ impl Config {
         })?;
         let mut config = parse(text, path, &overrides)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve(base, path)?;
+        config.resolve(base, path, secrets)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -482,9 +504,12 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    fn resolve(&mut self, base: &Path, file: &Path) -> Result<(), ConfigError> {
+    fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
         if self.database.path.is_relative() {
             self.database.path = base.join(&self.database.path);
+        }
+        if secrets == Secrets::Skip {
+            return Ok(());
         }
         if let Some(auth) = &mut self.server.auth {
             if let Some(secret_file) = &mut auth.password_file
@@ -711,6 +736,13 @@ impl MusementConfig {
         self.credentials = Some((id.0, secret));
         Ok(())
     }
+}
+
+/// Whether loading reads the secrets the configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Resolve,
+    Skip,
 }
 
 /// Deserializes the file, with `overrides` written over it. Without overrides the file is read

@@ -104,6 +104,14 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// [`load_config`] for commands that only use the database: secrets are not read.
+fn load_database_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load_for_database(path).map_err(|error| {
+        eprintln!("orderwatch: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 /// A multi-threaded runtime for the commands that need one.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap_or_else(|error| {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{EXIT_FAILURE, load_config};
+use super::{EXIT_FAILURE, load_database_config};
 use crate::config::Config;
 use crate::store;
 
@@ -29,7 +29,7 @@ pub enum Format {
 /// Loads the config and opens its database read-only, or prints the one-line reason and gives
 /// the exit code (2 for the config, 1 for the database: missing, not orderwatch's, too new).
 pub fn open_database(config_path: &Path) -> Result<(Config, Connection), ExitCode> {
-    let config = load_config(config_path)?;
+    let config = load_database_config(config_path)?;
     match store::open_read_only(&config.database.path, config.database.busy_timeout) {
         Ok(conn) => Ok((config, conn)),
         Err(error) => Err(fail(error)),

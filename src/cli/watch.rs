@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{EXIT_CONFIG, EXIT_FAILURE, load_config, runtime};
+use super::{EXIT_CONFIG, EXIT_FAILURE, load_database_config, runtime};
 use crate::clock::SystemClock;
 use crate::startup;
 use crate::store::writer::Writer;
@@ -33,7 +33,7 @@ impl<E: std::error::Error + 'static> From<E> for Failure {
 }
 
 pub(super) fn watch(config_path: &Path, orders: &[String]) -> ExitCode {
-    let config = match load_config(config_path) {
+    let config = match load_database_config(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };

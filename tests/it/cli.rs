@@ -270,3 +270,33 @@ async fn the_daemon_listens_where_the_environment_says() {
     assert_eq!(response.status(), 200);
     daemon.stop();
 }
+
+#[test]
+fn database_commands_work_without_access_to_the_secrets() {
+    // The config names secrets in variables this process does not have (an operator's shell).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_TEST_UNSET_PASSWORD\"\n\
+         [musement]\napplication = \"acme\"\nclient_id_env = \"ORDERWATCH_TEST_UNSET_ID\"\n\
+         client_secret_env = \"ORDERWATCH_TEST_UNSET_SECRET\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let order = "8e9e5c6e-ea7d-4934-8753-f00954f30d00";
+    let (code, _, stderr) = orderwatch_with_env(&["watch", "--config", config, order], &[]);
+    assert_eq!(code, 0, "watch needs only the database: {stderr}");
+    for command in ["items", "stats", "rejected"] {
+        let (code, _, stderr) =
+            orderwatch_with_env(&[command, "--config", config, "--format", "json"], &[]);
+        assert_eq!(code, 0, "{command} needs only the database: {stderr}");
+    }
+    // The daemon and check-config do need them, and say which one is missing.
+    let (code, _, stderr) = orderwatch_with_env(&["check-config", "--config", config], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("ORDERWATCH_TEST_UNSET_PASSWORD"),
+        "{stderr}"
+    );
+}
