@@ -18,7 +18,9 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use apply::{RejectedWebhook, apply, record_rejected};
 pub use poll_state::PollPolicy;
-pub use reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, PolledItemFacts};
+pub use reconcile::{
+    Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, PolledItemFacts, record_poll,
+};
 pub use rule::{Decision, ItemState, Outcome, Rules, decide};
 
 /// What the store functions need to know besides the connection and their input.

@@ -30,7 +30,7 @@ pub struct PrepareArgs {
     /// Orders with one PENDING item each, due for a poll.
     #[arg(long, default_value_t = 100)]
     pending: u64,
-    /// Orders with one final item each (REFUNDED or KO): never due.
+    /// Orders with one final item each (REFUNDED or KO), polled once: never due.
     #[arg(long = "final", default_value_t = 1_000_000)]
     finals: u64,
     /// Replace the file if it exists.
@@ -78,6 +78,7 @@ pub fn prepare(path: &Path, pending: u64, finals: u64) -> BenchResult<Duration> 
     // Final items settled two days ago; pending orders first seen ten minutes ago, so the
     // webhook's quiet period (2 min) is over and they are due now.
     let final_at = Utc::now() - chrono::Duration::days(2);
+    let polled_at = final_at + chrono::Duration::minutes(5);
     let pending_at = Utc::now() - chrono::Duration::minutes(10);
     let apply = |body: String, at| -> BenchResult<()> {
         let observation = Observation::from_webhook(body.as_bytes(), at)
@@ -94,6 +95,14 @@ pub fn prepare(path: &Path, pending: u64, finals: u64) -> BenchResult<Duration> 
             webhook_body(&item, &order, 20_000_000 + n, 3, status, &final_time),
             final_at,
         )?;
+        // Its first poll is long done (until then every order is due, since only a poll lists
+        // all of an order's items), so the order is settled: the steady state of a database
+        // full of old bookings. The poll's item is left out: it would only confirm the status.
+        let polled = store::PollRecord {
+            order,
+            items: Vec::new(),
+        };
+        store::record_poll(&tx, &polled, &settings, polled_at)?;
         if n > 0 && n % 250_000 == 0 {
             eprintln!(
                 "  prepared {n} final items ({:.0} s)",
