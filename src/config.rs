@@ -528,7 +528,8 @@ impl Config {
         self.musement.resolve(base, file)
     }
 
-    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+    /// Checks the rules that span keys; errors name `file`.
+    pub(crate) fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let error = |key: &str, reason: &str| {
             Err(ConfigError {
                 file: file.to_owned(),

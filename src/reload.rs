@@ -6,13 +6,14 @@
 //! rotated without dropping a webhook).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc};
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::Config;
-use crate::receiver::{Receiver, ReceiverSettings};
+use crate::receiver::{Access, Receiver};
 use crate::startup::ScheduledPasses;
 
 /// Keys (or key prefixes) a reload applies without a restart.
@@ -109,50 +110,60 @@ pub(crate) async fn follow(
 }
 
 /// Applies what may change from `new` and returns the configuration now in force.
-async fn apply(mut running: Config, new: &Config, targets: &Targets) -> Config {
+async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     let changed = changed_keys(&running, new);
     let (now, later): (Vec<&Change>, Vec<&Change>) = changed
         .iter()
         .partition(|change| RELOADABLE.iter().any(|prefix| change.key_is_under(prefix)));
+    // What would run: the running configuration with every reloadable value taken from `new`.
+    // It must be valid as a whole: e.g. dropping [server.auth] is refused while the daemon
+    // still listens on a public address (a change of `listen` waits for a restart).
+    let mut candidate = running.clone();
+    take_reloadable(&mut candidate, new);
+    if let Err(error) = candidate.validate(Path::new("the reloaded configuration")) {
+        tracing::error!(%error, "the configuration was not reloaded: with the settings that need a restart left as they are, it would be invalid; the running one stays");
+        return running;
+    }
     let touches = |prefix: &str| now.iter().any(|change| change.key_is_under(prefix));
     let mut failed = Vec::new();
-    if touches("log.level") {
-        match targets
+    if touches("log.level")
+        && let Some(Err(reason)) = targets
             .log
             .as_ref()
             .map(|log| log.set_level(&new.log.level))
-        {
-            Some(Ok(())) | None => running.log.level = new.log.level.clone(),
-            Some(Err(reason)) => failed.push(format!("log.level: {reason}")),
-        }
+    {
+        failed.push(format!("log.level: {reason}"));
+        candidate.log.level = running.log.level.clone();
     }
     if touches("server.allow_ips") || touches("server.trusted_proxies") || touches("server.auth") {
-        targets
-            .receiver
-            .set_access(&ReceiverSettings::from(&new.server));
-        running.server.allow_ips = new.server.allow_ips.clone();
-        running.server.trusted_proxies = new.server.trusted_proxies.clone();
-        running.server.auth = new.server.auth.clone();
+        targets.receiver.set_access(Access::from(&candidate.server));
     }
     if touches("reconciler.interval") || touches("reconciler.cron") {
-        match &targets.passes {
-            Some(passes) => match passes
-                .lock()
-                .await
-                .reschedule(new.reconciler.schedule())
-                .await
-            {
-                Ok(()) => {
-                    running.reconciler.interval = new.reconciler.interval;
-                    running.reconciler.cron = new.reconciler.cron.clone();
-                }
-                Err(reason) => failed.push(format!("reconciler schedule: {reason}")),
-            },
-            None => failed.push("reconciler schedule: the reconciler is off".into()),
+        let rescheduled = match &targets.passes {
+            Some(passes) => {
+                let schedule = candidate.reconciler.schedule();
+                passes.lock().await.reschedule(schedule).await
+            }
+            None => Err("the reconciler is off".into()),
+        };
+        if let Err(reason) = rescheduled {
+            failed.push(format!("reconciler schedule: {reason}"));
+            candidate.reconciler.interval = running.reconciler.interval;
+            candidate.reconciler.cron = running.reconciler.cron.clone();
         }
     }
     log_outcome(&now, &later, &failed);
-    running
+    candidate
+}
+
+/// Copies the values a reload may change (see [`RELOADABLE`]) from `new` into `config`.
+fn take_reloadable(config: &mut Config, new: &Config) {
+    config.log.level = new.log.level.clone();
+    config.server.allow_ips = new.server.allow_ips.clone();
+    config.server.trusted_proxies = new.server.trusted_proxies.clone();
+    config.server.auth = new.server.auth.clone();
+    config.reconciler.interval = new.reconciler.interval;
+    config.reconciler.cron = new.reconciler.cron.clone();
 }
 
 fn log_outcome(now: &[&Change], later: &[&Change], failed: &[String]) {
@@ -242,7 +253,8 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<Change> {
             values: None,
         });
     }
-    changes.dedup_by(|a, b| a.key == b.key);
+    let mut seen = std::collections::BTreeSet::new();
+    changes.retain(|change| seen.insert(change.key.clone()));
     changes
 }
 

@@ -36,6 +36,14 @@ pub struct ReceiverSettings {
     pub max_body_bytes: usize,
     /// Bound on reading the body and on waiting for the commit.
     pub request_timeout: Duration,
+    /// Who may post webhooks and read `/metrics` (replaceable by a reload).
+    pub access: Access,
+}
+
+/// Who may post webhooks and read `/metrics`; replaced as a whole when the configuration is
+/// reloaded (SIGHUP), so every rule of one request comes from one configuration.
+#[derive(Debug, Clone)]
+pub struct Access {
     /// Allowed client addresses (empty: all).
     pub allow_ips: Vec<IpRange>,
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -43,7 +51,26 @@ pub struct ReceiverSettings {
     /// Required Basic credentials, if any.
     pub auth: Option<BasicCredentials>,
     /// Who may read `/metrics` on the webhook listener.
-    pub metrics_access: MetricsAccess,
+    pub metrics: MetricsAccess,
+}
+
+impl From<&ServerConfig> for Access {
+    fn from(server: &ServerConfig) -> Self {
+        Self {
+            allow_ips: server.allow_ips.clone(),
+            trusted_proxies: server.trusted_proxies.clone(),
+            auth: server.auth.as_ref().map(|auth| BasicCredentials {
+                username: auth.username.clone(),
+                password: auth.resolved_password.clone(),
+            }),
+            // Behind a proxy, "loopback" may be the proxy relaying anyone: only metrics_listen.
+            metrics: if server.metrics_listen.is_some() || !server.trusted_proxies.is_empty() {
+                MetricsAccess::Off
+            } else {
+                MetricsAccess::Local
+            },
+        }
+    }
 }
 
 /// Who may read `GET /metrics` on a listener.
@@ -74,48 +101,24 @@ impl From<&ServerConfig> for ReceiverSettings {
             path: server.path.clone(),
             max_body_bytes: server.max_body_bytes,
             request_timeout: server.request_timeout,
-            allow_ips: server.allow_ips.clone(),
-            trusted_proxies: server.trusted_proxies.clone(),
-            auth: server.auth.as_ref().map(|auth| BasicCredentials {
-                username: auth.username.clone(),
-                password: auth.resolved_password.clone(),
-            }),
-            // Behind a proxy, "loopback" may be the proxy relaying anyone: only metrics_listen.
-            metrics_access: if server.metrics_listen.is_some() || !server.trusted_proxies.is_empty()
-            {
-                MetricsAccess::Off
-            } else {
-                MetricsAccess::Local
-            },
+            access: Access::from(server),
         }
     }
 }
 
-/// Who may post webhooks; replaced as a whole when the configuration is reloaded (SIGHUP).
-#[derive(Debug)]
-struct Access {
-    /// Allowed client addresses (empty: all).
-    allow_ips: Vec<IpRange>,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    trusted_proxies: Vec<IpRange>,
-    /// Required Basic credentials, if any.
-    auth: Option<BasicCredentials>,
-}
-
-impl From<&ReceiverSettings> for Access {
-    fn from(settings: &ReceiverSettings) -> Self {
-        Self {
-            allow_ips: settings.allow_ips.clone(),
-            trusted_proxies: settings.trusted_proxies.clone(),
-            auth: settings.auth.clone(),
-        }
-    }
+/// The limits that stay fixed while the daemon runs.
+#[derive(Debug, Clone)]
+struct Limits {
+    path: String,
+    max_body_bytes: usize,
+    request_timeout: Duration,
 }
 
 /// The request handler shared by every connection.
 pub struct Receiver {
-    settings: ReceiverSettings,
-    /// The access rules in force (from `settings` at start, then from reloads).
+    /// Path, body size and time limits.
+    settings: Limits,
+    /// The access rules in force (from the settings at start, then from reloads).
     access: RwLock<Arc<Access>>,
     writer: Writer,
     clock: Arc<dyn Clock>,
@@ -253,8 +256,12 @@ impl Receiver {
         state: StateSource,
     ) -> Self {
         Self {
-            access: RwLock::new(Arc::new(Access::from(&settings))),
-            settings,
+            access: RwLock::new(Arc::new(settings.access)),
+            settings: Limits {
+                path: settings.path,
+                max_body_bytes: settings.max_body_bytes,
+                request_timeout: settings.request_timeout,
+            },
             writer,
             clock,
             draining: AtomicBool::new(false),
@@ -263,10 +270,10 @@ impl Receiver {
         }
     }
 
-    /// Replaces the allowlist, trusted proxies and credentials; requests already past their
-    /// checks finish under the old rules.
-    pub fn set_access(&self, settings: &ReceiverSettings) {
-        let access = Arc::new(Access::from(settings));
+    /// Replaces the allowlist, trusted proxies, credentials and `/metrics` rule; requests
+    /// already past their checks finish under the old rules.
+    pub fn set_access(&self, access: Access) {
+        let access = Arc::new(access);
         *self
             .access
             .write()
@@ -342,7 +349,7 @@ impl Receiver {
         match path {
             "/healthz" if read_only => Reply::Healthy,
             "/readyz" if read_only => self.readiness().await,
-            "/metrics" if read_only => match self.settings.metrics_access {
+            "/metrics" if read_only => match self.access().metrics {
                 MetricsAccess::Off => Reply::NotFound,
                 MetricsAccess::Local if !is_direct_local(peer, request.headers()) => {
                     Reply::MetricsRefused
@@ -352,7 +359,7 @@ impl Receiver {
                 }
             },
             "/healthz" | "/readyz" => Reply::MethodNotAllowed("GET, HEAD"),
-            "/metrics" if self.settings.metrics_access != MetricsAccess::Off => {
+            "/metrics" if self.access().metrics != MetricsAccess::Off => {
                 Reply::MethodNotAllowed("GET, HEAD")
             }
             _ if path == self.settings.path => {
@@ -556,20 +563,11 @@ mod tests {
     #[test]
     fn metrics_are_off_on_the_webhook_listener_behind_a_proxy_or_with_metrics_listen() {
         let mut server = ServerConfig::default();
-        assert_eq!(
-            ReceiverSettings::from(&server).metrics_access,
-            MetricsAccess::Local
-        );
+        assert_eq!(Access::from(&server).metrics, MetricsAccess::Local);
         server.metrics_listen = Some("127.0.0.1:9090".parse().unwrap());
-        assert_eq!(
-            ReceiverSettings::from(&server).metrics_access,
-            MetricsAccess::Off
-        );
+        assert_eq!(Access::from(&server).metrics, MetricsAccess::Off);
         server.metrics_listen = None;
         server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-        assert_eq!(
-            ReceiverSettings::from(&server).metrics_access,
-            MetricsAccess::Off
-        );
+        assert_eq!(Access::from(&server).metrics, MetricsAccess::Off);
     }
 }

@@ -115,3 +115,49 @@ fn sighup_changes_the_reconciler_schedule() {
     }
     daemon.stop();
 }
+
+const PROXIED: &str = "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n";
+const AUTH: &str = "[server.auth]\nusername = \"musement\"\npassword = \"Swordfish\"\n";
+
+async fn get_metrics(daemon: &Daemon) -> u16 {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/metrics", daemon.addr))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_reload_cannot_leave_a_proxied_endpoint_without_auth() {
+    // Behind a proxy the daemon refuses to start without auth or an allowlist; a reload that
+    // drops auth (while trusted_proxies stays) must be refused the same way.
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), &format!("{PROXIED}{AUTH}"));
+    assert_eq!(post(&daemon).await, 401, "auth is on");
+    rewrite(&daemon, PROXIED);
+    daemon.signal("HUP");
+    let refused = daemon.wait_for_log("was not reloaded");
+    assert!(refused.contains("server"), "{refused}");
+    assert_eq!(post(&daemon).await, 401, "auth is still on");
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn a_reload_moves_the_metrics_rule_with_trusted_proxies() {
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), BASE);
+    assert_eq!(get_metrics(&daemon).await, 200, "direct loopback client");
+    // Behind a proxy, loopback may be anyone relayed: /metrics is no longer served here.
+    rewrite(&daemon, &format!("{PROXIED}{AUTH}"));
+    daemon.signal("HUP");
+    daemon.wait_for_log("configuration reloaded");
+    assert_eq!(get_metrics(&daemon).await, 404);
+    rewrite(&daemon, BASE);
+    daemon.signal("HUP");
+    daemon.wait_for_log("configuration reloaded");
+    assert_eq!(get_metrics(&daemon).await, 200);
+    daemon.stop();
+}
