@@ -202,11 +202,19 @@ impl Reconciler {
 
     async fn pass_locked(&self) -> Result<PassSummary, PassError> {
         let started = std::time::Instant::now();
-        match self
+        let lease = self
             .writer
             .acquire_lease(LEASE, &self.holder, lease_ttl())
-            .await?
-        {
+            .await;
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(error) => {
+                // The database is locked or full: the pass failed before it began.
+                self.metrics.pass("failed");
+                return Err(error.into());
+            }
+        };
+        match lease {
             LeaseAnswer::Acquired { .. } => {}
             LeaseAnswer::Held { holder, until } => {
                 self.metrics.pass("lease_held");

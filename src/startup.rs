@@ -503,14 +503,17 @@ async fn serve(
             count_closed_at_cap(&receiver, on, "refused_busy");
             continue;
         };
+        if let Some(gauge) = &open_connections {
+            gauge.inc();
+        }
         if let Some(closing) = evicted {
             count_closed_at_cap(&receiver, on, "evicted_idle");
+            if let Some(gauge) = &open_connections {
+                gauge.dec();
+            }
             // Its socket closes when its aborted task is dropped; wait for that, so a burst of
             // accepts cannot overshoot the cap.
             let _ = closing.await;
-        }
-        if let Some(gauge) = &open_connections {
-            gauge.set(table.len() as i64);
         }
         let _ = stream.set_nodelay(true);
         let receiver = receiver.clone();
@@ -520,8 +523,11 @@ async fn serve(
             let activity = activity.clone();
             let table = busy_table.clone();
             async move {
-                let _busy = activity.busy(&table);
-                Ok::<_, Infallible>(receiver.handle_on(on, request, peer).await)
+                let Some(_busy) = activity.busy(&table) else {
+                    // Chosen for eviction an instant ago: nothing is read or stored.
+                    return Ok::<_, Infallible>(crate::receiver::closing_unavailable());
+                };
+                Ok(receiver.handle_on(on, request, peer).await)
             }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -531,9 +537,11 @@ async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
-            ended_table.remove(id);
-            if let Some(gauge) = open_gauge {
-                gauge.set(ended_table.len() as i64);
+            // An evicted connection was already taken out of the table and the gauge.
+            if ended_table.remove(id)
+                && let Some(gauge) = open_gauge
+            {
+                gauge.dec();
             }
         });
         table.register(id, task);

@@ -1,14 +1,17 @@
 //! The connection cap. A slot is never waited for: when every slot is taken, the connection that
-//! has been idle longest (no request in progress: still sending its first headers, or kept alive
-//! between requests) is closed to make room. So clients that hold connections open without using
-//! them cannot keep Musement's next webhook waiting; only connections with a request in progress
-//! are safe from eviction, and when all of them are busy the newcomer is closed instead.
+//! has been idle longest is closed to make room. Idle means no request in progress: still sending
+//! its first headers, or kept alive between requests (then only once its last response has had
+//! [`FLUSH_GRACE_MS`] to reach the socket). So clients that hold connections open without using
+//! them cannot keep Musement's next webhook waiting; when no connection is idle the newcomer is
+//! closed instead.
 //!
-//! Closing an idle connection is always allowed by HTTP/1.1 and loses nothing: a request that
-//! was being stored when its connection closed got no 200, so Musement retries it.
+//! Eviction and the start of a request race for the same connection; one atomic step decides: a
+//! connection being evicted refuses its request (503, nothing stored), and a connection whose
+//! request started is not evicted. Closing an idle connection is allowed by HTTP/1.1 and loses
+//! nothing: a request cut off before its 200 is retried by Musement.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -36,13 +39,22 @@ struct Entry {
     task: Option<JoinHandle<()>>,
 }
 
+/// How long after a response a kept-alive connection is still protected from eviction: the
+/// handler is done when it hands the response to hyper, which writes it afterwards.
+pub const FLUSH_GRACE_MS: u64 = 1000;
+
+/// `in_progress` of a connection chosen for eviction: no request may start on it.
+const EVICTING: usize = usize::MAX;
+
 /// What one connection is doing, updated by its request handler.
 #[derive(Default)]
 pub struct Activity {
-    /// Requests being handled on this connection now (HTTP/1.1: 0 or 1).
+    /// Requests being handled on this connection now (HTTP/1.1: 0 or 1), or [`EVICTING`].
     in_progress: AtomicUsize,
     /// Milliseconds after the table's epoch when the connection last became idle.
     idle_since_ms: AtomicU64,
+    /// Whether it has answered a request (then a response may still be on its way out).
+    answered: AtomicBool,
 }
 
 /// Marks a connection busy while alive; obtained from [`Activity::busy`].
@@ -85,7 +97,7 @@ impl ConnectionTable {
         let mut open = self.lock();
         let mut evicted = None;
         if open.len() >= self.capacity {
-            let Some(victim) = longest_idle(&open) else {
+            let Some(victim) = claim_longest_idle(&open, self.now_ms()) else {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return Admission::Full;
             };
@@ -121,9 +133,9 @@ impl ConnectionTable {
         }
     }
 
-    /// Frees the slot of a connection that ended.
-    pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+    /// Frees the slot of a connection that ended; false if it was already evicted.
+    pub fn remove(&self, id: u64) -> bool {
+        self.lock().remove(&id).is_some()
     }
 
     /// Connections open now.
@@ -159,13 +171,44 @@ impl ConnectionTable {
 }
 
 impl Activity {
-    /// Marks the connection busy until the guard is dropped (when the response is ready).
-    pub fn busy<'a>(&'a self, table: &'a ConnectionTable) -> Busy<'a> {
-        self.in_progress.fetch_add(1, Ordering::AcqRel);
-        Busy {
-            activity: self,
-            table,
+    /// Marks the connection busy until the guard is dropped (when the response is ready), or
+    /// `None` if it is being evicted: the request must then be refused, not handled.
+    pub fn busy<'a>(&'a self, table: &'a ConnectionTable) -> Option<Busy<'a>> {
+        let mut current = self.in_progress.load(Ordering::Acquire);
+        loop {
+            if current == EVICTING {
+                return None;
+            }
+            match self.in_progress.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(Busy {
+                        activity: self,
+                        table,
+                    });
+                }
+                Err(actual) => current = actual,
+            }
         }
+    }
+
+    /// Whether it may be evicted at `now_ms`.
+    fn is_idle(&self, now_ms: u64) -> bool {
+        self.in_progress.load(Ordering::Acquire) == 0
+            && (!self.answered.load(Ordering::Acquire)
+                || now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Acquire))
+                    >= FLUSH_GRACE_MS)
+    }
+
+    /// Claims it for eviction if no request started meanwhile.
+    fn claim(&self) -> bool {
+        self.in_progress
+            .compare_exchange(0, EVICTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
 
@@ -173,18 +216,26 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.activity
             .idle_since_ms
-            .store(self.table.now_ms(), Ordering::Relaxed);
+            .store(self.table.now_ms(), Ordering::Release);
+        self.activity.answered.store(true, Ordering::Release);
         self.activity.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// The id of the connection idle for longest, if any is idle. Only the accept loop admits, and it
-/// registers each task before admitting the next, so every candidate has its task.
-fn longest_idle(open: &HashMap<u64, Entry>) -> Option<u64> {
-    open.iter()
-        .filter(|(_, entry)| entry.activity.in_progress.load(Ordering::Acquire) == 0)
-        .min_by_key(|(id, entry)| (entry.activity.idle_since_ms.load(Ordering::Relaxed), **id))
-        .map(|(id, _)| *id)
+/// Claims the connection idle for longest, if any is idle, and returns its id. Only the accept
+/// loop admits, and it registers each task before admitting the next, so every candidate has
+/// its task.
+fn claim_longest_idle(open: &HashMap<u64, Entry>, now_ms: u64) -> Option<u64> {
+    let mut idle: Vec<(u64, u64)> = open
+        .iter()
+        .filter(|(_, entry)| entry.activity.is_idle(now_ms))
+        .map(|(id, entry)| (entry.activity.idle_since_ms.load(Ordering::Relaxed), *id))
+        .collect();
+    idle.sort_unstable();
+    // A request may start between the look and the claim; then try the next one.
+    idle.into_iter()
+        .map(|(_, id)| id)
+        .find(|id| open[id].activity.claim())
 }
 
 #[cfg(test)]
@@ -218,19 +269,46 @@ mod tests {
 
     #[tokio::test]
     async fn busy_connections_are_never_evicted() {
-        let table = ConnectionTable::new(2);
+        let mut table = ConnectionTable::new(2);
+        // Times are measured from the epoch; start it in the past so "long ago" exists.
+        table.epoch = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(10))
+            .unwrap_or_else(Instant::now);
         let (_first, a) = admitted(&table);
         let (_second, b) = admitted(&table);
-        let _busy_a = a.busy(&table);
+        let _busy_a = a.busy(&table).unwrap();
         {
-            let _busy_b = b.busy(&table);
+            let _busy_b = b.busy(&table).unwrap();
             assert!(matches!(table.admit(), Admission::Full));
             assert_eq!(table.refused(), 1);
         }
-        // b finished its request: it is idle now and may make room.
+        // b finished its request: once its response has had time to leave, it may make room.
+        assert!(
+            matches!(table.admit(), Admission::Full),
+            "within the flush grace"
+        );
+        b.idle_since_ms.store(0, Ordering::Release);
         let (third, _c) = admitted(&table);
         assert_eq!(table.len(), 2);
         table.remove(third);
         assert_eq!(table.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_being_evicted_refuses_its_request() {
+        let table = ConnectionTable::new(1);
+        let (first, a) = admitted(&table);
+        table.register(first, tokio::spawn(std::future::pending::<()>()));
+        let (_second, _b) = admitted(&table);
+        assert!(a.busy(&table).is_none(), "evicted: no request may start");
+    }
+
+    #[test]
+    fn a_connection_whose_request_started_is_not_evicted() {
+        let table = ConnectionTable::new(1);
+        let (_first, a) = admitted(&table);
+        let _busy = a.busy(&table).unwrap();
+        assert!(!a.claim());
+        assert!(matches!(table.admit(), Admission::Full));
     }
 }

@@ -514,6 +514,18 @@ fn is_direct_local(peer: SocketAddr, headers: &hyper::HeaderMap) -> bool {
     peer.ip().to_canonical().is_loopback() && !relayed
 }
 
+/// The answer to a request that arrived on a connection being closed at the connection cap:
+/// 503 (Musement retries), and the connection closes.
+pub fn closing_unavailable() -> Response<Full<Bytes>> {
+    let mut response =
+        Reply::Unavailable(WriteError::Storage("the connection is being closed".into()))
+            .into_response();
+    response
+        .headers_mut()
+        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    response
+}
+
 /// Absent is fine (Musement sends JSON); present must be `application/json` or `…+json`.
 fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE) else {

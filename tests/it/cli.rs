@@ -253,15 +253,27 @@ fn a_bad_environment_override_is_named_in_one_line_with_exit_2() {
 
 #[tokio::test]
 async fn the_daemon_listens_where_the_environment_says() {
-    // The file sets nothing; the address comes from the environment only.
+    // The file sets nothing; the address and the path come from the environment only.
     let mut daemon = Daemon::start_with_env(
         tempfile::tempdir().unwrap(),
         "",
-        &[("ORDERWATCH_SERVER__LISTEN", "127.0.0.1:0")],
+        &[
+            ("ORDERWATCH_SERVER__LISTEN", "127.0.0.1:0"),
+            ("ORDERWATCH_SERVER__PATH", "/from-env"),
+        ],
     );
+    assert_ne!(daemon.addr.port(), 8080, "not the default address");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let response = client
         .post(daemon.webhook_url())
+        .header("content-type", "application/json")
+        .body(fixture("webhooks/documented-example.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "the default path is not served");
+    let response = client
+        .post(format!("http://{}/from-env", daemon.addr))
         .header("content-type", "application/json")
         .body(fixture("webhooks/documented-example.json"))
         .send()

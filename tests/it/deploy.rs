@@ -347,6 +347,7 @@ fn the_production_config_passes_check_config_with_its_secret_files_beside_it() {
     assert!(output.status.success(), "{stdout}{stderr}");
     for expected in [
         "listen = \"127.0.0.1:8080\"",
+        "metrics_listen = \"127.0.0.1:9090\"",
         "\"127.0.0.1/32\"",
         "\"::1/128\"",
         "username = \"musement\"",
@@ -765,6 +766,11 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
         &config,
         "listen = \"127.0.0.1:8080\"",
         "listen = \"127.0.0.1:0\"",
+    );
+    config = replace_once(
+        &config,
+        "metrics_listen = \"127.0.0.1:9090\"",
+        "metrics_listen = \"127.0.0.1:0\"",
     );
     config = replace_once(
         &config,

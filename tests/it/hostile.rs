@@ -379,6 +379,8 @@ struct Flood {
     max_held: usize,
     /// Idle connections the daemon says it closed to make room (its `/metrics`).
     evicted: u64,
+    /// Connections open by its own count (`/metrics`), the scrape's included.
+    open_gauge: u64,
     /// Peak growth of the daemon's resident memory during the flood.
     rss_growth_kb: i64,
 }
@@ -485,15 +487,20 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let evicted = scraped
+    let scraped = scraped
         .first()
-        .map(|answer| answer.body.as_str())
-        .unwrap_or("")
-        .lines()
-        .find(|line| line.contains("connections_closed_at_cap_total{result=\"evicted_idle\"}"))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .map(|answer| answer.body.clone())
+        .unwrap_or_default();
+    let sample = |name: &str| -> u64 {
+        scraped
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let evicted = sample("orderwatch_connections_closed_at_cap_total{result=\"evicted_idle\"}");
+    let open_gauge = sample("orderwatch_connections_open ");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (max_held, max_rss) = sampling.join().unwrap();
     for attacker in attackers {
@@ -505,6 +512,7 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
         status: answered.map_or(0, |(answers, _)| answers.first().map_or(0, |a| a.status)),
         max_held,
         evicted,
+        open_gauge,
         rss_growth_kb: max_rss - rss_before,
     }
 }
@@ -546,7 +554,7 @@ async fn a_thousand_idle_connections_are_capped_and_closed_after_header_read_tim
 }
 
 #[tokio::test]
-async fn a_new_request_is_served_promptly_despite_a_thousand_idle_connections() {
+async fn a_new_request_is_served_despite_a_thousand_idle_connections_reopened() {
     let timeout = Duration::from_millis(200);
     let flood = idle_flood(1000, 64, timeout, true).await;
     eprintln!(
@@ -564,6 +572,11 @@ async fn a_new_request_is_served_promptly_despite_a_thousand_idle_connections() 
     assert!(
         flood.evicted > 0,
         "/metrics counts the idle connections closed at the cap"
+    );
+    assert!(
+        (1..=HELD_AT_MOST as u64).contains(&flood.open_gauge),
+        "/metrics counts the open connections: {}",
+        flood.open_gauge
     );
     assert!(
         flood.max_held <= HELD_AT_MOST,
