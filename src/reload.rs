@@ -115,15 +115,13 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     let (now, later): (Vec<&Change>, Vec<&Change>) = changed
         .iter()
         .partition(|change| RELOADABLE.iter().any(|prefix| change.key_is_under(prefix)));
-    // What would run: the running configuration with every reloadable value taken from `new`.
-    // It must be valid as a whole: e.g. dropping [server.auth] is refused while the daemon
-    // still listens on a public address (a change of `listen` waits for a restart).
-    let mut candidate = running.clone();
-    take_reloadable(&mut candidate, new);
-    if let Err(error) = candidate.validate(Path::new("the reloaded configuration")) {
-        tracing::error!(%error, "the configuration was not reloaded: with the settings that need a restart left as they are, it would be invalid; the running one stays");
-        return running;
-    }
+    let mut candidate = match combine(&running, new) {
+        Ok(candidate) => candidate,
+        Err(error) => {
+            tracing::error!(%error, "the configuration was not reloaded: with the settings that need a restart left as they are, it would be invalid; the running one stays");
+            return running;
+        }
+    };
     let touches = |prefix: &str| now.iter().any(|change| change.key_is_under(prefix));
     let mut failed = Vec::new();
     if touches("log.level")
@@ -154,6 +152,16 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     }
     log_outcome(&now, &later, &failed);
     candidate
+}
+
+/// What would run: the running configuration with every reloadable value taken from `new`.
+/// It must be valid as a whole: e.g. dropping `[server.auth]` is refused while the daemon still
+/// listens on a public address (a change of `listen` waits for a restart).
+fn combine(running: &Config, new: &Config) -> Result<Config, crate::config::ConfigError> {
+    let mut candidate = running.clone();
+    take_reloadable(&mut candidate, new);
+    candidate.validate(Path::new("the reloaded configuration"))?;
+    Ok(candidate)
 }
 
 /// Copies the values a reload may change (see [`RELOADABLE`]) from `new` into `config`.
@@ -318,6 +326,24 @@ mod tests {
                 .all(|c| !c.contains("one") && !c.contains("two")),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn auth_cannot_be_dropped_while_still_listening_on_a_public_address() {
+        // `listen` only changes at a restart, so the public address would stay, open.
+        let running = config(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[server.auth]\nusername = \"u\"\npassword = \"p\"\n",
+        );
+        let new = config("[server]\nlisten = \"127.0.0.1:8080\"\n");
+        let refused = combine(&running, &new).unwrap_err();
+        assert!(refused.key.starts_with("server"), "{refused}");
+        // With auth kept, the same reload is fine (and the listen change waits).
+        let kept = config(
+            "[server]\nlisten = \"127.0.0.1:8080\"\nallow_ips = [\"192.0.2.1\"]\n[server.auth]\nusername = \"u\"\npassword = \"p\"\n",
+        );
+        let combined = combine(&running, &kept).unwrap();
+        assert_eq!(combined.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(combined.server.allow_ips.len(), 1);
     }
 
     #[test]

@@ -133,9 +133,11 @@ async fn get_metrics(daemon: &Daemon) -> u16 {
 }
 
 #[tokio::test]
-async fn a_reload_cannot_leave_a_proxied_endpoint_without_auth() {
-    // Behind a proxy the daemon refuses to start without auth or an allowlist; a reload that
-    // drops auth (while trusted_proxies stays) must be refused the same way.
+async fn a_reload_that_would_open_a_proxied_endpoint_is_refused() {
+    // Behind a proxy the daemon refuses to start without auth or an allowlist; a file that
+    // drops auth while keeping trusted_proxies is refused on reload the same way, and the
+    // running rules stay. (A file valid on its own that is invalid combined with the settings
+    // that wait for a restart is refused too: see the unit tests in src/reload.rs.)
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), &format!("{PROXIED}{AUTH}"));
     assert_eq!(post(&daemon).await, 401, "auth is on");
     rewrite(&daemon, PROXIED);
