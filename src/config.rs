@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod sources;
-pub use sources::{ENV_PREFIX, Origin, Sources, annotate};
+pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};
 
 /// A configuration problem, reported as `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -445,12 +445,7 @@ impl Config {
     /// Reads, parses and validates the file at `path`, with this process's `ORDERWATCH_…__…`
     /// environment overrides applied.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            key: String::new(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        Self::from_toml_and_env(&text, path, std::env::vars())
+        Self::build(&read(path)?, path, std::env::vars(), Secrets::Resolve)
     }
 
     /// [`Config::load`] for commands that only touch the database (inspection, `watch`,
@@ -458,12 +453,7 @@ impl Config {
     /// password or the API secret can still use them. Webhook auth and API credentials stay
     /// unresolved (`credentials` is `None`).
     pub fn load_for_database(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            key: String::new(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        Self::build(&text, path, std::env::vars(), Secrets::Skip)
+        Self::build(&read(path)?, path, std::env::vars(), Secrets::Skip)
     }
 
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its
@@ -737,6 +727,15 @@ impl MusementConfig {
         self.credentials = Some((id.0, secret));
         Ok(())
     }
+}
+
+/// The file's text, or an error naming it.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        key: String::new(),
+        reason: format!("cannot read: {e}"),
+    })
 }
 
 /// Whether loading reads the secrets the configuration names.

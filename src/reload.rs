@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc};
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
-use crate::config::Config;
+use crate::config::{Config, leaves};
 use crate::receiver::{Access, Receiver};
 use crate::startup::ScheduledPasses;
 
@@ -269,25 +269,10 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<Change> {
 /// The configuration as dotted key → TOML value text, secrets masked.
 fn flatten(config: &Config) -> BTreeMap<String, String> {
     let table = toml::Table::try_from(config).unwrap_or_default();
-    let mut flat = BTreeMap::new();
-    flatten_into(&table, "", &mut flat);
-    flat
-}
-
-fn flatten_into(table: &toml::Table, prefix: &str, into: &mut BTreeMap<String, String>) {
-    for (key, value) in table {
-        let dotted = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(inner) => flatten_into(inner, &dotted, into),
-            other => {
-                into.insert(dotted, other.to_string());
-            }
-        }
-    }
+    leaves(&table)
+        .into_iter()
+        .map(|(key, value)| (key, value.to_string()))
+        .collect()
 }
 
 #[cfg(test)]

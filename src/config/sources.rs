@@ -102,7 +102,9 @@ pub fn apply(
     defaults: &toml::Table,
 ) -> Result<Sources, String> {
     let mut sources = Sources::default();
-    collect_leaves(table, "", &mut sources.by_key);
+    for (key, _) in leaves(table) {
+        sources.by_key.insert(key, Origin::File);
+    }
     for item in overrides {
         let (last, parents) = item
             .path
@@ -151,8 +153,18 @@ fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value
     at.get(last)
 }
 
-/// Records every leaf of `table` (arrays count as leaves) as set by the file.
-fn collect_leaves(table: &toml::Table, prefix: &str, into: &mut BTreeMap<String, Origin>) {
+/// Every leaf of `table` (arrays count as leaves) by dotted key, e.g. `server.listen`.
+pub fn leaves(table: &toml::Table) -> Vec<(String, &toml::Value)> {
+    let mut found = Vec::new();
+    collect_leaves(table, "", &mut found);
+    found
+}
+
+fn collect_leaves<'a>(
+    table: &'a toml::Table,
+    prefix: &str,
+    into: &mut Vec<(String, &'a toml::Value)>,
+) {
     for (key, value) in table {
         let dotted = if prefix.is_empty() {
             key.clone()
@@ -161,9 +173,7 @@ fn collect_leaves(table: &toml::Table, prefix: &str, into: &mut BTreeMap<String,
         };
         match value {
             toml::Value::Table(inner) => collect_leaves(inner, &dotted, into),
-            _ => {
-                into.insert(dotted, Origin::File);
-            }
+            leaf => into.push((dotted, leaf)),
         }
     }
 }

@@ -7,18 +7,9 @@ use crate::helpers::{Daemon, binary, fixture};
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
 
+/// The binary with `ORDERWATCH_TEST_PASSWORD` set to [`SECRET`].
 fn orderwatch(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary())
-        .args(args)
-        .env("ORDERWATCH_TEST_PASSWORD", SECRET)
-        .env_remove("ORDERWATCH_CONFIG")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
+    orderwatch_with_env(args, &[("ORDERWATCH_TEST_PASSWORD", SECRET)])
 }
 
 #[test]
