@@ -388,8 +388,9 @@ pub struct Stats {
 
 /// How much older than the cutoff an event's `received_at` may be while still committed after
 /// newer ones: an observation is stamped when it arrives and committed within the request
-/// timeout or a poll's duration, far less than this.
-const COMMIT_LAG: Duration = Duration::minutes(10);
+/// timeout or a poll's duration, far less than this. Reading in id order (commit order) can
+/// therefore stop at the first row this far past a cutoff (here, and in pruning).
+pub(super) const COMMIT_LAG: Duration = Duration::minutes(10);
 
 /// How many of the newest events `stats` searches for the last webhook: without an index on
 /// `source`, a history of polls only would otherwise be read whole (seconds per million rows).
