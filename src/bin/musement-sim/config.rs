@@ -372,7 +372,7 @@ fn parse_mix(text: &str) -> Result<Vec<(Kind, u32)>, String> {
 fn check_iso_duration(text: &str) -> Result<(), String> {
     // The whole text: `iso8601::duration` ignores what follows a valid prefix.
     match iso8601::parsers::parse_duration(text.as_bytes()) {
-        Ok((rest, _)) if rest.is_empty() => Ok(()),
+        Ok(([], _)) => Ok(()),
         _ => Err(format!(
             "{text:?} is not an ISO-8601 duration (e.g. P0D, PT30M, P2D)"
         )),
