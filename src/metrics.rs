@@ -422,11 +422,7 @@ fn read_state(conn: &Connection) -> rusqlite::Result<StateSnapshot> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let overdue = conn.query_row("SELECT count(*) FROM overdue_items", [], |r| r.get(0))?;
-    let in_backoff = conn.query_row(
-        "SELECT count(*) FROM orders INDEXED BY orders_due WHERE needs_poll = 1 AND poll_failures > 0",
-        [],
-        |r| r.get(0),
-    )?;
+    let in_backoff = crate::store::inspect::orders_in_backoff(conn)?;
     let oldest_pending = conn
         .query_row(
             "SELECT min(changed_at) FROM order_items WHERE status = 'PENDING'",

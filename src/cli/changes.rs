@@ -4,6 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use super::output::{fail, finish, open_database};
 use super::{ConfigArg, runtime};
 use crate::store::inspect;
@@ -27,7 +29,8 @@ pub(super) struct Args {
     /// Only changes with an id above this.
     #[arg(long, value_name = "ID", default_value_t = 0)]
     after: i64,
-    /// Keep running and print changes as they are committed, until SIGINT or SIGTERM (exit 0).
+    /// Keep running and print changes as they are committed, until SIGINT or SIGTERM (exit 0;
+    /// checked after every page of the backlog too).
     #[arg(long)]
     follow: bool,
     /// Stop after this many changes.
@@ -41,9 +44,15 @@ pub(super) fn changes(args: Args) -> ExitCode {
         Err(code) => return code,
     };
     runtime().block_on(async {
-        let mut stop = match Stop::new() {
-            Ok(stop) => stop,
-            Err(error) => return fail(format!("cannot listen for signals: {error}")),
+        // Only `--follow` handles the signals; without it SIGINT ends the command the
+        // default way, even in the middle of a large backlog.
+        let mut stop = if args.follow {
+            match Stop::new() {
+                Ok(stop) => Some(stop),
+                Err(error) => return fail(format!("cannot listen for signals: {error}")),
+            }
+        } else {
+            None
         };
         let mut out = std::io::stdout().lock();
         let (mut cursor, mut left) = (args.after, args.limit.unwrap_or(usize::MAX));
@@ -61,15 +70,21 @@ pub(super) fn changes(args: Args) -> ExitCode {
                 left -= 1;
             }
             cursor = page.scanned_to.unwrap_or(cursor);
-            if !page.caught_up {
+            let Some(stop) = stop.as_mut() else {
+                if page.caught_up {
+                    break;
+                }
                 continue;
-            }
-            if !args.follow {
+            };
+            // After every page, so a signal during a long backlog ends it within a page.
+            if stop.signalled().now_or_never().is_some() {
                 break;
             }
-            tokio::select! {
-                () = stop.signalled() => break,
-                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            if page.caught_up {
+                tokio::select! {
+                    () = stop.signalled() => break,
+                    () = tokio::time::sleep(FOLLOW_EVERY) => {}
+                }
             }
         }
         ExitCode::SUCCESS

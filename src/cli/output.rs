@@ -93,7 +93,13 @@ pub fn write_records<T: Serialize>(
 }
 
 /// CSV with a header row: serde names the columns; `fields` only serves an empty result.
-fn write_csv<T: Serialize>(out: &mut impl Write, records: &[T], fields: &[&str]) -> io::Result<()> {
+/// Every command writes CSV through this, so an I/O error (a broken pipe above all) keeps its
+/// kind for [`finish`].
+pub fn write_csv<T: Serialize>(
+    out: &mut impl Write,
+    records: &[T],
+    fields: &[&str],
+) -> io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
     if records.is_empty() {
         writer.write_record(fields).map_err(csv_error)?;

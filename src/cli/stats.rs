@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use chrono::Utc;
 
 use super::ConfigArg;
-use super::output::{Format, column, fail, finish, human_age, open_database, second, table};
+use serde::Serialize;
+
+use super::output::{self, Format, column, fail, finish, human_age, open_database, second, table};
 use crate::store::inspect::{self, Stats, seconds_since};
 
 /// Counts by status, pending and overdue items, polling trouble, latest traffic.
@@ -51,14 +53,21 @@ pub(super) fn stats(args: Args) -> ExitCode {
     finish(written.and_then(|()| out.flush()))
 }
 
+/// A `metric,value` row of the CSV.
+#[derive(Serialize)]
+struct Metric<'a> {
+    metric: &'a str,
+    value: &'a str,
+}
+
+/// `metric,value` rows through the CSV writer every command shares (a reader that went away
+/// stays a broken pipe, a normal end).
 fn write_csv(out: &mut impl Write, metrics: &[(String, String)]) -> std::io::Result<()> {
-    let mut writer = csv::Writer::from_writer(out);
-    let io = |e: csv::Error| std::io::Error::other(e.to_string());
-    writer.write_record(["metric", "value"]).map_err(io)?;
-    for (name, value) in metrics {
-        writer.write_record([name, value]).map_err(io)?;
-    }
-    writer.flush()
+    let rows: Vec<Metric<'_>> = metrics
+        .iter()
+        .map(|(metric, value)| Metric { metric, value })
+        .collect();
+    output::write_csv(out, &rows, &["metric", "value"])
 }
 
 /// Every number as a `(name, value)` pair; `human` shows times with their age for a table.
@@ -133,4 +142,35 @@ fn metrics(stats: &Stats, human: bool) -> Vec<(String, String)> {
         pairs.retain(|(name, _)| name != "oldest_pending_age_seconds");
     }
     pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn csv_keeps_a_broken_pipe_a_broken_pipe() {
+        // More than the CSV writer's buffer, so a row's write meets the closed pipe.
+        let metrics: Vec<(String, String)> = (0..2000)
+            .map(|n| (format!("events_last_hour.webhook.{n}"), n.to_string()))
+            .collect();
+        let error = write_csv(&mut Closed, &metrics).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+        let mut out = Vec::new();
+        write_csv(&mut out, &metrics[..1]).unwrap();
+        assert_eq!(out, b"metric,value\nevents_last_hour.webhook.0,0\n");
+    }
 }

@@ -3,7 +3,8 @@
 //! With `-`, standard input is read as a stream: each line is registered as soon as it arrives
 //! (lines that arrive together share one write), so `musement-sim | orderwatch watch -` or a
 //! partner's order feed registers every order right after its creation, not at end of input.
-//! A line that is not a UUID stops the command with exit 2; the orders before it stay watched.
+//! A line that is not a UUID stops the command with exit 2, a standard input that cannot be
+//! read with exit 1; the orders before it stay watched.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -22,13 +23,13 @@ use crate::store::writer::Writer;
 enum Failure {
     /// Bad input (exit 2).
     Input(String),
-    /// The store failed (exit 1).
-    Store(Box<dyn std::error::Error>),
+    /// The store failed, or standard input could not be read (exit 1).
+    Runtime(Box<dyn std::error::Error>),
 }
 
 impl<E: std::error::Error + 'static> From<E> for Failure {
     fn from(error: E) -> Self {
-        Self::Store(Box::new(error))
+        Self::Runtime(Box::new(error))
     }
 }
 
@@ -49,7 +50,7 @@ pub(super) fn watch(config_path: &Path, orders: &[String]) -> ExitCode {
     let result = runtime().block_on(async {
         let (writer, writer_thread) = startup::open_store(&config, Arc::new(SystemClock))
             .await
-            .map_err(|e| Failure::Store(Box::new(e)))?;
+            .map_err(|e| Failure::Runtime(Box::new(e)))?;
         let mut counts = (0, 0);
         let mut result = register(&writer, listed, &mut counts).await;
         if result.is_ok() && from_stdin {
@@ -72,7 +73,7 @@ pub(super) fn watch(config_path: &Path, orders: &[String]) -> ExitCode {
             eprintln!("orderwatch: {message}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Err(Failure::Store(error)) => {
+        Err(Failure::Runtime(error)) => {
             eprintln!("orderwatch: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
@@ -98,7 +99,8 @@ async fn register_stdin(writer: &Writer, counts: &mut (usize, usize)) -> Result<
     let (lines, mut arriving) = mpsc::unbounded_channel();
     // A blocking reader thread; if we stop early it is left blocked until the process exits.
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
+        // Bytes, not `lines()`: a line that is not UTF-8 is bad input, not a read error.
+        for line in std::io::stdin().lock().split(b'\n') {
             let stop = line.is_err();
             if lines.send(line).is_err() || stop {
                 break;
@@ -113,12 +115,13 @@ async fn register_stdin(writer: &Writer, counts: &mut (usize, usize)) -> Result<
         }
         let mut orders = Vec::with_capacity(batch.len());
         let mut bad = None;
+        let mut unreadable = None;
         for line in batch {
             line_number += 1;
             let text = match line {
-                Ok(text) => text,
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
                 Err(error) => {
-                    bad = Some(format!("cannot read standard input: {error}"));
+                    unreadable = Some(error);
                     break;
                 }
             };
@@ -137,6 +140,15 @@ async fn register_stdin(writer: &Writer, counts: &mut (usize, usize)) -> Result<
             }
         }
         register(writer, orders, counts).await?;
+        if let Some(error) = unreadable {
+            return Err(Failure::Runtime(
+                format!(
+                    "cannot read standard input: {error} ({} order(s) before it are watched)",
+                    counts.0
+                )
+                .into(),
+            ));
+        }
         if let Some(bad) = bad {
             return Err(Failure::Input(format!(
                 "{bad} ({} order(s) before it are watched)",

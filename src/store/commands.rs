@@ -38,10 +38,10 @@ pub enum Command {
     },
     /// Give a lease back.
     ReleaseLease { name: &'static str, holder: String },
-    /// Delete one batch of history received before `cutoff`, after event id `after`.
+    /// Delete one batch of history received before `cutoff`, after the cursor `after`.
     Prune {
         cutoff: DateTime<Utc>,
-        after: i64,
+        after: maintenance::PruneCursor,
         batch: usize,
     },
     /// Commit what came before, then stop the writer: later jobs are answered "shut down".

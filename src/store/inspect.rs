@@ -8,6 +8,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
+use super::queries::OVERDUE;
 use crate::clock::{from_db_text, to_db_text};
 
 /// One row of `order_items`, as `orderwatch items` and `show` print it.
@@ -47,25 +48,27 @@ pub struct ItemFilter {
     pub limit: Option<usize>,
 }
 
-const ITEM_COLUMNS: &str =
-    "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline";
+/// The columns [`item_row`] reads; `?1` is now (for [`OVERDUE`]), so other parameters of a
+/// query selecting them are `?2` on.
+fn item_columns() -> String {
+    format!(
+        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}"
+    )
+}
 
 fn item_row(row: &Row<'_>, now: DateTime<Utc>) -> rusqlite::Result<ItemRow> {
-    let status: String = row.get(2)?;
     let changed_at: String = row.get(6)?;
-    let confirm_deadline: Option<String> = row.get(7)?;
-    let now_text = to_db_text(now);
     Ok(ItemRow {
         item: row.get(0)?,
         order: row.get(1)?,
-        overdue: status == "PENDING" && confirm_deadline.as_ref().is_some_and(|d| *d < now_text),
-        status,
+        status: row.get(2)?,
+        overdue: row.get(8)?,
         version: row.get(3)?,
         source: row.get(4)?,
         as_of: row.get(5)?,
         age_seconds: seconds_since(&changed_at, now),
         changed_at,
-        confirm_deadline,
+        confirm_deadline: row.get(7)?,
     })
 }
 
@@ -80,8 +83,9 @@ pub fn items(
     filter: &ItemFilter,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Vec<ItemRow>> {
-    let mut sql = format!("SELECT {ITEM_COLUMNS} FROM order_items WHERE 1");
-    let mut values: Vec<Box<dyn ToSql>> = Vec::new();
+    // ?1 (now) comes first in the text, so each `?` below takes the next number.
+    let mut sql = format!("SELECT {} FROM order_items WHERE 1", item_columns());
+    let mut values: Vec<Box<dyn ToSql>> = vec![Box::new(to_db_text(now))];
     if !filter.statuses.is_empty() {
         let marks = vec!["?"; filter.statuses.len()].join(", ");
         sql.push_str(&format!(" AND status IN ({marks})"));
@@ -96,8 +100,7 @@ pub fn items(
         values.push(Box::new(to_db_text(since)));
     }
     if filter.overdue {
-        sql.push_str(" AND status = 'PENDING' AND confirm_deadline < ?");
-        values.push(Box::new(to_db_text(now)));
+        sql.push_str(&format!(" AND {OVERDUE}"));
     }
     sql.push_str(" ORDER BY changed_at, item_uuid");
     if let Some(limit) = filter.limit {
@@ -221,17 +224,19 @@ pub fn show(conn: &Connection, text: &str, now: DateTime<Utc>) -> Result<Shown, 
         (Found::One(item), Found::None) => {
             let row = conn
                 .prepare(&format!(
-                    "SELECT {ITEM_COLUMNS} FROM order_items WHERE item_uuid = ?1"
+                    "SELECT {} FROM order_items WHERE item_uuid = ?2",
+                    item_columns()
                 ))?
-                .query_row([&item], |r| item_row(r, now))?;
+                .query_row([&to_db_text(now), &item], |r| item_row(r, now))?;
             let order = row.order.clone();
             (vec![row], order)
         }
         (Found::None, Found::One(order)) => {
             let mut statement = conn.prepare(&format!(
-                "SELECT {ITEM_COLUMNS} FROM order_items WHERE order_uuid = ?1 ORDER BY first_seen_at, item_uuid"
+                "SELECT {} FROM order_items WHERE order_uuid = ?2 ORDER BY first_seen_at, item_uuid",
+                item_columns()
             ))?;
-            let rows = statement.query_map([&order], |r| item_row(r, now))?;
+            let rows = statement.query_map([&to_db_text(now), &order], |r| item_row(r, now))?;
             (rows.collect::<rusqlite::Result<_>>()?, order)
         }
         (Found::None, Found::None) => return Err(ShowError::NotFound(text.into())),
@@ -367,7 +372,8 @@ pub struct Stats {
     pub watched_orders: i64,
     /// Orders the reconciler still polls.
     pub orders_polled: i64,
-    /// Orders whose last poll failed (`poll_failures > 0`): polled again after a backoff.
+    /// Orders still polled whose last poll failed: polled again after a backoff (see
+    /// [`orders_in_backoff`]).
     pub orders_in_backoff: i64,
     /// Orders Musement answered 404 for: no longer polled.
     pub orders_not_found: i64,
@@ -388,8 +394,9 @@ pub struct Stats {
 
 /// How much older than the cutoff an event's `received_at` may be while still committed after
 /// newer ones: an observation is stamped when it arrives and committed within the request
-/// timeout or a poll's duration, far less than this.
-const COMMIT_LAG: Duration = Duration::minutes(10);
+/// timeout or a poll's duration, far less than this. Reading in id order (commit order) can
+/// therefore stop at the first row this far past a cutoff (here, and in pruning).
+pub(super) const COMMIT_LAG: Duration = Duration::minutes(10);
 
 /// How many of the newest events `stats` searches for the last webhook: without an index on
 /// `source`, a history of polls only would otherwise be read whole (seconds per million rows).
@@ -417,7 +424,7 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
     )?;
     let orders = conn.query_row(
         "SELECT count(*), coalesce(sum(watched), 0), coalesce(sum(needs_poll), 0),
-                coalesce(sum(poll_failures > 0), 0), count(not_found_at), count(expired_at)
+                count(not_found_at), count(expired_at)
          FROM orders",
         [],
         |r| {
@@ -427,7 +434,6 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
-                r.get(5)?,
             ])
         },
     )?;
@@ -453,16 +459,16 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
             .map(|t| seconds_since(t, now)),
         oldest_pending_since,
         overdue: conn.query_row(
-            "SELECT count(*) FROM order_items WHERE status = 'PENDING' AND confirm_deadline < ?1",
+            &format!("SELECT count(*) FROM order_items WHERE {OVERDUE}"),
             [&now_text],
             |r| r.get(0),
         )?,
         orders: orders[0],
         watched_orders: orders[1],
         orders_polled: orders[2],
-        orders_in_backoff: orders[3],
-        orders_not_found: orders[4],
-        orders_expired: orders[5],
+        orders_in_backoff: orders_in_backoff(conn)?,
+        orders_not_found: orders[3],
+        orders_expired: orders[4],
         last_webhook_at,
         last_poll_at: conn.query_row("SELECT max(last_polled_at) FROM orders", [], |r| r.get(0))?,
         events_last_hour: events_since(conn, now - Duration::hours(1))?,
@@ -470,6 +476,17 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         rejected_webhooks: count("SELECT count(*) FROM rejected_webhooks")?,
         schema_version: count("PRAGMA user_version")?,
     })
+}
+
+/// Orders still polled (not stopped by a 404 or `max_age`) whose last poll failed: they are
+/// polled again after a backoff. `stats` and the `orderwatch_reconciler_orders_in_backoff`
+/// metric both count this; it reads the partial index of polled orders only.
+pub fn orders_in_backoff(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT count(*) FROM orders INDEXED BY orders_due WHERE needs_poll = 1 AND poll_failures > 0",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Counts events received at or after `since`, reading backwards from the newest (there is
@@ -646,6 +663,93 @@ mod tests {
             assert!(!why(outcome, source).is_empty(), "{outcome}/{source}");
             assert_eq!(from_view, why(outcome, source), "{outcome}/{source}");
         }
+    }
+
+    fn database() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::open_for_writing(&dir.path().join("t.db"), std::time::Duration::ZERO)
+                .unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn the_overdue_rule_agrees_with_the_views_and_every_command() {
+        let (_dir, conn) = database();
+        let now = Utc::now();
+        let past = to_db_text(now - Duration::hours(1));
+        let future = to_db_text(now + Duration::days(30));
+        for (item, status, deadline) in [
+            ("late", "PENDING", Some(past.as_str())),
+            ("in-time", "PENDING", Some(future.as_str())),
+            ("no-deadline", "PENDING", None),
+            ("confirmed", "OK", Some(past.as_str())),
+        ] {
+            conn.execute(
+                "INSERT INTO order_items (item_uuid, order_uuid, status, as_of, as_of_source, source,
+                                          first_seen_at, changed_at, updated_at, confirm_deadline)
+                 VALUES (?1, 'o', ?2, 't', 'poll', 'poll', 't', 't', 't', ?3)",
+                params![item, status, deadline],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO orders (order_uuid, first_seen_at) VALUES ('o', 't')",
+            [],
+        )
+        .unwrap();
+        let list = |sql: &str| -> Vec<String> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(list("SELECT item_uuid FROM overdue_items"), ["late"]);
+        assert_eq!(
+            list("SELECT item_uuid FROM pending_items WHERE overdue"),
+            ["late"]
+        );
+        let filter = ItemFilter {
+            overdue: true,
+            ..ItemFilter::default()
+        };
+        let overdue: Vec<String> = items(&conn, &filter, now)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.item)
+            .collect();
+        assert_eq!(overdue, ["late"]);
+        let flagged: Vec<(String, bool)> = items(&conn, &ItemFilter::default(), now)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.item, i.overdue))
+            .filter(|(_, overdue)| *overdue)
+            .collect();
+        assert_eq!(flagged, [("late".to_owned(), true)]);
+        assert!(show(&conn, "late", now).unwrap().items[0].overdue);
+        assert!(!show(&conn, "in-time", now).unwrap().items[0].overdue);
+        assert_eq!(stats(&conn, now).unwrap().overdue, 1);
+        let unwarned = super::super::queries::unwarned_overdue(&conn, now).unwrap();
+        assert!(unwarned.is_empty(), "only UUIDs are warned about");
+    }
+
+    #[test]
+    fn orders_in_backoff_leaves_out_orders_no_longer_polled() {
+        let (_dir, conn) = database();
+        conn.execute_batch(
+            "INSERT INTO orders (order_uuid, first_seen_at, needs_poll, poll_failures, not_found_at, expired_at)
+             VALUES ('retrying', 't', 1, 2, NULL, NULL),
+                    ('fine', 't', 1, 0, NULL, NULL),
+                    ('gone', 't', 0, 3, 't', NULL),
+                    ('too-old', 't', 0, 1, NULL, 't');",
+        )
+        .unwrap();
+        let stats = stats(&conn, Utc::now()).unwrap();
+        assert_eq!(stats.orders_in_backoff, 1);
+        assert_eq!((stats.orders_not_found, stats.orders_expired), (1, 1));
+        assert_eq!(orders_in_backoff(&conn).unwrap(), 1);
     }
 
     #[test]

@@ -13,24 +13,43 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
+use super::inspect::COMMIT_LAG;
 use super::writer::{WriteError, Writer};
 use crate::clock::to_db_text;
 
-/// Rows looked at in one prune command: one short transaction, so webhooks never wait long
-/// for the write lock.
+/// Rows looked at in each table by one prune command: one short transaction, so webhooks never
+/// wait long for the write lock.
 pub const PRUNE_BATCH: usize = 1000;
 
+/// Where a prune goes on: the last id looked at in each table, `None` once that table is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneCursor {
+    pub events: Option<i64>,
+    pub rejected: Option<i64>,
+}
+
+impl PruneCursor {
+    /// Before the first row of both tables.
+    pub const START: Self = Self {
+        events: Some(0),
+        rejected: Some(0),
+    };
+
+    /// Both tables are done.
+    pub fn done(&self) -> bool {
+        self.events.is_none() && self.rejected.is_none()
+    }
+}
+
 /// One batch's work.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneStep {
     /// Events deleted.
     pub events: usize,
     /// Rejected webhooks deleted.
     pub rejected: usize,
-    /// The last event id looked at: the next batch starts after it.
-    pub scanned_to: Option<i64>,
-    /// Nothing older than the cutoff remains after `scanned_to`.
-    pub done: bool,
+    /// Where the next batch starts.
+    pub next: PruneCursor,
 }
 
 /// Totals of a whole prune.
@@ -40,62 +59,117 @@ pub struct Pruned {
     pub rejected: usize,
 }
 
-/// Deletes up to `batch` old events after id `after` (and old rejected webhooks), inside the
-/// caller's transaction. Candidates come in id order, so the whole prune reads the table once.
+/// Deletes old rows among the next `batch` of each table after `after`, inside the caller's
+/// transaction. Both tables are walked in id order without an index on `received_at`: ids
+/// follow commit order, and a row is committed at most [`COMMIT_LAG`] after it was stamped
+/// (the reasoning of `stats`' count of the last hour), so once a row received at
+/// `cutoff + COMMIT_LAG` or later is seen, no later row is older than the cutoff and the
+/// table is done. A step reads at most `batch` rows per table, however large the history.
 pub fn prune_step(
     conn: &Connection,
     cutoff: DateTime<Utc>,
-    after: i64,
+    after: PruneCursor,
     batch: usize,
 ) -> rusqlite::Result<PruneStep> {
-    let cutoff = to_db_text(cutoff);
-    let batch = batch.clamp(1, i64::MAX as usize) as i64;
-    let mut candidates = conn.prepare_cached(
-        "SELECT e.id,
-                e.id = (SELECT max(l.id) FROM item_events l WHERE l.item_uuid = e.item_uuid)
-                OR e.id IS (SELECT max(a.id) FROM item_events a
-                            WHERE a.item_uuid = e.item_uuid AND a.outcome = 'applied')
-         FROM item_events e WHERE e.id > ?1 AND e.received_at < ?2 ORDER BY e.id LIMIT ?3",
+    let walk = Walk {
+        cutoff: to_db_text(cutoff),
+        stop: to_db_text(cutoff + COMMIT_LAG),
+        batch: batch.clamp(1, i64::MAX as usize) as i64,
+    };
+    // `deletable` is only worked out for old events; an item's newest event and newest
+    // applied event are always kept.
+    let (events, next_event) = walk.run(
+        conn,
+        after.events,
+        "SELECT e.id, e.received_at,
+                CASE WHEN e.received_at >= ?2 THEN 0
+                     WHEN e.id = (SELECT max(l.id) FROM item_events l WHERE l.item_uuid = e.item_uuid)
+                       THEN 0
+                     WHEN e.id IS (SELECT max(a.id) FROM item_events a
+                                   WHERE a.item_uuid = e.item_uuid AND a.outcome = 'applied')
+                       THEN 0
+                     ELSE 1 END
+         FROM item_events e WHERE e.id > ?1 ORDER BY e.id LIMIT ?3",
+        "DELETE FROM item_events WHERE id = ?1",
     )?;
-    let rows: Vec<(i64, bool)> = candidates
-        .query_map(params![after, cutoff, batch], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut delete = conn.prepare_cached("DELETE FROM item_events WHERE id = ?1")?;
-    let mut events = 0;
-    for (id, keep) in &rows {
-        if !keep {
-            events += delete.execute([id])?;
-        }
-    }
-    let rejected = conn
-        .prepare_cached(
-            "DELETE FROM rejected_webhooks WHERE id IN
-               (SELECT id FROM rejected_webhooks WHERE received_at < ?1 ORDER BY id LIMIT ?2)",
-        )?
-        .execute(params![cutoff, batch])?;
+    let (rejected, next_rejected) = walk.run(
+        conn,
+        after.rejected,
+        "SELECT id, received_at, received_at < ?2
+         FROM rejected_webhooks WHERE id > ?1 ORDER BY id LIMIT ?3",
+        "DELETE FROM rejected_webhooks WHERE id = ?1",
+    )?;
     Ok(PruneStep {
         events,
         rejected,
-        scanned_to: rows.last().map(|(id, _)| *id),
-        done: (rows.len() as i64) < batch && (rejected as i64) < batch,
+        next: PruneCursor {
+            events: next_event,
+            rejected: next_rejected,
+        },
     })
+}
+
+/// One prune step's bounds.
+struct Walk {
+    cutoff: String,
+    /// A row received at or after this ends the walk of its table.
+    stop: String,
+    batch: i64,
+}
+
+impl Walk {
+    /// Reads up to `batch` rows after `after` with `select` (id, received_at, deletable; ?1 the
+    /// id, ?2 the cutoff, ?3 the batch) and deletes the deletable ones with `delete`. Gives the
+    /// rows deleted and where the table's walk goes on (`None`: done).
+    fn run(
+        &self,
+        conn: &Connection,
+        after: Option<i64>,
+        select: &str,
+        delete: &str,
+    ) -> rusqlite::Result<(usize, Option<i64>)> {
+        let Some(after) = after else {
+            return Ok((0, None));
+        };
+        let mut rows = conn.prepare_cached(select)?;
+        let mut rows = rows.query(params![after, self.cutoff, self.batch])?;
+        let (mut read, mut last, mut old) = (0, after, Vec::new());
+        while let Some(row) = rows.next()? {
+            let received_at: String = row.get(1)?;
+            if received_at >= self.stop {
+                return Ok((self.delete(conn, delete, &old)?, None));
+            }
+            read += 1;
+            last = row.get(0)?;
+            if row.get(2)? {
+                old.push(last);
+            }
+        }
+        let next = (read == self.batch).then_some(last);
+        Ok((self.delete(conn, delete, &old)?, next))
+    }
+
+    fn delete(&self, conn: &Connection, delete: &str, ids: &[i64]) -> rusqlite::Result<usize> {
+        let mut statement = conn.prepare_cached(delete)?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += statement.execute([id])?;
+        }
+        Ok(deleted)
+    }
 }
 
 /// Prunes everything received before `cutoff`, one short writer command at a time.
 pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, WriteError> {
     let mut total = Pruned::default();
-    let mut after = 0;
-    loop {
-        let step = writer.prune_step(cutoff, after, PRUNE_BATCH).await?;
+    let mut cursor = PruneCursor::START;
+    while !cursor.done() {
+        let step = writer.prune_step(cutoff, cursor, PRUNE_BATCH).await?;
         total.events += step.events;
         total.rejected += step.rejected;
-        after = step.scanned_to.unwrap_or(after);
-        if step.done {
-            return Ok(total);
-        }
+        cursor = step.next;
     }
+    Ok(total)
 }
 
 /// Why a backup failed.
@@ -249,6 +323,66 @@ mod tests {
         .unwrap();
     }
 
+    /// Runs prune steps until done; gives the events deleted and the largest number of rows
+    /// a step read in `item_events`.
+    fn prune_all(conn: &Connection, cutoff: DateTime<Utc>, batch: usize) -> (usize, i64) {
+        let mut cursor = PruneCursor::START;
+        let (mut deleted, mut widest) = (0, 0);
+        while !cursor.done() {
+            let step = prune_step(conn, cutoff, cursor, batch).unwrap();
+            deleted += step.events;
+            if let (Some(from), Some(to)) = (cursor.events, step.next.events) {
+                widest = widest.max(to - from);
+            }
+            cursor = step.next;
+        }
+        (deleted, widest)
+    }
+
+    fn ids(conn: &Connection, table: &str) -> Vec<i64> {
+        conn.prepare(&format!("SELECT id FROM {table} ORDER BY id"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn prune_stops_at_the_first_row_well_past_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::super::open_for_writing(&dir.path().join("t.db"), Duration::ZERO).unwrap();
+        let old = "2021-01-01T00:00:00.000Z";
+        event(&conn, "a", "applied", "OK", old); // 1: deleted
+        // 2: committed after a newer one but stamped before the cutoff (within COMMIT_LAG).
+        event(&conn, "b", "applied", "OK", "2021-01-01T00:59:00.000Z");
+        event(&conn, "b", "applied", "OK", "2021-01-01T00:58:00.000Z"); // 3: deleted
+        event(&conn, "b", "applied", "OK", "2021-01-01T01:05:00.000Z"); // 4: after the cutoff
+        event(&conn, "b", "applied", "OK", "2021-01-01T01:20:00.000Z"); // 5: past the margin
+        // 6: older than the cutoff but after a row past the margin: cannot happen in commit
+        // order, so the walk never reaches it (this proves it stopped).
+        event(&conn, "a", "applied", "OK", old);
+        event(&conn, "a", "applied", "OK", "2030-01-01T00:00:00.000Z"); // 7
+        conn.execute(
+            "INSERT INTO rejected_webhooks (received_at, peer, field, error, body)
+             VALUES ('2021-01-01T00:00:00.000Z', 'p', 'f', 'e', x''),
+                    ('2021-01-01T01:30:00.000Z', 'p', 'f', 'e', x''),
+                    ('2020-01-01T00:00:00.000Z', 'p', 'f', 'e', x'')",
+            [],
+        )
+        .unwrap();
+        let cutoff = "2021-01-01T01:00:00Z".parse().unwrap();
+        let (deleted, widest) = prune_all(&conn, cutoff, 1);
+        assert_eq!(deleted, 3);
+        assert_eq!(widest, 1, "one row per step with batches of 1");
+        assert_eq!(ids(&conn, "item_events"), [4, 5, 6, 7]);
+        assert_eq!(ids(&conn, "rejected_webhooks"), [2, 3]);
+        // A prune with nothing to delete reads one row: the first one is past the margin.
+        let step = prune_step(&conn, cutoff, PruneCursor::START, 1000).unwrap();
+        assert_eq!((step.events, step.next.events), (0, None));
+    }
+
     #[test]
     fn prune_keeps_each_items_newest_and_newest_applied_event() {
         let dir = tempfile::tempdir().unwrap();
@@ -263,24 +397,8 @@ mod tests {
         event(&conn, "b", "applied", "KO", "2030-01-01T00:00:00.000Z"); // 6: new, kept
         let cutoff = "2021-01-01T00:00:00Z".parse().unwrap();
         // Batches of 2 walk the table in id order.
-        let mut after = 0;
-        let mut deleted = 0;
-        loop {
-            let step = prune_step(&conn, cutoff, after, 2).unwrap();
-            deleted += step.events;
-            after = step.scanned_to.unwrap_or(after);
-            if step.done {
-                break;
-            }
-        }
+        let deleted = prune_all(&conn, cutoff, 2).0;
         assert_eq!(deleted, 3);
-        let left: Vec<i64> = conn
-            .prepare("SELECT id FROM item_events ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(left, [2, 3, 6]);
+        assert_eq!(ids(&conn, "item_events"), [2, 3, 6]);
     }
 }

@@ -82,15 +82,22 @@ pub struct OverdueItem {
     pub deadline: String,
 }
 
+/// The overdue rule, the one copy in Rust: an `order_items` row that is PENDING and past its
+/// confirmation deadline, `?1` being now as stored text ([`to_db_text`]). NULL (no deadline
+/// known yet) counts as not overdue. The `overdue_items` view (schema.sql) and the `overdue`
+/// column of `pending_items` (schema_v2.sql) state it against SQLite's clock; migrations
+/// never change, so they must keep agreeing with this (a test in `inspect` checks it).
+pub const OVERDUE: &str = "(status = 'PENDING' AND coalesce(confirm_deadline < ?1, 0))";
+
 /// Items overdue at `now` that have not been warned about.
 pub fn unwarned_overdue(
     conn: &Connection,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Vec<OverdueItem>> {
-    let mut statement = conn.prepare_cached(
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT item_uuid, order_uuid, confirm_deadline FROM order_items
-         WHERE status = 'PENDING' AND confirm_deadline < ?1 AND overdue_warned_at IS NULL",
-    )?;
+         WHERE {OVERDUE} AND overdue_warned_at IS NULL"
+    ))?;
     let rows = statement.query_map(params![to_db_text(now)], |r| {
         Ok((
             r.get::<_, String>(0)?,

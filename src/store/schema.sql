@@ -98,6 +98,7 @@ CREATE TABLE leases (
 ) STRICT;
 
 -- PENDING items past their confirmation deadline (real time; the daemon uses its own clock).
+-- The same rule as store::queries::OVERDUE (items, show, stats, overdue warnings): they must agree.
 CREATE VIEW overdue_items AS
 SELECT item_uuid, order_uuid, status, first_seen_at, max_confirmation_time, confirm_deadline
 FROM order_items

@@ -3,6 +3,7 @@
 
 -- Items still PENDING, longest waiting first: since when, for how long, whether past their
 -- confirmation deadline, how polling of their order goes, and what the last observation did.
+-- `overdue` is the rule of store::queries::OVERDUE against SQLite's clock: they must agree.
 CREATE VIEW pending_items AS
 SELECT item_uuid, order_uuid, identifier, status, pending_since, age_seconds,
        CASE

@@ -16,7 +16,7 @@ use chrono::Duration;
 use uuid::Uuid;
 
 use super::commands::{Command, Done, execute};
-use super::maintenance::PruneStep;
+use super::maintenance::{PruneCursor, PruneStep};
 use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
 use super::{RejectedWebhook, StoreSettings};
@@ -205,12 +205,12 @@ impl Writer {
         self.submit(command, WhenFull::Wait).await.map(drop)
     }
 
-    /// Deletes one batch of history received before `cutoff` after event id `after` (see
+    /// Deletes one batch of history received before `cutoff` after the cursor `after` (see
     /// [`super::maintenance::prune`], which loops over this).
     pub async fn prune_step(
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
-        after: i64,
+        after: PruneCursor,
         batch: usize,
     ) -> Result<PruneStep, WriteError> {
         let command = Command::Prune {

@@ -568,6 +568,116 @@ async fn changes_follow_exits_0_when_its_reader_goes_away() {
     assert_eq!(wait(&mut child), Some(0), "EPIPE is a clean end");
 }
 
+/// A database (and an empty config next to it) whose change feed holds `n` changes: ten
+/// items flipping between PENDING and OK.
+fn backlog(n: i64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let db = dir.path().join("orderwatch.db");
+    let conn = orderwatch::store::open_for_writing(&db, Duration::from_secs(1)).unwrap();
+    conn.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1)
+         INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version, as_of,
+                                  received_at, outcome, payload)
+         SELECT 'item-' || (x % 10), 'order', 'webhook',
+                CASE (x / 10) % 2 WHEN 0 THEN 'PENDING' ELSE 'OK' END, x / 10 + 1,
+                '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z', 'applied', '{}'
+         FROM c",
+        [n],
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// `orderwatch changes ARGS` on `config`, stdout piped; waits for its first line.
+fn start_changes(
+    config: &Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut child = Command::new(binary())
+        .arg("changes")
+        .args(args)
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("ORDERWATCH_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"new_status\""), "{first}");
+    (child, stdout)
+}
+
+fn interrupt(child: &std::process::Child) {
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+#[test]
+fn changes_without_follow_ends_on_sigint_while_printing_a_backlog() {
+    let (_dir, config) = backlog(20_000);
+    // Nobody reads on: the pipe fills and the command waits to write the rest.
+    let (mut child, _stdout) = start_changes(&config, &[]);
+    interrupt(&child);
+    assert_eq!(wait(&mut child), None, "SIGINT ends it the default way");
+}
+
+#[test]
+fn changes_follow_ends_on_sigint_within_a_page_of_a_backlog() {
+    let total = 30_000;
+    let (_dir, config) = backlog(total);
+    let (mut child, stdout) = start_changes(&config, &["--follow"]);
+    interrupt(&child);
+    let printed = 1 + stdout.lines().map_while(Result::ok).count();
+    assert_eq!(wait(&mut child), Some(0), "SIGINT ends the feed cleanly");
+    assert!(
+        printed < total as usize,
+        "stopped after {printed} of {total} changes, not at the end of the backlog"
+    );
+}
+
+#[test]
+fn watch_exits_1_when_standard_input_cannot_be_read_and_2_for_a_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let watch = |stdin: Stdio| {
+        let output = Command::new(binary())
+            .args(["watch", "--config", config.to_str().unwrap(), "-"])
+            .env_remove("ORDERWATCH_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(stdin)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
+    // A directory opens but cannot be read (EISDIR): a run-time failure, not a usage error.
+    let (code, stderr) = watch(Stdio::from(std::fs::File::open(dir.path()).unwrap()));
+    assert_eq!(code, Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("orderwatch:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("cannot read standard input"), "{stderr}");
+    // A line that is not UTF-8 is bad input.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, b"\xff\xfe\n").unwrap();
+    let (code, stderr) = watch(Stdio::from(std::fs::File::open(&bad).unwrap()));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("line 1"), "{stderr}");
+}
+
 /// Waits (bounded) for a child to exit; its exit code.
 fn wait(child: &mut std::process::Child) -> Option<i32> {
     let deadline = Instant::now() + LIMIT;

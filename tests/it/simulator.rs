@@ -217,3 +217,57 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+#[test]
+fn out_of_range_flags_are_one_line_errors_naming_the_flag() {
+    let huge = usize::MAX.to_string();
+    let cases: [(&str, &[&str]); 5] = [
+        ("--mix", &["--mix", "instant=4294967295,ko=1"]),
+        ("--orders", &["--orders", &huge]),
+        ("--items", &["--items", &huge]),
+        (
+            "--max-confirmation-time",
+            &["--max-confirmation-time", "30 minutes"],
+        ),
+        (
+            "--max-confirmation-time",
+            &["--max-confirmation-time", "PT30Mxyz"],
+        ),
+    ];
+    for (flag, args) in cases {
+        // A small quick world otherwise, so a flag that slipped through ends the run soon.
+        let mut sim = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_musement-sim"))
+                .args([
+                    "--orders",
+                    "1",
+                    "--create-over",
+                    "0ms",
+                    "--mix",
+                    "instant=1",
+                ])
+                .args(["--instant-delay", "0ms", "--linger", "0s"])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = sim.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{args:?}: still running");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut sim.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("musement-sim: {flag}: ")),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -28,10 +28,11 @@ pub struct Args {
     /// Seed of every random choice (orders, lifecycles, faults).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// How many orders to create.
+    /// How many orders to create (at most 10000000).
     #[arg(long, default_value_t = 20)]
     pub orders: usize,
-    /// How many items in all, spread over the orders (at least one each); default 2 per order.
+    /// How many items in all, spread over the orders (at least one each, at most 20000000);
+    /// default 2 per order.
     #[arg(long)]
     pub items: Option<usize>,
     /// Orders are created at random times within this window from the start.
@@ -39,7 +40,8 @@ pub struct Args {
     pub create_over: Duration,
     /// Share of each lifecycle, as NAME=WEIGHT pairs: instant (P0D, PENDING→OK), confirm
     /// (PENDING→OK after the supplier confirms), ko (PENDING→KO), refund (…OK→REFUND_STARTED→
-    /// REFUNDED), cancel-error (…OK→CANCELLATION_ERROR→OK or REFUNDED).
+    /// REFUNDED), cancel-error (…OK→CANCELLATION_ERROR→OK or REFUNDED). The weights may add up
+    /// to at most 4294967295.
     #[arg(
         long,
         default_value = "instant=40,confirm=25,ko=10,refund=15,cancel-error=10"
@@ -63,7 +65,8 @@ pub struct Args {
     /// OK until the voucher URL appears in the order (no webhook for that).
     #[arg(long, default_value = "0ms", value_parser = Span::parse)]
     pub voucher_delay: Span,
-    /// `product.max_confirmation_time` of need-confirmation items (ISO-8601 duration).
+    /// `product.max_confirmation_time` of need-confirmation items (ISO-8601 duration, e.g.
+    /// PT30M or P2D).
     #[arg(long, default_value = "PT30M")]
     pub max_confirmation_time: String,
 
@@ -255,6 +258,11 @@ impl Kind {
     }
 }
 
+/// Most orders one run plans.
+const MAX_ORDERS: usize = 10_000_000;
+/// Most items one run plans.
+const MAX_ITEMS: usize = 2 * MAX_ORDERS;
+
 /// The checked arguments.
 #[derive(Debug)]
 pub struct Settings {
@@ -272,7 +280,19 @@ impl Settings {
         if args.orders == 0 {
             return Err("--orders: must be at least 1".into());
         }
+        if args.orders > MAX_ORDERS {
+            return Err(format!(
+                "--orders: {} is more than {MAX_ORDERS}; the world is planned in memory",
+                args.orders
+            ));
+        }
+        // MAX_ORDERS * 2 <= MAX_ITEMS: the default never overflows nor exceeds the limit.
         let items = args.items.unwrap_or(args.orders * 2);
+        if items > MAX_ITEMS {
+            return Err(format!(
+                "--items: {items} is more than {MAX_ITEMS}; the world is planned in memory"
+            ));
+        }
         if items < args.orders {
             return Err(format!(
                 "--items: {items} is fewer than --orders ({}); every order has an item",
@@ -305,9 +325,8 @@ impl Settings {
         if let Some(url) = &args.webhook_url {
             check_webhook_url(url)?;
         }
-        if args.max_confirmation_time.trim().is_empty() {
-            return Err("--max-confirmation-time: must not be empty".into());
-        }
+        check_iso_duration(&args.max_confirmation_time)
+            .map_err(|e| format!("--max-confirmation-time: {e}"))?;
         Ok(Self { args, mix, items })
     }
 }
@@ -335,7 +354,29 @@ fn parse_mix(text: &str) -> Result<Vec<(Kind, u32)>, String> {
     if mix.iter().all(|(_, weight)| *weight == 0) {
         return Err("--mix: every weight is 0".into());
     }
+    // Items draw a number below the total weight, a u32.
+    if mix
+        .iter()
+        .try_fold(0u32, |total, (_, weight)| total.checked_add(*weight))
+        .is_none()
+    {
+        return Err(format!(
+            "--mix: the weights add up to more than {}",
+            u32::MAX
+        ));
+    }
     Ok(mix)
+}
+
+/// An ISO-8601 duration as orderwatch reads `max_confirmation_time` (`P0D`, `PT30M`, `P2D`).
+fn check_iso_duration(text: &str) -> Result<(), String> {
+    // The whole text: `iso8601::duration` ignores what follows a valid prefix.
+    match iso8601::parsers::parse_duration(text.as_bytes()) {
+        Ok(([], _)) => Ok(()),
+        _ => Err(format!(
+            "{text:?} is not an ISO-8601 duration (e.g. P0D, PT30M, P2D)"
+        )),
+    }
 }
 
 /// A webhook URL must not send the Basic auth password in clear beyond this machine.
@@ -390,6 +431,24 @@ mod tests {
         assert!(parse_mix("bogus=1").unwrap_err().contains("bogus"));
         assert!(parse_mix("instant=x").unwrap_err().contains("instant"));
         assert!(parse_mix("instant=0").unwrap_err().contains("every weight"));
+        assert!(parse_mix("instant=4294967295").is_ok());
+        let error = parse_mix("instant=4294967295,ko=1").unwrap_err();
+        assert!(error.starts_with("--mix: the weights add up"), "{error}");
+        assert!(
+            parse_mix("instant=4294967296")
+                .unwrap_err()
+                .contains("instant")
+        );
+    }
+
+    #[test]
+    fn max_confirmation_times_are_iso_8601_durations() {
+        for good in ["P0D", "PT30M", "P2D", "P1DT12H", "PT0S"] {
+            assert!(check_iso_duration(good).is_ok(), "{good}");
+        }
+        for bad in ["", "30m", "soon", "P", "PT30Mxyz", " PT30M"] {
+            assert!(check_iso_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
