@@ -281,6 +281,22 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Posts `body` as JSON to the webhook path and returns the status.
+    pub async fn post_webhook(&self, body: impl Into<reqwest::Body>) -> u16 {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(self.webhook_url())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// `http://ADDR/webhooks/musement`.
     pub fn webhook_url(&self) -> String {
         format!("http://{}/webhooks/musement", self.addr)

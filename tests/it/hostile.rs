@@ -1422,26 +1422,13 @@ fn at_time(n: u64, at: &str) -> String {
 
 const JSON_DAEMON: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n";
 
-async fn post_to(daemon: &Daemon, body: String) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test]
 async fn a_far_future_timestamp_is_stored_clamped_and_logged() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), JSON_DAEMON);
     assert_eq!(
-        post_to(&daemon, at_time(1, "9999-12-31T23:59:59+0000")).await,
+        daemon
+            .post_webhook(at_time(1, "9999-12-31T23:59:59+0000"))
+            .await,
         200
     );
     let lines = daemon.stop();
@@ -1457,7 +1444,9 @@ async fn a_far_future_timestamp_is_stored_clamped_and_logged() {
 async fn a_far_past_timestamp_is_stored_and_logged() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), JSON_DAEMON);
     assert_eq!(
-        post_to(&daemon, at_time(1, "0001-01-01T00:00:00+0000")).await,
+        daemon
+            .post_webhook(at_time(1, "0001-01-01T00:00:00+0000"))
+            .await,
         200
     );
     let lines = daemon.stop();
@@ -1478,7 +1467,7 @@ async fn a_status_with_a_newline_cannot_forge_a_log_line() {
                   status=200 forged=yes";
     let mut body: Value = serde_json::from_str(&good(1)).unwrap();
     body["order_item_status"] = json!(format!("OK\n{forged}"));
-    let status = post_to(&daemon, body.to_string()).await;
+    let status = daemon.post_webhook(body.to_string()).await;
     let lines = daemon.stop();
     assert!(
         status == 400 || lines.iter().all(|l| !l.starts_with("2099-01-01")),

@@ -15,18 +15,9 @@ fn rewrite(daemon: &Daemon, text: &str) {
 }
 
 async fn post(daemon: &Daemon) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
-        .body(fixture("webhooks/documented-example.json"))
-        .send()
+    daemon
+        .post_webhook(fixture("webhooks/documented-example.json"))
         .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 /// A connection that sends garbage: hyper fails to parse it, which the daemon logs at debug.
