@@ -185,6 +185,38 @@ pub struct ServerConfig {
     /// `listen`, to direct loopback clients only, and not at all behind `trusted_proxies`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Who this daemon is in the lease table (absent: the host name). Stable across restarts,
+    /// so a daemon restarted after a crash takes back its own lease at once; distinct for
+    /// every daemon sharing one database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+impl ServerConfig {
+    /// `instance_id`, or else the host name (`/etc/hostname`, then `$HOSTNAME`), or else
+    /// `"orderwatch"`.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty() && valid_instance_id(name).is_ok())
+            .unwrap_or_else(|| "orderwatch".to_owned())
+    }
+}
+
+/// Whether `id` can name a daemon in the lease table and in log lines.
+fn valid_instance_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 bytes long");
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain spaces or control characters");
+    }
+    Ok(())
 }
 
 impl Default for ServerConfig {
@@ -201,6 +233,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             auth: None,
             metrics_listen: None,
+            instance_id: None,
         }
     }
 }
@@ -548,6 +581,9 @@ impl Config {
         }
         if server.max_body_bytes == 0 {
             return error("server.max_body_bytes", "must be at least 1");
+        }
+        if let Some(Err(reason)) = server.instance_id.as_deref().map(valid_instance_id) {
+            return error("server.instance_id", reason);
         }
         for (key, value) in [
             ("server.header_read_timeout", server.header_read_timeout),

@@ -75,6 +75,15 @@ pub struct LoginLabels {
     pub result: &'static str,
 }
 
+/// A SQLite checkpoint: which kind and how it went.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckpointLabels {
+    /// `passive`, `restart` or `truncate`.
+    pub mode: &'static str,
+    /// `ok`, `busy` (a reader or the writer kept it from finishing) or `error`.
+    pub result: &'static str,
+}
+
 /// An item status.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -117,6 +126,10 @@ pub struct Metrics {
     /// Connections closed at `max_connections`, by result: `evicted_idle` (the longest-idle
     /// connection made room) or `refused_busy` (every connection had a request in progress).
     pub connections_closed_at_cap: Family<ResultLabel, Counter>,
+    /// SQLite checkpoints by mode and result.
+    pub sqlite_checkpoints: Family<CheckpointLabels, Counter>,
+    /// Bytes in the SQLite write-ahead log now.
+    pub sqlite_wal_bytes: Gauge,
     /// One scrape reads the database at a time.
     scraping: tokio::sync::Mutex<()>,
 }
@@ -220,8 +233,23 @@ impl Metrics {
             "Connections closed at max_connections (evicted_idle: the longest-idle one made room; refused_busy: all had a request in progress)",
             connections_closed_at_cap.clone(),
         );
+        let sqlite_checkpoints = Family::<CheckpointLabels, Counter>::default();
+        registry.register(
+            "sqlite_checkpoints",
+            "SQLite WAL checkpoints by mode (passive, restart, truncate) and result (ok, busy, error)",
+            sqlite_checkpoints.clone(),
+        );
+        let sqlite_wal_bytes = Gauge::default();
+        registry.register_with_unit(
+            "sqlite_wal",
+            "Size of the SQLite write-ahead log (counts toward [database] max_size_bytes)",
+            Unit::Bytes,
+            sqlite_wal_bytes.clone(),
+        );
         Self {
             registry,
+            sqlite_checkpoints,
+            sqlite_wal_bytes,
             connections_open,
             connections_closed_at_cap,
             webhook_requests,
@@ -278,6 +306,13 @@ impl Metrics {
                     .map(|c| c.get())
             })
             .sum()
+    }
+
+    /// Counts one checkpoint.
+    pub fn sqlite_checkpoint(&self, mode: &'static str, result: &'static str) {
+        self.sqlite_checkpoints
+            .get_or_create(&CheckpointLabels { mode, result })
+            .inc();
     }
 
     /// Shows the reconciler's pass and order counters at zero from the start (a series that

@@ -28,6 +28,7 @@ use crate::receiver::{Listener, Receiver, ReceiverSettings};
 use crate::reconciler::{Reconciler, ReconcilerSettings};
 pub use crate::reload::Reload;
 use crate::reload::{self, LogControl};
+use crate::store::checkpoint::CheckpointSettings;
 use crate::store::writer::{self, Writer, WriterSettings, WriterThread};
 use crate::store::{self, PollPolicy, Rules, StoreError, StoreSettings};
 use crate::systemd;
@@ -42,8 +43,6 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the writer thread: {0}")]
-    Writer(std::io::Error),
     #[error("cannot start the reconciler's scheduler: {0}")]
     Scheduler(String),
 }
@@ -105,6 +104,7 @@ pub async fn open_store_with(
     metrics: Arc<Metrics>,
 ) -> Result<(Writer, WriterThread), StartupError> {
     let database = config.database.clone();
+    let path = database.path.clone();
     let conn = tokio::task::spawn_blocking(move || {
         let conn = store::open_for_writing(&database.path, database.busy_timeout)?;
         if let Some(bytes) = database.max_size_bytes {
@@ -118,7 +118,13 @@ pub async fn open_store_with(
     })
     .await
     .expect("opening the database panicked")?;
-    writer::spawn(conn, writer_settings(config), clock, metrics).map_err(StartupError::Writer)
+    Ok(writer::spawn(
+        conn,
+        &path,
+        writer_settings(config),
+        clock,
+        metrics,
+    )?)
 }
 
 /// Serves webhooks on `listener` (and metrics on `[server] metrics_listen`, bound here if set)
@@ -156,12 +162,7 @@ pub async fn run_with(
     // One set of metrics per app, never global: tests run several apps in one process.
     let metrics = Arc::new(Metrics::new());
     let (writer, writer_thread) = open_store_with(&config, clock.clone(), metrics.clone()).await?;
-    let reconciler = match build_reconciler(
-        &config,
-        writer.clone(),
-        clock.clone(),
-        "orderwatch run",
-    ) {
+    let reconciler = match build_reconciler(&config, writer.clone(), clock.clone(), DAEMON_ROLE) {
         Ok(reconciler) => Some(Arc::new(reconciler)),
         Err(off) => {
             tracing::warn!(reason = %off, "the reconciler is off; only webhooks will update the state");
@@ -289,8 +290,24 @@ pub enum ReconcilerOff {
     Client(String),
 }
 
+/// The role of the daemon itself (`orderwatch run`) in [`build_reconciler`].
+pub const DAEMON_ROLE: &str = "orderwatch run";
+
+/// Who holds the reconciler lease: the daemon is its `instance_id`, the same after every
+/// restart, so one restarted after `kill -9` takes back the lease its dead self left at
+/// once; any other process (a `reconcile` command) is that plus its role and pid, so it
+/// never takes a running daemon's lease.
+fn lease_holder(config: &Config, role: &str) -> String {
+    let instance = config.server.instance_id();
+    if role == DAEMON_ROLE {
+        instance
+    } else {
+        format!("{instance} ({role}, pid {})", std::process::id())
+    }
+}
+
 /// Builds the reconciler from the configuration, or says why it is off. `role` names this
-/// process in the lease table.
+/// process in the lease table ([`DAEMON_ROLE`] for the daemon).
 pub fn build_reconciler(
     config: &Config,
     writer: Writer,
@@ -332,17 +349,7 @@ pub fn build_reconciler(
         database: config.database.path.clone(),
         busy_timeout: config.database.busy_timeout,
     };
-    // Pids repeat across containers sharing a volume; the host and a random tag keep holders apart.
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown host".into());
-    let holder = format!(
-        "{role} (pid {} on {host}, {:08x})",
-        std::process::id(),
-        fastrand::u32(..)
-    );
+    let holder = lease_holder(config, role);
     Ok(Reconciler::new(
         client, writer, clock, settings, holder, metrics,
     ))
@@ -410,6 +417,8 @@ fn writer_settings(config: &Config) -> WriterSettings {
         max_batch: config.store.max_batch,
         queue_capacity: config.store.queue_capacity,
         store: store_settings(config),
+        max_size_bytes: config.database.max_size_bytes,
+        checkpoints: CheckpointSettings::default(),
     }
 }
 

@@ -98,7 +98,8 @@ async fn writer_answers(writer: &Writer) -> bool {
                 tracing::debug!(%error, "watchdog ping failed in the database; the writer is alive");
                 return true;
             }
-            Err(WriteError::Closed) => return false,
+            // Replaced: only a restart opens the file that is there now.
+            Err(WriteError::Closed | WriteError::Replaced(_)) => return false,
             Err(WriteError::QueueFull) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }

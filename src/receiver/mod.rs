@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod readiness;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use self::auth::{BasicCredentials, allowed, client_ip};
+use self::readiness::Readiness;
 use crate::clock::Clock;
 use crate::config::{IpRange, ServerConfig};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, StateSource};
@@ -124,6 +126,8 @@ pub struct Receiver {
     clock: Arc<dyn Clock>,
     /// Set once shutdown begins: `/readyz` then answers 503 so load balancers stop sending.
     draining: AtomicBool,
+    /// The last `/readyz` answer, reused for a second.
+    readiness: Readiness,
     /// Counted into, and rendered by `/metrics`.
     metrics: Arc<Metrics>,
     /// Where `/metrics` reads the stored-state gauges from.
@@ -135,6 +139,8 @@ pub struct Receiver {
 enum Reply {
     Stored(Outcome),
     Healthy,
+    /// The writer can never store again (its database file was replaced): restart me.
+    Unhealthy(String),
     Ready,
     NotFound,
     MethodNotAllowed(&'static str),
@@ -166,7 +172,9 @@ impl Reply {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyUnreadable(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NotReady(_) | Self::Unhealthy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -187,6 +195,7 @@ impl Reply {
             Self::Unavailable(WriteError::QueueFull) => "queue_full",
             Self::Unavailable(_) => "store_unavailable",
             Self::NotReady(_) => "not_ready",
+            Self::Unhealthy(_) => "unhealthy",
             Self::Metrics { .. } => "metrics",
             Self::MetricsRefused => "metrics_refused",
         }
@@ -206,6 +215,7 @@ impl Reply {
                 json!({ "error": "not stored, retry later", "reason": error.to_string() })
             }
             Self::NotReady(reason) => json!({ "error": "not ready", "reason": reason }),
+            Self::Unhealthy(reason) => json!({ "error": "unhealthy", "reason": reason }),
             Self::MetricsRefused => json!({
                 "error": "Forbidden",
                 "reason": "/metrics is served here only to direct loopback clients; see [server] metrics_listen",
@@ -229,7 +239,7 @@ impl Reply {
             Self::Unauthorized => {
                 response = response.header(WWW_AUTHENTICATE, "Basic realm=\"orderwatch\"")
             }
-            Self::Unavailable(_) | Self::NotReady(_) => {
+            Self::Unavailable(_) | Self::NotReady(_) | Self::Unhealthy(_) => {
                 response = response.header(RETRY_AFTER, "1")
             }
             // The body was (partly) left unread: close rather than parse its rest as a request.
@@ -265,6 +275,7 @@ impl Receiver {
             writer,
             clock,
             draining: AtomicBool::new(false),
+            readiness: Readiness::default(),
             metrics,
             state,
         }
@@ -331,7 +342,13 @@ impl Receiver {
             self.metrics.webhook_request(status, reply.label(), elapsed);
         }
         let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
-        if status >= 500 {
+        // Probes come every few seconds from every balancer: not worth a line each (a
+        // change of readiness is logged where it is found).
+        let probe =
+            listener == Listener::Webhooks && matches!(path.as_str(), "/healthz" | "/readyz");
+        if probe {
+            tracing::debug!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
+        } else if status >= 500 {
             tracing::warn!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
         } else {
             tracing::info!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
@@ -347,7 +364,10 @@ impl Receiver {
         let path = request.uri().path();
         let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
         match path {
-            "/healthz" if read_only => Reply::Healthy,
+            "/healthz" if read_only => match self.writer.health().defunct() {
+                Some(reason) => Reply::Unhealthy(reason),
+                None => Reply::Healthy,
+            },
             "/readyz" if read_only => self.readiness().await,
             "/metrics" if read_only => match self.access().metrics {
                 MetricsAccess::Off => Reply::NotFound,
@@ -402,10 +422,13 @@ impl Receiver {
         if self.draining.load(Ordering::SeqCst) {
             return Reply::NotReady("shutting down".into());
         }
-        match tokio::time::timeout(self.settings.request_timeout, self.writer.ping()).await {
-            Ok(Ok(())) => Reply::Ready,
-            Ok(Err(error)) => Reply::NotReady(error.to_string()),
-            Err(_) => Reply::NotReady("database did not answer in time".into()),
+        match self
+            .readiness
+            .check(&self.writer, self.settings.request_timeout)
+            .await
+        {
+            Ok(()) => Reply::Ready,
+            Err(reason) => Reply::NotReady(reason),
         }
     }
 

@@ -48,6 +48,17 @@ pub enum Command {
     Shutdown,
 }
 
+impl Command {
+    /// Whether it may make the database or its WAL larger (refused past `max_size_bytes`);
+    /// pruning and giving a lease back only delete, and shutting down writes nothing.
+    pub fn may_grow(&self) -> bool {
+        !matches!(
+            self,
+            Self::Prune { .. } | Self::ReleaseLease { .. } | Self::Shutdown
+        )
+    }
+}
+
 /// What a command produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {

@@ -2,6 +2,7 @@
 //! observation ([`apply`]), the group-commit [`writer`], and read-side queries.
 
 mod apply;
+pub mod checkpoint;
 pub mod commands;
 pub mod inspect;
 pub mod maintenance;
@@ -9,6 +10,7 @@ pub mod poll_state;
 pub mod queries;
 mod reconcile;
 pub mod rule;
+pub mod sqlite_file;
 pub mod writer;
 
 use std::path::Path;
@@ -54,6 +56,11 @@ pub enum StoreError {
     Open {
         path: String,
         source: rusqlite::Error,
+    },
+    #[error("database {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
     },
     #[error(
         "database {path} has schema version {found}, newer than this orderwatch knows ({known}); upgrade orderwatch"

@@ -5,9 +5,11 @@
 //! request, and nobody hears "stored" before the commit that stored it returned. A full queue
 //! is refused at once ([`WriteError::QueueFull`], a 503 with `Retry-After`) instead of growing.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration as StdDuration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -15,10 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use chrono::Duration;
 use uuid::Uuid;
 
+use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, CommitCounter};
 use super::commands::{Command, Done, execute};
 use super::maintenance::{PruneCursor, PruneStep};
 use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
+use super::sqlite_file::{DatabaseFile, FileSizes};
 use super::{RejectedWebhook, StoreSettings};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -33,6 +37,11 @@ pub struct WriterSettings {
     pub queue_capacity: usize,
     /// What the store functions need to know.
     pub store: StoreSettings,
+    /// `[database] max_size_bytes`: the database and its WAL together; past it, only work
+    /// that frees space runs.
+    pub max_size_bytes: Option<u64>,
+    /// When the checkpointer runs.
+    pub checkpoints: CheckpointSettings,
 }
 
 /// Why a write was not confirmed. Every variant means "not known to be stored": answer 503.
@@ -44,6 +53,9 @@ pub enum WriteError {
     Closed,
     #[error("could not store: {0}")]
     Storage(String),
+    /// The database file was deleted or replaced while the daemon ran; final.
+    #[error("database file replaced: {0}")]
+    Replaced(String),
 }
 
 struct Job {
@@ -64,6 +76,7 @@ enum WhenFull {
 pub struct Writer {
     sender: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 /// The writer thread. It stops when every [`Writer`] handle is dropped or when
@@ -72,12 +85,16 @@ pub struct WriterThread {
     handle: JoinHandle<()>,
     /// Used only to queue the shutdown request behind everything already queued.
     writer: Writer,
+    /// Stopped before the writer closes its connection, so the writer's close (the last one
+    /// of this process) checkpoints what is left.
+    checkpointer: CheckpointerThread,
 }
 
 impl WriterThread {
     /// Lets the writer commit everything queued so far, stops it, and waits for the thread.
     /// Jobs sent after this are answered [`WriteError::Closed`] (a 503 for webhooks).
     pub async fn shutdown(self) {
+        self.checkpointer.stop().await;
         let _ = self.writer.submit(Command::Shutdown, WhenFull::Wait).await;
         drop(self.writer);
         let handle = self.handle;
@@ -88,21 +105,192 @@ impl WriterThread {
     }
 }
 
-/// Starts the writer thread on an open, migrated connection; it counts batches, commit time,
-/// failures and conflicts in `metrics`.
+/// Consecutive failed batches of real work (not heartbeats) after which the writer counts
+/// as unhealthy: a heartbeat can still commit on a full disk (it fits in the existing WAL).
+const FAILED_BATCHES_UNREADY: u32 = 3;
+
+/// How long such a run of failures keeps the writer unhealthy when no new work arrives (a
+/// load balancer that stopped sending must be able to try again).
+const FAILURES_REMEMBERED: StdDuration = StdDuration::from_secs(30);
+
+/// What the writer knows about its own health, for readiness and liveness checks.
+#[derive(Debug)]
+pub struct Health {
+    /// The database file, watched for deletion and replacement.
+    file: Arc<DatabaseFile>,
+    /// The current run of failed batches of real work.
+    failing: Mutex<Failures>,
+    /// Batches with any failure so far (a "ready" found before the last one is stale).
+    batches_with_failures: AtomicU64,
+    /// Batches that committed every job so far (a "not ready" found before one is stale).
+    batches_without_failures: AtomicU64,
+}
+
+/// A run of consecutive failed batches of real work.
+#[derive(Debug, Default)]
+struct Failures {
+    /// How many in a row (0: the last one committed).
+    consecutive: u32,
+    /// The last one's error and when it came.
+    last: Option<(String, Instant)>,
+}
+
+impl Health {
+    /// Why the writer can never store again (the database file was replaced), if so.
+    pub fn defunct(&self) -> Option<String> {
+        self.file
+            .replaced()
+            .map(|reason| format!("database file replaced: {reason}"))
+    }
+
+    /// Why the writer should not be sent work now, if so: a replaced file, or the last
+    /// [`FAILED_BATCHES_UNREADY`] batches of real work failed within [`FAILURES_REMEMBERED`].
+    pub fn unready(&self) -> Option<String> {
+        if let Some(defunct) = self.defunct() {
+            return Some(defunct);
+        }
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match &failing.last {
+            Some((error, at))
+                if failing.consecutive >= FAILED_BATCHES_UNREADY
+                    && at.elapsed() < FAILURES_REMEMBERED =>
+            {
+                Some(format!(
+                    "the last {} batches of writes failed: {error}",
+                    failing.consecutive
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// How many batches had a failure so far: a "ready" found before this number last
+    /// changed may be out of date.
+    pub fn batches_with_failures(&self) -> u64 {
+        self.batches_with_failures.load(Ordering::Relaxed)
+    }
+
+    /// How many batches committed every job so far: a "not ready" found before this number
+    /// last changed may be out of date.
+    pub fn batches_without_failures(&self) -> u64 {
+        self.batches_without_failures.load(Ordering::Relaxed)
+    }
+
+    /// Notes how a batch went; batches holding only heartbeats say nothing about real work.
+    fn batch_done(&self, batch: &[Job], results: &Result<Vec<JobResult>, WriteError>) {
+        let any_failure = match results {
+            Err(_) => true,
+            Ok(results) => results.iter().any(Result::is_err),
+        };
+        if any_failure {
+            self.batches_with_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.batches_without_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let real = |job: &&Job| !matches!(job.command, Command::Ping | Command::Shutdown);
+        if !batch.iter().any(|job| real(&job)) {
+            return;
+        }
+        let failure = match results {
+            Err(error) => Some(error.to_string()),
+            Ok(results) => {
+                // Failed only if every real job did: one bad job is not a sick store.
+                let errors: Vec<Option<&WriteError>> = batch
+                    .iter()
+                    .zip(results)
+                    .filter(|(job, _)| real(job))
+                    .map(|(_, result)| result.as_ref().err())
+                    .collect();
+                match errors.first() {
+                    Some(Some(first)) if errors.iter().all(Option::is_some) => {
+                        Some(first.to_string())
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            Some(error) => {
+                failing.consecutive += 1;
+                failing.last = Some((error, Instant::now()));
+            }
+            None => *failing = Failures::default(),
+        }
+    }
+}
+
+/// Starts the writer thread on an open, migrated connection to `path`, and the checkpointer
+/// beside it; they count batches, commit time, failures, conflicts and checkpoints in
+/// `metrics`.
 pub fn spawn(
-    conn: Connection,
+    mut conn: Connection,
+    path: &Path,
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-) -> std::io::Result<(Writer, WriterThread)> {
+) -> Result<(Writer, WriterThread), super::StoreError> {
+    let io_error = |source| super::StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = Arc::new(DatabaseFile::watch(path).map_err(io_error)?);
+    leave_checkpoints_to_the_checkpointer(&mut conn)?;
+    let commits = Arc::new(CommitCounter::default());
+    let checkpointer = checkpoint::spawn(
+        path,
+        file.clone(),
+        commits.clone(),
+        settings.checkpoints.clone(),
+        metrics.clone(),
+    )?;
+    let health = Arc::new(Health {
+        file,
+        failing: Mutex::new(Failures::default()),
+        batches_with_failures: AtomicU64::new(0),
+        batches_without_failures: AtomicU64::new(0),
+    });
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
     let thread_metrics = metrics.clone();
+    let thread_health = health.clone();
     let handle = std::thread::Builder::new()
         .name("orderwatch-writer".into())
-        .spawn(move || run(conn, receiver, settings, clock, &thread_metrics))?;
-    let writer = Writer { sender, metrics };
-    Ok((writer.clone(), WriterThread { handle, writer }))
+        .spawn(move || {
+            let context = Context {
+                settings,
+                clock,
+                metrics: &thread_metrics,
+                health: &thread_health,
+                commits: &commits,
+            };
+            run(conn, receiver, &context)
+        })
+        .map_err(io_error)?;
+    let writer = Writer {
+        sender,
+        metrics,
+        health,
+    };
+    Ok((
+        writer.clone(),
+        WriterThread {
+            handle,
+            writer,
+            checkpointer,
+        },
+    ))
+}
+
+/// No commit a webhook waits for runs a checkpoint; a WAL the checkpointer reset is cut back
+/// to [`checkpoint::JOURNAL_SIZE_LIMIT`] by the next commit.
+fn leave_checkpoints_to_the_checkpointer(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        checkpoint::JOURNAL_SIZE_LIMIT as i64,
+    )
 }
 
 impl Writer {
@@ -229,6 +417,11 @@ impl Writer {
         &self.metrics
     }
 
+    /// What the writer knows about its health (readiness and liveness checks ask).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     async fn submit(&self, command: Command, when_full: WhenFull) -> Result<Done, WriteError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { command, reply };
@@ -251,24 +444,29 @@ fn unexpected(done: Done) -> WriteError {
     WriteError::Storage(format!("unexpected answer from the writer: {done:?}"))
 }
 
-fn run(
-    mut conn: Connection,
-    mut receiver: mpsc::Receiver<Job>,
+/// What the writer thread works with besides its connection and queue.
+struct Context<'a> {
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
-    metrics: &Metrics,
-) {
-    let mut batch = Vec::with_capacity(settings.max_batch);
+    metrics: &'a Metrics,
+    health: &'a Health,
+    /// Told of every commit, for the checkpointer.
+    commits: &'a CommitCounter,
+}
+
+fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Context<'_>) {
+    let metrics = context.metrics;
+    let mut batch = Vec::with_capacity(context.settings.max_batch);
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
-        while batch.len() < settings.max_batch {
+        while batch.len() < context.settings.max_batch {
             match receiver.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
         let started = Instant::now();
-        let results = commit_batch(&mut conn, &batch, &settings, clock.as_ref());
+        let results = commit_checked(&mut conn, &batch, context);
         metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());
@@ -281,11 +479,16 @@ fn run(
                     .count();
                 metrics.conflicts.inc_by(conflicts as u64);
             }
+            // Logged once, by the check.
+            Err(WriteError::Replaced(_)) => {
+                metrics.failed_batches.inc();
+            }
             Err(error) => {
                 metrics.failed_batches.inc();
                 tracing::error!(%error, jobs = batch.len(), "could not commit a batch; answering 503");
             }
         }
+        context.health.batch_done(&batch, &results);
         let stop = batch
             .iter()
             .any(|job| matches!(job.command, Command::Shutdown));
@@ -294,17 +497,68 @@ fn run(
             break;
         }
     }
+    if context.health.defunct().is_some() {
+        // Closing the last connection checkpoints into the file at the path: not ours.
+        let _ = conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+    }
+}
+
+/// [`commit_batch`] between two checks that the database file is still the one opened: none
+/// is written once it was replaced, and none is acknowledged that went into a file that was
+/// replaced meanwhile (it is answered 503, so Musement sends it again).
+fn commit_checked(
+    conn: &mut Connection,
+    batch: &[Job],
+    context: &Context<'_>,
+) -> Result<Vec<JobResult>, WriteError> {
+    let file = &context.health.file;
+    let sizes = file.check().map_err(WriteError::Replaced)?;
+    // The WAL's working size (reused, cut back to it after every reset) is not counted:
+    // what counts is a WAL that grows because it cannot be reset.
+    let over_budget = context
+        .settings
+        .max_size_bytes
+        .filter(|max| sizes.total() > max.saturating_add(checkpoint::JOURNAL_SIZE_LIMIT))
+        .map(|max| over_budget(sizes, max));
+    let results = commit_batch(
+        conn,
+        batch,
+        &context.settings,
+        context.clock.as_ref(),
+        over_budget.as_ref(),
+    )?;
+    if over_budget.is_none() || batch.iter().any(|job| !job.command.may_grow()) {
+        // Something may have been written (a batch refused whole writes nothing).
+        context.commits.committed();
+    }
+    file.check().map_err(WriteError::Replaced)?;
+    Ok(results)
+}
+
+/// The error for work refused because the database and its WAL outgrew `max_size_bytes`.
+fn over_budget(sizes: FileSizes, max: u64) -> WriteError {
+    WriteError::Storage(format!(
+        "database or disk is full: the database ({} bytes) and its WAL ({} bytes) exceed [database] max_size_bytes ({max}) plus the WAL's working size ({} bytes); the WAL is not being reset (is a reader holding a transaction open?)",
+        sizes.database,
+        sizes.wal,
+        checkpoint::JOURNAL_SIZE_LIMIT
+    ))
 }
 
 type JobResult = Result<Done, WriteError>;
 
 /// Runs every job of the batch in one transaction, each in its own savepoint so one failing job
-/// does not sink the others, then commits once. A failed commit fails every job.
+/// does not sink the others, then commits once. A failed commit fails every job. With
+/// `over_budget`, jobs that may take space are answered with it instead of run.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Job],
     settings: &WriterSettings,
     clock: &dyn Clock,
+    over_budget: Option<&WriteError>,
 ) -> Result<Vec<JobResult>, WriteError> {
     let storage = |e: rusqlite::Error| WriteError::Storage(e.to_string());
     let tx = conn
@@ -320,6 +574,12 @@ fn commit_batch(
             .map(drop)
     };
     for job in batch {
+        if let Some(refusal) = over_budget
+            && job.command.may_grow()
+        {
+            results.push(Err(refusal.clone()));
+            continue;
+        }
         run("SAVEPOINT job").map_err(storage)?;
         match execute(&tx, &job.command, &settings.store, now) {
             Ok(done) => {

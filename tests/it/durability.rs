@@ -638,12 +638,16 @@ async fn disk_full_case() -> Case {
         assert_refused(&answer, "full", &app.db_path, &item, "still full");
         refused.push((item, body));
     }
+    // The heartbeat still fits in the WAL; readiness counts the failed writes of real work.
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     eprintln!(
         "disk full: {} acknowledged before the cap, /readyz answered {} while full",
         acknowledged.len(),
         ready.status()
     );
+    assert_eq!(ready.status(), 503, "not ready while every write fails");
+    let reason = ready.text().await.unwrap();
+    assert!(reason.contains("batches of writes failed"), "{reason}");
 
     other_program.execute_batch("DROP TABLE ballast").unwrap();
     for (item, body) in &refused {
@@ -664,6 +668,8 @@ async fn disk_full_case() -> Case {
         );
         acknowledged.push(item);
     }
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once writes go through");
     for item in &acknowledged {
         assert_eq!(events_of(&app.db_path, item), 1, "{item} was answered 200");
     }

@@ -4,6 +4,7 @@
 mod api_faults;
 mod cli;
 mod convergence;
+mod database_file;
 mod deploy;
 mod durability;
 mod fake_musement;

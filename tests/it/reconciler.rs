@@ -619,6 +619,55 @@ async fn the_lease_refuses_a_concurrent_pass_and_names_the_holder() {
     h.close().await;
 }
 
+/// After `kill -9` mid-pass the lease stays in the table until it expires; the daemon
+/// restarted with the same `instance_id` takes it back at once (no skipped catch-up pass),
+/// while a lease held under another id still stops it.
+#[tokio::test]
+async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
+    let fake = FakeMusement::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}[server]\ninstance_id = \"ow-a\"\n",
+            config_for(&fake, "")
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
+    let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
+    // What the killed daemon left: its lease, ten minutes to go.
+    writer
+        .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
+        .await
+        .unwrap();
+    let reconciler =
+        startup::build_reconciler(&config, writer.clone(), clock.clone(), startup::DAEMON_ROLE)
+            .unwrap();
+    reconciler.run_once().await.unwrap();
+
+    writer
+        .acquire_lease("reconciler", "ow-b", Duration::seconds(600))
+        .await
+        .unwrap();
+    let error = reconciler.run_once().await.unwrap_err().to_string();
+    assert!(error.contains("ow-b"), "{error}");
+    // A `reconcile` command on the same host is not the daemon: it never takes its lease.
+    writer.release_lease("reconciler", "ow-b").await.unwrap();
+    writer
+        .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
+        .await
+        .unwrap();
+    let command =
+        startup::build_reconciler(&config, writer.clone(), clock, "orderwatch reconcile").unwrap();
+    let error = command.run_once().await.unwrap_err().to_string();
+    assert!(error.contains("(ow-a, lease until"), "{error}");
+    drop((reconciler, command, writer));
+    writer_thread.shutdown().await;
+}
+
 #[test]
 fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
