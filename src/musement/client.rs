@@ -123,7 +123,11 @@ impl MusementClient {
         let mut builder = reqwest::Client::builder()
             .default_headers(identity_headers(&settings)?)
             .user_agent(concat!("orderwatch/", env!("CARGO_PKG_VERSION")))
-            .timeout(settings.request_timeout);
+            .timeout(settings.request_timeout)
+            // Follow nothing: reqwest's default policy re-POSTs the login body (client secret
+            // included) on a 307/308 to any host, and follows https → http. A 3xx comes back
+            // as `ApiError::Redirected` naming the `Location` instead.
+            .redirect(reqwest::redirect::Policy::none());
         if is_loopback(&base_url) {
             // A proxy from HTTP(S)_PROXY cannot reach our own loopback (a local mock or the
             // tests' fake), and reqwest does not exempt it on its own.
@@ -348,11 +352,15 @@ impl MusementClient {
         })
     }
 
-    /// The error for a status that has no meaning specific to the endpoint: 429, 5xx, other.
+    /// The error for a status that has no meaning specific to the endpoint: 3xx, 429, 5xx, other.
     fn status_error(&self, reply: &Reply) -> ApiError {
         let retry_after = header_text(&reply.headers, header::RETRY_AFTER)
             .and_then(|value| parse_retry_after(&value, self.inner.clock.now()));
         match reply.status.as_u16() {
+            status @ 300..=399 => ApiError::Redirected {
+                status,
+                location: redirect_target(&reply.headers),
+            },
             429 => ApiError::RateLimited { retry_after },
             status @ 500..=599 => ApiError::Server {
                 status,
@@ -415,6 +423,14 @@ fn refusal(what: &str, reply: &Reply) -> String {
     match model::error_message(&reply.body) {
         Some(message) => format!("{what} (HTTP {status}): {message}"),
         None => format!("{what} (HTTP {status})"),
+    }
+}
+
+/// A redirect's `Location`, quoted and cut short (it is the other party's text), for the error.
+fn redirect_target(headers: &HeaderMap) -> String {
+    match headers.get(header::LOCATION) {
+        Some(location) => format!("{:?}", snippet(location.as_bytes())),
+        None => "(no Location header)".to_owned(),
     }
 }
 

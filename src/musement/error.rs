@@ -43,6 +43,18 @@ pub enum ApiError {
         /// What happened, with Musement's own `message` when it sent one.
         message: String,
     },
+    /// Musement answered 3xx. Redirects are never followed: a 307 would re-send the login body
+    /// (client secret included) to wherever it points, and a followed 302 would store another
+    /// host's answer as Musement's. A person has to look (usually `[musement] base_url`).
+    #[error(
+        "Musement answered HTTP {status} redirecting to {location}; redirects are not followed (check [musement] base_url)"
+    )]
+    Redirected {
+        /// The HTTP status (300..=399).
+        status: u16,
+        /// The `Location` header, quoted and cut to [`SNIPPET_BYTES`], or `(no Location header)`.
+        location: String,
+    },
     /// Any other non-2xx answer.
     #[error("unexpected HTTP {status} from Musement: {snippet:?}")]
     UnexpectedStatus {
@@ -83,7 +95,8 @@ impl ApiError {
     }
 
     /// A short fixed name for the kind of failure (`timeout`, `connect`, `server`,
-    /// `rate_limited`, `not_found`, `unauthorized`, `unexpected_status`, `malformed`, `config`),
+    /// `rate_limited`, `not_found`, `unauthorized`, `redirected`, `unexpected_status`,
+    /// `malformed`, `config`),
     /// for metrics labels and for logs that must not carry response text.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -93,6 +106,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::NotFound => "not_found",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::Redirected { .. } => "redirected",
             Self::UnexpectedStatus { .. } => "unexpected_status",
             Self::Malformed { .. } => "malformed",
             Self::Config(_) => "config",
@@ -108,6 +122,10 @@ impl ApiError {
             Self::Connect(text) => Self::Connect(clean(text)),
             Self::Unauthorized { message } => Self::Unauthorized {
                 message: clean(message),
+            },
+            Self::Redirected { status, location } => Self::Redirected {
+                status,
+                location: clean(location),
             },
             Self::UnexpectedStatus { status, snippet } => Self::UnexpectedStatus {
                 status,

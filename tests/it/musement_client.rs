@@ -146,6 +146,77 @@ async fn a_trailing_slash_on_the_base_url_is_ignored() {
     assert_eq!(fake.requests()[0].path, "/api/v3/login");
 }
 
+/// Issue 11 defect #3: a `307` from `/login` to another origin (here another port) must not
+/// make the client re-POST the login body, `client_secret` included, to that origin.
+#[tokio::test]
+async fn a_login_redirect_is_not_followed_so_the_secret_never_leaves_for_another_origin() {
+    let (fake, client, order) = fixture_setup().await;
+    let elsewhere = FakeMusement::start().await;
+    let location = format!("{}/login", elsewhere.base_url());
+    fake.push_response(
+        "/login",
+        FakeResponse::status(307).with_header("location", &location),
+    );
+
+    let answer = client.get_order(order).await;
+    let received = elsewhere.requests();
+    assert!(
+        received.iter().all(|r| !r.body.contains(CLIENT_SECRET)),
+        "the secret reached the other origin: {received:?}"
+    );
+    assert!(received.is_empty(), "{received:?}");
+    let error = answer.unwrap_err();
+    assert_eq!(error.kind(), "redirected", "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("307") && text.contains(&location), "{text}");
+    assert!(!text.contains(CLIENT_SECRET), "{text}");
+    assert!(!error.is_transient(), "a redirect needs a person: {error}");
+    assert_eq!(fake.count("POST", "/login"), 1);
+    assert_eq!(
+        fake.count("GET", &orders_path(order)),
+        0,
+        "no token, no GET"
+    );
+}
+
+/// Issue 11 defect #3: a 3xx from `GET /orders/{uuid}` is a failed call naming the `Location`;
+/// the other host is never asked, so its answer can never pass for Musement's.
+#[tokio::test]
+async fn an_order_redirect_is_not_followed_and_names_its_location() {
+    let (fake, client, order) = fixture_setup().await;
+    let elsewhere = FakeMusement::start().await;
+    elsewhere.put_order(fixture_json("order-two-items.json"));
+    for status in [301, 302, 303, 307, 308] {
+        let location = format!("{}/orders/{order}?via={status}", elsewhere.base_url());
+        fake.push_response(
+            &orders_path(order),
+            FakeResponse::status(status).with_header("location", &location),
+        );
+        let answer = client.get_order(order).await;
+        assert!(
+            elsewhere.requests().is_empty(),
+            "HTTP {status} was followed: {:?}",
+            elsewhere.requests()
+        );
+        let error = answer.unwrap_err();
+        assert_eq!(error.kind(), "redirected", "{status}: {error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains(&status.to_string()) && text.contains(&location),
+            "{text}"
+        );
+        assert!(!text.contains("token-1"), "{text}");
+    }
+    // Without a Location the error still says what happened.
+    fake.push_response(&orders_path(order), FakeResponse::status(302));
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(error.kind(), "redirected", "{error:?}");
+    assert!(error.to_string().contains("no Location"), "{error}");
+    // Nothing else was wrong: the next call is served normally, with the same token.
+    client.get_order(order).await.unwrap();
+    assert_eq!(fake.count("POST", "/login"), 1);
+}
+
 #[tokio::test]
 async fn the_token_is_cached_across_calls() {
     let (fake, client, order) = fixture_setup().await;

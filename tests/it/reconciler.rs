@@ -424,6 +424,47 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
     h.close().await;
 }
 
+/// Issue 11 defect #3: a `302` from `GET /orders/{uuid}` to another host is a failed poll that
+/// names the `Location`; the other host is never asked, and its answer is never stored.
+#[tokio::test]
+async fn a_redirected_poll_fails_and_the_other_hosts_answer_is_never_stored() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    h.pass().await;
+    assert_eq!(h.item(item).0, "PENDING");
+
+    // Another host (another port) that answers anyone, saying the item is confirmed.
+    let elsewhere = FakeMusement::start().await;
+    let date = crate::fake_musement::httpdate(h.clock.now() + Duration::minutes(1));
+    elsewhere.push_response(
+        "",
+        FakeResponse::json(200, order_json(order, &[(item, "OK")])).with_header("date", &date),
+    );
+    let location = format!("{}/orders/{order}", elsewhere.base_url());
+    h.fake.push_response(
+        &format!("/orders/{order}"),
+        FakeResponse::status(302).with_header("location", &location),
+    );
+    h.advance(Duration::minutes(1));
+    let summary = h.pass().await;
+
+    assert_eq!((summary.polled, summary.failures), (0, 1), "{summary:?}");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
+    assert_eq!(h.item(item), ("PENDING".into(), "poll".into()));
+    let error = h.order_field(order, "last_error").unwrap();
+    assert!(
+        error.contains("302") && error.contains(&location),
+        "{error}"
+    );
+    h.close().await;
+}
+
 #[tokio::test]
 async fn an_absurd_retry_after_is_capped_and_the_writer_survives() {
     let h = harness("").await;
