@@ -11,6 +11,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use super::base_url;
 use super::error::{ApiError, snippet};
 use super::headers::{parse_http_date, parse_retry_after};
 use super::model::{self, PolledOrder};
@@ -114,7 +115,7 @@ impl MusementClient {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ApiError> {
-        let base_url = checked_base_url(&settings.base_url)?;
+        let (base_url, loopback) = checked_base_url(&settings.base_url)?;
         if settings.request_timeout.is_zero() {
             return Err(ApiError::Config(
                 "request_timeout must be above zero".into(),
@@ -128,7 +129,7 @@ impl MusementClient {
             // included) on a 307/308 to any host, and follows https → http. A 3xx comes back
             // as `ApiError::Redirected` naming the `Location` instead.
             .redirect(reqwest::redirect::Policy::none());
-        if is_loopback(&base_url) {
+        if loopback {
             // A proxy from HTTP(S)_PROXY cannot reach our own loopback (a local mock or the
             // tests' fake), and reqwest does not exempt it on its own.
             builder = builder.no_proxy();
@@ -439,36 +440,13 @@ fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
-/// The base URL without trailing slashes, checked to be absolute http(s).
-fn checked_base_url(base_url: &str) -> Result<String, ApiError> {
-    let trimmed = base_url.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed)
-        .map_err(|e| ApiError::Config(format!("base_url {trimmed:?}: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-        return Err(ApiError::Config(format!(
-            "base_url {trimmed:?}: not an http(s) URL"
-        )));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(ApiError::Config(format!(
-            "base_url {trimmed:?}: must not have a query or fragment"
-        )));
-    }
-    Ok(trimmed.to_owned())
-}
-
-/// Whether `base_url` (already checked to parse) points at this machine.
-fn is_loopback(base_url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(base_url) else {
-        return false;
-    };
-    let host = url.host_str().unwrap_or_default();
-    // IPv6 hosts come bracketed (`[::1]`).
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// The base URL checked by [`base_url::parse`] (the same check as `check-config`'s), as the
+/// parser normalised it, without trailing slashes; and whether its host is loopback.
+fn checked_base_url(text: &str) -> Result<(String, bool), ApiError> {
+    let url =
+        base_url::parse(text).map_err(|reason| ApiError::Config(format!("base_url: {reason}")))?;
+    let loopback = base_url::is_loopback(&url);
+    Ok((url.as_str().trim_end_matches('/').to_owned(), loopback))
 }
 
 /// The headers every request carries: who we are, which API version and language we want.
@@ -539,32 +517,25 @@ mod tests {
     fn base_url_is_checked_and_trimmed() {
         assert_eq!(
             checked_base_url("https://sandbox.musement.com/api/v3/").unwrap(),
-            "https://sandbox.musement.com/api/v3"
+            ("https://sandbox.musement.com/api/v3".to_owned(), false)
+        );
+        assert_eq!(
+            checked_base_url("http://LOCALHOST:8080/api/").unwrap(),
+            ("http://localhost:8080/api".to_owned(), true)
         );
         for bad in [
             "",
             "sandbox.musement.com",
             "ftp://x/api",
             "https://x/api?a=1",
+            // The client refuses what check-config refuses: one check, shared.
+            "http://127.0.0.1:1@api.musement.com/api/v3",
+            "http://api.musement.com/api/v3",
         ] {
             assert!(
                 matches!(checked_base_url(bad), Err(ApiError::Config(_))),
                 "{bad}"
             );
-        }
-    }
-
-    #[test]
-    fn loopback_base_urls_are_recognised() {
-        for url in [
-            "http://127.0.0.1:8080/api/v3",
-            "http://localhost/api",
-            "http://[::1]:1/",
-        ] {
-            assert!(is_loopback(url), "{url}");
-        }
-        for url in ["https://sandbox.musement.com/api/v3", "http://10.0.0.1/"] {
-            assert!(!is_loopback(url), "{url}");
         }
     }
 
