@@ -34,6 +34,13 @@ pub enum ApiError {
         /// How long Musement asked us to wait.
         retry_after: Option<Duration>,
     },
+    /// Nothing was sent: Musement asked us to wait (429, or 503 with `Retry-After`) and the
+    /// wait has not ended. Every request (GET and login, for every caller) waits it out.
+    #[error("not calling Musement until {}: it asked us to wait", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
+    Paused {
+        /// When requests may be sent again (on the client's clock).
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// `GET /orders/{uuid}` answered 404: Musement does not know the order. Permanent.
     #[error("order not found at Musement")]
     NotFound,
@@ -86,16 +93,20 @@ impl ApiError {
     }
 
     /// True when trying again later may succeed without anyone changing anything: timeouts,
-    /// connection failures, 5xx and 429. Everything else needs a person or is permanent.
+    /// connection failures, 5xx, 429 and a pause. Everything else needs a person or is permanent.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::Connect(_) | Self::Server { .. } | Self::RateLimited { .. }
+            Self::Timeout
+                | Self::Connect(_)
+                | Self::Server { .. }
+                | Self::RateLimited { .. }
+                | Self::Paused { .. }
         )
     }
 
     /// A short fixed name for the kind of failure (`timeout`, `connect`, `server`,
-    /// `rate_limited`, `not_found`, `unauthorized`, `redirected`, `unexpected_status`,
+    /// `rate_limited`, `paused`, `not_found`, `unauthorized`, `redirected`, `unexpected_status`,
     /// `malformed`, `config`),
     /// for metrics labels and for logs that must not carry response text.
     pub fn kind(&self) -> &'static str {
@@ -104,6 +115,7 @@ impl ApiError {
             Self::Connect(_) => "connect",
             Self::Server { .. } => "server",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Paused { .. } => "paused",
             Self::NotFound => "not_found",
             Self::Unauthorized { .. } => "unauthorized",
             Self::Redirected { .. } => "redirected",

@@ -947,3 +947,60 @@ async fn watch_cli_streams_stdin_and_stops_at_a_bad_line() {
     );
     h.close().await;
 }
+
+/// Issue 11 defect #8, in `orderwatch reconcile --once` (its own process, its own client): a
+/// 429 with `Retry-After` ends the pass after the one GET in flight, and the summary says until
+/// when it paused and how many orders wait for a later pass.
+#[test]
+fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let h = runtime.block_on(harness("concurrency = 1"));
+    let config_path = h.dir.path().join("config.toml");
+    let orders: Vec<String> = (0..5)
+        .map(|_| {
+            let order = new_uuid();
+            h.fake
+                .put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+            h.fake.set_outage(
+                &format!("/orders/{order}"),
+                Some(FakeResponse::status(429).with_header("retry-after", "120")),
+            );
+            order.to_string()
+        })
+        .collect();
+    // Watched through the CLI: both processes then use the real clock.
+    let watched = std::process::Command::new(crate::helpers::binary())
+        .args(["watch", "--config", config_path.to_str().unwrap()])
+        .args(&orders)
+        .output()
+        .unwrap();
+    assert!(watched.status.success());
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "reconcile",
+            "--once",
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let gets = h
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert_eq!(gets, 1, "one GET, then nothing: {stdout}");
+    assert!(
+        stdout.contains("failures: 1") && stdout.contains(", paused until 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(4 orders left for a later pass)"),
+        "{stdout}"
+    );
+    runtime.block_on(h.close());
+}
