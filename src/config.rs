@@ -698,21 +698,9 @@ impl Config {
                 "must not be empty".into(),
             );
         }
-        if !self.musement.base_url.starts_with("http://")
-            && !self.musement.base_url.starts_with("https://")
-        {
-            return error(
-                "musement.base_url",
-                "must start with http:// or https://".into(),
-            );
-        }
-        if let Some(rest) = self.musement.base_url.strip_prefix("http://")
-            && !is_loopback_host(rest)
-        {
-            return error(
-                "musement.base_url",
-                "plain http:// is allowed only for loopback (the client secret would travel in clear); use https://".into(),
-            );
+        // The client parses it with the same function, so what is checked here is what it uses.
+        if let Err(reason) = crate::musement::base_url::parse(&self.musement.base_url) {
+            return error("musement.base_url", reason);
         }
         if self.musement.credentials.is_some() && self.musement.application.is_empty() {
             return error(
@@ -831,19 +819,6 @@ fn parse_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let key = e.path().to_string();
         located(if key == "." { String::new() } else { key }, e.inner())
     })
-}
-
-/// Whether the host at the start of `rest` (what follows `http://`) is loopback.
-fn is_loopback_host(rest: &str) -> bool {
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -1040,6 +1015,64 @@ mod tests {
         }
         let err = load("[musement]\nbase_url = \"http://api.musement.com/api/v3\"\n").unwrap_err();
         assert_eq!(err.key, "musement.base_url");
+    }
+
+    /// Issue 11 defect #4: the host that gets the secret is the URL's real host, whatever
+    /// userinfo, look-alike names or parser tricks surround it.
+    #[test]
+    fn base_url_tricks_cannot_pass_for_loopback() {
+        for bad in [
+            // Userinfo: the real host is the one after `@`.
+            "http://127.0.0.1:1@api.musement.com/api/v3",
+            "http://[::1]@api.musement.com/api/v3",
+            "http://[::1]:80@api.musement.com/api/v3",
+            "http://localhost@api.musement.com/api/v3",
+            "http://localhost:8080@api.musement.com/api/v3",
+            "http://api.musement.com\t@127.0.0.1/api/v3",
+            // Userinfo is refused even where the host is fine: credentials come from client_id
+            // and client_secret, and a URL holding them ends up in logs.
+            "http://user:pw@127.0.0.1:9/api/v3",
+            "https://user@sandbox.musement.com/api/v3",
+            // Names that merely start like loopback.
+            "http://127.0.0.1.evil.com/api/v3",
+            "http://127.0.0.1%2eevil.com/api/v3",
+            "http://localhost.evil.com/api/v3",
+            "http://localhost./api/v3",
+            "http://loc%61lhost.evil.com/api/v3",
+            // Characters parsers disagree on.
+            "http://127.0.0.1\\@evil.com/api/v3",
+            "http://evil.com\\127.0.0.1/api/v3",
+            // The host hidden behind a query or fragment.
+            "http://api.musement.com#@127.0.0.1/api/v3",
+            "http://api.musement.com?@127.0.0.1/api/v3",
+            // Not URLs the client can use.
+            "ftp://127.0.0.1/api/v3",
+            "http:///api/v3",
+            "127.0.0.1:8080/api/v3",
+        ] {
+            // A TOML literal string: backslashes and tabs reach the URL as written.
+            let toml = format!("[musement]\nbase_url = '{bad}'\n");
+            let err = load(&toml).expect_err(bad);
+            assert_eq!(err.key, "musement.base_url", "{bad}: {err}");
+            let text = err.to_string();
+            assert!(!text.contains('\n'), "one line: {text}");
+            assert!(
+                !text.contains("pw@"),
+                "the URL's password is not echoed: {text}"
+            );
+        }
+        for ok in [
+            "http://127.0.0.1:9/api/v3",
+            "http://127.0.0.2/api/v3",
+            "http://localhost/api",
+            "http://LOCALHOST:8080/api",
+            "http://[::1]:8080/x",
+            "https://sandbox.musement.com/api/v3/",
+            "https://api.musement.com/api/v3",
+        ] {
+            let toml = format!("[musement]\nbase_url = \"{ok}\"\n");
+            assert!(load(&toml).is_ok(), "{ok}: {:?}", load(&toml).err());
+        }
     }
 
     #[test]

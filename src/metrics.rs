@@ -108,10 +108,10 @@ pub struct Metrics {
     pub failed_batches: Counter,
     /// Observations whose outcome was `conflict`.
     pub conflicts: Counter,
-    /// Reconciler passes by result: `ok`, `stopped`, `lease_held`, `failed`.
+    /// Reconciler passes by result: `ok`, `stopped`, `paused`, `lease_held`, `failed`.
     pub passes: Family<ResultLabel, Counter>,
-    /// Orders handled by passes, by result: `polled`, `failed`, `not_found`, `unauthorized`,
-    /// `expired`.
+    /// Orders handled by passes, by result: `polled`, `failed`, `paused` (left for a later pass
+    /// because Musement asked us to wait), `not_found`, `unauthorized`, `expired`.
     pub orders: Family<ResultLabel, Counter>,
     /// Musement API calls by endpoint and status code.
     pub api_calls: Family<ApiCallLabels, Counter>,
@@ -123,6 +123,9 @@ pub struct Metrics {
     pub scrape_errors: Counter,
     /// Connections open on the webhook listener now.
     pub connections_open: Gauge,
+    /// Until when (Unix seconds) the Musement client sends nothing because Musement asked us
+    /// to wait; 0 when not paused (a past value is reset to 0 at the next scrape).
+    pub musement_paused_until: Gauge,
     /// Connections closed at `max_connections`, by result: `evicted_idle` (the longest-idle
     /// connection made room) or `refused_busy` (every connection had a request in progress).
     pub connections_closed_at_cap: Family<ResultLabel, Counter>,
@@ -186,13 +189,13 @@ impl Metrics {
         let passes = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciler_passes",
-            "Reconciler passes by result (ok, stopped, lease_held, failed)",
+            "Reconciler passes by result (ok, stopped, paused, lease_held, failed)",
             passes.clone(),
         );
         let orders = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciler_orders",
-            "Orders handled by reconciler passes by result (polled, failed, not_found, unauthorized, expired)",
+            "Orders handled by reconciler passes by result (polled, failed, paused, not_found, unauthorized, expired)",
             orders.clone(),
         );
         let api_calls = Family::<ApiCallLabels, Counter>::default();
@@ -227,6 +230,13 @@ impl Metrics {
             "Connections open on the webhook listener",
             connections_open.clone(),
         );
+        let musement_paused_until = Gauge::default();
+        registry.register_with_unit(
+            "musement_paused_until_timestamp",
+            "Until when (Unix time) no Musement request is sent because it answered 429, or 503 with Retry-After (pause capped at 1h); 0 when not paused",
+            Unit::Seconds,
+            musement_paused_until.clone(),
+        );
         let connections_closed_at_cap = Family::<ResultLabel, Counter>::default();
         registry.register(
             "connections_closed_at_cap",
@@ -251,6 +261,7 @@ impl Metrics {
             sqlite_checkpoints,
             sqlite_wal_bytes,
             connections_open,
+            musement_paused_until,
             connections_closed_at_cap,
             webhook_requests,
             webhook_duration,
@@ -286,6 +297,12 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Shows that the Musement client sends nothing until `until` (rounded up to the second).
+    pub fn musement_paused_until(&self, until: chrono::DateTime<chrono::Utc>) {
+        let seconds = until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0);
+        self.musement_paused_until.set(seconds);
+    }
+
     /// Counts one login.
     pub fn login(&self, reason: &'static str, result: &'static str) {
         self.logins
@@ -318,10 +335,17 @@ impl Metrics {
     /// Shows the reconciler's pass and order counters at zero from the start (a series that
     /// appears only at its first increment hides that increment from `rate()`).
     pub fn reconciler_started(&self) {
-        for result in ["ok", "stopped", "lease_held", "failed"] {
+        for result in ["ok", "stopped", "paused", "lease_held", "failed"] {
             drop(self.passes.get_or_create(&ResultLabel { result }));
         }
-        for result in ["polled", "failed", "not_found", "unauthorized", "expired"] {
+        for result in [
+            "polled",
+            "failed",
+            "paused",
+            "not_found",
+            "unauthorized",
+            "expired",
+        ] {
             drop(self.orders.get_or_create(&ResultLabel { result }));
         }
     }
@@ -356,6 +380,7 @@ impl Metrics {
             }
         };
         let now = database.clock.now();
+        self.end_past_pause(now);
         let state = snapshot.map(|s| s.registry(now));
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug in a label.
@@ -376,6 +401,20 @@ impl Metrics {
             tracing::error!(%error, "metrics: cannot encode");
         }
         out
+    }
+
+    /// Resets the pause gauge to 0 once its time has come, so a scrape never shows a pause that
+    /// is over. Compare-and-swap: a pause the client starts meanwhile is kept.
+    fn end_past_pause(&self, now: chrono::DateTime<chrono::Utc>) {
+        let shown = self.musement_paused_until.get();
+        if shown != 0 && shown <= now.timestamp() {
+            let _ = self.musement_paused_until.inner().compare_exchange(
+                shown,
+                0,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
@@ -68,6 +68,12 @@ pub struct PassSummary {
     pub overdue: usize,
     /// Set when the pass stopped early, e.g. because the API refused our credentials.
     pub stopped: Option<String>,
+    /// Set when Musement asked us to wait (429, or 503 with `Retry-After`): the client sends
+    /// nothing until then, so the pass ended early and the next one polls after this time.
+    pub paused_until: Option<DateTime<Utc>>,
+    /// Due orders this pass left unpolled because of that pause. They are not failures and do
+    /// not back off: they stay due and are polled once the pause ends.
+    pub paused_orders: usize,
 }
 
 /// How far the running (or last) pass is: `done` of `total` orders handled. A new pass starts
@@ -128,6 +134,8 @@ enum PollResult {
     NotFound,
     /// The API refused our credentials even after a fresh login: stop the pass.
     Credentials(String),
+    /// Not polled: Musement asked us to wait, and the client sends nothing until then.
+    Paused,
     Skipped,
 }
 
@@ -240,6 +248,7 @@ impl Reconciler {
     fn count_pass(&self, result: &Result<PassSummary, PassError>) {
         let label = match result {
             Ok(summary) if summary.stopped.is_some() => "stopped",
+            Ok(summary) if summary.paused_until.is_some() => "paused",
             Ok(_) => "ok",
             Err(PassError::LeaseHeld { .. }) => "lease_held",
             Err(PassError::Store(_)) => "failed",
@@ -255,6 +264,7 @@ impl Reconciler {
             PollResult::Failed => Some("failed"),
             PollResult::NotFound => Some("not_found"),
             PollResult::Credentials(_) => Some("unauthorized"),
+            PollResult::Paused => Some("paused"),
             PollResult::Skipped => None,
         };
         if let Some(label) = label {
@@ -318,20 +328,22 @@ impl Reconciler {
                 PollResult::Failed => summary.failures += 1,
                 PollResult::NotFound => summary.not_found += 1,
                 PollResult::Credentials(message) => summary.stopped = Some(message),
+                PollResult::Paused => summary.paused_orders += 1,
                 PollResult::Skipped => {}
             }
         }
+        summary.paused_until = self.client.paused_until();
         summary.overdue = self.warn_overdue().await?;
         Ok(summary)
     }
 
     async fn poll_one(&self, order: Uuid, credentials_refused: &AtomicBool) -> PollResult {
-        if self.stopping.load(Ordering::SeqCst) || credentials_refused.load(Ordering::SeqCst) {
-            return PollResult::Skipped;
+        if let Some(skip) = self.not_now(credentials_refused) {
+            return skip;
         }
         self.limiter.wait().await;
-        if self.stopping.load(Ordering::SeqCst) || credentials_refused.load(Ordering::SeqCst) {
-            return PollResult::Skipped;
+        if let Some(skip) = self.not_now(credentials_refused) {
+            return skip;
         }
         let answer = self.client.get_order(order).await;
         match self.record(order, answer).await {
@@ -354,6 +366,19 @@ impl Reconciler {
                 }
                 PollResult::Failed
             }
+        }
+    }
+
+    /// Why an order is not to be polled now, if it is not: shutdown, refused credentials, or a
+    /// pause Musement asked for (checked before the rate limiter's wait too, so a paused pass
+    /// ends at once instead of queueing for slots it will not use).
+    fn not_now(&self, credentials_refused: &AtomicBool) -> Option<PollResult> {
+        if self.stopping.load(Ordering::SeqCst) || credentials_refused.load(Ordering::SeqCst) {
+            Some(PollResult::Skipped)
+        } else if self.client.paused_until().is_some() {
+            Some(PollResult::Paused)
+        } else {
+            None
         }
     }
 
@@ -383,6 +408,8 @@ impl Reconciler {
                 Ok(PollResult::NotFound)
             }
             Err(ApiError::Unauthorized { message }) => Ok(PollResult::Credentials(message)),
+            // Nothing was sent (a pause began while this poll waited): not a failed poll.
+            Err(ApiError::Paused { .. }) => Ok(PollResult::Paused),
             Err(error) => {
                 let retry_after = error
                     .retry_after()
@@ -512,6 +539,15 @@ fn lease_ttl() -> chrono::Duration {
 }
 
 fn log_summary(summary: &PassSummary) {
+    let paused = summary
+        .paused_until
+        .map(|until| {
+            format!(
+                "; paused until {}",
+                until.to_rfc3339_opts(SecondsFormat::Secs, true)
+            )
+        })
+        .unwrap_or_default();
     tracing::info!(
         due = summary.due,
         polled = summary.polled,
@@ -521,7 +557,8 @@ fn log_summary(summary: &PassSummary) {
         expired = summary.expired,
         overdue = summary.overdue,
         stopped = summary.stopped.as_deref().unwrap_or(""),
-        "reconciler pass"
+        paused_orders = summary.paused_orders,
+        "reconciler pass{paused}"
     );
 }
 

@@ -161,8 +161,19 @@ fn new_bar(total: usize) -> ProgressBar {
 }
 
 fn print_summary(summary: &PassSummary) {
+    // Musement asked us to wait: say until when, and how many orders wait for a later pass.
+    let paused = summary
+        .paused_until
+        .map(|until| {
+            format!(
+                ", paused until {} ({} orders left for a later pass)",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                summary.paused_orders
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "orders due: {}, polled: {}, items changed: {}, failures: {}, not found: {}, expired: {}, overdue items: {}",
+        "orders due: {}, polled: {}, items changed: {}, failures: {}, not found: {}, expired: {}, overdue items: {}{paused}",
         summary.due,
         summary.polled,
         summary.items_changed,

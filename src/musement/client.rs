@@ -11,10 +11,11 @@ use reqwest::{RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use super::base_url;
 use super::error::{ApiError, snippet};
 use super::headers::{parse_http_date, parse_retry_after};
 use super::model::{self, PolledOrder};
-use crate::clock::Clock;
+use crate::clock::{Clock, later};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 
@@ -67,6 +68,11 @@ struct Inner {
     token: Mutex<TokenState>,
     /// Where calls, latencies and logins are counted.
     metrics: Arc<Metrics>,
+    /// Until when no request may leave (on `clock`): Musement answered 429, or 503 with
+    /// `Retry-After`. The pause lives in the client rather than the reconciler because the
+    /// client is the one door every request goes through: GETs and logins alike, for every
+    /// caller (the daemon's passes, `reconcile --once`), so nothing can slip past it.
+    paused_until: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 /// The token cache, and the last failed login so that a down or hanging token endpoint costs
@@ -76,6 +82,14 @@ struct TokenState {
     token: Option<CachedToken>,
     failed: Option<(DateTime<Utc>, ApiError)>,
 }
+
+/// The longest pause honoured, whatever `Retry-After` says: an hour (the default
+/// `[reconciler] backoff_cap`), so an absurd or hostile value cannot silence polling for days.
+/// The order that got the answer still backs off by its full `Retry-After` (up to 24 h).
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
+/// The pause after a 429 that does not say how long to wait (the default `backoff_base`).
+const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(30);
 
 /// How long a failed login is answered from memory.
 const LOGIN_COOLDOWN: chrono::Duration = chrono::Duration::seconds(30);
@@ -114,7 +128,7 @@ impl MusementClient {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ApiError> {
-        let base_url = checked_base_url(&settings.base_url)?;
+        let (base_url, loopback) = checked_base_url(&settings.base_url)?;
         if settings.request_timeout.is_zero() {
             return Err(ApiError::Config(
                 "request_timeout must be above zero".into(),
@@ -123,8 +137,12 @@ impl MusementClient {
         let mut builder = reqwest::Client::builder()
             .default_headers(identity_headers(&settings)?)
             .user_agent(concat!("orderwatch/", env!("CARGO_PKG_VERSION")))
-            .timeout(settings.request_timeout);
-        if is_loopback(&base_url) {
+            .timeout(settings.request_timeout)
+            // Follow nothing: reqwest's default policy re-POSTs the login body (client secret
+            // included) on a 307/308 to any host, and follows https → http. A 3xx comes back
+            // as `ApiError::Redirected` naming the `Location` instead.
+            .redirect(reqwest::redirect::Policy::none());
+        if loopback {
             // A proxy from HTTP(S)_PROXY cannot reach our own loopback (a local mock or the
             // tests' fake), and reqwest does not exempt it on its own.
             builder = builder.no_proxy();
@@ -141,6 +159,7 @@ impl MusementClient {
                 clock,
                 token: Mutex::new(TokenState::default()),
                 metrics,
+                paused_until: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -172,6 +191,17 @@ impl MusementClient {
     /// calls it when a pass starts: one login attempt per pass, not one per order.
     pub async fn forget_login_failure(&self) {
         self.inner.token.lock().await.failed = None;
+    }
+
+    /// When the pause Musement asked for ends, if it has not ended yet on the client's clock.
+    /// Until then every call fails at once with [`ApiError::Paused`], sending nothing.
+    pub fn paused_until(&self) -> Option<DateTime<Utc>> {
+        let until = *self
+            .inner
+            .paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        until.filter(|until| self.inner.clock.now() < *until)
     }
 
     /// How many logins succeeded, as counted in the client's metrics (for tests; a client
@@ -237,7 +267,11 @@ impl MusementClient {
         {
             return Err(error.clone());
         }
-        let result = self.login().await;
+        let result = match self.login().await {
+            // Nothing was sent: not a login attempt, nothing to remember or count.
+            Err(paused @ ApiError::Paused { .. }) => return Err(paused),
+            other => other,
+        };
         let label = match &result {
             Ok(_) => "ok",
             Err(ApiError::Unauthorized { .. }) => "refused",
@@ -291,17 +325,24 @@ impl MusementClient {
     }
 
     /// Sends `request`, reads the whole body, counts the call under `endpoint` and logs it (never
-    /// its headers, which carry the token, nor its body, which may carry the secret).
+    /// its headers, which carry the token, nor its body, which may carry the secret). During a
+    /// pause nothing is sent; an answer that asks for a pause starts one.
     async fn exchange(
         &self,
         endpoint: &'static str,
         request: RequestBuilder,
     ) -> Result<Reply, ApiError> {
+        if let Some(until) = self.paused_until() {
+            return Err(ApiError::Paused { until });
+        }
         let request = request.build().map_err(transport_error)?;
         let method = request.method().clone();
         let path = request.url().path().to_owned();
         let started = Instant::now();
         let result = self.send_and_read(request).await;
+        if let Ok(reply) = &result {
+            self.pause_if_asked(reply);
+        }
         let elapsed = started.elapsed();
         let code = match &result {
             Ok(reply) => reply.status.as_u16().to_string(),
@@ -348,11 +389,70 @@ impl MusementClient {
         })
     }
 
-    /// The error for a status that has no meaning specific to the endpoint: 429, 5xx, other.
+    /// Starts (or lengthens) the pause when `reply` asks for one: a 429 (for its `Retry-After`,
+    /// else [`RATE_LIMIT_PAUSE`]) or a 503 with `Retry-After`; at most [`MAX_PAUSE`]. Requests
+    /// already in flight finish; no new one leaves until the pause ends.
+    fn pause_if_asked(&self, reply: &Reply) {
+        let retry_after = self.retry_after(reply);
+        let asked = match (reply.status.as_u16(), retry_after) {
+            (429, wait) => wait.unwrap_or(RATE_LIMIT_PAUSE),
+            (503, Some(wait)) => wait,
+            _ => return,
+        };
+        let wait = asked.min(MAX_PAUSE);
+        if wait.is_zero() {
+            return; // "Retry-After: 0", or a date already past: no wait asked.
+        }
+        let now = self.inner.clock.now();
+        // At most an hour, so the conversion cannot fail; `later` saturates at the clock's end.
+        let until = later(
+            now,
+            chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero()),
+        );
+        let started = {
+            let mut paused = self
+                .inner
+                .paused_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if paused.is_some_and(|current| current >= until) {
+                return;
+            }
+            let was_paused = paused.is_some_and(|current| now < current);
+            *paused = Some(until);
+            !was_paused
+        };
+        self.inner.metrics.musement_paused_until(until);
+        let status = reply.status.as_u16();
+        let until_text = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if started {
+            tracing::warn!(
+                status,
+                asked_secs = asked.as_secs(),
+                capped = asked > MAX_PAUSE,
+                until = until_text,
+                "Musement asked us to wait; sending it no request until then (at most {}s)",
+                MAX_PAUSE.as_secs()
+            );
+        } else {
+            tracing::debug!(status, until = until_text, "Musement pause lengthened");
+        }
+    }
+
+    /// The `Retry-After` of `reply` as a wait from now, if it has a usable one.
+    fn retry_after(&self, reply: &Reply) -> Option<Duration> {
+        header_text(&reply.headers, header::RETRY_AFTER)
+            .and_then(|value| parse_retry_after(&value, self.inner.clock.now()))
+    }
+
+    /// The error for a status that has no meaning specific to the endpoint: 3xx, 429, 5xx, other.
     fn status_error(&self, reply: &Reply) -> ApiError {
-        let retry_after = header_text(&reply.headers, header::RETRY_AFTER)
-            .and_then(|value| parse_retry_after(&value, self.inner.clock.now()));
+        let retry_after = self.retry_after(reply);
         match reply.status.as_u16() {
+            status @ 300..=399 => ApiError::Redirected {
+                status,
+                location: redirect_target(&reply.headers),
+            },
             429 => ApiError::RateLimited { retry_after },
             status @ 500..=599 => ApiError::Server {
                 status,
@@ -418,41 +518,26 @@ fn refusal(what: &str, reply: &Reply) -> String {
     }
 }
 
+/// A redirect's `Location`, quoted and cut short (it is the other party's text), for the error.
+fn redirect_target(headers: &HeaderMap) -> String {
+    match headers.get(header::LOCATION) {
+        Some(location) => format!("{:?}", snippet(location.as_bytes())),
+        None => "(no Location header)".to_owned(),
+    }
+}
+
 /// A header's value as text, if present and visible ASCII.
 fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
-/// The base URL without trailing slashes, checked to be absolute http(s).
-fn checked_base_url(base_url: &str) -> Result<String, ApiError> {
-    let trimmed = base_url.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed)
-        .map_err(|e| ApiError::Config(format!("base_url {trimmed:?}: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-        return Err(ApiError::Config(format!(
-            "base_url {trimmed:?}: not an http(s) URL"
-        )));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(ApiError::Config(format!(
-            "base_url {trimmed:?}: must not have a query or fragment"
-        )));
-    }
-    Ok(trimmed.to_owned())
-}
-
-/// Whether `base_url` (already checked to parse) points at this machine.
-fn is_loopback(base_url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(base_url) else {
-        return false;
-    };
-    let host = url.host_str().unwrap_or_default();
-    // IPv6 hosts come bracketed (`[::1]`).
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// The base URL checked by [`base_url::parse`] (the same check as `check-config`'s), as the
+/// parser normalised it, without trailing slashes; and whether its host is loopback.
+fn checked_base_url(text: &str) -> Result<(String, bool), ApiError> {
+    let url =
+        base_url::parse(text).map_err(|reason| ApiError::Config(format!("base_url: {reason}")))?;
+    let loopback = base_url::is_loopback(&url);
+    Ok((url.as_str().trim_end_matches('/').to_owned(), loopback))
 }
 
 /// The headers every request carries: who we are, which API version and language we want.
@@ -523,32 +608,25 @@ mod tests {
     fn base_url_is_checked_and_trimmed() {
         assert_eq!(
             checked_base_url("https://sandbox.musement.com/api/v3/").unwrap(),
-            "https://sandbox.musement.com/api/v3"
+            ("https://sandbox.musement.com/api/v3".to_owned(), false)
+        );
+        assert_eq!(
+            checked_base_url("http://LOCALHOST:8080/api/").unwrap(),
+            ("http://localhost:8080/api".to_owned(), true)
         );
         for bad in [
             "",
             "sandbox.musement.com",
             "ftp://x/api",
             "https://x/api?a=1",
+            // The client refuses what check-config refuses: one check, shared.
+            "http://127.0.0.1:1@api.musement.com/api/v3",
+            "http://api.musement.com/api/v3",
         ] {
             assert!(
                 matches!(checked_base_url(bad), Err(ApiError::Config(_))),
                 "{bad}"
             );
-        }
-    }
-
-    #[test]
-    fn loopback_base_urls_are_recognised() {
-        for url in [
-            "http://127.0.0.1:8080/api/v3",
-            "http://localhost/api",
-            "http://[::1]:1/",
-        ] {
-            assert!(is_loopback(url), "{url}");
-        }
-        for url in ["https://sandbox.musement.com/api/v3", "http://10.0.0.1/"] {
-            assert!(!is_loopback(url), "{url}");
         }
     }
 

@@ -34,6 +34,13 @@ pub enum ApiError {
         /// How long Musement asked us to wait.
         retry_after: Option<Duration>,
     },
+    /// Nothing was sent: Musement asked us to wait (429, or 503 with `Retry-After`) and the
+    /// wait has not ended. Every request (GET and login, for every caller) waits it out.
+    #[error("not calling Musement until {}: it asked us to wait", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
+    Paused {
+        /// When requests may be sent again (on the client's clock).
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// `GET /orders/{uuid}` answered 404: Musement does not know the order. Permanent.
     #[error("order not found at Musement")]
     NotFound,
@@ -42,6 +49,18 @@ pub enum ApiError {
     Unauthorized {
         /// What happened, with Musement's own `message` when it sent one.
         message: String,
+    },
+    /// Musement answered 3xx. Redirects are never followed: a 307 would re-send the login body
+    /// (client secret included) to wherever it points, and a followed 302 would store another
+    /// host's answer as Musement's. A person has to look (usually `[musement] base_url`).
+    #[error(
+        "Musement answered HTTP {status} redirecting to {location}; redirects are not followed (check [musement] base_url)"
+    )]
+    Redirected {
+        /// The HTTP status (300..=399).
+        status: u16,
+        /// The `Location` header, quoted and cut to [`SNIPPET_BYTES`], or `(no Location header)`.
+        location: String,
     },
     /// Any other non-2xx answer.
     #[error("unexpected HTTP {status} from Musement: {snippet:?}")]
@@ -74,16 +93,21 @@ impl ApiError {
     }
 
     /// True when trying again later may succeed without anyone changing anything: timeouts,
-    /// connection failures, 5xx and 429. Everything else needs a person or is permanent.
+    /// connection failures, 5xx, 429 and a pause. Everything else needs a person or is permanent.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::Connect(_) | Self::Server { .. } | Self::RateLimited { .. }
+            Self::Timeout
+                | Self::Connect(_)
+                | Self::Server { .. }
+                | Self::RateLimited { .. }
+                | Self::Paused { .. }
         )
     }
 
     /// A short fixed name for the kind of failure (`timeout`, `connect`, `server`,
-    /// `rate_limited`, `not_found`, `unauthorized`, `unexpected_status`, `malformed`, `config`),
+    /// `rate_limited`, `paused`, `not_found`, `unauthorized`, `redirected`, `unexpected_status`,
+    /// `malformed`, `config`),
     /// for metrics labels and for logs that must not carry response text.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -91,8 +115,10 @@ impl ApiError {
             Self::Connect(_) => "connect",
             Self::Server { .. } => "server",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Paused { .. } => "paused",
             Self::NotFound => "not_found",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::Redirected { .. } => "redirected",
             Self::UnexpectedStatus { .. } => "unexpected_status",
             Self::Malformed { .. } => "malformed",
             Self::Config(_) => "config",
@@ -108,6 +134,10 @@ impl ApiError {
             Self::Connect(text) => Self::Connect(clean(text)),
             Self::Unauthorized { message } => Self::Unauthorized {
                 message: clean(message),
+            },
+            Self::Redirected { status, location } => Self::Redirected {
+                status,
+                location: clean(location),
             },
             Self::UnexpectedStatus { status, snippet } => Self::UnexpectedStatus {
                 status,

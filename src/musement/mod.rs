@@ -6,7 +6,9 @@
 //! - [`model`]: [`PolledOrder`] / [`PolledItem`] and the personal-data allowlist.
 //! - [`error`]: [`ApiError`], classified into transient and permanent failures.
 //! - `headers`: parsing of `Date` and `Retry-After`.
+//! - `base_url`: the one parse and check of `[musement] base_url` (config and client share it).
 
+pub(crate) mod base_url;
 pub mod client;
 pub mod error;
 mod headers;

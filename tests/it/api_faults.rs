@@ -5,8 +5,10 @@
 //! converges once the API recovers. Time is a `ManualClock` except in the daemon test, which
 //! runs the real binary and reads its JSON log.
 //!
-//! Already covered in `reconciler.rs`: 429 with `Retry-After`, 500, a truncated JSON body, a
-//! slow answer past `request_timeout`, 404, revoked tokens and refused credentials.
+//! A 429 with `Retry-After` pausing every request is at the end (issue 11 #8).
+//!
+//! Already covered in `reconciler.rs`: 429 with `Retry-After` for one order, 500, a truncated
+//! JSON body, a slow answer past `request_timeout`, 404, revoked tokens and refused credentials.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
@@ -242,6 +244,21 @@ impl Rig {
         assert_eq!(self.item(item), (status.to_owned(), "poll".to_owned()));
         let state = self.poll_state(order);
         assert_eq!((state.failures, state.last_error), (0, None));
+    }
+
+    /// `orderwatch_musement_paused_until_timestamp_seconds` as `/metrics` shows it now.
+    async fn paused_gauge(&self) -> i64 {
+        let source = orderwatch::metrics::StateSource::new(
+            self.config.database.path.clone(),
+            self.clock.clone(),
+        );
+        let text = self.writer.metrics().render(&source, false).await;
+        let series = "orderwatch_musement_paused_until_timestamp_seconds ";
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
     }
 
     async fn close(mut self) {
@@ -566,6 +583,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 }
 
 impl Captured {
+    /// Every JSON line.
+    fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
     /// `(level, message)` of every JSON line about `order`.
     fn about(&self, order: Uuid) -> Vec<(String, String)> {
         let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
@@ -823,5 +848,120 @@ async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log()
         );
         assert!(!log.contains(personal), "{personal} in the log: {log}");
     }
+    rig.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Musement asking us to wait.
+
+/// Issue 11 defect #8: once a 429 with `Retry-After` arrives, no GET (nor login) leaves the
+/// process until the wait ends, except requests already in flight; the orders not polled are
+/// neither failed nor backed off, and polling resumes after the wait.
+#[tokio::test(flavor = "current_thread")]
+async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
+    let (captured, _logging) = capture_logs();
+    let concurrency = 4;
+    let rig = rig(&format!("concurrency = {concurrency}")).await;
+    let orders: Vec<Uuid> = (0..20).map(|_| new_uuid()).collect();
+    for order in &orders {
+        rig.fake()
+            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
+        rig.fake().set_outage(
+            &format!("/orders/{order}"),
+            Some(FakeResponse::status(429).with_header("retry-after", "120")),
+        );
+    }
+    rig.writer.watch(orders.clone()).await.unwrap();
+    let order_gets = || {
+        rig.fake()
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/orders/"))
+            .count()
+    };
+
+    // The daemon's scheduled pass, which logs its summary.
+    rig.fake().set_date(Some(rig.clock.now()));
+    rig.reconciler.tick().await;
+    let gets = order_gets();
+    assert!(
+        (1..=concurrency).contains(&gets),
+        "{gets} GETs reached Musement after it asked to wait; at most the {concurrency} in flight may"
+    );
+    let start: DateTime<Utc> = START.parse().unwrap();
+    let until = start + Duration::seconds(120);
+    let summary = captured
+        .lines()
+        .into_iter()
+        .find(|l| l["level"] == "INFO" && l["fields"].get("due").is_some())
+        .expect("a pass summary line");
+    let fields = &summary["fields"];
+    assert_eq!(
+        fields["message"], "reconciler pass; paused until 2024-01-01T12:02:00Z",
+        "{summary}"
+    );
+    assert_eq!(
+        [
+            &fields["due"],
+            &fields["polled"],
+            &fields["failures"],
+            &fields["paused_orders"]
+        ],
+        [&json!(20), &json!(0), &json!(gets), &json!(20 - gets)],
+        "only the polls that got the 429 failed: {summary}"
+    );
+    assert_eq!(rig.paused_gauge().await, until.timestamp());
+    // The orders not polled are neither failed nor backed off: they are due as before.
+    let backed_off = orders
+        .iter()
+        .filter(|o| rig.poll_state(**o).failures > 0)
+        .count();
+    assert_eq!(backed_off, gets);
+    for order in &orders {
+        let state = rig.poll_state(*order);
+        if state.failures == 0 {
+            assert_eq!(state.last_error, None, "{state:?}");
+            assert!(
+                state.next_poll_at.is_none_or(|next| next <= start),
+                "{order} was backed off: {state:?}"
+            );
+        }
+    }
+
+    // A pass during the wait sends nothing at all, not even a login.
+    rig.fake().revoke_tokens();
+    rig.advance(Duration::seconds(119));
+    let sent = rig.fake().requests().len();
+    let summary = rig.pass().await;
+    assert_eq!(rig.fake().requests().len(), sent, "{summary:?}");
+    assert_eq!(
+        (
+            summary.due,
+            summary.polled,
+            summary.failures,
+            summary.paused_orders
+        ),
+        (20 - gets, 0, 0, 20 - gets),
+        "{summary:?}"
+    );
+    assert_eq!(summary.paused_until, Some(until));
+
+    // The wait is over and Musement answers again: every order is polled, the gauge is 0.
+    for order in &orders {
+        rig.fake().set_outage(&format!("/orders/{order}"), None);
+    }
+    rig.advance(Duration::seconds(1));
+    assert_eq!(rig.paused_gauge().await, 0);
+    let summary = rig.pass().await;
+    assert_eq!(
+        (
+            summary.due,
+            summary.polled,
+            summary.failures,
+            summary.paused_until
+        ),
+        (20, 20, 0, None),
+        "{summary:?}"
+    );
     rig.close().await;
 }

@@ -127,6 +127,33 @@ fn config_errors_exit_2_with_one_line_naming_file_key_and_reason() {
     assert_eq!(code, 2, "usage errors exit 2 too");
 }
 
+/// Issue 11 defect #4: userinfo in `[musement] base_url` must not pass the "plain http only on
+/// loopback" check: the host that would get the client secret in clear is the one after `@`.
+#[test]
+fn a_plain_http_base_url_whose_userinfo_hides_the_real_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    for base_url in [
+        "http://127.0.0.1:1@api.musement.com/api/v3",
+        "http://[::1]@api.musement.com/api/v3",
+        "http://localhost:8080@api.musement.com/api/v3",
+        // A password in the URL is never echoed back.
+        &format!("http://musement:{SECRET}@127.0.0.1:9/api/v3"),
+    ] {
+        std::fs::write(&path, format!("[musement]\nbase_url = \"{base_url}\"\n")).unwrap();
+        for command in ["check-config", "run"] {
+            let (code, stdout, stderr) = orderwatch(&[command, "--config", path.to_str().unwrap()]);
+            assert_eq!(code, 2, "{base_url} {command}: {stdout}{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            assert!(
+                stderr.contains(": musement.base_url: "),
+                "{base_url}: {stderr}"
+            );
+            assert!(!stderr.contains(SECRET), "{stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
     let config = "[server]\nlisten = \"127.0.0.1:0\"\n[server.auth]\nusername = \"JohnSmith\"\n\

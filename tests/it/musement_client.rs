@@ -146,6 +146,77 @@ async fn a_trailing_slash_on_the_base_url_is_ignored() {
     assert_eq!(fake.requests()[0].path, "/api/v3/login");
 }
 
+/// Issue 11 defect #3: a `307` from `/login` to another origin (here another port) must not
+/// make the client re-POST the login body, `client_secret` included, to that origin.
+#[tokio::test]
+async fn a_login_redirect_is_not_followed_so_the_secret_never_leaves_for_another_origin() {
+    let (fake, client, order) = fixture_setup().await;
+    let elsewhere = FakeMusement::start().await;
+    let location = format!("{}/login", elsewhere.base_url());
+    fake.push_response(
+        "/login",
+        FakeResponse::status(307).with_header("location", &location),
+    );
+
+    let answer = client.get_order(order).await;
+    let received = elsewhere.requests();
+    assert!(
+        received.iter().all(|r| !r.body.contains(CLIENT_SECRET)),
+        "the secret reached the other origin: {received:?}"
+    );
+    assert!(received.is_empty(), "{received:?}");
+    let error = answer.unwrap_err();
+    assert_eq!(error.kind(), "redirected", "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("307") && text.contains(&location), "{text}");
+    assert!(!text.contains(CLIENT_SECRET), "{text}");
+    assert!(!error.is_transient(), "a redirect needs a person: {error}");
+    assert_eq!(fake.count("POST", "/login"), 1);
+    assert_eq!(
+        fake.count("GET", &orders_path(order)),
+        0,
+        "no token, no GET"
+    );
+}
+
+/// Issue 11 defect #3: a 3xx from `GET /orders/{uuid}` is a failed call naming the `Location`;
+/// the other host is never asked, so its answer can never pass for Musement's.
+#[tokio::test]
+async fn an_order_redirect_is_not_followed_and_names_its_location() {
+    let (fake, client, order) = fixture_setup().await;
+    let elsewhere = FakeMusement::start().await;
+    elsewhere.put_order(fixture_json("order-two-items.json"));
+    for status in [301, 302, 303, 307, 308] {
+        let location = format!("{}/orders/{order}?via={status}", elsewhere.base_url());
+        fake.push_response(
+            &orders_path(order),
+            FakeResponse::status(status).with_header("location", &location),
+        );
+        let answer = client.get_order(order).await;
+        assert!(
+            elsewhere.requests().is_empty(),
+            "HTTP {status} was followed: {:?}",
+            elsewhere.requests()
+        );
+        let error = answer.unwrap_err();
+        assert_eq!(error.kind(), "redirected", "{status}: {error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains(&status.to_string()) && text.contains(&location),
+            "{text}"
+        );
+        assert!(!text.contains("token-1"), "{text}");
+    }
+    // Without a Location the error still says what happened.
+    fake.push_response(&orders_path(order), FakeResponse::status(302));
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(error.kind(), "redirected", "{error:?}");
+    assert!(error.to_string().contains("no Location"), "{error}");
+    // Nothing else was wrong: the next call is served normally, with the same token.
+    client.get_order(order).await.unwrap();
+    assert_eq!(fake.count("POST", "/login"), 1);
+}
+
 #[tokio::test]
 async fn the_token_is_cached_across_calls() {
     let (fake, client, order) = fixture_setup().await;
@@ -361,8 +432,99 @@ async fn a_429_is_rate_limited_with_its_retry_after() {
     );
     assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
     assert!(error.is_transient());
-    // The next call is served normally: scripted answers are one-shot.
+    // Nothing more is sent until the wait is over (see
+    // `after_a_429_no_request_leaves_until_retry_after_has_passed`).
+    let sent = fake.requests().len();
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(error.kind(), "paused", "{error:?}");
+    assert_eq!(fake.requests().len(), sent);
+}
+
+/// Issue 11 defect #8: after a 429 with `Retry-After`, no request of any kind (another order's
+/// GET, a login) leaves the client until the wait has passed on its clock.
+#[tokio::test]
+async fn after_a_429_no_request_leaves_until_retry_after_has_passed() {
+    let now = "2024-05-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap();
+    let clock = Arc::new(ManualClock::new(now));
+    let (fake, client, order) = generated_setup(clock.clone()).await;
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(429).with_header("Retry-After", "30"),
+    );
+    let error = client.get_order(order).await.unwrap_err();
+    assert_eq!(error.kind(), "rate_limited", "{error:?}");
+    let sent = fake.requests().len();
+    assert_eq!(sent, 2, "a login and the GET");
+
+    // Another order, with the token revoked so a login would be needed: nothing is sent.
+    fake.revoke_tokens();
+    let other = new_uuid();
+    let error = client.get_order(other).await.unwrap_err();
+    assert_eq!(fake.requests().len(), sent, "{:?}", fake.requests());
+    assert_eq!(error.kind(), "paused", "{error:?}");
+    assert!(error.is_transient());
+    assert!(
+        error.to_string().contains("2024-05-01T12:00:30Z"),
+        "{error}"
+    );
+    clock.advance(chrono::Duration::seconds(29));
+    client.get_order(order).await.unwrap_err();
+    assert_eq!(fake.requests().len(), sent);
+
+    // The wait is over: the refused token leads to a login, then the GET.
+    clock.advance(chrono::Duration::seconds(1));
     client.get_order(order).await.unwrap();
+    assert_eq!(fake.count("POST", "/login"), 2);
+}
+
+/// Issue 11 defect #8: which answers pause the client, and for how long. A 503 pauses only
+/// with a `Retry-After`, a 429 always (30 s without one), a 429 from the login too, and an
+/// absurd wait is capped at an hour.
+#[tokio::test]
+async fn pauses_follow_429_and_503_with_retry_after_and_are_capped_at_an_hour() {
+    let now = "2024-05-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap();
+    let clock = Arc::new(ManualClock::new(now));
+    let (fake, client, order) = generated_setup(clock.clone()).await;
+    let after = |seconds: i64| Some(now + chrono::Duration::seconds(seconds));
+
+    fake.push_response(&orders_path(order), FakeResponse::status(503));
+    client.get_order(order).await.unwrap_err();
+    assert_eq!(client.paused_until(), None, "a 503 without Retry-After");
+
+    fake.push_response(
+        &orders_path(order),
+        FakeResponse::status(503).with_header("Retry-After", "5"),
+    );
+    client.get_order(order).await.unwrap_err();
+    assert_eq!(client.paused_until(), after(5));
+
+    clock.advance(chrono::Duration::seconds(5));
+    assert_eq!(client.paused_until(), None, "the wait is over");
+    fake.push_response(&orders_path(order), FakeResponse::status(429));
+    client.get_order(order).await.unwrap_err();
+    assert_eq!(
+        client.paused_until(),
+        after(35),
+        "a 429 without Retry-After"
+    );
+
+    // A second client (fresh token, no pause) whose login is answered 429 with an absurd wait.
+    let fresh = MusementClient::new(fake.settings(), clock.clone(), Arc::default()).unwrap();
+    fake.push_response(
+        "/login",
+        FakeResponse::status(429).with_header("Retry-After", "10000000000000"),
+    );
+    let error = fresh.get_order(order).await.unwrap_err();
+    assert_eq!(error.kind(), "rate_limited", "{error:?}");
+    assert_eq!(fresh.paused_until(), after(5 + 3600), "capped at an hour");
+    let logins = fake.count("POST", "/login");
+    fresh.forget_login_failure().await;
+    assert_eq!(fresh.get_order(order).await.unwrap_err().kind(), "paused");
+    assert_eq!(
+        fake.count("POST", "/login"),
+        logins,
+        "no login during the pause"
+    );
 }
 
 #[tokio::test]

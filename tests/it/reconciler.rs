@@ -424,6 +424,47 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
     h.close().await;
 }
 
+/// Issue 11 defect #3: a `302` from `GET /orders/{uuid}` to another host is a failed poll that
+/// names the `Location`; the other host is never asked, and its answer is never stored.
+#[tokio::test]
+async fn a_redirected_poll_fails_and_the_other_hosts_answer_is_never_stored() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    h.pass().await;
+    assert_eq!(h.item(item).0, "PENDING");
+
+    // Another host (another port) that answers anyone, saying the item is confirmed.
+    let elsewhere = FakeMusement::start().await;
+    let date = crate::fake_musement::httpdate(h.clock.now() + Duration::minutes(1));
+    elsewhere.push_response(
+        "",
+        FakeResponse::json(200, order_json(order, &[(item, "OK")])).with_header("date", &date),
+    );
+    let location = format!("{}/orders/{order}", elsewhere.base_url());
+    h.fake.push_response(
+        &format!("/orders/{order}"),
+        FakeResponse::status(302).with_header("location", &location),
+    );
+    h.advance(Duration::minutes(1));
+    let summary = h.pass().await;
+
+    assert_eq!((summary.polled, summary.failures), (0, 1), "{summary:?}");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
+    assert_eq!(h.item(item), ("PENDING".into(), "poll".into()));
+    let error = h.order_field(order, "last_error").unwrap();
+    assert!(
+        error.contains("302") && error.contains(&location),
+        "{error}"
+    );
+    h.close().await;
+}
+
 #[tokio::test]
 async fn an_absurd_retry_after_is_capped_and_the_writer_survives() {
     let h = harness("").await;
@@ -954,4 +995,61 @@ async fn watch_cli_streams_stdin_and_stops_at_a_bad_line() {
         "{stderr}"
     );
     h.close().await;
+}
+
+/// Issue 11 defect #8, in `orderwatch reconcile --once` (its own process, its own client): a
+/// 429 with `Retry-After` ends the pass after the one GET in flight, and the summary says until
+/// when it paused and how many orders wait for a later pass.
+#[test]
+fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let h = runtime.block_on(harness("concurrency = 1"));
+    let config_path = h.dir.path().join("config.toml");
+    let orders: Vec<String> = (0..5)
+        .map(|_| {
+            let order = new_uuid();
+            h.fake
+                .put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+            h.fake.set_outage(
+                &format!("/orders/{order}"),
+                Some(FakeResponse::status(429).with_header("retry-after", "120")),
+            );
+            order.to_string()
+        })
+        .collect();
+    // Watched through the CLI: both processes then use the real clock.
+    let watched = std::process::Command::new(crate::helpers::binary())
+        .args(["watch", "--config", config_path.to_str().unwrap()])
+        .args(&orders)
+        .output()
+        .unwrap();
+    assert!(watched.status.success());
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args([
+            "reconcile",
+            "--once",
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let gets = h
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert_eq!(gets, 1, "one GET, then nothing: {stdout}");
+    assert!(
+        stdout.contains("failures: 1") && stdout.contains(", paused until 20"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(4 orders left for a later pass)"),
+        "{stdout}"
+    );
+    runtime.block_on(h.close());
 }
