@@ -16,5 +16,6 @@ mod ordering_props;
 mod receiver;
 mod reconciler;
 mod reload;
+mod scripts;
 mod simulator;
 mod store;
