@@ -1073,3 +1073,81 @@ async fn look_alike_statuses_show_escaped_for_people_and_exact_in_exports() {
         );
     }
 }
+
+/// The README says from which SQLite version a `sqlite3` shell opens the database (its tables
+/// are `STRICT`), and the README's own `sqlite3` commands are run with the shell installed
+/// here: they must work if it is that new, and fail as the README says if it is older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_names_the_sqlite3_shells_that_open_the_database() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = std::fs::read_to_string(root.join("src/store/schema.sql")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(schema.contains(") STRICT;"), "the premise: STRICT tables");
+    // STRICT tables came with SQLite 3.37.0 (2021-11-27).
+    let note = readme
+        .split("\n\n")
+        .find(|paragraph| paragraph.contains("`STRICT`") && paragraph.contains("sqlite3"))
+        .expect("a README paragraph on STRICT tables and the sqlite3 shell");
+    assert!(note.contains("3.37"), "names 3.37 as the minimum: {note}");
+    assert!(
+        note.contains("malformed database schema"),
+        "says how older shells fail: {note}"
+    );
+    let commands: Vec<&str> = readme
+        .lines()
+        .filter(|line| line.starts_with("sqlite3 ") && line.contains("orderwatch.db"))
+        .collect();
+    assert!(commands.len() >= 2, "{commands:?}");
+
+    let Some(version) = Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+    else {
+        eprintln!("SKIPPED running the README's sqlite3 commands: no sqlite3 here");
+        return;
+    };
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let numbers: Vec<u32> = version
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let new_enough = numbers[..2] >= [3, 37][..];
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
+    let item = Uuid::new_v4().to_string();
+    app.post_webhook(webhook(&item, &Uuid::new_v4().to_string(), 1, "PENDING"))
+        .await;
+    assert_eq!(app.db_path.file_name().unwrap(), "orderwatch.db");
+    let folder = app.db_path.parent().unwrap().to_owned();
+    for command in commands {
+        let output = Command::new("sh")
+            .args(["-c", command])
+            .current_dir(&folder)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        if new_enough {
+            assert!(
+                output.status.success() && stderr.is_empty(),
+                "sqlite3 {version}: {command}: {stderr}"
+            );
+        } else {
+            assert!(
+                stderr.contains("malformed database schema"),
+                "sqlite3 {version}: {command}: {stderr}"
+            );
+        }
+        eprintln!("sqlite3 {}: {command}\n{stdout}", version.trim());
+    }
+    app.stop().await;
+}
