@@ -2,14 +2,21 @@
 # not run. Parses the common flags, builds the binaries and describes the machine.
 #
 #   --quick      a seconds-long smoke run (CI): tiny sizes, debug build, results under
-#                target/bench-smoke/ instead of benchmarks/
+#                TARGET/bench-smoke/ instead of benchmarks/
 #   --release    build and run the release binaries (the default without --quick)
 #   --debug      build and run the debug binaries (the default with --quick)
 #   --out DIR    where the tables (and the chart) go
+#
+# TARGET is the folder cargo builds into (scripts/target-dir: target/, or CARGO_TARGET_DIR, or
+# build.target-dir); the binaries run from there. Smoke results and the cached benchmark
+# databases live under it too, on purpose: they are build products (`cargo clean` removes
+# them), and whoever moves the target folder out of the repository (a shared or bigger disk)
+# takes the 1 GB database with it. The tables of full runs stay in benchmarks/, committed.
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TERM_COLOR=never
+target_dir=$(scripts/target-dir)
 
 quick=0
 profile=""
@@ -30,7 +37,7 @@ if [[ -z "$profile" ]]; then
     if [[ $quick -eq 1 ]]; then profile=debug; else profile=release; fi
 fi
 if [[ -z "$out" ]]; then
-    if [[ $quick -eq 1 ]]; then out=target/bench-smoke; else out=benchmarks; fi
+    if [[ $quick -eq 1 ]]; then out="$target_dir/bench-smoke"; else out=benchmarks; fi
 fi
 mkdir -p "$out"
 
@@ -40,8 +47,8 @@ if [[ $profile == release ]]; then
 else
     cargo build --locked --bins >&2
 fi
-bin="$PWD/target/$profile/orderwatch"
-bench="$PWD/target/$profile/orderwatch-bench"
+bin="$target_dir/$profile/orderwatch"
+bench="$target_dir/$profile/orderwatch-bench"
 
 # Processes other than ours using a CPU right now (compilers, other tests), one line.
 busy_processes() {

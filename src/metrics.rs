@@ -22,6 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::clock::{Clock, from_db_text};
+use crate::observation::Status;
 
 /// The `Content-Type` of the Prometheus text format (what `/metrics` answers by default).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -84,10 +85,28 @@ pub struct CheckpointLabels {
     pub result: &'static str,
 }
 
-/// An item status.
+/// An item status: one of the six documented ones, or `unknown` for anything else.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
+    /// `PENDING`, `OK`, `KO`, `REFUND_STARTED`, `REFUNDED`, `CANCELLATION_ERROR` or `unknown`.
     status: String,
+}
+
+impl StatusLabel {
+    /// The label of a stored status. Undocumented values share `unknown`: a look-alike such as
+    /// Cyrillic `ОК` or `OK` + U+200B would otherwise read as `OK` on a dashboard, and a sender
+    /// could add a series per value. `orderwatch stats` and the intake WARN name them.
+    fn of(stored: &str) -> Self {
+        let status = Status::parse(stored);
+        let status = if status.is_unknown() {
+            "unknown"
+        } else {
+            status.as_str()
+        };
+        Self {
+            status: status.to_owned(),
+        }
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -520,11 +539,7 @@ impl StateSnapshot {
         let items = Family::<StatusLabel, Gauge>::default();
         let mut pending = 0;
         for (status, count) in &self.by_status {
-            items
-                .get_or_create(&StatusLabel {
-                    status: status.clone(),
-                })
-                .set(*count);
+            items.get_or_create(&StatusLabel::of(status)).inc_by(*count);
             if status == "PENDING" {
                 pending = *count;
             }

@@ -4,7 +4,8 @@
 //! builds it from a polled order. Everything downstream (the ordering rule, the store, the event
 //! log) sees only this type.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
 use chrono::{DateTime, Datelike, FixedOffset, Utc};
 use serde_json::{Map, Value};
@@ -54,6 +55,28 @@ impl Status {
     pub fn is_unknown(&self) -> bool {
         matches!(self, Self::Other(_))
     }
+}
+
+/// A stored status as a person should see it: printable ASCII as is, every other character
+/// (spaces, controls, zero-width and bidi characters, letters of other scripts) as `\u{hex}`,
+/// and `\` as `\\`. Statuses are ASCII words, so a look-alike such as Cyrillic `ОК` or
+/// `OK` + U+200B shows as `\u{41e}\u{41a}` or `OK\u{200b}`, never as `OK`. For terminals and
+/// logs only; the database, JSON and CSV keep the exact text.
+pub fn escape_status(text: &str) -> Cow<'_, str> {
+    if text.chars().all(|c| c.is_ascii_graphic() && c != '\\') {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        match c {
+            '\\' => shown.push_str("\\\\"),
+            c if c.is_ascii_graphic() => shown.push(c),
+            c => {
+                let _ = write!(shown, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    Cow::Owned(shown)
 }
 
 impl fmt::Display for Status {
@@ -347,6 +370,23 @@ mod tests {
             "far past is kept"
         );
         assert_eq!(parse_musement_time("yesterday"), None);
+    }
+
+    #[test]
+    fn look_alike_statuses_are_escaped_for_people_and_real_ones_are_not() {
+        for (text, shown) in [
+            ("OK", "OK"),
+            ("ON_HOLD_BY_SUPPLIER", "ON_HOLD_BY_SUPPLIER"),
+            ("\u{41e}\u{41a}", "\\u{41e}\\u{41a}"),
+            ("O\u{41a}", "O\\u{41a}"),
+            ("OK\u{200b}", "OK\\u{200b}"),
+            ("\u{202e}KO", "\\u{202e}KO"),
+            ("OK ", "OK\\u{20}"),
+            ("O\\u{41a}", "O\\\\u{41a}"),
+            ("", ""),
+        ] {
+            assert_eq!(escape_status(text), shown, "{text:?}");
+        }
     }
 
     #[test]

@@ -47,6 +47,27 @@ pub enum StartupError {
     Scheduler(String),
 }
 
+/// Makes a write past a file-size limit (`ulimit -f`, `prlimit --fsize`, a container's limit)
+/// fail with `EFBIG` instead of killing the process: by default the kernel's `SIGXFSZ`
+/// terminates it, dropping every request in flight. With the signal ignored, SQLite reports an
+/// I/O error, the writer refuses the batch and webhooks get 503 like for any storage fault.
+/// `main` calls this before anything is written; children inherit the ignored disposition,
+/// and orderwatch starts none.
+pub fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    {
+        // SAFETY: `signal` with `SIG_IGN` installs no handler code; it only changes this
+        // process's disposition for one signal, before any other thread exists.
+        let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        if previous == libc::SIG_ERR {
+            eprintln!(
+                "orderwatch: cannot ignore SIGXFSZ ({}); a file-size limit would kill the process",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// How many connections the kernel may queue before `accept`; it caps this at
 /// `net.core.somaxconn` (4096 by default on current kernels).
 const LISTEN_BACKLOG: u32 = 4096;

@@ -10,13 +10,15 @@ use super::ConfigArg;
 use super::output::{
     Format, column, fail, finish, human_age, minute, open_database, short_uuid, write_records,
 };
+use crate::observation::escape_status;
 use crate::store::inspect::{self, ItemFilter, ItemRow};
 
 /// List order items with their current status, longest in that status first.
 ///
 /// Tables show the first 8 characters of each UUID (`show` accepts them) and times in UTC to
 /// the minute; AGE is the time in the current status; `PENDING!` is past its confirmation
-/// deadline. json/ndjson/csv give full values.
+/// deadline; a status that is not printable ASCII shows escaped (`\u{41e}\u{41a}` for a
+/// Cyrillic look-alike of OK). json/ndjson/csv give full, exact values.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     #[command(flatten)]
@@ -113,9 +115,9 @@ fn cells(row: &ItemRow) -> Vec<String> {
         short_uuid(&row.item),
         short_uuid(&row.order),
         if row.overdue {
-            format!("{}!", row.status)
+            format!("{}!", escape_status(&row.status))
         } else {
-            row.status.clone()
+            escape_status(&row.status).into_owned()
         },
         row.version.map_or_else(|| "-".into(), |v| v.to_string()),
         row.source.clone(),

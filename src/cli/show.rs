@@ -12,12 +12,14 @@ use super::ConfigArg;
 use super::output::{
     fail, finish, human_age, open_database, second, second_or_dash, short_uuid, truncate, wrap,
 };
+use crate::observation::escape_status;
 use crate::store::inspect::{self, EventRow, ItemRow, OrderRow, Shown};
 
 /// Show an item or an order: current state and full history, each outcome explained.
 ///
 /// Takes an item or order UUID, or a unique prefix of at least 4 characters (as tables print
-/// them). Times are UTC. `--format json` prints one object: {"order", "items", "events"}.
+/// them). Times are UTC; statuses that are not printable ASCII show escaped (`\u{41e}`).
+/// `--format json` prints one object: {"order", "items", "events"}, statuses exact.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     #[command(flatten)]
@@ -104,7 +106,10 @@ fn render_order(text: &mut String, order: &OrderRow) {
             format!(
                 "{} (order status {})",
                 order.identifier.as_deref().unwrap_or("-"),
-                order.order_status.as_deref().unwrap_or("-")
+                order
+                    .order_status
+                    .as_deref()
+                    .map_or("-".into(), escape_status)
             ),
         ),
         ("first seen", second(&order.first_seen_at)),
@@ -141,7 +146,7 @@ fn render_item(text: &mut String, item: &ItemRow) {
             "status",
             format!(
                 "{}{}",
-                item.status,
+                escape_status(&item.status),
                 if item.overdue { " (OVERDUE)" } else { "" }
             ),
         ),
@@ -191,7 +196,7 @@ fn render_event(text: &mut String, event: &EventRow, several: bool, highest_befo
         second(&event.received_at),
         event.source,
         version,
-        event.status,
+        escape_status(&event.status),
         event.outcome.to_uppercase()
     );
     let measured = match (event.outcome.as_str(), highest_before) {

@@ -9,12 +9,14 @@ use super::ConfigArg;
 use serde::Serialize;
 
 use super::output::{self, Format, column, fail, finish, human_age, open_database, second, table};
+use crate::observation::escape_status;
 use crate::store::inspect::{self, Stats, seconds_since};
 
 /// Counts by status, pending and overdue items, polling trouble, latest traffic.
 ///
-/// table: one metric per line, times UTC with their age. json/ndjson: one object (ndjson on
-/// one line). csv: `metric,value` rows with dotted names such as `items_by_status.PENDING`.
+/// table: one metric per line, times UTC with their age, statuses that are not printable ASCII
+/// escaped (`\u{41e}`). json/ndjson: one object (ndjson on one line). csv: `metric,value` rows
+/// with dotted names such as `items_by_status.PENDING`, statuses exact.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     #[command(flatten)]
@@ -91,10 +93,12 @@ fn metrics(stats: &Stats, human: bool) -> Vec<(String, String)> {
         ("items".into(), stats.items.to_string()),
     ];
     for count in &stats.items_by_status {
-        pairs.push((
-            format!("items_by_status.{}", count.status),
-            count.count.to_string(),
-        ));
+        let status = if human {
+            escape_status(&count.status)
+        } else {
+            count.status.as_str().into()
+        };
+        pairs.push((format!("items_by_status.{status}"), count.count.to_string()));
     }
     pairs.extend([
         ("pending".into(), stats.pending.to_string()),

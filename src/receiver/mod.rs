@@ -24,7 +24,7 @@ use self::readiness::Readiness;
 use crate::clock::Clock;
 use crate::config::{IpRange, ServerConfig};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, StateSource};
-use crate::observation::{Observation, PayloadError};
+use crate::observation::{Observation, PayloadError, escape_status};
 use crate::store::Outcome;
 use crate::store::RejectedWebhook;
 use crate::store::writer::{WriteError, Writer};
@@ -570,7 +570,9 @@ fn content_type_is_json(headers: &hyper::HeaderMap) -> bool {
 /// Accepted but unusual input is stored and logged, never silently normalised.
 fn warn_about_oddities(observation: &Observation) {
     if observation.status.is_unknown() {
-        tracing::warn!(item = %observation.item, status = ?observation.status.as_str(), "undocumented item status; stored as sent");
+        // Escaped, so a look-alike of a documented status (Cyrillic `ОК`, `OK` + U+200B)
+        // cannot pass for it in the log.
+        tracing::warn!(item = %observation.item, status = %escape_status(observation.status.as_str()), "undocumented item status; stored as sent");
     }
 }
 

@@ -7,6 +7,8 @@
 //!   second process holding the write lock, and a real I/O error (`RLIMIT_FSIZE` on the daemon);
 //!   each gets 503 + `Retry-After`, never a 200, stores nothing it refused, and takes webhooks
 //!   again once the fault is gone, without a restart.
+//! - `a_file_size_limit_gives_503_and_never_kills_the_daemon`: the daemon started under
+//!   `RLIMIT_FSIZE` with `SIGXFSZ` at its default action; past the limit, 503 and alive.
 //! - `a_full_write_queue_refuses_at_once_with_retry_after`: saturation of the writer's queue.
 //!
 //! The kill test prints its seeds; `ORDERWATCH_KILL_SEED=<seed>` replays one of them.
@@ -52,20 +54,32 @@ struct Daemon {
 impl Daemon {
     /// Starts `orderwatch run --config CONFIG` (whose `[log] format` must be `json` and `listen`
     /// `127.0.0.1:0`) and waits until it announced its address and answers `/readyz`.
-    /// `SIGXFSZ` is ignored in the daemon, so a file-size limit turns into `EFBIG` write errors
-    /// instead of killing it.
+    /// `SIGXFSZ` starts at its default action (terminate), whatever the test runner inherited:
+    /// the daemon itself must ignore it for a file-size limit to turn into `EFBIG` write errors
+    /// instead of killing it (the I/O error case below lowers that limit).
     async fn start(config: &Path) -> Self {
-        let mut child = Command::new("sh")
-            .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
-            .arg(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", DAEMON_LOG_FILTER)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sh runs the orderwatch binary");
+            .stderr(Stdio::piped());
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: one async-signal-safe system call between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("the orderwatch binary starts");
         let (lines, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -793,6 +807,110 @@ async fn io_error_case(
     _acknowledged: &mut Vec<String>,
 ) -> Case {
     Case::Skipped("needs prlimit(2), which only Linux has".into())
+}
+
+/// The daemon started under a file-size limit (`prlimit --fsize`, `ulimit -f`, a container's
+/// limit) with `SIGXFSZ` at its default action: once a write would pass the limit, the kernel
+/// sends `SIGXFSZ`, which kills a process that does not ignore it, dropping every webhook in
+/// flight. The daemon must ignore it itself, so the write fails with `EFBIG` and the webhook
+/// gets a 503 like any storage error.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
+    // The schema and the start-up writes take about 80 KiB of WAL; each webhook adds tens of KiB.
+    const LIMIT: u64 = 256 * 1024;
+    /// Webhooks in flight at once, so the one that meets the limit is not alone.
+    const CONCURRENT: u64 = 4;
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
+    let mut daemon = crate::helpers::Daemon::start_with_file_size_limit(
+        tempfile::tempdir().unwrap(),
+        config,
+        LIMIT,
+    );
+    let db = daemon.dir.path().join("orderwatch.db");
+    let url = daemon.webhook_url();
+    let client = client();
+
+    // One round: CONCURRENT fresh webhooks at once; (item, status) for each, 0 for no answer.
+    let round = |first: u64| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let sent = (first..first + CONCURRENT).map(|n| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let (item, body) = fresh_webhook(n);
+                    let answer = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    (item, answer.map_or(0, |r| r.status().as_u16()))
+                }
+            });
+            futures_util::future::join_all(sent).await
+        }
+    };
+
+    let mut acknowledged = Vec::new();
+    let mut past_the_limit = Vec::new();
+    for first in (0..2_000).step_by(CONCURRENT as usize) {
+        let answers = round(first).await;
+        let limit_reached = answers.iter().any(|(_, status)| *status != 200);
+        for (item, status) in answers {
+            if status == 200 {
+                acknowledged.push(item);
+            } else {
+                past_the_limit.push((item, status));
+            }
+        }
+        if limit_reached {
+            break;
+        }
+    }
+    // A few more rounds once the limit is reached: still refused, still alive.
+    for first in (10_000..10_000 + 3 * CONCURRENT).step_by(CONCURRENT as usize) {
+        past_the_limit.extend(round(first).await);
+    }
+    let exit = daemon.exit_status();
+    let wal = std::fs::metadata(format!("{}-wal", db.display())).map_or(0, |m| m.len());
+    eprintln!(
+        "file-size limit {LIMIT} bytes: {} acknowledged, then {} answered {:?}; WAL at {wal} \
+         bytes; daemon exit status {exit:?}",
+        acknowledged.len(),
+        past_the_limit.len(),
+        past_the_limit.iter().map(|(_, s)| *s).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        exit,
+        None,
+        "the daemon died under a file-size limit (SIGXFSZ is signal {})",
+        libc::SIGXFSZ
+    );
+    assert!(
+        !acknowledged.is_empty(),
+        "no webhook fitted under the limit"
+    );
+    assert!(
+        past_the_limit.len() > 3 * CONCURRENT as usize,
+        "the file-size limit was never reached"
+    );
+    for (item, status) in &past_the_limit {
+        assert_eq!(
+            *status, 503,
+            "{item}: past the limit, 503 and nothing else (0: no answer)"
+        );
+        assert_eq!(events_of(&db, item), 0, "{item} was refused but stored");
+    }
+    for item in &acknowledged {
+        assert_eq!(events_of(&db, item), 1, "{item} was answered 200");
+    }
+    let ready = client
+        .get(format!("http://{}/readyz", daemon.addr))
+        .send()
+        .await;
+    assert!(ready.is_ok(), "the daemon still answers: {ready:?}");
+    assert_eq!(daemon.exit_status(), None, "still running");
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -190,17 +190,54 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables (e.g. a `password_env` secret).
     pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
+        let mut command = Self::command(&dir, config);
+        command.envs(env.iter().copied());
+        Self::spawn(dir, command)
+    }
+
+    /// [`Daemon::start`] with `RLIMIT_FSIZE` at `bytes` and `SIGXFSZ` at its default action
+    /// (terminate) in the child, as `prlimit --fsize` or `ulimit -f` would start it: whatever
+    /// the daemon must survive, it does itself, not by a disposition inherited from the test.
+    #[cfg(unix)]
+    pub fn start_with_file_size_limit(dir: tempfile::TempDir, config: &str, bytes: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Self::command(&dir, config);
+        let limit = libc::rlimit {
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: bytes as libc::rlim_t,
+        };
+        // SAFETY: between fork and exec only two async-signal-safe system calls run, on
+        // values prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR
+                    || libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn(dir, command)
+    }
+
+    /// `orderwatch run` on `config`, written to `dir/config.toml`, with the default log.
+    fn command(dir: &tempfile::TempDir, config: &str) -> std::process::Command {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = std::process::Command::new(crate::helpers::binary())
+        let mut command = std::process::Command::new(crate::helpers::binary());
+        command
             .args(["run", "--config", path.to_str().unwrap()])
             .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
+    /// Spawns `command` and waits for the address it announces.
+    fn spawn(dir: tempfile::TempDir, mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command.spawn().unwrap();
         let (lines, log) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -236,7 +273,15 @@ impl Daemon {
             }
         }
         let _ = daemon.child.kill();
-        panic!("the daemon never announced its address");
+        panic!(
+            "the daemon never announced its address; exit: {:?}",
+            daemon.child.wait()
+        );
+    }
+
+    /// How the daemon ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// Sends `signal` (e.g. `"HUP"`) to the daemon.

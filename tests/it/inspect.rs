@@ -958,3 +958,196 @@ async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     drop(conn);
     app.stop().await;
 }
+
+/// Statuses that look like `OK` but are not: stored and exported exactly, shown escaped in
+/// every human format, and named escaped in the intake WARN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_alike_statuses_show_escaped_for_people_and_exact_in_exports() {
+    let daemon = Daemon::start(
+        tempfile::tempdir().unwrap(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
+    );
+    let config = daemon.dir.path().join("config.toml");
+    let order = new_uuid();
+    // (stored status, how people must see it)
+    let cases = [
+        ("OK", "OK"),
+        ("\u{41e}\u{41a}", "\\u{41e}\\u{41a}"),
+        ("OK\u{200b}", "OK\\u{200b}"),
+        ("\u{202e}KO", "\\u{202e}KO"),
+    ];
+    let items: Vec<Uuid> = cases.iter().map(|_| new_uuid()).collect();
+    for (item, (status, shown)) in items.iter().zip(cases) {
+        let body = webhook(&item.to_string(), &order.to_string(), 1, status);
+        assert_eq!(daemon.post_webhook(body).await, 200, "{status:?}");
+        if status != "OK" {
+            let warned = daemon.wait_for_log(&item.to_string());
+            assert!(
+                warned.contains("WARN")
+                    && warned
+                        .split_whitespace()
+                        .any(|field| field == format!("status={shown}")),
+                "{warned}"
+            );
+        }
+    }
+
+    let (table, exported, csv, stats, stats_csv) = tokio::task::spawn_blocking(move || {
+        (
+            ok(&config, &["items"]),
+            ok(&config, &["items", "--format", "json"]),
+            ok(&config, &["items", "--format", "csv"]),
+            ok(&config, &["stats"]),
+            ok(&config, &["stats", "--format", "csv"]),
+        )
+    })
+    .await
+    .unwrap();
+    let shows: Vec<String> = items
+        .iter()
+        .map(|item| {
+            ok(
+                &daemon.dir.path().join("config.toml"),
+                &["show", &item.to_string()],
+            )
+        })
+        .collect();
+
+    // Tables: one row says OK, the others show their code points; nothing but ASCII.
+    assert!(table.is_ascii(), "{table}");
+    let shown_statuses: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().nth(2).unwrap())
+        .collect();
+    let mut expected: Vec<&str> = cases.iter().map(|(_, shown)| *shown).collect();
+    let mut seen = shown_statuses.clone();
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected, "{table}");
+    for ((status, shown), show) in cases.iter().zip(&shows) {
+        assert!(show.is_ascii(), "{show}");
+        let status_line = show
+            .lines()
+            .find(|l| l.trim_start().starts_with("status"))
+            .unwrap();
+        assert_eq!(
+            status_line.split_whitespace().nth(1),
+            Some(*shown),
+            "{show}"
+        );
+        let history = show.lines().find(|l| l.starts_with('#')).unwrap();
+        assert!(
+            history.contains(&format!(" {shown} ")),
+            "{status:?}: {history}"
+        );
+    }
+    assert!(stats.is_ascii(), "{stats}");
+    for (_, shown) in cases {
+        let line = format!("items_by_status.{shown} ");
+        assert!(
+            stats
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with(" 1")),
+            "{stats}"
+        );
+    }
+
+    // Exports keep the exact text.
+    let exact: Vec<(String, String)> = items
+        .iter()
+        .zip(cases)
+        .map(|(item, (status, _))| (item.to_string(), status.to_owned()))
+        .collect();
+    let mut exact_sorted = exact.clone();
+    exact_sorted.sort();
+    assert_eq!(
+        statuses(&serde_json::from_str(&exported).unwrap()),
+        exact_sorted
+    );
+    for (item, status) in &exact {
+        assert!(csv.contains(&format!("{item},{order},{status},")), "{csv}");
+        assert!(
+            stats_csv.contains(&format!("items_by_status.{status},1\n")),
+            "{stats_csv}"
+        );
+    }
+}
+
+/// The README says from which SQLite version a `sqlite3` shell opens the database (its tables
+/// are `STRICT`), and the README's own `sqlite3` commands are run with the shell installed
+/// here: they must work if it is that new, and fail as the README says if it is older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_names_the_sqlite3_shells_that_open_the_database() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = std::fs::read_to_string(root.join("src/store/schema.sql")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(schema.contains(") STRICT;"), "the premise: STRICT tables");
+    // STRICT tables came with SQLite 3.37.0 (2021-11-27).
+    let note = readme
+        .split("\n\n")
+        .find(|paragraph| paragraph.contains("`STRICT`") && paragraph.contains("sqlite3"))
+        .expect("a README paragraph on STRICT tables and the sqlite3 shell");
+    assert!(note.contains("3.37"), "names 3.37 as the minimum: {note}");
+    assert!(
+        note.contains("malformed database schema"),
+        "says how older shells fail: {note}"
+    );
+    let commands: Vec<&str> = readme
+        .lines()
+        .filter(|line| line.starts_with("sqlite3 ") && line.contains("orderwatch.db"))
+        .collect();
+    assert!(commands.len() >= 2, "{commands:?}");
+
+    let Some(version) = Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+    else {
+        eprintln!("SKIPPED running the README's sqlite3 commands: no sqlite3 here");
+        return;
+    };
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let numbers: Vec<u32> = version
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let new_enough = numbers[..2] >= [3, 37][..];
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
+    let item = Uuid::new_v4().to_string();
+    app.post_webhook(webhook(&item, &Uuid::new_v4().to_string(), 1, "PENDING"))
+        .await;
+    assert_eq!(app.db_path.file_name().unwrap(), "orderwatch.db");
+    let folder = app.db_path.parent().unwrap().to_owned();
+    for command in commands {
+        let output = Command::new("sh")
+            .args(["-c", command])
+            .current_dir(&folder)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        if new_enough {
+            assert!(
+                output.status.success() && stderr.is_empty(),
+                "sqlite3 {version}: {command}: {stderr}"
+            );
+        } else {
+            assert!(
+                stderr.contains("malformed database schema"),
+                "sqlite3 {version}: {command}: {stderr}"
+            );
+        }
+        eprintln!("sqlite3 {}: {command}\n{stdout}", version.trim());
+    }
+    app.stop().await;
+}

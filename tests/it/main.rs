@@ -17,5 +17,6 @@ mod ordering_props;
 mod receiver;
 mod reconciler;
 mod reload;
+mod scripts;
 mod simulator;
 mod store;

@@ -362,6 +362,46 @@ async fn counters_and_gauges_match_the_traffic_and_the_database() {
     );
 }
 
+/// Undocumented statuses, look-alikes of `OK` among them (Cyrillic `ОК`, `OK` + U+200B, a
+/// bidi override), are stored as sent but counted under one `unknown` label: a dashboard never
+/// shows a second `OK`, and a sender cannot add a series per value.
+#[tokio::test]
+async fn undocumented_and_look_alike_statuses_count_as_unknown() {
+    let app = spawn_app_with(AUTH_CONFIG).await;
+    let order = uuid(2, 1);
+    let statuses = [
+        "OK",
+        "\u{41e}\u{41a}",
+        "OK\u{200b}",
+        "\u{202e}KO",
+        "ON_HOLD_BY_SUPPLIER",
+        "PENDING",
+    ];
+    for (n, status) in (1..).zip(statuses) {
+        let body = webhook(&uuid(1, n), &order, 1, status);
+        assert_eq!(post(&app, body).await, 200, "{status:?}");
+    }
+    let stored = items_by_status(&app);
+    assert_eq!(stored.len(), statuses.len(), "stored as sent: {stored:?}");
+
+    let m = scrape(&app.client, &format!("http://{}", app.addr)).await;
+    let mut labelled: Vec<(String, f64)> = m
+        .all("orderwatch_items")
+        .iter()
+        .map(|s| (s.labels["status"].clone(), s.value))
+        .collect();
+    labelled.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        labelled,
+        [
+            ("OK".to_owned(), 1.0),
+            ("PENDING".to_owned(), 1.0),
+            ("unknown".to_owned(), 4.0)
+        ]
+    );
+    assert_eq!(m.get("orderwatch_pending_items", &[]), Some(1.0));
+}
+
 #[tokio::test]
 async fn openmetrics_is_served_when_asked_for() {
     let app = spawn_app_with("").await;
