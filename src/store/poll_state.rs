@@ -85,7 +85,7 @@ pub fn refresh(
     )?;
     let mut rows = statement.query([order_uuid])?;
     while let Some(row) = rows.next()? {
-        let item_uuid: String = row.get(0)?;
+        let item_uuid = cells::key(row.get_ref(0)?);
         let place = |column| Place {
             table: "order_items",
             column,

@@ -171,22 +171,25 @@ fn note_missing_items(
         )?;
         let mut rows = statement.query([&order_uuid])?;
         while let Some(row) = rows.next()? {
-            let item_uuid: String = row.get(0)?;
+            let item_uuid = cells::key(row.get_ref(0)?);
             let missing: bool = row.get(2)?;
-            let is_listed = Uuid::try_parse(&item_uuid).is_ok_and(|item| listed.contains(&item));
-            if is_listed {
+            let place = |column| Place {
+                table: "order_items",
+                column,
+                key: &item_uuid,
+            };
+            // A key that is not a UUID names no item Musement could list: logged once, skipped.
+            let Ok(Some(item)) = cells::uuid(row.get_ref(0)?, place("item_uuid")) else {
+                continue;
+            };
+            if listed.contains(&item) {
                 if missing {
                     back.push(item_uuid);
                 }
                 continue;
             }
-            let place = Place {
-                table: "order_items",
-                column: "first_seen_at",
-                key: &item_uuid,
-            };
             // Unreadable: not known to predate the request, so not called missing.
-            let seen_before_request = cells::time(row.get_ref(1)?, place)
+            let seen_before_request = cells::time(row.get_ref(1)?, place("first_seen_at"))
                 .is_ok_and(|seen| seen.is_some_and(|seen| seen < record.requested_at));
             if !missing && seen_before_request {
                 newly_missing.push(item_uuid);

@@ -5,6 +5,9 @@
 //! item or its order: each reader here logs it once at ERROR, naming table, column, key and
 //! value, and returns [`Unreadable`]; the caller treats the value as unknown, and the next
 //! observation overwrites it (`item_events` still has every observation).
+//!
+//! Every store function that reads a row uses these readers (they live under `apply`, which
+//! reads the most).
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
@@ -75,6 +78,14 @@ pub fn source(value: ValueRef<'_>, place: Place<'_>) -> Read<Source> {
         Some(text) => Source::parse(text)
             .map(Some)
             .ok_or_else(|| report(place, value, "neither 'webhook' nor 'poll'")),
+    }
+}
+
+/// A row's key as text for naming it in a log line, whatever the cell holds (never fails).
+pub fn key(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => describe(other),
     }
 }
 
