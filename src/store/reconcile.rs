@@ -2,11 +2,11 @@
 //! through `apply`, like webhooks), recording a failed poll, watching orders, expiring them,
 //! overdue warnings, and the lease that keeps passes from overlapping.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
-
-use std::collections::HashSet;
 
 use super::StoreSettings;
 use super::apply::cells::{self, Place, Unreadable};

@@ -53,7 +53,7 @@ pub struct ItemState {
     pub source: Source,
     /// Musement time (`Date`) of the poll whose item facts are stored (vouchers, product,
     /// confirmation deadline); `None` before any, or when unknown (rows older than schema
-    /// version 3), so that the next poll's facts replace them.
+    /// version 3), so that the next applied or confirmed poll's facts replace them.
     pub facts_as_of: Option<DateTime<Utc>>,
 }
 
