@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, NaiveDateTime, SecondsFormat, Utc};
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
@@ -71,9 +71,19 @@ pub fn to_db_text(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Parses a time written by [`to_db_text`].
+/// Parses a stored time: what [`to_db_text`] writes, any RFC 3339 time, and the forms people
+/// type by hand in `sqlite3`: SQLite's own `YYYY-MM-DD HH:MM:SS` (what `datetime('now')`
+/// gives) and `YYYY-MM-DDTHH:MM:SS`, optionally with a fraction, without a zone, read as UTC.
 pub fn from_db_text(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|rfc3339_error| {
+            ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|naive| naive.and_utc())
+                .ok_or(rfc3339_error)
+        })
 }
 
 #[cfg(test)]
@@ -87,6 +97,29 @@ mod tests {
             .with_timezone(&Utc);
         assert_eq!(to_db_text(t), "2018-12-10T13:12:40.000Z");
         assert_eq!(from_db_text(&to_db_text(t)).unwrap(), t);
+    }
+
+    #[test]
+    fn db_text_also_reads_what_people_type_in_sqlite3() {
+        let t = from_db_text("2018-12-10T13:12:40.000Z").unwrap();
+        for typed in [
+            "2018-12-10 13:12:40",     // datetime('now')
+            "2018-12-10T13:12:40",     // no zone: UTC
+            "2018-12-10 13:12:40.000", // strftime('%Y-%m-%d %H:%M:%f')
+            "2018-12-10T15:12:40+02:00",
+            "2018-12-10 13:12:40Z",
+        ] {
+            assert_eq!(from_db_text(typed).ok(), Some(t), "{typed}");
+        }
+        for garbage in [
+            "",
+            "yesterday",
+            "2018-12-10",
+            "2018-12-10 13:12",
+            "2018-13-10 13:12:40",
+        ] {
+            assert!(from_db_text(garbage).is_err(), "{garbage}");
+        }
     }
 
     #[test]

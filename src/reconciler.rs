@@ -345,8 +345,9 @@ impl Reconciler {
         if let Some(skip) = self.not_now(credentials_refused) {
             return skip;
         }
+        let requested_at = self.clock.now();
         let answer = self.client.get_order(order).await;
-        match self.record(order, answer).await {
+        match self.record(order, requested_at, answer).await {
             Ok(PollResult::Credentials(message)) => {
                 credentials_refused.store(true, Ordering::SeqCst);
                 tracing::error!(
@@ -385,11 +386,13 @@ impl Reconciler {
     async fn record(
         &self,
         order: Uuid,
+        requested_at: DateTime<Utc>,
         answer: Result<PolledOrder, ApiError>,
     ) -> Result<PollResult, WriteError> {
         match answer {
             Ok(polled) => {
-                let recorded = self.writer.record_poll(self.poll_record(polled)).await?;
+                let record = self.poll_record(polled, requested_at);
+                let recorded = self.writer.record_poll(record).await?;
                 if recorded.previous_failures > 0 {
                     tracing::info!(%order, failures = recorded.previous_failures, "polling works again");
                 }
@@ -445,9 +448,9 @@ impl Reconciler {
         }
     }
 
-    /// Turns an API answer into observations: every item is a poll at the response's `Date`
-    /// (our clock when Musement sent none).
-    fn poll_record(&self, polled: PolledOrder) -> PollRecord {
+    /// Turns an API answer to a GET sent at `requested_at` into observations: every item is a
+    /// poll at the response's `Date` (our clock when Musement sent none).
+    fn poll_record(&self, polled: PolledOrder, requested_at: DateTime<Utc>) -> PollRecord {
         let received_at = self.clock.now();
         let as_of = polled.server_time.unwrap_or(received_at);
         let order_facts = OrderFacts {
@@ -481,6 +484,7 @@ impl Reconciler {
             .collect();
         PollRecord {
             order: polled.uuid,
+            requested_at,
             items,
         }
     }

@@ -11,8 +11,13 @@
 //!
 //! Properties checked at every step (a failed `assert!` is a finding, like a panic):
 //! - `decide` never panics;
-//! - `item_version` never decreases, and never moves on a poll;
-//! - after a webhook, `item_version` is at least that webhook's version;
+//! - `item_version` never decreases, and never moves on a poll, except that a webhook with a
+//!   lower version whose time leads the stored `as_of` by more than the margin is `applied`
+//!   and brings it down to its own (the recovery from a bogus version);
+//! - after a webhook, `item_version` is at least that webhook's version, or exactly it after
+//!   that recovery;
+//! - only an `applied` or `confirmed` poll writes item facts, and `facts_as_of` then becomes
+//!   its time, later than before; nothing else moves `facts_as_of`;
 //! - `stale`, `duplicate` and `conflict` leave the state exactly as it was;
 //! - `doubtful` changes nothing but `item_version`;
 //! - `applied` stores the observed status, `confirmed` keeps the stored one;
@@ -48,6 +53,7 @@ struct StoredRow {
     as_of: Time,
     as_of_from_poll: bool,
     set_by_poll: bool,
+    facts_as_of: Option<Time>,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -181,6 +187,7 @@ fuzz_target!(|case: Case| {
         as_of: row.as_of.four_digit_year(),
         as_of_source: source(row.as_of_from_poll),
         source: source(row.set_by_poll),
+        facts_as_of: row.facts_as_of.map(Time::four_digit_year),
     });
     for step in &case.steps {
         let observation = observation(step);
@@ -193,7 +200,19 @@ fuzz_target!(|case: Case| {
             state = Some(decision.state);
             continue;
         };
-        if let Some(before) = old.item_version {
+        let time = orderwatch::store::rule::musement_time(&observation, &rules);
+        let recovered = match observation.position {
+            Position::Webhook { version, .. } => old.item_version.is_some_and(|seen| version < seen)
+                && decision.outcome == Outcome::Applied,
+            Position::Poll { .. } => false,
+        };
+        if recovered {
+            assert!(
+                time > old.as_of + rules.skew_margin,
+                "a lower version was applied without leading as_of by the margin: {observation:?}"
+            );
+            assert_eq!(new.item_version, observation.position.version());
+        } else if let Some(before) = old.item_version {
             assert!(
                 new.item_version.is_some_and(|after| after >= before),
                 "item_version went from {before} to {:?} on {observation:?}",
@@ -210,6 +229,18 @@ fuzz_target!(|case: Case| {
                 new.item_version, old.item_version,
                 "a poll moved item_version"
             ),
+        }
+        if decision.writes_facts {
+            assert!(
+                observation.position.source() == Source::Poll
+                    && matches!(decision.outcome, Outcome::Applied | Outcome::Confirmed),
+                "{:?} wrote facts on {observation:?}",
+                decision.outcome
+            );
+            assert_eq!(new.facts_as_of, Some(time));
+            assert!(old.facts_as_of.is_none_or(|before| time > before));
+        } else {
+            assert_eq!(new.facts_as_of, old.facts_as_of, "facts_as_of moved");
         }
         assert!(
             new.as_of >= old.as_of,

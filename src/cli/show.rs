@@ -170,6 +170,12 @@ fn render_item(text: &mut String, item: &ItemRow) {
     if let Some(deadline) = &item.confirm_deadline {
         lines.push(("confirm by", second(deadline)));
     }
+    if let Some(since) = &item.missing_since {
+        lines.push((
+            "missing",
+            format!("not in Musement's order since {}", second(since)),
+        ));
+    }
     key_values(text, &lines);
 }
 

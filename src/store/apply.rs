@@ -6,9 +6,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreSettings;
 use super::poll_state::{self, Trigger};
-use super::rule::{ItemState, Outcome, Rules, decide, musement_time};
+use super::rule::{self, Decision, ItemState, Outcome, Rules, decide, musement_time};
 use crate::clock::{from_db_text, later, to_db_text};
-use crate::observation::{Observation, Position, Source, Status};
+use crate::observation::{Observation, Position, Source};
+use cells::{Place, Unreadable};
+
+pub(super) mod cells;
 
 /// The longest a persistent doubt pushes an order's re-poll out.
 const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
@@ -21,17 +24,55 @@ pub fn apply(
     settings: &StoreSettings,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Outcome> {
+    apply_decision(conn, observation, settings, now).map(|decision| decision.outcome)
+}
+
+/// [`apply`], returning the rule's whole decision (a poll's item facts are written only when
+/// it says so).
+pub(super) fn apply_decision(
+    conn: &Connection,
+    observation: &Observation,
+    settings: &StoreSettings,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Decision> {
     let rules = &settings.rules;
     let order_uuid = observation.order.to_string();
+    let item_uuid = observation.item.to_string();
     warn_about_times(observation, rules);
-    upsert_order(conn, observation, now)?;
-    let current = load_item(conn, &observation.item.to_string())?;
-    let decision = decide(current.as_ref(), observation, rules);
-    if current.as_ref() != Some(&decision.state) {
-        let status_changed = current.as_ref().map(|c| &c.status) != Some(&decision.state.status);
-        write_item(conn, observation, &decision.state, status_changed, now)?;
+    upsert_order(conn, observation, rules, now)?;
+    let stored = load_item(conn, &item_uuid)?;
+    let current = stored.as_ref().and_then(|s| s.state.as_ref());
+    let decision = decide(current, observation, rules);
+    let repaired_first_seen = match &stored {
+        Some(stored) if !stored.first_seen_readable => {
+            Some(first_event_time(conn, &item_uuid, now)?)
+        }
+        _ => None,
+    };
+    if current != Some(&decision.state) || repaired_first_seen.is_some() {
+        let status_changed = current.map(|c| &c.status) != Some(&decision.state.status);
+        let write = ItemWrite {
+            state: &decision.state,
+            status_changed,
+            repaired_first_seen,
+        };
+        write_item(conn, observation, &write, now)?;
     }
     append_event(conn, observation, decision.outcome, rules)?;
+    log_decision(observation, current, &decision);
+    if decision.outcome.needs_repoll() {
+        mark_for_repoll(conn, &order_uuid, rules, now)?;
+    }
+    let trigger = match observation.position.source() {
+        Source::Webhook => Trigger::Webhook,
+        Source::Poll => Trigger::Other, // the caller that polled says when the order is due again
+    };
+    poll_state::refresh(conn, &order_uuid, &settings.policy, trigger, now)?;
+    Ok(decision)
+}
+
+/// The decisions an operator must hear about, said once, here.
+fn log_decision(observation: &Observation, current: Option<&ItemState>, decision: &Decision) {
     if decision.outcome == Outcome::Conflict {
         tracing::error!(
             item = %observation.item,
@@ -41,15 +82,20 @@ pub fn apply(
             "conflict: Musement sent two statuses for the same item version; kept the first, re-polling"
         );
     }
-    if decision.outcome.needs_repoll() {
-        mark_for_repoll(conn, &order_uuid, rules, now)?;
+    let stored_version = current.and_then(|c| c.item_version);
+    if let (Position::Webhook { version, .. }, Some(stored_version)) =
+        (observation.position, stored_version)
+        && decision.outcome == Outcome::Applied
+        && version < stored_version
+    {
+        tracing::warn!(
+            item = %observation.item,
+            version,
+            stored_version,
+            "a webhook with a lower version than the stored one is clearly later in time; \
+             the stored version was not believed (see README \"The ordering rule\")"
+        );
     }
-    let trigger = match observation.position.source() {
-        Source::Webhook => Trigger::Webhook,
-        Source::Poll => Trigger::Other, // the caller that polled says when the order is due again
-    };
-    poll_state::refresh(conn, &order_uuid, &settings.policy, trigger, now)?;
-    Ok(decision.outcome)
 }
 
 /// Odd Musement times are stored, never rejected, but said once, here: a far-future time is
@@ -68,13 +114,15 @@ fn warn_about_times(observation: &Observation, rules: &Rules) {
 }
 
 /// Creates the order row if needed and merges order-level facts: webhook facts follow the
-/// `order_version` rule, poll-only facts their own `order_polled_as_of`.
+/// `order_version` rule, poll-only facts the rule's [`rule::poll_writes_order_facts`].
 fn upsert_order(
     conn: &Connection,
     observation: &Observation,
+    rules: &Rules,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
     let facts = &observation.order_facts;
+    let order_uuid = observation.order.to_string();
     // SQLite evaluates every SET expression against the old row, so both CASEs see the old version.
     conn.prepare_cached(
         "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated, first_seen_at)
@@ -88,75 +136,136 @@ fn upsert_order(
                                 THEN excluded.order_version ELSE orders.order_version END",
     )?
     .execute(params![
-        observation.order.to_string(),
+        order_uuid,
         facts.id,
         facts.version,
         facts.created.map(to_db_text),
         facts.updated.map(to_db_text),
         to_db_text(now),
     ])?;
-    if let Position::Poll { as_of } = observation.position
-        && (facts.status.is_some() || facts.identifier.is_some())
-    {
+    if facts.status.is_none() && facts.identifier.is_none() {
+        return Ok(());
+    }
+    let polled_as_of = conn
+        .prepare_cached("SELECT order_polled_as_of FROM orders WHERE order_uuid = ?1")?
+        .query_row([&order_uuid], |row| {
+            // Unreadable: unknown, so this poll's facts replace it.
+            Ok(cells::time(
+                row.get_ref(0)?,
+                order_place("order_polled_as_of", &order_uuid),
+            )
+            .unwrap_or(None))
+        })?;
+    if rule::poll_writes_order_facts(polled_as_of, observation, rules) {
         conn.prepare_cached(
             "UPDATE orders SET order_status = coalesce(?2, order_status),
                                identifier = coalesce(?3, identifier),
                                order_polled_as_of = ?4
-             WHERE order_uuid = ?1 AND (order_polled_as_of IS NULL OR order_polled_as_of < ?4)",
+             WHERE order_uuid = ?1",
         )?
         .execute(params![
-            observation.order.to_string(),
+            order_uuid,
             facts.status,
             facts.identifier,
-            to_db_text(as_of),
+            to_db_text(musement_time(observation, rules)),
         ])?;
     }
     Ok(())
 }
 
-fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<ItemState>> {
+/// An `orders` cell, for [`cells`].
+pub(super) fn order_place<'a>(column: &'static str, order_uuid: &'a str) -> Place<'a> {
+    Place {
+        table: "orders",
+        column,
+        key: order_uuid,
+    }
+}
+
+/// An item's row as the write path reads it.
+struct StoredItem {
+    /// The rule's view of the row; `None` when one of its cells could not be read: the state
+    /// is unknown, and this observation's decision replaces it whole.
+    state: Option<ItemState>,
+    /// Whether `first_seen_at` could be read (it dates the confirmation deadline); when not,
+    /// the write repairs it from the item's first event.
+    first_seen_readable: bool,
+}
+
+fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<StoredItem>> {
     conn.prepare_cached(
-        "SELECT status, status_version, item_version, as_of, as_of_source, source
+        "SELECT status, status_version, item_version, as_of, as_of_source, source, facts_as_of,
+                first_seen_at
          FROM order_items WHERE item_uuid = ?1",
     )?
     .query_row([item_uuid], |row| {
-        Ok(ItemState {
-            status: Status::parse(&row.get::<_, String>(0)?),
-            status_version: row.get(1)?,
-            item_version: row.get(2)?,
-            as_of: parse_time(row, 3)?,
-            as_of_source: parse_source(row, 4)?,
-            source: parse_source(row, 5)?,
+        let place = |column| Place {
+            table: "order_items",
+            column,
+            key: item_uuid,
+        };
+        // Every cell is read (and an unreadable one logged) before any is judged.
+        let status = cells::status(row.get_ref(0)?, place("status"));
+        let status_version = cells::integer(row.get_ref(1)?, place("status_version"));
+        let item_version = cells::integer(row.get_ref(2)?, place("item_version"));
+        let as_of = cells::time(row.get_ref(3)?, place("as_of"));
+        let as_of_source = cells::source(row.get_ref(4)?, place("as_of_source"));
+        let source = cells::source(row.get_ref(5)?, place("source"));
+        let facts_as_of = cells::time(row.get_ref(6)?, place("facts_as_of"));
+        let first_seen = cells::time(row.get_ref(7)?, place("first_seen_at"));
+        let state = (|| -> Result<ItemState, Unreadable> {
+            Ok(ItemState {
+                status: status?.ok_or(Unreadable)?,
+                status_version: status_version?,
+                item_version: item_version?,
+                as_of: as_of?.ok_or(Unreadable)?,
+                as_of_source: as_of_source?.ok_or(Unreadable)?,
+                source: source?.ok_or(Unreadable)?,
+                facts_as_of: facts_as_of?,
+            })
+        })();
+        Ok(StoredItem {
+            state: state.ok(),
+            first_seen_readable: matches!(first_seen, Ok(Some(_))),
         })
     })
     .optional()
 }
 
-fn parse_time(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
-    let text: String = row.get(index)?;
-    from_db_text(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
+/// The best `first_seen_at` for an item whose stored one is unreadable: when its first event
+/// arrived (`now` if that is unreadable too, or pruned).
+fn first_event_time(
+    conn: &Connection,
+    item_uuid: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<String> {
+    let first: Option<String> = conn
+        .prepare_cached(
+            "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
+        )?
+        .query_row([item_uuid], |row| row.get(0))
+        .optional()?;
+    let first = first.and_then(|text| from_db_text(&text).ok());
+    Ok(to_db_text(first.unwrap_or(now)))
 }
 
-fn parse_source(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Source> {
-    let text: String = row.get(index)?;
-    Source::parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("unknown source {text:?}").into(),
-        )
-    })
+/// What [`write_item`] writes besides the observation's own fields.
+struct ItemWrite<'a> {
+    /// The state the rule decided.
+    state: &'a ItemState,
+    /// Whether the status differs from the stored one (moves `changed_at`).
+    status_changed: bool,
+    /// A `first_seen_at` replacing an unreadable one.
+    repaired_first_seen: Option<String>,
 }
 
 fn write_item(
     conn: &Connection,
     observation: &Observation,
-    state: &ItemState,
-    status_changed: bool,
+    write: &ItemWrite<'_>,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
+    let state = write.state;
     // item_updated follows item_version: only the webhook that raised the version sets it.
     let updated = match observation.position {
         Position::Webhook { version, updated } if state.item_version == Some(version) => {
@@ -168,8 +277,8 @@ fn write_item(
     conn.prepare_cached(
         "INSERT INTO order_items (item_uuid, order_uuid, status, item_version, status_version,
                                   item_created, item_updated, as_of, as_of_source, source,
-                                  first_seen_at, changed_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11)
+                                  facts_as_of, first_seen_at, changed_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
          ON CONFLICT (item_uuid) DO UPDATE SET
            status = excluded.status,
            item_version = excluded.item_version,
@@ -179,7 +288,9 @@ fn write_item(
            as_of = excluded.as_of,
            as_of_source = excluded.as_of_source,
            source = excluded.source,
-           changed_at = CASE WHEN ?12 THEN excluded.changed_at ELSE order_items.changed_at END,
+           facts_as_of = excluded.facts_as_of,
+           first_seen_at = coalesce(?14, order_items.first_seen_at),
+           changed_at = CASE WHEN ?13 THEN excluded.changed_at ELSE order_items.changed_at END,
            updated_at = excluded.updated_at",
     )?
     .execute(params![
@@ -193,8 +304,10 @@ fn write_item(
         to_db_text(state.as_of),
         state.as_of_source.as_str(),
         state.source.as_str(),
+        state.facts_as_of.map(to_db_text),
         now,
-        status_changed,
+        write.status_changed,
+        write.repaired_first_seen,
     ])?;
     Ok(())
 }
@@ -232,11 +345,14 @@ fn mark_for_repoll(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    let (pending, attempts): (Option<String>, i64) = conn
+    let (pending, attempts) = conn
         .prepare_cached("SELECT repoll_at, repoll_attempts FROM orders WHERE order_uuid = ?1")?
-        .query_row([order_uuid], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    let now_text = to_db_text(now);
-    if pending.is_some_and(|at| at > now_text) {
+        .query_row([order_uuid], |row| {
+            let pending = cells::time(row.get_ref(0)?, order_place("repoll_at", order_uuid));
+            Ok((pending, row.get::<_, i64>(1)?))
+        })?;
+    // An unreadable mark is unknown: this one replaces it.
+    if pending.is_ok_and(|at| at.is_some_and(|at| at > now)) {
         return Ok(()); // already marked for a future poll; one poll settles every item
     }
     let base = rules.skew_margin.max(Duration::seconds(1));
@@ -287,7 +403,7 @@ pub fn record_rejected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observation::OrderFacts;
+    use crate::observation::{OrderFacts, Status};
     use uuid::Uuid;
 
     fn at(seconds: i64) -> DateTime<Utc> {

@@ -31,6 +31,10 @@ pub struct ItemRow {
     pub confirm_deadline: Option<String>,
     /// PENDING and past `confirm_deadline`.
     pub overdue: bool,
+    /// Our clock, when a poll of its order first did not list it (`None`: listed, or a
+    /// database from before schema version 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<String>,
 }
 
 /// What `orderwatch items` selects.
@@ -49,11 +53,18 @@ pub struct ItemFilter {
 }
 
 /// The columns [`item_row`] reads; `?1` is now (for [`OVERDUE`]), so other parameters of a
-/// query selecting them are `?2` on.
-fn item_columns() -> String {
-    format!(
-        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}"
-    )
+/// query selecting them are `?2` on. `missing_since` only exists from schema version 3 on (the
+/// commands also read older files the daemon has not migrated yet).
+fn item_columns(conn: &Connection) -> rusqlite::Result<String> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let missing_since = if version >= 3 {
+        "missing_since"
+    } else {
+        "NULL"
+    };
+    Ok(format!(
+        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}, {missing_since}"
+    ))
 }
 
 fn item_row(row: &Row<'_>, now: DateTime<Utc>) -> rusqlite::Result<ItemRow> {
@@ -69,6 +80,7 @@ fn item_row(row: &Row<'_>, now: DateTime<Utc>) -> rusqlite::Result<ItemRow> {
         age_seconds: seconds_since(&changed_at, now),
         changed_at,
         confirm_deadline: row.get(7)?,
+        missing_since: row.get(9)?,
     })
 }
 
@@ -84,7 +96,7 @@ pub fn items(
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Vec<ItemRow>> {
     // ?1 (now) comes first in the text, so each `?` below takes the next number.
-    let mut sql = format!("SELECT {} FROM order_items WHERE 1", item_columns());
+    let mut sql = format!("SELECT {} FROM order_items WHERE 1", item_columns(conn)?);
     let mut values: Vec<Box<dyn ToSql>> = vec![Box::new(to_db_text(now))];
     if !filter.statuses.is_empty() {
         let marks = vec!["?"; filter.statuses.len()].join(", ");
@@ -225,7 +237,7 @@ pub fn show(conn: &Connection, text: &str, now: DateTime<Utc>) -> Result<Shown, 
             let row = conn
                 .prepare(&format!(
                     "SELECT {} FROM order_items WHERE item_uuid = ?2",
-                    item_columns()
+                    item_columns(conn)?
                 ))?
                 .query_row([&to_db_text(now), &item], |r| item_row(r, now))?;
             let order = row.order.clone();
@@ -234,7 +246,7 @@ pub fn show(conn: &Connection, text: &str, now: DateTime<Utc>) -> Result<Shown, 
         (Found::None, Found::One(order)) => {
             let mut statement = conn.prepare(&format!(
                 "SELECT {} FROM order_items WHERE order_uuid = ?2 ORDER BY first_seen_at, item_uuid",
-                item_columns()
+                item_columns(conn)?
             ))?;
             let rows = statement.query_map([&to_db_text(now), &order], |r| item_row(r, now))?;
             (rows.collect::<rusqlite::Result<_>>()?, order)

@@ -37,11 +37,15 @@ pub struct StoreSettings {
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`. Databases at
 /// every earlier version exist in the field: never edit a shipped entry, append a new one.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +244,7 @@ mod tests {
         // A v1 database reads fine before the daemon migrates it.
         assert!(open_read_only(&path, Duration::from_secs(1)).is_ok());
         let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
-        assert_eq!(schema_version(&conn).unwrap(), 2);
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);
         let (item, age, human): (String, i64, String) = conn
             .query_row(
                 "SELECT item_uuid, age_seconds, age FROM pending_items",

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
 
+use super::apply::cells::{self, Place};
+use super::apply::order_place;
 use crate::clock::{later, to_db_text};
 use crate::observation::Status;
 
@@ -60,41 +62,60 @@ pub fn refresh(
     let activity_cutoff = later(now, -RECHECK_AFTER_ACTIVITY)
         .format("%Y-%m-%d %H:%M")
         .to_string();
-    let (failures, next, never_polled, stopped): (i64, Option<String>, bool, bool) = conn
+    let (failures, next, never_polled, stopped) = conn
         .prepare_cached(
             "SELECT poll_failures, next_poll_at, last_polled_at IS NULL,
                     not_found_at IS NOT NULL OR expired_at IS NOT NULL
              FROM orders WHERE order_uuid = ?1",
         )?
         .query_row([order_uuid], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            // Unreadable: unknown, and rewritten below.
+            let next = cells::time(r.get_ref(1)?, order_place("next_poll_at", order_uuid));
+            Ok((
+                r.get::<_, i64>(0)?,
+                next.unwrap_or(None),
+                r.get::<_, bool>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
         })?;
     let (mut active, mut recheck, mut items) = (false, false, 0usize);
     let mut statement = conn.prepare_cached(
-        "SELECT status, coalesce(vouchers, '[]') <> '[]', product_date FROM order_items WHERE order_uuid = ?1",
+        "SELECT item_uuid, status, coalesce(vouchers, '[]') <> '[]', product_date
+         FROM order_items WHERE order_uuid = ?1",
     )?;
     let mut rows = statement.query([order_uuid])?;
     while let Some(row) = rows.next()? {
-        let (status, has_vouchers, product_date): (String, bool, Option<String>) =
-            (row.get(0)?, row.get(1)?, row.get(2)?);
+        let item_uuid = cells::key(row.get_ref(0)?);
+        let place = |column| Place {
+            table: "order_items",
+            column,
+            key: &item_uuid,
+        };
+        // An unreadable status counts as an unknown one (polled), an unreadable activity date
+        // as none; both are logged once.
+        let status = cells::status(row.get_ref(1)?, place("status"))
+            .unwrap_or(None)
+            .unwrap_or_else(|| Status::Other(String::new()));
+        let has_vouchers: bool = row.get(2)?;
+        let product_date = cells::text(row.get_ref(3)?, place("product_date")).unwrap_or(None);
         items += 1;
-        let unsettled = policy.poll_statuses.contains(&status)
-            || Status::parse(&status).is_unknown()
-            || (status == "OK" && !has_vouchers);
+        let unsettled = policy.poll_statuses.iter().any(|s| s == status.as_str())
+            || status.is_unknown()
+            || (status == Status::Ok && !has_vouchers);
         active |= unsettled;
-        recheck |= status == "OK"
+        recheck |= status == Status::Ok
             && has_vouchers
-            && product_date.is_none_or(|date| date >= activity_cutoff);
+            && product_date.is_none_or(|date| date >= activity_cutoff.as_str());
     }
-    let now_text = to_db_text(now);
-    let quiet_until = to_db_text(later(now, policy.quiet_period));
+    let quiet_until = later(now, policy.quiet_period);
     let next = match trigger {
         Trigger::Webhook if active && failures == 0 => quiet_until,
-        Trigger::Webhook => next.map_or(quiet_until.clone(), |n| n.max(quiet_until)),
-        Trigger::Polled if active || items == 0 => now_text,
-        Trigger::Polled => to_db_text(later(now, policy.recheck_interval)),
-        Trigger::Other => next.unwrap_or(now_text),
+        Trigger::Webhook => next.map_or(quiet_until, |n| n.max(quiet_until)),
+        Trigger::Polled if active || items == 0 => now,
+        Trigger::Polled => later(now, policy.recheck_interval),
+        Trigger::Other => next.unwrap_or(now),
     };
+    let next = to_db_text(next);
     // Webhooks name only the items they are about, so until one poll has listed the order's
     // items, an item whose every webhook was lost is unknown: an order whose known items are
     // all final (KO, REFUNDED) is still polled once.

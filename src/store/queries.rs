@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use crate::clock::{from_db_text, to_db_text};
+use super::apply::cells;
+use super::apply::order_place;
+use crate::clock::to_db_text;
 
 /// An order a reconciler pass should poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,23 +19,33 @@ pub struct DueOrder {
     pub first_seen_at: DateTime<Utc>,
 }
 
+/// Anything sorting after this is not a time orderwatch could store (those end in year 9999):
+/// such a mark, typed by hand, is due at once, so the poll it brings rewrites it.
+const AFTER_EVERY_TIME: &str = "9999-12-31T23:59:59.999Z";
+
 /// Orders due at `now`: re-poll marks first (oldest mark first), then regular due orders
-/// (longest overdue first), each order once. Both come from partial indexes, so settled orders
-/// are never read.
+/// (longest overdue first), each order once. Both come from range searches of partial indexes
+/// (two each, merged, rather than an OR that SQLite would answer by scanning the index), so
+/// settled orders and orders not due yet are never read.
 pub fn due_orders(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<DueOrder>> {
-    let now = to_db_text(now);
     let mut due = select_due(
         conn,
-        "SELECT order_uuid, first_seen_at FROM orders
-         WHERE repoll_at IS NOT NULL AND repoll_at <= ?1 ORDER BY repoll_at",
-        &now,
+        "SELECT order_uuid, first_seen_at, repoll_at FROM orders WHERE repoll_at <= ?1
+         UNION ALL
+         SELECT order_uuid, first_seen_at, repoll_at FROM orders WHERE repoll_at > ?2",
+        "repoll_at",
+        now,
         true,
     )?;
     let regular = select_due(
         conn,
-        "SELECT order_uuid, first_seen_at FROM orders
-         WHERE needs_poll = 1 AND next_poll_at <= ?1 ORDER BY next_poll_at",
-        &now,
+        "SELECT order_uuid, first_seen_at, next_poll_at FROM orders
+         WHERE needs_poll = 1 AND next_poll_at <= ?1
+         UNION ALL
+         SELECT order_uuid, first_seen_at, next_poll_at FROM orders
+         WHERE needs_poll = 1 AND next_poll_at > ?2",
+        "next_poll_at",
+        now,
         false,
     )?;
     let marked: std::collections::HashSet<Uuid> = due.iter().map(|d| d.order).collect();
@@ -41,36 +53,47 @@ pub fn due_orders(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec
     Ok(due)
 }
 
+/// Runs one of [`due_orders`]' queries and sorts its orders by due time, oldest (and
+/// unreadable) first. Text order is time order for the times orderwatch writes; the query may
+/// also return hand-typed ones (`2024-01-01 12:00:00` sorts before the same day's stored
+/// times), which are checked here. An unreadable cell is logged once and
+/// never stops a pass: an unreadable due time counts as due, an unreadable `first_seen_at` as
+/// now (so `max_age` does not expire the order; the poll repairs it), an unreadable order UUID
+/// is skipped.
 fn select_due(
     conn: &Connection,
     sql: &str,
-    now: &str,
+    due_column: &'static str,
+    now: DateTime<Utc>,
     repoll: bool,
 ) -> rusqlite::Result<Vec<DueOrder>> {
     let mut statement = conn.prepare_cached(sql)?;
-    let rows = statement.query_map([now], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })?;
+    let mut rows = statement.query(params![to_db_text(now), AFTER_EVERY_TIME])?;
     let mut due = Vec::new();
-    for row in rows {
-        let (order, first_seen) = row?;
-        // Rows are written only by orderwatch; a malformed one is skipped rather than stopping
-        // every pass.
-        let (Ok(order), Ok(first_seen_at)) = (Uuid::try_parse(&order), from_db_text(&first_seen))
-        else {
-            tracing::warn!(
-                order,
-                "skipping an order row with an unreadable uuid or time"
-            );
+    while let Some(row) = rows.next()? {
+        let key = cells::key(row.get_ref(0)?);
+        let place = |column| order_place(column, &key);
+        let Ok(Some(order)) = cells::uuid(row.get_ref(0)?, place("order_uuid")) else {
             continue;
         };
-        due.push(DueOrder {
+        // Unreadable: due now (and first).
+        let due_at = cells::time(row.get_ref(2)?, place(due_column)).unwrap_or(None);
+        if due_at.is_some_and(|at| at > now) {
+            continue;
+        }
+        let first_seen_at = cells::time(row.get_ref(1)?, place("first_seen_at"))
+            .ok()
+            .flatten()
+            .unwrap_or(now);
+        let order = DueOrder {
             order,
             repoll,
             first_seen_at,
-        });
+        };
+        due.push((due_at, order));
     }
-    Ok(due)
+    due.sort_by_key(|(due_at, _)| *due_at);
+    Ok(due.into_iter().map(|(_, order)| order).collect())
 }
 
 /// A `PENDING` item past its confirmation deadline whose warning was not logged yet.
@@ -117,4 +140,81 @@ pub fn unwarned_overdue(
         }
     }
     Ok(overdue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::from_db_text;
+
+    #[test]
+    fn hand_typed_and_unreadable_due_times_never_hide_an_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_for_writing(
+            &dir.path().join("t.db"),
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        let now = from_db_text("2024-01-01T12:00:00.000Z").unwrap();
+        let order = |n: u128| Uuid::from_u128(n).to_string();
+        let rows: [(u128, &str, Option<&str>, Option<&str>); 7] = [
+            (
+                1,
+                "2024-01-01T00:00:00.000Z",
+                Some("2024-01-01T11:59:00.000Z"),
+                None,
+            ),
+            (
+                2,
+                "2024-01-01T00:00:00.000Z",
+                Some("2024-01-01T12:01:00.000Z"),
+                None,
+            ),
+            (
+                3,
+                "2024-01-01T00:00:00.000Z",
+                Some("2024-01-01 11:59:00"),
+                None,
+            ),
+            (
+                4,
+                "2024-01-01T00:00:00.000Z",
+                Some("2024-01-01 12:01:00"),
+                None,
+            ),
+            (5, "whenever", Some("soon"), None),
+            (6, "2024-01-01T00:00:00.000Z", None, Some("later")),
+            (
+                7,
+                "2024-01-01T00:00:00.000Z",
+                None,
+                Some("2024-01-01 12:01:00"),
+            ),
+        ];
+        for (n, first_seen, next, repoll) in rows {
+            conn.execute(
+                "INSERT INTO orders (order_uuid, first_seen_at, needs_poll, next_poll_at, repoll_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![order(n), first_seen, next.is_some(), next, repoll],
+            )
+            .unwrap();
+        }
+        let due: Vec<(Uuid, bool, DateTime<Utc>)> = due_orders(&conn, now)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.order, d.repoll, d.first_seen_at))
+            .collect();
+        let seen = from_db_text("2024-01-01T00:00:00.000Z").unwrap();
+        assert_eq!(
+            due,
+            [
+                (Uuid::from_u128(6), true, seen),
+                // Unreadable next_poll_at: due first. Unreadable first_seen_at: now, so
+                // max_age does not expire it.
+                (Uuid::from_u128(5), false, now),
+                (Uuid::from_u128(3), false, seen),
+                (Uuid::from_u128(1), false, seen),
+            ]
+        );
+    }
 }

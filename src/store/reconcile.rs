@@ -2,12 +2,15 @@
 //! through `apply`, like webhooks), recording a failed poll, watching orders, expiring them,
 //! overdue warnings, and the lease that keeps passes from overlapping.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::StoreSettings;
-use super::apply::apply;
+use super::apply::cells::{self, Place, Unreadable};
+use super::apply::{apply_decision, order_place};
 use super::poll_state::{self, Trigger};
 use super::rule::Outcome;
 use crate::clock::{from_db_text, later, to_db_text};
@@ -36,6 +39,10 @@ pub struct PolledItemFacts {
 pub struct PollRecord {
     /// The order polled.
     pub order: Uuid,
+    /// Our clock just before the GET was sent. Musement's answer can say nothing about what
+    /// happened here after it: a re-poll mark due later is not settled by this poll, and an
+    /// item first seen later is not expected in its answer.
+    pub requested_at: DateTime<Utc>,
     /// What the response said about each item.
     pub items: Vec<(Observation, PolledItemFacts)>,
 }
@@ -79,8 +86,8 @@ pub struct Backoff {
     pub failures: i64,
 }
 
-/// Stores a poll: each item through the one ordering rule, then the poll-only facts and the
-/// order's bookkeeping.
+/// Stores a poll: each item through the one ordering rule (which also says whether its facts
+/// replace the stored ones), the items it no longer lists, then the order's bookkeeping.
 pub fn record_poll(
     conn: &Connection,
     record: &PollRecord,
@@ -92,23 +99,144 @@ pub fn record_poll(
     let previous_failures = failures(conn, &order_uuid)?;
     let mut outcomes = Vec::with_capacity(record.items.len());
     for (observation, facts) in &record.items {
-        let outcome = apply(conn, observation, settings, now)?;
-        store_item_facts(conn, &observation.item.to_string(), facts, outcome)?;
-        outcomes.push(outcome);
+        let decision = apply_decision(conn, observation, settings, now)?;
+        if decision.writes_facts {
+            store_item_facts(conn, &observation.item.to_string(), facts)?;
+        }
+        outcomes.push(decision.outcome);
     }
+    note_missing_items(conn, record, now)?;
+    repair_order_first_seen(conn, &order_uuid, now)?;
     let still_in_doubt = outcomes.iter().any(|o| o.needs_repoll());
+    let settled = !still_in_doubt && settles_repoll_mark(conn, &order_uuid, record.requested_at)?;
     conn.prepare_cached(
         "UPDATE orders SET last_polled_at = ?2, poll_failures = 0, last_error = NULL, not_found_at = NULL,
-           repoll_at = CASE WHEN ?3 THEN repoll_at ELSE NULL END,
-           repoll_attempts = CASE WHEN ?3 THEN repoll_attempts ELSE 0 END
+           repoll_at = CASE WHEN ?3 THEN NULL ELSE repoll_at END,
+           repoll_attempts = CASE WHEN ?3 THEN 0 ELSE repoll_attempts END
          WHERE order_uuid = ?1",
     )?
-    .execute(params![order_uuid, to_db_text(now), still_in_doubt])?;
+    .execute(params![order_uuid, to_db_text(now), settled])?;
     poll_state::refresh(conn, &order_uuid, &settings.policy, Trigger::Polled, now)?;
     Ok(PollRecorded {
         outcomes,
         previous_failures,
     })
+}
+
+/// Whether a poll sent at `requested_at` that found no doubt settles the order's re-poll mark.
+/// The mark asks for a poll sent at or after `repoll_at`; one sent earlier may have read
+/// Musement before the webhook that set the mark, so it leaves the mark for the re-poll (at
+/// worst one GET more). An unreadable mark is unknown, and cleared.
+fn settles_repoll_mark(
+    conn: &Connection,
+    order_uuid: &str,
+    requested_at: DateTime<Utc>,
+) -> rusqlite::Result<bool> {
+    Ok(match repoll_mark(conn, order_uuid)? {
+        Ok(Some(repoll_at)) => requested_at >= repoll_at,
+        Ok(None) | Err(Unreadable) => true,
+    })
+}
+
+/// The order's re-poll mark: `Ok(None)` for none (an unreadable one is logged once).
+fn repoll_mark(
+    conn: &Connection,
+    order_uuid: &str,
+) -> rusqlite::Result<cells::Read<DateTime<Utc>>> {
+    conn.prepare_cached("SELECT repoll_at FROM orders WHERE order_uuid = ?1")?
+        .query_row([order_uuid], |r| {
+            Ok(cells::time(
+                r.get_ref(0)?,
+                order_place("repoll_at", order_uuid),
+            ))
+        })
+}
+
+/// Sets `missing_since` (and warns, once) on the order's items this poll does not list, and
+/// clears it on those it lists again. An item first seen after the request was sent, or at
+/// the same instant (its webhook raced the poll), is not expected in the answer.
+fn note_missing_items(
+    conn: &Connection,
+    record: &PollRecord,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let order_uuid = record.order.to_string();
+    let listed: HashSet<Uuid> = record.items.iter().map(|(o, _)| o.item).collect();
+    let mut newly_missing = Vec::new();
+    let mut back = Vec::new();
+    {
+        let mut statement = conn.prepare_cached(
+            "SELECT item_uuid, first_seen_at, missing_since IS NOT NULL
+             FROM order_items WHERE order_uuid = ?1",
+        )?;
+        let mut rows = statement.query([&order_uuid])?;
+        while let Some(row) = rows.next()? {
+            let item_uuid = cells::key(row.get_ref(0)?);
+            let missing: bool = row.get(2)?;
+            let place = |column| Place {
+                table: "order_items",
+                column,
+                key: &item_uuid,
+            };
+            // A key that is not a UUID names no item Musement could list: logged once, skipped.
+            let Ok(Some(item)) = cells::uuid(row.get_ref(0)?, place("item_uuid")) else {
+                continue;
+            };
+            if listed.contains(&item) {
+                if missing {
+                    back.push(item_uuid);
+                }
+                continue;
+            }
+            // Unreadable: not known to predate the request, so not called missing.
+            let seen_before_request = cells::time(row.get_ref(1)?, place("first_seen_at"))
+                .is_ok_and(|seen| seen.is_some_and(|seen| seen < record.requested_at));
+            if !missing && seen_before_request {
+                newly_missing.push(item_uuid);
+            }
+        }
+    }
+    for item in &newly_missing {
+        conn.prepare_cached("UPDATE order_items SET missing_since = ?2 WHERE item_uuid = ?1")?
+            .execute(params![item, to_db_text(now)])?;
+        tracing::warn!(order = %order_uuid, %item,
+            "Musement no longer lists this item in its order; kept as it was (order_items.missing_since)");
+    }
+    for item in &back {
+        conn.prepare_cached("UPDATE order_items SET missing_since = NULL WHERE item_uuid = ?1")?
+            .execute([item])?;
+        tracing::info!(order = %order_uuid, %item, "Musement lists this item in its order again");
+    }
+    Ok(())
+}
+
+/// Replaces an unreadable `orders.first_seen_at` (it dates `max_age`) with its earliest
+/// item's, or `now`.
+fn repair_order_first_seen(
+    conn: &Connection,
+    order_uuid: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let readable = conn
+        .prepare_cached("SELECT first_seen_at FROM orders WHERE order_uuid = ?1")?
+        .query_row([order_uuid], |r| {
+            Ok(
+                cells::time(r.get_ref(0)?, order_place("first_seen_at", order_uuid))
+                    .is_ok_and(|seen| seen.is_some()),
+            )
+        })?;
+    if readable {
+        return Ok(());
+    }
+    let items: Option<String> = conn
+        .prepare_cached("SELECT min(first_seen_at) FROM order_items WHERE order_uuid = ?1")?
+        .query_row([order_uuid], |r| r.get(0))?;
+    let earliest = items
+        .and_then(|text| from_db_text(&text).ok())
+        .unwrap_or(now);
+    conn.prepare_cached("UPDATE orders SET first_seen_at = ?2 WHERE order_uuid = ?1")?
+        .execute(params![order_uuid, to_db_text(earliest)])?;
+    Ok(())
 }
 
 fn failures(conn: &Connection, order_uuid: &str) -> rusqlite::Result<i64> {
@@ -126,38 +254,43 @@ fn ensure_order(conn: &Connection, order_uuid: &str, now: DateTime<Utc>) -> rusq
     Ok(())
 }
 
-/// Voucher URLs are taken from a poll that is the newest word on the item (applied or
-/// confirmed), or when none were known; product facts fill in whatever is known.
+/// Writes a poll's item facts; the rule decided they replace the stored ones
+/// ([`super::rule::Decision::writes_facts`]). Product facts a response leaves out keep their
+/// stored value; the vouchers are the response's list.
 fn store_item_facts(
     conn: &Connection,
     item_uuid: &str,
     facts: &PolledItemFacts,
-    outcome: Outcome,
 ) -> rusqlite::Result<()> {
-    let newest = matches!(outcome, Outcome::Applied | Outcome::Confirmed);
     let vouchers = serde_json::to_string(&facts.vouchers).unwrap_or_else(|_| "[]".into());
-    let first_seen: String = conn
+    let first_seen = conn
         .prepare_cached("SELECT first_seen_at FROM order_items WHERE item_uuid = ?1")?
-        .query_row([item_uuid], |r| r.get(0))?;
+        .query_row([item_uuid], |r| {
+            let place = Place {
+                table: "order_items",
+                column: "first_seen_at",
+                key: item_uuid,
+            };
+            Ok(cells::time(r.get_ref(0)?, place).unwrap_or(None))
+        })?;
     let deadline = facts
         .max_confirmation_time
         .as_deref()
         .and_then(parse_iso_duration)
-        .zip(from_db_text(&first_seen).ok())
+        .zip(first_seen)
         .map(|(allowed, seen)| to_db_text(later(seen, allowed)));
     conn.prepare_cached(
         "UPDATE order_items SET
-           vouchers = CASE WHEN ?2 OR vouchers IS NULL THEN ?3 ELSE vouchers END,
-           product_id = coalesce(?4, product_id),
-           product_title = coalesce(?5, product_title),
-           product_date = coalesce(?6, product_date),
-           max_confirmation_time = coalesce(?7, max_confirmation_time),
-           confirm_deadline = coalesce(?8, confirm_deadline)
+           vouchers = ?2,
+           product_id = coalesce(?3, product_id),
+           product_title = coalesce(?4, product_title),
+           product_date = coalesce(?5, product_date),
+           max_confirmation_time = coalesce(?6, max_confirmation_time),
+           confirm_deadline = coalesce(?7, confirm_deadline)
          WHERE item_uuid = ?1",
     )?
     .execute(params![
         item_uuid,
-        newest,
         vouchers,
         facts.product_id,
         facts.product_title,
@@ -214,12 +347,18 @@ pub fn record_poll_failure(
                 retry_after.map_or(jittered, |r| r.min(MAX_RETRY_AFTER)),
             );
             // A due re-poll mark waits for the backoff too, or it would bypass it every pass.
+            // (An unreadable mark, due or not, is replaced as well.)
+            let due_mark = match repoll_mark(conn, &order_uuid)? {
+                Ok(None) => false,
+                Ok(Some(repoll_at)) => repoll_at <= now,
+                Err(Unreadable) => true,
+            };
             conn.prepare_cached(
                 "UPDATE orders SET poll_failures = poll_failures + 1, last_error = ?2, next_poll_at = ?3,
-                   repoll_at = CASE WHEN repoll_at IS NOT NULL AND repoll_at <= ?4 THEN ?3 ELSE repoll_at END
+                   repoll_at = CASE WHEN ?4 THEN ?3 ELSE repoll_at END
                  WHERE order_uuid = ?1",
             )?
-            .execute(params![order_uuid, error, to_db_text(next), to_db_text(now)])?;
+            .execute(params![order_uuid, error, to_db_text(next), due_mark])?;
             Ok(Some(Backoff {
                 next_poll_at: next,
                 failures: failures + 1,

@@ -6,6 +6,11 @@
 //! webhooks' `order_item_updated` by clock offset and read lag. So: between webhooks the version
 //! decides; across sources the time decides, but only when it leads by more than `skew_margin`;
 //! in between we keep what we have and ask for a fresh poll (see README "The ordering rule").
+//!
+//! The rule also says what else an observation may write: a poll's item facts (vouchers,
+//! product, confirmation deadline; [`Decision::writes_facts`]) and its order facts
+//! ([`poll_writes_order_facts`]) follow "the later poll wins", so the store only carries
+//! decisions out.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -46,6 +51,10 @@ pub struct ItemState {
     pub as_of_source: Source,
     /// Which path set `status`.
     pub source: Source,
+    /// Musement time (`Date`) of the poll whose item facts are stored (vouchers, product,
+    /// confirmation deadline); `None` before any, or when unknown (rows older than schema
+    /// version 3), so that the next applied or confirmed poll's facts replace them.
+    pub facts_as_of: Option<DateTime<Utc>>,
 }
 
 /// What the rule made of an observation; stored in `item_events.outcome`.
@@ -88,8 +97,13 @@ impl Outcome {
 /// nothing changes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// What the observation was, measured against the stored state.
     pub outcome: Outcome,
+    /// The state to store.
     pub state: ItemState,
+    /// Whether the poll's item facts replace the stored ones (`state.facts_as_of` is then its
+    /// time). Never for a webhook, which has none.
+    pub writes_facts: bool,
 }
 
 /// The Musement time an observation speaks for: a webhook's `order_item_updated` (clamped to
@@ -103,10 +117,12 @@ pub fn musement_time(observation: &Observation, rules: &Rules) -> DateTime<Utc> 
     }
 }
 
-/// Decides what `observation` does to an item whose stored state is `current` (`None`: new item).
+/// Decides what `observation` does to an item whose stored state is `current` (`None`: a new
+/// item, or a row the store could not read).
 pub fn decide(current: Option<&ItemState>, observation: &Observation, rules: &Rules) -> Decision {
     let time = musement_time(observation, rules);
     let Some(current) = current else {
+        let from_poll = observation.position.source() == Source::Poll;
         return Decision {
             outcome: Outcome::Applied,
             state: ItemState {
@@ -116,15 +132,49 @@ pub fn decide(current: Option<&ItemState>, observation: &Observation, rules: &Ru
                 as_of: time,
                 as_of_source: observation.position.source(),
                 source: observation.position.source(),
+                facts_as_of: from_poll.then_some(time),
             },
+            writes_facts: from_poll,
         };
     };
     match observation.position {
         Position::Webhook { version, .. } => {
             decide_webhook(current, &observation.status, version, time, rules)
         }
-        Position::Poll { .. } => decide_poll(current, &observation.status, time, rules),
+        Position::Poll { .. } => {
+            with_facts(decide_poll(current, &observation.status, time, rules), time)
+        }
     }
+}
+
+/// Between two polls the later `Date` wins; nothing stored (or an unreadable time) loses to
+/// any poll.
+pub fn later_poll(stored: Option<DateTime<Utc>>, time: DateTime<Utc>) -> bool {
+    stored.is_none_or(|stored| time > stored)
+}
+
+/// Whether a poll's order facts (`order_status`, `identifier`) replace the stored ones, whose
+/// poll was at `polled_as_of` (`orders.order_polled_as_of`).
+pub fn poll_writes_order_facts(
+    polled_as_of: Option<DateTime<Utc>>,
+    observation: &Observation,
+    rules: &Rules,
+) -> bool {
+    observation.position.source() == Source::Poll
+        && later_poll(polled_as_of, musement_time(observation, rules))
+}
+
+/// Lets a poll at `time` write its item facts when it is the newest word on the item's status
+/// (`applied` or `confirmed`: not `stale`, not in doubt) and later than the poll that wrote
+/// the stored facts, the same "newer observation wins" as the status; voucher URLs, product
+/// and confirmation deadline never go back to an older poll's.
+fn with_facts(mut decision: Decision, time: DateTime<Utc>) -> Decision {
+    let newest_word = matches!(decision.outcome, Outcome::Applied | Outcome::Confirmed);
+    decision.writes_facts = newest_word && later_poll(decision.state.facts_as_of, time);
+    if decision.writes_facts {
+        decision.state.facts_as_of = Some(time);
+    }
+    decision
 }
 
 fn decide_webhook(
@@ -137,8 +187,29 @@ fn decide_webhook(
     let keep = |outcome| Decision {
         outcome,
         state: current.clone(),
+        writes_facts: false,
     };
+    let clearly_later = time > current.as_of + rules.skew_margin;
     match current.item_version {
+        // A lower version whose time leads the stored `as_of` by more than the margin: versions
+        // and times rise together in every genuine history, so the stored version is the one
+        // not to believe (e.g. a bogus 9223372036854775807 that would make every later webhook
+        // stale). Time decides, and `item_version` comes down to this webhook's.
+        Some(seen) if version < seen && clearly_later => {
+            return Decision {
+                outcome: Outcome::Applied,
+                state: ItemState {
+                    status: status.clone(),
+                    status_version: Some(version),
+                    item_version: Some(version),
+                    as_of: time,
+                    as_of_source: Source::Webhook,
+                    source: Source::Webhook,
+                    facts_as_of: current.facts_as_of,
+                },
+                writes_facts: false,
+            };
+        }
         Some(seen) if version < seen => return keep(Outcome::Stale),
         Some(seen) if version == seen => {
             let set_status = current.status_version == Some(version);
@@ -152,7 +223,6 @@ fn decide_webhook(
     }
     // A version above everything seen. Against another webhook it wins outright; against a poll
     // it must be clearly later than what the poll saw.
-    let clearly_later = time > current.as_of + rules.skew_margin;
     if current.as_of_source == Source::Webhook || clearly_later {
         Decision {
             outcome: Outcome::Applied,
@@ -167,7 +237,9 @@ fn decide_webhook(
                 },
                 as_of_source: Source::Webhook,
                 source: Source::Webhook,
+                facts_as_of: current.facts_as_of,
             },
+            writes_facts: false,
         }
     } else {
         Decision {
@@ -176,6 +248,7 @@ fn decide_webhook(
                 item_version: Some(version),
                 ..current.clone()
             },
+            writes_facts: false,
         }
     }
 }
@@ -190,6 +263,7 @@ fn decide_poll(
     let keep = |outcome| Decision {
         outcome,
         state: current.clone(),
+        writes_facts: false,
     };
     // Against a poll, any later response wins; against a webhook it must lead by the margin.
     let later = match current.as_of_source {
@@ -218,7 +292,11 @@ fn decide_poll(
         } else {
             Outcome::Applied
         };
-        return Decision { outcome, state };
+        return Decision {
+            outcome,
+            state,
+            writes_facts: false,
+        };
     }
     match current.as_of_source {
         Source::Poll => keep(Outcome::Stale),
@@ -375,6 +453,107 @@ mod tests {
             &Rules::default(),
         );
         assert_eq!(decision.outcome, Applied);
+    }
+
+    /// What each step did to the item facts: `Some(time)` when it wrote them.
+    fn facts_written(steps: &[Observation]) -> Vec<Option<DateTime<Utc>>> {
+        let rules = Rules::default();
+        let mut state = None;
+        let mut written = Vec::new();
+        for step in steps {
+            let decision = decide(state.as_ref(), step, &rules);
+            assert_eq!(
+                decision.writes_facts,
+                decision.state.facts_as_of != state.as_ref().and_then(|s| s.facts_as_of),
+                "writes_facts says whether facts_as_of moves"
+            );
+            written.push(
+                decision
+                    .writes_facts
+                    .then_some(decision.state.facts_as_of.unwrap()),
+            );
+            state = Some(decision.state);
+        }
+        written
+    }
+
+    #[test]
+    fn item_facts_follow_the_newest_poll_like_the_status() {
+        // A poll at 30, then one answered with an older Date (20): stale, facts untouched.
+        assert_eq!(
+            facts_written(&[poll(OK, 30), poll(Pending, 20), poll(OK, 30), poll(OK, 31)]),
+            [Some(at(30)), None, None, Some(at(31))]
+        );
+        // Webhooks never write facts and keep the facts' time.
+        assert_eq!(
+            facts_written(&[poll(Pending, 10), webhook(3, OK, 40), poll(OK, 20)]),
+            [Some(at(10)), None, Some(at(20))],
+            "a poll confirming a webhook's status within the margin is still newer than the \
+             poll that wrote the facts"
+        );
+        // A poll in doubt (another status than a webhook's, within the margin) writes nothing;
+        // the re-poll that settles it does.
+        assert_eq!(
+            facts_written(&[
+                poll(Pending, 10),
+                webhook(3, OK, 40),
+                poll(Pending, 42),
+                poll(OK, 50)
+            ]),
+            [Some(at(10)), None, None, Some(at(50))]
+        );
+        // A Date older than the facts' poll writes nothing, even when it confirms a webhook.
+        assert_eq!(
+            facts_written(&[poll(OK, 30), webhook(3, OK, 40), poll(OK, 25)]),
+            [Some(at(30)), None, None]
+        );
+    }
+
+    #[test]
+    fn order_facts_follow_the_later_poll() {
+        let rules = Rules::default();
+        assert!(poll_writes_order_facts(None, &poll(OK, 10), &rules));
+        assert!(poll_writes_order_facts(Some(at(9)), &poll(OK, 10), &rules));
+        assert!(!poll_writes_order_facts(
+            Some(at(10)),
+            &poll(OK, 10),
+            &rules
+        ));
+        assert!(!poll_writes_order_facts(
+            Some(at(11)),
+            &poll(OK, 10),
+            &rules
+        ));
+        assert!(!poll_writes_order_facts(None, &webhook(1, OK, 10), &rules));
+    }
+
+    #[test]
+    fn a_bogus_huge_version_does_not_make_later_webhooks_stale_forever() {
+        let bogus = webhook(i64::MAX, Refunded, 10);
+        // Genuine webhooks within the margin of the bogus one's time are still stale ...
+        let (state, outcomes) =
+            after(&[webhook(22, Pending, 5), bogus.clone(), webhook(23, OK, 14)]);
+        assert_eq!(outcomes, [Applied, Applied, Stale]);
+        assert_eq!(state.unwrap().item_version, Some(i64::MAX));
+        // ... but one clearly later is believed, and versions count from it again.
+        let (state, outcomes) = after(&[
+            webhook(22, Pending, 5),
+            bogus.clone(),
+            webhook(24, OK, 16),
+            webhook(25, Refunded, 20),
+            webhook(24, OK, 16),
+        ]);
+        assert_eq!(outcomes, [Applied, Applied, Applied, Applied, Stale]);
+        let state = state.unwrap();
+        assert_eq!((state.status, state.item_version), (Refunded, Some(25)));
+        // The same after a poll set the row: a lower version clearly later than the poll wins.
+        let (state, outcomes) = after(&[bogus, poll(OK, 30), webhook(23, Refunded, 40)]);
+        assert_eq!(outcomes, [Applied, Applied, Applied]);
+        let state = state.unwrap();
+        assert_eq!(
+            (state.status, state.status_version, state.item_version),
+            (Refunded, Some(23), Some(23))
+        );
     }
 
     #[test]

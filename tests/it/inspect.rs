@@ -380,7 +380,7 @@ async fn stats_and_rejected_report_what_came_in() {
     assert_eq!(stats["orders_in_backoff"], 0);
     assert_eq!(stats["rejected_webhooks"], 1);
     assert_eq!(stats["events"], 6);
-    assert_eq!(stats["schema_version"], 2);
+    assert_eq!(stats["schema_version"], orderwatch::store::SCHEMA_VERSION);
     assert!(stats["last_webhook_at"].is_string() && stats["last_poll_at"].is_string());
     assert!(stats["oldest_pending_age_seconds"].as_i64().unwrap() >= 0);
     let by_status: Vec<(String, i64)> = stats["items_by_status"]
@@ -719,7 +719,7 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     let version: i64 = copy
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
     drop(copy);
     assert_eq!(rows(&target), rows(&f.db));
     assert_eq!(rows(&target).0.len(), 3);
@@ -926,7 +926,7 @@ async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
     let (pending, since_text, age, last): (String, String, i64, String) = conn
         .query_row(
             "SELECT item_uuid, pending_since, age_seconds, last_outcome FROM pending_items",

@@ -21,12 +21,15 @@
 //!   alone must order webhooks, whatever the delivery order and duplication.
 //! - after everything, one poll read clearly after the last change (and after every earlier
 //!   poll) converges the row to the true final status: whatever the interleaving, orderwatch is
-//!   never stuck on a wrong status once it polls again.
+//!   never stuck on a wrong status once it polls again; and its item facts are that poll's.
+//! - only an applied or confirmed poll writes item facts (vouchers, product, deadline), and only
+//!   when later than the poll that wrote the stored ones: facts never go back to an older poll's.
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use orderwatch::observation::{Observation, OrderFacts, Position, Status};
+use orderwatch::store::rule::musement_time;
 use orderwatch::store::{ItemState, Outcome, Rules, decide};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -425,6 +428,28 @@ fn replay(
             decision.state.item_version,
             describe(case)
         );
+        let previous_facts = state.as_ref().and_then(|s| s.facts_as_of);
+        let time = musement_time(&observation, &rules);
+        if decision.writes_facts {
+            prop_assert!(
+                matches!(delivery, Delivery::Poll { .. })
+                    && matches!(decision.outcome, Outcome::Applied | Outcome::Confirmed)
+                    && decision.state.facts_as_of == Some(time)
+                    && previous_facts.is_none_or(|before| time > before),
+                "step {step} ({delivery:?}) wrote facts: {:?}, facts_as_of {previous_facts:?}\n{}",
+                decision.outcome,
+                describe(case)
+            );
+        } else {
+            prop_assert_eq!(
+                decision.state.facts_as_of,
+                previous_facts,
+                "step {} ({:?}) moved facts_as_of without writing facts\n{}",
+                step,
+                delivery,
+                describe(case)
+            );
+        }
         if let Err(message) = check_outcome(
             state.as_ref(),
             &observation,
@@ -500,5 +525,8 @@ proptest! {
             .expect("the final poll leaves a state");
         let truth = &case.history[case.history.len() - 1].status;
         prop_assert_eq!(&state.status, truth, "final state {:?}\n{}", state, describe(&case));
+        // Its item facts (vouchers, product, deadline) are the newest too.
+        let final_time = musement_time(&case.final_poll.observation(), &Rules::default());
+        prop_assert_eq!(state.facts_as_of, Some(final_time), "\n{}", describe(&case));
     }
 }

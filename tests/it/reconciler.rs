@@ -13,6 +13,7 @@ use orderwatch::startup;
 use orderwatch::store::Outcome;
 use orderwatch::store::writer::{Writer, WriterThread};
 use rusqlite::Connection;
+use serde_json::Value;
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -1052,4 +1053,381 @@ fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
         "{stdout}"
     );
     runtime.block_on(h.close());
+}
+
+/// One text column of an item row.
+fn item_field(h: &Harness, item: Uuid, column: &str) -> Option<String> {
+    h.db()
+        .query_row(
+            &format!("SELECT {column} FROM order_items WHERE item_uuid = ?1"),
+            [item.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// A hand edit that leaves a cell the store cannot read (or one in SQLite's own time format)
+/// must not make every poll of the order fail: its sibling items are stored, the bad cells
+/// are overwritten (issue 11, defect 5).
+#[tokio::test]
+async fn a_poll_stores_every_item_whatever_a_hand_edit_left_in_the_rows() {
+    let h = harness("").await;
+    let (typed, unreadable) = (
+        (new_uuid(), new_uuid(), new_uuid()),
+        (new_uuid(), new_uuid(), new_uuid()),
+    );
+    for (order, known, _) in [typed, unreadable] {
+        let outcome = h.webhook(known, order, 1, "PENDING", h.clock.now()).await;
+        assert_eq!(outcome, Outcome::Applied);
+    }
+    let db = h.db();
+    let edit = |sql: &str, key: Uuid| {
+        db.execute(sql, [key.to_string()]).unwrap();
+    };
+    // `datetime(x)` rewrites a stored time in SQLite's `YYYY-MM-DD HH:MM:SS`, as people type it.
+    edit(
+        "UPDATE order_items SET as_of = datetime(as_of) WHERE item_uuid = ?1",
+        typed.1,
+    );
+    edit(
+        "UPDATE orders SET next_poll_at = datetime(next_poll_at), first_seen_at = datetime(first_seen_at)
+         WHERE order_uuid = ?1",
+        typed.0,
+    );
+    edit(
+        "UPDATE order_items SET as_of = 'not a time' WHERE item_uuid = ?1",
+        unreadable.1,
+    );
+    edit(
+        "UPDATE orders SET first_seen_at = 'whenever', order_polled_as_of = 'garbage'
+         WHERE order_uuid = ?1",
+        unreadable.0,
+    );
+    for (order, known, sibling) in [typed, unreadable] {
+        h.fake
+            .put_order(order_json(order, &[(known, "OK"), (sibling, "PENDING")]));
+    }
+
+    h.advance(Duration::minutes(3));
+    let summary = h.pass().await;
+    assert_eq!(
+        (summary.due, summary.polled, summary.failures),
+        (2, 2, 0),
+        "{summary:?}"
+    );
+    for (order, known, sibling) in [typed, unreadable] {
+        assert_eq!(h.item(known), ("OK".into(), "poll".into()));
+        assert_eq!(h.item(sibling), ("PENDING".into(), "poll".into()));
+        assert!(h.order_field(order, "identifier").is_some());
+        let as_of = item_field(&h, known, "as_of").unwrap();
+        assert_eq!(as_of, "2024-01-01T12:03:00.000Z", "rewritten by the poll");
+    }
+    // The unreadable first_seen_at came back from the order's earliest item.
+    assert_eq!(
+        h.order_field(unreadable.0, "first_seen_at").as_deref(),
+        Some("2024-01-01T12:00:00.000Z")
+    );
+    h.close().await;
+}
+
+/// A poll answered with an older `Date` than the stored one is stale: it changes neither the
+/// status nor the product facts, so it cannot push the overdue alert out (issue 11, defect 6).
+#[tokio::test]
+async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
+    let h = harness("").await;
+    let (order, item) = (new_uuid(), new_uuid());
+    // Item 0 of order_json: PT30M, "Test activity 0", 2024-02-01 15:30, id 434696106.
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.watch(&[order]).await;
+    h.pin_date(at("2024-01-01T12:10:00Z"));
+    h.pass().await;
+    let facts = |h: &Harness| -> Vec<Option<String>> {
+        [
+            "product_id",
+            "product_title",
+            "product_date",
+            "max_confirmation_time",
+            "confirm_deadline",
+            "facts_as_of",
+        ]
+        .iter()
+        .map(|column| item_field(h, item, column))
+        .collect()
+    };
+    let first = facts(&h);
+    assert_eq!(
+        first[4].as_deref(),
+        Some("2024-01-01T12:30:00.000Z"),
+        "first seen + PT30M"
+    );
+
+    // Musement's answer changes, but a server answers with an older Date.
+    let mut body = h.fake.order(order).unwrap();
+    body["items"][0]["product"] = serde_json::json!({
+        "id": "1", "title": "Changed", "date": "2030-01-01 10:00", "max_confirmation_time": "P5D",
+    });
+    h.fake.put_order(body);
+    h.pin_date(at("2024-01-01T12:05:00Z"));
+    h.advance(Duration::minutes(1));
+    h.pass().await;
+    let last_outcome: String = h
+        .db()
+        .query_row(
+            "SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id DESC LIMIT 1",
+            [item.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(last_outcome, "stale");
+    assert_eq!(facts(&h), first, "a stale poll wrote item facts");
+
+    // Past the deadline the item is overdue: the stale answer did not move it five days out.
+    h.advance(Duration::minutes(30));
+    assert_eq!(h.pass().await.overdue, 1);
+
+    // A newer answer does replace them.
+    h.pin_date(at("2024-01-01T12:40:00Z"));
+    h.advance(Duration::minutes(1));
+    h.pass().await;
+    let newer = facts(&h);
+    assert_eq!(newer[1].as_deref(), Some("Changed"));
+    assert_eq!(newer[4].as_deref(), Some("2024-01-06T12:00:00.000Z"));
+    assert_eq!(newer[5].as_deref(), Some("2024-01-01T12:40:00.000Z"));
+    h.close().await;
+}
+
+/// A GET sent before a `doubtful` webhook commits cannot have seen what that webhook saw: when
+/// it is recorded, it must leave the webhook's re-poll mark in place (issue 11, suspected).
+/// Also: an item first seen after the GET was sent is not called missing from its answer.
+#[tokio::test]
+async fn a_poll_sent_before_a_doubtful_webhook_does_not_clear_its_repoll_mark() {
+    let h = harness("").await;
+    let (order, item, newcomer) = (new_uuid(), new_uuid(), new_uuid());
+    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.pin_date(at("2024-01-01T12:00:00Z"));
+    h.watch(&[order]).await;
+    h.pass().await;
+
+    // The next GET is answered slowly, with what Musement had before the webhook below.
+    h.advance(Duration::seconds(1));
+    let path = format!("/orders/{order}");
+    h.fake.push_response(
+        &path,
+        FakeResponse::json(200, order_json(order, &[(item, "PENDING")]))
+            .with_header(
+                "date",
+                &crate::fake_musement::httpdate(at("2024-01-01T12:00:01Z")),
+            )
+            .delayed(std::time::Duration::from_millis(1500)),
+    );
+    let racing_webhooks = async {
+        while h.gets(order) < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Within skew_margin of the stored poll (12:00:00): doubtful, re-poll at 12:00:06.
+        let doubtful = h
+            .webhook(item, order, 2, "OK", at("2024-01-01T12:00:03Z"))
+            .await;
+        let new = h
+            .webhook(newcomer, order, 1, "PENDING", at("2024-01-01T12:00:03Z"))
+            .await;
+        (doubtful, new)
+    };
+    let (pass, outcomes) = tokio::join!(h.reconciler.run_once(), racing_webhooks);
+    assert_eq!(pass.unwrap().polled, 1);
+    assert_eq!(outcomes, (Outcome::Doubtful, Outcome::Applied));
+    assert_eq!(
+        h.order_field(order, "repoll_at").as_deref(),
+        Some("2024-01-01T12:00:06.000Z"),
+        "the earlier GET cleared the doubtful webhook's re-poll mark"
+    );
+    assert_eq!(
+        item_field(&h, newcomer, "missing_since"),
+        None,
+        "an item first seen after the GET was sent is not missing from its answer"
+    );
+
+    // The re-poll the mark asked for settles it.
+    h.fake
+        .put_order(order_json(order, &[(item, "OK"), (newcomer, "PENDING")]));
+    h.advance(Duration::seconds(5));
+    h.pin_date(at("2024-01-01T12:00:06Z"));
+    assert_eq!(h.pass().await.polled, 1);
+    assert_eq!(h.item(item).0, "OK");
+    assert_eq!(h.order_field(order, "repoll_at"), None);
+    h.close().await;
+}
+
+/// An item Musement stops listing in its order is marked (`missing_since`, our clock, set
+/// once) and shown by `orderwatch show`; the mark goes when it is listed again (issue 11,
+/// suspected).
+#[tokio::test]
+async fn an_item_musement_stops_listing_is_marked_missing_until_it_comes_back() {
+    let h = harness("").await;
+    let (order, kept, dropped) = (new_uuid(), new_uuid(), new_uuid());
+    h.fake.put_order(order_json(
+        order,
+        &[(kept, "PENDING"), (dropped, "PENDING")],
+    ));
+    h.watch(&[order]).await;
+    h.pass().await;
+    assert_eq!(item_field(&h, dropped, "missing_since"), None);
+
+    h.fake.put_order(order_json(order, &[(kept, "PENDING")]));
+    h.advance(Duration::minutes(1));
+    h.pass().await;
+    let since = Some("2024-01-01T12:01:00.000Z".to_owned());
+    assert_eq!(item_field(&h, dropped, "missing_since"), since);
+    assert_eq!(item_field(&h, kept, "missing_since"), None);
+    h.advance(Duration::minutes(1));
+    h.pass().await;
+    assert_eq!(
+        item_field(&h, dropped, "missing_since"),
+        since,
+        "set when first missed, not moved by every later poll"
+    );
+    assert_eq!(h.item(dropped).0, "PENDING", "its state is kept as it was");
+
+    let show = std::process::Command::new(crate::helpers::binary())
+        .args(["show", &dropped.to_string(), "--config"])
+        .arg(h.dir.path().join("config.toml"))
+        .env_remove("ORDERWATCH_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("missing     not in Musement's order since 2024-01-01 12:01:00"),
+        "{text}"
+    );
+
+    h.fake
+        .put_order(order_json(order, &[(kept, "PENDING"), (dropped, "OK")]));
+    h.advance(Duration::minutes(1));
+    h.pass().await;
+    assert_eq!(item_field(&h, dropped, "missing_since"), None);
+    assert_eq!(h.item(dropped).0, "OK");
+    h.close().await;
+}
+
+/// The real daemon logs an unreadable cell once (table, column, key, value), whether the next
+/// observation overwrites it or nothing does (a sibling item no poll lists any more, read for
+/// every poll of its order), and an item missing from its order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
+    let fake = FakeMusement::start().await;
+    let (order, kept, dropped) = (new_uuid(), new_uuid(), new_uuid());
+    fake.put_order(order_json(
+        order,
+        &[(kept, "PENDING"), (dropped, "PENDING")],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{}",
+        config_for(&fake, "").replace("interval = \"1h\"", "interval = \"1s\"")
+    );
+    std::fs::write(dir.path().join("config.toml"), &config).unwrap();
+    {
+        let loaded = Config::load(&dir.path().join("config.toml")).unwrap();
+        let (writer, thread) =
+            startup::open_store(&loaded, Arc::new(orderwatch::clock::SystemClock))
+                .await
+                .unwrap();
+        writer.watch(vec![order]).await.unwrap();
+        drop(writer);
+        thread.shutdown().await;
+    }
+    let mut daemon = crate::helpers::Daemon::start(dir, &config);
+    let db = Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let path = format!("/orders/{order}");
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let missing = |item: Uuid| -> Option<String> {
+        db.query_row(
+            "SELECT missing_since FROM order_items WHERE item_uuid = ?1",
+            [item.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap_or(None)
+    };
+    wait_for("both items stored", &|| {
+        db.query_row("SELECT count(*) FROM order_items", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+            == 2
+    });
+
+    fake.put_order(order_json(order, &[(kept, "PENDING")]));
+    wait_for("the dropped item marked missing", &|| {
+        missing(dropped).is_some()
+    });
+    db.execute(
+        "UPDATE order_items SET status = CAST(x'ff' AS TEXT) WHERE item_uuid = ?1",
+        [dropped.to_string()],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE order_items SET as_of = 'yesterday' WHERE item_uuid = ?1",
+        [kept.to_string()],
+    )
+    .unwrap();
+    let gets = fake.count("GET", &path);
+    wait_for("three more polls", &|| fake.count("GET", &path) >= gets + 3);
+    // A webhook for the other item reads the bad sibling too.
+    for version in 1..=3 {
+        let body =
+            crate::helpers::webhook(&kept.to_string(), &order.to_string(), version, "PENDING");
+        assert_eq!(daemon.post_webhook(body).await, 200);
+    }
+    let lines: Vec<Value> = daemon
+        .stop()
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let count = |level: &str, field: &str, value: &str, message: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l["level"] == level
+                    && l["fields"][field] == value
+                    && l["fields"]["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains(message)
+            })
+            .count()
+    };
+    let bad_cell = |key: Uuid, column: &str, value: &str| {
+        lines
+            .iter()
+            .filter(|l| {
+                l["level"] == "ERROR"
+                    && l["fields"]["table"] == "order_items"
+                    && l["fields"]["key"] == key.to_string()
+                    && l["fields"]["column"] == column
+                    && l["fields"]["value"] == value
+            })
+            .count()
+    };
+    assert_eq!(bad_cell(kept, "as_of", "\"yesterday\""), 1, "{lines:#?}");
+    assert_eq!(bad_cell(dropped, "status", "\"\u{fffd}\""), 1, "{lines:#?}");
+    assert_eq!(
+        count(
+            "WARN",
+            "item",
+            &dropped.to_string(),
+            "no longer lists this item"
+        ),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count("WARN", "item", &kept.to_string(), "no longer lists"),
+        0
+    );
 }

@@ -169,3 +169,239 @@ async fn times_come_from_the_injected_clock() {
         "re-poll after skew_margin (5s)"
     );
 }
+
+/// Posts `body` and returns `(HTTP status, outcome)`.
+async fn outcome_of(app: &crate::helpers::TestApp, body: String) -> (u16, String) {
+    let response = app.post_webhook(body).await;
+    let status = response.status().as_u16();
+    let answer: Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default();
+    (status, answer["outcome"].as_str().unwrap_or("").to_owned())
+}
+
+/// A hand edit in `sqlite3` must not block an item: SQLite's own time format is read as a time,
+/// and a cell the store cannot read at all is unknown state that the next webhook overwrites
+/// (issue 11, defect 5).
+#[tokio::test]
+async fn hand_edited_cells_never_block_an_items_webhooks() {
+    let app = spawn_app().await;
+    let (item, order) = (uuid(1, 50), uuid(2, 50));
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 1, "PENDING")).await,
+        (200, "applied".into())
+    );
+    let db = app.db();
+    let edit = |sql: &str| {
+        db.execute(sql, [&item]).unwrap();
+    };
+
+    // datetime() turns the stored time into SQLite's `YYYY-MM-DD HH:MM:SS`: still that time.
+    edit("UPDATE order_items SET as_of = datetime(as_of) WHERE item_uuid = ?1");
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 1, "PENDING")).await,
+        (200, "duplicate".into()),
+        "the row was read as it was"
+    );
+    edit("UPDATE order_items SET as_of = datetime('now') WHERE item_uuid = ?1");
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 2, "OK")).await,
+        (200, "applied".into())
+    );
+
+    // Unreadable cells, one kind after the other: each time the next webhook is stored as if
+    // the item were new, and the row is readable again after it.
+    let unreadable = [
+        "UPDATE order_items SET as_of = 'yesterday' WHERE item_uuid = ?1",
+        "UPDATE order_items SET status = CAST(x'ff' AS TEXT) WHERE item_uuid = ?1",
+        "UPDATE order_items SET status = '' WHERE item_uuid = ?1",
+        "UPDATE order_items SET facts_as_of = 'later' WHERE item_uuid = ?1",
+        "UPDATE order_items SET first_seen_at = 'long ago' WHERE item_uuid = ?1",
+    ];
+    for (n, sql) in unreadable.iter().enumerate() {
+        edit(sql);
+        let version = 3 + n as u64;
+        assert_eq!(
+            outcome_of(&app, webhook(&item, &order, version, "OK")).await,
+            (200, "applied".into()),
+            "{sql}"
+        );
+        assert_eq!(
+            outcome_of(&app, webhook(&item, &order, version - 1, "PENDING")).await,
+            (200, "stale".into()),
+            "after {sql}, the overwritten row is read again"
+        );
+    }
+    // The CHECK constraints keep `source` readable unless someone switches them off.
+    db.execute_batch("PRAGMA ignore_check_constraints = 1")
+        .unwrap();
+    edit("UPDATE order_items SET source = 'carrier pigeon' WHERE item_uuid = ?1");
+    db.execute_batch("PRAGMA ignore_check_constraints = 0")
+        .unwrap();
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 20, "REFUNDED")).await,
+        (200, "applied".into())
+    );
+
+    // Order cells the webhook path reads: the next webhook rewrites them.
+    db.execute(
+        "UPDATE orders SET next_poll_at = 'soon', repoll_at = 'later' WHERE order_uuid = ?1",
+        [&order],
+    )
+    .unwrap();
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 21, "REFUNDED")).await,
+        (200, "applied".into())
+    );
+    let next_poll_at: String = db
+        .query_row(
+            "SELECT next_poll_at FROM orders WHERE order_uuid = ?1",
+            [&order],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        orderwatch::clock::from_db_text(&next_poll_at).is_ok(),
+        "{next_poll_at}"
+    );
+
+    let (first_seen, as_of, source): (String, String, String) = db
+        .query_row(
+            "SELECT first_seen_at, as_of, source FROM order_items WHERE item_uuid = ?1",
+            [&item],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let first_event: String = db
+        .query_row(
+            "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
+            [&item],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        first_seen, first_event,
+        "an unreadable first_seen_at comes back from the item's first event"
+    );
+    assert_eq!(
+        (as_of.as_str(), source.as_str()),
+        ("2024-01-01T00:00:21.000Z", "webhook")
+    );
+    // The event log kept every observation.
+    assert_eq!(
+        app.count("item_events"),
+        3 + 2 * unreadable.len() as i64 + 2
+    );
+}
+
+/// A webhook with version 9223372036854775807 is accepted (it fits), but must not make every
+/// later genuine webhook of the item stale forever: a lower version whose time leads the
+/// stored one by more than skew_margin is believed (issue 11, suspected; README "The ordering
+/// rule").
+#[tokio::test]
+async fn a_huge_bogus_version_does_not_make_later_webhooks_stale_forever() {
+    let app = spawn_app().await;
+    let (item, order) = (uuid(1, 60), uuid(2, 60));
+    // `webhook(.., v, ..)` is updated v seconds after 2024-01-01T00:00:00Z.
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 22, "PENDING")).await,
+        (200, "applied".into())
+    );
+    let mut bogus: Value = serde_json::from_str(&webhook(&item, &order, 30, "KO")).unwrap();
+    bogus["order_item_version"] = i64::MAX.to_string().into();
+    assert_eq!(
+        outcome_of(&app, bogus.to_string()).await,
+        (200, "applied".into())
+    );
+    // Within skew_margin (5 s) of the bogus webhook's time, a lower version stays stale ...
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 34, "OK")).await,
+        (200, "stale".into())
+    );
+    // ... a later one is believed, and versions count from it again.
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 40, "OK")).await,
+        (200, "applied".into())
+    );
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 41, "REFUNDED")).await,
+        (200, "applied".into())
+    );
+    assert_eq!(
+        outcome_of(&app, webhook(&item, &order, 40, "OK")).await,
+        (200, "stale".into())
+    );
+    let (status, version): (String, i64) = app
+        .db()
+        .query_row(
+            "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
+            [&item],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), version), ("REFUNDED", 41));
+}
+
+/// Schema version 3 only adds two nullable item columns: a version 1 or 2 file keeps every row,
+/// the new columns start NULL, and its items take webhooks as before.
+#[tokio::test]
+async fn version_1_and_2_databases_migrate_to_3_keeping_their_rows() {
+    let shipped = [
+        include_str!("../../src/store/schema.sql"),
+        include_str!("../../src/store/schema_v2.sql"),
+    ];
+    for from in 1..=shipped.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("orderwatch.db")).unwrap();
+        for script in &shipped[..from] {
+            conn.execute_batch(script).unwrap();
+        }
+        conn.pragma_update(None, "user_version", from as i64)
+            .unwrap();
+        let (item, order) = (uuid(1, 70), uuid(2, 70));
+        let at = "2024-01-01T00:00:01.000Z";
+        conn.execute(
+            "INSERT INTO orders (order_uuid, first_seen_at) VALUES (?1, ?2)",
+            [&order, at],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO order_items (item_uuid, order_uuid, status, item_version, status_version,
+                                      as_of, as_of_source, source, first_seen_at, changed_at,
+                                      updated_at, vouchers, product_title)
+             VALUES (?1, ?2, 'PENDING', 1, 1, ?3, 'webhook', 'webhook', ?3, ?3, ?3, '[]', 'Tour')",
+            [&item, &order, at],
+        )
+        .unwrap();
+        drop(conn);
+
+        let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
+        let db = app.db();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        let row: (String, Option<String>, Option<String>, String) = db
+            .query_row(
+                "SELECT status, facts_as_of, missing_since, product_title FROM order_items",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            ("PENDING".into(), None, None, "Tour".into()),
+            "from {from}"
+        );
+        assert_eq!(
+            outcome_of(&app, webhook(&item, &order, 1, "PENDING")).await,
+            (200, "duplicate".into()),
+            "from {from}"
+        );
+        assert_eq!(
+            outcome_of(&app, webhook(&item, &order, 2, "OK")).await,
+            (200, "applied".into()),
+            "from {from}"
+        );
+        app.stop().await;
+    }
+}
