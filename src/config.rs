@@ -267,8 +267,9 @@ pub struct DatabaseConfig {
     /// How long a write waits for a lock held by another process before giving up (then 503).
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
-    /// Largest size the database file may grow to, in bytes (absent: no limit but the disk's).
-    /// At the limit writes fail like on a full disk: webhooks get 503 until space is freed.
+    /// Largest size the database file may grow to, in bytes (absent: no limit but the disk's);
+    /// a WAL that cannot be reset counts too, beyond its working size. At the limit writes fail
+    /// like on a full disk: webhooks get 503 until space is freed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_size_bytes: Option<u64>,
 }
