@@ -1,7 +1,6 @@
 //! `config.toml` → a validated [`Config`]. Unknown keys are errors; every error names the file,
 //! the key and the reason on one line. Secrets live in [`Secret`], which never prints itself.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,8 +9,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod secret;
 mod sources;
+mod validate;
+pub use secret::{Secret, resolve_secret};
 pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};
+use validate::valid_instance_id;
 
 /// A configuration problem, reported as `FILE: KEY: REASON`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,77 +26,6 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong.
     pub reason: String,
-}
-
-/// A secret value (password, client secret). Debug, Display and Serialize print a mask, so it
-/// cannot leak into logs, errors or `check-config` output by accident.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is compared or sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-const MASK: &str = "********";
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(MASK)
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(MASK)
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_string(SecretVisitor)
-    }
-}
-
-/// Accepts only strings, and refuses anything else without echoing it (serde's default message
-/// would quote a numeric password in the config error).
-struct SecretVisitor;
-
-const NOT_A_STRING: &str = "must be a quoted string (value not shown)";
-
-impl serde::de::Visitor<'_> for SecretVisitor {
-    type Value = Secret;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
-        Ok(Secret(value.to_owned()))
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
-        Err(E::custom(NOT_A_STRING))
-    }
 }
 
 /// An IP address or CIDR range, written either way in the config (`10.0.0.1`, `10.0.0.0/8`, `::1`).
@@ -206,17 +138,6 @@ impl ServerConfig {
             .filter(|name| !name.is_empty() && valid_instance_id(name).is_ok())
             .unwrap_or_else(|| "orderwatch".to_owned())
     }
-}
-
-/// Whether `id` can name a daemon in the lease table and in log lines.
-fn valid_instance_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() || id.len() > 128 {
-        return Err("must be 1 to 128 bytes long");
-    }
-    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("must not contain spaces or control characters");
-    }
-    Ok(())
 }
 
 impl Default for ServerConfig {
@@ -551,166 +472,6 @@ impl Config {
         }
         self.musement.resolve(base, file)
     }
-
-    /// Checks the rules that span keys; errors name `file`.
-    pub(crate) fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let error = |key: &str, reason: &str| {
-            Err(ConfigError {
-                file: file.to_owned(),
-                key: key.into(),
-                reason: reason.into(),
-            })
-        };
-        let server = &self.server;
-        if !server.path.starts_with('/') {
-            return error("server.path", "must start with '/'");
-        }
-        if ["/healthz", "/readyz"].contains(&server.path.as_str()) {
-            return error("server.path", "is reserved for health checks");
-        }
-        if server.path == "/metrics" {
-            return error("server.path", "is reserved for metrics");
-        }
-        if server
-            .metrics_listen
-            .is_some_and(|m| m == server.listen && m.port() != 0)
-        {
-            return error(
-                "server.metrics_listen",
-                "must differ from listen (leave it unset to serve /metrics on listen)",
-            );
-        }
-        if server.max_body_bytes == 0 {
-            return error("server.max_body_bytes", "must be at least 1");
-        }
-        if let Some(Err(reason)) = server.instance_id.as_deref().map(valid_instance_id) {
-            return error("server.instance_id", reason);
-        }
-        for (key, value) in [
-            ("server.header_read_timeout", server.header_read_timeout),
-            ("server.request_timeout", server.request_timeout),
-            ("database.busy_timeout", self.database.busy_timeout),
-        ] {
-            if value.is_zero() {
-                return error(key, "must be longer than 0s");
-            }
-        }
-        if server.max_connections == 0 {
-            return error("server.max_connections", "must be at least 1");
-        }
-        if let Some(auth) = &server.auth {
-            if auth.username.is_empty() {
-                return error("server.auth.username", "must not be empty");
-            }
-            if auth.username.contains(':') {
-                return error(
-                    "server.auth.username",
-                    "must not contain ':' (Basic auth cannot carry it)",
-                );
-            }
-        }
-        let exposed = !server.listen.ip().is_loopback() || !server.trusted_proxies.is_empty();
-        if exposed && server.auth.is_none() && server.allow_ips.is_empty() {
-            return error(
-                "server",
-                "listening beyond loopback (or behind trusted_proxies) needs [server.auth] or allow_ips",
-            );
-        }
-        if self.store.max_batch == 0 {
-            return error("store.max_batch", "must be at least 1");
-        }
-        if self.store.queue_capacity == 0 {
-            return error("store.queue_capacity", "must be at least 1");
-        }
-        if self.store.skew_margin > Duration::from_secs(3600) {
-            return error("store.skew_margin", "must be at most 1h");
-        }
-        if self
-            .store
-            .events_keep
-            .is_some_and(|keep| keep < Duration::from_secs(3600))
-        {
-            return error("store.events_keep", "must be at least 1h");
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return error("log.level", &format!("not a valid filter: {e}"));
-        }
-        self.validate_reconciler(file)
-    }
-
-    fn validate_reconciler(&self, file: &Path) -> Result<(), ConfigError> {
-        let error = |key: &str, reason: String| {
-            Err(ConfigError {
-                file: file.to_owned(),
-                key: key.into(),
-                reason,
-            })
-        };
-        let reconciler = &self.reconciler;
-        if reconciler.interval.is_some() && reconciler.cron.is_some() {
-            return error("reconciler", "set either interval or cron, not both".into());
-        }
-        if reconciler
-            .interval
-            .is_some_and(|i| i < Duration::from_secs(1))
-        {
-            return error("reconciler.interval", "must be at least 1s".into());
-        }
-        if let Some(cron) = &reconciler.cron
-            && let Err(e) =
-                tokio_cron_scheduler::Job::new_async(cron.as_str(), |_, _| Box::pin(async {}))
-        {
-            return error(
-                "reconciler.cron",
-                format!(
-                    "not a schedule (6 or 7 fields, seconds first, e.g. \"0 */5 * * * *\"): {e}"
-                ),
-            );
-        }
-        if reconciler.concurrency == 0 {
-            return error("reconciler.concurrency", "must be at least 1".into());
-        }
-        if !(reconciler.max_requests_per_second >= 0.0
-            && reconciler.max_requests_per_second.is_finite())
-        {
-            return error(
-                "reconciler.max_requests_per_second",
-                "must be 0 (no ceiling) or more".into(),
-            );
-        }
-        for (key, value) in [
-            ("reconciler.request_timeout", reconciler.request_timeout),
-            ("reconciler.backoff_base", reconciler.backoff_base),
-            ("reconciler.max_age", reconciler.max_age),
-        ] {
-            if value.is_zero() {
-                return error(key, "must be longer than 0s".into());
-            }
-        }
-        if reconciler.backoff_cap < reconciler.backoff_base {
-            return error(
-                "reconciler.backoff_cap",
-                "must not be shorter than backoff_base".into(),
-            );
-        }
-        if let Some(bad) = reconciler.poll_statuses.iter().position(|s| s.is_empty()) {
-            return error(
-                &format!("reconciler.poll_statuses[{bad}]"),
-                "must not be empty".into(),
-            );
-        }
-        // The client parses it with the same function, so what is checked here is what it uses.
-        if let Err(reason) = crate::musement::base_url::parse(&self.musement.base_url) {
-            return error("musement.base_url", reason);
-        }
-        if self.musement.credentials.is_some() && self.musement.application.is_empty() {
-            return error(
-                "musement.application",
-                "is required with API credentials (Musement refuses requests without X-Musement-Application)".into(),
-            );
-        }
-        Ok(())
-    }
 }
 
 impl MusementConfig {
@@ -734,7 +495,7 @@ impl MusementConfig {
         if !id_set && !secret_set {
             return Ok(());
         }
-        let id_value = self.client_id.clone().map(Secret);
+        let id_value = self.client_id.clone().map(Secret::new);
         let id = resolve_secret(
             file,
             "musement.client_id",
@@ -749,7 +510,7 @@ impl MusementConfig {
             self.client_secret_env.as_deref(),
             self.client_secret_file.as_deref(),
         )?;
-        self.credentials = Some((id.0, secret));
+        self.credentials = Some((id.expose().to_owned(), secret));
         Ok(())
     }
 }
@@ -830,51 +591,9 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Loads a secret from exactly one of `KEY`, `KEY_env` or `KEY_file`; errors name `key` but
-/// never the value.
-pub fn resolve_secret(
-    file: &Path,
-    key: &str,
-    value: Option<&Secret>,
-    env: Option<&str>,
-    secret_file: Option<&Path>,
-) -> Result<Secret, ConfigError> {
-    let error = |key: String, reason: String| ConfigError {
-        file: file.to_owned(),
-        key,
-        reason,
-    };
-    let secret = match (value, env, secret_file) {
-        (Some(value), None, None) => value.clone(),
-        (None, Some(var), None) => std::env::var(var).map(Secret).map_err(|_| {
-            error(
-                format!("{key}_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?,
-        (None, None, Some(path)) => std::fs::read_to_string(path)
-            .map(|text| Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
-            .map_err(|e| {
-                error(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?,
-        _ => {
-            return Err(error(
-                key.into(),
-                format!("set exactly one of {key}, {key}_env, {key}_file"),
-            ));
-        }
-    };
-    if secret.expose().is_empty() {
-        return Err(error(key.into(), "is empty".into()));
-    }
-    Ok(secret)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::secret::MASK;
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
