@@ -2,9 +2,10 @@
 //!
 //! Webhooks ([`receiver`]) and, later, polls of `GET /orders/{uuid}` both become an
 //! [`observation::Observation`]; the single [`store::writer`] applies each one through
-//! [`store::apply`], whose ordering rule is the pure [`store::decide`]. [`startup`] wires it
+//! [`store::apply`], whose ordering rule is the pure [`store::decide`]. [`app`] wires it
 //! together for `main` and for the tests.
 
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod observation;
 pub mod receiver;
 pub mod reconciler;
 pub mod reload;
-pub mod startup;
+pub mod signals;
 pub mod store;
 pub mod systemd;
+pub mod telemetry;

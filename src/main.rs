@@ -4,6 +4,6 @@ use clap::Parser;
 use orderwatch::cli::Cli;
 
 fn main() -> ExitCode {
-    orderwatch::startup::ignore_file_size_signal();
+    orderwatch::signals::ignore_file_size_signal();
     Cli::parse().execute()
 }

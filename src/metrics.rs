@@ -19,10 +19,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use rusqlite::{Connection, OptionalExtension};
 
-use crate::clock::{Clock, from_db_text};
+use crate::clock::Clock;
 use crate::observation::Status;
+use crate::store::observer::{BatchStats, StoreObserver};
+use crate::store::queries::{self, StateSnapshot};
+use crate::store::reader::Reader;
 
 /// The `Content-Type` of the Prometheus text format (what `/metrics` answers by default).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -344,13 +346,6 @@ impl Metrics {
             .sum()
     }
 
-    /// Counts one checkpoint.
-    pub fn sqlite_checkpoint(&self, mode: &'static str, result: &'static str) {
-        self.sqlite_checkpoints
-            .get_or_create(&CheckpointLabels { mode, result })
-            .inc();
-    }
-
     /// Shows the reconciler's pass and order counters at zero from the start (a series that
     /// appears only at its first increment hides that increment from `rate()`).
     pub fn reconciler_started(&self) {
@@ -400,7 +395,7 @@ impl Metrics {
         };
         let now = database.clock.now();
         self.end_past_pause(now);
-        let state = snapshot.map(|s| s.registry(now));
+        let state = snapshot.map(|s| state_registry(&s, now));
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug in a label.
         let encoded = if openmetrics {
@@ -437,21 +432,45 @@ impl Metrics {
     }
 }
 
-/// Where scrapes read the stored state from.
+impl StoreObserver for Metrics {
+    fn batch(&self, stats: BatchStats) {
+        self.commit_duration.observe(stats.elapsed.as_secs_f64());
+        if stats.committed {
+            self.batch_size.observe(stats.jobs as f64);
+            self.conflicts.inc_by(stats.conflicts as u64);
+        } else {
+            self.failed_batches.inc();
+        }
+    }
+
+    fn checkpoint(&self, mode: &'static str, result: &'static str) {
+        self.sqlite_checkpoints
+            .get_or_create(&CheckpointLabels { mode, result })
+            .inc();
+    }
+
+    fn wal_bytes(&self, bytes: u64) {
+        self.sqlite_wal_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// Where scrapes read the stored state from: the store's reader, within a deadline, with
+/// the app's clock for ages and the overdue rule.
 #[derive(Clone)]
 pub struct StateSource {
-    /// The SQLite file.
-    pub database: PathBuf,
+    /// Reads the database.
+    pub reader: Reader,
     /// Upper bound on the whole read (lock waits included).
     pub deadline: Duration,
-    /// The app's clock, for ages.
+    /// The app's clock.
     pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for StateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateSource")
-            .field("database", &self.database)
+            .field("reader", &self.reader)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
@@ -461,129 +480,67 @@ impl StateSource {
     /// Reads `database` within the default scrape deadline; ages are measured on `clock`.
     pub fn new(database: PathBuf, clock: Arc<dyn Clock>) -> Self {
         Self {
-            database,
+            reader: Reader::new(&database, SCRAPE_DB_DEADLINE),
             deadline: SCRAPE_DB_DEADLINE,
             clock,
         }
     }
 
-    /// Reads the gauges on a fresh read-only connection, off the async threads. The deadline
-    /// bounds both the wait here and the query itself (SQLite is interrupted past it), so a
-    /// stuck read cannot pile up blocking threads.
     async fn snapshot(&self) -> Result<StateSnapshot, String> {
-        let path = self.database.clone();
-        let busy_timeout = self.deadline;
-        let (interrupt, interrupter) = std::sync::mpsc::channel();
-        let read = tokio::task::spawn_blocking(move || {
-            let conn =
-                crate::store::open_read_only(&path, busy_timeout).map_err(|e| e.to_string())?;
-            let _ = interrupt.send(conn.get_interrupt_handle());
-            read_state(&conn).map_err(|e| e.to_string())
-        });
-        match tokio::time::timeout(self.deadline, read).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(format!("read task failed: {join}")),
-            Err(_) => {
-                if let Ok(handle) = interrupter.try_recv() {
-                    handle.interrupt();
-                }
-                Err(format!("no answer within {:?}", self.deadline))
-            }
-        }
+        let now = self.clock.now();
+        self.reader
+            .read(self.deadline, move |conn| {
+                queries::state_snapshot(conn, now)
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
-/// The stored state at one scrape.
-#[derive(Debug, Default)]
-struct StateSnapshot {
-    /// Items per status.
-    by_status: Vec<(String, i64)>,
-    /// PENDING items past their confirmation deadline (the `overdue_items` view).
-    overdue: i64,
-    /// Orders still polled whose last poll failed.
-    in_backoff: i64,
-    /// When the longest-PENDING item became PENDING (`changed_at`), if any is.
-    oldest_pending: Option<String>,
-}
-
-/// Cheap queries only: the status index, the `overdue_items` view over PENDING rows, and the
-/// partial index of orders still polled.
-fn read_state(conn: &Connection) -> rusqlite::Result<StateSnapshot> {
-    let mut statement =
-        conn.prepare("SELECT status, count(*) FROM order_items GROUP BY status ORDER BY status")?;
-    let by_status = statement
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let overdue = conn.query_row("SELECT count(*) FROM overdue_items", [], |r| r.get(0))?;
-    let in_backoff = crate::store::inspect::orders_in_backoff(conn)?;
-    let oldest_pending = conn
-        .query_row(
-            "SELECT min(changed_at) FROM order_items WHERE status = 'PENDING'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
-    Ok(StateSnapshot {
-        by_status,
-        overdue,
-        in_backoff,
-        oldest_pending,
-    })
-}
-
-impl StateSnapshot {
-    /// The snapshot as a registry of its own, rendered after the main one; ages run to `now`.
-    fn registry(&self, now: chrono::DateTime<chrono::Utc>) -> Registry {
-        let mut registry = Registry::with_prefix("orderwatch");
-        let items = Family::<StatusLabel, Gauge>::default();
-        let mut pending = 0;
-        for (status, count) in &self.by_status {
-            items.get_or_create(&StatusLabel::of(status)).inc_by(*count);
-            if status == "PENDING" {
-                pending = *count;
-            }
+/// The stored state as a registry of its own, rendered after the main one; ages run to `now`.
+fn state_registry(snapshot: &StateSnapshot, now: chrono::DateTime<chrono::Utc>) -> Registry {
+    let mut registry = Registry::with_prefix("orderwatch");
+    let items = Family::<StatusLabel, Gauge>::default();
+    let mut pending = 0;
+    for (status, count) in &snapshot.by_status {
+        items.get_or_create(&StatusLabel::of(status)).inc_by(*count);
+        if status == "PENDING" {
+            pending = *count;
         }
-        registry.register("items", "Stored order items by status", items);
-        let gauge = |value: i64| {
-            let gauge = Gauge::<i64>::default();
-            gauge.set(value);
-            gauge
-        };
-        registry.register(
-            "pending_items",
-            "Items whose status is PENDING",
-            gauge(pending),
-        );
-        // Rows are written only by orderwatch; an unreadable time shows as no age rather than
-        // failing the scrape.
-        let oldest = self
-            .oldest_pending
-            .as_deref()
-            .and_then(|t| from_db_text(t).ok())
-            .map_or(0.0, |since| {
-                (now - since).num_milliseconds().max(0) as f64 / 1000.0
-            });
-        let age = Gauge::<f64, AtomicU64>::default();
-        age.set(oldest);
-        registry.register_with_unit(
-            "oldest_pending_item_age",
-            "How long the longest-PENDING item has been PENDING (0 when none is)",
-            Unit::Seconds,
-            age,
-        );
-        registry.register(
-            "overdue_items",
-            "PENDING items past their confirmation deadline (the overdue_items view)",
-            gauge(self.overdue),
-        );
-        registry.register(
-            "reconciler_orders_in_backoff",
-            "Orders still polled whose last poll failed (waiting out a backoff)",
-            gauge(self.in_backoff),
-        );
-        registry
     }
+    registry.register("items", "Stored order items by status", items);
+    let gauge = |value: i64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        gauge
+    };
+    registry.register(
+        "pending_items",
+        "Items whose status is PENDING",
+        gauge(pending),
+    );
+    let oldest = snapshot.oldest_pending.map_or(0.0, |since| {
+        (now - since).num_milliseconds().max(0) as f64 / 1000.0
+    });
+    let age = Gauge::<f64, AtomicU64>::default();
+    age.set(oldest);
+    registry.register_with_unit(
+        "oldest_pending_item_age",
+        "How long the longest-PENDING item has been PENDING (0 when none is)",
+        Unit::Seconds,
+        age,
+    );
+    registry.register(
+        "overdue_items",
+        "PENDING items past their confirmation deadline (the overdue_items view, on the daemon's clock)",
+        gauge(snapshot.overdue),
+    );
+    registry.register(
+        "reconciler_orders_in_backoff",
+        "Orders still polled whose last poll failed (waiting out a backoff)",
+        gauge(snapshot.in_backoff),
+    );
+    registry
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc};
-use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::{Config, leaves};
 use crate::receiver::{Access, Receiver};
-use crate::startup::ScheduledPasses;
+use crate::reconciler::schedule::ScheduledPasses;
+use crate::telemetry::LogControl;
 
 /// Keys (or key prefixes) a reload applies without a restart.
 const RELOADABLE: &[&str] = &[
@@ -39,24 +39,6 @@ impl Reload {
     pub fn none() -> Self {
         let (_, configs) = mpsc::channel(1);
         Self { configs, log: None }
-    }
-}
-
-/// Changes the level of the installed log subscriber.
-pub struct LogControl {
-    /// The filter layer's reload handle.
-    pub(crate) handle: reload::Handle<EnvFilter, Registry>,
-    /// `RUST_LOG` was set at start: it wins over `[log] level`, on reload too.
-    pub(crate) from_env: bool,
-}
-
-impl LogControl {
-    fn set_level(&self, level: &str) -> Result<(), String> {
-        if self.from_env {
-            return Err("RUST_LOG is set and takes precedence over [log] level".into());
-        }
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        self.handle.reload(filter).map_err(|e| e.to_string())
     }
 }
 

@@ -9,8 +9,9 @@ use chrono::Utc;
 use super::output::{fail, open_database};
 use super::{ConfigArg, runtime};
 use crate::clock::{SystemClock, to_db_text};
-use crate::startup;
 use crate::store::maintenance;
+use crate::store::observer::Unobserved;
+use crate::{store, telemetry};
 
 /// Delete item_events and rejected_webhooks rows received before a cutoff.
 ///
@@ -36,9 +37,10 @@ pub(super) fn prune(args: Args) -> ExitCode {
     };
     let keep = chrono::Duration::from_std(args.events_older_than).unwrap_or(chrono::Duration::MAX);
     let cutoff = Utc::now().checked_sub_signed(keep).unwrap_or_default();
-    startup::init_logging(&config);
+    telemetry::init_logging(&config);
     let result = runtime().block_on(async {
-        let (writer, writer_thread) = startup::open_store(&config, Arc::new(SystemClock)).await?;
+        let (writer, writer_thread) =
+            store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved)).await?;
         let pruned = maintenance::prune(&writer, cutoff).await;
         writer_thread.shutdown().await;
         Ok::<_, Box<dyn std::error::Error>>(pruned?)

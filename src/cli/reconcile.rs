@@ -11,8 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EXIT_CONFIG, EXIT_FAILURE, load_config, runtime};
 use crate::clock::SystemClock;
-use crate::reconciler::{PassError, PassSummary, Progress, Reconciler};
-use crate::startup;
+use crate::metrics::Metrics;
+use crate::reconciler::{self, PassError, PassSummary, Progress, Reconciler};
+use crate::{store, telemetry};
 
 /// How long to wait for another process's pass before giving up.
 const LEASE_WAIT: Duration = Duration::from_secs(5);
@@ -25,20 +26,24 @@ pub(super) fn reconcile_once(config_path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    startup::init_logging(&config);
+    telemetry::init_logging(&config);
     runtime().block_on(async {
         let clock = Arc::new(SystemClock);
-        let (writer, writer_thread) = match startup::open_store(&config, clock.clone()).await {
+        // Counted, but served nowhere: a pass prints its own summary.
+        let metrics = Arc::new(Metrics::new());
+        let opened = store::open_writer(&config, clock.clone(), metrics.clone()).await;
+        let (writer, writer_thread) = match opened {
             Ok(store) => store,
             Err(error) => {
                 eprintln!("orderwatch: {error}");
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        let code = match startup::build_reconciler(
+        let code = match reconciler::build(
             &config,
             writer,
             clock,
+            metrics,
             "orderwatch reconcile --once",
         ) {
             Ok(reconciler) => run_pass(&reconciler).await,

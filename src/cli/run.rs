@@ -5,18 +5,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::{EXIT_FAILURE, load_config, runtime};
+use crate::app::{App, Listeners};
 use crate::clock::SystemClock;
 use crate::reload::{self, Reload};
-use crate::startup;
+use crate::{signals, telemetry};
 
 pub(super) fn run(config_path: &Path) -> ExitCode {
     let config = match load_config(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let log = startup::init_logging(&config);
+    let log = telemetry::init_logging(&config);
     let result = runtime().block_on(async {
-        let listener = startup::bind(&config).await?;
+        let listeners = Listeners::bind(&config)?;
         let (reloads, configs) = tokio::sync::mpsc::channel(4);
         #[cfg(unix)]
         if let Err(error) = reload::reload_on_sighup(config_path.to_owned(), reloads) {
@@ -28,16 +29,10 @@ pub(super) fn run(config_path: &Path) -> ExitCode {
             configs,
             log: Some(log),
         };
-        let metrics_listener = startup::bind_metrics(&config).await?;
-        startup::run_with(
-            listener,
-            metrics_listener,
-            config,
-            Arc::new(SystemClock),
-            startup::shutdown_signal(),
-            reload,
-        )
-        .await
+        App::build(config, Arc::new(SystemClock), listeners)
+            .await?
+            .run_until(signals::shutdown_signal(), reload)
+            .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use super::{EXIT_CONFIG, EXIT_FAILURE, load_database_config, runtime};
 use crate::clock::SystemClock;
-use crate::startup;
+use crate::store::observer::Unobserved;
 use crate::store::writer::Writer;
+use crate::{store, telemetry};
 
 /// Why watching stopped early.
 enum Failure {
@@ -46,11 +47,12 @@ pub(super) fn watch(config_path: &Path, orders: &[String]) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    startup::init_logging(&config);
+    telemetry::init_logging(&config);
     let result = runtime().block_on(async {
-        let (writer, writer_thread) = startup::open_store(&config, Arc::new(SystemClock))
-            .await
-            .map_err(|e| Failure::Runtime(Box::new(e)))?;
+        let (writer, writer_thread) =
+            store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved))
+                .await
+                .map_err(|e| Failure::Runtime(Box::new(e)))?;
         let mut counts = (0, 0);
         let mut result = register(&writer, listed, &mut counts).await;
         if result.is_ok() && from_stdin {

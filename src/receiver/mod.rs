@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod connections;
 pub mod readiness;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +153,12 @@ enum Reply {
     BodyUnreadable(String),
     Invalid(PayloadError),
     Unavailable(WriteError),
+    /// The writer did not confirm the commit within `request_timeout`: not known to be
+    /// stored.
+    CommitTimedOut,
+    /// The request arrived on a connection chosen an instant ago to make room at the
+    /// connection cap: nothing was read or stored.
+    Evicted,
     NotReady(String),
     Metrics {
         text: String,
@@ -172,9 +179,11 @@ impl Reply {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyUnreadable(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::Unavailable(_) | Self::NotReady(_) | Self::Unhealthy(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::CommitTimedOut
+            | Self::Evicted
+            | Self::NotReady(_)
+            | Self::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -194,6 +203,8 @@ impl Reply {
             Self::Invalid(_) => "invalid",
             Self::Unavailable(WriteError::QueueFull) => "queue_full",
             Self::Unavailable(_) => "store_unavailable",
+            Self::CommitTimedOut => "commit_timeout",
+            Self::Evicted => "connection_evicted",
             Self::NotReady(_) => "not_ready",
             Self::Unhealthy(_) => "unhealthy",
             Self::Metrics { .. } => "metrics",
@@ -214,6 +225,14 @@ impl Reply {
             Self::Unavailable(error) => {
                 json!({ "error": "not stored, retry later", "reason": error.to_string() })
             }
+            Self::CommitTimedOut => json!({
+                "error": "not stored, retry later",
+                "reason": "the commit did not finish within request_timeout",
+            }),
+            Self::Evicted => json!({
+                "error": "not stored, retry later",
+                "reason": "the connection is being closed at max_connections",
+            }),
             Self::NotReady(reason) => json!({ "error": "not ready", "reason": reason }),
             Self::Unhealthy(reason) => json!({ "error": "unhealthy", "reason": reason }),
             Self::MetricsRefused => json!({
@@ -239,8 +258,14 @@ impl Reply {
             Self::Unauthorized => {
                 response = response.header(WWW_AUTHENTICATE, "Basic realm=\"orderwatch\"")
             }
-            Self::Unavailable(_) | Self::NotReady(_) | Self::Unhealthy(_) => {
-                response = response.header(RETRY_AFTER, "1")
+            Self::Unavailable(_)
+            | Self::CommitTimedOut
+            | Self::NotReady(_)
+            | Self::Unhealthy(_) => response = response.header(RETRY_AFTER, "1"),
+            Self::Evicted => {
+                response = response
+                    .header(RETRY_AFTER, "1")
+                    .header(CONNECTION, "close")
             }
             // The body was (partly) left unread: close rather than parse its rest as a request.
             Self::TooLarge | Self::BodyTimeout | Self::BodyUnreadable(_) => {
@@ -306,15 +331,6 @@ impl Receiver {
     /// Marks the start of shutdown.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// Handles one request from `peer` on the webhook listener and logs one line about it.
-    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
-    where
-        B: Body<Data = Bytes>,
-        B::Error: std::error::Error + Send + Sync + 'static,
-    {
-        self.handle_on(Listener::Webhooks, request, peer).await
     }
 
     /// Handles one request from `peer` that came in on `listener`, counts it if it was for the
@@ -476,9 +492,7 @@ impl Receiver {
         {
             Ok(Ok(outcome)) => Reply::Stored(outcome),
             Ok(Err(error)) => Reply::Unavailable(error),
-            Err(_) => {
-                Reply::Unavailable(WriteError::Storage("commit did not finish in time".into()))
-            }
+            Err(_) => Reply::CommitTimedOut,
         }
     }
 
@@ -539,14 +553,8 @@ fn is_direct_local(peer: SocketAddr, headers: &hyper::HeaderMap) -> bool {
 
 /// The answer to a request that arrived on a connection being closed at the connection cap:
 /// 503 (Musement retries), and the connection closes.
-pub fn closing_unavailable() -> Response<Full<Bytes>> {
-    let mut response =
-        Reply::Unavailable(WriteError::Storage("the connection is being closed".into()))
-            .into_response();
-    response
-        .headers_mut()
-        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
-    response
+fn evicted() -> Response<Full<Bytes>> {
+    Reply::Evicted.into_response()
 }
 
 /// Absent is fine (Musement sends JSON); present must be `application/json` or `…+json`.

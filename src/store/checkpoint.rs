@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::StoreError;
+use super::observer::StoreObserver;
 use super::sqlite_file::DatabaseFile;
-use crate::metrics::Metrics;
 
 /// The WAL size a reset cuts the file back to (`journal_size_limit` on every connection).
 pub const JOURNAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
@@ -102,7 +102,7 @@ pub fn spawn(
     file: Arc<DatabaseFile>,
     commits: Arc<CommitCounter>,
     settings: CheckpointSettings,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn StoreObserver>,
 ) -> Result<CheckpointerThread, StoreError> {
     let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
@@ -124,7 +124,7 @@ pub fn spawn(
         conn,
         file,
         commits,
-        metrics,
+        observer,
         state: State::new(settings),
     };
     let handle = std::thread::Builder::new()
@@ -318,7 +318,7 @@ struct Checkpointer {
     conn: Connection,
     file: Arc<DatabaseFile>,
     commits: Arc<CommitCounter>,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn StoreObserver>,
     state: State,
 }
 
@@ -329,7 +329,7 @@ impl Checkpointer {
             Ok(sizes) => sizes,
             Err(_) => return false, // logged by the check
         };
-        self.metrics.sqlite_wal_bytes.set(sizes.wal as i64);
+        self.observer.wal_bytes(sizes.wal);
         let mut wal = sizes.wal;
         if self
             .state
@@ -343,7 +343,7 @@ impl Checkpointer {
                 Ok(sizes) => sizes.wal,
                 Err(_) => return false,
             };
-            self.metrics.sqlite_wal_bytes.set(wal as i64);
+            self.observer.wal_bytes(wal);
         }
         if let Some(warning) = self.state.stuck(Instant::now(), wal) {
             tracing::warn!(path = %self.file.path().display(), "{warning}");
@@ -375,7 +375,7 @@ impl Checkpointer {
             }
             Err(_) => "error",
         };
-        self.metrics.sqlite_checkpoint(mode.label(), result);
+        self.observer.checkpoint(mode.label(), result);
         match report {
             Ok(report) => {
                 tracing::debug!(

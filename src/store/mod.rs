@@ -6,17 +6,26 @@ pub mod checkpoint;
 pub mod commands;
 pub mod inspect;
 pub mod maintenance;
+pub mod observer;
 pub mod poll_state;
 pub mod queries;
+pub mod reader;
 mod reconcile;
 pub mod rule;
 pub mod sqlite_file;
 pub mod writer;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+
+use self::checkpoint::CheckpointSettings;
+use self::observer::StoreObserver;
+use self::writer::{Writer, WriterSettings, WriterThread};
+use crate::clock::Clock;
+use crate::config::Config;
 
 pub use apply::{RejectedWebhook, apply, record_rejected};
 pub use poll_state::PollPolicy;
@@ -34,6 +43,63 @@ pub struct StoreSettings {
     pub policy: PollPolicy,
     /// Newest rejected webhooks kept.
     pub rejected_keep: u32,
+}
+
+impl StoreSettings {
+    /// The store's view of the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            rules: Rules {
+                skew_margin: chrono_duration(config.store.skew_margin),
+                ..Rules::default()
+            },
+            policy: PollPolicy {
+                poll_statuses: config.reconciler.poll_statuses.clone(),
+                quiet_period: chrono_duration(config.reconciler.quiet_period),
+                recheck_interval: chrono_duration(config.reconciler.recheck_interval),
+            },
+            rejected_keep: config.store.rejected_keep,
+        }
+    }
+}
+
+/// A configured duration as the store computes with it (an absurdly long one saturates).
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Opens (creating and migrating) the configured database and starts the single writer and
+/// its checkpointer on it, reporting to `observer`.
+pub async fn open_writer(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn StoreObserver>,
+) -> Result<(Writer, WriterThread), StoreError> {
+    let database = config.database.clone();
+    let conn = tokio::task::spawn_blocking(move || {
+        let conn = open_for_writing(&database.path, database.busy_timeout)?;
+        if let Some(bytes) = database.max_size_bytes {
+            limit_size(&conn, bytes)?;
+        }
+        // Said once so operators (and the durability test) can see the promise is in force.
+        let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        tracing::info!(%journal_mode, synchronous, "database opened for writing");
+        Ok::<_, StoreError>(conn)
+    })
+    .await
+    .map_err(|e| StoreError::Io {
+        path: config.database.path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    let settings = WriterSettings {
+        max_batch: config.store.max_batch,
+        queue_capacity: config.store.queue_capacity,
+        store: StoreSettings::from_config(config),
+        max_size_bytes: config.database.max_size_bytes,
+        checkpoints: CheckpointSettings::default(),
+    };
+    writer::spawn(conn, &config.database.path, settings, clock, observer)
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).

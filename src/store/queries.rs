@@ -218,3 +218,48 @@ mod tests {
         );
     }
 }
+
+/// The stored state `/metrics` shows, read in one go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateSnapshot {
+    /// Items per status, as stored.
+    pub by_status: Vec<(String, i64)>,
+    /// PENDING items past their confirmation deadline at `now` ([`OVERDUE`]).
+    pub overdue: i64,
+    /// Orders still polled whose last poll failed.
+    pub in_backoff: i64,
+    /// When the longest-PENDING item became PENDING (`changed_at`), if any is and it reads.
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// Cheap queries only: the status index, PENDING rows for the overdue rule at `now` (the
+/// injected clock, like every other reader of the rule), and the partial index of polled
+/// orders.
+pub fn state_snapshot(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<StateSnapshot> {
+    let mut statement =
+        conn.prepare("SELECT status, count(*) FROM order_items GROUP BY status ORDER BY status")?;
+    let by_status = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let overdue = conn.query_row(
+        &format!("SELECT count(*) FROM order_items WHERE {OVERDUE}"),
+        [to_db_text(now)],
+        |r| r.get(0),
+    )?;
+    let in_backoff = super::inspect::orders_in_backoff(conn)?;
+    // Rows are written only by orderwatch; an unreadable time shows as no age rather than
+    // failing the scrape.
+    let oldest_pending = conn
+        .query_row(
+            "SELECT min(changed_at) FROM order_items WHERE status = 'PENDING'",
+            [],
+            |r| r.get::<_, Option<String>>(0),
+        )?
+        .and_then(|text| crate::clock::from_db_text(&text).ok());
+    Ok(StateSnapshot {
+        by_status,
+        overdue,
+        in_backoff,
+        oldest_pending,
+    })
+}

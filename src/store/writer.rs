@@ -20,12 +20,12 @@ use uuid::Uuid;
 use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, CommitCounter};
 use super::commands::{Command, Done, execute};
 use super::maintenance::{PruneCursor, PruneStep};
+use super::observer::{BatchStats, StoreObserver};
 use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
 use super::sqlite_file::{DatabaseFile, FileSizes};
 use super::{RejectedWebhook, StoreSettings};
 use crate::clock::Clock;
-use crate::metrics::Metrics;
 use crate::observation::Observation;
 
 /// How the writer batches and what it keeps.
@@ -75,7 +75,6 @@ enum WhenFull {
 #[derive(Clone)]
 pub struct Writer {
     sender: mpsc::Sender<Job>,
-    metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
 
@@ -222,14 +221,13 @@ impl Health {
 }
 
 /// Starts the writer thread on an open, migrated connection to `path`, and the checkpointer
-/// beside it; they count batches, commit time, failures, conflicts and checkpoints in
-/// `metrics`.
+/// beside it; they report every batch and checkpoint to `observer`.
 pub fn spawn(
     mut conn: Connection,
     path: &Path,
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn StoreObserver>,
 ) -> Result<(Writer, WriterThread), super::StoreError> {
     let io_error = |source| super::StoreError::Io {
         path: path.display().to_string(),
@@ -243,7 +241,7 @@ pub fn spawn(
         file.clone(),
         commits.clone(),
         settings.checkpoints.clone(),
-        metrics.clone(),
+        observer.clone(),
     )?;
     let health = Arc::new(Health {
         file,
@@ -252,7 +250,6 @@ pub fn spawn(
         batches_without_failures: AtomicU64::new(0),
     });
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-    let thread_metrics = metrics.clone();
     let thread_health = health.clone();
     let handle = std::thread::Builder::new()
         .name("orderwatch-writer".into())
@@ -260,18 +257,14 @@ pub fn spawn(
             let context = Context {
                 settings,
                 clock,
-                metrics: &thread_metrics,
+                observer: observer.as_ref(),
                 health: &thread_health,
                 commits: &commits,
             };
             run(conn, receiver, &context)
         })
         .map_err(io_error)?;
-    let writer = Writer {
-        sender,
-        metrics,
-        health,
-    };
+    let writer = Writer { sender, health };
     Ok((
         writer.clone(),
         WriterThread {
@@ -412,11 +405,6 @@ impl Writer {
         }
     }
 
-    /// The metrics this writer counts into; the app's other parts share them.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// What the writer knows about its health (readiness and liveness checks ask).
     pub fn health(&self) -> &Health {
         &self.health
@@ -448,14 +436,13 @@ fn unexpected(done: Done) -> WriteError {
 struct Context<'a> {
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
-    metrics: &'a Metrics,
+    observer: &'a dyn StoreObserver,
     health: &'a Health,
     /// Told of every commit, for the checkpointer.
     commits: &'a CommitCounter,
 }
 
 fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Context<'_>) {
-    let metrics = context.metrics;
     let mut batch = Vec::with_capacity(context.settings.max_batch);
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -467,27 +454,24 @@ fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Contex
         }
         let started = Instant::now();
         let results = commit_checked(&mut conn, &batch, context);
-        metrics
-            .commit_duration
-            .observe(started.elapsed().as_secs_f64());
-        match &results {
-            Ok(done) => {
-                metrics.batch_size.observe(batch.len() as f64);
-                let conflicts = done
-                    .iter()
-                    .filter(|r| matches!(r, Ok(Done::Outcome(Outcome::Conflict))))
-                    .count();
-                metrics.conflicts.inc_by(conflicts as u64);
-            }
+        let conflicts = match &results {
+            Ok(done) => done
+                .iter()
+                .filter(|r| matches!(r, Ok(Done::Outcome(Outcome::Conflict))))
+                .count(),
             // Logged once, by the check.
-            Err(WriteError::Replaced(_)) => {
-                metrics.failed_batches.inc();
-            }
+            Err(WriteError::Replaced(_)) => 0,
             Err(error) => {
-                metrics.failed_batches.inc();
                 tracing::error!(%error, jobs = batch.len(), "could not commit a batch; answering 503");
+                0
             }
-        }
+        };
+        context.observer.batch(BatchStats {
+            jobs: batch.len(),
+            elapsed: started.elapsed(),
+            committed: results.is_ok(),
+            conflicts,
+        });
         context.health.batch_done(&batch, &results);
         let stop = batch
             .iter()

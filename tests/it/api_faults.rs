@@ -16,9 +16,11 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, ManualClock};
 use orderwatch::config::Config;
+use orderwatch::metrics::Metrics;
 use orderwatch::observation::Observation;
-use orderwatch::reconciler::{PassSummary, Reconciler};
-use orderwatch::startup;
+use orderwatch::reconciler::{self, PassSummary, Reconciler};
+use orderwatch::store;
+use orderwatch::store::observer::Unobserved;
 use orderwatch::store::writer::{Writer, WriterThread};
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -42,6 +44,8 @@ struct Rig {
     reconciler: Reconciler,
     writer: Writer,
     writer_thread: Option<WriterThread>,
+    /// What the writer, the reconciler and the API client count into.
+    metrics: Arc<Metrics>,
     config: Config,
     _dir: TempDir,
 }
@@ -63,15 +67,25 @@ async fn rig_at(base_url: &str, extra: &str) -> Rig {
     std::fs::write(&path, config_text(base_url, extra)).unwrap();
     let config = Config::load(&path).unwrap();
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
-    let reconciler =
-        startup::build_reconciler(&config, writer.clone(), clock.clone(), "test").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
+        .await
+        .unwrap();
+    let reconciler = reconciler::build(
+        &config,
+        writer.clone(),
+        clock.clone(),
+        metrics.clone(),
+        "test",
+    )
+    .unwrap();
     Rig {
         fake: None,
         clock,
         reconciler,
         writer,
         writer_thread: Some(writer_thread),
+        metrics,
         config,
         _dir: dir,
     }
@@ -252,7 +266,7 @@ impl Rig {
             self.config.database.path.clone(),
             self.clock.clone(),
         );
-        let text = self.writer.metrics().render(&source, false).await;
+        let text = self.metrics.render(&source, false).await;
         let series = "orderwatch_musement_paused_until_timestamp_seconds ";
         text.lines()
             .find_map(|line| line.strip_prefix(series))
@@ -732,10 +746,13 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
     {
         std::fs::write(dir.path().join("config.toml"), &config).unwrap();
         let loaded = Config::load(&dir.path().join("config.toml")).unwrap();
-        let (writer, thread) =
-            startup::open_store(&loaded, Arc::new(orderwatch::clock::SystemClock))
-                .await
-                .unwrap();
+        let (writer, thread) = store::open_writer(
+            &loaded,
+            Arc::new(orderwatch::clock::SystemClock),
+            Arc::new(Unobserved),
+        )
+        .await
+        .unwrap();
         writer.watch(vec![order]).await.unwrap();
         drop(writer);
         thread.shutdown().await;

@@ -252,7 +252,7 @@ backoff_cap = "1s"
 
 [log]
 format = "json"
-level = "warn,orderwatch::reconciler=info,orderwatch::startup=info"
+level = "warn,orderwatch::reconciler=info,orderwatch::app=info"
 "#
     )
 }

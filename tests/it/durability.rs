@@ -39,7 +39,7 @@ const STATUSES: [&str; 6] = [
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
 /// cost more than the webhooks under load.
-const DAEMON_LOG_FILTER: &str = "warn,orderwatch::startup=info,orderwatch::store=info";
+const DAEMON_LOG_FILTER: &str = "warn,orderwatch::app=info,orderwatch::store=info";
 
 /// The real `orderwatch run`, killed (SIGKILL) and reaped when dropped.
 struct Daemon {

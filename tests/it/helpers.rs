@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orderwatch::app::{App, Listeners, StartupError};
 use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::config::Config;
-use orderwatch::startup;
+use orderwatch::reload::Reload;
 use rusqlite::Connection;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -27,7 +28,7 @@ pub struct TestApp {
     /// The webhook path.
     pub path: String,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), startup::StartupError>>>,
+    task: Option<JoinHandle<Result<(), StartupError>>>,
 }
 
 /// Spawns the app with the default configuration (no auth, loopback).
@@ -40,19 +41,28 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
     spawn_app_in(tempfile::tempdir().unwrap(), toml, Arc::new(SystemClock)).await
 }
 
+/// `127.0.0.1:0`.
+pub fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
 /// Spawns the app in `dir` (which may already hold a database) with `toml` and `clock`.
 pub async fn spawn_app_in(dir: TempDir, toml: &str, clock: Arc<dyn Clock>) -> TestApp {
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, toml).unwrap();
     let config = Config::load(&config_path).expect("test config is valid");
-    let listener = startup::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listeners = Listeners::on(loopback(), config.server.metrics_listen).unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
     let db_path = config.database.path.clone();
     let path = config.server.path.clone();
-    let task = tokio::spawn(startup::run(listener, config, clock, async {
-        let _ = stop.await;
-    }));
+    let app = App::build(config, clock, listeners).await.unwrap();
+    let addr = app.addr();
+    let task = tokio::spawn(app.run_until(
+        async {
+            let _ = stop.await;
+        },
+        Reload::none(),
+    ));
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let app = TestApp {
         addr,

@@ -7,16 +7,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::Duration;
+use orderwatch::app::{App, Listeners, StartupError};
 use orderwatch::clock::SystemClock;
 use orderwatch::config::Config;
 use orderwatch::metrics::StateSource;
 use orderwatch::reconciler::Progress;
-use orderwatch::startup;
+use orderwatch::reload::Reload;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
-use crate::helpers::{TestApp, spawn_app_with, uuid, webhook};
+use crate::helpers::{TestApp, loopback, spawn_app_with, uuid, webhook};
 use crate::reconciler::{config_for, harness};
 
 const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
@@ -506,7 +507,7 @@ struct TwoListeners {
     client: reqwest::Client,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), startup::StartupError>>,
+    task: tokio::task::JoinHandle<Result<(), StartupError>>,
 }
 
 async fn spawn_with_metrics_listener() -> TwoListeners {
@@ -514,22 +515,20 @@ async fn spawn_with_metrics_listener() -> TwoListeners {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, "[server]\nmetrics_listen = \"127.0.0.1:0\"\n").unwrap();
     let config = Config::load(&path).unwrap();
-    let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = Listeners::on(loopback(), Some(loopback())).unwrap();
+    let app = App::build(config, Arc::new(SystemClock), listeners)
+        .await
+        .unwrap();
     let urls = (
-        format!("http://{}", webhooks.local_addr().unwrap()),
-        format!("http://{}", metrics.local_addr().unwrap()),
+        format!("http://{}", app.addr()),
+        format!("http://{}", app.metrics_addr().unwrap()),
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(startup::run_with(
-        webhooks,
-        Some(metrics),
-        config,
-        Arc::new(SystemClock),
+    let task = tokio::spawn(app.run_until(
         async {
             let _ = stopped.await;
         },
-        startup::Reload::none(),
+        Reload::none(),
     ));
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -640,7 +639,7 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
         Progress { done: 3, total: 3 }
     );
     let state = StateSource::new(h.config.database.path.clone(), h.clock.clone());
-    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let m = Exposition::parse(&h.metrics.render(&state, false).await);
     let calls = "orderwatch_musement_requests_total";
     assert_eq!(
         m.get(calls, &[("endpoint", "login"), ("code", "200")]),
@@ -687,7 +686,7 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     h.advance(Duration::minutes(5));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (3, 0));
-    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let m = Exposition::parse(&h.metrics.render(&state, false).await);
     assert_eq!(
         m.get(calls, &[("endpoint", "order"), ("code", "401")]),
         Some(1.0)
@@ -731,7 +730,7 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     h.advance(Duration::minutes(5));
     let summary = h.any_pass().await;
     assert!(summary.stopped.is_some(), "{summary:?}");
-    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let m = Exposition::parse(&h.metrics.render(&state, false).await);
     assert_eq!(
         m.get(logins, &[("reason", "rejected"), ("result", "refused")]),
         Some(1.0)

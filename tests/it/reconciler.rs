@@ -7,10 +7,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, ManualClock};
 use orderwatch::config::Config;
+use orderwatch::metrics::Metrics;
 use orderwatch::observation::Observation;
-use orderwatch::reconciler::{PassSummary, Reconciler};
-use orderwatch::startup;
+use orderwatch::reconciler::{self, PassSummary, Reconciler};
+use orderwatch::store;
 use orderwatch::store::Outcome;
+use orderwatch::store::observer::Unobserved;
 use orderwatch::store::writer::{Writer, WriterThread};
 use rusqlite::Connection;
 use serde_json::Value;
@@ -34,6 +36,8 @@ pub struct Harness {
     pub reconciler: Reconciler,
     pub writer: Writer,
     writer_thread: Option<WriterThread>,
+    /// What the writer, the reconciler and the API client count into.
+    pub metrics: Arc<Metrics>,
     pub config: Config,
     pub dir: TempDir,
 }
@@ -55,9 +59,18 @@ pub async fn harness(reconciler_extra: &str) -> Harness {
     std::fs::write(&path, config_for(&fake, reconciler_extra)).unwrap();
     let config = Config::load(&path).unwrap();
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
-    let reconciler =
-        startup::build_reconciler(&config, writer.clone(), clock.clone(), "test").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
+        .await
+        .unwrap();
+    let reconciler = reconciler::build(
+        &config,
+        writer.clone(),
+        clock.clone(),
+        metrics.clone(),
+        "test",
+    )
+    .unwrap();
     Harness {
         fake,
         date_pinned: std::sync::atomic::AtomicBool::new(false),
@@ -65,6 +78,7 @@ pub async fn harness(reconciler_extra: &str) -> Harness {
         reconciler,
         writer,
         writer_thread: Some(writer_thread),
+        metrics,
         config,
         dir,
     }
@@ -679,15 +693,23 @@ async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
     .unwrap();
     let config = Config::load(&path).unwrap();
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
+        .await
+        .unwrap();
     // What the killed daemon left: its lease, ten minutes to go.
     writer
         .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
         .await
         .unwrap();
-    let reconciler =
-        startup::build_reconciler(&config, writer.clone(), clock.clone(), startup::DAEMON_ROLE)
-            .unwrap();
+    let reconciler = reconciler::build(
+        &config,
+        writer.clone(),
+        clock.clone(),
+        metrics.clone(),
+        reconciler::DAEMON_ROLE,
+    )
+    .unwrap();
     reconciler.run_once().await.unwrap();
 
     writer
@@ -702,8 +724,14 @@ async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
         .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
         .await
         .unwrap();
-    let command =
-        startup::build_reconciler(&config, writer.clone(), clock, "orderwatch reconcile").unwrap();
+    let command = reconciler::build(
+        &config,
+        writer.clone(),
+        clock,
+        metrics,
+        "orderwatch reconcile",
+    )
+    .unwrap();
     let error = command.run_once().await.unwrap_err().to_string();
     assert!(error.contains("(ow-a, lease until"), "{error}");
     drop((reconciler, command, writer));
@@ -879,10 +907,13 @@ async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
         // Register the order before the daemon starts, as `orderwatch watch` would.
         {
-            let (writer, thread) =
-                startup::open_store(&config, Arc::new(orderwatch::clock::SystemClock))
-                    .await
-                    .unwrap();
+            let (writer, thread) = store::open_writer(
+                &config,
+                Arc::new(orderwatch::clock::SystemClock),
+                Arc::new(Unobserved),
+            )
+            .await
+            .unwrap();
             writer.watch(vec![order]).await.unwrap();
             drop(writer);
             thread.shutdown().await;
@@ -1328,10 +1359,13 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
     std::fs::write(dir.path().join("config.toml"), &config).unwrap();
     {
         let loaded = Config::load(&dir.path().join("config.toml")).unwrap();
-        let (writer, thread) =
-            startup::open_store(&loaded, Arc::new(orderwatch::clock::SystemClock))
-                .await
-                .unwrap();
+        let (writer, thread) = store::open_writer(
+            &loaded,
+            Arc::new(orderwatch::clock::SystemClock),
+            Arc::new(Unobserved),
+        )
+        .await
+        .unwrap();
         writer.watch(vec![order]).await.unwrap();
         drop(writer);
         thread.shutdown().await;

@@ -1,6 +1,6 @@
 //! The reconcile benchmark: a database with P pending orders (due for a poll) and F final items
 //! (which must cost nothing), a fake Musement API with a fixed latency, and timed passes through
-//! the library's own reconciler (`startup::build_reconciler` + `Reconciler::run_once`, the code
+//! the library's own reconciler (`reconciler::build` + `Reconciler::run_once`, the code
 //! `orderwatch reconcile --once` runs), plus optionally the real `reconcile --once` binary.
 
 use std::fmt::Write as _;
@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::config::Config;
+use orderwatch::metrics::Metrics;
 use orderwatch::observation::Observation;
-use orderwatch::startup;
+use orderwatch::reconciler;
+use orderwatch::store::StoreSettings;
 use orderwatch::store::{self, queries};
 
 use crate::fake_api::{Calls, FakeApi, pending_item, pending_order};
@@ -72,7 +74,7 @@ pub fn prepare(path: &Path, pending: u64, finals: u64) -> BenchResult<Duration> 
     let mut conn = store::open_for_writing(path, Duration::from_secs(10))?;
     // A big page cache for the bulk load only (the daemon keeps SQLite's default).
     conn.pragma_update(None, "cache_size", -262_144)?;
-    let settings = startup::store_settings(&Config::default());
+    let settings = StoreSettings::from_config(&Config::default());
     let tx = conn.transaction()?;
     let seed = fastrand::u64(..);
     // Final items settled two days ago; pending orders first seen ten minutes ago, so the
@@ -385,8 +387,10 @@ fn time_due_query(db: &Path) -> BenchResult<f64> {
 
 async fn run_passes(config: &Config, fake: &FakeApi, passes: usize) -> BenchResult<Vec<PassRun>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (writer, writer_thread) = startup::open_store(config, clock.clone()).await?;
-    let reconciler = startup::build_reconciler(config, writer, clock, "orderwatch-bench")
+    let metrics = Arc::new(Metrics::new());
+    let (writer, writer_thread) =
+        store::open_writer(config, clock.clone(), metrics.clone()).await?;
+    let reconciler = reconciler::build(config, writer, clock, metrics, "orderwatch-bench")
         .map_err(|e| format!("cannot build the reconciler: {e}"))?;
     let mut runs = Vec::new();
     for _ in 0..passes {

@@ -7,6 +7,11 @@
 //! overlap: within the process a mutex (a tick that finds a pass running waits for it, a third
 //! is dropped), across processes a lease row in the database.
 
+pub mod build;
+pub mod schedule;
+
+pub use build::{DAEMON_ROLE, ReconcilerOff, build};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::musement::{ApiError, MusementClient, PolledOrder};
 use crate::observation::{Observation, OrderFacts, Position};
 use crate::store::queries::{self, DueOrder};
+use crate::store::reader::Reader;
 use crate::store::writer::{WriteError, Writer};
 use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord, PolledItemFacts};
 
@@ -29,6 +35,8 @@ use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord, PolledItemFact
 const LEASE: &str = "reconciler";
 /// How long a lease holds without renewal; a pass renews it at a third of this.
 const LEASE_TTL: Duration = Duration::from_secs(60);
+/// The longest one of a pass's reads may take (they read partial indexes: milliseconds).
+const READ_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How the reconciler polls (from `[reconciler]`).
 #[derive(Debug, Clone)]
@@ -526,15 +534,10 @@ impl Reconciler {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let path = self.settings.database.clone();
-        let busy_timeout = self.settings.busy_timeout;
-        tokio::task::spawn_blocking(move || {
-            let conn = crate::store::open_read_only(&path, busy_timeout)
-                .map_err(|e| PassError::Store(e.to_string()))?;
-            query(&conn).map_err(|e| PassError::Store(e.to_string()))
-        })
-        .await
-        .map_err(|e| PassError::Store(format!("query task failed: {e}")))?
+        Reader::new(&self.settings.database, self.settings.busy_timeout)
+            .read(READ_DEADLINE, query)
+            .await
+            .map_err(|e| PassError::Store(e.to_string()))
     }
 }
 

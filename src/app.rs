@@ -1,0 +1,300 @@
+//! The daemon as one value: [`App::build`] wires the store, the reconciler and the receiver
+//! from a [`Config`], a [`Clock`] and bound [`Listeners`]; [`App::run_until`] serves until
+//! shutdown and then stops the parts in order. `orderwatch run` and the tests build it the
+//! same way (the tests on `127.0.0.1:0`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::{Metrics, StateSource};
+use crate::receiver::server::{self, ConnectionLimits};
+use crate::receiver::{Listener, Receiver, ReceiverSettings};
+use crate::reconciler::schedule::ScheduledPasses;
+use crate::reconciler::{self, DAEMON_ROLE, Reconciler};
+use crate::reload::{self, Reload};
+use crate::store::writer::{Writer, WriterThread};
+use crate::store::{self, StoreError};
+use crate::systemd;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the reconciler's scheduler: {0}")]
+    Scheduler(String),
+}
+
+/// The daemon's listeners, bound before it is built (so a test can pass port 0 and ask).
+pub struct Listeners {
+    /// Webhooks, health checks and (on loopback) `/metrics`: `[server] listen`.
+    pub webhooks: TcpListener,
+    /// `GET /metrics` only: `[server] metrics_listen`, if set.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `[server] listen` and `metrics_listen` as configured.
+    pub fn bind(config: &Config) -> Result<Self, StartupError> {
+        Self::on(config.server.listen, config.server.metrics_listen)
+    }
+
+    /// Binds `webhooks` and, if given, `metrics` (port 0: any free port).
+    pub fn on(webhooks: SocketAddr, metrics: Option<SocketAddr>) -> Result<Self, StartupError> {
+        let bind =
+            |addr| server::listen_on(addr).map_err(|source| StartupError::Bind { addr, source });
+        Ok(Self {
+            webhooks: bind(webhooks)?,
+            metrics: metrics.map(bind).transpose()?,
+        })
+    }
+}
+
+/// A built daemon, not yet serving.
+pub struct App {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listeners: Listeners,
+    /// This app's metrics (never global: tests run several apps in one process).
+    metrics: Arc<Metrics>,
+    writer: Writer,
+    writer_thread: WriterThread,
+    /// `None` when `[reconciler]` is off or has no credentials (said at build).
+    reconciler: Option<Arc<Reconciler>>,
+    receiver: Arc<Receiver>,
+}
+
+impl App {
+    /// Opens (creating and migrating) the database, starts the writer, and builds the
+    /// reconciler and the request handler.
+    pub async fn build(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        listeners: Listeners,
+    ) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new());
+        let (writer, writer_thread) =
+            store::open_writer(&config, clock.clone(), metrics.clone()).await?;
+        let built = reconciler::build(
+            &config,
+            writer.clone(),
+            clock.clone(),
+            metrics.clone(),
+            DAEMON_ROLE,
+        );
+        let reconciler = match built {
+            Ok(reconciler) => Some(Arc::new(reconciler)),
+            Err(off) => {
+                tracing::warn!(reason = %off, "the reconciler is off; only webhooks will update the state");
+                None
+            }
+        };
+        let receiver = Arc::new(Receiver::new(
+            ReceiverSettings::from(&config.server),
+            writer.clone(),
+            clock.clone(),
+            metrics.clone(),
+            StateSource::new(config.database.path.clone(), clock.clone()),
+        ));
+        Ok(Self {
+            config,
+            clock,
+            listeners,
+            metrics,
+            writer,
+            writer_thread,
+            reconciler,
+            receiver,
+        })
+    }
+
+    /// Where webhooks are served.
+    pub fn addr(&self) -> SocketAddr {
+        local_addr(&self.listeners.webhooks)
+    }
+
+    /// Where `metrics_listen` serves `/metrics`, if it is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listeners.metrics.as_ref().map(local_addr)
+    }
+
+    /// This app's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves, runs the reconciler on its schedule and applies `reload`'s configurations until
+    /// `shutdown` resolves; then stops accepting, lets in-flight requests and a running pass
+    /// finish (up to `shutdown_grace`), flushes the writer and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+        reload: Reload,
+    ) -> Result<(), StartupError> {
+        let Self {
+            config,
+            clock,
+            listeners,
+            metrics: _,
+            writer,
+            writer_thread,
+            reconciler,
+            receiver,
+        } = self;
+        let passes = match &reconciler {
+            Some(reconciler) => Some(Arc::new(Mutex::new(
+                ScheduledPasses::start(reconciler.clone(), config.reconciler.schedule())
+                    .await
+                    .map_err(StartupError::Scheduler)?,
+            ))),
+            None => None,
+        };
+        let watchdog = systemd::Watchdog::start(&writer);
+        let pruning = config.store.events_keep.map(|keep| {
+            tokio::spawn(store::maintenance::prune_periodically(
+                writer.clone(),
+                clock.clone(),
+                keep,
+            ))
+        });
+        announce(&config, &listeners);
+        let reloads = tokio::spawn(reload::follow(
+            reload.configs,
+            config.clone(),
+            reload::Targets {
+                receiver: receiver.clone(),
+                passes: passes.clone(),
+                log: reload.log,
+            },
+        ));
+        systemd::ready(listeners.webhooks.local_addr().ok(), reconciler.is_some());
+
+        let graceful = GracefulShutdown::new();
+        serve(&config, listeners, &receiver, &graceful, shutdown).await;
+
+        systemd::stopping();
+        drop(watchdog);
+        receiver.start_draining();
+        reloads.abort();
+        stop_reconciler(&config, passes, reconciler, graceful).await;
+        stop_pruning(pruning);
+        writer_thread.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Serves both listeners until `shutdown` resolves.
+async fn serve(
+    config: &Config,
+    listeners: Listeners,
+    receiver: &Arc<Receiver>,
+    graceful: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = ConnectionLimits::from(&config.server);
+    let shutdown = shutdown.shared();
+    let serve_metrics = async {
+        if let Some(listener) = listeners.metrics {
+            let on = Listener::Metrics;
+            server::serve(
+                listener,
+                &limits,
+                on,
+                receiver.clone(),
+                graceful,
+                shutdown.clone(),
+            )
+            .await;
+        }
+    };
+    let on = Listener::Webhooks;
+    let serve_webhooks = server::serve(
+        listeners.webhooks,
+        &limits,
+        on,
+        receiver.clone(),
+        graceful,
+        shutdown.clone(),
+    );
+    tokio::join!(serve_webhooks, serve_metrics);
+}
+
+/// Stops the schedule, then lets a running pass and the open connections finish together,
+/// within `shutdown_grace` (connections are told to close while the pass winds down).
+async fn stop_reconciler(
+    config: &Config,
+    passes: Option<Arc<Mutex<ScheduledPasses>>>,
+    reconciler: Option<Arc<Reconciler>>,
+    graceful: GracefulShutdown,
+) {
+    if let Some(passes) = &passes {
+        passes.lock().await.shutdown().await;
+    }
+    let grace = config.server.shutdown_grace;
+    let reconciler_stopped = async {
+        if let Some(reconciler) = &reconciler {
+            reconciler.stop().await;
+        }
+    };
+    let drained = async { tokio::join!(reconciler_stopped, graceful.shutdown()) };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "requests or a reconciler pass still running after the grace period; stopping anyway"
+        );
+    }
+}
+
+/// A prune batch already sent still commits; the rest waits for the next start.
+fn stop_pruning(pruning: Option<JoinHandle<()>>) {
+    if let Some(pruning) = pruning {
+        pruning.abort();
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn announce(config: &Config, listeners: &Listeners) {
+    tracing::info!(
+        listen = %local_addr(&listeners.webhooks),
+        path = %config.server.path,
+        database = %config.database.path.display(),
+        "orderwatch is receiving webhooks"
+    );
+    // After the line above, and without a `listen=` field: scripts find the address there.
+    match &listeners.metrics {
+        Some(listener) => {
+            tracing::info!(address = %local_addr(listener), "serving GET /metrics on metrics_listen")
+        }
+        None if config.server.trusted_proxies.is_empty() => {
+            tracing::info!("serving GET /metrics to direct loopback clients on the webhook port")
+        }
+        None => tracing::info!(
+            "/metrics is off behind trusted_proxies; set [server] metrics_listen to serve it"
+        ),
+    }
+    if config.server.auth.is_none() {
+        tracing::warn!(
+            "webhook Basic auth is off; fine on loopback, set [server.auth] before exposing the port"
+        );
+    }
+}

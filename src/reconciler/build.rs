@@ -1,0 +1,90 @@
+//! The reconciler as the configuration describes it: its API client, its settings, and who it
+//! is in the lease table; or why it is off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Reconciler, ReconcilerSettings};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::musement::{MusementClient, MusementSettings};
+use crate::store::writer::Writer;
+
+/// Why the reconciler does not run; said once at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcilerOff {
+    #[error("[reconciler] enabled = false")]
+    Disabled,
+    #[error(
+        "no Musement API credentials: set [musement] client_id and client_secret (or their _env / _file forms)"
+    )]
+    NoCredentials,
+    #[error("cannot build the Musement API client: {0}")]
+    Client(String),
+}
+
+/// The role of the daemon itself (`orderwatch run`) in [`build`].
+pub const DAEMON_ROLE: &str = "orderwatch run";
+
+/// Who holds the reconciler lease: the daemon is its `instance_id`, the same after every
+/// restart, so one restarted after `kill -9` takes back the lease its dead self left at
+/// once; any other process (a `reconcile` command) is that plus its role and pid, so it
+/// never takes a running daemon's lease.
+fn lease_holder(config: &Config, role: &str) -> String {
+    let instance = config.server.instance_id();
+    if role == DAEMON_ROLE {
+        instance
+    } else {
+        format!("{instance} ({role}, pid {})", std::process::id())
+    }
+}
+
+/// Builds the reconciler from the configuration, or says why it is off; it and its API client
+/// count into `metrics`. `role` names this process in the lease table ([`DAEMON_ROLE`] for the
+/// daemon).
+pub fn build(
+    config: &Config,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    role: &str,
+) -> Result<Reconciler, ReconcilerOff> {
+    if !config.reconciler.enabled {
+        return Err(ReconcilerOff::Disabled);
+    }
+    let (client_id, client_secret) = config
+        .musement
+        .credentials
+        .clone()
+        .ok_or(ReconcilerOff::NoCredentials)?;
+    let musement = &config.musement;
+    let client = MusementClient::new(
+        MusementSettings {
+            base_url: musement.base_url.clone(),
+            application: musement.application.clone(),
+            version: musement.version.clone(),
+            accept_language: musement.accept_language.clone(),
+            client_id,
+            client_secret,
+            request_timeout: config.reconciler.request_timeout,
+        },
+        clock.clone(),
+        metrics.clone(),
+    )
+    .map_err(|e| ReconcilerOff::Client(e.to_string()))?;
+    let duration = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let settings = ReconcilerSettings {
+        concurrency: config.reconciler.concurrency,
+        max_requests_per_second: config.reconciler.max_requests_per_second,
+        max_age: duration(config.reconciler.max_age),
+        backoff_base: duration(config.reconciler.backoff_base),
+        backoff_cap: duration(config.reconciler.backoff_cap),
+        database: config.database.path.clone(),
+        busy_timeout: config.database.busy_timeout,
+    };
+    let holder = lease_holder(config, role);
+    Ok(Reconciler::new(
+        client, writer, clock, settings, holder, metrics,
+    ))
+}
