@@ -6,6 +6,7 @@
 //! together for `main` and for the tests.
 
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Reconciler, ReconcilerSettings};
+use crate::backoff::BackoffPolicy;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -78,8 +79,10 @@ pub fn build(
         concurrency: config.reconciler.concurrency,
         max_requests_per_second: config.reconciler.max_requests_per_second,
         max_age: duration(config.reconciler.max_age),
-        backoff_base: duration(config.reconciler.backoff_base),
-        backoff_cap: duration(config.reconciler.backoff_cap),
+        backoff: BackoffPolicy {
+            base: duration(config.reconciler.backoff_base),
+            cap: duration(config.reconciler.backoff_cap),
+        },
         database: config.database.path.clone(),
         busy_timeout: config.database.busy_timeout,
     };

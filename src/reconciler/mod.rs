@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
+use crate::backoff::BackoffPolicy;
 use crate::clock::{Clock, later};
 use crate::metrics::Metrics;
 use crate::musement::{ApiError, MusementClient, PolledOrder};
@@ -47,10 +48,8 @@ pub struct ReconcilerSettings {
     pub max_requests_per_second: f64,
     /// Orders first seen longer ago than this are no longer polled (unless marked for re-poll).
     pub max_age: chrono::Duration,
-    /// First wait after a failed poll.
-    pub backoff_base: chrono::Duration,
-    /// Longest wait after failed polls.
-    pub backoff_cap: chrono::Duration,
+    /// How long an order waits after failed polls.
+    pub backoff: BackoffPolicy,
     /// The SQLite file, read through its own read-only connections.
     pub database: PathBuf,
     /// Busy timeout for those connections.
@@ -450,8 +449,7 @@ impl Reconciler {
             order,
             error,
             retry_after,
-            backoff_base: self.settings.backoff_base,
-            backoff_cap: self.settings.backoff_cap,
+            backoff: self.settings.backoff,
             jitter: 0.5 + fastrand::f64() * 0.5,
         }
     }

@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::StoreSettings;
 use super::poll_state::{self, Trigger};
 use super::rule::{self, Decision, ItemState, Outcome, Rules, decide, musement_time};
+use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::{Observation, Position, Source};
 use cells::{Place, Unreadable};
@@ -355,8 +356,11 @@ fn mark_for_repoll(
     if pending.is_ok_and(|at| at.is_some_and(|at| at > now)) {
         return Ok(()); // already marked for a future poll; one poll settles every item
     }
-    let base = rules.skew_margin.max(Duration::seconds(1));
-    let delay = (base * 2i32.saturating_pow(attempts.clamp(0, 12) as u32)).min(MAX_REPOLL_DELAY);
+    let backoff = BackoffPolicy {
+        base: rules.skew_margin.max(Duration::seconds(1)),
+        cap: MAX_REPOLL_DELAY,
+    };
+    let delay = backoff.delay(attempts);
     conn.prepare_cached(
         "UPDATE orders SET repoll_at = ?2, repoll_attempts = repoll_attempts + 1 WHERE order_uuid = ?1",
     )?

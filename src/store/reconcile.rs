@@ -13,11 +13,9 @@ use super::apply::cells::{self, Place, Unreadable};
 use super::apply::{apply_decision, order_place};
 use super::poll_state::{self, Trigger};
 use super::rule::Outcome;
+use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::Observation;
-
-/// The longest a `Retry-After` is honoured; a server asking for more is polled again after this.
-const MAX_RETRY_AFTER: Duration = Duration::hours(24);
 
 /// Item facts only a poll gives, stored beside the reconciled state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,10 +57,8 @@ pub enum PollFailure {
         error: String,
         /// The server's `Retry-After`, which wins over the exponential wait.
         retry_after: Option<Duration>,
-        /// First wait; doubles per consecutive failure.
-        backoff_base: Duration,
-        /// Longest wait.
-        backoff_cap: Duration,
+        /// How the wait grows with consecutive failures.
+        backoff: BackoffPolicy,
         /// In [0.5, 1]: spreads retries of many orders that failed together.
         jitter: f64,
     },
@@ -330,22 +326,13 @@ pub fn record_poll_failure(
             order,
             error,
             retry_after,
-            backoff_base,
-            backoff_cap,
+            backoff,
             jitter,
         } => {
             let order_uuid = order.to_string();
             ensure_order(conn, &order_uuid, now)?;
             let failures = failures(conn, &order_uuid)?;
-            let exponential = (*backoff_base * 2i32.saturating_pow(failures.clamp(0, 20) as u32))
-                .min(*backoff_cap);
-            let jittered = Duration::milliseconds(
-                (exponential.num_milliseconds() as f64 * jitter.clamp(0.5, 1.0)) as i64,
-            );
-            let next = later(
-                now,
-                retry_after.map_or(jittered, |r| r.min(MAX_RETRY_AFTER)),
-            );
+            let next = later(now, backoff.after_failure(failures, *jitter, *retry_after));
             // A due re-poll mark waits for the backoff too, or it would bypass it every pass.
             // (An unreadable mark, due or not, is replaced as well.)
             let due_mark = match repoll_mark(conn, &order_uuid)? {
