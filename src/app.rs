@@ -165,7 +165,7 @@ impl App {
         };
         let watchdog = systemd::Watchdog::start(&writer);
         let pruning = config.store.events_keep.map(|keep| {
-            tokio::spawn(store::maintenance::prune_periodically(
+            tokio::spawn(store::pruning::prune_periodically(
                 writer.clone(),
                 clock.clone(),
                 keep,

@@ -365,12 +365,12 @@ impl Metrics {
     }
 
     /// Counts one reconciler pass.
-    pub fn pass(&self, result: &'static str) {
+    pub fn count_pass(&self, result: &'static str) {
         self.passes.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts `n` orders handled with `result`.
-    pub fn orders(&self, result: &'static str, n: usize) {
+    pub fn count_orders(&self, result: &'static str, n: usize) {
         if n > 0 {
             self.orders
                 .get_or_create(&ResultLabel { result })

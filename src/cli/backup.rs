@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use super::ConfigArg;
 use super::output::{fail, open_database};
-use crate::store::{self, maintenance};
+use crate::store::maintenance;
+use crate::store::reader::Reader;
 
 /// Copy the database to PATH with SQLite's online backup API (safe while the daemon writes).
 ///
@@ -33,7 +34,7 @@ pub(super) fn backup(args: Args) -> ExitCode {
         Ok(pages) => pages,
         Err(error) => return fail(error),
     };
-    let copy = match store::open_read_only(&args.path, config.database.busy_timeout) {
+    let copy = match Reader::new(&args.path, config.database.busy_timeout).open() {
         Ok(copy) => copy,
         Err(error) => return fail(format!("the copy does not open: {error}")),
     };

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{EXIT_FAILURE, load_database_config};
 use crate::config::Config;
-use crate::store;
+use crate::store::reader::Reader;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -30,7 +30,7 @@ pub enum Format {
 /// the exit code (2 for the config, 1 for the database: missing, not orderwatch's, too new).
 pub fn open_database(config_path: &Path) -> Result<(Config, Connection), ExitCode> {
     let config = load_database_config(config_path)?;
-    match store::open_read_only(&config.database.path, config.database.busy_timeout) {
+    match Reader::new(&config.database.path, config.database.busy_timeout).open() {
         Ok(conn) => Ok((config, conn)),
         Err(error) => Err(fail(error)),
     }

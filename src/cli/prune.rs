@@ -9,8 +9,8 @@ use chrono::Utc;
 use super::output::{fail, open_database};
 use super::{ConfigArg, runtime};
 use crate::clock::{SystemClock, to_db_text};
-use crate::store::maintenance;
 use crate::store::observer::Unobserved;
+use crate::store::pruning;
 use crate::{store, telemetry};
 
 /// Delete item_events and rejected_webhooks rows received before a cutoff.
@@ -41,7 +41,7 @@ pub(super) fn prune(args: Args) -> ExitCode {
     let result = runtime().block_on(async {
         let (writer, writer_thread) =
             store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved)).await?;
-        let pruned = maintenance::prune(&writer, cutoff).await;
+        let pruned = pruning::prune(&writer, cutoff).await;
         writer_thread.shutdown().await;
         Ok::<_, Box<dyn std::error::Error>>(pruned?)
     });

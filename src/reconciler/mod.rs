@@ -225,14 +225,14 @@ impl Reconciler {
             Ok(lease) => lease,
             Err(error) => {
                 // The database is locked or full: the pass failed before it began.
-                self.metrics.pass("failed");
+                self.metrics.count_pass("failed");
                 return Err(error.into());
             }
         };
         match lease {
             LeaseAnswer::Acquired { .. } => {}
             LeaseAnswer::Held { holder, until } => {
-                self.metrics.pass("lease_held");
+                self.metrics.count_pass("lease_held");
                 return Err(PassError::LeaseHeld { holder, until });
             }
         }
@@ -260,7 +260,7 @@ impl Reconciler {
             Err(PassError::LeaseHeld { .. }) => "lease_held",
             Err(PassError::Store(_)) => "failed",
         };
-        self.metrics.pass(label);
+        self.metrics.count_pass(label);
     }
 
     /// Counts one order's poll as soon as it is done, so long passes show in the metrics and
@@ -275,7 +275,7 @@ impl Reconciler {
             PollResult::Skipped => None,
         };
         if let Some(label) = label {
-            self.metrics.orders(label, 1);
+            self.metrics.count_orders(label, 1);
         }
         self.progress.send_modify(|p| p.done += 1);
     }
@@ -315,7 +315,7 @@ impl Reconciler {
             .into_iter()
             .partition(|d| !d.repoll && later(d.first_seen_at, self.settings.max_age) < now);
         summary.expired = self.expire(too_old).await?;
-        self.metrics.orders("expired", summary.expired);
+        self.metrics.count_orders("expired", summary.expired);
 
         let total = to_poll.len();
         self.progress.send_replace(Progress { done: 0, total });
@@ -354,7 +354,7 @@ impl Reconciler {
         }
         let requested_at = self.clock.now();
         let answer = self.client.get_order(order).await;
-        match self.record(order, requested_at, answer).await {
+        match self.store_answer(order, requested_at, answer).await {
             Ok(PollResult::Credentials(message)) => {
                 credentials_refused.store(true, Ordering::SeqCst);
                 tracing::error!(
@@ -368,7 +368,7 @@ impl Reconciler {
                 // Back the order off like any failed poll, or it would be retried every pass.
                 tracing::error!(%order, %error, "could not store a poll result");
                 let failure =
-                    self.failure(order, format!("could not store the answer: {error}"), None);
+                    self.failed_poll(order, format!("could not store the answer: {error}"), None);
                 if let Err(error) = self.writer.record_poll_failure(failure).await {
                     tracing::error!(%order, %error, "could not record the failure either");
                 }
@@ -390,7 +390,7 @@ impl Reconciler {
         }
     }
 
-    async fn record(
+    async fn store_answer(
         &self,
         order: Uuid,
         requested_at: DateTime<Utc>,
@@ -424,7 +424,7 @@ impl Reconciler {
                 let retry_after = error
                     .retry_after()
                     .and_then(|d| chrono::Duration::from_std(d).ok());
-                let failure = self.failure(order, error.to_string(), retry_after);
+                let failure = self.failed_poll(order, error.to_string(), retry_after);
                 let backoff = self.writer.record_poll_failure(failure).await?;
                 // Logged when the order starts failing, not on every retry; the row keeps the rest.
                 match backoff {
@@ -439,7 +439,7 @@ impl Reconciler {
     }
 
     /// A failed poll of `order`, backing off with fresh jitter.
-    fn failure(
+    fn failed_poll(
         &self,
         order: Uuid,
         error: String,

@@ -5,14 +5,12 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreSettings;
+use super::cells::{self, Place, Unreadable, order_place};
 use super::poll_state::{self, Trigger};
 use super::rule::{self, Decision, ItemState, Outcome, Rules, decide, musement_time};
 use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::{Observation, Position, Source};
-use cells::{Place, Unreadable};
-
-pub(super) mod cells;
 
 /// The longest a persistent doubt pushes an order's re-poll out.
 const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
@@ -172,15 +170,6 @@ fn upsert_order(
         ])?;
     }
     Ok(())
-}
-
-/// An `orders` cell, for [`cells`].
-pub(super) fn order_place<'a>(column: &'static str, order_uuid: &'a str) -> Place<'a> {
-    Place {
-        table: "orders",
-        column,
-        key: order_uuid,
-    }
 }
 
 /// An item's row as the write path reads it.

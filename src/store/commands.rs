@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use uuid::Uuid;
 
 use super::maintenance::{self, PruneStep};
-use super::reconcile::{self, Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
+use super::polls::{self, Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::{RejectedWebhook, StoreSettings, apply, record_rejected};
 use crate::observation::Observation;
 use crate::store::Outcome;
@@ -92,22 +92,22 @@ pub fn execute(
         }
         Command::Shutdown => Done::Nothing,
         Command::RecordPoll(record) => {
-            Done::Polled(reconcile::record_poll(conn, record, settings, now)?)
+            Done::Polled(polls::record_poll(conn, record, settings, now)?)
         }
-        Command::RecordPollFailure(failure) => Done::BackedOff(reconcile::record_poll_failure(
-            conn, failure, settings, now,
-        )?),
-        Command::Watch(orders) => Done::Count(reconcile::watch(conn, orders, settings, now)?),
-        Command::Expire(orders) => Done::Orders(reconcile::expire(conn, orders, now)?),
+        Command::RecordPollFailure(failure) => {
+            Done::BackedOff(polls::record_poll_failure(conn, failure, settings, now)?)
+        }
+        Command::Watch(orders) => Done::Count(polls::watch(conn, orders, settings, now)?),
+        Command::Expire(orders) => Done::Orders(polls::expire(conn, orders, now)?),
         Command::MarkOverdueWarned(items) => {
-            reconcile::mark_overdue_warned(conn, items, now)?;
+            polls::mark_overdue_warned(conn, items, now)?;
             Done::Nothing
         }
         Command::AcquireLease { name, holder, ttl } => {
-            Done::Lease(reconcile::acquire_lease(conn, name, holder, *ttl, now)?)
+            Done::Lease(polls::acquire_lease(conn, name, holder, *ttl, now)?)
         }
         Command::ReleaseLease { name, holder } => {
-            reconcile::release_lease(conn, name, holder)?;
+            polls::release_lease(conn, name, holder)?;
             Done::Nothing
         }
         Command::Prune {

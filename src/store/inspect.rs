@@ -478,7 +478,7 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         orders: orders[0],
         watched_orders: orders[1],
         orders_polled: orders[2],
-        orders_in_backoff: orders_in_backoff(conn)?,
+        orders_in_backoff: super::queries::orders_in_backoff(conn)?,
         orders_not_found: orders[3],
         orders_expired: orders[4],
         last_webhook_at,
@@ -488,17 +488,6 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         rejected_webhooks: count("SELECT count(*) FROM rejected_webhooks")?,
         schema_version: count("PRAGMA user_version")?,
     })
-}
-
-/// Orders still polled (not stopped by a 404 or `max_age`) whose last poll failed: they are
-/// polled again after a backoff. `stats` and the `orderwatch_reconciler_orders_in_backoff`
-/// metric both count this; it reads the partial index of polled orders only.
-pub fn orders_in_backoff(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT count(*) FROM orders INDEXED BY orders_due WHERE needs_poll = 1 AND poll_failures > 0",
-        [],
-        |r| r.get(0),
-    )
 }
 
 /// Counts events received at or after `since`, reading backwards from the newest (there is
@@ -761,7 +750,7 @@ mod tests {
         let stats = stats(&conn, Utc::now()).unwrap();
         assert_eq!(stats.orders_in_backoff, 1);
         assert_eq!((stats.orders_not_found, stats.orders_expired), (1, 1));
-        assert_eq!(orders_in_backoff(&conn).unwrap(), 1);
+        assert_eq!(super::super::queries::orders_in_backoff(&conn).unwrap(), 1);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Keeping the database small and safe: pruning old history in short batches through the
-//! writer, and online backups.
+//! Keeping the database small and safe: one batch of pruning old history (the writer runs it;
+//! [`super::pruning`] loops over batches), and online backups.
 //!
 //! Pruning deletes only `item_events` and `rejected_webhooks` rows received before a cutoff,
 //! never `order_items`/`orders` (the current state), and never an item's newest event nor its
@@ -8,15 +8,13 @@
 //! `item_events.id` stays a stable cursor.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
 use super::inspect::COMMIT_LAG;
-use super::writer::{WriteError, Writer};
-use crate::clock::{Clock, to_db_text};
+use crate::clock::to_db_text;
 
 /// Rows looked at in each table by one prune command: one short transaction, so webhooks never
 /// wait long for the write lock.
@@ -160,19 +158,6 @@ impl Walk {
     }
 }
 
-/// Prunes everything received before `cutoff`, one short writer command at a time.
-pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, WriteError> {
-    let mut total = Pruned::default();
-    let mut cursor = PruneCursor::START;
-    while !cursor.done() {
-        let step = writer.prune_step(cutoff, cursor, PRUNE_BATCH).await?;
-        total.events += step.events;
-        total.rejected += step.rejected;
-        cursor = step.next;
-    }
-    Ok(total)
-}
-
 /// Why a backup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -308,28 +293,6 @@ fn place(partial: &Path, target: &Path, force: bool) -> Result<(), BackupError> 
         let _ = std::fs::File::open(folder).and_then(|f| f.sync_all());
     }
     Ok(())
-}
-
-/// How often the daemon prunes history (`[store] events_keep`), besides once at start.
-const PRUNE_EVERY: StdDuration = StdDuration::from_secs(3600);
-
-/// Deletes history older than `keep` now and every [`PRUNE_EVERY`], in writer-sized batches,
-/// until dropped (a batch already sent still commits).
-pub async fn prune_periodically(writer: Writer, clock: Arc<dyn Clock>, keep: StdDuration) {
-    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-    loop {
-        let cutoff = clock.now().checked_sub_signed(keep).unwrap_or_default();
-        match prune(&writer, cutoff).await {
-            Ok(pruned) => tracing::info!(
-                events = pruned.events,
-                rejected_webhooks = pruned.rejected,
-                older_than = %to_db_text(cutoff),
-                "pruned history"
-            ),
-            Err(error) => tracing::warn!(%error, "pruning history failed; trying again later"),
-        }
-        tokio::time::sleep(PRUNE_EVERY).await;
-    }
 }
 
 #[cfg(test)]

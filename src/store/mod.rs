@@ -2,15 +2,17 @@
 //! observation ([`apply`]), the group-commit [`writer`], and read-side queries.
 
 mod apply;
+mod cells;
 pub mod checkpoint;
 pub mod commands;
 pub mod inspect;
 pub mod maintenance;
 pub mod observer;
 pub mod poll_state;
+mod polls;
+pub mod pruning;
 pub mod queries;
 pub mod reader;
-mod reconcile;
 pub mod rule;
 pub mod sqlite_file;
 pub mod writer;
@@ -29,7 +31,7 @@ use crate::config::Config;
 
 pub use apply::{RejectedWebhook, apply, record_rejected};
 pub use poll_state::PollPolicy;
-pub use reconcile::{
+pub use polls::{
     Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, PolledItemFacts, record_poll,
 };
 pub use rule::{Decision, ItemState, Outcome, Rules, decide};

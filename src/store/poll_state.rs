@@ -4,8 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, params};
 
-use super::apply::cells::{self, Place};
-use super::apply::order_place;
+use super::cells::{self, Place, order_place};
 use crate::clock::{later, to_db_text};
 use crate::observation::Status;
 

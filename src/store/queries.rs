@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use super::apply::cells;
-use super::apply::order_place;
+use super::cells::{self, order_place};
 use crate::clock::to_db_text;
 
 /// An order a reconciler pass should poll.
@@ -219,6 +218,17 @@ mod tests {
     }
 }
 
+/// Orders still polled (not stopped by a 404 or `max_age`) whose last poll failed: they are
+/// polled again after a backoff. `stats` and the `orderwatch_reconciler_orders_in_backoff`
+/// metric both count this; it reads the partial index of polled orders only.
+pub fn orders_in_backoff(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT count(*) FROM orders INDEXED BY orders_due WHERE needs_poll = 1 AND poll_failures > 0",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// The stored state `/metrics` shows, read in one go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateSnapshot {
@@ -246,7 +256,7 @@ pub fn state_snapshot(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result
         [to_db_text(now)],
         |r| r.get(0),
     )?;
-    let in_backoff = super::inspect::orders_in_backoff(conn)?;
+    let in_backoff = orders_in_backoff(conn)?;
     // Rows are written only by orderwatch; an unreadable time shows as no age rather than
     // failing the scrape.
     let oldest_pending = conn

@@ -21,7 +21,7 @@ use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, CommitCoun
 use super::commands::{Command, Done, execute};
 use super::maintenance::{PruneCursor, PruneStep};
 use super::observer::{BatchStats, StoreObserver};
-use super::reconcile::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
+use super::polls::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
 use super::sqlite_file::{DatabaseFile, FileSizes};
 use super::{RejectedWebhook, StoreSettings};
@@ -387,7 +387,7 @@ impl Writer {
     }
 
     /// Deletes one batch of history received before `cutoff` after the cursor `after` (see
-    /// [`super::maintenance::prune`], which loops over this).
+    /// [`super::pruning::prune`], which loops over this).
     pub async fn prune_step(
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,

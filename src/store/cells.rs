@@ -6,8 +6,7 @@
 //! value, and returns [`Unreadable`]; the caller treats the value as unknown, and the next
 //! observation overwrites it (`item_events` still has every observation).
 //!
-//! Every store function that reads a row uses these readers (they live under `apply`, which
-//! reads the most).
+//! Every store function that reads a row uses these readers.
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
@@ -17,6 +16,15 @@ use rusqlite::types::ValueRef;
 
 use crate::clock::from_db_text;
 use crate::observation::{Source, Status};
+
+/// An `orders` cell.
+pub fn order_place<'a>(column: &'static str, order_uuid: &'a str) -> Place<'a> {
+    Place {
+        table: "orders",
+        column,
+        key: order_uuid,
+    }
+}
 
 /// Where a cell is, for the one ERROR line an unreadable cell gets.
 #[derive(Debug, Clone, Copy)]

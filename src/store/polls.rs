@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::StoreSettings;
-use super::apply::cells::{self, Place, Unreadable};
-use super::apply::{apply_decision, order_place};
+use super::apply::apply_decision;
+use super::cells::{self, Place, Unreadable, order_place};
 use super::poll_state::{self, Trigger};
 use super::rule::Outcome;
 use crate::backoff::BackoffPolicy;

@@ -1,0 +1,46 @@
+//! Pruning old history through the writer: all of it before a cutoff in short batches (so
+//! webhooks keep flowing between them), now or every hour (`[store] events_keep`).
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+
+use super::maintenance::{PRUNE_BATCH, PruneCursor, Pruned};
+use super::writer::{WriteError, Writer};
+use crate::clock::{Clock, to_db_text};
+
+/// Prunes everything received before `cutoff`, one short writer command at a time.
+pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, WriteError> {
+    let mut total = Pruned::default();
+    let mut cursor = PruneCursor::START;
+    while !cursor.done() {
+        let step = writer.prune_step(cutoff, cursor, PRUNE_BATCH).await?;
+        total.events += step.events;
+        total.rejected += step.rejected;
+        cursor = step.next;
+    }
+    Ok(total)
+}
+
+/// How often the daemon prunes history (`[store] events_keep`), besides once at start.
+const PRUNE_EVERY: StdDuration = StdDuration::from_secs(3600);
+
+/// Deletes history older than `keep` now and every [`PRUNE_EVERY`], in writer-sized batches,
+/// until dropped (a batch already sent still commits).
+pub async fn prune_periodically(writer: Writer, clock: Arc<dyn Clock>, keep: StdDuration) {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    loop {
+        let cutoff = clock.now().checked_sub_signed(keep).unwrap_or_default();
+        match prune(&writer, cutoff).await {
+            Ok(pruned) => tracing::info!(
+                events = pruned.events,
+                rejected_webhooks = pruned.rejected,
+                older_than = %to_db_text(cutoff),
+                "pruned history"
+            ),
+            Err(error) => tracing::warn!(%error, "pruning history failed; trying again later"),
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
+    }
+}
