@@ -895,12 +895,20 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
         past_the_limit.len() > 3 * CONCURRENT as usize,
         "the file-size limit was never reached"
     );
+    // The checkpointer may truncate the WAL meanwhile, which makes room again: a webhook past
+    // the first refusal is either refused (503, not stored) or stored (200), never dropped.
+    assert!(
+        past_the_limit.iter().any(|(_, status)| *status == 503),
+        "no webhook was refused at the limit"
+    );
     for (item, status) in &past_the_limit {
-        assert_eq!(
-            *status, 503,
-            "{item}: past the limit, 503 and nothing else (0: no answer)"
-        );
-        assert_eq!(events_of(&db, item), 0, "{item} was refused but stored");
+        match status {
+            503 => assert_eq!(events_of(&db, item), 0, "{item} was refused but stored"),
+            200 => assert_eq!(events_of(&db, item), 1, "{item} was answered 200"),
+            other => panic!(
+                "{item}: past the limit, 503 or 200 and nothing else, got {other} (0: no answer)"
+            ),
+        }
     }
     for item in &acknowledged {
         assert_eq!(events_of(&db, item), 1, "{item} was answered 200");
