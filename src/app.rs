@@ -69,8 +69,6 @@ pub struct App {
     config: Config,
     clock: Arc<dyn Clock>,
     listeners: Listeners,
-    /// This app's metrics (never global: tests run several apps in one process).
-    metrics: Arc<Metrics>,
     writer: Writer,
     writer_thread: WriterThread,
     /// `None` when `[reconciler]` is off or has no credentials (said at build).
@@ -86,6 +84,7 @@ impl App {
         clock: Arc<dyn Clock>,
         listeners: Listeners,
     ) -> Result<Self, StartupError> {
+        // One set of metrics per app, never global: tests run several apps in one process.
         let metrics = Arc::new(Metrics::new());
         let (writer, writer_thread) =
             store::open_writer(&config, clock.clone(), metrics.clone()).await?;
@@ -107,14 +106,13 @@ impl App {
             ReceiverSettings::from(&config.server),
             writer.clone(),
             clock.clone(),
-            metrics.clone(),
+            metrics,
             StateSource::new(config.database.path.clone(), clock.clone()),
         ));
         Ok(Self {
             config,
             clock,
             listeners,
-            metrics,
             writer,
             writer_thread,
             reconciler,
@@ -132,11 +130,6 @@ impl App {
         self.listeners.metrics.as_ref().map(local_addr)
     }
 
-    /// This app's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// Serves, runs the reconciler on its schedule and applies `reload`'s configurations until
     /// `shutdown` resolves; then stops accepting, lets in-flight requests and a running pass
     /// finish (up to `shutdown_grace`), flushes the writer and returns.
@@ -149,7 +142,6 @@ impl App {
             config,
             clock,
             listeners,
-            metrics: _,
             writer,
             writer_thread,
             reconciler,
