@@ -25,11 +25,11 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::fake_musement::{
+use crate::helpers::Daemon;
+use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeFault, FakeMusement, FakeResponse, new_uuid,
     order_json,
 };
-use crate::helpers::Daemon;
 
 /// The rig's clock starts here.
 const START: &str = "2024-01-01T12:00:00Z";
@@ -841,7 +841,7 @@ async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log()
     assert_eq!(rig.pass().await.failures, 1);
     let error = rig.poll_state(order).last_error.unwrap_or_default();
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    for personal in crate::fake_musement::PERSONAL_VALUES {
+    for personal in crate::helpers::fake_musement::PERSONAL_VALUES {
         assert!(
             !error.contains(personal),
             "{personal} in orders.last_error: {error}"

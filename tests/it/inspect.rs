@@ -12,7 +12,7 @@ use orderwatch::clock::ManualClock;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::fake_musement::{FakeMusement, new_uuid, order_json};
+use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::{Daemon, binary, fixture, spawn_app_in, webhook};
 use crate::reconciler::config_for;
 

@@ -7,7 +7,6 @@ mod convergence;
 mod database_file;
 mod deploy;
 mod durability;
-mod fake_musement;
 mod helpers;
 mod hostile;
 mod inspect;

@@ -15,7 +15,7 @@ use orderwatch::startup;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
+use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::{TestApp, spawn_app_with, uuid, webhook};
 use crate::reconciler::{config_for, harness};
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::fake_musement::{
+use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid,
     order_json, voucher_url,
 };
@@ -438,7 +438,7 @@ async fn a_redirected_poll_fails_and_the_other_hosts_answer_is_never_stored() {
 
     // Another host (another port) that answers anyone, saying the item is confirmed.
     let elsewhere = FakeMusement::start().await;
-    let date = crate::fake_musement::httpdate(h.clock.now() + Duration::minutes(1));
+    let date = crate::helpers::fake_musement::httpdate(h.clock.now() + Duration::minutes(1));
     elsewhere.push_response(
         "",
         FakeResponse::json(200, order_json(order, &[(item, "OK")])).with_header("date", &date),
@@ -1216,7 +1216,7 @@ async fn a_poll_sent_before_a_doubtful_webhook_does_not_clear_its_repoll_mark() 
         FakeResponse::json(200, order_json(order, &[(item, "PENDING")]))
             .with_header(
                 "date",
-                &crate::fake_musement::httpdate(at("2024-01-01T12:00:01Z")),
+                &crate::helpers::fake_musement::httpdate(at("2024-01-01T12:00:01Z")),
             )
             .delayed(std::time::Duration::from_millis(1500)),
     );

@@ -1,0 +1,130 @@
+//! The app in this process on 127.0.0.1:0 with a temp-dir database: [`TestApp`] and the
+//! functions that spawn it. Every test that runs the app in-process starts it here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use orderwatch::clock::{Clock, SystemClock};
+use orderwatch::config::Config;
+use orderwatch::startup;
+use rusqlite::Connection;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running orderwatch server and what a test needs to talk to it.
+pub struct TestApp {
+    /// Where the server listens.
+    pub addr: SocketAddr,
+    /// The folder holding the config and the database; removed on drop.
+    pub dir: TempDir,
+    /// The SQLite file.
+    pub db_path: PathBuf,
+    /// An HTTP client that never uses a proxy.
+    pub client: reqwest::Client,
+    /// The webhook path.
+    pub path: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), startup::StartupError>>>,
+}
+
+/// Spawns the app with the default configuration (no auth, loopback).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with("").await
+}
+
+/// Spawns the app with `toml` as its config file in a fresh temp dir.
+pub async fn spawn_app_with(toml: &str) -> TestApp {
+    spawn_app_in(tempfile::tempdir().unwrap(), toml, Arc::new(SystemClock)).await
+}
+
+/// Spawns the app in `dir` (which may already hold a database) with `toml` and `clock`.
+pub async fn spawn_app_in(dir: TempDir, toml: &str, clock: Arc<dyn Clock>) -> TestApp {
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    let config = Config::load(&config_path).expect("test config is valid");
+    let listener = startup::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let db_path = config.database.path.clone();
+    let path = config.server.path.clone();
+    let task = tokio::spawn(startup::run(listener, config, clock, async {
+        let _ = stop.await;
+    }));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let app = TestApp {
+        addr,
+        dir,
+        db_path,
+        client,
+        path,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    };
+    app.wait_ready().await;
+    app
+}
+
+impl TestApp {
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Posts `body` to the webhook path as JSON.
+    pub async fn post_webhook(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.webhook_request().body(body).send().await.unwrap()
+    }
+
+    /// A JSON POST to the webhook path, ready for more headers.
+    pub fn webhook_request(&self) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(&self.path))
+            .header("content-type", "application/json")
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(response) = self.client.get(self.url("/readyz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the app never became ready");
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it; returns the temp dir so a test
+    /// can start again on the same database.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap().unwrap();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// A separate connection to the database, as an operator's `sqlite3` would have.
+    pub fn db(&self) -> Connection {
+        Connection::open(&self.db_path).unwrap()
+    }
+
+    /// Counts rows of `table` (optionally `WHERE clause`).
+    pub fn count(&self, table_and_where: &str) -> i64 {
+        self.db()
+            .query_row(
+                &format!("SELECT count(*) FROM {table_and_where}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! What the test modules share, so that no test module imports another: the app in-process
+//! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
+//! ([`fake_musement`]) and small builders of test input.
+
+pub mod app;
+pub mod daemon;
+pub mod fake_musement;
+
+use std::path::Path;
+
+pub use app::{TestApp, spawn_app, spawn_app_in, spawn_app_with};
+pub use daemon::Daemon;
+
+/// The text of `fixtures/NAME`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The path of the orderwatch binary cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_orderwatch")
+}
+
+/// A valid webhook body for `item` of `order` at `version` with `status`; the item's update
+/// time is `version` seconds after 2024-01-01T00:00:00Z, as Musement's counter and clock agree.
+pub fn webhook(item: &str, order: &str, version: u64, status: &str) -> String {
+    let updated = chrono::DateTime::from_timestamp(1_704_067_200 + version as i64, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S+0000");
+    serde_json::json!({
+        "order_id": "13459345",
+        "order_uuid": order,
+        "order_created": "2024-01-01T00:00:00+0000",
+        "order_updated": updated.to_string(),
+        "order_version": version.to_string(),
+        "order_item_uuid": item,
+        "order_item_created": "2024-01-01T00:00:00+0000",
+        "order_item_updated": updated.to_string(),
+        "order_item_version": version.to_string(),
+        "order_item_status": status,
+    })
+    .to_string()
+}
+
+/// A deterministic UUID-shaped string for test item/order `n`.
+pub fn uuid(kind: u8, n: u64) -> String {
+    format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
