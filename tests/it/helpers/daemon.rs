@@ -1,96 +1,157 @@
-//! The real `orderwatch run` binary as a child process: [`Daemon`].
+//! The real `orderwatch run` binary as a child process: [`Daemon`], started through
+//! [`Launch`] when a test needs more than a config (environment variables, a file-size limit).
 
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tempfile::TempDir;
 
-/// How long the real daemon may take to start or stop.
+/// How long the real daemon may take to stop, or to log a line a test waits for.
 const DAEMON_LIMIT: Duration = Duration::from_secs(10);
 
-/// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line.
+/// How long the real daemon may take to announce its address: generous, because a restart
+/// after `kill -9` under load recovers the WAL first on a shared machine.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line;
+/// killed (SIGKILL) and reaped when dropped.
 pub struct Daemon {
     child: std::process::Child,
     /// Where it listens, from its start-up log line.
     pub addr: SocketAddr,
-    log: std::sync::mpsc::Receiver<String>,
+    /// The log lines up to and including the one announcing the address, parsed where they
+    /// are JSON (`[log] format = "json"`) and kept as a JSON string where they are not.
+    pub startup_log: Vec<Value>,
+    /// Every later log line, in order.
+    log: mpsc::Receiver<String>,
     /// The folder with its config and database.
-    pub dir: tempfile::TempDir,
+    pub dir: TempDir,
+}
+
+/// A daemon about to start: its command line, environment and limits.
+pub struct Launch {
+    dir: TempDir,
+    command: Command,
+    /// `RLIMIT_FSIZE` for the child, in bytes.
+    file_size_limit: Option<u64>,
+}
+
+impl Launch {
+    /// One more environment variable for the daemon (e.g. a `password_env` secret, or a
+    /// `RUST_LOG` filter: the daemon starts without the test runner's `RUST_LOG`).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.command.env(name, value);
+        self
+    }
+
+    /// Starts the daemon with `RLIMIT_FSIZE` at `bytes`, as `prlimit --fsize` or `ulimit -f`
+    /// would start it.
+    pub fn file_size_limit(mut self, bytes: u64) -> Self {
+        self.file_size_limit = Some(bytes);
+        self
+    }
+
+    /// Spawns the daemon and waits for the address it announces. `SIGXFSZ` starts at its
+    /// default action (terminate) in the child, whatever the test runner inherited: whatever
+    /// the daemon must survive, it does itself, not by a disposition inherited from the test.
+    pub fn start(mut self) -> Daemon {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            let limit = self.file_size_limit.map(|bytes| libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            });
+            // SAFETY: between fork and exec only async-signal-safe system calls run, on
+            // values prepared before the fork.
+            unsafe {
+                self.command.pre_exec(move || {
+                    if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(limit) = &limit
+                        && libc::setrlimit(libc::RLIMIT_FSIZE, limit) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        #[cfg(not(unix))]
+        assert!(
+            self.file_size_limit.is_none(),
+            "a file-size limit needs setrlimit(2)"
+        );
+        Daemon::spawn(self.dir, self.command)
+    }
 }
 
 impl Daemon {
     /// Starts the daemon on `config` (which must set `listen = "127.0.0.1:0"`) in `dir`.
-    pub fn start(dir: tempfile::TempDir, config: &str) -> Self {
-        Self::start_with_env(dir, config, &[])
+    pub fn start(dir: TempDir, config: &str) -> Self {
+        Self::launch(dir, config).start()
     }
 
     /// [`Daemon::start`] with extra environment variables (e.g. a `password_env` secret).
-    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Self {
-        let mut command = Self::command(&dir, config);
-        command.envs(env.iter().copied());
-        Self::spawn(dir, command)
+    pub fn start_with_env(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Self {
+        env.iter()
+            .fold(Self::launch(dir, config), |launch, (name, value)| {
+                launch.env(name, value)
+            })
+            .start()
     }
 
-    /// [`Daemon::start`] with `RLIMIT_FSIZE` at `bytes` and `SIGXFSZ` at its default action
-    /// (terminate) in the child, as `prlimit --fsize` or `ulimit -f` would start it: whatever
-    /// the daemon must survive, it does itself, not by a disposition inherited from the test.
+    /// [`Daemon::start`] with `RLIMIT_FSIZE` at `bytes` (see [`Launch::file_size_limit`]).
     #[cfg(unix)]
-    pub fn start_with_file_size_limit(dir: tempfile::TempDir, config: &str, bytes: u64) -> Self {
-        use std::os::unix::process::CommandExt;
-        let mut command = Self::command(&dir, config);
-        let limit = libc::rlimit {
-            rlim_cur: bytes as libc::rlim_t,
-            rlim_max: bytes as libc::rlim_t,
-        };
-        // SAFETY: between fork and exec only two async-signal-safe system calls run, on
-        // values prepared before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR
-                    || libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Self::spawn(dir, command)
+    pub fn start_with_file_size_limit(dir: TempDir, config: &str, bytes: u64) -> Self {
+        Self::launch(dir, config).file_size_limit(bytes).start()
     }
 
-    /// `orderwatch run` on `config`, written to `dir/config.toml`, with the default log.
-    fn command(dir: &tempfile::TempDir, config: &str) -> std::process::Command {
+    /// `orderwatch run` on `config`, written to `dir/config.toml`, without the test runner's
+    /// `RUST_LOG`; [`Launch::start`] starts it.
+    pub fn launch(dir: TempDir, config: &str) -> Launch {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let mut command = std::process::Command::new(super::binary());
+        let mut command = Command::new(super::binary());
         command
             .args(["run", "--config", path.to_str().unwrap()])
             .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Launch {
+            dir,
+            command,
+            file_size_limit: None,
+        }
     }
 
     /// Spawns `command` and waits for the address it announces.
-    fn spawn(dir: tempfile::TempDir, mut command: std::process::Command) -> Self {
+    fn spawn(dir: TempDir, mut command: Command) -> Self {
         use std::io::BufRead;
-        let mut child = command.spawn().unwrap();
-        let (lines, log) = std::sync::mpsc::channel();
+        let mut child = command.spawn().expect("the orderwatch binary starts");
+        let (lines, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
+            // Keep draining after the test stops listening, so the daemon never blocks on a
+            // full pipe.
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
+                let _ = lines.send(line);
             }
         });
         let mut daemon = Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
+            startup_log: Vec::new(),
             log,
             dir,
         };
-        let deadline = Instant::now() + DAEMON_LIMIT;
+        let deadline = Instant::now() + START_LIMIT;
         while Instant::now() < deadline {
             let Ok(line) = daemon.log.recv_timeout(Duration::from_millis(100)) else {
                 continue;
@@ -103,6 +164,11 @@ impl Daemon {
                     let at = line.find("listen=")? + "listen=".len();
                     line[at..].split_whitespace().next().map(str::to_owned)
                 });
+            daemon.startup_log.push(if json.is_null() {
+                Value::String(line)
+            } else {
+                json
+            });
             if let Some(addr) = listen.and_then(|a| a.parse().ok()) {
                 daemon.addr = addr;
                 return daemon;
@@ -110,9 +176,33 @@ impl Daemon {
         }
         let _ = daemon.child.kill();
         panic!(
-            "the daemon never announced its address; exit: {:?}",
-            daemon.child.wait()
+            "the daemon never announced its address; exit: {:?}, log: {:#?}",
+            daemon.child.wait(),
+            daemon.startup_log
         );
+    }
+
+    /// Waits until `/readyz` answers 200 (bounded).
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        for _ in 0..500 {
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the daemon at {} never became ready", self.addr);
+    }
+
+    /// `kill -9`, reap the process, and return its folder so a test can start it again on
+    /// the same database.
+    pub fn sigkill(mut self) -> TempDir {
+        self.child.kill().expect("SIGKILL the daemon");
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "killed, not exited: {status:?}");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// How the daemon ended, or `None` while it runs.
@@ -178,9 +268,14 @@ impl Daemon {
             .as_u16()
     }
 
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
     /// `http://ADDR/webhooks/musement`.
     pub fn webhook_url(&self) -> String {
-        format!("http://{}/webhooks/musement", self.addr)
+        self.url("/webhooks/musement")
     }
 
     /// Every line logged since the last call, without waiting.
