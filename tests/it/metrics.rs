@@ -4,24 +4,16 @@
 //! API, and `reconcile --once`'s plain progress lines from the real binary.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use chrono::Duration;
-use orderwatch::clock::SystemClock;
-use orderwatch::config::Config;
-use orderwatch::metrics::StateSource;
 use orderwatch::reconciler::Progress;
-use orderwatch::startup;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
-use crate::helpers::{TestApp, spawn_app_with, uuid, webhook};
-use crate::reconciler::{config_for, harness};
-
-const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
-/// `JohnSmith:Swordfish`.
-const BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
+use crate::helpers::{
+    AUTH_CONFIG, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
+    spawn_app_with_metrics_listener, uuid, webhook,
+};
 
 /// A histogram series' `(le, cumulative count)` pairs.
 type Buckets = Vec<(f64, f64)>;
@@ -234,7 +226,7 @@ async fn scrape(client: &reqwest::Client, base: &str) -> Exposition {
 
 async fn post(app: &TestApp, body: String) -> reqwest::StatusCode {
     app.webhook_request()
-        .header("authorization", BASIC)
+        .header("authorization", GOOD_BASIC)
         .body(body)
         .send()
         .await
@@ -499,64 +491,14 @@ async fn metrics_on_the_webhook_listener_are_for_direct_loopback_clients_only() 
     assert_eq!(response.status(), 404);
 }
 
-/// The app with `[server] metrics_listen`, both listeners on `127.0.0.1:0`.
-struct TwoListeners {
-    webhooks: String,
-    metrics: String,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), startup::StartupError>>,
-}
-
-async fn spawn_with_metrics_listener() -> TwoListeners {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, "[server]\nmetrics_listen = \"127.0.0.1:0\"\n").unwrap();
-    let config = Config::load(&path).unwrap();
-    let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let urls = (
-        format!("http://{}", webhooks.local_addr().unwrap()),
-        format!("http://{}", metrics.local_addr().unwrap()),
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(startup::run_with(
-        webhooks,
-        Some(metrics),
-        config,
-        Arc::new(SystemClock),
-        async {
-            let _ = stopped.await;
-        },
-        startup::Reload::none(),
-    ));
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let ready = client.get(format!("{}/readyz", urls.0)).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    TwoListeners {
-        webhooks: urls.0,
-        metrics: urls.1,
-        client,
-        _dir: dir,
-        stop: Some(stop),
-        task,
-    }
-}
-
 #[tokio::test]
 async fn metrics_listen_serves_metrics_there_and_only_there() {
-    let app = spawn_with_metrics_listener().await;
+    let app = spawn_app_with_metrics_listener("[server]\nmetrics_listen = \"127.0.0.1:0\"\n").await;
+    let webhooks = format!("http://{}", app.addr);
+    let metrics = format!("http://{}", app.metrics_addr.unwrap());
     let posted = app
         .client
-        .post(format!("{}/webhooks/musement", app.webhooks))
+        .post(format!("{}/webhooks/musement", webhooks))
         .header("content-type", "application/json")
         .body(webhook(&uuid(1, 9), &uuid(2, 9), 1, "PENDING"))
         .send()
@@ -564,7 +506,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
         .unwrap();
     assert_eq!(posted.status(), 200);
 
-    let m = scrape(&app.client, &app.metrics).await;
+    let m = scrape(&app.client, &metrics).await;
     assert_eq!(
         m.get(
             "orderwatch_webhook_requests_total",
@@ -577,7 +519,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
     // Not on the webhook listener, even for loopback.
     let main = app
         .client
-        .get(format!("{}/metrics", app.webhooks))
+        .get(format!("{}/metrics", webhooks))
         .send()
         .await
         .unwrap();
@@ -586,7 +528,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
     for path in ["/webhooks/musement", "/healthz", "/readyz", "/"] {
         let other = app
             .client
-            .get(format!("{}{path}", app.metrics))
+            .get(format!("{}{path}", metrics))
             .send()
             .await
             .unwrap();
@@ -594,7 +536,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
     }
     let post = app
         .client
-        .post(format!("{}/webhooks/musement", app.metrics))
+        .post(format!("{}/webhooks/musement", metrics))
         .body(webhook(&uuid(1, 8), &uuid(2, 8), 1, "PENDING"))
         .send()
         .await
@@ -602,13 +544,13 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
     assert_eq!(post.status(), 404);
     let post = app
         .client
-        .post(format!("{}/metrics", app.metrics))
+        .post(format!("{}/metrics", metrics))
         .send()
         .await
         .unwrap();
     assert_eq!(post.status(), 405);
     // Scrapes are not webhook requests.
-    let again = scrape(&app.client, &app.metrics).await;
+    let again = scrape(&app.client, &metrics).await;
     assert_eq!(
         again.all("orderwatch_webhook_requests_total").len(),
         1,
@@ -616,9 +558,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
         again.all("orderwatch_webhook_requests_total")
     );
 
-    let TwoListeners { stop, task, .. } = app;
-    stop.unwrap().send(()).unwrap();
-    task.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -626,12 +566,12 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     let h = harness("concurrency = 1").await;
     let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
     for order in &orders {
-        h.fake
+        h.fake()
             .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
     }
     h.watch(&orders).await;
     // The first pass: one login, two orders answered, one 503.
-    h.fake
+    h.fake()
         .push_response(&format!("/orders/{}", orders[1]), FakeResponse::status(503));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (2, 1));
@@ -639,8 +579,7 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
         *h.reconciler.progress().borrow(),
         Progress { done: 3, total: 3 }
     );
-    let state = StateSource::new(h.config.database.path.clone(), h.clock.clone());
-    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let m = Exposition::parse(&h.metrics_text().await);
     let calls = "orderwatch_musement_requests_total";
     assert_eq!(
         m.get(calls, &[("endpoint", "login"), ("code", "200")]),
@@ -683,11 +622,11 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     assert_eq!(m.get(latency, &[("endpoint", "login")]), Some(1.0));
 
     // Musement drops our token: one 401, one re-login, then every order answers.
-    h.fake.revoke_tokens();
+    h.fake().revoke_tokens();
     h.advance(Duration::minutes(5));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (3, 0));
-    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let m = Exposition::parse(&h.metrics_text().await);
     assert_eq!(
         m.get(calls, &[("endpoint", "order"), ("code", "401")]),
         Some(1.0)
@@ -726,12 +665,12 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     assert_eq!(m.get(latency, &[("endpoint", "order")]), Some(7.0));
 
     // The login itself fails: counted as refused, and the pass as stopped.
-    h.fake.revoke_tokens();
-    h.fake.push_response("/login", FakeResponse::status(401));
+    h.fake().revoke_tokens();
+    h.fake().push_response("/login", FakeResponse::status(401));
     h.advance(Duration::minutes(5));
     let summary = h.any_pass().await;
     assert!(summary.stopped.is_some(), "{summary:?}");
-    let m = Exposition::parse(&h.writer.metrics().render(&state, false).await);
+    let m = Exposition::parse(&h.metrics_text().await);
     assert_eq!(
         m.get(logins, &[("reason", "rejected"), ("result", "refused")]),
         Some(1.0)
@@ -755,20 +694,10 @@ fn reconcile_once_prints_plain_progress_lines_without_a_terminal() {
             order.to_string()
         })
         .collect();
-    let config = config.to_str().unwrap();
-    let mut watch = vec!["watch", "--config", config];
-    watch.extend(orders.iter().map(String::as_str));
-    let watched = std::process::Command::new(crate::helpers::binary())
-        .args(&watch)
-        .output()
-        .unwrap();
+    let watched = cli(&config, &["watch"]).args(&orders).output().unwrap();
     assert!(watched.status.success(), "{watched:?}");
 
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args(["reconcile", "--once", "--config", config])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let output = cli(&config, &["reconcile", "--once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
@@ -822,15 +751,13 @@ fn reconcile_once_draws_a_bar_on_a_terminal() {
             order.to_string()
         })
         .collect();
-    let config = config.to_str().unwrap();
-    let binary = crate::helpers::binary();
-    let watched = std::process::Command::new(binary)
-        .args(["watch", "--config", config])
-        .args(&orders)
-        .output()
-        .unwrap();
+    let watched = cli(&config, &["watch"]).args(&orders).output().unwrap();
     assert!(watched.status.success(), "{watched:?}");
-    let command = format!("'{binary}' reconcile --once --config '{config}'");
+    let command = format!(
+        "'{}' reconcile --once --config '{}'",
+        crate::helpers::binary(),
+        config.display()
+    );
     let output = std::process::Command::new("script")
         .args(["-qefc", &command, "/dev/null"])
         .env_remove("RUST_LOG")

@@ -2,7 +2,7 @@
 //! functions that spawn it. Every test that runs the app in-process starts it here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use orderwatch::clock::{Clock, SystemClock};
@@ -12,11 +12,14 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 /// A running orderwatch server and what a test needs to talk to it.
 pub struct TestApp {
     /// Where the server listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` has a listener of its own (`[server] metrics_listen`), when it has.
+    pub metrics_addr: Option<SocketAddr>,
     /// The folder holding the config and the database; removed on drop.
     pub dir: TempDir,
     /// The SQLite file.
@@ -41,32 +44,87 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
 
 /// Spawns the app in `dir` (which may already hold a database) with `toml` and `clock`.
 pub async fn spawn_app_in(dir: TempDir, toml: &str, clock: Arc<dyn Clock>) -> TestApp {
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, toml).unwrap();
-    let config = Config::load(&config_path).expect("test config is valid");
+    let config = write_config(dir.path(), toml);
     let listener = startup::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
-    let db_path = config.database.path.clone();
-    let path = config.server.path.clone();
+    let (db_path, path) = (config.database.path.clone(), config.server.path.clone());
     let task = tokio::spawn(startup::run(listener, config, clock, async {
         let _ = stop.await;
     }));
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let app = TestApp {
-        addr,
-        dir,
-        db_path,
-        client,
-        path,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    };
-    app.wait_ready().await;
-    app
+    TestApp::ready(addr, None, dir, db_path, path, shutdown, task).await
+}
+
+/// Spawns the app with `toml` (which sets `[server] metrics_listen`) and both listeners on
+/// `127.0.0.1:0`, bound here as the daemon binds them.
+pub async fn spawn_app_with_metrics_listener(toml: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), toml);
+    let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, metrics_addr) = (
+        webhooks.local_addr().unwrap(),
+        metrics.local_addr().unwrap(),
+    );
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let (db_path, path) = (config.database.path.clone(), config.server.path.clone());
+    let task = tokio::spawn(startup::run_with(
+        webhooks,
+        Some(metrics),
+        config,
+        Arc::new(SystemClock),
+        async {
+            let _ = stop.await;
+        },
+        startup::Reload::none(),
+    ));
+    TestApp::ready(addr, Some(metrics_addr), dir, db_path, path, shutdown, task).await
+}
+
+/// Writes `toml` to `dir/config.toml` and loads it.
+fn write_config(dir: &Path, toml: &str) -> Config {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load(&path).expect("test config is valid")
+}
+
+/// Registers `orders` in the database of `config` (written to `dir/config.toml`) before any
+/// app or daemon starts there, as `orderwatch watch` would.
+pub async fn watch_before_start(dir: &Path, config: &str, orders: &[Uuid]) {
+    let config = write_config(dir, config);
+    let (writer, thread) = startup::open_store(&config, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    writer.watch(orders.to_vec()).await.unwrap();
+    drop(writer);
+    thread.shutdown().await;
 }
 
 impl TestApp {
+    /// The app spawned as `task`, once it answers `/readyz`.
+    async fn ready(
+        addr: SocketAddr,
+        metrics_addr: Option<SocketAddr>,
+        dir: TempDir,
+        db_path: PathBuf,
+        path: String,
+        shutdown: oneshot::Sender<()>,
+        task: JoinHandle<Result<(), startup::StartupError>>,
+    ) -> Self {
+        let app = TestApp {
+            addr,
+            metrics_addr,
+            dir,
+            db_path,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            path,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        };
+        app.wait_ready().await;
+        app
+    }
+
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)

@@ -1,15 +1,28 @@
 //! What the test modules share, so that no test module imports another: the app in-process
 //! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
-//! ([`fake_musement`]) and small builders of test input.
+//! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), and small
+//! builders of test input.
 
+pub mod api;
 pub mod app;
 pub mod daemon;
 pub mod fake_musement;
 
 use std::path::Path;
+use std::process::Command;
 
-pub use app::{TestApp, spawn_app, spawn_app_in, spawn_app_with};
+pub use api::{config_for, harness};
+pub use app::{
+    TestApp, spawn_app, spawn_app_in, spawn_app_with, spawn_app_with_metrics_listener,
+    watch_before_start,
+};
 pub use daemon::Daemon;
+
+/// `[server.auth]` with Musement's documented example credentials.
+pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
+
+/// The `Authorization` value for [`AUTH_CONFIG`]'s `JohnSmith:Swordfish`.
+pub const GOOD_BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
 
 /// The text of `fixtures/NAME`.
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -22,6 +35,19 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// The path of the orderwatch binary cargo built for these tests.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_orderwatch")
+}
+
+/// `orderwatch ARGS --config CONFIG` (the real binary), without the test runner's
+/// `ORDERWATCH_CONFIG` and `RUST_LOG`, ready to run.
+pub fn cli(config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("ORDERWATCH_CONFIG")
+        .env_remove("RUST_LOG");
+    command
 }
 
 /// A valid webhook body for `item` of `order` at `version` with `status`; the item's update
