@@ -167,6 +167,13 @@ impl TestApp {
         Connection::open(&self.db_path).unwrap()
     }
 
+    /// Asserts the database holds no item, event or order: nothing half-read was stored.
+    pub fn assert_nothing_stored(&self) {
+        assert_eq!(self.count("order_items"), 0, "no item row");
+        assert_eq!(self.count("item_events"), 0, "no event");
+        assert_eq!(self.count("orders"), 0, "no order row");
+    }
+
     /// Counts rows of `table` (optionally `WHERE clause`).
     pub fn count(&self, table_and_where: &str) -> i64 {
         self.db()

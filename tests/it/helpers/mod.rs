@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod daemon;
 pub mod fake_musement;
+pub mod wire;
 
 use std::path::Path;
 use std::process::Command;
@@ -69,6 +70,34 @@ pub fn webhook(item: &str, order: &str, version: u64, status: &str) -> String {
         "order_item_status": status,
     })
     .to_string()
+}
+
+/// A valid webhook for a fresh item `n` (item `uuid(1, n)` of order `uuid(2, n)`, version 1,
+/// `PENDING`).
+pub fn valid_webhook(n: u64) -> String {
+    webhook(&uuid(1, n), &uuid(2, n), 1, "PENDING")
+}
+
+/// [`valid_webhook`]`(1)` with `field` replaced by `value` (raw JSON text).
+pub fn webhook_with_field(field: &str, value: &str) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&valid_webhook(1)).unwrap();
+    body[field] = serde_json::Value::String("@@".into());
+    body.to_string().replace("\"@@\"", value)
+}
+
+/// [`valid_webhook`]`(n)` with every timestamp (order and item, created and updated) set to
+/// `at`, as sent.
+pub fn webhook_at(n: u64, at: &str) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&valid_webhook(n)).unwrap();
+    for field in [
+        "order_created",
+        "order_updated",
+        "order_item_created",
+        "order_item_updated",
+    ] {
+        body[field] = serde_json::json!(at);
+    }
+    body.to_string()
 }
 
 /// A deterministic UUID-shaped string for test item/order `n`.
