@@ -57,34 +57,20 @@ async fn connection_refused_backs_off_then_converges_when_the_api_comes_up() {
     let addr = closed_port();
     let case = "connection refused";
     let mut rig = harness_at(&format!("http://{addr}/api/v3"), BACKOFF).await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed_pending(order, item).await;
+    let (order, item) = rig.seed_new_pending().await;
     let before = rig.snapshot();
 
-    let summary = rig.pass().await;
-    rig.assert_failed(
-        case,
-        &summary,
-        order,
-        1,
-        &["cannot reach musement"],
-        &before,
-    );
-    assert_eq!(
-        rig.pass().await.due,
-        0,
-        "backing off: not due again at once"
-    );
-    rig.advance(Duration::seconds(31));
-    let summary = rig.pass().await;
-    rig.assert_failed(
-        case,
-        &summary,
-        order,
-        2,
-        &["cannot reach musement"],
-        &before,
-    );
+    for nth in 1..=2 {
+        let summary = rig.pass().await;
+        let words = ["cannot reach musement"];
+        rig.assert_failed(case, &summary, order, nth, &words, &before);
+        assert_eq!(
+            rig.pass().await.due,
+            0,
+            "backing off after failure {nth}: not due again at once"
+        );
+        rig.advance(Duration::seconds(31));
+    }
 
     // The API comes up where the client points.
     let fake = rig.start_fake_on(addr).await;
@@ -213,8 +199,7 @@ fn failed_answers() -> [FailedAnswer; 5] {
 async fn a_failed_answer_changes_nothing_backs_off_and_converges() {
     for row in failed_answers() {
         let rig = rig(row.config).await;
-        let (order, item) = (new_uuid(), new_uuid());
-        rig.seed_pending(order, item).await;
+        let (order, item) = rig.seed_new_pending().await;
         // Musement's truth moved on; a failed answer must not leak it into the store.
         rig.fake().put_order(order_json(order, &[(item, "OK")]));
         let path = format!("/orders/{order}");
@@ -241,8 +226,7 @@ async fn a_failed_answer_changes_nothing_backs_off_and_converges() {
 #[tokio::test]
 async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
     let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed_pending(order, item).await;
+    let (order, item) = rig.seed_new_pending().await;
     let path = format!("/orders/{order}");
     let full = order_json(order, &[(item, "OK")]);
     rig.fake().put_order(full.clone());
@@ -306,8 +290,7 @@ async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
 #[tokio::test]
 async fn an_unknown_item_status_is_stored_as_sent_and_the_order_keeps_being_polled() {
     let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed_pending(order, item).await;
+    let (order, item) = rig.seed_new_pending().await;
     rig.fake()
         .put_order(order_json(order, &[(item, "ON_HOLD_BY_SUPPLIER")]));
     let path = format!("/orders/{order}");
@@ -337,10 +320,11 @@ async fn an_unknown_item_status_is_stored_as_sent_and_the_order_keeps_being_poll
 #[tokio::test]
 async fn a_token_endpoint_that_is_down_fails_every_due_order_and_then_recovers() {
     let rig = rig("").await;
-    let orders: Vec<(Uuid, Uuid)> = (0..3).map(|_| (new_uuid(), new_uuid())).collect();
-    for (order, item) in &orders {
-        rig.seed_pending(*order, *item).await;
-        rig.fake().put_order(order_json(*order, &[(*item, "OK")]));
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let (order, item) = rig.seed_new_pending().await;
+        rig.fake().put_order(order_json(order, &[(item, "OK")]));
+        orders.push((order, item));
     }
     let before = rig.snapshot();
 
@@ -399,9 +383,8 @@ async fn a_token_endpoint_that_is_down_fails_every_due_order_and_then_recovers()
 #[tokio::test]
 async fn a_hanging_token_endpoint_costs_one_timeout_per_pass_not_one_per_order() {
     let rig = rig("request_timeout = \"250ms\"\nconcurrency = 4").await;
-    let orders: Vec<(Uuid, Uuid)> = (0..8).map(|_| (new_uuid(), new_uuid())).collect();
-    for (order, item) in &orders {
-        rig.seed_pending(*order, *item).await;
+    for _ in 0..8 {
+        rig.seed_new_pending().await;
     }
     rig.fake().set_outage(
         "/login",
@@ -510,52 +493,50 @@ async fn a_failing_order_is_logged_once_per_state_change_not_per_retry() {
     let (captured, _logging) = capture_logs();
 
     let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed_pending(order, item).await;
+    let (order, item) = rig.seed_new_pending().await;
     rig.fake()
         .put_order(order_json(order, &[(item, "PENDING")]));
     let path = format!("/orders/{order}");
-    let down = || Some(FakeResponse::fixture(503, "error-service-unavailable.json"));
-
-    // Five failed polls in a row: one warning, then debug lines.
-    rig.fake().set_outage(&path, down());
-    for _ in 0..5 {
-        assert_eq!(rig.pass().await.failures, 1);
-        rig.advance(Duration::minutes(10));
+    let down = || FakeResponse::fixture(503, "error-service-unavailable.json");
+    // (what happens, whether the API is down, passes, then: (level, message, lines so far))
+    type Said = &'static [(&'static str, &'static str, usize)];
+    let phases: [(&str, bool, usize, Said); 3] = [
+        (
+            "five failed polls in a row: one warning, then debug lines",
+            true,
+            5,
+            &[
+                ("WARN", "poll failed; backing off", 1),
+                ("DEBUG", "poll failed again", 4),
+            ],
+        ),
+        (
+            "recovery: said once, at INFO; further good polls say nothing about the order",
+            false,
+            3,
+            &[("INFO", "polling works again", 1)],
+        ),
+        (
+            "a second outage is a new state change: one more warning",
+            true,
+            3,
+            &[("WARN", "poll failed; backing off", 2)],
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (phase, api_down, passes, said) in phases {
+        rig.fake().set_outage(&path, api_down.then(down));
+        for _ in 0..passes {
+            let summary = rig.pass().await;
+            let expected = if api_down { (0, 1) } else { (1, 0) };
+            assert_eq!((summary.polled, summary.failures), expected, "{phase}");
+            rig.advance(Duration::minutes(10));
+        }
+        lines = captured.about(order);
+        for &(level, message, times) in said {
+            assert_eq!(count(&lines, level, message), times, "{phase}: {lines:#?}");
+        }
     }
-    let lines = captured.about(order);
-    assert_eq!(
-        count(&lines, "WARN", "poll failed; backing off"),
-        1,
-        "{lines:#?}"
-    );
-    assert_eq!(count(&lines, "DEBUG", "poll failed again"), 4, "{lines:#?}");
-
-    // Recovery: said once, at INFO; further good polls say nothing about the order.
-    rig.fake().set_outage(&path, None);
-    for _ in 0..3 {
-        assert_eq!(rig.pass().await.polled, 1);
-        rig.advance(Duration::minutes(10));
-    }
-    let lines = captured.about(order);
-    assert_eq!(
-        count(&lines, "INFO", "polling works again"),
-        1,
-        "{lines:#?}"
-    );
-
-    // A second outage is a new state change: one more warning.
-    rig.fake().set_outage(&path, down());
-    for _ in 0..3 {
-        assert_eq!(rig.pass().await.failures, 1);
-        rig.advance(Duration::minutes(10));
-    }
-    let lines = captured.about(order);
-    assert_eq!(
-        count(&lines, "WARN", "poll failed; backing off"),
-        2,
-        "{lines:#?}"
-    );
     // (The item also went past its 30-minute confirmation deadline meanwhile: a state change
     // of its own, said once.)
     let about_polling = lines
@@ -678,8 +659,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
 async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log() {
     let (captured, _logging) = capture_logs();
     let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed_pending(order, item).await;
+    let (order, item) = rig.seed_new_pending().await;
     // Valid JSON with the customer object up front, as Musement sends it, and one field of the
     // wrong type further down.
     let mut body = order_json(order, &[(item, "OK")]);

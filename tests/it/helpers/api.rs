@@ -197,6 +197,13 @@ impl Harness {
         self.advance(Duration::minutes(3));
     }
 
+    /// [`Harness::seed_pending`] for a new order with one item: `(order, item)`.
+    pub async fn seed_new_pending(&self) -> (Uuid, Uuid) {
+        let (order, item) = (new_uuid(), new_uuid());
+        self.seed_pending(order, item).await;
+        (order, item)
+    }
+
     /// Moves the clock on.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
