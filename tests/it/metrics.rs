@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Duration;
 use orderwatch::reconciler::Progress;
 use reqwest::Method;
-use uuid::Uuid;
 
 use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::{
@@ -601,12 +600,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
 #[tokio::test]
 async fn reconciler_and_api_metrics_follow_the_passes() {
     let h = harness("concurrency = 1").await;
-    let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
-    for order in &orders {
-        h.fake()
-            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
-    }
-    h.watch(&orders).await;
+    let orders = h.watch_new_orders(3).await;
     // The first pass: one login, two orders answered, one 503.
     h.fake()
         .push_response(&format!("/orders/{}", orders[1]), FakeResponse::status(503));

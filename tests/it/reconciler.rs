@@ -5,15 +5,14 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use orderwatch::clock::{Clock, ManualClock, SystemClock};
-use orderwatch::config::Config;
+use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::startup;
 use orderwatch::store::Outcome;
 use rusqlite::Connection;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::api::{Harness, START, at, config_for, harness};
+use crate::helpers::api::{Harness, at, config_for, harness, harness_on};
 use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, httpdate,
     new_uuid, order_json, voucher_url,
@@ -51,14 +50,7 @@ async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.items_changed), (1, 1));
     assert_eq!(h.item(pending).0, "OK");
-    let vouchers: String = h
-        .db()
-        .query_row(
-            "SELECT vouchers FROM order_items WHERE item_uuid = ?1",
-            [pending.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let vouchers = h.item_field(pending, "vouchers").unwrap();
     assert_eq!(
         serde_json::from_str::<Vec<String>>(&vouchers).unwrap(),
         [voucher_url(pending)]
@@ -292,15 +284,7 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
     h.advance(Duration::seconds(61));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (1, 0));
-    let failures: i64 = h
-        .db()
-        .query_row(
-            "SELECT poll_failures FROM orders WHERE order_uuid = ?1",
-            [order.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(failures, 0);
+    assert_eq!(h.poll_state(order).failures, 0);
     assert_eq!(h.order_field(order, "last_error"), None);
     assert_eq!(h.item(item).0, "PENDING");
     h.close().await;
@@ -370,12 +354,7 @@ async fn an_absurd_retry_after_is_capped_and_the_writer_survives() {
 #[tokio::test]
 async fn expired_token_is_renewed_and_refused_credentials_stop_the_pass() {
     let h = harness("").await;
-    let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
-    for order in &orders {
-        h.fake()
-            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
-    }
-    h.watch(&orders).await;
+    h.watch_new_orders(3).await;
     assert_eq!(h.pass().await.polled, 3);
     assert_eq!(h.fake().tokens_issued(), 1, "one login for the whole pass");
 
@@ -491,27 +470,18 @@ async fn the_lease_refuses_a_concurrent_pass_and_names_the_holder() {
 #[tokio::test]
 async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
     let fake = FakeMusement::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}[server]\ninstance_id = \"ow-a\"\n",
-            config_for(&fake, "")
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
+    let h = harness_on(&format!(
+        "{}[server]\ninstance_id = \"ow-a\"\n",
+        config_for(&fake, "")
+    ))
+    .await;
+    let writer = &h.writer;
     // What the killed daemon left: its lease, ten minutes to go.
     writer
         .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
         .await
         .unwrap();
-    let reconciler =
-        startup::build_reconciler(&config, writer.clone(), clock.clone(), startup::DAEMON_ROLE)
-            .unwrap();
+    let reconciler = h.reconciler_as(startup::DAEMON_ROLE);
     reconciler.run_once().await.unwrap();
 
     writer
@@ -526,12 +496,11 @@ async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
         .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
         .await
         .unwrap();
-    let command =
-        startup::build_reconciler(&config, writer.clone(), clock, "orderwatch reconcile").unwrap();
+    let command = h.reconciler_as("orderwatch reconcile");
     let error = command.run_once().await.unwrap_err().to_string();
     assert!(error.contains("(ow-a, lease until"), "{error}");
-    drop((reconciler, command, writer));
-    writer_thread.shutdown().await;
+    drop((reconciler, command));
+    h.close().await;
 }
 
 #[test]

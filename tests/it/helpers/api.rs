@@ -77,24 +77,39 @@ pub async fn harness(reconciler_extra: &str) -> Harness {
 /// A harness whose API is `base_url`, where nothing may listen yet (see
 /// [`Harness::start_fake_on`]).
 pub async fn harness_at(base_url: &str, reconciler_extra: &str) -> Harness {
+    harness_on(&config_at(base_url, reconciler_extra)).await
+}
+
+/// A harness on the config `text` (written to `dir/config.toml`), with no fake attached; its
+/// reconciler runs in the role `"test"` (see [`Harness::reconciler_as`] for others).
+pub async fn harness_on(text: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
-    std::fs::write(&path, config_at(base_url, reconciler_extra)).unwrap();
+    std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
     let clock = Arc::new(ManualClock::new(at(START)));
     let (writer, writer_thread) = startup::open_store(&config, clock.clone()).await.unwrap();
-    let reconciler =
-        startup::build_reconciler(&config, writer.clone(), clock.clone(), "test").unwrap();
     Harness {
         fake: None,
         date_pinned: AtomicBool::new(false),
+        reconciler: reconciler_as(&config, &writer, &clock, "test"),
         clock,
-        reconciler,
         writer,
         writer_thread: Some(writer_thread),
         config,
         dir,
     }
+}
+
+/// A reconciler built the way the daemon builds it, in `role` (`startup::DAEMON_ROLE`, or a
+/// command's name), on `writer` and `clock`.
+fn reconciler_as(
+    config: &Config,
+    writer: &Writer,
+    clock: &Arc<ManualClock>,
+    role: &str,
+) -> Reconciler {
+    startup::build_reconciler(config, writer.clone(), clock.clone(), role).unwrap()
 }
 
 /// Rows as text (`NULL` as `None`).
@@ -123,6 +138,12 @@ impl Harness {
     /// Starts the fake API at `addr`, where the config already points.
     pub async fn start_fake_on(&mut self, addr: SocketAddr) -> &FakeMusement {
         self.fake.insert(FakeMusement::start_on(addr).await)
+    }
+
+    /// A second reconciler on this harness's store and clock, in `role` (the lease holder's
+    /// name depends on it).
+    pub fn reconciler_as(&self, role: &str) -> Reconciler {
+        reconciler_as(&self.config, &self.writer, &self.clock, role)
     }
 
     /// Runs a pass that must not stop early.
@@ -164,6 +185,17 @@ impl Harness {
         let (order, item) = (new_uuid(), new_uuid());
         self.watch_order(order, &[(item, status)]).await;
         (order, item)
+    }
+
+    /// `n` new watched orders, each with one `PENDING` item at the fake.
+    pub async fn watch_new_orders(&self, n: usize) -> Vec<Uuid> {
+        let orders: Vec<Uuid> = (0..n).map(|_| new_uuid()).collect();
+        for order in &orders {
+            self.fake()
+                .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
+        }
+        self.watch(&orders).await;
+        orders
     }
 
     /// Delivers a webhook through the same store function the receiver uses.
