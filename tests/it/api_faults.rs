@@ -31,7 +31,7 @@ use crate::helpers::{Daemon, uuid, watch_before_start, webhook};
 const BACKOFF: &str = "backoff_base = \"30s\"\nbackoff_cap = \"10m\"\n";
 
 /// A harness against a running fake, with [`BACKOFF`] and `extra` in `[reconciler]`.
-async fn rig(extra: &str) -> Harness {
+async fn harness_with_backoff(extra: &str) -> Harness {
     harness(&format!("{BACKOFF}{extra}")).await
 }
 
@@ -56,27 +56,27 @@ fn closed_port() -> std::net::SocketAddr {
 async fn connection_refused_backs_off_then_converges_when_the_api_comes_up() {
     let addr = closed_port();
     let case = "connection refused";
-    let mut rig = harness_at(&format!("http://{addr}/api/v3"), BACKOFF).await;
-    let (order, item) = rig.seed_new_pending().await;
-    let before = rig.snapshot();
+    let mut h = harness_at(&format!("http://{addr}/api/v3"), BACKOFF).await;
+    let (order, item) = h.seed_new_pending().await;
+    let before = h.snapshot();
 
     for nth in 1..=2 {
-        let summary = rig.pass().await;
+        let summary = h.pass().await;
         let words = ["cannot reach musement"];
-        rig.assert_failed(case, &summary, order, nth, &words, &before);
+        h.assert_failed(case, &summary, order, nth, &words, &before);
         assert_eq!(
-            rig.pass().await.due,
+            h.pass().await.due,
             0,
             "backing off after failure {nth}: not due again at once"
         );
-        rig.advance(Duration::seconds(31));
+        h.advance(Duration::seconds(31));
     }
 
     // The API comes up where the client points.
-    let fake = rig.start_fake_on(addr).await;
+    let fake = h.start_fake_on(addr).await;
     fake.put_order(order_json(order, &[(item, "OK")]));
-    rig.assert_converges(case, order, item, "OK").await;
-    rig.close().await;
+    h.assert_converges(case, order, item, "OK").await;
+    h.close().await;
 }
 
 /// What the fake answers to an order's next GET instead of the order.
@@ -198,39 +198,39 @@ fn failed_answers() -> [FailedAnswer; 5] {
 #[tokio::test]
 async fn a_failed_answer_changes_nothing_backs_off_and_converges() {
     for row in failed_answers() {
-        let rig = rig(row.config).await;
-        let (order, item) = rig.seed_new_pending().await;
+        let h = harness_with_backoff(row.config).await;
+        let (order, item) = h.seed_new_pending().await;
         // Musement's truth moved on; a failed answer must not leak it into the store.
-        rig.fake().put_order(order_json(order, &[(item, "OK")]));
+        h.fake().put_order(order_json(order, &[(item, "OK")]));
         let path = format!("/orders/{order}");
         match row.answer {
-            BadAnswer::Fault(fault) => rig.fake().push_fault(&path, fault),
-            BadAnswer::Response(response) => rig.fake().push_response(&path, response(order)),
+            BadAnswer::Fault(fault) => h.fake().push_fault(&path, fault),
+            BadAnswer::Response(response) => h.fake().push_response(&path, response(order)),
         }
-        let before = rig.snapshot();
+        let before = h.snapshot();
         let started = Instant::now();
-        let summary = rig.pass().await;
+        let summary = h.pass().await;
         let took = started.elapsed();
-        rig.assert_failed(row.name, &summary, order, 1, row.words, &before);
+        h.assert_failed(row.name, &summary, order, 1, row.words, &before);
         (row.also)(&FailedPass {
             name: row.name,
-            h: &rig,
+            h: &h,
             order,
             took,
         });
-        rig.assert_converges(row.name, order, item, "OK").await;
-        rig.close().await;
+        h.assert_converges(row.name, order, item, "OK").await;
+        h.close().await;
     }
 }
 
 #[tokio::test]
 async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
-    let rig = rig("").await;
-    let (order, item) = rig.seed_new_pending().await;
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
     let path = format!("/orders/{order}");
     let full = order_json(order, &[(item, "OK")]);
-    rig.fake().put_order(full.clone());
-    let before = rig.snapshot();
+    h.fake().put_order(full.clone());
+    let before = h.snapshot();
 
     // `items` missing or null: lenient, the order facts are stored, no item is touched, and
     // the order stays due because its item is still PENDING here.
@@ -242,9 +242,8 @@ async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
             }
             Some(value) => body["items"] = value,
         }
-        rig.fake()
-            .push_response(&path, FakeResponse::json(200, body));
-        let summary = rig.pass().await;
+        h.fake().push_response(&path, FakeResponse::json(200, body));
+        let summary = h.pass().await;
         assert_eq!(
             (
                 summary.due,
@@ -255,26 +254,25 @@ async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
             (1, 1, 0, 0),
             "{summary:?}"
         );
-        let (items_now, orders_now, events_now) = rig.snapshot();
+        let (items_now, orders_now, events_now) = h.snapshot();
         assert_eq!(
             (&items_now, events_now),
             (&before.0, before.2),
             "no item changed"
         );
         assert_ne!(orders_now, before.1, "the order's own facts were stored");
-        assert_eq!(rig.item(item).0, "PENDING");
-        rig.advance(Duration::minutes(1));
+        assert_eq!(h.item(item).0, "PENDING");
+        h.advance(Duration::minutes(1));
     }
 
     // `items` of the wrong type is malformed: a failure like any other.
     let mut body = full.clone();
     body["items"] = json!({ "0": { "uuid": item.to_string(), "status": "OK" } });
-    rig.fake()
-        .push_response(&path, FakeResponse::json(200, body));
-    let before = rig.snapshot();
-    let summary = rig.pass().await;
+    h.fake().push_response(&path, FakeResponse::json(200, body));
+    let before = h.snapshot();
+    let summary = h.pass().await;
     let case = "items of the wrong type";
-    rig.assert_failed(
+    h.assert_failed(
         case,
         &summary,
         order,
@@ -283,50 +281,50 @@ async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
         &before,
     );
 
-    rig.assert_converges(case, order, item, "OK").await;
-    rig.close().await;
+    h.assert_converges(case, order, item, "OK").await;
+    h.close().await;
 }
 
 #[tokio::test]
 async fn an_unknown_item_status_is_stored_as_sent_and_the_order_keeps_being_polled() {
-    let rig = rig("").await;
-    let (order, item) = rig.seed_new_pending().await;
-    rig.fake()
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
+    h.fake()
         .put_order(order_json(order, &[(item, "ON_HOLD_BY_SUPPLIER")]));
     let path = format!("/orders/{order}");
     for n in 1..=3 {
-        let summary = rig.pass().await;
+        let summary = h.pass().await;
         assert_eq!(
             (summary.due, summary.polled, summary.failures),
             (1, 1, 0),
             "pass {n}: {summary:?}"
         );
         assert_eq!(
-            rig.item(item),
+            h.item(item),
             ("ON_HOLD_BY_SUPPLIER".to_owned(), "poll".to_owned())
         );
-        assert_eq!(rig.fake().count("GET", &path), n);
-        rig.advance(Duration::minutes(1));
+        assert_eq!(h.fake().count("GET", &path), n);
+        h.advance(Duration::minutes(1));
     }
     // Settled at Musement: polled once more, then no longer due.
-    rig.fake().set_item_status(order, item, "OK");
-    assert_eq!(rig.pass().await.polled, 1);
-    assert_eq!(rig.item(item).0, "OK");
-    rig.advance(Duration::minutes(1));
-    assert_eq!(rig.pass().await.due, 0, "OK with a voucher is settled");
-    rig.close().await;
+    h.fake().set_item_status(order, item, "OK");
+    assert_eq!(h.pass().await.polled, 1);
+    assert_eq!(h.item(item).0, "OK");
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.due, 0, "OK with a voucher is settled");
+    h.close().await;
 }
 
 #[tokio::test]
 async fn a_token_endpoint_that_is_down_fails_every_due_order_and_then_recovers() {
-    let rig = rig("").await;
+    let h = harness_with_backoff("").await;
     let mut orders = Vec::new();
     for _ in 0..3 {
-        let (order, item) = rig.seed_new_pending().await;
-        rig.fake().put_order(order_json(order, &[(item, "OK")]));
+        let (order, item) = h.seed_new_pending().await;
+        h.fake().put_order(order_json(order, &[(item, "OK")]));
         orders.push((order, item));
     }
-    let before = rig.snapshot();
+    let before = h.snapshot();
 
     // 503, then a 200 that is an HTML page: neither gives a token.
     let html = FakeResponse::status(200)
@@ -340,64 +338,64 @@ async fn a_token_endpoint_that_is_down_fails_every_due_order_and_then_recovers()
         (html, "malformed"),
     ];
     for (nth, (outage, word)) in outages.into_iter().enumerate() {
-        rig.fake().set_outage("/login", Some(outage));
-        let logins_before = rig.fake().count("POST", "/login");
-        let summary = rig.pass().await;
+        h.fake().set_outage("/login", Some(outage));
+        let logins_before = h.fake().count("POST", "/login");
+        let summary = h.pass().await;
         assert_eq!(
             (summary.due, summary.polled, summary.failures),
             (3, 0, 3),
             "{summary:?}"
         );
-        let logins = rig.fake().count("POST", "/login") - logins_before;
+        let logins = h.fake().count("POST", "/login") - logins_before;
         eprintln!("token endpoint down ({word}): {logins} login attempts for 3 due orders");
         assert!(
             (1..=3).contains(&logins),
             "{logins} login attempts for 3 orders"
         );
         assert_eq!(
-            rig.fake().count("GET", "/orders/"),
+            h.fake().count("GET", "/orders/"),
             0,
             "no GET without a token"
         );
         for (order, _) in &orders {
-            let state = rig.poll_state(*order);
+            let state = h.poll_state(*order);
             assert_eq!(state.failures, nth as i64 + 1);
             let error = state.last_error.unwrap_or_default().to_lowercase();
             assert!(error.contains(word), "{error}");
         }
-        assert_eq!(rig.snapshot(), before, "no item changed");
-        rig.advance(Duration::minutes(10));
+        assert_eq!(h.snapshot(), before, "no item changed");
+        h.advance(Duration::minutes(10));
     }
 
-    rig.fake().set_outage("/login", None);
-    let summary = rig.pass().await;
+    h.fake().set_outage("/login", None);
+    let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (3, 0), "{summary:?}");
-    assert_eq!(rig.fake().tokens_issued(), 1, "one login for the pass");
+    assert_eq!(h.fake().tokens_issued(), 1, "one login for the pass");
     for (order, item) in &orders {
-        assert_eq!(rig.item(*item).0, "OK");
-        assert_eq!(rig.poll_state(*order).failures, 0);
+        assert_eq!(h.item(*item).0, "OK");
+        assert_eq!(h.poll_state(*order).failures, 0);
     }
-    rig.close().await;
+    h.close().await;
 }
 
 #[tokio::test]
 async fn a_hanging_token_endpoint_costs_one_timeout_per_pass_not_one_per_order() {
-    let rig = rig("request_timeout = \"250ms\"\nconcurrency = 4").await;
+    let h = harness_with_backoff("request_timeout = \"250ms\"\nconcurrency = 4").await;
     for _ in 0..8 {
-        rig.seed_new_pending().await;
+        h.seed_new_pending().await;
     }
-    rig.fake().set_outage(
+    h.fake().set_outage(
         "/login",
         Some(FakeResponse::status(200).delayed(StdDuration::from_secs(5))),
     );
     let started = Instant::now();
-    let summary = rig.pass().await;
+    let summary = h.pass().await;
     let took = started.elapsed();
-    let logins = rig.fake().count("POST", "/login");
+    let logins = h.fake().count("POST", "/login");
     eprintln!("hanging token endpoint: 8 due orders, {logins} logins, pass took {took:?}");
     assert_eq!(summary.failures, 8);
     assert_eq!(logins, 1, "one login attempt per pass, not one per order");
-    rig.close().await;
+    h.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -492,10 +490,9 @@ fn count(lines: &[(String, String)], level: &str, message: &str) -> usize {
 async fn a_failing_order_is_logged_once_per_state_change_not_per_retry() {
     let (captured, _logging) = capture_logs();
 
-    let rig = rig("").await;
-    let (order, item) = rig.seed_new_pending().await;
-    rig.fake()
-        .put_order(order_json(order, &[(item, "PENDING")]));
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
+    h.fake().put_order(order_json(order, &[(item, "PENDING")]));
     let path = format!("/orders/{order}");
     let down = || FakeResponse::fixture(503, "error-service-unavailable.json");
     // (what happens, whether the API is down, passes, then: (level, message, lines so far))
@@ -525,12 +522,12 @@ async fn a_failing_order_is_logged_once_per_state_change_not_per_retry() {
     ];
     let mut lines = Vec::new();
     for (phase, api_down, passes, said) in phases {
-        rig.fake().set_outage(&path, api_down.then(down));
+        h.fake().set_outage(&path, api_down.then(down));
         for _ in 0..passes {
-            let summary = rig.pass().await;
+            let summary = h.pass().await;
             let expected = if api_down { (0, 1) } else { (1, 0) };
             assert_eq!((summary.polled, summary.failures), expected, "{phase}");
-            rig.advance(Duration::minutes(10));
+            h.advance(Duration::minutes(10));
         }
         lines = captured.about(order);
         for &(level, message, times) in said {
@@ -548,7 +545,7 @@ async fn a_failing_order_is_logged_once_per_state_change_not_per_retry() {
         about_polling, 3,
         "two warnings and one recovery, nothing per retry: {lines:#?}"
     );
-    rig.close().await;
+    h.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,16 +655,16 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
 #[tokio::test(flavor = "current_thread")]
 async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log() {
     let (captured, _logging) = capture_logs();
-    let rig = rig("").await;
-    let (order, item) = rig.seed_new_pending().await;
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
     // Valid JSON with the customer object up front, as Musement sends it, and one field of the
     // wrong type further down.
     let mut body = order_json(order, &[(item, "OK")]);
     body["items"] = json!("not a list");
-    rig.fake()
+    h.fake()
         .push_response(&format!("/orders/{order}"), FakeResponse::json(200, body));
-    assert_eq!(rig.pass().await.failures, 1);
-    let error = rig.poll_state(order).last_error.unwrap_or_default();
+    assert_eq!(h.pass().await.failures, 1);
+    let error = h.poll_state(order).last_error.unwrap_or_default();
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     for personal in PERSONAL_VALUES {
         assert!(
@@ -676,7 +673,7 @@ async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log()
         );
         assert!(!log.contains(personal), "{personal} in the log: {log}");
     }
-    rig.close().await;
+    h.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,19 +686,19 @@ async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log()
 async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     let (captured, _logging) = capture_logs();
     let concurrency = 4;
-    let rig = rig(&format!("concurrency = {concurrency}")).await;
+    let h = harness_with_backoff(&format!("concurrency = {concurrency}")).await;
     let orders: Vec<Uuid> = (0..20).map(|_| new_uuid()).collect();
     for order in &orders {
-        rig.fake()
+        h.fake()
             .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
-        rig.fake().set_outage(
+        h.fake().set_outage(
             &format!("/orders/{order}"),
             Some(FakeResponse::status(429).with_header("retry-after", "120")),
         );
     }
-    rig.writer.watch(orders.clone()).await.unwrap();
+    h.writer.watch(orders.clone()).await.unwrap();
     let order_gets = || {
-        rig.fake()
+        h.fake()
             .requests()
             .iter()
             .filter(|r| r.method == "GET" && r.path.contains("/orders/"))
@@ -709,8 +706,8 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     };
 
     // The daemon's scheduled pass, which logs its summary.
-    rig.fake().set_date(Some(rig.clock.now()));
-    rig.reconciler.tick().await;
+    h.fake().set_date(Some(h.clock.now()));
+    h.reconciler.tick().await;
     let gets = order_gets();
     assert!(
         (1..=concurrency).contains(&gets),
@@ -738,15 +735,15 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
         [&json!(20), &json!(0), &json!(gets), &json!(20 - gets)],
         "only the polls that got the 429 failed: {summary}"
     );
-    assert_eq!(paused_gauge(&rig).await, until.timestamp());
+    assert_eq!(paused_gauge(&h).await, until.timestamp());
     // The orders not polled are neither failed nor backed off: they are due as before.
     let backed_off = orders
         .iter()
-        .filter(|o| rig.poll_state(**o).failures > 0)
+        .filter(|o| h.poll_state(**o).failures > 0)
         .count();
     assert_eq!(backed_off, gets);
     for order in &orders {
-        let state = rig.poll_state(*order);
+        let state = h.poll_state(*order);
         if state.failures == 0 {
             assert_eq!(state.last_error, None, "{state:?}");
             assert!(
@@ -757,11 +754,11 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     }
 
     // A pass during the wait sends nothing at all, not even a login.
-    rig.fake().revoke_tokens();
-    rig.advance(Duration::seconds(119));
-    let sent = rig.fake().requests().len();
-    let summary = rig.pass().await;
-    assert_eq!(rig.fake().requests().len(), sent, "{summary:?}");
+    h.fake().revoke_tokens();
+    h.advance(Duration::seconds(119));
+    let sent = h.fake().requests().len();
+    let summary = h.pass().await;
+    assert_eq!(h.fake().requests().len(), sent, "{summary:?}");
     assert_eq!(
         (
             summary.due,
@@ -776,11 +773,11 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
 
     // The wait is over and Musement answers again: every order is polled, the gauge is 0.
     for order in &orders {
-        rig.fake().set_outage(&format!("/orders/{order}"), None);
+        h.fake().set_outage(&format!("/orders/{order}"), None);
     }
-    rig.advance(Duration::seconds(1));
-    assert_eq!(paused_gauge(&rig).await, 0);
-    let summary = rig.pass().await;
+    h.advance(Duration::seconds(1));
+    assert_eq!(paused_gauge(&h).await, 0);
+    let summary = h.pass().await;
     assert_eq!(
         (
             summary.due,
@@ -791,5 +788,5 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
         (20, 20, 0, None),
         "{summary:?}"
     );
-    rig.close().await;
+    h.close().await;
 }
