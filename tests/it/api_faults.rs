@@ -1,284 +1,49 @@
 //! Musement API faults in the reconciler (issue 5, item 6), against the fake API: connection
-//! refused, a reset mid-body, a body that never ends, a 200 HTML page, `items` missing, an
-//! unknown item status, a token endpoint that is down. For each: the pass records a failure and
-//! backs off (or stores what it can), nothing from a failed answer changes an item, and the state
-//! converges once the API recovers. Time is a `ManualClock` except in the daemon test, which
-//! runs the real binary and reads its JSON log.
+//! refused; the failed answers of one table (a reset mid-body, a body that never ends, a 200
+//! HTML page, a truncated JSON body, an answer slower than `request_timeout`); `items` missing,
+//! an unknown item status, a token endpoint that is down. For each: the pass records a failure
+//! and backs off (or stores what it can), nothing from a failed answer changes an item, and the
+//! state converges once the API recovers. Time is a `ManualClock` except in the daemon test,
+//! which runs the real binary and reads its JSON log.
 //!
 //! A 429 with `Retry-After` pausing every request is at the end (issue 11 #8).
 //!
-//! Already covered in `reconciler.rs`: 429 with `Retry-After` for one order, 500, a truncated
-//! JSON body, a slow answer past `request_timeout`, 404, revoked tokens and refused credentials.
+//! Already covered in `reconciler.rs`: 429 with `Retry-After` for one order, 500, a redirect,
+//! an absurd `Retry-After`, 404, revoked tokens and refused credentials.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
-use orderwatch::clock::{Clock, ManualClock};
-use orderwatch::config::Config;
-use orderwatch::metrics::Metrics;
-use orderwatch::observation::Observation;
-use orderwatch::reconciler::{self, PassSummary, Reconciler};
-use orderwatch::store;
-use orderwatch::store::observer::Unobserved;
-use orderwatch::store::writer::{Writer, WriterThread};
+use orderwatch::clock::Clock;
 use rusqlite::Connection;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::fake_musement::{
-    APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeFault, FakeMusement, FakeResponse, new_uuid,
-    order_json,
+use crate::helpers::api::{Harness, START, config_at, harness, harness_at};
+use crate::helpers::fake_musement::{
+    FakeFault, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid, order_json,
 };
-use crate::helpers::Daemon;
+use crate::helpers::{Daemon, uuid, watch_before_start, webhook};
 
-/// The rig's clock starts here.
-const START: &str = "2024-01-01T12:00:00Z";
+/// The backoff every case here assumes: 30 s doubling per failure, capped at 10 min (so a
+/// harness advanced by 10 min is always past it).
+const BACKOFF: &str = "backoff_base = \"30s\"\nbackoff_cap = \"10m\"\n";
 
-/// A reconciler on a `ManualClock` whose API may be a fake or nothing at all.
-struct Rig {
-    /// `None` while nothing listens at the configured base URL.
-    fake: Option<FakeMusement>,
-    clock: Arc<ManualClock>,
-    reconciler: Reconciler,
-    writer: Writer,
-    writer_thread: Option<WriterThread>,
-    /// What the writer, the reconciler and the API client count into.
-    metrics: Arc<Metrics>,
-    config: Config,
-    _dir: TempDir,
+/// A harness against a running fake, with [`BACKOFF`] and `extra` in `[reconciler]`.
+async fn harness_with_backoff(extra: &str) -> Harness {
+    harness(&format!("{BACKOFF}{extra}")).await
 }
 
-/// `[musement]` pointing at `base_url` with the fake's credentials, and `[reconciler]` with
-/// `extra` appended (as `reconciler::config_for`, but for any base URL).
-fn config_text(base_url: &str, extra: &str) -> String {
-    format!(
-        "[musement]\nbase_url = \"{base_url}\"\napplication = \"{APPLICATION}\"\n\
-         client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\n[reconciler]\n\
-         interval = \"1h\"\nmax_requests_per_second = 0.0\nbackoff_base = \"30s\"\n\
-         backoff_cap = \"10m\"\n{extra}\n"
-    )
-}
-
-async fn rig_at(base_url: &str, extra: &str) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config_text(base_url, extra)).unwrap();
-    let config = Config::load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let metrics = Arc::new(Metrics::new());
-    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
-        .await
-        .unwrap();
-    let reconciler = reconciler::build(
-        &config,
-        writer.clone(),
-        clock.clone(),
-        metrics.clone(),
-        "test",
-    )
-    .unwrap();
-    Rig {
-        fake: None,
-        clock,
-        reconciler,
-        writer,
-        writer_thread: Some(writer_thread),
-        metrics,
-        config,
-        _dir: dir,
-    }
-}
-
-/// A rig against a running fake.
-async fn rig(extra: &str) -> Rig {
-    let fake = FakeMusement::start().await;
-    let mut rig = rig_at(&fake.base_url(), extra).await;
-    rig.fake = Some(fake);
-    rig
-}
-
-/// Rows as text (`NULL` as `None`).
-type Rows = Vec<Vec<Option<String>>>;
-
-/// Item rows, order facts and the event count: what a failed answer must leave as it was.
-type Snapshot = (Rows, Rows, i64);
-
-/// What an order row says about polling it.
-#[derive(Debug)]
-struct PollState {
-    failures: i64,
-    last_error: Option<String>,
-    next_poll_at: Option<DateTime<Utc>>,
-}
-
-impl Rig {
-    fn fake(&self) -> &FakeMusement {
-        self.fake.as_ref().expect("the fake is running")
-    }
-
-    /// Runs a pass (the fake's `Date` follows the rig's clock).
-    async fn pass(&self) -> PassSummary {
-        if let Some(fake) = &self.fake {
-            fake.set_date(Some(self.clock.now()));
-        }
-        let summary = self.reconciler.run_once().await.unwrap();
-        assert_eq!(summary.stopped, None, "{summary:?}");
-        summary
-    }
-
-    fn advance(&self, by: Duration) {
-        self.clock.advance(by);
-    }
-
-    fn db(&self) -> Connection {
-        Connection::open(&self.config.database.path).unwrap()
-    }
-
-    /// Stores a `PENDING` webhook for `item` of `order`, then lets the quiet period pass so
-    /// the order is due: a known state that a failed poll must not touch.
-    async fn seed(&self, order: Uuid, item: Uuid) {
-        let updated = self.clock.now().to_rfc3339();
-        let body = json!({
-            "order_id": "1", "order_uuid": order.to_string(), "order_created": updated,
-            "order_updated": updated, "order_version": "1",
-            "order_item_uuid": item.to_string(), "order_item_created": updated,
-            "order_item_updated": updated, "order_item_version": "1",
-            "order_item_status": "PENDING",
-        });
-        let observation =
-            Observation::from_webhook(body.to_string().as_bytes(), self.clock.now()).unwrap();
-        self.writer.apply(observation).await.unwrap();
-        self.advance(Duration::minutes(3));
-    }
-
-    /// Every item row and order fact a poll could change, and the number of events: what a
-    /// failed answer must leave exactly as it was.
-    fn snapshot(&self) -> Snapshot {
-        let db = self.db();
-        let rows = |sql: &str| -> Rows {
-            let mut statement = db.prepare(sql).unwrap();
-            let columns = statement.column_count();
-            statement
-                .query_map([], |r| {
-                    (0..columns)
-                        .map(|i| r.get::<_, Option<String>>(i))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
-        let items = rows(
-            "SELECT item_uuid, status, CAST(item_version AS TEXT), CAST(status_version AS TEXT),
-                    as_of, as_of_source, source, changed_at, updated_at, vouchers, product_id,
-                    product_title, product_date, max_confirmation_time
-             FROM order_items ORDER BY item_uuid",
-        );
-        let orders = rows(
-            "SELECT order_uuid, order_status, identifier, order_polled_as_of, last_polled_at
-             FROM orders ORDER BY order_uuid",
-        );
-        let events = db
-            .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-            .unwrap();
-        (items, orders, events)
-    }
-
-    fn poll_state(&self, order: Uuid) -> PollState {
-        self.db()
-            .query_row(
-                "SELECT poll_failures, last_error, next_poll_at FROM orders WHERE order_uuid = ?1",
-                [order.to_string()],
-                |r| {
-                    Ok(PollState {
-                        failures: r.get(0)?,
-                        last_error: r.get(1)?,
-                        next_poll_at: r.get::<_, Option<String>>(2)?.map(|t| t.parse().unwrap()),
-                    })
-                },
-            )
-            .unwrap()
-    }
-
-    /// `(status, source)` of an item.
-    fn item(&self, item: Uuid) -> (String, String) {
-        self.db()
-            .query_row(
-                "SELECT status, source FROM order_items WHERE item_uuid = ?1",
-                [item.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap()
-    }
-
-    /// Asserts the pass just run failed `order` for the `nth` time in a row with an error
-    /// containing every one of `words`, backed off by `30 s × 2^(nth-1) × [0.5, 1]`, and left
-    /// `before` untouched.
-    fn assert_failed(
-        &self,
-        summary: &PassSummary,
-        order: Uuid,
-        nth: i64,
-        words: &[&str],
-        before: &Snapshot,
-    ) {
-        assert_eq!((summary.polled, summary.failures), (0, 1), "{summary:?}");
-        let state = self.poll_state(order);
-        assert_eq!(state.failures, nth, "{state:?}");
-        let error = state.last_error.clone().unwrap_or_default();
-        eprintln!("failure {nth} of {order}: last_error = {error:?}");
-        for word in words {
-            assert!(
-                error.to_lowercase().contains(&word.to_lowercase()),
-                "last_error {error:?} lacks {word:?}"
-            );
-        }
-        let base = Duration::seconds(30) * 2i32.pow(nth as u32 - 1);
-        let now = self.clock.now();
-        let next = state.next_poll_at.expect("a failed order has a next poll");
-        assert!(
-            next >= now + base / 2 && next <= now + base,
-            "next poll {next} is not now + {base} × [0.5, 1]"
-        );
-        assert_eq!(
-            &self.snapshot(),
-            before,
-            "nothing from a failed answer changes an item"
-        );
-    }
-
-    /// The API answers normally again: after the backoff the order is polled, its item takes
-    /// Musement's status and the order's failure count and error are cleared.
-    async fn assert_converges(&self, order: Uuid, item: Uuid, status: &str) {
-        self.advance(Duration::minutes(10));
-        let summary = self.pass().await;
-        assert_eq!((summary.polled, summary.failures), (1, 0), "{summary:?}");
-        assert_eq!(self.item(item), (status.to_owned(), "poll".to_owned()));
-        let state = self.poll_state(order);
-        assert_eq!((state.failures, state.last_error), (0, None));
-    }
-
-    /// `orderwatch_musement_paused_until_timestamp_seconds` as `/metrics` shows it now.
-    async fn paused_gauge(&self) -> i64 {
-        let source = orderwatch::metrics::StateSource::new(
-            self.config.database.path.clone(),
-            self.clock.clone(),
-        );
-        let text = self.metrics.render(&source, false).await;
-        let series = "orderwatch_musement_paused_until_timestamp_seconds ";
-        text.lines()
-            .find_map(|line| line.strip_prefix(series))
-            .unwrap_or_else(|| panic!("no {series} in {text}"))
-            .parse()
-            .unwrap()
-    }
-
-    async fn close(mut self) {
-        drop(self.reconciler);
-        self.writer_thread.take().unwrap().shutdown().await;
-    }
+/// `orderwatch_musement_paused_until_timestamp_seconds` as `/metrics` shows it now.
+async fn paused_gauge(h: &Harness) -> i64 {
+    let text = h.metrics_text().await;
+    let series = "orderwatch_musement_paused_until_timestamp_seconds ";
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
 }
 
 /// An address where nothing listens (a port that was just free).
@@ -290,122 +55,182 @@ fn closed_port() -> std::net::SocketAddr {
 #[tokio::test]
 async fn connection_refused_backs_off_then_converges_when_the_api_comes_up() {
     let addr = closed_port();
-    let mut rig = rig_at(&format!("http://{addr}/api/v3"), "").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
-    let before = rig.snapshot();
+    let case = "connection refused";
+    let mut h = harness_at(&format!("http://{addr}/api/v3"), BACKOFF).await;
+    let (order, item) = h.seed_new_pending().await;
+    let before = h.snapshot();
 
-    let summary = rig.pass().await;
-    rig.assert_failed(&summary, order, 1, &["cannot reach musement"], &before);
-    assert_eq!(
-        rig.pass().await.due,
-        0,
-        "backing off: not due again at once"
-    );
-    rig.advance(Duration::seconds(31));
-    let summary = rig.pass().await;
-    rig.assert_failed(&summary, order, 2, &["cannot reach musement"], &before);
+    for nth in 1..=2 {
+        let summary = h.pass().await;
+        let words = ["cannot reach musement"];
+        h.assert_failed(case, &summary, order, nth, &words, &before);
+        assert_eq!(
+            h.pass().await.due,
+            0,
+            "backing off after failure {nth}: not due again at once"
+        );
+        h.advance(Duration::seconds(31));
+    }
 
     // The API comes up where the client points.
-    let fake = FakeMusement::start_on(addr).await;
+    let fake = h.start_fake_on(addr).await;
     fake.put_order(order_json(order, &[(item, "OK")]));
-    rig.fake = Some(fake);
-    rig.assert_converges(order, item, "OK").await;
-    rig.close().await;
+    h.assert_converges(case, order, item, "OK").await;
+    h.close().await;
 }
 
-#[tokio::test]
-async fn a_reset_mid_body_is_a_failure_that_changes_nothing() {
-    let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
-    // Musement's truth moved on; the half body that arrives must not leak it into the store.
-    rig.fake().put_order(order_json(order, &[(item, "OK")]));
-    rig.fake()
-        .push_fault(&format!("/orders/{order}"), FakeFault::ResetMidBody);
-    let before = rig.snapshot();
-    let summary = rig.pass().await;
-    rig.assert_failed(
-        &summary,
-        order,
-        1,
-        &["cannot reach musement", "body", "reset"],
-        &before,
-    );
-    assert_eq!(
-        rig.fake().count("GET", &format!("/orders/{order}")),
-        1,
-        "the GET was answered (then cut)"
-    );
-    rig.assert_converges(order, item, "OK").await;
-    rig.close().await;
+/// What the fake answers to an order's next GET instead of the order.
+enum BadAnswer {
+    /// A connection-level fault after the head and half the body.
+    Fault(FakeFault),
+    /// A scripted response, built for the order.
+    Response(fn(Uuid) -> FakeResponse),
 }
 
-#[tokio::test]
-async fn a_body_that_never_ends_times_out_and_changes_nothing() {
-    let rig = rig("request_timeout = \"300ms\"").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
-    rig.fake().put_order(order_json(order, &[(item, "OK")]));
-    rig.fake()
-        .push_fault(&format!("/orders/{order}"), FakeFault::NeverEnds);
-    let before = rig.snapshot();
-    let started = Instant::now();
-    let summary = rig.pass().await;
-    let took = started.elapsed();
-    assert!(
-        took < StdDuration::from_secs(3),
-        "the pass waited {took:?} for a body that never ends"
-    );
-    rig.assert_failed(&summary, order, 1, &["timed out"], &before);
-    rig.assert_converges(order, item, "OK").await;
-    rig.close().await;
+/// One failed answer: the pass records a failure naming it and backs off, nothing from the
+/// answer reaches the store, and the order converges once the API answers normally again.
+struct FailedAnswer {
+    /// Names the row in every assertion message.
+    name: &'static str,
+    /// Extra `[reconciler]` settings.
+    config: &'static str,
+    /// What the fake answers to the order's GET, once.
+    answer: BadAnswer,
+    /// Words `last_error` must contain (any case).
+    words: &'static [&'static str],
+    /// What only this row checks after the failed pass.
+    also: fn(&FailedPass),
 }
 
-#[tokio::test]
-async fn a_200_html_error_page_is_a_failure_that_keeps_its_first_bytes() {
-    let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
-    rig.fake().put_order(order_json(order, &[(item, "OK")]));
+/// What a row's own check sees after the failed pass.
+struct FailedPass<'a> {
+    /// The row's name.
+    name: &'static str,
+    /// The harness, after the failed pass.
+    h: &'a Harness,
+    /// The order whose GET failed.
+    order: Uuid,
+    /// How long the failed pass took.
+    took: StdDuration,
+}
+
+/// An HTML error page, as a proxy in front of the API answers with status 200.
+fn html_error_page(_: Uuid) -> FakeResponse {
     let page = format!(
         "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>{}</body></html>",
         "<p>upstream error</p>".repeat(50)
     );
-    rig.fake().push_response(
-        &format!("/orders/{order}"),
-        FakeResponse::status(200)
-            .with_header("content-type", "text/html; charset=utf-8")
-            .with_body(page),
-    );
-    let before = rig.snapshot();
-    let summary = rig.pass().await;
-    rig.assert_failed(
-        &summary,
-        order,
-        1,
-        &["malformed", "not json", "<!DOCTYPE html>"],
-        &before,
-    );
-    let error = rig.poll_state(order).last_error.unwrap();
-    assert!(
-        error.len() < 600,
-        "only the first bytes are kept: {} bytes",
-        error.len()
-    );
-    rig.assert_converges(order, item, "OK").await;
-    rig.close().await;
+    FakeResponse::status(200)
+        .with_header("content-type", "text/html; charset=utf-8")
+        .with_body(page)
+}
+
+fn failed_answers() -> [FailedAnswer; 5] {
+    [
+        FailedAnswer {
+            name: "a reset mid-body",
+            config: "",
+            answer: BadAnswer::Fault(FakeFault::ResetMidBody),
+            words: &["cannot reach musement", "body", "reset"],
+            also: |f| {
+                assert_eq!(
+                    f.h.gets(f.order),
+                    1,
+                    "{}: the GET was answered (then cut)",
+                    f.name
+                );
+            },
+        },
+        FailedAnswer {
+            name: "a body that never ends",
+            config: "request_timeout = \"300ms\"",
+            answer: BadAnswer::Fault(FakeFault::NeverEnds),
+            words: &["timed out"],
+            also: |f| {
+                assert!(
+                    f.took < StdDuration::from_secs(3),
+                    "{}: the pass waited {:?} for a body that never ends",
+                    f.name,
+                    f.took
+                );
+            },
+        },
+        FailedAnswer {
+            name: "a 200 HTML error page",
+            config: "",
+            answer: BadAnswer::Response(html_error_page),
+            words: &["malformed", "not json", "<!DOCTYPE html>"],
+            also: |f| {
+                let error = f.h.poll_state(f.order).last_error.unwrap();
+                assert!(
+                    error.len() < 600,
+                    "{}: only the first bytes are kept: {} bytes",
+                    f.name,
+                    error.len()
+                );
+            },
+        },
+        // The first bytes of a truncated body are recorded.
+        FailedAnswer {
+            name: "a truncated JSON body",
+            config: "",
+            answer: BadAnswer::Response(|_| {
+                FakeResponse::status(200)
+                    .with_body("{\"uuid\": \"oops")
+                    .delayed(StdDuration::ZERO)
+            }),
+            words: &["uuid", "oops"],
+            also: |_| {},
+        },
+        FailedAnswer {
+            name: "an answer slower than request_timeout",
+            config: "request_timeout = \"300ms\"",
+            answer: BadAnswer::Response(|order| {
+                FakeResponse::json(200, order_json(order, &[(new_uuid(), "OK")]))
+                    .delayed(StdDuration::from_secs(2))
+            }),
+            words: &["time"],
+            also: |_| {},
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_failed_answer_changes_nothing_backs_off_and_converges() {
+    for row in failed_answers() {
+        let h = harness_with_backoff(row.config).await;
+        let (order, item) = h.seed_new_pending().await;
+        // Musement's truth moved on; a failed answer must not leak it into the store.
+        h.fake().put_order(order_json(order, &[(item, "OK")]));
+        let path = format!("/orders/{order}");
+        match row.answer {
+            BadAnswer::Fault(fault) => h.fake().push_fault(&path, fault),
+            BadAnswer::Response(response) => h.fake().push_response(&path, response(order)),
+        }
+        let before = h.snapshot();
+        let started = Instant::now();
+        let summary = h.pass().await;
+        let took = started.elapsed();
+        h.assert_failed(row.name, &summary, order, 1, row.words, &before);
+        (row.also)(&FailedPass {
+            name: row.name,
+            h: &h,
+            order,
+            took,
+        });
+        h.assert_converges(row.name, order, item, "OK").await;
+        h.close().await;
+    }
 }
 
 #[tokio::test]
 async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
-    let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
     let path = format!("/orders/{order}");
     let full = order_json(order, &[(item, "OK")]);
-    rig.fake().put_order(full.clone());
-    let before = rig.snapshot();
+    h.fake().put_order(full.clone());
+    let before = h.snapshot();
 
     // `items` missing or null: lenient, the order facts are stored, no item is touched, and
     // the order stays due because its item is still PENDING here.
@@ -417,9 +242,8 @@ async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
             }
             Some(value) => body["items"] = value,
         }
-        rig.fake()
-            .push_response(&path, FakeResponse::json(200, body));
-        let summary = rig.pass().await;
+        h.fake().push_response(&path, FakeResponse::json(200, body));
+        let summary = h.pass().await;
         assert_eq!(
             (
                 summary.due,
@@ -430,70 +254,77 @@ async fn an_order_without_items_stores_what_it_can_and_is_polled_again() {
             (1, 1, 0, 0),
             "{summary:?}"
         );
-        let (items_now, orders_now, events_now) = rig.snapshot();
+        let (items_now, orders_now, events_now) = h.snapshot();
         assert_eq!(
             (&items_now, events_now),
             (&before.0, before.2),
             "no item changed"
         );
         assert_ne!(orders_now, before.1, "the order's own facts were stored");
-        assert_eq!(rig.item(item).0, "PENDING");
-        rig.advance(Duration::minutes(1));
+        assert_eq!(h.item(item).0, "PENDING");
+        h.advance(Duration::minutes(1));
     }
 
     // `items` of the wrong type is malformed: a failure like any other.
     let mut body = full.clone();
     body["items"] = json!({ "0": { "uuid": item.to_string(), "status": "OK" } });
-    rig.fake()
-        .push_response(&path, FakeResponse::json(200, body));
-    let before = rig.snapshot();
-    let summary = rig.pass().await;
-    rig.assert_failed(&summary, order, 1, &["items: expected an array"], &before);
+    h.fake().push_response(&path, FakeResponse::json(200, body));
+    let before = h.snapshot();
+    let summary = h.pass().await;
+    let case = "items of the wrong type";
+    h.assert_failed(
+        case,
+        &summary,
+        order,
+        1,
+        &["items: expected an array"],
+        &before,
+    );
 
-    rig.assert_converges(order, item, "OK").await;
-    rig.close().await;
+    h.assert_converges(case, order, item, "OK").await;
+    h.close().await;
 }
 
 #[tokio::test]
 async fn an_unknown_item_status_is_stored_as_sent_and_the_order_keeps_being_polled() {
-    let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
-    rig.fake()
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
+    h.fake()
         .put_order(order_json(order, &[(item, "ON_HOLD_BY_SUPPLIER")]));
     let path = format!("/orders/{order}");
     for n in 1..=3 {
-        let summary = rig.pass().await;
+        let summary = h.pass().await;
         assert_eq!(
             (summary.due, summary.polled, summary.failures),
             (1, 1, 0),
             "pass {n}: {summary:?}"
         );
         assert_eq!(
-            rig.item(item),
+            h.item(item),
             ("ON_HOLD_BY_SUPPLIER".to_owned(), "poll".to_owned())
         );
-        assert_eq!(rig.fake().count("GET", &path), n);
-        rig.advance(Duration::minutes(1));
+        assert_eq!(h.fake().count("GET", &path), n);
+        h.advance(Duration::minutes(1));
     }
     // Settled at Musement: polled once more, then no longer due.
-    rig.fake().set_item_status(order, item, "OK");
-    assert_eq!(rig.pass().await.polled, 1);
-    assert_eq!(rig.item(item).0, "OK");
-    rig.advance(Duration::minutes(1));
-    assert_eq!(rig.pass().await.due, 0, "OK with a voucher is settled");
-    rig.close().await;
+    h.fake().set_item_status(order, item, "OK");
+    assert_eq!(h.pass().await.polled, 1);
+    assert_eq!(h.item(item).0, "OK");
+    h.advance(Duration::minutes(1));
+    assert_eq!(h.pass().await.due, 0, "OK with a voucher is settled");
+    h.close().await;
 }
 
 #[tokio::test]
 async fn a_token_endpoint_that_is_down_fails_every_due_order_and_then_recovers() {
-    let rig = rig("").await;
-    let orders: Vec<(Uuid, Uuid)> = (0..3).map(|_| (new_uuid(), new_uuid())).collect();
-    for (order, item) in &orders {
-        rig.seed(*order, *item).await;
-        rig.fake().put_order(order_json(*order, &[(*item, "OK")]));
+    let h = harness_with_backoff("").await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let (order, item) = h.seed_new_pending().await;
+        h.fake().put_order(order_json(order, &[(item, "OK")]));
+        orders.push((order, item));
     }
-    let before = rig.snapshot();
+    let before = h.snapshot();
 
     // 503, then a 200 that is an HTML page: neither gives a token.
     let html = FakeResponse::status(200)
@@ -507,65 +338,64 @@ async fn a_token_endpoint_that_is_down_fails_every_due_order_and_then_recovers()
         (html, "malformed"),
     ];
     for (nth, (outage, word)) in outages.into_iter().enumerate() {
-        rig.fake().set_outage("/login", Some(outage));
-        let logins_before = rig.fake().count("POST", "/login");
-        let summary = rig.pass().await;
+        h.fake().set_outage("/login", Some(outage));
+        let logins_before = h.fake().count("POST", "/login");
+        let summary = h.pass().await;
         assert_eq!(
             (summary.due, summary.polled, summary.failures),
             (3, 0, 3),
             "{summary:?}"
         );
-        let logins = rig.fake().count("POST", "/login") - logins_before;
+        let logins = h.fake().count("POST", "/login") - logins_before;
         eprintln!("token endpoint down ({word}): {logins} login attempts for 3 due orders");
         assert!(
             (1..=3).contains(&logins),
             "{logins} login attempts for 3 orders"
         );
         assert_eq!(
-            rig.fake().count("GET", "/orders/"),
+            h.fake().count("GET", "/orders/"),
             0,
             "no GET without a token"
         );
         for (order, _) in &orders {
-            let state = rig.poll_state(*order);
+            let state = h.poll_state(*order);
             assert_eq!(state.failures, nth as i64 + 1);
             let error = state.last_error.unwrap_or_default().to_lowercase();
             assert!(error.contains(word), "{error}");
         }
-        assert_eq!(rig.snapshot(), before, "no item changed");
-        rig.advance(Duration::minutes(10));
+        assert_eq!(h.snapshot(), before, "no item changed");
+        h.advance(Duration::minutes(10));
     }
 
-    rig.fake().set_outage("/login", None);
-    let summary = rig.pass().await;
+    h.fake().set_outage("/login", None);
+    let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (3, 0), "{summary:?}");
-    assert_eq!(rig.fake().tokens_issued(), 1, "one login for the pass");
+    assert_eq!(h.fake().tokens_issued(), 1, "one login for the pass");
     for (order, item) in &orders {
-        assert_eq!(rig.item(*item).0, "OK");
-        assert_eq!(rig.poll_state(*order).failures, 0);
+        assert_eq!(h.item(*item).0, "OK");
+        assert_eq!(h.poll_state(*order).failures, 0);
     }
-    rig.close().await;
+    h.close().await;
 }
 
 #[tokio::test]
 async fn a_hanging_token_endpoint_costs_one_timeout_per_pass_not_one_per_order() {
-    let rig = rig("request_timeout = \"250ms\"\nconcurrency = 4").await;
-    let orders: Vec<(Uuid, Uuid)> = (0..8).map(|_| (new_uuid(), new_uuid())).collect();
-    for (order, item) in &orders {
-        rig.seed(*order, *item).await;
+    let h = harness_with_backoff("request_timeout = \"250ms\"\nconcurrency = 4").await;
+    for _ in 0..8 {
+        h.seed_new_pending().await;
     }
-    rig.fake().set_outage(
+    h.fake().set_outage(
         "/login",
         Some(FakeResponse::status(200).delayed(StdDuration::from_secs(5))),
     );
     let started = Instant::now();
-    let summary = rig.pass().await;
+    let summary = h.pass().await;
     let took = started.elapsed();
-    let logins = rig.fake().count("POST", "/login");
+    let logins = h.fake().count("POST", "/login");
     eprintln!("hanging token endpoint: 8 due orders, {logins} logins, pass took {took:?}");
     assert_eq!(summary.failures, 8);
     assert_eq!(logins, 1, "one login attempt per pass, not one per order");
-    rig.close().await;
+    h.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -660,53 +490,50 @@ fn count(lines: &[(String, String)], level: &str, message: &str) -> usize {
 async fn a_failing_order_is_logged_once_per_state_change_not_per_retry() {
     let (captured, _logging) = capture_logs();
 
-    let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
-    rig.fake()
-        .put_order(order_json(order, &[(item, "PENDING")]));
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
+    h.fake().put_order(order_json(order, &[(item, "PENDING")]));
     let path = format!("/orders/{order}");
-    let down = || Some(FakeResponse::fixture(503, "error-service-unavailable.json"));
-
-    // Five failed polls in a row: one warning, then debug lines.
-    rig.fake().set_outage(&path, down());
-    for _ in 0..5 {
-        assert_eq!(rig.pass().await.failures, 1);
-        rig.advance(Duration::minutes(10));
+    let down = || FakeResponse::fixture(503, "error-service-unavailable.json");
+    // (what happens, whether the API is down, passes, then: (level, message, lines so far))
+    type Said = &'static [(&'static str, &'static str, usize)];
+    let phases: [(&str, bool, usize, Said); 3] = [
+        (
+            "five failed polls in a row: one warning, then debug lines",
+            true,
+            5,
+            &[
+                ("WARN", "poll failed; backing off", 1),
+                ("DEBUG", "poll failed again", 4),
+            ],
+        ),
+        (
+            "recovery: said once, at INFO; further good polls say nothing about the order",
+            false,
+            3,
+            &[("INFO", "polling works again", 1)],
+        ),
+        (
+            "a second outage is a new state change: one more warning",
+            true,
+            3,
+            &[("WARN", "poll failed; backing off", 2)],
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (phase, api_down, passes, said) in phases {
+        h.fake().set_outage(&path, api_down.then(down));
+        for _ in 0..passes {
+            let summary = h.pass().await;
+            let expected = if api_down { (0, 1) } else { (1, 0) };
+            assert_eq!((summary.polled, summary.failures), expected, "{phase}");
+            h.advance(Duration::minutes(10));
+        }
+        lines = captured.about(order);
+        for &(level, message, times) in said {
+            assert_eq!(count(&lines, level, message), times, "{phase}: {lines:#?}");
+        }
     }
-    let lines = captured.about(order);
-    assert_eq!(
-        count(&lines, "WARN", "poll failed; backing off"),
-        1,
-        "{lines:#?}"
-    );
-    assert_eq!(count(&lines, "DEBUG", "poll failed again"), 4, "{lines:#?}");
-
-    // Recovery: said once, at INFO; further good polls say nothing about the order.
-    rig.fake().set_outage(&path, None);
-    for _ in 0..3 {
-        assert_eq!(rig.pass().await.polled, 1);
-        rig.advance(Duration::minutes(10));
-    }
-    let lines = captured.about(order);
-    assert_eq!(
-        count(&lines, "INFO", "polling works again"),
-        1,
-        "{lines:#?}"
-    );
-
-    // A second outage is a new state change: one more warning.
-    rig.fake().set_outage(&path, down());
-    for _ in 0..3 {
-        assert_eq!(rig.pass().await.failures, 1);
-        rig.advance(Duration::minutes(10));
-    }
-    let lines = captured.about(order);
-    assert_eq!(
-        count(&lines, "WARN", "poll failed; backing off"),
-        2,
-        "{lines:#?}"
-    );
     // (The item also went past its 30-minute confirmation deadline meanwhile: a state change
     // of its own, said once.)
     let about_polling = lines
@@ -718,7 +545,7 @@ async fn a_failing_order_is_logged_once_per_state_change_not_per_retry() {
         about_polling, 3,
         "two warnings and one recovery, nothing per retry: {lines:#?}"
     );
-    rig.close().await;
+    h.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -737,26 +564,13 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{}",
-        config_text(&fake.base_url(), "")
-            .replace("interval = \"1h\"", "interval = \"1s\"")
-            .replace("backoff_base = \"30s\"", "backoff_base = \"100ms\"")
-            .replace("backoff_cap = \"10m\"", "backoff_cap = \"200ms\"")
-    );
-    // Register the order before the daemon starts, as `orderwatch watch` would.
-    {
-        std::fs::write(dir.path().join("config.toml"), &config).unwrap();
-        let loaded = Config::load(&dir.path().join("config.toml")).unwrap();
-        let (writer, thread) = store::open_writer(
-            &loaded,
-            Arc::new(orderwatch::clock::SystemClock),
-            Arc::new(Unobserved),
+        config_at(
+            &fake.base_url(),
+            "backoff_base = \"100ms\"\nbackoff_cap = \"200ms\""
         )
-        .await
-        .unwrap();
-        writer.watch(vec![order]).await.unwrap();
-        drop(writer);
-        thread.shutdown().await;
-    }
+        .replace("interval = \"1h\"", "interval = \"1s\"")
+    );
+    watch_before_start(dir.path(), &config, &[order]).await;
     let daemon = Daemon::start(dir, &config);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -770,12 +584,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         let response = client
             .post(daemon.webhook_url())
             .header("content-type", "application/json")
-            .body(crate::helpers::webhook(
-                &crate::helpers::uuid(1, n),
-                &crate::helpers::uuid(2, n),
-                1,
-                "PENDING",
-            ))
+            .body(webhook(&uuid(1, n), &uuid(2, n), 1, "PENDING"))
             .send()
             .await
             .unwrap();
@@ -846,26 +655,25 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
 #[tokio::test(flavor = "current_thread")]
 async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log() {
     let (captured, _logging) = capture_logs();
-    let rig = rig("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    rig.seed(order, item).await;
+    let h = harness_with_backoff("").await;
+    let (order, item) = h.seed_new_pending().await;
     // Valid JSON with the customer object up front, as Musement sends it, and one field of the
     // wrong type further down.
     let mut body = order_json(order, &[(item, "OK")]);
     body["items"] = json!("not a list");
-    rig.fake()
+    h.fake()
         .push_response(&format!("/orders/{order}"), FakeResponse::json(200, body));
-    assert_eq!(rig.pass().await.failures, 1);
-    let error = rig.poll_state(order).last_error.unwrap_or_default();
+    assert_eq!(h.pass().await.failures, 1);
+    let error = h.poll_state(order).last_error.unwrap_or_default();
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    for personal in crate::fake_musement::PERSONAL_VALUES {
+    for personal in PERSONAL_VALUES {
         assert!(
             !error.contains(personal),
             "{personal} in orders.last_error: {error}"
         );
         assert!(!log.contains(personal), "{personal} in the log: {log}");
     }
-    rig.close().await;
+    h.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -878,19 +686,19 @@ async fn a_malformed_order_body_puts_no_personal_data_in_last_error_or_the_log()
 async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     let (captured, _logging) = capture_logs();
     let concurrency = 4;
-    let rig = rig(&format!("concurrency = {concurrency}")).await;
+    let h = harness_with_backoff(&format!("concurrency = {concurrency}")).await;
     let orders: Vec<Uuid> = (0..20).map(|_| new_uuid()).collect();
     for order in &orders {
-        rig.fake()
+        h.fake()
             .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
-        rig.fake().set_outage(
+        h.fake().set_outage(
             &format!("/orders/{order}"),
             Some(FakeResponse::status(429).with_header("retry-after", "120")),
         );
     }
-    rig.writer.watch(orders.clone()).await.unwrap();
+    h.writer.watch(orders.clone()).await.unwrap();
     let order_gets = || {
-        rig.fake()
+        h.fake()
             .requests()
             .iter()
             .filter(|r| r.method == "GET" && r.path.contains("/orders/"))
@@ -898,8 +706,8 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     };
 
     // The daemon's scheduled pass, which logs its summary.
-    rig.fake().set_date(Some(rig.clock.now()));
-    rig.reconciler.tick().await;
+    h.fake().set_date(Some(h.clock.now()));
+    h.reconciler.tick().await;
     let gets = order_gets();
     assert!(
         (1..=concurrency).contains(&gets),
@@ -927,15 +735,15 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
         [&json!(20), &json!(0), &json!(gets), &json!(20 - gets)],
         "only the polls that got the 429 failed: {summary}"
     );
-    assert_eq!(rig.paused_gauge().await, until.timestamp());
+    assert_eq!(paused_gauge(&h).await, until.timestamp());
     // The orders not polled are neither failed nor backed off: they are due as before.
     let backed_off = orders
         .iter()
-        .filter(|o| rig.poll_state(**o).failures > 0)
+        .filter(|o| h.poll_state(**o).failures > 0)
         .count();
     assert_eq!(backed_off, gets);
     for order in &orders {
-        let state = rig.poll_state(*order);
+        let state = h.poll_state(*order);
         if state.failures == 0 {
             assert_eq!(state.last_error, None, "{state:?}");
             assert!(
@@ -946,11 +754,11 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     }
 
     // A pass during the wait sends nothing at all, not even a login.
-    rig.fake().revoke_tokens();
-    rig.advance(Duration::seconds(119));
-    let sent = rig.fake().requests().len();
-    let summary = rig.pass().await;
-    assert_eq!(rig.fake().requests().len(), sent, "{summary:?}");
+    h.fake().revoke_tokens();
+    h.advance(Duration::seconds(119));
+    let sent = h.fake().requests().len();
+    let summary = h.pass().await;
+    assert_eq!(h.fake().requests().len(), sent, "{summary:?}");
     assert_eq!(
         (
             summary.due,
@@ -965,11 +773,11 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
 
     // The wait is over and Musement answers again: every order is polled, the gauge is 0.
     for order in &orders {
-        rig.fake().set_outage(&format!("/orders/{order}"), None);
+        h.fake().set_outage(&format!("/orders/{order}"), None);
     }
-    rig.advance(Duration::seconds(1));
-    assert_eq!(rig.paused_gauge().await, 0);
-    let summary = rig.pass().await;
+    h.advance(Duration::seconds(1));
+    assert_eq!(paused_gauge(&h).await, 0);
+    let summary = h.pass().await;
     assert_eq!(
         (
             summary.due,
@@ -980,5 +788,5 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
         (20, 20, 0, None),
         "{summary:?}"
     );
-    rig.close().await;
+    h.close().await;
 }

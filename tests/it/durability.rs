@@ -14,19 +14,16 @@
 //! The kill test prints its seeds; `ORDERWATCH_KILL_SEED=<seed>` replays one of them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
+use tempfile::TempDir;
 
-use crate::helpers::{binary, spawn_app_with, uuid, webhook};
+use crate::helpers::{Daemon, spawn_app_with, uuid, webhook};
 
 const STATUSES: [&str; 6] = [
     "PENDING",
@@ -41,132 +38,25 @@ const STATUSES: [&str; 6] = [
 /// cost more than the webhooks under load.
 const DAEMON_LOG_FILTER: &str = "warn,orderwatch::app=info,orderwatch::store=info";
 
-/// The real `orderwatch run`, killed (SIGKILL) and reaped when dropped.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    /// The JSON log lines up to and including the one announcing the address.
-    startup_log: Vec<Value>,
-    /// Later log lines, while someone reads them.
-    log: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    /// Starts `orderwatch run --config CONFIG` (whose `[log] format` must be `json` and `listen`
-    /// `127.0.0.1:0`) and waits until it announced its address and answers `/readyz`.
-    /// `SIGXFSZ` starts at its default action (terminate), whatever the test runner inherited:
-    /// the daemon itself must ignore it for a file-size limit to turn into `EFBIG` write errors
-    /// instead of killing it (the I/O error case below lowers that limit).
-    async fn start(config: &Path) -> Self {
-        let mut command = Command::new(binary());
-        command
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", DAEMON_LOG_FILTER)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: one async-signal-safe system call between fork and exec.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = command.spawn().expect("the orderwatch binary starts");
-        let (lines, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            // Keep draining after the test stops listening, so the daemon never blocks on a
-            // full pipe.
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = lines.send(line);
-            }
-        });
-        let mut daemon = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            startup_log: Vec::new(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while daemon.addr.port() == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match daemon.log.recv_timeout(left) {
-                Ok(line) => line,
-                Err(_) => panic!(
-                    "the daemon did not announce its address; exit: {:?}, log: {:?}",
-                    daemon.child.try_wait(),
-                    daemon.startup_log
-                ),
-            };
-            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            if let Some(listen) = entry["fields"]["listen"].as_str() {
-                daemon.addr = listen.parse().unwrap();
-            }
-            daemon.startup_log.push(entry);
-        }
-        let client = client();
-        for _ in 0..500 {
-            if let Ok(response) = client.get(daemon.url("/readyz")).send().await
-                && response.status() == 200
-            {
-                return daemon;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the daemon at {} never became ready", daemon.addr);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn webhook_url(&self) -> String {
-        self.url("/webhooks/musement")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `kill -9`, then reap the process.
-    fn sigkill(&mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        let status = self.child.wait().unwrap();
-        assert!(!status.success(), "killed, not exited: {status:?}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real `orderwatch run` on `config` in `dir`, with [`DAEMON_LOG_FILTER`], once it
+/// answers `/readyz`.
+async fn start_daemon(dir: TempDir, config: &str) -> Daemon {
+    let daemon = Daemon::launch(dir, config)
+        .env("RUST_LOG", DAEMON_LOG_FILTER)
+        .start();
+    daemon.wait_ready().await;
+    daemon
 }
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// A config for the real binary in `dir`, with `extra` TOML appended.
-fn daemon_config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[reconciler]\nenabled = false\n{extra}"
-        ),
+/// A config for the real binary (JSON log, no reconciler), with `extra` TOML appended.
+fn daemon_config(extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[reconciler]\nenabled = false\n{extra}"
     )
-    .unwrap();
-    path
 }
 
 fn read_only(db: &Path) -> Connection {
@@ -290,14 +180,13 @@ async fn kill_9_under_load_never_loses_an_acknowledged_update() {
 /// same database and check every acknowledged update; then one more webhook on what is left.
 async fn kill_cycles(seed: u64) -> KillStats {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let config = daemon_config(dir.path(), "");
-    let db_path = dir.path().join("orderwatch.db");
+    let config = daemon_config("");
     let mut sent: HashMap<u64, Planned> = HashMap::new();
     let mut acknowledged: HashSet<u64> = HashSet::new();
     let mut stats = KillStats::default();
 
-    let mut daemon = Daemon::start(&config).await;
+    let mut daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
+    let db_path = daemon.dir.path().join("orderwatch.db");
     assert_wal_and_full_sync(&daemon, &db_path);
     for cycle in 0..KILLS_PER_SEED {
         let plans = plan_cycle(&mut rng, cycle);
@@ -330,7 +219,7 @@ async fn kill_cycles(seed: u64) -> KillStats {
             acks.load(Ordering::SeqCst) >= kill_after,
             "seed {seed} cycle {cycle}: the load ended before the kill point"
         );
-        daemon.sigkill();
+        let dir = daemon.sigkill();
         stats.kills += 1;
         for task in tasks {
             let (acked, attempted, not_200) = task.await.unwrap();
@@ -338,7 +227,7 @@ async fn kill_cycles(seed: u64) -> KillStats {
             stats.sent += attempted;
             stats.not_200 += not_200;
         }
-        daemon = Daemon::start(&config).await;
+        daemon = start_daemon(dir, &config).await;
         assert_wal_and_full_sync(&daemon, &db_path);
         let stored = check_acknowledged(&db_path, &sent, &acknowledged, seed, cycle);
         stats.stored_unacknowledged = stored - acknowledged.len();
@@ -697,10 +586,9 @@ async fn disk_full_case() -> Case {
 /// past `busy_timeout`, then the daemon's file-size limit is lowered under its WAL so writes fail
 /// with `EFBIG` (an I/O error, whoever runs the test) and raised again.
 async fn lock_and_io_error_cases() -> (Case, Case) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = daemon_config(dir.path(), "[database]\nbusy_timeout = \"300ms\"\n");
-    let db = dir.path().join("orderwatch.db");
-    let daemon = Daemon::start(&config).await;
+    let config = daemon_config("[database]\nbusy_timeout = \"300ms\"\n");
+    let daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
+    let db = daemon.dir.path().join("orderwatch.db");
     let url = daemon.webhook_url();
     let client = client();
     let mut acknowledged = Vec::new();
@@ -822,11 +710,8 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
     /// Webhooks in flight at once, so the one that meets the limit is not alone.
     const CONCURRENT: u64 = 4;
     let config = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
-    let mut daemon = crate::helpers::Daemon::start_with_file_size_limit(
-        tempfile::tempdir().unwrap(),
-        config,
-        LIMIT,
-    );
+    let mut daemon =
+        Daemon::start_with_file_size_limit(tempfile::tempdir().unwrap(), config, LIMIT);
     let db = daemon.dir.path().join("orderwatch.db");
     let url = daemon.webhook_url();
     let client = client();

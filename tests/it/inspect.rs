@@ -12,22 +12,15 @@ use orderwatch::clock::ManualClock;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::fake_musement::{FakeMusement, new_uuid, order_json};
-use crate::helpers::{Daemon, binary, fixture, spawn_app_in, webhook};
-use crate::reconciler::config_for;
+use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
+use crate::helpers::{Daemon, binary, cli, config_for, fixture, spawn_app_in, webhook};
 
 /// Generous bound for anything the tests wait on.
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// Runs `orderwatch ARGS --config CONFIG`; returns (exit code, stdout, stderr).
 fn ow(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary())
-        .args(args)
-        .args(["--config", config.to_str().unwrap()])
-        .env_remove("ORDERWATCH_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let output = cli(config, args).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

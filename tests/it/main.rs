@@ -1,5 +1,8 @@
 //! orderwatch's integration tests: one binary, the real server on 127.0.0.1:0, real SQLite files
-//! in temp dirs. `helpers` spawns the app; each other module covers one concern.
+//! in temp dirs. `helpers/` holds everything shared (the app in-process, the daemon as a
+//! process, the fake Musement API and the reconciler harness against it, a raw HTTP/1 client);
+//! each other module covers one concern and imports only from `helpers`, never from another
+//! test module.
 
 mod api_faults;
 mod cli;
@@ -7,7 +10,6 @@ mod convergence;
 mod database_file;
 mod deploy;
 mod durability;
-mod fake_musement;
 mod helpers;
 mod hostile;
 mod inspect;

@@ -4,25 +4,19 @@
 //! API, and `reconcile --once`'s plain progress lines from the real binary.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use chrono::Duration;
-use orderwatch::app::{App, Listeners, StartupError};
-use orderwatch::clock::SystemClock;
-use orderwatch::config::Config;
-use orderwatch::metrics::StateSource;
 use orderwatch::reconciler::Progress;
-use orderwatch::reload::Reload;
-use tokio::sync::oneshot;
-use uuid::Uuid;
+use reqwest::Method;
 
-use crate::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
-use crate::helpers::{TestApp, loopback, spawn_app_with, uuid, webhook};
-use crate::reconciler::{config_for, harness};
+use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
+use crate::helpers::{
+    AUTH_CONFIG, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
+    spawn_app_with_metrics_listener, uuid, webhook,
+};
 
-const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
-/// `JohnSmith:Swordfish`.
-const BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
+/// A series (name and labels) and the value it must have.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
 
 /// A histogram series' `(le, cumulative count)` pairs.
 type Buckets = Vec<(f64, f64)>;
@@ -157,6 +151,17 @@ impl Exposition {
         self.get(name, labels).unwrap_or(0.0)
     }
 
+    /// Asserts every `(series, labels, value)` of `expected`, naming `phase` and the series.
+    fn expect(&self, phase: &str, expected: &[Expected]) {
+        for &(name, labels, value) in expected {
+            assert_eq!(
+                self.get(name, labels),
+                Some(value),
+                "{phase}: {name}{labels:?}"
+            );
+        }
+    }
+
     /// Every sample of `name`, whatever its labels.
     fn all(&self, name: &str) -> Vec<&Sample> {
         self.samples.iter().filter(|s| s.name == name).collect()
@@ -235,7 +240,7 @@ async fn scrape(client: &reqwest::Client, base: &str) -> Exposition {
 
 async fn post(app: &TestApp, body: String) -> reqwest::StatusCode {
     app.webhook_request()
-        .header("authorization", BASIC)
+        .header("authorization", GOOD_BASIC)
         .body(body)
         .send()
         .await
@@ -500,62 +505,14 @@ async fn metrics_on_the_webhook_listener_are_for_direct_loopback_clients_only() 
     assert_eq!(response.status(), 404);
 }
 
-/// The app with `[server] metrics_listen`, both listeners on `127.0.0.1:0`.
-struct TwoListeners {
-    webhooks: String,
-    metrics: String,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), StartupError>>,
-}
-
-async fn spawn_with_metrics_listener() -> TwoListeners {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, "[server]\nmetrics_listen = \"127.0.0.1:0\"\n").unwrap();
-    let config = Config::load(&path).unwrap();
-    let listeners = Listeners::on(loopback(), Some(loopback())).unwrap();
-    let app = App::build(config, Arc::new(SystemClock), listeners)
-        .await
-        .unwrap();
-    let urls = (
-        format!("http://{}", app.addr()),
-        format!("http://{}", app.metrics_addr().unwrap()),
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(
-        async {
-            let _ = stopped.await;
-        },
-        Reload::none(),
-    ));
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let ready = client.get(format!("{}/readyz", urls.0)).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    TwoListeners {
-        webhooks: urls.0,
-        metrics: urls.1,
-        client,
-        _dir: dir,
-        stop: Some(stop),
-        task,
-    }
-}
-
 #[tokio::test]
 async fn metrics_listen_serves_metrics_there_and_only_there() {
-    let app = spawn_with_metrics_listener().await;
+    let app = spawn_app_with_metrics_listener("[server]\nmetrics_listen = \"127.0.0.1:0\"\n").await;
+    let webhooks = format!("http://{}", app.addr);
+    let metrics = format!("http://{}", app.metrics_addr.unwrap());
     let posted = app
         .client
-        .post(format!("{}/webhooks/musement", app.webhooks))
+        .post(format!("{webhooks}/webhooks/musement"))
         .header("content-type", "application/json")
         .body(webhook(&uuid(1, 9), &uuid(2, 9), 1, "PENDING"))
         .send()
@@ -563,7 +520,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
         .unwrap();
     assert_eq!(posted.status(), 200);
 
-    let m = scrape(&app.client, &app.metrics).await;
+    let m = scrape(&app.client, &metrics).await;
     assert_eq!(
         m.get(
             "orderwatch_webhook_requests_total",
@@ -573,41 +530,63 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
     );
     assert_eq!(m.get("orderwatch_pending_items", &[]), Some(1.0));
 
-    // Not on the webhook listener, even for loopback.
-    let main = app
-        .client
-        .get(format!("{}/metrics", app.webhooks))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(main.status(), 404);
-    // The metrics listener serves nothing else, and only reads.
-    for path in ["/webhooks/musement", "/healthz", "/readyz", "/"] {
-        let other = app
-            .client
-            .get(format!("{}{path}", app.metrics))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(other.status(), 404, "{path}");
+    // Not on the webhook listener, even for loopback; the metrics listener serves nothing
+    // else, and only reads. (what, method, URL, with a webhook body, status)
+    let elsewhere = [
+        (
+            "/metrics on the webhook listener",
+            Method::GET,
+            format!("{webhooks}/metrics"),
+            false,
+            404,
+        ),
+        (
+            "the webhook path",
+            Method::GET,
+            format!("{metrics}/webhooks/musement"),
+            false,
+            404,
+        ),
+        (
+            "/healthz",
+            Method::GET,
+            format!("{metrics}/healthz"),
+            false,
+            404,
+        ),
+        (
+            "/readyz",
+            Method::GET,
+            format!("{metrics}/readyz"),
+            false,
+            404,
+        ),
+        ("/", Method::GET, format!("{metrics}/"), false, 404),
+        (
+            "a webhook posted to the metrics listener",
+            Method::POST,
+            format!("{metrics}/webhooks/musement"),
+            true,
+            404,
+        ),
+        (
+            "a POST to /metrics",
+            Method::POST,
+            format!("{metrics}/metrics"),
+            false,
+            405,
+        ),
+    ];
+    for (what, method, url, with_body, status) in elsewhere {
+        let mut request = app.client.request(method, &url);
+        if with_body {
+            request = request.body(webhook(&uuid(1, 8), &uuid(2, 8), 1, "PENDING"));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{what}: {url}");
     }
-    let post = app
-        .client
-        .post(format!("{}/webhooks/musement", app.metrics))
-        .body(webhook(&uuid(1, 8), &uuid(2, 8), 1, "PENDING"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(post.status(), 404);
-    let post = app
-        .client
-        .post(format!("{}/metrics", app.metrics))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(post.status(), 405);
     // Scrapes are not webhook requests.
-    let again = scrape(&app.client, &app.metrics).await;
+    let again = scrape(&app.client, &metrics).await;
     assert_eq!(
         again.all("orderwatch_webhook_requests_total").len(),
         1,
@@ -615,22 +594,15 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
         again.all("orderwatch_webhook_requests_total")
     );
 
-    let TwoListeners { stop, task, .. } = app;
-    stop.unwrap().send(()).unwrap();
-    task.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn reconciler_and_api_metrics_follow_the_passes() {
     let h = harness("concurrency = 1").await;
-    let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
-    for order in &orders {
-        h.fake
-            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
-    }
-    h.watch(&orders).await;
+    let orders = h.watch_new_orders(3).await;
     // The first pass: one login, two orders answered, one 503.
-    h.fake
+    h.fake()
         .push_response(&format!("/orders/{}", orders[1]), FakeResponse::status(503));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (2, 1));
@@ -638,136 +610,110 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
         *h.reconciler.progress().borrow(),
         Progress { done: 3, total: 3 }
     );
-    let state = StateSource::new(h.config.database.path.clone(), h.clock.clone());
-    let m = Exposition::parse(&h.metrics.render(&state, false).await);
     let calls = "orderwatch_musement_requests_total";
-    assert_eq!(
-        m.get(calls, &[("endpoint", "login"), ("code", "200")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        m.get(calls, &[("endpoint", "order"), ("code", "200")]),
-        Some(2.0)
-    );
-    assert_eq!(
-        m.get(calls, &[("endpoint", "order"), ("code", "503")]),
-        Some(1.0)
+    let logins = "orderwatch_musement_logins_total";
+    let passes = "orderwatch_reconciler_passes_total";
+    let handled = "orderwatch_reconciler_orders_total";
+    let latency = "orderwatch_musement_request_duration_seconds_count";
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "the first pass",
+        &[
+            (calls, &[("endpoint", "login"), ("code", "200")], 1.0),
+            (calls, &[("endpoint", "order"), ("code", "200")], 2.0),
+            (calls, &[("endpoint", "order"), ("code", "503")], 1.0),
+            (logins, &[("reason", "first"), ("result", "ok")], 1.0),
+            (passes, &[("result", "ok")], 1.0),
+            // Shown at zero.
+            (passes, &[("result", "failed")], 0.0),
+            (handled, &[("result", "polled")], 2.0),
+            (handled, &[("result", "failed")], 1.0),
+            ("orderwatch_reconciler_orders_in_backoff", &[], 1.0),
+            ("orderwatch_items", &[("status", "PENDING")], 2.0),
+            (latency, &[("endpoint", "order")], 3.0),
+            (latency, &[("endpoint", "login")], 1.0),
+        ],
     );
     assert_eq!(m.all(calls).len(), 3, "{:?}", m.all(calls));
-    let logins = "orderwatch_musement_logins_total";
-    assert_eq!(
-        m.get(logins, &[("reason", "first"), ("result", "ok")]),
-        Some(1.0)
-    );
-    let passes = "orderwatch_reconciler_passes_total";
-    assert_eq!(m.get(passes, &[("result", "ok")]), Some(1.0));
-    assert_eq!(
-        m.get(passes, &[("result", "failed")]),
-        Some(0.0),
-        "shown at zero"
-    );
-    let handled = "orderwatch_reconciler_orders_total";
-    assert_eq!(m.get(handled, &[("result", "polled")]), Some(2.0));
-    assert_eq!(m.get(handled, &[("result", "failed")]), Some(1.0));
-    assert_eq!(
-        m.get("orderwatch_reconciler_orders_in_backoff", &[]),
-        Some(1.0)
-    );
-    assert_eq!(
-        m.get("orderwatch_items", &[("status", "PENDING")]),
-        Some(2.0)
-    );
-    let latency = "orderwatch_musement_request_duration_seconds_count";
-    assert_eq!(m.get(latency, &[("endpoint", "order")]), Some(3.0));
-    assert_eq!(m.get(latency, &[("endpoint", "login")]), Some(1.0));
 
     // Musement drops our token: one 401, one re-login, then every order answers.
-    h.fake.revoke_tokens();
+    h.fake().revoke_tokens();
     h.advance(Duration::minutes(5));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (3, 0));
-    let m = Exposition::parse(&h.metrics.render(&state, false).await);
-    assert_eq!(
-        m.get(calls, &[("endpoint", "order"), ("code", "401")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        m.get(calls, &[("endpoint", "order"), ("code", "200")]),
-        Some(5.0)
-    );
-    assert_eq!(
-        m.get(calls, &[("endpoint", "login"), ("code", "200")]),
-        Some(2.0)
-    );
-    assert_eq!(
-        m.get(logins, &[("reason", "rejected"), ("result", "ok")]),
-        Some(1.0)
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "after a revoked token",
+        &[
+            (calls, &[("endpoint", "order"), ("code", "401")], 1.0),
+            (calls, &[("endpoint", "order"), ("code", "200")], 5.0),
+            (calls, &[("endpoint", "login"), ("code", "200")], 2.0),
+            (logins, &[("reason", "rejected"), ("result", "ok")], 1.0),
+            (passes, &[("result", "ok")], 2.0),
+            (handled, &[("result", "polled")], 5.0),
+            ("orderwatch_reconciler_orders_in_backoff", &[], 0.0),
+            ("orderwatch_items", &[("status", "PENDING")], 3.0),
+            // Two became PENDING at the first pass, five minutes ago on the harness clock.
+            ("orderwatch_oldest_pending_item_age_seconds", &[], 300.0),
+            (latency, &[("endpoint", "order")], 7.0),
+        ],
     );
     assert_eq!(
         m.count(logins, &[("reason", "expiring"), ("result", "ok")]),
         0.0
     );
-    assert_eq!(m.get(passes, &[("result", "ok")]), Some(2.0));
-    assert_eq!(m.get(handled, &[("result", "polled")]), Some(5.0));
-    assert_eq!(
-        m.get("orderwatch_reconciler_orders_in_backoff", &[]),
-        Some(0.0)
-    );
-    assert_eq!(
-        m.get("orderwatch_items", &[("status", "PENDING")]),
-        Some(3.0)
-    );
-    // Two became PENDING at the first pass, five minutes ago on the harness clock.
-    assert_eq!(
-        m.get("orderwatch_oldest_pending_item_age_seconds", &[]),
-        Some(300.0)
-    );
-    assert_eq!(m.get(latency, &[("endpoint", "order")]), Some(7.0));
 
     // The login itself fails: counted as refused, and the pass as stopped.
-    h.fake.revoke_tokens();
-    h.fake.push_response("/login", FakeResponse::status(401));
+    h.fake().revoke_tokens();
+    h.fake().push_response("/login", FakeResponse::status(401));
     h.advance(Duration::minutes(5));
     let summary = h.any_pass().await;
     assert!(summary.stopped.is_some(), "{summary:?}");
-    let m = Exposition::parse(&h.metrics.render(&state, false).await);
-    assert_eq!(
-        m.get(logins, &[("reason", "rejected"), ("result", "refused")]),
-        Some(1.0)
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "after a refused login",
+        &[
+            (
+                logins,
+                &[("reason", "rejected"), ("result", "refused")],
+                1.0,
+            ),
+            (passes, &[("result", "stopped")], 1.0),
+            (handled, &[("result", "unauthorized")], 1.0),
+        ],
     );
-    assert_eq!(m.get(passes, &[("result", "stopped")]), Some(1.0));
-    assert_eq!(m.get(handled, &[("result", "unauthorized")]), Some(1.0));
     h.close().await;
 }
 
-#[test]
-fn reconcile_once_prints_plain_progress_lines_without_a_terminal() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = runtime.block_on(FakeMusement::start());
+/// A config for `fake` with `reconciler_extra`, in a temp dir, and `n` PENDING orders at the
+/// fake watched through `orderwatch watch`: `(dir, config path)`.
+fn watched_orders(
+    fake: &FakeMusement,
+    reconciler_extra: &str,
+    n: usize,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_for(&fake, "concurrency = 2")).unwrap();
-    let orders: Vec<String> = (0..5)
+    std::fs::write(&config, config_for(fake, reconciler_extra)).unwrap();
+    let orders: Vec<String> = (0..n)
         .map(|_| {
             let order = new_uuid();
             fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
             order.to_string()
         })
         .collect();
-    let config = config.to_str().unwrap();
-    let mut watch = vec!["watch", "--config", config];
-    watch.extend(orders.iter().map(String::as_str));
-    let watched = std::process::Command::new(crate::helpers::binary())
-        .args(&watch)
-        .output()
-        .unwrap();
+    let watched = cli(&config, &["watch"]).args(&orders).output().unwrap();
     assert!(watched.status.success(), "{watched:?}");
+    (dir, config)
+}
 
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args(["reconcile", "--once", "--config", config])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+#[test]
+fn reconcile_once_prints_plain_progress_lines_without_a_terminal() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeMusement::start());
+    let (_dir, config) = watched_orders(&fake, "concurrency = 2", 5);
+
+    let output = cli(&config, &["reconcile", "--once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
@@ -811,25 +757,12 @@ fn reconcile_once_draws_a_bar_on_a_terminal() {
     let fake = runtime.block_on(FakeMusement::start());
     // Slow enough answers that the bar is drawn before the pass ends.
     fake.set_latency(std::time::Duration::from_millis(150));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_for(&fake, "concurrency = 1")).unwrap();
-    let orders: Vec<String> = (0..4)
-        .map(|_| {
-            let order = new_uuid();
-            fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
-            order.to_string()
-        })
-        .collect();
-    let config = config.to_str().unwrap();
-    let binary = crate::helpers::binary();
-    let watched = std::process::Command::new(binary)
-        .args(["watch", "--config", config])
-        .args(&orders)
-        .output()
-        .unwrap();
-    assert!(watched.status.success(), "{watched:?}");
-    let command = format!("'{binary}' reconcile --once --config '{config}'");
+    let (_dir, config) = watched_orders(&fake, "concurrency = 1", 4);
+    let command = format!(
+        "'{}' reconcile --once --config '{}'",
+        crate::helpers::binary(),
+        config.display()
+    );
     let output = std::process::Command::new("script")
         .args(["-qefc", &command, "/dev/null"])
         .env_remove("RUST_LOG")

@@ -11,7 +11,7 @@ use orderwatch::musement::{ApiError, MusementClient, MusementSettings, PolledOrd
 use orderwatch::observation::Status;
 use uuid::Uuid;
 
-use crate::fake_musement::{
+use crate::helpers::fake_musement::{
     CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, fixture, fixture_json,
     new_uuid, order_json, voucher_url,
 };

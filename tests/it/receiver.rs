@@ -3,14 +3,10 @@
 use base64::Engine;
 use serde_json::Value;
 
-use crate::helpers::{fixture, spawn_app, spawn_app_with, uuid, webhook};
+use crate::helpers::{AUTH_CONFIG, GOOD_BASIC, fixture, spawn_app, spawn_app_with, uuid, webhook};
 
 const EXAMPLE_ITEM: &str = "11045e18-e3ca-42e1-acb4-0d5be75036fd";
 const EXAMPLE_ORDER: &str = "8e9e5c6e-ea7d-4934-8753-f00954f30d00";
-
-const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
-/// `JohnSmith:Swordfish`, as in Musement's documentation.
-const ACME_BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
 
 async fn json(response: reqwest::Response) -> Value {
     serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
@@ -21,7 +17,7 @@ async fn documented_example_is_stored_exactly() {
     let app = spawn_app_with(AUTH_CONFIG).await;
     let response = app
         .webhook_request()
-        .header("authorization", ACME_BASIC)
+        .header("authorization", GOOD_BASIC)
         .body(fixture("webhooks/documented-example.json"))
         .send()
         .await
@@ -231,7 +227,7 @@ async fn bad_bodies_get_400_naming_the_field_and_are_kept_as_rejected() {
     for (file, field) in cases {
         let response = app
             .webhook_request()
-            .header("authorization", ACME_BASIC)
+            .header("authorization", GOOD_BASIC)
             .body(fixture(&format!("webhooks/bad/{file}")))
             .send()
             .await

@@ -5,184 +5,25 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use orderwatch::clock::{Clock, ManualClock};
-use orderwatch::config::Config;
-use orderwatch::metrics::Metrics;
-use orderwatch::observation::Observation;
-use orderwatch::reconciler::{self, PassSummary, Reconciler};
-use orderwatch::store;
+use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::store::Outcome;
-use orderwatch::store::observer::Unobserved;
-use orderwatch::store::writer::{Writer, WriterThread};
 use rusqlite::Connection;
 use serde_json::Value;
-use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::fake_musement::{
-    APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid,
-    order_json, voucher_url,
+use crate::helpers::api::{Harness, at, config_for, harness, harness_on};
+use crate::helpers::fake_musement::{
+    APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, httpdate,
+    new_uuid, order_json, voucher_url,
 };
-
-/// The harness's clock starts here; the fake's activity dates (February 2024) are ahead of it.
-const START: &str = "2024-01-01T12:00:00Z";
-
-pub struct Harness {
-    pub fake: FakeMusement,
-    /// Unless a test pins it, the fake's `Date` header follows the harness clock, as Musement's
-    /// server time follows real time.
-    date_pinned: std::sync::atomic::AtomicBool,
-    pub clock: Arc<ManualClock>,
-    pub reconciler: Reconciler,
-    pub writer: Writer,
-    writer_thread: Option<WriterThread>,
-    /// What the writer, the reconciler and the API client count into.
-    pub metrics: Arc<Metrics>,
-    pub config: Config,
-    pub dir: TempDir,
-}
-
-/// Config text pointing at `fake`, with `extra` appended to `[reconciler]`.
-pub fn config_for(fake: &FakeMusement, reconciler_extra: &str) -> String {
-    format!(
-        "[musement]\nbase_url = \"{}\"\napplication = \"{APPLICATION}\"\nclient_id = \"{CLIENT_ID}\"\n\
-         client_secret = \"{CLIENT_SECRET}\"\n\n[reconciler]\ninterval = \"1h\"\n\
-         max_requests_per_second = 0.0\n{reconciler_extra}\n",
-        fake.base_url()
-    )
-}
-
-pub async fn harness(reconciler_extra: &str) -> Harness {
-    let fake = FakeMusement::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config_for(&fake, reconciler_extra)).unwrap();
-    let config = Config::load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let metrics = Arc::new(Metrics::new());
-    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
-        .await
-        .unwrap();
-    let reconciler = reconciler::build(
-        &config,
-        writer.clone(),
-        clock.clone(),
-        metrics.clone(),
-        "test",
-    )
-    .unwrap();
-    Harness {
-        fake,
-        date_pinned: std::sync::atomic::AtomicBool::new(false),
-        clock,
-        reconciler,
-        writer,
-        writer_thread: Some(writer_thread),
-        metrics,
-        config,
-        dir,
-    }
-}
-
-impl Harness {
-    /// Runs a pass that must not stop early.
-    pub async fn pass(&self) -> PassSummary {
-        let summary = self.any_pass().await;
-        assert_eq!(summary.stopped, None, "{summary:?}");
-        summary
-    }
-
-    /// Runs a pass, whatever its outcome.
-    pub async fn any_pass(&self) -> PassSummary {
-        if !self.date_pinned.load(std::sync::atomic::Ordering::SeqCst) {
-            self.fake.set_date(Some(self.clock.now()));
-        }
-        self.reconciler.run_once().await.unwrap()
-    }
-
-    /// Fixes the fake's `Date` header.
-    pub fn pin_date(&self, date: DateTime<Utc>) {
-        self.date_pinned
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.fake.set_date(Some(date));
-    }
-
-    pub async fn watch(&self, orders: &[Uuid]) {
-        self.writer.watch(orders.to_vec()).await.unwrap();
-    }
-
-    /// Delivers a webhook through the same store function the receiver uses.
-    pub async fn webhook(
-        &self,
-        item: Uuid,
-        order: Uuid,
-        version: i64,
-        status: &str,
-        updated: DateTime<Utc>,
-    ) -> Outcome {
-        let body = serde_json::json!({
-            "order_id": "1", "order_uuid": order.to_string(), "order_created": "2024-01-01T10:00:00+0000",
-            "order_updated": updated.to_rfc3339(), "order_version": version.to_string(),
-            "order_item_uuid": item.to_string(), "order_item_created": "2024-01-01T10:00:00+0000",
-            "order_item_updated": updated.to_rfc3339(), "order_item_version": version.to_string(),
-            "order_item_status": status,
-        });
-        let observation =
-            Observation::from_webhook(body.to_string().as_bytes(), self.clock.now()).unwrap();
-        self.writer.apply(observation).await.unwrap()
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.clock.advance(by);
-    }
-
-    pub fn db(&self) -> Connection {
-        Connection::open(&self.config.database.path).unwrap()
-    }
-
-    /// `(status, source)` of an item.
-    pub fn item(&self, item: Uuid) -> (String, String) {
-        self.db()
-            .query_row(
-                "SELECT status, source FROM order_items WHERE item_uuid = ?1",
-                [item.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap()
-    }
-
-    /// One text column of an order row.
-    pub fn order_field(&self, order: Uuid, column: &str) -> Option<String> {
-        self.db()
-            .query_row(
-                &format!("SELECT {column} FROM orders WHERE order_uuid = ?1"),
-                [order.to_string()],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
-    pub fn gets(&self, order: Uuid) -> usize {
-        self.fake.count("GET", &format!("/orders/{order}"))
-    }
-
-    pub async fn close(mut self) {
-        drop(self.reconciler);
-        self.writer_thread.take().unwrap().shutdown().await;
-    }
-}
-
-fn at(text: &str) -> DateTime<Utc> {
-    text.parse().unwrap()
-}
+use crate::helpers::{Daemon, spawn_app_in, watch_before_start, webhook};
 
 #[tokio::test]
 async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
     let h = harness("").await;
     let (order, pending, ok) = (new_uuid(), new_uuid(), new_uuid());
-    h.fake
-        .put_order(order_json(order, &[(pending, "PENDING"), (ok, "OK")]));
-    h.watch(&[order]).await;
+    h.watch_order(order, &[(pending, "PENDING"), (ok, "OK")])
+        .await;
 
     let summary = h.pass().await;
     assert_eq!(
@@ -203,19 +44,12 @@ async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
     );
 
     // The PENDING item keeps the order due every pass; Musement confirms it without a webhook.
-    h.fake.set_item_status(order, pending, "OK");
+    h.fake().set_item_status(order, pending, "OK");
     h.advance(Duration::minutes(1));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.items_changed), (1, 1));
     assert_eq!(h.item(pending).0, "OK");
-    let vouchers: String = h
-        .db()
-        .query_row(
-            "SELECT vouchers FROM order_items WHERE item_uuid = ?1",
-            [pending.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let vouchers = h.item_field(pending, "vouchers").unwrap();
     assert_eq!(
         serde_json::from_str::<Vec<String>>(&vouchers).unwrap(),
         [voucher_url(pending)]
@@ -246,9 +80,7 @@ async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
 #[tokio::test]
 async fn personal_data_is_never_stored() {
     let h = harness("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "OK")]));
-    h.watch(&[order]).await;
+    let (_, item) = h.watch_new_order("OK").await;
     h.pass().await;
     let dump: String = h
         .db()
@@ -286,7 +118,7 @@ async fn a_late_webhook_older_than_a_poll_does_not_undo_it() {
     // Musement refunded the item at 11:30 but that webhook is lost; a poll at 12:00 sees it.
     let mut body = order_json(order, &[(item, "REFUNDED")]);
     body["status"] = "REFUNDED".into();
-    h.fake.put_order(body);
+    h.fake().put_order(body);
     h.pin_date(at("2024-01-01T12:00:00Z"));
     h.any_pass().await;
     // The quiet period after the webhook kept the order back: nothing polled yet.
@@ -308,42 +140,71 @@ async fn a_late_webhook_older_than_a_poll_does_not_undo_it() {
     h.close().await;
 }
 
+/// One webhook delivered after a poll whose `Date` is 12:00:00, and what it must do.
+struct WebhookAfterPoll {
+    /// Names the row in every assertion message.
+    name: &'static str,
+    /// The webhook's item (and order) version.
+    version: i64,
+    /// The webhook's update time.
+    updated: &'static str,
+    /// What the store answers.
+    outcome: Outcome,
+    /// The item's `(status, source)` afterwards.
+    item: (&'static str, &'static str),
+    /// Whether the order is marked for a re-poll afterwards.
+    repoll: bool,
+}
+
 #[tokio::test]
 async fn a_newer_webhook_wins_over_an_older_poll() {
-    let h = harness("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.pin_date(at("2024-01-01T12:00:00Z"));
-    h.watch(&[order]).await;
-    h.pass().await;
-    assert_eq!(h.item(item).0, "PENDING");
-    // Confirmed at 12:00:30, clearly after the poll's Date (+ 5 s margin).
-    let outcome = h
-        .webhook(item, order, 3, "OK", at("2024-01-01T12:00:30Z"))
-        .await;
-    assert_eq!(outcome, Outcome::Applied);
-    assert_eq!(h.item(item), ("OK".into(), "webhook".into()));
-    // A webhook within the margin of the poll is doubtful and asks for a re-poll.
-    let (order2, item2) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order2, &[(item2, "PENDING")]));
-    h.watch(&[order2]).await;
-    h.pass().await;
-    let outcome = h
-        .webhook(item2, order2, 2, "OK", at("2024-01-01T12:00:02Z"))
-        .await;
-    assert_eq!(outcome, Outcome::Doubtful);
-    assert_eq!(h.item(item2).0, "PENDING");
-    assert!(h.order_field(order2, "repoll_at").is_some());
-    h.close().await;
+    let rows = [
+        // Confirmed at 12:00:30, clearly after the poll's Date (+ 5 s margin).
+        WebhookAfterPoll {
+            name: "clearly after the poll",
+            version: 3,
+            updated: "2024-01-01T12:00:30Z",
+            outcome: Outcome::Applied,
+            item: ("OK", "webhook"),
+            repoll: false,
+        },
+        // Within the margin of the poll: doubtful, and it asks for a re-poll.
+        WebhookAfterPoll {
+            name: "within the skew margin of the poll",
+            version: 2,
+            updated: "2024-01-01T12:00:02Z",
+            outcome: Outcome::Doubtful,
+            item: ("PENDING", "poll"),
+            repoll: true,
+        },
+    ];
+    for row in rows {
+        let name = row.name;
+        let h = harness("").await;
+        let (order, item) = h.watch_new_order("PENDING").await;
+        h.pin_date(at("2024-01-01T12:00:00Z"));
+        h.pass().await;
+        assert_eq!(h.item(item).0, "PENDING", "{name}");
+        let outcome = h
+            .webhook(item, order, row.version, "OK", at(row.updated))
+            .await;
+        assert_eq!(outcome, row.outcome, "{name}");
+        let (status, source) = row.item;
+        assert_eq!(h.item(item), (status.into(), source.into()), "{name}");
+        assert_eq!(
+            h.order_field(order, "repoll_at").is_some(),
+            row.repoll,
+            "{name}: the re-poll mark"
+        );
+        h.close().await;
+    }
 }
 
 #[tokio::test]
 async fn doubt_is_settled_by_a_repoll_that_bypasses_the_quiet_period() {
     let h = harness("quiet_period = \"1h\"").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    let (order, item) = h.watch_new_order("PENDING").await;
     h.pin_date(at("2024-01-01T12:00:00Z"));
-    h.watch(&[order]).await;
     h.pass().await;
     assert_eq!(
         h.webhook(item, order, 2, "OK", at("2024-01-01T12:00:02Z"))
@@ -351,7 +212,7 @@ async fn doubt_is_settled_by_a_repoll_that_bypasses_the_quiet_period() {
         Outcome::Doubtful
     );
     // Musement's truth is OK; the re-poll after skew_margin (5 s) settles it despite the 1h quiet period.
-    h.fake.set_item_status(order, item, "OK");
+    h.fake().set_item_status(order, item, "OK");
     h.pin_date(at("2024-01-01T12:01:00Z"));
     h.advance(Duration::seconds(2));
     assert_eq!(h.pass().await.due, 0, "not before skew_margin");
@@ -379,8 +240,7 @@ async fn not_found_stops_polling_until_watched_again() {
     assert_eq!(h.pass().await.due, 0, "a 404 order is not polled again");
     // The partner watches it again (e.g. it was created late): polled again.
     let item = new_uuid();
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
+    h.watch_order(order, &[(item, "PENDING")]).await;
     assert_eq!(h.pass().await.polled, 1);
     assert_eq!(h.order_field(order, "not_found_at"), None);
     h.close().await;
@@ -389,13 +249,11 @@ async fn not_found_stops_polling_until_watched_again() {
 #[tokio::test]
 async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
     let h = harness("backoff_base = \"30s\"\nbackoff_cap = \"10m\"").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
+    let (order, item) = h.watch_new_order("PENDING").await;
     let path = format!("/orders/{order}");
 
     // 429 with Retry-After: 120 → due again in exactly 120 s.
-    h.fake.push_response(
+    h.fake().push_response(
         &path,
         FakeResponse::status(429).with_header("retry-after", "120"),
     );
@@ -408,7 +266,7 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
 
     // A 500 is the second failure in a row: base × 2 × jitter in [0.5, 1], i.e. 30–60 s.
     h.advance(Duration::seconds(1));
-    h.fake.push_response(&path, FakeResponse::status(500));
+    h.fake().push_response(&path, FakeResponse::status(500));
     h.pass().await;
     let now = h.clock.now();
     let next: DateTime<Utc> = h
@@ -425,15 +283,7 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
     h.advance(Duration::seconds(61));
     let summary = h.pass().await;
     assert_eq!((summary.polled, summary.failures), (1, 0));
-    let failures: i64 = h
-        .db()
-        .query_row(
-            "SELECT poll_failures FROM orders WHERE order_uuid = ?1",
-            [order.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(failures, 0);
+    assert_eq!(h.poll_state(order).failures, 0);
     assert_eq!(h.order_field(order, "last_error"), None);
     assert_eq!(h.item(item).0, "PENDING");
     h.close().await;
@@ -444,21 +294,19 @@ async fn rate_limits_and_server_errors_back_off_and_then_succeed() {
 #[tokio::test]
 async fn a_redirected_poll_fails_and_the_other_hosts_answer_is_never_stored() {
     let h = harness("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
+    let (order, item) = h.watch_new_order("PENDING").await;
     h.pass().await;
     assert_eq!(h.item(item).0, "PENDING");
 
     // Another host (another port) that answers anyone, saying the item is confirmed.
     let elsewhere = FakeMusement::start().await;
-    let date = crate::fake_musement::httpdate(h.clock.now() + Duration::minutes(1));
+    let date = httpdate(h.clock.now() + Duration::minutes(1));
     elsewhere.push_response(
         "",
         FakeResponse::json(200, order_json(order, &[(item, "OK")])).with_header("date", &date),
     );
     let location = format!("{}/orders/{order}", elsewhere.base_url());
-    h.fake.push_response(
+    h.fake().push_response(
         &format!("/orders/{order}"),
         FakeResponse::status(302).with_header("location", &location),
     );
@@ -483,10 +331,8 @@ async fn a_redirected_poll_fails_and_the_other_hosts_answer_is_never_stored() {
 #[tokio::test]
 async fn an_absurd_retry_after_is_capped_and_the_writer_survives() {
     let h = harness("").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
-    h.fake.push_response(
+    let (order, _) = h.watch_new_order("PENDING").await;
+    h.fake().push_response(
         &format!("/orders/{order}"),
         FakeResponse::status(503).with_header("retry-after", "10000000000000"),
     );
@@ -505,71 +351,20 @@ async fn an_absurd_retry_after_is_capped_and_the_writer_survives() {
 }
 
 #[tokio::test]
-async fn timeouts_and_malformed_bodies_are_failures_that_change_no_item() {
-    let h = harness("request_timeout = \"300ms\"").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
-    h.pass().await;
-    let events_before: i64 = h
-        .db()
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
-
-    h.fake.set_item_status(order, item, "OK");
-    let path = format!("/orders/{order}");
-    h.fake.push_response(
-        &path,
-        FakeResponse::status(200)
-            .with_body("{\"uuid\": \"oops")
-            .delayed(std::time::Duration::ZERO),
-    );
-    h.advance(Duration::minutes(1));
-    assert_eq!(h.pass().await.failures, 1);
-    let error = h.order_field(order, "last_error").unwrap();
-    assert!(
-        error.contains("uuid") && error.contains("oops"),
-        "the first bytes are recorded: {error}"
-    );
-
-    h.advance(Duration::hours(1));
-    h.fake.set_latency(std::time::Duration::from_secs(2));
-    assert_eq!(h.pass().await.failures, 1);
-    let error = h.order_field(order, "last_error").unwrap();
-    assert!(error.to_lowercase().contains("time"), "{error}");
-
-    let events_after: i64 = h
-        .db()
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(
-        events_before, events_after,
-        "nothing from a failed response reaches the items"
-    );
-    assert_eq!(h.item(item).0, "PENDING");
-    h.close().await;
-}
-
-#[tokio::test]
 async fn expired_token_is_renewed_and_refused_credentials_stop_the_pass() {
     let h = harness("").await;
-    let orders: Vec<Uuid> = (0..3).map(|_| new_uuid()).collect();
-    for order in &orders {
-        h.fake
-            .put_order(order_json(*order, &[(new_uuid(), "PENDING")]));
-    }
-    h.watch(&orders).await;
+    h.watch_new_orders(3).await;
     assert_eq!(h.pass().await.polled, 3);
-    assert_eq!(h.fake.tokens_issued(), 1, "one login for the whole pass");
+    assert_eq!(h.fake().tokens_issued(), 1, "one login for the whole pass");
 
-    h.fake.revoke_tokens(); // 401 → one fresh login → retry
+    h.fake().revoke_tokens(); // 401 → one fresh login → retry
     h.advance(Duration::minutes(1));
     assert_eq!(h.pass().await.polled, 3);
-    assert_eq!(h.fake.tokens_issued(), 2);
+    assert_eq!(h.fake().tokens_issued(), 2);
 
     // The API keeps refusing: the pass stops and says why.
     for _ in 0..4 {
-        h.fake.push_response(
+        h.fake().push_response(
             "",
             FakeResponse::status(401).with_body("{\"code\":\"401\",\"message\":\"nope\"}"),
         );
@@ -584,9 +379,7 @@ async fn expired_token_is_renewed_and_refused_credentials_stop_the_pass() {
 #[tokio::test]
 async fn max_age_stops_polling_and_is_reported() {
     let h = harness("max_age = \"2d\"").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
+    let (order, _) = h.watch_new_order("PENDING").await;
     h.pass().await;
     h.advance(Duration::days(2) + Duration::minutes(1));
     let summary = h.pass().await;
@@ -600,12 +393,10 @@ async fn max_age_stops_polling_and_is_reported() {
 #[tokio::test]
 async fn recheck_interval_catches_a_refund_whose_webhook_never_came() {
     let h = harness("recheck_interval = \"24h\"").await;
-    let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "OK")]));
-    h.watch(&[order]).await;
+    let (order, item) = h.watch_new_order("OK").await;
     h.pass().await;
     assert_eq!(h.item(item).0, "OK");
-    h.fake.set_item_status(order, item, "REFUNDED");
+    h.fake().set_item_status(order, item, "REFUNDED");
     h.advance(Duration::hours(23));
     assert_eq!(
         h.pass().await.due,
@@ -626,11 +417,8 @@ async fn pending_items_past_their_confirmation_deadline_are_reported_once() {
     let h = harness("").await;
     let (order, slow, instant) = (new_uuid(), new_uuid(), new_uuid());
     // Item 0 has max_confirmation_time PT30M, item 1 P0D.
-    h.fake.put_order(order_json(
-        order,
-        &[(slow, "PENDING"), (instant, "PENDING")],
-    ));
-    h.watch(&[order]).await;
+    h.watch_order(order, &[(slow, "PENDING"), (instant, "PENDING")])
+        .await;
     assert_eq!(h.pass().await.overdue, 0);
     h.advance(Duration::minutes(1));
     assert_eq!(
@@ -681,35 +469,18 @@ async fn the_lease_refuses_a_concurrent_pass_and_names_the_holder() {
 #[tokio::test]
 async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
     let fake = FakeMusement::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}[server]\ninstance_id = \"ow-a\"\n",
-            config_for(&fake, "")
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
-    let metrics = Arc::new(Metrics::new());
-    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
-        .await
-        .unwrap();
+    let h = harness_on(&format!(
+        "{}[server]\ninstance_id = \"ow-a\"\n",
+        config_for(&fake, "")
+    ))
+    .await;
+    let writer = &h.writer;
     // What the killed daemon left: its lease, ten minutes to go.
     writer
         .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
         .await
         .unwrap();
-    let reconciler = reconciler::build(
-        &config,
-        writer.clone(),
-        clock.clone(),
-        metrics.clone(),
-        reconciler::DAEMON_ROLE,
-    )
-    .unwrap();
+    let reconciler = h.reconciler_as(orderwatch::reconciler::DAEMON_ROLE);
     reconciler.run_once().await.unwrap();
 
     writer
@@ -724,25 +495,17 @@ async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
         .acquire_lease("reconciler", "ow-a", Duration::seconds(600))
         .await
         .unwrap();
-    let command = reconciler::build(
-        &config,
-        writer.clone(),
-        clock,
-        metrics,
-        "orderwatch reconcile",
-    )
-    .unwrap();
+    let command = h.reconciler_as("orderwatch reconcile");
     let error = command.run_once().await.unwrap_err().to_string();
     assert!(error.contains("(ow-a, lease until"), "{error}");
-    drop((reconciler, command, writer));
-    writer_thread.shutdown().await;
+    drop((reconciler, command));
+    h.close().await;
 }
 
 #[test]
 fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let h = runtime.block_on(harness(""));
-    let config_path = h.dir.path().join("config.toml");
     runtime
         .block_on(h.writer.acquire_lease(
             "reconciler",
@@ -750,15 +513,7 @@ fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
             Duration::days(36500),
         ))
         .unwrap();
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args([
-            "reconcile",
-            "--once",
-            "--config",
-            config_path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let output = h.cli(&["reconcile", "--once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("orderwatch run (pid 4242)"), "{stderr}");
@@ -770,27 +525,11 @@ fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
         )
         .unwrap();
     let (order, item) = (new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.fake().put_order(order_json(order, &[(item, "PENDING")]));
     // Watched through the CLI too: both processes then use the real clock.
-    let watched = std::process::Command::new(crate::helpers::binary())
-        .args([
-            "watch",
-            "--config",
-            config_path.to_str().unwrap(),
-            &order.to_string(),
-        ])
-        .output()
-        .unwrap();
+    let watched = h.cli(&["watch", &order.to_string()]).output().unwrap();
     assert!(watched.status.success());
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args([
-            "reconcile",
-            "--once",
-            "--config",
-            config_path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let output = h.cli(&["reconcile", "--once"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -805,16 +544,9 @@ fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
 #[tokio::test]
 async fn watch_cli_registers_orders_from_arguments_and_stdin() {
     let h = harness("").await;
-    let config_path = h.dir.path().join("config.toml");
     let (a, b) = (new_uuid(), new_uuid());
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args([
-            "watch",
-            "--config",
-            config_path.to_str().unwrap(),
-            &a.to_string(),
-            "-",
-        ])
+    let output = h
+        .cli(&["watch", &a.to_string(), "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -845,15 +577,7 @@ async fn watch_cli_registers_orders_from_arguments_and_stdin() {
             Some("1")
         );
     }
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args([
-            "watch",
-            "--config",
-            config_path.to_str().unwrap(),
-            "not-a-uuid",
-        ])
-        .output()
-        .unwrap();
+    let output = h.cli(&["watch", "not-a-uuid"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("\"not-a-uuid\" is not an order UUID")
@@ -903,24 +627,8 @@ async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
         fake.put_order(order_json(order, &[(item, "PENDING")]));
         let dir = tempfile::tempdir().unwrap();
         let text = shipped_config_for(&fake, schedule, dir.path());
-        std::fs::write(dir.path().join("config.toml"), &text).unwrap();
-        let config = Config::load(&dir.path().join("config.toml")).unwrap();
-        // Register the order before the daemon starts, as `orderwatch watch` would.
-        {
-            let (writer, thread) = store::open_writer(
-                &config,
-                Arc::new(orderwatch::clock::SystemClock),
-                Arc::new(Unobserved),
-            )
-            .await
-            .unwrap();
-            writer.watch(vec![order]).await.unwrap();
-            drop(writer);
-            thread.shutdown().await;
-        }
-        let app =
-            crate::helpers::spawn_app_in(dir, &text, Arc::new(orderwatch::clock::SystemClock))
-                .await;
+        watch_before_start(dir.path(), &text, &[order]).await;
+        let app = spawn_app_in(dir, &text, Arc::new(SystemClock)).await;
         // The first pass runs at start; the schedule must bring at least two more.
         let path = format!("/orders/{order}");
         let mut waited = 0;
@@ -962,7 +670,7 @@ async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
 async fn an_order_known_only_from_final_webhooks_is_polled_once_to_find_its_other_items() {
     let h = harness("").await;
     let (order, refused, unseen) = (new_uuid(), new_uuid(), new_uuid());
-    h.fake
+    h.fake()
         .put_order(order_json(order, &[(refused, "KO"), (unseen, "OK")]));
     let outcome = h.webhook(refused, order, 2, "KO", h.clock.now()).await;
     assert_eq!(outcome, Outcome::Applied);
@@ -985,10 +693,9 @@ async fn an_order_known_only_from_final_webhooks_is_polled_once_to_find_its_othe
 async fn watch_cli_streams_stdin_and_stops_at_a_bad_line() {
     use std::io::Write;
     let h = harness("").await;
-    let config_path = h.dir.path().join("config.toml");
     let first = new_uuid();
-    let mut child = std::process::Command::new(crate::helpers::binary())
-        .args(["watch", "--config", config_path.to_str().unwrap(), "-"])
+    let mut child = h
+        .cli(&["watch", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1036,13 +743,12 @@ async fn watch_cli_streams_stdin_and_stops_at_a_bad_line() {
 fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let h = runtime.block_on(harness("concurrency = 1"));
-    let config_path = h.dir.path().join("config.toml");
     let orders: Vec<String> = (0..5)
         .map(|_| {
             let order = new_uuid();
-            h.fake
+            h.fake()
                 .put_order(order_json(order, &[(new_uuid(), "PENDING")]));
-            h.fake.set_outage(
+            h.fake().set_outage(
                 &format!("/orders/{order}"),
                 Some(FakeResponse::status(429).with_header("retry-after", "120")),
             );
@@ -1050,26 +756,14 @@ fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
         })
         .collect();
     // Watched through the CLI: both processes then use the real clock.
-    let watched = std::process::Command::new(crate::helpers::binary())
-        .args(["watch", "--config", config_path.to_str().unwrap()])
-        .args(&orders)
-        .output()
-        .unwrap();
+    let watched = h.cli(&["watch"]).args(&orders).output().unwrap();
     assert!(watched.status.success());
-    let output = std::process::Command::new(crate::helpers::binary())
-        .args([
-            "reconcile",
-            "--once",
-            "--config",
-            config_path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let output = h.cli(&["reconcile", "--once"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let gets = h
-        .fake
+        .fake()
         .requests()
         .iter()
         .filter(|r| r.method == "GET")
@@ -1084,17 +778,6 @@ fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
         "{stdout}"
     );
     runtime.block_on(h.close());
-}
-
-/// One text column of an item row.
-fn item_field(h: &Harness, item: Uuid, column: &str) -> Option<String> {
-    h.db()
-        .query_row(
-            &format!("SELECT {column} FROM order_items WHERE item_uuid = ?1"),
-            [item.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap()
 }
 
 /// A hand edit that leaves a cell the store cannot read (or one in SQLite's own time format)
@@ -1135,7 +818,7 @@ async fn a_poll_stores_every_item_whatever_a_hand_edit_left_in_the_rows() {
         unreadable.0,
     );
     for (order, known, sibling) in [typed, unreadable] {
-        h.fake
+        h.fake()
             .put_order(order_json(order, &[(known, "OK"), (sibling, "PENDING")]));
     }
 
@@ -1150,7 +833,7 @@ async fn a_poll_stores_every_item_whatever_a_hand_edit_left_in_the_rows() {
         assert_eq!(h.item(known), ("OK".into(), "poll".into()));
         assert_eq!(h.item(sibling), ("PENDING".into(), "poll".into()));
         assert!(h.order_field(order, "identifier").is_some());
-        let as_of = item_field(&h, known, "as_of").unwrap();
+        let as_of = h.item_field(known, "as_of").unwrap();
         assert_eq!(as_of, "2024-01-01T12:03:00.000Z", "rewritten by the poll");
     }
     // The unreadable first_seen_at came back from the order's earliest item.
@@ -1168,8 +851,7 @@ async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
     let h = harness("").await;
     let (order, item) = (new_uuid(), new_uuid());
     // Item 0 of order_json: PT30M, "Test activity 0", 2024-02-01 15:30, id 434696106.
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
-    h.watch(&[order]).await;
+    h.watch_order(order, &[(item, "PENDING")]).await;
     h.pin_date(at("2024-01-01T12:10:00Z"));
     h.pass().await;
     let facts = |h: &Harness| -> Vec<Option<String>> {
@@ -1182,7 +864,7 @@ async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
             "facts_as_of",
         ]
         .iter()
-        .map(|column| item_field(h, item, column))
+        .map(|column| h.item_field(item, column))
         .collect()
     };
     let first = facts(&h);
@@ -1193,11 +875,11 @@ async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
     );
 
     // Musement's answer changes, but a server answers with an older Date.
-    let mut body = h.fake.order(order).unwrap();
+    let mut body = h.fake().order(order).unwrap();
     body["items"][0]["product"] = serde_json::json!({
         "id": "1", "title": "Changed", "date": "2030-01-01 10:00", "max_confirmation_time": "P5D",
     });
-    h.fake.put_order(body);
+    h.fake().put_order(body);
     h.pin_date(at("2024-01-01T12:05:00Z"));
     h.advance(Duration::minutes(1));
     h.pass().await;
@@ -1234,7 +916,7 @@ async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
 async fn a_poll_sent_before_a_doubtful_webhook_does_not_clear_its_repoll_mark() {
     let h = harness("").await;
     let (order, item, newcomer) = (new_uuid(), new_uuid(), new_uuid());
-    h.fake.put_order(order_json(order, &[(item, "PENDING")]));
+    h.fake().put_order(order_json(order, &[(item, "PENDING")]));
     h.pin_date(at("2024-01-01T12:00:00Z"));
     h.watch(&[order]).await;
     h.pass().await;
@@ -1242,13 +924,10 @@ async fn a_poll_sent_before_a_doubtful_webhook_does_not_clear_its_repoll_mark() 
     // The next GET is answered slowly, with what Musement had before the webhook below.
     h.advance(Duration::seconds(1));
     let path = format!("/orders/{order}");
-    h.fake.push_response(
+    h.fake().push_response(
         &path,
         FakeResponse::json(200, order_json(order, &[(item, "PENDING")]))
-            .with_header(
-                "date",
-                &crate::fake_musement::httpdate(at("2024-01-01T12:00:01Z")),
-            )
+            .with_header("date", &httpdate(at("2024-01-01T12:00:01Z")))
             .delayed(std::time::Duration::from_millis(1500)),
     );
     let racing_webhooks = async {
@@ -1273,13 +952,13 @@ async fn a_poll_sent_before_a_doubtful_webhook_does_not_clear_its_repoll_mark() 
         "the earlier GET cleared the doubtful webhook's re-poll mark"
     );
     assert_eq!(
-        item_field(&h, newcomer, "missing_since"),
+        h.item_field(newcomer, "missing_since"),
         None,
         "an item first seen after the GET was sent is not missing from its answer"
     );
 
     // The re-poll the mark asked for settles it.
-    h.fake
+    h.fake()
         .put_order(order_json(order, &[(item, "OK"), (newcomer, "PENDING")]));
     h.advance(Duration::seconds(5));
     h.pin_date(at("2024-01-01T12:00:06Z"));
@@ -1296,46 +975,38 @@ async fn a_poll_sent_before_a_doubtful_webhook_does_not_clear_its_repoll_mark() 
 async fn an_item_musement_stops_listing_is_marked_missing_until_it_comes_back() {
     let h = harness("").await;
     let (order, kept, dropped) = (new_uuid(), new_uuid(), new_uuid());
-    h.fake.put_order(order_json(
-        order,
-        &[(kept, "PENDING"), (dropped, "PENDING")],
-    ));
-    h.watch(&[order]).await;
+    h.watch_order(order, &[(kept, "PENDING"), (dropped, "PENDING")])
+        .await;
     h.pass().await;
-    assert_eq!(item_field(&h, dropped, "missing_since"), None);
+    assert_eq!(h.item_field(dropped, "missing_since"), None);
 
-    h.fake.put_order(order_json(order, &[(kept, "PENDING")]));
+    h.fake().put_order(order_json(order, &[(kept, "PENDING")]));
     h.advance(Duration::minutes(1));
     h.pass().await;
     let since = Some("2024-01-01T12:01:00.000Z".to_owned());
-    assert_eq!(item_field(&h, dropped, "missing_since"), since);
-    assert_eq!(item_field(&h, kept, "missing_since"), None);
+    assert_eq!(h.item_field(dropped, "missing_since"), since);
+    assert_eq!(h.item_field(kept, "missing_since"), None);
     h.advance(Duration::minutes(1));
     h.pass().await;
     assert_eq!(
-        item_field(&h, dropped, "missing_since"),
+        h.item_field(dropped, "missing_since"),
         since,
         "set when first missed, not moved by every later poll"
     );
     assert_eq!(h.item(dropped).0, "PENDING", "its state is kept as it was");
 
-    let show = std::process::Command::new(crate::helpers::binary())
-        .args(["show", &dropped.to_string(), "--config"])
-        .arg(h.dir.path().join("config.toml"))
-        .env_remove("ORDERWATCH_CONFIG")
-        .output()
-        .unwrap();
+    let show = h.cli(&["show", &dropped.to_string()]).output().unwrap();
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(
         text.contains("missing     not in Musement's order since 2024-01-01 12:01:00"),
         "{text}"
     );
 
-    h.fake
+    h.fake()
         .put_order(order_json(order, &[(kept, "PENDING"), (dropped, "OK")]));
     h.advance(Duration::minutes(1));
     h.pass().await;
-    assert_eq!(item_field(&h, dropped, "missing_since"), None);
+    assert_eq!(h.item_field(dropped, "missing_since"), None);
     assert_eq!(h.item(dropped).0, "OK");
     h.close().await;
 }
@@ -1356,21 +1027,8 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{}",
         config_for(&fake, "").replace("interval = \"1h\"", "interval = \"1s\"")
     );
-    std::fs::write(dir.path().join("config.toml"), &config).unwrap();
-    {
-        let loaded = Config::load(&dir.path().join("config.toml")).unwrap();
-        let (writer, thread) = store::open_writer(
-            &loaded,
-            Arc::new(orderwatch::clock::SystemClock),
-            Arc::new(Unobserved),
-        )
-        .await
-        .unwrap();
-        writer.watch(vec![order]).await.unwrap();
-        drop(writer);
-        thread.shutdown().await;
-    }
-    let mut daemon = crate::helpers::Daemon::start(dir, &config);
+    watch_before_start(dir.path(), &config, &[order]).await;
+    let mut daemon = Daemon::start(dir, &config);
     let db = Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
     let path = format!("/orders/{order}");
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
@@ -1414,8 +1072,7 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
     wait_for("three more polls", &|| fake.count("GET", &path) >= gets + 3);
     // A webhook for the other item reads the bad sibling too.
     for version in 1..=3 {
-        let body =
-            crate::helpers::webhook(&kept.to_string(), &order.to_string(), version, "PENDING");
+        let body = webhook(&kept.to_string(), &order.to_string(), version, "PENDING");
         assert_eq!(daemon.post_webhook(body).await, 200);
     }
     let lines: Vec<Value> = daemon

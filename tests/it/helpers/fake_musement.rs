@@ -75,15 +75,15 @@ pub const PERSONAL_VALUES: &[&str] = &[
 ];
 
 /// The fixtures the fake answers with, compiled in so serving never touches the file system.
-const LOGIN_OK: &str = include_str!("../../fixtures/musement/login-ok.json");
-const NOT_FOUND: &str = include_str!("../../fixtures/musement/error-not-found.json");
-const UNAUTHORIZED: &str = include_str!("../../fixtures/musement/error-unauthorized.json");
+const LOGIN_OK: &str = include_str!("../../../fixtures/musement/login-ok.json");
+const NOT_FOUND: &str = include_str!("../../../fixtures/musement/error-not-found.json");
+const UNAUTHORIZED: &str = include_str!("../../../fixtures/musement/error-unauthorized.json");
 const INVALID_CREDENTIALS: &str =
-    include_str!("../../fixtures/musement/error-invalid-credentials.json");
+    include_str!("../../../fixtures/musement/error-invalid-credentials.json");
 const BAD_LOGIN_REQUEST: &str =
-    include_str!("../../fixtures/musement/error-bad-login-request.json");
+    include_str!("../../../fixtures/musement/error-bad-login-request.json");
 const MISSING_APPLICATION: &str =
-    include_str!("../../fixtures/musement/error-missing-application.json");
+    include_str!("../../../fixtures/musement/error-missing-application.json");
 
 /// The largest request body the fake reads (anything bigger gets 413).
 const MAX_REQUEST_BODY: usize = 1024 * 1024;

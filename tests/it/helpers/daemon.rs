@@ -1,0 +1,321 @@
+//! The real `orderwatch run` binary as a child process: [`Daemon`], started through
+//! [`Launch`] when a test needs more than a config (environment variables, a file-size limit).
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long the real daemon may take to stop, or to log a line a test waits for.
+const DAEMON_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long the real daemon may take to announce its address: generous, because a restart
+/// after `kill -9` under load recovers the WAL first on a shared machine.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line;
+/// killed (SIGKILL) and reaped when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Where it listens, from its start-up log line.
+    pub addr: SocketAddr,
+    /// The log lines up to and including the one announcing the address, parsed where they
+    /// are JSON (`[log] format = "json"`) and kept as a JSON string where they are not.
+    pub startup_log: Vec<Value>,
+    /// Every later log line, in order.
+    log: mpsc::Receiver<String>,
+    /// The folder with its config and database.
+    pub dir: TempDir,
+}
+
+/// A daemon about to start: its command line, environment and limits.
+pub struct Launch {
+    dir: TempDir,
+    command: Command,
+    /// `RLIMIT_FSIZE` for the child, in bytes.
+    file_size_limit: Option<u64>,
+}
+
+impl Launch {
+    /// One more environment variable for the daemon (e.g. a `password_env` secret, or a
+    /// `RUST_LOG` filter: the daemon starts without the test runner's `RUST_LOG`).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.command.env(name, value);
+        self
+    }
+
+    /// Starts the daemon with `RLIMIT_FSIZE` at `bytes`, as `prlimit --fsize` or `ulimit -f`
+    /// would start it.
+    pub fn file_size_limit(mut self, bytes: u64) -> Self {
+        self.file_size_limit = Some(bytes);
+        self
+    }
+
+    /// Spawns the daemon and waits for the address it announces. `SIGXFSZ` starts at its
+    /// default action (terminate) in the child, whatever the test runner inherited: whatever
+    /// the daemon must survive, it does itself, not by a disposition inherited from the test.
+    pub fn start(mut self) -> Daemon {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            let limit = self.file_size_limit.map(|bytes| libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            });
+            // SAFETY: between fork and exec only async-signal-safe system calls run, on
+            // values prepared before the fork.
+            unsafe {
+                self.command.pre_exec(move || {
+                    if libc::signal(libc::SIGXFSZ, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(limit) = &limit
+                        && libc::setrlimit(libc::RLIMIT_FSIZE, limit) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        #[cfg(not(unix))]
+        assert!(
+            self.file_size_limit.is_none(),
+            "a file-size limit needs setrlimit(2)"
+        );
+        Daemon::spawn(self.dir, self.command)
+    }
+}
+
+impl Daemon {
+    /// Starts the daemon on `config` (which must set `listen = "127.0.0.1:0"`) in `dir`.
+    pub fn start(dir: TempDir, config: &str) -> Self {
+        Self::launch(dir, config).start()
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. a `password_env` secret).
+    pub fn start_with_env(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Self {
+        env.iter()
+            .fold(Self::launch(dir, config), |launch, (name, value)| {
+                launch.env(name, value)
+            })
+            .start()
+    }
+
+    /// [`Daemon::start`] with `RLIMIT_FSIZE` at `bytes` (see [`Launch::file_size_limit`]).
+    #[cfg(unix)]
+    pub fn start_with_file_size_limit(dir: TempDir, config: &str, bytes: u64) -> Self {
+        Self::launch(dir, config).file_size_limit(bytes).start()
+    }
+
+    /// `orderwatch run` on `config`, written to `dir/config.toml`, without the test runner's
+    /// `RUST_LOG`; [`Launch::start`] starts it.
+    pub fn launch(dir: TempDir, config: &str) -> Launch {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(super::binary());
+        command
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Launch {
+            dir,
+            command,
+            file_size_limit: None,
+        }
+    }
+
+    /// Spawns `command` and waits for the address it announces.
+    fn spawn(dir: TempDir, mut command: Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command.spawn().expect("the orderwatch binary starts");
+        let (lines, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            // Keep draining after the test stops listening, so the daemon never blocks on a
+            // full pipe.
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = lines.send(line);
+            }
+        });
+        let mut daemon = Self {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            startup_log: Vec::new(),
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + START_LIMIT;
+        while Instant::now() < deadline {
+            let Ok(line) = daemon.log.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            let json: Value = serde_json::from_str(&line).unwrap_or_default();
+            let listen = json["fields"]["listen"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| {
+                    let at = line.find("listen=")? + "listen=".len();
+                    line[at..].split_whitespace().next().map(str::to_owned)
+                });
+            daemon.startup_log.push(if json.is_null() {
+                Value::String(line)
+            } else {
+                json
+            });
+            if let Some(addr) = listen.and_then(|a| a.parse().ok()) {
+                daemon.addr = addr;
+                return daemon;
+            }
+        }
+        let _ = daemon.child.kill();
+        panic!(
+            "the daemon never announced its address; exit: {:?}, log: {:#?}",
+            daemon.child.wait(),
+            daemon.startup_log
+        );
+    }
+
+    /// Waits until `/readyz` answers 200 (bounded).
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        for _ in 0..500 {
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the daemon at {} never became ready", self.addr);
+    }
+
+    /// `kill -9`, reap the process, and return its folder so a test can start it again on
+    /// the same database.
+    pub fn sigkill(mut self) -> TempDir {
+        self.child.kill().expect("SIGKILL the daemon");
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "killed, not exited: {status:?}");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// How the daemon ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Sends `signal` (e.g. `"HUP"`) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// Waits (up to 10 s) for a log line containing `needle` and returns it; lines read on the
+    /// way are dropped.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DAEMON_LIMIT;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.log.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return line;
+            }
+        }
+        panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}");
+    }
+
+    /// Every log line that arrives within `window`.
+    pub fn log_lines_for(&self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        lines
+    }
+
+    /// The process id, for looking at it in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Posts `body` as JSON to the webhook path and returns the status.
+    pub async fn post_webhook(&self, body: impl Into<reqwest::Body>) -> u16 {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(self.webhook_url())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://ADDR/webhooks/musement`.
+    pub fn webhook_url(&self) -> String {
+        self.url("/webhooks/musement")
+    }
+
+    /// Every line logged since the last call, without waiting.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// SIGTERM, wait for exit 0 (bounded), and return every line logged since the last call.
+    pub fn stop(&mut self) -> Vec<String> {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + DAEMON_LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the daemon did not stop within {DAEMON_LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "clean exit");
+        let mut lines = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(2)) {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

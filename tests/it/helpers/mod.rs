@@ -1,0 +1,106 @@
+//! What the test modules share, so that no test module imports another: the app in-process
+//! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
+//! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), and small
+//! builders of test input.
+
+pub mod api;
+pub mod app;
+pub mod daemon;
+pub mod fake_musement;
+pub mod wire;
+
+use std::path::Path;
+use std::process::Command;
+
+pub use api::{config_for, harness};
+pub use app::{
+    TestApp, spawn_app, spawn_app_in, spawn_app_with, spawn_app_with_metrics_listener,
+    watch_before_start,
+};
+pub use daemon::Daemon;
+
+/// `[server.auth]` with Musement's documented example credentials.
+pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
+
+/// The `Authorization` value for [`AUTH_CONFIG`]'s `JohnSmith:Swordfish`.
+pub const GOOD_BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
+
+/// The text of `fixtures/NAME`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The path of the orderwatch binary cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_orderwatch")
+}
+
+/// `orderwatch ARGS --config CONFIG` (the real binary), without the test runner's
+/// `ORDERWATCH_CONFIG` and `RUST_LOG`, ready to run.
+pub fn cli(config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("ORDERWATCH_CONFIG")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// A valid webhook body for `item` of `order` at `version` with `status`; the item's update
+/// time is `version` seconds after 2024-01-01T00:00:00Z, as Musement's counter and clock agree.
+pub fn webhook(item: &str, order: &str, version: u64, status: &str) -> String {
+    let updated = chrono::DateTime::from_timestamp(1_704_067_200 + version as i64, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S+0000");
+    serde_json::json!({
+        "order_id": "13459345",
+        "order_uuid": order,
+        "order_created": "2024-01-01T00:00:00+0000",
+        "order_updated": updated.to_string(),
+        "order_version": version.to_string(),
+        "order_item_uuid": item,
+        "order_item_created": "2024-01-01T00:00:00+0000",
+        "order_item_updated": updated.to_string(),
+        "order_item_version": version.to_string(),
+        "order_item_status": status,
+    })
+    .to_string()
+}
+
+/// A valid webhook for a fresh item `n` (item `uuid(1, n)` of order `uuid(2, n)`, version 1,
+/// `PENDING`).
+pub fn valid_webhook(n: u64) -> String {
+    webhook(&uuid(1, n), &uuid(2, n), 1, "PENDING")
+}
+
+/// [`valid_webhook`]`(1)` with `field` replaced by `value` (raw JSON text).
+pub fn webhook_with_field(field: &str, value: &str) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&valid_webhook(1)).unwrap();
+    body[field] = serde_json::Value::String("@@".into());
+    body.to_string().replace("\"@@\"", value)
+}
+
+/// [`valid_webhook`]`(n)` with every timestamp (order and item, created and updated) set to
+/// `at`, as sent.
+pub fn webhook_at(n: u64, at: &str) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&valid_webhook(n)).unwrap();
+    for field in [
+        "order_created",
+        "order_updated",
+        "order_item_created",
+        "order_item_updated",
+    ] {
+        body[field] = serde_json::json!(at);
+    }
+    body.to_string()
+}
+
+/// A deterministic UUID-shaped string for test item/order `n`.
+pub fn uuid(kind: u8, n: u64) -> String {
+    format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
