@@ -97,7 +97,7 @@ async fn run(settings: Settings) -> ExitCode {
     let server = tokio::spawn(api.serve(listener));
     eprintln!(
         "musement-sim: API on http://{addr}{} (seed {seed}, {} orders, {} items); webhooks {}",
-        api::PREFIX,
+        musement_wire::PREFIX,
         plans.len(),
         settings.items,
         settings.args.webhook_url.as_deref().unwrap_or("off"),
