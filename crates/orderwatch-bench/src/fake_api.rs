@@ -1,29 +1,30 @@
 //! A minimal fake Musement API for the reconcile benchmark, on 127.0.0.1:0 in its own thread and
-//! runtime: `POST /api/v3/login` (any credentials, one fixed token) and
-//! `GET /api/v3/orders/{uuid}` after a fixed latency. The orders it knows are the prepared
-//! pending orders ([`pending_order`]); each has one `PENDING` item ([`pending_item`]), so a poll
-//! confirms it and the order stays due, and every pass polls the same backlog. Anything else is
-//! a 404. It counts logins and order GETs, the API calls a pass costs.
+//! runtime, speaking `musement-wire`'s wire format after a fixed latency: `POST /api/v3/login`
+//! ([`CLIENT_ID`] and [`CLIENT_SECRET`], one fixed token) and `GET /api/v3/orders/{uuid}`. The
+//! orders it knows are the prepared pending orders ([`pending_order`]); each has one `PENDING`
+//! item ([`pending_item`]), so a poll confirms it and the order stays due, and every pass polls
+//! the same backlog. Anything else is a 404. It counts logins and order GETs, the API calls a
+//! pass costs.
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, DATE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response};
+use musement_wire::{Backend, Customer, Grant, Item, Order, Product};
 use uuid::Uuid;
 
 use crate::util::BenchResult;
 
-const PREFIX: &str = "/api/v3";
+/// The client id the fake accepts (the benchmark's config uses it).
+pub const CLIENT_ID: &str = "bench-client";
+/// The client secret the fake accepts.
+pub const CLIENT_SECRET: &str = "bench-secret";
+/// The one token every login gets.
 const TOKEN: &str = "bench-token";
 /// Pending orders and their single item are `b0000000-…-{n}` and `b1000000-…-{n}`.
 const ORDER_HEAD: &str = "b0000000-0000-4000-8000-";
@@ -42,21 +43,30 @@ pub fn pending_item(n: u64) -> Uuid {
 /// API calls so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Calls {
+    /// Successful logins.
     pub logins: u64,
+    /// Order GETs with a valid token.
     pub gets: u64,
+    /// Of those, the ones for an order the fake does not know.
     pub not_found: u64,
 }
 
+/// The counters behind [`Calls`]; the fake's [`Backend`].
 #[derive(Default)]
 struct Counters {
+    /// Successful logins.
     logins: AtomicU64,
+    /// Order GETs with a valid token.
     gets: AtomicU64,
+    /// Order GETs for an unknown order.
     not_found: AtomicU64,
 }
 
 /// A running fake (lives until the process exits).
 pub struct FakeApi {
+    /// Where it listens (loopback).
     pub addr: SocketAddr,
+    /// What it has answered.
     counters: Arc<Counters>,
 }
 
@@ -78,25 +88,10 @@ impl FakeApi {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        };
-                        let _ = stream.set_nodelay(true);
-                        let counters = serving.clone();
-                        let service = service_fn(move |request| {
-                            let counters = counters.clone();
-                            async move {
-                                Ok::<_, Infallible>(handle(request, &counters, latency).await)
-                            }
-                        });
-                        tokio::spawn(async move {
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
+                    musement_wire::serve(listener, move |request| {
+                        handle(request, serving.clone(), latency)
+                    })
+                    .await;
                 });
             })?;
         Ok(Self { addr, counters })
@@ -104,7 +99,7 @@ impl FakeApi {
 
     /// `http://127.0.0.1:PORT/api/v3`.
     pub fn base_url(&self) -> String {
-        format!("http://{}{PREFIX}", self.addr)
+        format!("http://{}{}", self.addr, musement_wire::PREFIX)
     }
 
     /// The calls received so far.
@@ -128,83 +123,84 @@ impl std::ops::Sub for Calls {
     }
 }
 
+/// Reads the request, waits `latency`, answers.
 async fn handle(
     request: Request<Incoming>,
-    counters: &Counters,
+    counters: Arc<Counters>,
     latency: Duration,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let _ = body.collect().await;
-    let path = parts.uri.path().strip_prefix(PREFIX).unwrap_or("");
-    let authorized = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {TOKEN}"));
-    tokio::time::sleep(latency).await;
-    if parts.method == Method::POST && path == "/login" {
-        counters.logins.fetch_add(1, Ordering::SeqCst);
-        let body = format!(
-            r#"{{"access_token":"{TOKEN}","expires_in":3600,"token_type":"bearer","scope":null}}"#
-        );
-        return json(StatusCode::OK, body);
-    }
-    let Some(order) = path.strip_prefix("/orders/") else {
-        return json(
-            StatusCode::NOT_FOUND,
-            r#"{"code":"0","message":"No route found"}"#.into(),
-        );
+    let body = match musement_wire::read_body(body).await {
+        Ok(body) => body,
+        Err(too_large) => return too_large,
     };
-    if !authorized {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            r#"{"code":"401","message":"Invalid token"}"#.into(),
-        );
+    tokio::time::sleep(latency).await;
+    musement_wire::respond(counters.as_ref(), &parts, &body)
+}
+
+impl Backend for Counters {
+    fn credentials(&self) -> (&str, &str) {
+        (CLIENT_ID, CLIENT_SECRET)
     }
-    counters.gets.fetch_add(1, Ordering::SeqCst);
-    match order.strip_prefix(ORDER_HEAD) {
-        Some(n) if n.len() == 12 => json(StatusCode::OK, order_body(order, n)),
-        _ => {
-            counters.not_found.fetch_add(1, Ordering::SeqCst);
-            json(
-                StatusCode::NOT_FOUND,
-                r#"{"code":"1102","message":"Order not found"}"#.into(),
-            )
+
+    fn issue_token(&self) -> Grant {
+        self.logins.fetch_add(1, Ordering::SeqCst);
+        Grant {
+            access_token: TOKEN.into(),
+            expires_in: 3600,
         }
     }
-}
 
-/// A realistic order body (reference shape, personal data included: the client strips it).
-fn order_body(order: &str, n: &str) -> String {
-    format!(
-        concat!(
-            r#"{{"identifier":"MUS{n}","uuid":"{order}","date":"2024-01-01T10:00:00+0000","status":"PENDING","#,
-            r#""market":"us","source":"frontend","customer":{{"email":"jane.customer@example.com","#,
-            r#""firstname":"Jane","lastname":"Customer"}},"items":[{{"uuid":"{item_head}{n}","code":"C0001","#,
-            r#""transaction_code":"tx-{n}","product":{{"type":"musement","max_confirmation_time":"P1D","#,
-            r#""date":"2030-02-01 15:30","id":"434696106","title":"Benchmark activity","#,
-            r#""retail_price":{{"currency":"USD","value":21,"formatted_value":"$ 21.00"}}}},"#,
-            r#""quantity":1,"total_retail_price_in_order_currency":{{"currency":"USD","value":21,"#,
-            r#""formatted_value":"$ 21.00"}},"status":"PENDING","vouchers":[],"#,
-            r#""participants_info":[{{"name":"Paolo Participant"}}]}}],"#,
-            r#""total_price":{{"currency":"USD","value":21,"formatted_value":"$ 21.00"}}}}"#
-        ),
-        n = n,
-        order = order,
-        item_head = ITEM_HEAD,
-    )
-}
-
-fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, "application/json".parse().expect("valid"));
-    let date = chrono::Utc::now()
-        .format("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string();
-    if let Ok(value) = date.parse() {
-        headers.insert(DATE, value);
+    fn token_valid(&self, token: &str) -> bool {
+        token == TOKEN
     }
-    response
+
+    fn order(&self, order: &str) -> Option<String> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let body = pending_number(order).map(|n| pending_order_json(n).to_string());
+        if body.is_none() {
+            self.not_found.fetch_add(1, Ordering::SeqCst);
+        }
+        body
+    }
+}
+
+/// `n` if `order` is pending order `n`.
+fn pending_number(order: &str) -> Option<u64> {
+    let n = order
+        .strip_prefix(ORDER_HEAD)
+        .filter(|n| n.len() == 12 && n.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    u64::from_str_radix(n, 16).ok()
+}
+
+/// Pending order `n`'s body: one `PENDING` item (reference shape, personal data included: the
+/// client strips it).
+fn pending_order_json(n: u64) -> serde_json::Value {
+    Order {
+        uuid: pending_order(n),
+        number: n,
+        date: "2024-01-01T10:00:00Z".parse().expect("a valid time"),
+        customer: Customer {
+            email: "jane.customer@example.com".into(),
+            firstname: "Jane".into(),
+            lastname: "Customer".into(),
+            phone: "+39 02 5555 0199".into(),
+            participant: "Paolo Participant".into(),
+        },
+        items: vec![Item {
+            uuid: pending_item(n),
+            code: "C0001".into(),
+            transaction_code: format!("tx-{n:012x}"),
+            product: Product {
+                max_confirmation_time: "P1D".into(),
+                date: "2030-02-01 15:30".into(),
+                id: "434696106".into(),
+                title: "Benchmark activity".into(),
+                api_url: "https://sandbox.musement.com/api/v3/activities/0f5821c5-2046-11e7-9cc9-06a7e332783f".into(),
+            },
+            status: "PENDING".into(),
+            vouchers: Vec::new(),
+        }],
+    }
+    .to_json()
 }
