@@ -34,57 +34,42 @@ pub struct ApiError {
 
 impl ApiError {
     /// A request without `X-Musement-Application` (documented).
-    pub const MISSING_APPLICATION: Self = Self {
-        status: 400,
-        code: "2271",
-        message: "The header 'x-musement-application' is mandatory",
-    };
+    pub const MISSING_APPLICATION: Self = Self::new(
+        400,
+        "2271",
+        "The header 'x-musement-application' is mandatory",
+    );
     /// A login body without the three mandatory fields.
-    pub const BAD_LOGIN_REQUEST: Self = Self {
-        status: 400,
-        code: "1400",
-        message: "client_id, client_secret and grant_type (client_credentials) are mandatory",
-    };
+    pub const BAD_LOGIN_REQUEST: Self = Self::new(
+        400,
+        "1400",
+        "client_id, client_secret and grant_type (client_credentials) are mandatory",
+    );
     /// A login with a `grant_type` other than `client_credentials`.
-    pub const UNSUPPORTED_GRANT: Self = Self {
-        status: 400,
-        code: "1400",
-        message: "Unsupported grant_type",
-    };
+    pub const UNSUPPORTED_GRANT: Self = Self::new(400, "1400", "Unsupported grant_type");
     /// A login with the wrong client id or secret.
-    pub const INVALID_CREDENTIALS: Self = Self {
-        status: 401,
-        code: "401",
-        message: "Invalid client credentials",
-    };
+    pub const INVALID_CREDENTIALS: Self = Self::new(401, "401", "Invalid client credentials");
     /// A missing, unknown, expired or revoked bearer token (undocumented; assumed).
-    pub const UNAUTHORIZED: Self = Self {
-        status: 401,
-        code: "401",
-        message: "Invalid or expired access token",
-    };
+    pub const UNAUTHORIZED: Self = Self::new(401, "401", "Invalid or expired access token");
     /// An order the API does not know.
-    pub const ORDER_NOT_FOUND: Self = Self {
-        status: 404,
-        code: "1404",
-        message: "Order not found",
-    };
+    pub const ORDER_NOT_FOUND: Self = Self::new(404, "1404", "Order not found");
     /// A path that is no route (the `default` response's code `0`).
-    pub const NO_ROUTE: Self = Self {
-        status: 404,
-        code: "0",
-        message: "No route found",
-    };
+    pub const NO_ROUTE: Self = Self::new(404, "0", "No route found");
     /// A request body over [`MAX_REQUEST_BODY`], or one that could not be read.
-    pub const TOO_LARGE: Self = Self {
-        status: 413,
-        code: "413",
-        message: "Request body too large or unreadable",
-    };
+    pub const TOO_LARGE: Self = Self::new(413, "413", "Request body too large or unreadable");
+
+    /// An error answer (`const`, for the documented ones above).
+    pub const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
 
     /// The body, `{"code":…,"message":…}`.
     pub fn body(self) -> String {
-        json!({ "code": self.code, "message": self.message }).to_string()
+        error_body(self.code, self.message)
     }
 
     /// The answer.
@@ -96,14 +81,18 @@ impl ApiError {
 /// A `{code, message}` error with any status, code and message (see [`ApiError`] for the
 /// documented ones).
 pub fn error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = json!({ "code": code, "message": message }).to_string();
-    json_response(status, body, &[])
+    json_response(status, error_body(code, message), &[])
 }
 
 /// 405 with the `Allow` header.
 pub fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
-    let body = json!({ "code": "405", "message": "Method not allowed" }).to_string();
+    let body = error_body("405", "Method not allowed");
     json_response(405, body, &[("allow", allow)])
+}
+
+/// Musement's error body: `code` is a string, e.g. `"1400"`.
+fn error_body(code: &str, message: &str) -> String {
+    json!({ "code": code, "message": message }).to_string()
 }
 
 /// `body` as `application/json` with `status` (an invalid one becomes 500) and `headers` (an
