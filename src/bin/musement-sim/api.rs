@@ -2,23 +2,20 @@
 //! `POST /login` (client credentials, tokens that expire), `GET /orders/{uuid}` (reference §9
 //! shape, `Date` header), `POST /orders/{o}/items/{i}/notifications` (re-sends the item's current
 //! webhook), each behind faults drawn from the seed (5xx, 429 with `Retry-After`, a hang).
-//! `GET /sim/stats` (outside the API prefix, no auth) shows the counters.
+//! `GET /sim/stats` (outside the API prefix, no auth) shows the counters. The wire format
+//! (routes, checks, bodies, errors, the accept loop) is `musement-wire`'s; this file holds the
+//! simulator's tokens, faults and counters.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use musement_wire::{Backend, Endpoint, Grant, error, json_response, with_date};
+use serde_json::json;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -27,35 +24,44 @@ use crate::truth::Counters;
 use crate::webhooks::Pusher;
 use crate::world::{World, order_json};
 
-/// The API prefix, as Musement's base URLs have it.
-pub const PREFIX: &str = "/api/v3";
-
-/// The largest request body read.
-const MAX_BODY: usize = 64 * 1024;
-
 /// What the server needs.
 pub struct Api {
+    /// The orders, as the run plays them.
     pub world: Arc<Mutex<World>>,
+    /// Answers per endpoint and status, for the truth and `/sim/stats`.
     pub counters: Arc<Counters>,
+    /// Where re-sent webhooks go.
     pub pusher: Arc<Pusher>,
+    /// The client id a login must present (`--client-id`).
     client_id: String,
+    /// The client secret a login must present.
     client_secret: String,
+    /// How long a token stays valid (`--token-ttl`).
     token_ttl: Duration,
     /// Issued tokens and when each expires.
     tokens: Mutex<HashMap<String, Instant>>,
+    /// The fault rates.
     faults: Faults,
+    /// Fault and latency draws, and tokens, seeded.
     rng: Mutex<fastrand::Rng>,
 }
 
 /// The API's fault rates.
 #[derive(Debug, Clone)]
 struct Faults {
+    /// Share of answers that are a 500, 502 or 503 (`--api-5xx`).
     server_error: f64,
+    /// Share of answers that are a 429 (`--api-429`).
     too_many: f64,
+    /// Share of requests that hang, then get a 504 (`--api-timeout`).
     hang: f64,
+    /// How long a hang lasts (`--api-hang`).
     hang_for: Duration,
+    /// The 429's `Retry-After`, in seconds.
     retry_after: u64,
+    /// The delay before every answer (`--api-latency`).
     latency: Span,
+    /// How far behind the truth `GET /orders` reads (`--api-read-lag`).
     read_lag: Duration,
 }
 
@@ -99,65 +105,57 @@ impl Api {
 
     /// Serves `listener` until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            let Ok((stream, _)) = listener.accept().await else {
-                // Out of file descriptors or similar: wait instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
+        musement_wire::serve(listener, move |request| {
             let api = self.clone();
-            let service = service_fn(move |request| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(request).await) }
-            });
-            connections.spawn(async move {
-                // Errors are clients hanging up: nothing to report.
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { api.handle(request).await }
+        })
+        .await;
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// `/sim/stats`, else the API behind a latency and a fault drawn for the endpoint; counted.
+    async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return error(413, "413", "Request body too large or unreadable"),
+        let body = match musement_wire::read_body(body).await {
+            Ok(body) => body,
+            Err(too_large) => return too_large,
         };
-        let path = parts.uri.path().to_owned();
-        if path == "/sim/stats" && parts.method == Method::GET {
+        if parts.uri.path() == "/sim/stats" && parts.method == hyper::Method::GET {
             return json_response(200, self.counters.json().to_string(), &[]);
         }
-        let endpoint = endpoint(&parts.method, &path);
+        let endpoint = counter_name(Endpoint::of(&parts.method, parts.uri.path()));
         let sleep = {
             let mut rng = self.lock_rng();
             self.faults.latency.sample(&mut rng)
         };
         tokio::time::sleep(sleep).await;
-        let response = match (endpoint, self.fault()) {
-            ("other", _) => self.route(&parts, &path, &body),
-            (_, Some(Fault::ServerError(status))) => {
-                error(status, &status.to_string(), "Service unavailable")
-            }
-            (_, Some(Fault::TooMany)) => json_response(
-                429,
-                json!({ "code": "429", "message": "Too many requests" }).to_string(),
-                &[("retry-after", &self.faults.retry_after.to_string())],
+        let fault = if endpoint == "other" {
+            None
+        } else {
+            self.fault()
+        };
+        let response = match fault {
+            None => musement_wire::respond(self, &parts, &body),
+            Some(Fault::ServerError(status)) => with_date(
+                error(status, &status.to_string(), "Service unavailable"),
+                self.now(),
             ),
-            (_, Some(Fault::Hang)) => {
+            Some(Fault::TooMany) => with_date(
+                json_response(
+                    429,
+                    json!({ "code": "429", "message": "Too many requests" }).to_string(),
+                    &[("retry-after", &self.faults.retry_after.to_string())],
+                ),
+                self.now(),
+            ),
+            Some(Fault::Hang) => {
                 tokio::time::sleep(self.faults.hang_for).await;
                 self.counters.api(endpoint, "timeout");
-                return with_date(error(504, "504", "Gateway timeout"));
+                return with_date(error(504, "504", "Gateway timeout"), self.now());
             }
-            (_, None) => self.route(&parts, &path, &body),
         };
         self.counters
             .api(endpoint, response.status().as_u16().to_string());
-        with_date(response)
+        response
     }
 
     fn lock_rng(&self) -> std::sync::MutexGuard<'_, fastrand::Rng> {
@@ -178,116 +176,40 @@ impl Api {
             None
         }
     }
+}
 
-    fn route(
-        &self,
-        parts: &hyper::http::request::Parts,
-        path: &str,
-        body: &[u8],
-    ) -> Response<Full<Bytes>> {
-        let Some(path) = path.strip_prefix(PREFIX) else {
-            return error(404, "0", "No route found");
-        };
-        let application = parts
-            .headers
-            .get("x-musement-application")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.trim().is_empty());
-        if !application {
-            return error(
-                400,
-                "2271",
-                "The header 'x-musement-application' is mandatory and must be a valid application name",
-            );
-        }
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (&parts.method, segments.as_slice()) {
-            (&Method::POST, ["login"]) => self.login(body),
-            (&Method::GET, ["orders", order]) => self.authorized(parts, || self.get_order(order)),
-            (&Method::POST, ["orders", order, "items", item, "notifications"]) => {
-                self.authorized(parts, || self.notify(order, item))
-            }
-            (_, ["login"]) => method_not_allowed("POST"),
-            (_, ["orders", _]) => method_not_allowed("GET"),
-            (_, ["orders", _, "items", _, "notifications"]) => method_not_allowed("POST"),
-            _ => error(404, "0", "No route found"),
-        }
+/// The partner API proper, for [`musement_wire::respond`]: the simulator's credentials, tokens
+/// that expire, orders as of `now - read_lag`, and webhook re-sends.
+impl Backend for Api {
+    fn credentials(&self) -> (&str, &str) {
+        (&self.client_id, &self.client_secret)
     }
 
-    /// `POST /login`: the three mandatory fields, the credentials, a new token.
-    fn login(&self, body: &[u8]) -> Response<Full<Bytes>> {
-        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let field = |name: &str| body.get(name).and_then(Value::as_str);
-        let (Some(id), Some(secret), Some(grant)) = (
-            field("client_id"),
-            field("client_secret"),
-            field("grant_type"),
-        ) else {
-            return error(
-                400,
-                "1400",
-                "client_id, client_secret and grant_type are mandatory",
-            );
-        };
-        if grant != "client_credentials" {
-            return error(400, "1400", "Unsupported grant_type");
-        }
-        let id_ok = id.as_bytes().ct_eq(self.client_id.as_bytes());
-        let secret_ok = secret.as_bytes().ct_eq(self.client_secret.as_bytes());
-        if !bool::from(id_ok & secret_ok) {
-            return error(401, "1401", "Invalid client credentials");
-        }
+    /// A random `sim-…` token, valid for `--token-ttl`.
+    fn issue_token(&self) -> Grant {
         let token = format!("sim-{}", Uuid::from_u128(self.lock_rng().u128(..)).simple());
         let now = Instant::now();
-        {
-            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            tokens.retain(|_, expires| *expires > now);
-            tokens.insert(token.clone(), now + self.token_ttl);
-        }
-        let grant = json!({
-            "access_token": token,
-            "expires_in": self.token_ttl.as_secs(),
-            "token_type": "bearer",
-            "scope": null,
-        });
-        json_response(200, grant.to_string(), &[])
-    }
-
-    /// Runs `then` if the bearer token is one we issued and it has not expired; else 401.
-    fn authorized(
-        &self,
-        parts: &hyper::http::request::Parts,
-        then: impl FnOnce() -> Response<Full<Bytes>>,
-    ) -> Response<Full<Bytes>> {
-        let token = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        let valid = token.is_some_and(|token| {
-            let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            tokens.get(token).is_some_and(|e| *e > Instant::now())
-        });
-        if valid {
-            then()
-        } else {
-            error(401, "401", "Invalid or expired access token")
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.retain(|_, expires| *expires > now);
+        tokens.insert(token.clone(), now + self.token_ttl);
+        Grant {
+            access_token: token,
+            expires_in: self.token_ttl.as_secs(),
         }
     }
 
-    /// `GET /orders/{uuid}`: the order as of `now - read_lag`.
-    fn get_order(&self, order: &str) -> Response<Full<Bytes>> {
-        let Ok(order) = Uuid::try_parse(order) else {
-            return error(404, "1102", "Order not found");
-        };
+    fn token_valid(&self, token: &str) -> bool {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.get(token).is_some_and(|e| *e > Instant::now())
+    }
+
+    /// The order as of `now - read_lag`.
+    fn order(&self, order: &str) -> Option<String> {
+        let order = Uuid::try_parse(order).ok()?;
         let lag = chrono::Duration::from_std(self.faults.read_lag).unwrap_or_default();
         let world = self.world.lock().unwrap_or_else(|e| e.into_inner());
-        match world.orders.get(&order) {
-            Some(found) => json_response(200, order_json(found, Utc::now() - lag).to_string(), &[]),
-            None => error(404, "1102", "Order not found"),
-        }
+        let found = world.orders.get(&order)?;
+        Some(order_json(found, Utc::now() - lag).to_string())
     }
 
     /// `POST /orders/{o}/items/{i}/notifications`: re-sends the item's current webhook.
@@ -315,62 +237,12 @@ impl Api {
     }
 }
 
-/// The counter name of a request.
-fn endpoint(method: &Method, path: &str) -> &'static str {
-    let Some(path) = path.strip_prefix(PREFIX) else {
-        return "other";
-    };
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        (&Method::POST, ["login"]) => "login",
-        (&Method::GET, ["orders", _]) => "get_order",
-        (&Method::POST, ["orders", _, "items", _, "notifications"]) => "notifications",
-        _ => "other",
+/// The counter name of an endpoint.
+fn counter_name(endpoint: Endpoint<'_>) -> &'static str {
+    match endpoint {
+        Endpoint::Login => "login",
+        Endpoint::GetOrder { .. } => "get_order",
+        Endpoint::Notifications { .. } => "notifications",
+        Endpoint::Outside | Endpoint::WrongMethod { .. } | Endpoint::NoRoute => "other",
     }
-}
-
-/// Adds Musement's clock as the `Date` header.
-fn with_date(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
-    let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-    if let Ok(value) = date.parse() {
-        response.headers_mut().insert("date", value);
-    }
-    response
-}
-
-/// A Musement-style `{code, message}` error.
-fn error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        json!({ "code": code, "message": message }).to_string(),
-        &[],
-    )
-}
-
-fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
-    json_response(
-        405,
-        json!({ "code": "405", "message": "Method not allowed" }).to_string(),
-        &[("allow", allow)],
-    )
-}
-
-fn json_response(status: u16, body: String, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let map = response.headers_mut();
-    map.insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            hyper::header::HeaderValue::from_str(value),
-        ) {
-            map.insert(name, value);
-        }
-    }
-    response
 }

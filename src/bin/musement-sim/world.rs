@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use musement_wire::{self as wire, Customer, Product, voucher_url};
 use orderwatch::observation::Status;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -289,10 +290,7 @@ impl World {
     }
 }
 
-/// Musement's webhook timestamp format: `2018-12-10T13:12:40+0000`.
-pub fn musement_time(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M:%S+0000").to_string()
-}
+pub use musement_wire::musement_time;
 
 /// The ten-field webhook body for the item's current state.
 fn webhook(order: &Order, item: &Item) -> Webhook {
@@ -320,81 +318,61 @@ fn webhook(order: &Order, item: &Item) -> Webhook {
 /// The `GET /orders/{uuid}` body (reference §9 shape, personal data included as Musement
 /// sends it) showing every item as of `at`; vouchers appear once due and the item is `OK`.
 pub fn order_json(order: &Order, at: DateTime<Utc>) -> Value {
-    let items: Vec<Value> = order
+    let customer = Customer {
+        email: format!("sim.customer.{}@example.com", order.id),
+        firstname: "Simona".into(),
+        lastname: "Customer".into(),
+        phone: "+39 02 5555 0100".into(),
+        participant: "Simona Customer".into(),
+    };
+    let items = order
         .items
         .iter()
         .enumerate()
-        .map(|(n, item)| item_json(order, n, item, at))
+        .map(|(n, item)| wire_item(order, n, item, at))
         .collect();
-    let statuses: Vec<&str> = items.iter().filter_map(|i| i["status"].as_str()).collect();
-    let status = if statuses.contains(&"PENDING") {
-        "PENDING"
-    } else if statuses.iter().all(|s| *s == statuses[0]) {
-        statuses[0]
-    } else {
-        "OK"
-    };
-    let total: u64 = order.items.len() as u64 * 21;
-    json!({
-        "identifier": format!("MUS{:07}", order.id % 10_000_000),
-        "uuid": order.uuid.to_string(),
-        "date": musement_time(order.created),
-        "status": status,
-        "market": "us",
-        "source": "partner",
-        "trustpilot_url": format!("https://us.trustpilot.com/evaluate/embed/www.musement.com?a=MUS{:07}", order.id % 10_000_000),
-        "customer": {
-            "email": format!("sim.customer.{}@example.com", order.id),
-            "firstname": "Simona",
-            "lastname": "Customer",
-        },
-        "items": items,
-        "total_price": price(total),
-        "discount_amount": price(0),
-        "extra_data": null,
-    })
+    wire::Order {
+        uuid: order.uuid,
+        number: order.id,
+        date: order.created,
+        customer,
+        items,
+    }
+    .to_json()
 }
 
-fn item_json(order: &Order, n: usize, item: &Item, at: DateTime<Utc>) -> Value {
+/// Item `n` of `order` as of `at`.
+fn wire_item(order: &Order, n: usize, item: &Item, at: DateTime<Utc>) -> wire::Item {
     let change = item.as_of(at);
-    let vouchers: Vec<Value> = match item.vouchers_at {
-        Some(due) if due <= at && change.status == Status::Ok => vec![json!({
-            "url": format!("https://sandbox.musement.com/voucher/view/{}?pdf=1", item.uuid)
-        })],
+    let vouchers = match item.vouchers_at {
+        Some(due) if due <= at && change.status == Status::Ok => vec![voucher_url(item.uuid)],
         _ => Vec::new(),
     };
-    let instant = item.max_confirmation_time == "P0D";
-    json!({
-        "uuid": item.uuid.to_string(),
-        "code": format!("C{:07}-{n}", order.id % 10_000_000),
-        "transaction_code": item.uuid.to_string(),
-        "product": {
-            "type": "musement",
-            "max_confirmation_time": item.max_confirmation_time,
-            "price_tag": { "price_feature": "Tour", "ticket_holder": "Adult",
-                           "price_feature_code": "tour", "ticket_holder_code": "adult" },
-            "date": order.product_date,
-            "id": if instant { "434696107" } else { "434696106" },
-            "title": if instant { "Instant confirmation test activity" } else { "Guided visit (needs confirmation)" },
-            "api_url": if instant {
-                "https://sandbox.musement.com/api/v3/activities/4e451a8a-2ee5-493f-aa12-a39f13d7253e"
-            } else {
-                "https://sandbox.musement.com/api/v3/activities/0f5821c5-2046-11e7-9cc9-06a7e332783f"
-            },
-            "retail_price": price(21),
-            "service_fee": price(0),
-        },
-        "quantity": 1,
-        "total_retail_price_in_order_currency": price(21),
-        "status": change.status.as_str(),
-        "vouchers": vouchers,
-        "participants_info": [{ "name": "Simona Customer" }],
-        "error_status": false,
-    })
-}
-
-fn price(value: u64) -> Value {
-    json!({ "currency": "USD", "value": value, "formatted_value": format!("$ {value}.00") })
+    let product = if item.max_confirmation_time == "P0D" {
+        Product {
+            max_confirmation_time: item.max_confirmation_time.clone(),
+            date: order.product_date.clone(),
+            id: "434696107".into(),
+            title: "Instant confirmation test activity".into(),
+            api_url: "https://sandbox.musement.com/api/v3/activities/4e451a8a-2ee5-493f-aa12-a39f13d7253e".into(),
+        }
+    } else {
+        Product {
+            max_confirmation_time: item.max_confirmation_time.clone(),
+            date: order.product_date.clone(),
+            id: "434696106".into(),
+            title: "Guided visit (needs confirmation)".into(),
+            api_url: "https://sandbox.musement.com/api/v3/activities/0f5821c5-2046-11e7-9cc9-06a7e332783f".into(),
+        }
+    };
+    wire::Item {
+        uuid: item.uuid,
+        code: format!("C{:07}-{n}", order.id % 10_000_000),
+        transaction_code: item.uuid.to_string(),
+        product,
+        status: change.status.as_str().into(),
+        vouchers,
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 //! and `GET /orders/{uuid}` under `/api/v3` the way the reference (`musement-api.md`) documents
 //! them, with knobs to script failures, revoke tokens, fix the `Date` header and add latency,
 //! and faults below HTTP (an outage, a reset mid-body, a body that never ends; see the end).
+//! What goes on the wire (order bodies, login, errors, routes, the accept loop) is
+//! `musement-wire`'s, as for the simulator and the bench fake; this file holds what only tests
+//! need.
 //!
 //! ```ignore
 //! let fake = FakeMusement::start().await;
@@ -29,19 +32,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use musement_wire::{Backend, Customer, Grant, Item, Order, Product};
 use orderwatch::config::Secret;
 use orderwatch::musement::MusementSettings;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+pub use musement_wire::{httpdate, voucher_url};
 
 /// The client id the fake accepts.
 pub const CLIENT_ID: &str = "orderwatch-test-client";
@@ -51,7 +55,7 @@ pub const CLIENT_SECRET: &str = "fake-secret-7d1e9c";
 /// accepted).
 pub const APPLICATION: &str = "orderwatch-tests";
 /// The API prefix the fake serves under, as Musement's base URLs have it.
-pub const PREFIX: &str = "/api/v3";
+pub const PREFIX: &str = musement_wire::PREFIX;
 
 // Personal values `order_json` puts in every order; none may ever reach a stored field. They
 // are unusual enough that finding one anywhere means it leaked.
@@ -73,20 +77,6 @@ pub const PERSONAL_VALUES: &[&str] = &[
     PARTICIPANT_NAME,
     CUSTOMER_PHONE,
 ];
-
-/// The fixtures the fake answers with, compiled in so serving never touches the file system.
-const LOGIN_OK: &str = include_str!("../../../fixtures/musement/login-ok.json");
-const NOT_FOUND: &str = include_str!("../../../fixtures/musement/error-not-found.json");
-const UNAUTHORIZED: &str = include_str!("../../../fixtures/musement/error-unauthorized.json");
-const INVALID_CREDENTIALS: &str =
-    include_str!("../../../fixtures/musement/error-invalid-credentials.json");
-const BAD_LOGIN_REQUEST: &str =
-    include_str!("../../../fixtures/musement/error-bad-login-request.json");
-const MISSING_APPLICATION: &str =
-    include_str!("../../../fixtures/musement/error-missing-application.json");
-
-/// The largest request body the fake reads (anything bigger gets 413).
-const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
@@ -195,61 +185,46 @@ pub fn new_uuid() -> Uuid {
 /// prices, status, vouchers (one URL when `OK`), `participants_info` and `extra_customer_data`
 /// carrying the [`PERSONAL_VALUES`].
 pub fn order_json(order: Uuid, items: &[(Uuid, &str)]) -> Value {
-    let items: Vec<Value> = items
-        .iter()
-        .enumerate()
-        .map(|(index, (item, status))| item_json(index, *item, status))
-        .collect();
-    let all_ok = items.iter().all(|item| item["status"] == "OK");
-    json!({
-        "identifier": format!("MUS{:07}", order.as_u128() % 10_000_000),
-        "uuid": order.to_string(),
-        "date": "2024-01-01T10:00:00+0000",
-        "status": if all_ok && !items.is_empty() { "OK" } else { "PENDING" },
-        "market": "us",
-        "source": "frontend",
-        "trustpilot_url": "https://us.trustpilot.com/evaluate/embed/www.musement.com?a=MUS0000000",
-        "customer": {
-            "email": CUSTOMER_EMAIL,
-            "firstname": CUSTOMER_FIRSTNAME,
-            "lastname": CUSTOMER_LASTNAME,
-            "phone": CUSTOMER_PHONE,
+    Order {
+        uuid: order,
+        number: (order.as_u128() % 10_000_000) as u64,
+        date: "2024-01-01T10:00:00Z".parse().expect("a valid time"),
+        customer: Customer {
+            email: CUSTOMER_EMAIL.into(),
+            firstname: CUSTOMER_FIRSTNAME.into(),
+            lastname: CUSTOMER_LASTNAME.into(),
+            phone: CUSTOMER_PHONE.into(),
+            participant: PARTICIPANT_NAME.into(),
         },
-        "items": items,
-        "total_price": { "currency": "USD", "value": 21, "formatted_value": "$ 21.00" },
-        "discount_amount": { "currency": "USD", "value": 0, "formatted_value": "$ 0.00" },
-        "extra_data": null,
-    })
+        items: items
+            .iter()
+            .enumerate()
+            .map(|(index, (item, status))| test_item(index, *item, status))
+            .collect(),
+    }
+    .to_json()
 }
 
-fn item_json(index: usize, item: Uuid, status: &str) -> Value {
-    json!({
-        "uuid": item.to_string(),
-        "code": format!("C{index:04}"),
-        "transaction_code": format!("tx-{item}"),
-        "product": {
-            "type": "musement",
-            "max_confirmation_time": if index % 2 == 0 { "PT30M" } else { "P0D" },
-            "date": format!("2024-02-{:02} 15:30", index % 28 + 1),
-            "id": (434_696_106 + index).to_string(),
-            "title": format!("Test activity {index}"),
-            "api_url": "https://sandbox.musement.com/api/v3/activities/0f5821c5-2046-11e7-9cc9-06a7e332783f",
-            "retail_price": { "currency": "USD", "value": 21, "formatted_value": "$ 21.00" },
+/// Item `index`: `PT30M` and `P0D` in turn, a product date, id and title from the index.
+fn test_item(index: usize, item: Uuid, status: &str) -> Item {
+    Item {
+        uuid: item,
+        code: format!("C{index:04}"),
+        transaction_code: format!("tx-{item}"),
+        product: Product {
+            max_confirmation_time: if index % 2 == 0 { "PT30M" } else { "P0D" }.into(),
+            date: format!("2024-02-{:02} 15:30", index % 28 + 1),
+            id: (434_696_106 + index).to_string(),
+            title: format!("Test activity {index}"),
+            api_url: "https://sandbox.musement.com/api/v3/activities/0f5821c5-2046-11e7-9cc9-06a7e332783f".into(),
         },
-        "quantity": 1,
-        "total_retail_price_in_order_currency": { "currency": "USD", "value": 21, "formatted_value": "$ 21.00" },
-        "status": status,
-        "vouchers": if status == "OK" { json!([{ "url": voucher_url(item) }]) } else { json!([]) },
-        "is_gift_redeem": false,
-        "participants_info": [{ "name": PARTICIPANT_NAME, "email": CUSTOMER_EMAIL }],
-        "extra_customer_data": [{ "phone": CUSTOMER_PHONE, "firstname": CUSTOMER_FIRSTNAME }],
-        "cancellation_additional_info": format!("call {CUSTOMER_FIRSTNAME} {CUSTOMER_LASTNAME}"),
-    })
-}
-
-/// The voucher URL the fake uses for `item`.
-pub fn voucher_url(item: Uuid) -> String {
-    format!("https://sandbox.musement.com/voucher/view/{item}?pdf=1")
+        status: status.into(),
+        vouchers: if status == "OK" {
+            vec![voucher_url(item)]
+        } else {
+            Vec::new()
+        },
+    }
 }
 
 /// A running fake; stops (listener and every connection) when dropped.
@@ -393,7 +368,8 @@ impl FakeMusement {
         self.state().valid_tokens.clear();
     }
 
-    /// The `Date` header of GET order responses; `None` (default) sends the real current time.
+    /// The `Date` header of the fake's own answers (scripted ones carry only their own headers);
+    /// `None` (default) sends the real current time.
     pub fn set_date(&self, date: Option<DateTime<Utc>>) {
         self.state().date = date;
     }
@@ -439,14 +415,10 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Serves every connection with [`handle_with_faults`], its stream wrapped so that a
+/// `ResetMidBody` fault can end it with a RST.
 async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok((stream, _peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
+    musement_wire::accept_loop(listener, move |stream| {
         let state = state.clone();
         // Set by a `ResetMidBody` fault: the connection then ends with a RST, not a FIN.
         let reset = Arc::new(AtomicBool::new(false));
@@ -459,22 +431,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
             let reset = reset.clone();
             async move { Ok::<_, Infallible>(handle_with_faults(state, request, reset).await) }
         });
-        connections.spawn(async move {
-            // Errors here are clients hanging up mid-request: nothing to report.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(io), service)
-                .await;
-        });
-    }
+        (io, service)
+    })
+    .await;
 }
 
 /// Records the request, waits the configured latency, then answers: a scripted response if one
 /// is queued for this path, else the fake API's normal behaviour.
 async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return error(413, "413", "Request body too large or unreadable"),
+    let body = match musement_wire::read_body(body).await {
+        Ok(body) => body,
+        Err(too_large) => return too_large,
     };
     let recorded = RecordedRequest {
         method: parts.method.to_string(),
@@ -513,89 +481,44 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             tokio::time::sleep(response.delay).await;
             scripted_response(response)
         }
-        None => route(&state, &recorded),
+        None => musement_wire::respond(&Api(&state), &parts, &body),
     }
 }
 
-/// The fake API proper.
-fn route(state: &Mutex<State>, request: &RecordedRequest) -> Response<Full<Bytes>> {
-    let Some(path) = request.path.strip_prefix(PREFIX) else {
-        return error(404, "0", "No route found");
-    };
-    if request
-        .header("x-musement-application")
-        .is_none_or(|v| v.trim().is_empty())
-    {
-        return json_response(400, MISSING_APPLICATION.into(), &[]);
-    }
-    if path == "/login" {
-        return match request.method.as_str() {
-            "POST" => login(state, request),
-            _ => method_not_allowed("POST"),
-        };
-    }
-    if let Some(order) = path.strip_prefix("/orders/").filter(|o| !o.contains('/')) {
-        return match request.method.as_str() {
-            "GET" => get_order(state, request, order),
-            _ => method_not_allowed("GET"),
-        };
-    }
-    error(404, "0", "No route found")
-}
+/// The fake API proper: [`musement_wire::respond`] with this fake's credentials, tokens, orders
+/// and `Date`.
+struct Api<'a>(&'a Mutex<State>);
 
-/// `POST /login`: checks the three mandatory fields and the credentials, issues `token-N`.
-fn login(state: &Mutex<State>, request: &RecordedRequest) -> Response<Full<Bytes>> {
-    let body = request.json().unwrap_or(Value::Null);
-    let field = |name: &str| body.get(name).and_then(Value::as_str);
-    let (Some(id), Some(secret), Some(grant)) = (
-        field("client_id"),
-        field("client_secret"),
-        field("grant_type"),
-    ) else {
-        return json_response(400, BAD_LOGIN_REQUEST.into(), &[]);
-    };
-    if grant != "client_credentials" {
-        return error(400, "1400", "Unsupported grant_type");
+impl Backend for Api<'_> {
+    fn credentials(&self) -> (&str, &str) {
+        (CLIENT_ID, CLIENT_SECRET)
     }
-    if id != CLIENT_ID || secret != CLIENT_SECRET {
-        return json_response(401, INVALID_CREDENTIALS.into(), &[]);
-    }
-    let mut state = lock(state);
-    state.tokens_issued += 1;
-    let token = format!("token-{}", state.tokens_issued);
-    state.valid_tokens.insert(token.clone());
-    let mut grant: Value = serde_json::from_str(LOGIN_OK).unwrap_or_else(|_| json!({}));
-    grant["access_token"] = json!(token);
-    grant["expires_in"] = json!(state.token_lifetime);
-    json_response(200, grant.to_string(), &[])
-}
 
-/// `GET /orders/{order}`: a valid bearer token, then the stored body or 404.
-fn get_order(
-    state: &Mutex<State>,
-    request: &RecordedRequest,
-    order: &str,
-) -> Response<Full<Bytes>> {
-    let state = lock(state);
-    let date = httpdate(state.date.unwrap_or_else(Utc::now));
-    let headers = [("date", date.as_str())];
-    let token = request
-        .header("authorization")
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    if !token.is_some_and(|t| state.valid_tokens.contains(t)) {
-        return json_response(401, UNAUTHORIZED.into(), &headers);
+    /// `token-N`, valid until [`FakeMusement::revoke_tokens`].
+    fn issue_token(&self) -> Grant {
+        let mut state = lock(self.0);
+        state.tokens_issued += 1;
+        let token = format!("token-{}", state.tokens_issued);
+        state.valid_tokens.insert(token.clone());
+        Grant {
+            access_token: token,
+            expires_in: state.token_lifetime,
+        }
     }
-    match state.orders.get(&order.to_ascii_lowercase()) {
-        Some(body) => json_response(200, body.to_string(), &headers),
-        None => json_response(404, NOT_FOUND.into(), &headers),
-    }
-}
 
-/// An HTTP-date (IMF-fixdate), as the `Date` header carries it.
-pub fn httpdate(time: DateTime<Utc>) -> String {
-    time.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    fn token_valid(&self, token: &str) -> bool {
+        lock(self.0).valid_tokens.contains(token)
+    }
+
+    fn order(&self, order: &str) -> Option<String> {
+        let state = lock(self.0);
+        let body = state.orders.get(&order.to_ascii_lowercase())?;
+        Some(body.to_string())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        lock(self.0).date.unwrap_or_else(Utc::now)
+    }
 }
 
 fn scripted_response(response: FakeResponse) -> Response<Full<Bytes>> {
@@ -614,29 +537,6 @@ fn scripted_response(response: FakeResponse) -> Response<Full<Bytes>> {
     builder
         .body(Full::new(Bytes::from(response.body)))
         .unwrap_or_else(|_| plain(500, "the scripted response has an invalid header"))
-}
-
-/// A Musement-style `{code, message}` error.
-fn error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = json!({ "code": code, "message": message }).to_string();
-    json_response(status, body, &[])
-}
-
-fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
-    let body = json!({ "code": "405", "message": "Method not allowed" }).to_string();
-    json_response(405, body, &[("allow", allow)])
-}
-
-fn json_response(status: u16, body: String, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
-    let mut builder = Response::builder()
-        .status(status)
-        .header("content-type", "application/json");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| plain(500, "cannot build the response"))
 }
 
 fn plain(status: u16, text: &'static str) -> Response<Full<Bytes>> {

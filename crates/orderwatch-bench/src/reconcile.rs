@@ -18,7 +18,7 @@ use orderwatch::reconciler;
 use orderwatch::store::StoreSettings;
 use orderwatch::store::{self, queries};
 
-use crate::fake_api::{Calls, FakeApi, pending_item, pending_order};
+use crate::fake_api::{CLIENT_ID, CLIENT_SECRET, Calls, FakeApi, pending_item, pending_order};
 use crate::util::{
     BenchResult, TempDir, derived_uuid, fail, median, musement_time, parse_duration,
     remove_database, webhook_body, write_file,
@@ -357,8 +357,8 @@ path = "{}"
 [musement]
 base_url = "{}"
 application = "orderwatch-bench"
-client_id = "bench-client"
-client_secret = "bench-secret"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
 
 [reconciler]
 concurrency = {concurrency}

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-
 /// Every subcommand's result; errors are printed as one line.
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -146,9 +144,7 @@ pub fn derived_uuid(seed: u64, kind: u64, n: u64) -> uuid::Uuid {
 }
 
 /// Musement's webhook time format (`2018-12-10T13:12:40+0000`).
-pub fn musement_time(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M:%S+0000").to_string()
-}
+pub use musement_wire::musement_time;
 
 /// A valid ten-field webhook body, as Musement sends it (same shape as the tests' `webhook()`).
 pub fn webhook_body(
@@ -244,6 +240,8 @@ pub fn write_file(path: &Path, text: &str) -> BenchResult<()> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
 
     #[test]
