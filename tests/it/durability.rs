@@ -412,7 +412,10 @@ fn check_acknowledged(
 /// What became of one fault case.
 #[derive(Debug)]
 enum Case {
-    Ran { acknowledged: usize, refused: usize },
+    Ran {
+        acknowledged: usize,
+        refused: usize,
+    },
     /// Only where a case cannot run at all (prlimit(2) outside Linux).
     #[cfg_attr(target_os = "linux", allow(dead_code))]
     Skipped(String),

@@ -158,9 +158,9 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
         )
         .unwrap();
     drop(daemon);
-    let answer = answered.ok().and_then(|(mut answers, _)| {
-        (!answers.is_empty()).then(|| answers.swap_remove(0))
-    });
+    let answer = answered
+        .ok()
+        .and_then(|(mut answers, _)| (!answers.is_empty()).then(|| answers.swap_remove(0)));
     Flood {
         latency,
         status: answer.as_ref().map_or(0, |a| a.status),

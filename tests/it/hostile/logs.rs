@@ -80,5 +80,9 @@ async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
     };
     assert_eq!(count("order_items"), 0, "nothing stored");
     assert_eq!(count("item_events"), 0, "nothing stored");
-    assert_eq!(count("rejected_webhooks"), 1, "the body is kept for operators");
+    assert_eq!(
+        count("rejected_webhooks"),
+        1,
+        "the body is kept for operators"
+    );
 }
