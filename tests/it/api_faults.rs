@@ -616,10 +616,17 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
             .unwrap();
         assert_eq!(response.status(), 200);
         if n == 1 {
-            assert_eq!(logins_finished().await, 0.0, "answered while the login hangs");
+            assert_eq!(
+                logins_finished().await,
+                0.0,
+                "answered while the login hangs"
+            );
         }
     }
-    assert!(logins_finished().await >= 3.0, "the logins after the first failed");
+    assert!(
+        logins_finished().await >= 3.0,
+        "the logins after the first failed"
+    );
     let retries = fake.count("POST", "/login");
 
     // The API recovers: the watched order converges without any webhook.

@@ -100,7 +100,10 @@ async fn a_body_trickled_slower_than_request_timeout_gets_408_and_is_closed() {
     // No wall-clock window: the 408 came while the body was still arriving (so it was not the
     // end of the body that ended the request), and not before request_timeout (exact: the
     // server's timer started after our clock did).
-    assert!(sent < length, "the whole body ({length} bytes) was sent first");
+    assert!(
+        sent < length,
+        "the whole body ({length} bytes) was sent first"
+    );
     assert!(
         elapsed >= Duration::from_millis(500),
         "408 after {elapsed:?}, before request_timeout"
