@@ -236,18 +236,21 @@ impl Daemon {
         panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}");
     }
 
-    /// Every log line that arrives within `window`.
-    pub fn log_lines_for(&self, window: Duration) -> Vec<String> {
-        let deadline = Instant::now() + window;
+    /// Every log line up to and including the first containing `needle` (waiting up to 10 s
+    /// for it), so a test can look at everything logged before an event.
+    pub fn lines_until(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + DAEMON_LIMIT;
         let mut lines = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.log.recv_timeout(left) {
-                Ok(line) => lines.push(line),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        while Instant::now() < deadline {
+            if let Ok(line) = self.log.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                lines.push(line);
+                if found {
+                    return lines;
+                }
             }
         }
-        lines
+        panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}: {lines:#?}");
     }
 
     /// The process id, for looking at it in /proc.
