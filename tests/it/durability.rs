@@ -591,7 +591,7 @@ async fn disk_full_case() -> Case {
 }
 
 /// The real daemon and the test as a second process: first the test holds `BEGIN EXCLUSIVE`
-/// past `busy_timeout`, then the daemon's file-size limit is lowered under its WAL so writes fail
+/// past `busy_timeout`, then the daemon's file-size limit is lowered to 0 so every write fails
 /// with `EFBIG` (an I/O error, whoever runs the test) and raised again.
 async fn lock_and_io_error_cases() -> (Case, Case) {
     let config = daemon_config("[database]\nbusy_timeout = \"300ms\"\n");
