@@ -94,9 +94,7 @@ pub(crate) async fn follow(
 /// Applies what may change from `new` and returns the configuration now in force.
 async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     let changed = changed_keys(&running, new);
-    let (now, later): (Vec<&Change>, Vec<&Change>) = changed
-        .iter()
-        .partition(|change| RELOADABLE.iter().any(|prefix| change.key_is_under(prefix)));
+    let (now, later) = split(&changed);
     let mut candidate = match combine(&running, new) {
         Ok(candidate) => candidate,
         Err(error) => {
@@ -134,6 +132,14 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     }
     log_outcome(&now, &later, &failed);
     candidate
+}
+
+/// `changes` split into those a reload applies at once ([`RELOADABLE`]) and those that wait
+/// for a restart.
+fn split(changes: &[Change]) -> (Vec<&Change>, Vec<&Change>) {
+    changes
+        .iter()
+        .partition(|change| RELOADABLE.iter().any(|prefix| change.key_is_under(prefix)))
 }
 
 /// What would run: the running configuration with every reloadable value taken from `new`.
@@ -315,15 +321,46 @@ mod tests {
 
     #[test]
     fn only_listed_keys_are_reloadable() {
-        let old = config("");
-        let new = config("[log]\nlevel = \"debug\"\n[server]\nmax_body_bytes = 1000\n");
+        let old = config(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[server.auth]\nusername = \"u\"\npassword = \"one\"\n",
+        );
+        let new = config(
+            "[log]\nlevel = \"debug\"\n[server]\nlisten = \"127.0.0.1:9090\"\nmax_body_bytes = 1000\n\
+             allow_ips = [\"192.0.2.1\"]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+             [server.auth]\nusername = \"v\"\npassword = \"two\"\n[database]\npath = \"other.db\"\n\
+             [store]\nskew_margin = \"9s\"\n[reconciler]\ninterval = \"5m\"\nconcurrency = 2\n",
+        );
+        let keys = |changes: &[&Change]| -> Vec<String> {
+            let mut keys: Vec<String> = changes.iter().map(|c| c.key.clone()).collect();
+            keys.sort();
+            keys
+        };
+        // Written out here, not derived from RELOADABLE: the list is what is being tested.
+        let at_once = [
+            "log.level",
+            "reconciler.interval",
+            "server.allow_ips",
+            "server.auth.password",
+            "server.auth.username",
+            "server.trusted_proxies",
+        ];
+        let at_restart = [
+            "database.path",
+            "reconciler.concurrency",
+            "server.listen",
+            "server.max_body_bytes",
+            "store.skew_margin",
+        ];
         let changes = changed_keys(&old, &new);
-        let reloadable: Vec<bool> = changes
-            .iter()
-            .map(|c| RELOADABLE.iter().any(|p| c.key_is_under(p)))
-            .collect();
-        assert_eq!(changes.len(), 2, "{changes:?}");
-        assert_eq!(changes[0].key, "log.level");
-        assert_eq!(reloadable, [true, false]);
+        let (now, later) = split(&changes);
+        assert_eq!(keys(&now), at_once, "{changes:?}");
+        assert_eq!(keys(&later), at_restart, "{changes:?}");
+
+        // A reload copies exactly those values: the rest still differs from the new file.
+        let combined = combine(&old, &new).unwrap();
+        let copied = changed_keys(&old, &combined);
+        let left = changed_keys(&combined, &new);
+        assert_eq!(keys(&copied.iter().collect::<Vec<_>>()), at_once);
+        assert_eq!(keys(&left.iter().collect::<Vec<_>>()), at_restart);
     }
 }

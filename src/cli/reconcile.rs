@@ -62,6 +62,8 @@ pub(super) fn reconcile_once(config_path: &Path) -> ExitCode {
 
 async fn run_pass(reconciler: &Reconciler) -> ExitCode {
     let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+    // Said once, so the pause before the answer is not a mystery.
+    let mut said_waiting = false;
     loop {
         match with_progress(reconciler).await {
             Ok(summary) => {
@@ -74,7 +76,11 @@ async fn run_pass(reconciler: &Reconciler) -> ExitCode {
                     }
                 };
             }
-            Err(PassError::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
+            Err(error @ PassError::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
+                if !said_waiting {
+                    eprintln!("orderwatch: {error}; waiting up to {LEASE_WAIT:?} for it to end");
+                    said_waiting = true;
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(error) => {

@@ -154,7 +154,8 @@ enum Reply {
     Invalid(PayloadError),
     Unavailable(WriteError),
     /// The writer did not confirm the commit within `request_timeout`: not known to be
-    /// stored.
+    /// stored. The job stays queued and may still commit; Musement's retry is then a
+    /// `duplicate`.
     CommitTimedOut,
     /// The request arrived on a connection chosen an instant ago to make room at the
     /// connection cap: nothing was read or stored.
@@ -225,8 +226,9 @@ impl Reply {
             Self::Unavailable(error) => {
                 json!({ "error": "not stored, retry later", "reason": error.to_string() })
             }
+            // Not "not stored": the commit may still finish (the retry is then a duplicate).
             Self::CommitTimedOut => json!({
-                "error": "not stored, retry later",
+                "error": "not confirmed stored, retry later",
                 "reason": "the commit did not finish within request_timeout",
             }),
             Self::Evicted => json!({

@@ -561,6 +561,9 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         "",
         Some(FakeResponse::fixture(503, "error-service-unavailable.json")),
     );
+    // And the first login never finishes (the client gives up after its request_timeout, 10 s):
+    // a webhook answered while it hangs did not wait for Musement.
+    fake.push_fault("/login", FakeFault::NeverEnds);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{}",
@@ -572,15 +575,38 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
     );
     watch_before_start(dir.path(), &config, &[order]).await;
     let daemon = Daemon::start(dir, &config);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(StdDuration::from_secs(60))
+        .build()
+        .unwrap();
+    // Logins the daemon's client has finished (answered, failed or timed out), by its /metrics.
+    let logins_finished = || async {
+        let text = client
+            .get(daemon.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| line.starts_with("orderwatch_musement_requests_total{"))
+            .filter(|line| line.contains("endpoint=\"login\""))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
 
-    // While the API is down (several passes, each failing), webhooks are answered 200 at once.
+    // While the API is down (several passes, each failing), a webhook after each login is
+    // answered 200, the first while that login hangs.
     let mut n = 0;
-    let deadline = Instant::now() + StdDuration::from_secs(15);
-    while fake.count("POST", "/login") < 4 {
-        assert!(Instant::now() < deadline, "the reconciler never retried");
+    let deadline = Instant::now() + StdDuration::from_secs(60);
+    while n < 4 {
+        while fake.count("POST", "/login") <= n as usize {
+            assert!(Instant::now() < deadline, "the reconciler never retried");
+            tokio::time::sleep(StdDuration::from_millis(10)).await;
+        }
         n += 1;
-        let started = Instant::now();
         let response = client
             .post(daemon.webhook_url())
             .header("content-type", "application/json")
@@ -589,13 +615,18 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        assert!(
-            started.elapsed() < StdDuration::from_secs(1),
-            "a webhook took {:?} while the API was down",
-            started.elapsed()
-        );
-        tokio::time::sleep(StdDuration::from_millis(200)).await;
+        if n == 1 {
+            assert_eq!(
+                logins_finished().await,
+                0.0,
+                "answered while the login hangs"
+            );
+        }
     }
+    assert!(
+        logins_finished().await >= 3.0,
+        "the logins after the first failed"
+    );
     let retries = fake.count("POST", "/login");
 
     // The API recovers: the watched order converges without any webhook.

@@ -298,7 +298,23 @@ async fn the_daemon_listens_where_the_environment_says() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // Applied, not a duplicate: the 404 stored nothing; and it is in the database.
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["outcome"], "applied", "{answer}");
     daemon.stop();
+    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let stored: (String, i64) = db
+        .query_row(
+            "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
+            ["11045e18-e3ca-42e1-acb4-0d5be75036fd"],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the documented example's item is stored");
+    assert_eq!(stored, ("OK".to_owned(), 22));
+    let events: i64 = db
+        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 1, "stored once");
 }
 
 #[test]

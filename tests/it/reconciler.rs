@@ -502,43 +502,78 @@ async fn a_restarted_daemon_takes_back_its_own_lease_at_once() {
     h.close().await;
 }
 
+/// `reconcile --once` while another process holds the lease: it says so and waits; a lease
+/// that is not released within the wait makes it name the holder and exit 1, one released
+/// while it waits lets it run.
 #[test]
-fn reconcile_once_cli_waits_then_names_the_lease_holder_and_fails() {
+fn reconcile_once_cli_waits_for_the_lease_then_runs_or_names_the_holder() {
+    const HOLDER: &str = "orderwatch run (pid 4242)";
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let h = runtime.block_on(harness(""));
     runtime
-        .block_on(h.writer.acquire_lease(
-            "reconciler",
-            "orderwatch run (pid 4242)",
-            Duration::days(36500),
-        ))
+        .block_on(
+            h.writer
+                .acquire_lease("reconciler", HOLDER, Duration::days(36500)),
+        )
         .unwrap();
     let output = h.cli(&["reconcile", "--once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("orderwatch run (pid 4242)"), "{stderr}");
+    assert!(stderr.contains(HOLDER), "{stderr}");
+    assert!(stderr.contains(WAITING), "it said it waits: {stderr}");
 
-    runtime
-        .block_on(
-            h.writer
-                .release_lease("reconciler", "orderwatch run (pid 4242)"),
-        )
-        .unwrap();
     let (order, item) = (new_uuid(), new_uuid());
     h.fake().put_order(order_json(order, &[(item, "PENDING")]));
     // Watched through the CLI too: both processes then use the real clock.
     let watched = h.cli(&["watch", &order.to_string()]).output().unwrap();
     assert!(watched.status.success());
-    let output = h.cli(&["reconcile", "--once"]).output().unwrap();
+    let mut command = h.cli(&["reconcile", "--once"]);
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = stderr_lines(&mut child);
+    // Released only once the command has found it held and is waiting: an exit before that
+    // (no wait at all) ends the channel without the line.
+    let mut before = Vec::new();
+    loop {
+        match stderr.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) if line.contains(WAITING) => break,
+            Ok(line) => before.push(line),
+            Err(error) => panic!("never waited for the lease ({error}): {before:#?}"),
+        }
+    }
+    runtime
+        .block_on(h.writer.release_lease("reconciler", HOLDER))
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let rest: Vec<String> = stderr.iter().collect();
+    assert_eq!(output.status.code(), Some(0), "{rest:#?}");
     assert!(stdout.contains("polled: 1"), "{stdout}");
     runtime.block_on(h.close());
+}
+
+/// What `reconcile --once` prints while it waits for another process's pass.
+const WAITING: &str = "; waiting up to";
+
+/// `child`'s stderr, line by line, read on a thread of its own.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! SIGHUP on the real binary: what can change while running changes and is logged; the rest
 //! is named and waits for a restart; a broken file changes nothing.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::helpers::{Daemon, fixture};
 
@@ -21,10 +21,56 @@ async fn post(daemon: &Daemon) -> u16 {
 }
 
 /// A connection that sends garbage: hyper fails to parse it, which the daemon logs at debug.
+/// Returns once the daemon has closed the connection.
 fn send_garbage(daemon: &Daemon) {
     let mut stream = TcpStream::connect(daemon.addr).unwrap();
     stream.write_all(b"\x00\x01 not http\r\n\r\n").unwrap();
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the daemon closes a connection it cannot parse");
+}
+
+/// Bound on waiting for the daemon here.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// `GET path` on a connection of its own (closed after the answer); the body.
+fn get(daemon: &Daemon, path: &str) -> String {
+    let mut stream = TcpStream::connect(daemon.addr).unwrap();
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Waits until every earlier connection has ended, by the daemon's own count: its task logs
+/// how a connection ended before it leaves the count, so whatever those connections had to
+/// log is logged by then. Returns the lines logged so far, up to a request made after that.
+fn lines_after_earlier_connections_ended(daemon: &Daemon) -> Vec<String> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let metrics = get(daemon, "/metrics");
+        // The scrape's own connection is the one left.
+        if metrics
+            .lines()
+            .any(|l| l == "orderwatch_connections_open 1")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections never ended: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    get(daemon, "/after-earlier-connections");
+    daemon.lines_until("/after-earlier-connections")
 }
 
 #[test]
@@ -34,7 +80,7 @@ fn sighup_changes_the_log_level() {
         &format!("{BASE}[log]\nlevel = \"info\"\n"),
     );
     send_garbage(&daemon);
-    let before = daemon.log_lines_for(Duration::from_millis(500));
+    let before = lines_after_earlier_connections_ended(&daemon);
     assert!(
         before.iter().all(|l| !l.contains("connection ended")),
         "no debug lines at info: {before:?}"
@@ -92,15 +138,17 @@ fn sighup_changes_the_reconciler_schedule() {
     };
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), &reconciler("1h"));
     daemon.wait_for_log("reconciler pass");
-    let quiet = daemon.log_lines_for(Duration::from_secs(1));
+    // "None for an hour" is an absence over time, so a span is inherent: at least 2 s by our
+    // clock (load only makes it longer), twice the period the reload then sets. Every line up
+    // to the reload's own is read, so a pass anywhere in the span counts.
+    std::thread::sleep(Duration::from_secs(2));
+    rewrite(&daemon, &reconciler("1s"));
+    daemon.signal("HUP");
+    let quiet = daemon.lines_until("schedule changed");
     assert!(
         quiet.iter().all(|l| !l.contains("reconciler pass")),
         "one pass at start, then none for an hour: {quiet:?}"
     );
-
-    rewrite(&daemon, &reconciler("1s"));
-    daemon.signal("HUP");
-    daemon.wait_for_log("schedule changed");
     for _ in 0..2 {
         daemon.wait_for_log("reconciler pass");
     }

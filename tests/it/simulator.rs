@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use orderwatch::clock::SystemClock;
 use orderwatch::config::Secret;
+use orderwatch::metrics::{ApiCallLabels, Metrics};
 use orderwatch::musement::{MusementClient, MusementSettings};
 use orderwatch::observation::Status;
 use serde_json::{Value, json};
@@ -76,7 +77,9 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     assert_eq!(truth["items"].as_array().unwrap().len(), 5);
     let base = format!("http://127.0.0.1:{port}/api/v3");
 
-    // Our own client: login, then each order as the reconciler sees it.
+    // Our own client: login, then each order as the reconciler sees it. (Its metrics count
+    // the 401s it meets, should a one-second token expire between its login and its GET.)
+    let client_metrics = Arc::new(Metrics::new());
     let client = MusementClient::new(
         MusementSettings {
             base_url: base.clone(),
@@ -88,7 +91,7 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
             request_timeout: Duration::from_secs(10),
         },
         Arc::new(SystemClock),
-        Arc::default(),
+        client_metrics.clone(),
     )
     .unwrap();
     let mut seen_items = 0;
@@ -138,34 +141,28 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
         .await
         .unwrap();
     assert_eq!(grant["expires_in"], 1);
-    let token = grant["access_token"].as_str().unwrap().to_owned();
-    let get = |path: String, token: String| {
-        let http = http.clone();
-        async move {
-            http.get(path)
-                .header("x-musement-application", "sim-test")
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let unknown = get(format!("{base}/orders/{}", Uuid::nil()), token.clone()).await;
-    assert_eq!(unknown.status(), 404);
+    // Tokens live one second: each request below logs in just before it, and again should the
+    // machine stall past that second (a 401, counted for the simulator's ledger).
+    let unknown = with_fresh_token(&http, &base, |token| {
+        http.get(format!("{base}/orders/{}", Uuid::nil()))
+            .header("x-musement-application", "sim-test")
+            .bearer_auth(token)
+    })
+    .await;
+    assert_eq!(unknown.response.status(), 404);
 
     // Re-send one item's webhook: orderwatch records it (as a duplicate of what it has).
     let item = truth["items"][0]["item"].as_str().unwrap();
     let order = truth["items"][0]["order"].as_str().unwrap();
     let events = || app.count(&format!("item_events WHERE item_uuid = '{item}'"));
     let before = events();
-    let resend = http
-        .post(format!("{base}/orders/{order}/items/{item}/notifications"))
-        .header("x-musement-application", "sim-test")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resend.status(), 204);
+    let resend = with_fresh_token(&http, &base, |token| {
+        http.post(format!("{base}/orders/{order}/items/{item}/notifications"))
+            .header("x-musement-application", "sim-test")
+            .bearer_auth(token)
+    })
+    .await;
+    assert_eq!(resend.response.status(), 204);
     let deadline = Instant::now() + Duration::from_secs(20);
     while events() == before {
         assert!(
@@ -175,10 +172,35 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The token expires after its lifetime: 401, as Musement answers an expired token.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let expired = get(format!("{base}/orders/{}", orders[0]), token).await;
-    assert_eq!(expired.status(), 401);
+    // The token that just worked expires after its lifetime: 401, as Musement answers an
+    // expired token. Waited for, not slept for: it works until it does not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http
+            .get(format!("{base}/orders/{}", orders[0]))
+            .header("x-musement-application", "sim-test")
+            .bearer_auth(&resend.token)
+            .send()
+            .await
+            .unwrap();
+        match answer.status().as_u16() {
+            401 => break,
+            200 => {}
+            other => panic!("a GET with a token answered {other}"),
+        }
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client_401s = client_metrics
+        .api_calls
+        .get_or_create(&ApiCallLabels {
+            endpoint: "order",
+            code: "401".into(),
+        })
+        .get();
+    // The simulator counts every 401 it gave for an order: the expiry above, and any met on
+    // the way by a request that then logged in again.
+    let order_401s = 1 + unknown.expired_on_the_way + client_401s;
 
     let _ = Command::new("kill")
         .args(["-TERM", &sim.0.id().to_string()])
@@ -188,7 +210,49 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     assert_eq!(finished["phase"], "finished");
     assert_eq!(finished["webhooks"]["resend_requests"], 1);
     assert_eq!(finished["api"]["get_order"]["404"], 1);
-    assert_eq!(finished["api"]["get_order"]["401"], 1);
+    assert_eq!(finished["api"]["get_order"]["401"], order_401s);
+}
+
+/// An answer got with a fresh token.
+struct Fresh {
+    /// The answer.
+    response: reqwest::Response,
+    /// The token it was sent with.
+    token: String,
+    /// 401s met first, each from a token that expired before it was used.
+    expired_on_the_way: u64,
+}
+
+/// Logs in to the simulator at `base` and sends what `request` builds with the token; on a 401
+/// (the machine stalled past the token's second) logs in and tries again, up to 20 times.
+async fn with_fresh_token(
+    http: &reqwest::Client,
+    base: &str,
+    request: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Fresh {
+    let login = json!({ "client_id": "sim-client", "client_secret": SECRET, "grant_type": "client_credentials" });
+    for expired_on_the_way in 0..20 {
+        let grant: Value = http
+            .post(format!("{base}/login"))
+            .header("x-musement-application", "sim-test")
+            .json(&login)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = grant["access_token"].as_str().unwrap().to_owned();
+        let response = request(&token).send().await.unwrap();
+        if response.status() != 401 {
+            return Fresh {
+                response,
+                token,
+                expired_on_the_way,
+            };
+        }
+    }
+    panic!("every fresh token was refused");
 }
 
 async fn wait_settled(path: &std::path::Path) -> Value {

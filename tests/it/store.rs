@@ -9,25 +9,47 @@ use serde_json::Value;
 
 use crate::helpers::{spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
 
+/// The six documented statuses; version `v` is sent with `STATUSES[v % 6]`, so two versions of
+/// one item carry different statuses and a row holding the wrong one shows.
+const STATUSES: [&str; 6] = [
+    "PENDING",
+    "OK",
+    "KO",
+    "REFUND_STARTED",
+    "REFUNDED",
+    "CANCELLATION_ERROR",
+];
+
+fn status_of(version: u64) -> &'static str {
+    STATUSES[(version % 6) as usize]
+}
+
+/// 500 webhooks from 50 concurrent tasks, half the items posted twice with different versions
+/// and statuses: every 200 is one event with what was answered, and every row holds exactly the
+/// highest version with its status, whatever order the two arrived in.
 #[tokio::test]
 async fn every_acknowledged_concurrent_webhook_is_in_the_table() {
     for config in ["", "[store]\nmax_batch = 1\n"] {
         let app = Arc::new(spawn_app_with(config).await);
         const TASKS: u64 = 50;
         const PER_TASK: u64 = 10;
+        const ITEMS: u64 = TASKS * PER_TASK / 2;
         let mut tasks = Vec::new();
         for task in 0..TASKS {
             let app = app.clone();
             tasks.push(tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 for n in 0..PER_TASK {
-                    // Half the items are posted by two tasks with different versions.
-                    let item = uuid(1, (task * PER_TASK + n) % (TASKS * PER_TASK / 2));
+                    // Task t and task t + 25 post the same items with versions t + 1, t + 26.
+                    let index = (task * PER_TASK + n) % ITEMS;
+                    let (item, order) = (uuid(1, index), uuid(2, index % 7));
                     let version = task + 1;
-                    let body = webhook(&item, &uuid(2, task), version, "OK");
+                    let body = webhook(&item, &order, version, status_of(version));
                     let response = app.post_webhook(body).await;
                     assert_eq!(response.status(), 200);
-                    acknowledged.push((item, version as i64));
+                    let answer: Value = response.json().await.unwrap();
+                    let outcome = answer["outcome"].as_str().unwrap().to_owned();
+                    acknowledged.push((item, order, version, outcome));
                 }
                 acknowledged
             }));
@@ -38,26 +60,54 @@ async fn every_acknowledged_concurrent_webhook_is_in_the_table() {
         }
         assert_eq!(acknowledged.len() as u64, TASKS * PER_TASK);
         let db = app.db();
-        for (item, version) in &acknowledged {
-            let stored: i64 = db
+        let mut highest = std::collections::HashMap::new();
+        for (item, order, version, outcome) in &acknowledged {
+            let (status, stored_outcome): (String, String) = db
                 .query_row(
-                    "SELECT count(*) FROM item_events WHERE item_uuid = ?1 AND item_version = ?2",
-                    rusqlite::params![item, version],
-                    |r| r.get(0),
+                    "SELECT status, outcome FROM item_events \
+                     WHERE item_uuid = ?1 AND order_uuid = ?2 AND item_version = ?3",
+                    rusqlite::params![item, order, *version as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .unwrap();
-            assert_eq!(stored, 1, "{item} v{version} was acknowledged ({config:?})");
-            let highest: i64 = db
+                .unwrap_or_else(|e| panic!("{item} v{version} was acknowledged ({config:?}): {e}"));
+            assert_eq!(status, status_of(*version), "{item} v{version}");
+            assert_eq!(
+                &stored_outcome, outcome,
+                "{item} v{version}: answered {outcome}"
+            );
+            let top = highest.entry(item.clone()).or_insert(0);
+            *top = (*top).max(*version);
+        }
+        for (item, order, version, outcome) in &acknowledged {
+            // The higher version is applied whenever it comes; the lower one only if first.
+            let expected: &[&str] = if *version == highest[item] {
+                &["applied"]
+            } else {
+                &["applied", "stale"]
+            };
+            assert!(
+                expected.contains(&outcome.as_str()),
+                "{item} v{version}: {outcome}"
+            );
+            let row: (String, i64, i64, String) = db
                 .query_row(
-                    "SELECT item_version FROM order_items WHERE item_uuid = ?1",
+                    "SELECT status, item_version, status_version, order_uuid FROM order_items \
+                     WHERE item_uuid = ?1",
                     [item],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .unwrap();
-            assert!(highest >= *version);
+            let top = highest[item];
+            let expected = (
+                status_of(top).to_owned(),
+                top as i64,
+                top as i64,
+                order.clone(),
+            );
+            assert_eq!(row, expected, "{item} ({config:?})");
         }
         assert_eq!(app.count("item_events"), (TASKS * PER_TASK) as i64);
-        assert_eq!(app.count("order_items"), (TASKS * PER_TASK / 2) as i64);
+        assert_eq!(app.count("order_items"), ITEMS as i64);
     }
 }
 
@@ -96,6 +146,90 @@ async fn a_locked_database_gets_503_and_recovers_without_restart() {
         "the retry is stored once the lock is gone"
     );
     assert_eq!(app.count("order_items"), 1);
+}
+
+/// "200 means stored; any other answer means retry, and a retry is always safe." A commit that
+/// outlasts `request_timeout` is answered 503 (`commit_timeout`), but the job stays with the
+/// writer and commits once the lock is gone, so a 503 does not mean "not stored"; Musement's
+/// retry of the same body is then a `duplicate` that leaves the row as it was.
+#[tokio::test]
+async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a_duplicate() {
+    // The lock below is held from before the webhook until after its answer: past
+    // request_timeout by construction, and far within busy_timeout on any machine.
+    let app = spawn_app_with(
+        "[server]\nrequest_timeout = \"300ms\"\n[database]\nbusy_timeout = \"120s\"\n",
+    )
+    .await;
+    let (item, order) = (uuid(1, 31), uuid(2, 31));
+    let body = webhook(&item, &order, 3, "OK");
+    let events = |db: &rusqlite::Connection| -> Vec<String> {
+        let mut query = db
+            .prepare("SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id")
+            .unwrap();
+        query
+            .query_map([&item], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+
+    let other_process = app.db();
+    other_process.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let response = app.post_webhook(body.clone()).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["error"], "not confirmed stored, retry later",
+        "{answer}"
+    );
+    let reason = answer["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("request_timeout"), "{answer}");
+    assert!(events(&app.db()).is_empty(), "not committed while locked");
+    other_process.execute_batch("COMMIT").unwrap();
+
+    // The job was not dropped with its request: it commits now.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while events(&other_process).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook answered 503 was never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(events(&other_process), ["applied"]);
+    let row = |db: &rusqlite::Connection| -> Vec<rusqlite::types::Value> {
+        db.query_row(
+            "SELECT * FROM order_items WHERE item_uuid = ?1",
+            [&item],
+            |r| (0..r.as_ref().column_count()).map(|i| r.get(i)).collect(),
+        )
+        .unwrap()
+    };
+    let committed = row(&other_process);
+
+    // Musement retries the same body: a duplicate, and nothing in the row moves.
+    let retry = app.post_webhook(body).await;
+    assert_eq!(retry.status(), 200);
+    let answer: Value = retry.json().await.unwrap();
+    assert_eq!(answer["outcome"], "duplicate", "{answer}");
+    assert_eq!(row(&other_process), committed, "the retry changed the row");
+    assert_eq!(events(&other_process), ["applied", "duplicate"]);
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = "orderwatch_webhook_requests_total{code=\"503\",outcome=\"commit_timeout\"} 1";
+    assert!(
+        metrics.lines().any(|line| line == counted),
+        "no `{counted}` in:\n{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -112,7 +112,9 @@ impl Daemon {
     }
 
     /// `orderwatch run` on `config`, written to `dir/config.toml`, without the test runner's
-    /// `RUST_LOG`; [`Launch::start`] starts it.
+    /// `RUST_LOG` or `NOTIFY_SOCKET` (a test runner started by systemd must not have its test
+    /// daemons notify systemd; the tests that want a socket set their own); [`Launch::start`]
+    /// starts it.
     pub fn launch(dir: TempDir, config: &str) -> Launch {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
@@ -120,6 +122,7 @@ impl Daemon {
         command
             .args(["run", "--config", path.to_str().unwrap()])
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -233,18 +236,21 @@ impl Daemon {
         panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}");
     }
 
-    /// Every log line that arrives within `window`.
-    pub fn log_lines_for(&self, window: Duration) -> Vec<String> {
-        let deadline = Instant::now() + window;
+    /// Every log line up to and including the first containing `needle` (waiting up to 10 s
+    /// for it), so a test can look at everything logged before an event.
+    pub fn lines_until(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + DAEMON_LIMIT;
         let mut lines = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.log.recv_timeout(left) {
-                Ok(line) => lines.push(line),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        while Instant::now() < deadline {
+            if let Ok(line) = self.log.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                lines.push(line);
+                if found {
+                    return lines;
+                }
             }
         }
-        lines
+        panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}: {lines:#?}");
     }
 
     /// The process id, for looking at it in /proc.

@@ -7,13 +7,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::wire::{LIMIT, exchange, parse_answers, post, read_answers};
-use crate::helpers::{Daemon, spawn_app_with, valid_webhook};
+use crate::helpers::{Daemon, spawn_app_with, uuid, valid_webhook};
 
 struct Flood {
     /// How long the new request took from connect to its answer.
     latency: Duration,
     /// Its status.
     status: u16,
+    /// Its outcome (`applied`, …), or empty when it got no answer.
+    outcome: String,
+    /// Events stored for its item, read from the database once the flood was over.
+    stored: i64,
     /// The most connections the daemon held at once (sockets in its descriptor table).
     max_held: usize,
     /// Idle connections the daemon says it closed to make room (its `/metrics`).
@@ -145,10 +149,25 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
     for attacker in attackers {
         attacker.abort();
     }
+    let stored = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
+            [uuid(1, 1)],
+            |r| r.get(0),
+        )
+        .unwrap();
     drop(daemon);
+    let answer = answered
+        .ok()
+        .and_then(|(mut answers, _)| (!answers.is_empty()).then(|| answers.swap_remove(0)));
     Flood {
         latency,
-        status: answered.map_or(0, |(answers, _)| answers.first().map_or(0, |a| a.status)),
+        status: answer.as_ref().map_or(0, |a| a.status),
+        outcome: answer.as_ref().map_or(String::new(), |a| {
+            a.json()["outcome"].as_str().unwrap_or_default().to_owned()
+        }),
+        stored,
         max_held,
         evicted,
         open_gauge,
@@ -171,6 +190,8 @@ async fn a_thousand_idle_connections_are_capped_and_closed_after_header_read_tim
         flood.status, flood.latency, flood.max_held, flood.rss_growth_kb
     );
     assert_eq!(flood.status, 200, "the webhook was served eventually");
+    assert_eq!(flood.outcome, "applied");
+    assert_eq!(flood.stored, 1, "the webhook answered 200 is stored once");
     // Memory is bounded by the cap, not by the flood (measured: a few MiB).
     assert!(
         flood.rss_growth_kb < 64 * 1024,
@@ -208,6 +229,8 @@ async fn a_new_request_is_served_despite_a_thousand_idle_connections_reopened() 
         flood.status, 200,
         "a new webhook got no answer within 30 s behind idle connections"
     );
+    assert_eq!(flood.outcome, "applied");
+    assert_eq!(flood.stored, 1, "the webhook answered 200 is stored once");
     assert!(
         flood.evicted > 0,
         "/metrics counts the idle connections closed at the cap"
@@ -228,14 +251,24 @@ async fn a_new_request_is_served_despite_a_thousand_idle_connections_reopened() 
 async fn a_request_in_progress_is_never_evicted_for_idle_connections() {
     let app =
         spawn_app_with("[server]\nmax_connections = 8\nheader_read_timeout = \"10s\"\n").await;
-    // Headers and half the body: the request is being handled, waiting for the rest.
+    // The head asks for `100 Continue`, which the server sends once the handler has started
+    // (the request is in progress) and reads the body: the flood waits for that, not for a
+    // guessed delay. Then half the body: the request is being handled, waiting for the rest.
     let body = valid_webhook(7);
-    let request = post(&body, "Connection: close\r\n");
-    let split = request.len() - body.len() / 2;
+    let request = post(&body, "Connection: close\r\nExpect: 100-continue\r\n");
+    let head = request.len() - body.len();
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
-    slow.write_all(&request[..split]).await.unwrap();
-    // Let the server start handling it before the flood.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    slow.write_all(&request[..head]).await.unwrap();
+    let (bytes, _) = read_answers(&mut slow, 1, LIMIT).await;
+    let interim = parse_answers(&bytes);
+    assert_eq!(
+        interim.first().map(|a| a.status),
+        Some(100),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let split = request.len() - body.len() / 2;
+    slow.write_all(&request[head..split]).await.unwrap();
     // Far more idle connections than slots: each newcomer evicts the longest-idle one.
     let mut idlers = Vec::new();
     for _ in 0..64 {

@@ -34,8 +34,11 @@ async fn a_far_future_or_far_past_timestamp_is_stored_and_logged_once() {
     }
 }
 
+/// A status with a newline is refused (400 naming the field, nothing stored, the body kept in
+/// `rejected_webhooks`), so it never reaches a log line; the request and the rejection are each
+/// logged on one line of their own.
 #[tokio::test]
-async fn a_status_with_a_newline_cannot_forge_a_log_line() {
+async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
     let mut daemon = Daemon::start(
         tempfile::tempdir().unwrap(),
         "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\n",
@@ -44,10 +47,42 @@ async fn a_status_with_a_newline_cannot_forge_a_log_line() {
                   status=200 forged=yes";
     let mut body: Value = serde_json::from_str(&valid_webhook(1)).unwrap();
     body["order_item_status"] = json!(format!("OK\n{forged}"));
-    let status = daemon.post_webhook(body.to_string()).await;
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(daemon.webhook_url())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap();
     let lines = daemon.stop();
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["field"], "order_item_status", "{answer}");
     assert!(
-        status == 400 || lines.iter().all(|l| !l.starts_with("2099-01-01")),
-        "answered {status}; a forged line reached the log: {lines:#?}"
+        lines.iter().all(|l| !l.starts_with("2099-01-01")),
+        "a forged line reached the log: {lines:#?}"
+    );
+    let rejected: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("rejected webhook"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{lines:#?}");
+    assert!(rejected[0].contains("order_item_status"), "{}", rejected[0]);
+
+    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let count = |table: &str| -> i64 {
+        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count("order_items"), 0, "nothing stored");
+    assert_eq!(count("item_events"), 0, "nothing stored");
+    assert_eq!(
+        count("rejected_webhooks"),
+        1,
+        "the body is kept for operators"
     );
 }
