@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -61,18 +62,87 @@ impl Default for CheckpointSettings {
     }
 }
 
-/// Commits counted by the writer and read by the checkpointer.
+/// What the writer and the checkpointer share: the writer's commit count, and a gate the
+/// checkpointer closes between two batches while it resets the WAL. A RESTART needs the write
+/// lock, and a writer committing batch after batch under load never leaves it free long enough
+/// for a busy handler to catch it: without the gate the WAL grows as long as the load lasts.
 #[derive(Debug, Default)]
-pub struct CommitCounter(AtomicU64);
+pub struct WriterLink {
+    /// Batches committed so far.
+    commits: AtomicU64,
+    /// Whether the writer may start its next batch.
+    gate: Mutex<Gate>,
+    /// Signalled on every change of `gate`.
+    changed: Condvar,
+}
 
-impl CommitCounter {
+/// The gate between the writer's batches.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Batches run.
+    #[default]
+    Open,
+    /// The checkpointer asked the writer to wait before its next batch.
+    Requested,
+    /// The writer is waiting.
+    Parked,
+}
+
+/// The longest the writer waits at a closed gate, whatever happens to the checkpointer.
+const MAX_PARK: Duration = Duration::from_secs(1);
+
+/// How long the checkpointer waits for a busy writer to finish its batch and park.
+const PARK_WAIT: Duration = Duration::from_millis(50);
+
+impl WriterLink {
     /// The writer committed a batch.
     pub fn committed(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Called by the writer before each batch: waits while the checkpointer resets the WAL
+    /// (webhooks queue meanwhile and make the next batch bigger), at most [`MAX_PARK`].
+    pub fn before_batch(&self) {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if *gate == Gate::Open {
+            return;
+        }
+        *gate = Gate::Parked;
+        self.changed.notify_all();
+        let (mut gate, waited) = self
+            .changed
+            .wait_timeout_while(gate, MAX_PARK, |gate| *gate != Gate::Open)
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() {
+            *gate = Gate::Open;
+        }
+    }
+
+    /// Asks the writer to stop before its next batch and waits (at most [`PARK_WAIT`]) until it
+    /// does; an idle writer never answers, and holds no lock either. The gate opens again when
+    /// the guard is dropped.
+    fn hold(&self) -> GateHeld<'_> {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        *gate = Gate::Requested;
+        let _parked = self
+            .changed
+            .wait_timeout_while(gate, PARK_WAIT, |gate| *gate != Gate::Parked)
+            .unwrap_or_else(|e| e.into_inner());
+        GateHeld(self)
+    }
+}
+
+/// The gate closed by [`WriterLink::hold`]; opens it when dropped.
+struct GateHeld<'a>(&'a WriterLink);
+
+impl Drop for GateHeld<'_> {
+    fn drop(&mut self) {
+        *self.0.gate.lock().unwrap_or_else(|e| e.into_inner()) = Gate::Open;
+        self.0.changed.notify_all();
     }
 }
 
@@ -100,7 +170,7 @@ impl CheckpointerThread {
 pub fn spawn(
     path: &Path,
     file: Arc<DatabaseFile>,
-    commits: Arc<CommitCounter>,
+    writer: Arc<WriterLink>,
     settings: CheckpointSettings,
     observer: Arc<dyn StoreObserver>,
 ) -> Result<CheckpointerThread, StoreError> {
@@ -123,7 +193,7 @@ pub fn spawn(
     let mut checkpointer = Checkpointer {
         conn,
         file,
-        commits,
+        writer,
         observer,
         state: State::new(settings),
     };
@@ -317,7 +387,7 @@ impl State {
 struct Checkpointer {
     conn: Connection,
     file: Arc<DatabaseFile>,
-    commits: Arc<CommitCounter>,
+    writer: Arc<WriterLink>,
     observer: Arc<dyn StoreObserver>,
     state: State,
 }
@@ -333,7 +403,7 @@ impl Checkpointer {
         let mut wal = sizes.wal;
         if self
             .state
-            .passive_due(Instant::now(), self.commits.get(), wal)
+            .passive_due(Instant::now(), self.writer.commits(), wal)
         {
             self.run(Mode::Passive);
         }
@@ -352,6 +422,8 @@ impl Checkpointer {
     }
 
     fn run(&mut self, mode: Mode) {
+        // Only a PASSIVE checkpoint runs beside the writer; the others need its lock.
+        let _held = (mode != Mode::Passive).then(|| self.writer.hold());
         if let Some(report) = self.checkpoint(mode) {
             self.state.ran(Instant::now(), mode, &report);
         }
@@ -498,5 +570,55 @@ mod tests {
         state.passive_due(at(start, 21_000), 1, 0);
         assert_eq!(state.stuck(at(start, 21_000), 0), None);
         assert!(state.stuck(at(start, 32_000), 10 * MIB).is_some());
+    }
+
+    #[test]
+    fn the_gate_parks_a_busy_writer_until_the_checkpointer_is_done() {
+        let link = Arc::new(WriterLink::default());
+        let batches = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (link, batches, stop) = (link.clone(), batches.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    link.before_batch();
+                    batches.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        while batches.load(Ordering::SeqCst) < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let held = link.hold();
+        assert_eq!(
+            *link.gate.lock().unwrap(),
+            Gate::Parked,
+            "the writer parked"
+        );
+        let parked_at = batches.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            parked_at,
+            "no batch while held"
+        );
+        drop(held);
+        let resumed = Instant::now();
+        while batches.load(Ordering::SeqCst) == parked_at {
+            assert!(
+                resumed.elapsed() < Duration::from_secs(5),
+                "the writer resumed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        // An idle writer never parks; holding the gate then just times out.
+        let idle = WriterLink::default();
+        let started = Instant::now();
+        drop(idle.hold());
+        assert!(started.elapsed() >= PARK_WAIT);
+        assert_eq!(*idle.gate.lock().unwrap(), Gate::Open);
     }
 }

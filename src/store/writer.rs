@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use chrono::Duration;
 use uuid::Uuid;
 
-use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, CommitCounter};
+use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, WriterLink};
 use super::commands::{Command, Done, execute};
 use super::maintenance::{PruneCursor, PruneStep};
 use super::observer::{BatchStats, StoreObserver};
@@ -235,11 +235,11 @@ pub fn spawn(
     };
     let file = Arc::new(DatabaseFile::watch(path).map_err(io_error)?);
     leave_checkpoints_to_the_checkpointer(&mut conn)?;
-    let commits = Arc::new(CommitCounter::default());
+    let link = Arc::new(WriterLink::default());
     let checkpointer = checkpoint::spawn(
         path,
         file.clone(),
-        commits.clone(),
+        link.clone(),
         settings.checkpoints.clone(),
         observer.clone(),
     )?;
@@ -259,7 +259,7 @@ pub fn spawn(
                 clock,
                 observer: observer.as_ref(),
                 health: &thread_health,
-                commits: &commits,
+                link: &link,
             };
             run(conn, receiver, &context)
         })
@@ -438,8 +438,8 @@ struct Context<'a> {
     clock: Arc<dyn Clock>,
     observer: &'a dyn StoreObserver,
     health: &'a Health,
-    /// Told of every commit, for the checkpointer.
-    commits: &'a CommitCounter,
+    /// Shared with the checkpointer: told of every commit, and may hold the next batch.
+    link: &'a WriterLink,
 }
 
 fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Context<'_>) {
@@ -452,6 +452,7 @@ fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Contex
                 Err(_) => break,
             }
         }
+        context.link.before_batch();
         let started = Instant::now();
         let results = commit_checked(&mut conn, &batch, context);
         let conflicts = match &results {
@@ -516,7 +517,7 @@ fn commit_checked(
     )?;
     if over_budget.is_none() || batch.iter().any(|job| !job.command.may_grow()) {
         // Something may have been written (a batch refused whole writes nothing).
-        context.commits.committed();
+        context.link.committed();
     }
     file.check().map_err(WriteError::Replaced)?;
     Ok(results)
