@@ -22,3 +22,4 @@ mod reload;
 mod scripts;
 mod simulator;
 mod store;
+mod writer_batches;
