@@ -13,6 +13,7 @@ mod durability;
 mod helpers;
 mod hostile;
 mod inspect;
+mod leases;
 mod metrics;
 mod musement_client;
 mod ordering_props;
