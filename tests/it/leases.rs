@@ -22,6 +22,9 @@ const LIMIT: StdDuration = StdDuration::from_secs(20);
 /// The short lease of the renewal tests, renewed every second of real time.
 const SHORT_TTL: StdDuration = StdDuration::from_secs(3);
 
+/// `[reconciler]` for these tests: a poll the fake holds waits as long as a test needs.
+const HELD_POLLS_WAIT: &str = "request_timeout = \"5m\"";
+
 /// The reconciler lease row: `(holder, expires_at)`, `None` when nobody holds it.
 fn lease(h: &Harness) -> Option<(String, DateTime<Utc>)> {
     h.db()
@@ -59,7 +62,7 @@ fn chrono(duration: StdDuration) -> Duration {
 /// dead pass took it, and takes it over at that instant.
 #[tokio::test]
 async fn a_lease_left_by_a_dead_pass_is_taken_over_when_it_expires_and_not_before() {
-    let h = harness("").await;
+    let h = harness(HELD_POLLS_WAIT).await;
     h.pin_date(at(START));
     let (order, item) = h.watch_new_order("OK").await;
     let path = format!("/orders/{order}");
@@ -99,7 +102,7 @@ async fn a_lease_left_by_a_dead_pass_is_taken_over_when_it_expires_and_not_befor
 /// clock is well past the first expiry. When the pass ends it gives the lease back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_longer_than_its_lease_keeps_renewing_it() {
-    let h = harness("").await;
+    let h = harness(HELD_POLLS_WAIT).await;
     h.pin_date(at(START));
     let (order, item) = h.watch_new_order("OK").await;
     let path = format!("/orders/{order}");
@@ -144,7 +147,7 @@ async fn a_pass_longer_than_its_lease_keeps_renewing_it() {
 /// pass stops, storing nothing more and leaving the other holder's lease alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_whose_lease_was_taken_stops_at_its_next_renewal() {
-    let h = harness("").await;
+    let h = harness(HELD_POLLS_WAIT).await;
     let (order, _item) = h.watch_new_order("OK").await;
     let path = format!("/orders/{order}");
     h.fake().hold(&path);
