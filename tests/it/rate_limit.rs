@@ -43,7 +43,9 @@ async fn polls_are_spaced_by_the_default_rate_ceiling_across_concurrent_polls() 
     // Answers slower than the gap: several polls are in flight at once, so the limiter, not
     // the concurrency, is what spaces them.
     fake.set_latency(Duration::from_millis(250));
-    // A first pass logs in, so the measured one holds nothing but GETs.
+    // A first pass logs in, so the measured one holds nothing but GETs. (Polls whose slots
+    // come while the login is answered all send their GET when the token arrives, closer than
+    // the gap: the limiter spaces the polls' starts, not the requests after a login.)
     let warm_up = new_uuid();
     fake.put_order(order_json(warm_up, &[(new_uuid(), "PENDING")]));
     h.watch(&[warm_up]).await;
