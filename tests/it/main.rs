@@ -22,6 +22,7 @@ mod receiver;
 mod reconciler;
 mod reload;
 mod scripts;
+mod shutdown;
 mod simulator;
 mod store;
 mod writer_batches;
