@@ -21,6 +21,9 @@ const IN_FLIGHT: u64 = 32;
 /// Webhooks sent during the drain on connections opened before it.
 const LATE: u64 = 2;
 
+/// The webhook whose body is still arriving after the pass has ended.
+const SLOW: u64 = 2_000;
+
 /// Bound on every wait here; generous for a loaded machine, and well inside `shutdown_grace`.
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -39,9 +42,8 @@ const POST_LINE: &str = "POST /webhooks/musement HTTP/1.1\r\n";
 /// The first line of a readiness probe (see [`POST_LINE`]).
 const READYZ_LINE: &str = "GET /readyz HTTP/1.1\r\n";
 
-/// Writes the rest of a webhook for a fresh item `n` on `stream`, which has sent `sent` of
-/// it, and reads the answer in a task.
-async fn post(mut stream: TcpStream, n: u64, sent: &str) -> Posted {
+/// The webhook request for a fresh item `n`: the item and the request's bytes.
+fn webhook_request(n: u64) -> (String, String) {
     let item = uuid(21, n);
     let body = webhook(&item, &uuid(22, n), 1, "PENDING");
     let request = format!(
@@ -49,8 +51,14 @@ async fn post(mut stream: TcpStream, n: u64, sent: &str) -> Posted {
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let rest = request.strip_prefix(sent).expect("a start of the request");
-    stream.write_all(rest.as_bytes()).await.unwrap();
+    (item, request)
+}
+
+/// Writes the webhook for item `n` on `stream`, which has sent its first `sent` bytes
+/// already, and reads the answer in a task.
+async fn post(mut stream: TcpStream, n: u64, sent: usize) -> Posted {
+    let (item, request) = webhook_request(n);
+    stream.write_all(&request.as_bytes()[sent..]).await.unwrap();
     let answer = tokio::spawn(async move {
         let (bytes, _) = read_answers(&mut stream, 1, LIMIT).await;
         parse_answers(&bytes).first().map_or(0, |a| a.status)
@@ -128,7 +136,8 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
 
     // A connection that has served a request and sits idle (graceful shutdown closes it
     // first: its end tells the test the drain began), one for a readiness probe during the
-    // drain and a few for late webhooks, each with the first line of its request sent.
+    // drain and a few for late webhooks, each with the first line of its request sent, and
+    // one webhook whose body stops halfway until after the pass has ended.
     let mut idle = connect(daemon.addr).await;
     // Start from a known count: the readiness checks' connections have gone.
     while connections_open(&mut idle).await != 1 {
@@ -146,15 +155,21 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
         stream.write_all(POST_LINE.as_bytes()).await.unwrap();
         late.push(stream);
     }
+    let mut slow = connect(daemon.addr).await;
+    let (_, slow_request) = webhook_request(SLOW);
+    let halfway = slow_request.len() - 100;
+    slow.write_all(&slow_request.as_bytes()[..halfway])
+        .await
+        .unwrap();
 
     // Another process holds the write lock: webhooks wait for their commit.
     let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut in_flight = Vec::new();
     for n in 0..IN_FLIGHT {
-        in_flight.push(post(connect(daemon.addr).await, n, "").await);
+        in_flight.push(post(connect(daemon.addr).await, n, 0).await);
     }
-    let everyone = 2 + LATE + IN_FLIGHT;
+    let everyone = 3 + LATE + IN_FLIGHT;
     while connections_open(&mut idle).await < everyone {
         assert!(
             Instant::now() < deadline,
@@ -185,11 +200,12 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
     assert!(body.contains("shutting down"), "{body}");
     let mut late_posts = Vec::new();
     for (n, stream) in late.into_iter().enumerate() {
-        late_posts.push(post(stream, 1_000 + n as u64, POST_LINE).await);
+        late_posts.push(post(stream, 1_000 + n as u64, POST_LINE.len()).await);
     }
 
     // The lock goes: everything waiting commits. The pass is still running, so the daemon is
-    // still there; once Musement answers, the pass finishes and the daemon exits.
+    // still there; once Musement answers, the pass finishes, and the daemon still waits for
+    // the slow webhook; once that is answered it exits.
     db.execute_batch("ROLLBACK").unwrap();
     let mut answers = Vec::new();
     for posted in in_flight {
@@ -203,6 +219,17 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
     for path in &order_paths {
         fake.release(path);
     }
+    tokio::task::block_in_place(|| daemon.wait_for_log("reconciler pass due="));
+    // Without a wait for open requests, "stopped" would follow within milliseconds.
+    let after_pass =
+        tokio::task::block_in_place(|| daemon.log_lines_for(Duration::from_millis(500)));
+    assert!(
+        !after_pass.iter().any(|l| l.contains("stopped")),
+        "{after_pass:#?}"
+    );
+    assert_eq!(daemon.exit_status(), None, "waits for the slow webhook");
+    let slow = post(slow, SLOW, halfway).await;
+    let slow_answer = slow.answer.await.unwrap();
     let deadline = Instant::now() + LIMIT;
     let status = loop {
         if let Some(status) = daemon.exit_status() {
@@ -234,6 +261,11 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
         }
     }
     eprintln!("sent during the drain: {late_answers:?}");
+    assert_eq!(
+        slow_answer, 200,
+        "the slow webhook, finished after the pass"
+    );
+    assert_eq!(events(&db, &slow.item), 1, "stored once");
 
     // The pass finished the poll it had started and started no other.
     assert_eq!(fake.count("GET", ""), 1, "{:?}", fake.requests());
