@@ -25,4 +25,5 @@ mod scripts;
 mod shutdown;
 mod simulator;
 mod store;
+mod watchdog;
 mod writer_batches;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod daemon;
 pub mod fake_musement;
+pub mod notify;
 pub mod wire;
 
 use std::path::Path;
