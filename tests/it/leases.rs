@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, from_db_text};
 use orderwatch::reconciler::{LEASE_TTL, PassError};
 use orderwatch::store::LeaseAnswer;
+use rusqlite::OptionalExtension;
 
 use crate::helpers::api::{Harness, START, at};
 use crate::helpers::harness;
@@ -33,7 +34,8 @@ fn lease(h: &Harness) -> Option<(String, DateTime<Utc>)> {
             [],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
         )
-        .ok()
+        .optional()
+        .unwrap()
         .map(|(holder, expires)| (holder, from_db_text(&expires).unwrap()))
 }
 
