@@ -35,7 +35,7 @@ use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord, PolledItemFact
 /// The lease row's name.
 const LEASE: &str = "reconciler";
 /// How long a lease holds without renewal; a pass renews it at a third of this.
-const LEASE_TTL: Duration = Duration::from_secs(60);
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
 /// The longest one of a pass's reads may take (they read partial indexes: milliseconds).
 const READ_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -126,6 +126,8 @@ pub struct Reconciler {
     /// Shutdown asked: start no new polls.
     stopping: AtomicBool,
     limiter: RateLimiter,
+    /// How long the lease holds without renewal ([`LEASE_TTL`] unless a test shortened it).
+    lease_ttl: Duration,
     /// Passes and orders are counted here.
     metrics: Arc<Metrics>,
     /// The latest [`Progress`], for whoever watches (e.g. `reconcile --once`'s progress bar).
@@ -169,9 +171,18 @@ impl Reconciler {
             queued: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             limiter,
+            lease_ttl: LEASE_TTL,
             metrics,
             progress: watch::Sender::new(Progress::default()),
         }
+    }
+
+    /// The same reconciler holding its lease for `ttl` instead of [`LEASE_TTL`] (renewed at a
+    /// third of it). A seam for tests: renewal waits on real time, not on the [`Clock`] that
+    /// judges expiry, so a test of renewals would otherwise wait 20 s for each.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
     }
 
     /// Follows the progress of passes: the receiver sees each update of `(done, total)`.
@@ -219,7 +230,7 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let lease = self
             .writer
-            .acquire_lease(LEASE, &self.holder, lease_ttl())
+            .acquire_lease(LEASE, &self.holder, self.chrono_lease_ttl())
             .await;
         let lease = match lease {
             Ok(lease) => lease,
@@ -284,10 +295,10 @@ impl Reconciler {
     /// the lease was lost.
     async fn keep_lease(&self) -> PassError {
         loop {
-            tokio::time::sleep(LEASE_TTL / 3).await;
+            tokio::time::sleep(self.lease_ttl / 3).await;
             match self
                 .writer
-                .acquire_lease(LEASE, &self.holder, lease_ttl())
+                .acquire_lease(LEASE, &self.holder, self.chrono_lease_ttl())
                 .await
             {
                 Ok(LeaseAnswer::Acquired { .. }) => {}
@@ -526,6 +537,11 @@ impl Reconciler {
         Ok(overdue.len())
     }
 
+    /// The lease's lifetime as the store computes with it.
+    fn chrono_lease_ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.lease_ttl).unwrap_or(chrono::Duration::seconds(60))
+    }
+
     /// Runs a query on a fresh read-only connection, off the async threads.
     async fn read<T, F>(&self, query: F) -> Result<T, PassError>
     where
@@ -537,10 +553,6 @@ impl Reconciler {
             .await
             .map_err(|e| PassError::Store(e.to_string()))
     }
-}
-
-fn lease_ttl() -> chrono::Duration {
-    chrono::Duration::from_std(LEASE_TTL).unwrap_or(chrono::Duration::seconds(60))
 }
 
 fn log_summary(summary: &PassSummary) {

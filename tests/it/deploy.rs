@@ -49,7 +49,7 @@ fn tool(program: &str, args: &[&str]) -> Option<Output> {
 }
 
 fn skip(what: &str, why: &str) {
-    eprintln!("SKIPPED {what}: {why}");
+    crate::helpers::skip(what, why);
 }
 
 /// One plain HTTP/1.1 GET on loopback; the status code.

@@ -1098,7 +1098,7 @@ async fn the_readme_names_the_sqlite3_shells_that_open_the_database() {
         .ok()
         .filter(|o| o.status.success())
     else {
-        eprintln!("SKIPPED running the README's sqlite3 commands: no sqlite3 here");
+        crate::helpers::skip("the README's sqlite3 commands", "sqlite3 is not installed");
         return;
     };
     let version = String::from_utf8_lossy(&version.stdout).into_owned();

@@ -750,7 +750,7 @@ fn reconcile_once_draws_a_bar_on_a_terminal() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_script {
-        eprintln!("skipped: no `script` command to provide a terminal");
+        crate::helpers::skip("progress bar on a terminal", "no `script` command");
         return;
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -236,6 +236,20 @@ impl Daemon {
         panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}");
     }
 
+    /// Every log line that arrives within `window` (for "nothing of the kind happened for a
+    /// while", where the absence over time is what is tested).
+    pub fn log_lines_for(&self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines
+    }
+
     /// Every log line up to and including the first containing `needle` (waiting up to 10 s
     /// for it), so a test can look at everything logged before an event.
     pub fn lines_until(&self, needle: &str) -> Vec<String> {

@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -42,6 +42,7 @@ use orderwatch::musement::MusementSettings;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -91,6 +92,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body, lossily decoded.
     pub body: String,
+    /// When the fake had read it (before any latency, hold or scripted delay): what spacing
+    /// checks measure.
+    pub received: Instant,
 }
 
 impl RecordedRequest {
@@ -251,6 +255,9 @@ struct State {
     outages: Vec<(String, FakeResponse)>,
     /// One-shot connection faults (see [`FakeMusement::push_fault`]).
     faults: Vec<(String, FakeFault)>,
+    /// Path suffixes whose requests are recorded and then left unanswered until released
+    /// (see [`FakeMusement::hold`]); a watch, so held requests wake when it changes.
+    held: watch::Sender<Vec<String>>,
 }
 
 impl FakeMusement {
@@ -282,6 +289,7 @@ impl FakeMusement {
             requests: Vec::new(),
             outages: Vec::new(),
             faults: Vec::new(),
+            held: watch::Sender::new(Vec::new()),
         }));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Self { addr, state, task }
@@ -379,6 +387,23 @@ impl FakeMusement {
         self.state().latency = latency;
     }
 
+    /// From now on, requests whose path ends with `path_suffix` (`""` for all) are recorded
+    /// and then left unanswered until [`FakeMusement::release`]: an API that got the request
+    /// and answers only when the test says so (e.g. to keep a reconciler pass running).
+    pub fn hold(&self, path_suffix: &str) {
+        self.state()
+            .held
+            .send_modify(|held| held.push(path_suffix.to_owned()));
+    }
+
+    /// Answers the requests [`FakeMusement::hold`] kept for `path_suffix`, and later ones at
+    /// once again.
+    pub fn release(&self, path_suffix: &str) {
+        self.state()
+            .held
+            .send_modify(|held| held.retain(|s| s != path_suffix));
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
@@ -457,8 +482,9 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             })
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        received: Instant::now(),
     };
-    let (scripted, latency) = {
+    let (scripted, latency, mut held) = {
         let mut state = lock(&state);
         state.requests.push(recorded.clone());
         let outage = state
@@ -473,8 +499,12 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
                 .position(|(suffix, _)| recorded.path.ends_with(suffix.as_str()))
                 .map(|index| state.scripted.remove(index).1)
         });
-        (scripted, state.latency)
+        (scripted, state.latency, state.held.subscribe())
     };
+    // Errors only if the fake is gone, and then nobody waits for this answer.
+    let _ = held
+        .wait_for(|held| !held.iter().any(|s| recorded.path.ends_with(s.as_str())))
+        .await;
     tokio::time::sleep(latency).await;
     match scripted {
         Some(response) => {

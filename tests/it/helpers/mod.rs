@@ -7,6 +7,8 @@ pub mod api;
 pub mod app;
 pub mod daemon;
 pub mod fake_musement;
+pub mod notify;
+pub mod skip;
 pub mod wire;
 
 use std::path::Path;
@@ -18,6 +20,7 @@ pub use app::{
     watch_before_start,
 };
 pub use daemon::Daemon;
+pub use skip::skip;
 
 /// `[server.auth]` with Musement's documented example credentials.
 pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";

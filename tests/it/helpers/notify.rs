@@ -1,0 +1,63 @@
+//! The service manager's end of `NOTIFY_SOCKET` (the `sd_notify` protocol): a Unix datagram
+//! socket in a temp dir whose path a test passes to the daemon, and the messages it receives.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long [`NotifySocket::until`] waits for a message.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Every datagram the daemon sends to `NOTIFY_SOCKET`.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    /// Where it is bound: the value for `NOTIFY_SOCKET`.
+    pub path: PathBuf,
+}
+
+impl NotifySocket {
+    /// Binds `dir/notify.sock`.
+    pub fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self { socket, path }
+    }
+
+    /// Messages until one has the line `wanted` (included), or panics after [`LIMIT`].
+    pub fn until(&self, wanted: &str) -> Vec<String> {
+        let deadline = Instant::now() + LIMIT;
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut buffer) else {
+                continue;
+            };
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let done = message.lines().any(|line| line == wanted);
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+        let last = &seen[seen.len().saturating_sub(5)..];
+        panic!(
+            "no {wanted} within {LIMIT:?}; got {} messages, the last: {last:?}",
+            seen.len()
+        );
+    }
+
+    /// Every message that has arrived and not been read, without waiting for more.
+    pub fn drain(&self) -> Vec<String> {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut messages = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buffer) {
+            messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        messages
+    }
+}

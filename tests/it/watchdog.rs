@@ -1,0 +1,47 @@
+//! The systemd watchdog while the writer is stuck: a keep-alive is sent only after a write
+//! transaction went through the writer and came back, so a writer that does not come back
+//! (here: waiting on another process's write lock under a long `busy_timeout`) stops the
+//! keep-alives, and systemd would restart the daemon; once the writer moves, they resume.
+//! (A writer that answers with an error is alive; `deploy.rs` covers that case.)
+
+use crate::helpers::Daemon;
+use crate::helpers::notify::NotifySocket;
+
+/// What the daemon logs each time it withholds a keep-alive.
+const WITHHELD: &str = "withholding the watchdog keep-alive";
+
+#[test]
+fn the_watchdog_withholds_keep_alives_while_the_writer_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let socket = notify.path.to_str().unwrap().to_owned();
+    // 600 ms: a ping every 200 ms, each given 200 ms to come back; a lock waited for up to
+    // a minute is a writer that does not come back.
+    let mut daemon = Daemon::start_with_env(
+        dir,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"60s\"\n\
+         [reconciler]\nenabled = false\n",
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "600000")],
+    );
+    notify.until("READY=1");
+    notify.until("WATCHDOG=1");
+
+    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // A keep-alive from a ping answered before the lock was taken is sent before this line.
+    daemon.wait_for_log(WITHHELD);
+    notify.drain();
+    for round in 1..=3 {
+        daemon.wait_for_log(WITHHELD);
+        let sent = notify.drain();
+        assert!(
+            !sent.iter().any(|m| m.lines().any(|l| l == "WATCHDOG=1")),
+            "round {round}: a keep-alive while the writer was stuck: {sent:?}"
+        );
+    }
+    assert_eq!(daemon.exit_status(), None, "still running: systemd decides");
+
+    lock.execute_batch("ROLLBACK").unwrap();
+    notify.until("WATCHDOG=1");
+    daemon.stop();
+}
