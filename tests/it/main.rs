@@ -19,6 +19,7 @@ mod ordering_props;
 mod receiver;
 mod reconciler;
 mod reload;
+mod rule_through_sqlite;
 mod scripts;
 mod simulator;
 mod store;
