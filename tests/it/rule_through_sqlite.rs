@@ -53,8 +53,8 @@ use orderwatch::observation::{Observation, OrderFacts, Position, Status};
 use orderwatch::store::{self, Outcome, PollRecord, PolledItemFacts, Rules, StoreSettings};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use rusqlite::Connection;
 use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
 /// Time 0 of every case, in seconds since the Unix epoch.
@@ -395,6 +395,9 @@ struct PollDraw {
     /// How long the answer took: 0 to 3 s.
     rtt_ms: i64,
     far: Option<FarFuture>,
+    /// Whether the `Date` is in whole seconds, as HTTP dates are (so two polls within one
+    /// second tie); else any millisecond, as when the header is missing and our clock stands in.
+    whole_seconds: bool,
     facts: FactsDraw,
 }
 
@@ -474,15 +477,19 @@ fn poll_draw() -> impl Strategy<Value = PollDraw> {
         prop_oneof![Just(0i64), 0i64..=1000],
         0i64..=3000,
         prop_oneof![6 => Just(None), 1 => far_future().prop_map(Some)],
+        prop::bool::weighted(0.75),
         facts(),
     )
-        .prop_map(|(read, lag_ms, rtt_ms, far, facts)| PollDraw {
-            read,
-            lag_ms,
-            rtt_ms,
-            far,
-            facts,
-        })
+        .prop_map(
+            |(read, lag_ms, rtt_ms, far, whole_seconds, facts)| PollDraw {
+                read,
+                lag_ms,
+                rtt_ms,
+                far,
+                whole_seconds,
+                facts,
+            },
+        )
 }
 
 /// The polls' clock skew: it starts at `start_permille` of the margin plus `start_ms`, and
@@ -564,7 +571,11 @@ struct Draw {
 fn draw(twists: bool, max_polls: usize) -> impl Strategy<Value = Draw> {
     (
         margin_ms(),
-        prop_oneof![Just(0i64), 0i64..=100_000],
+        prop_oneof![
+            Just(0i64),
+            (0i64..=100).prop_map(|s| s * 1000),
+            0i64..=100_000
+        ],
         versions(twists),
         skew(),
         prop::collection::vec(poll_draw(), 0..=max_polls),
@@ -667,6 +678,11 @@ fn polls(draw: &Draw, history: &[(i64, Status)]) -> Vec<Delivery> {
             let date_ms = match poll.far {
                 Some(far) => far.sent_ms(received_ms),
                 None => read_ms + poll.lag_ms + draw.skew.of_poll(index, draw.margin_ms),
+            };
+            let date_ms = if poll.whole_seconds {
+                date_ms.div_euclid(1000) * 1000
+            } else {
+                date_ms
             };
             Delivery::Poll(Poll {
                 requested_ms: read_ms - 100,
@@ -1201,6 +1217,7 @@ impl Store {
                 "SELECT * FROM order_items WHERE item_uuid = ?1",
                 item,
             );
+            let mark_before = self.repoll_at(order);
             let outcome = self.deliver(delivery, item, order, &settings);
             let after = read_row(
                 &self.conn,
@@ -1210,9 +1227,8 @@ impl Store {
             .ok_or_else(|| fail(step, "no item row".into()))?;
             check_invariants(before.as_ref(), &after, delivery, outcome, case.margin_ms)
                 .map_err(|message| fail(step, format!("invariant: {message}")))?;
-            if outcome.needs_repoll() && self.repoll_at(order).is_none() {
-                return Err(fail(step, format!("{outcome:?} left no re-poll mark")));
-            }
+            check_repoll_mark(mark_before, self.repoll_at(order), delivery, outcome)
+                .map_err(|message| fail(step, message))?;
             let expected = model.step(delivery);
             let order_row = read_row(
                 &self.conn,
@@ -1296,14 +1312,19 @@ impl Store {
         outcome
     }
 
-    fn repoll_at(&self, order: Uuid) -> Option<String> {
-        self.conn
+    /// The order's re-poll mark (`None` also before the order row exists).
+    fn repoll_at(&self, order: Uuid) -> Option<DateTime<Utc>> {
+        let mark: Option<Option<String>> = self
+            .conn
             .query_row(
                 "SELECT repoll_at FROM orders WHERE order_uuid = ?1",
                 [order.to_string()],
                 |r| r.get(0),
             )
-            .expect("order row")
+            .optional()
+            .expect("read the order");
+        mark.flatten()
+            .map(|text| from_db_text(&text).expect("a readable mark"))
     }
 
     /// The item's newest event row, when the log holds exactly `step + 1` of them.
@@ -1346,9 +1367,48 @@ fn event_row(delivery: &Delivery, outcome: Outcome) -> Row {
             "received_at".into(),
             Value::Text(text(delivery.received_ms())),
         ),
-        ("outcome".into(), Value::Text(outcome.as_str().into())),
+        ("outcome".into(), Value::Text(outcome_text(outcome).into())),
         ("payload".into(), Value::Text(delivery.raw())),
     ])
+}
+
+/// The event log's spelling of an outcome (README "Schema", `item_events.outcome`).
+fn outcome_text(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Applied => "applied",
+        Outcome::Confirmed => "confirmed",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Stale => "stale",
+        Outcome::Conflict => "conflict",
+        Outcome::Doubtful => "doubtful",
+    }
+}
+
+/// The order's re-poll mark moves only with doubt: a conflict or a doubt leaves one; any other
+/// webhook leaves it as it was; a poll in no doubt clears it when it was sent at or after the
+/// mark, and leaves it otherwise (README "The ordering rule", "Polling Musement").
+fn check_repoll_mark(
+    before: Option<DateTime<Utc>>,
+    after: Option<DateTime<Utc>>,
+    delivery: &Delivery,
+    outcome: Outcome,
+) -> Result<(), String> {
+    let in_doubt = matches!(outcome, Outcome::Conflict | Outcome::Doubtful);
+    let holds = match delivery {
+        _ if in_doubt => after.is_some(),
+        Delivery::Webhook(_) => after == before,
+        Delivery::Poll(poll) => match before {
+            Some(mark) if at(poll.requested_ms) < mark => after == before,
+            _ => after.is_none(),
+        },
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(format!(
+            "{outcome:?} moved the re-poll mark from {before:?} to {after:?}"
+        ))
+    }
 }
 
 /// The one row `sql` selects for `key`, column by column.
