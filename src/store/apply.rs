@@ -488,6 +488,39 @@ mod tests {
     }
 
     #[test]
+    fn a_poll_that_gives_only_one_order_fact_writes_it() {
+        let (_dir, conn) = database();
+        let order_facts = |conn: &Connection| -> (Option<String>, Option<String>) {
+            conn.query_row("SELECT order_status, identifier FROM orders", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+        };
+        let only_status = Observation {
+            order_facts: OrderFacts {
+                status: Some("PENDING".into()),
+                ..OrderFacts::default()
+            },
+            ..poll("PENDING", "PENDING", 10)
+        };
+        apply(&conn, &only_status, at(10)).unwrap();
+        assert_eq!(order_facts(&conn), (Some("PENDING".into()), None));
+        let only_identifier = Observation {
+            order_facts: OrderFacts {
+                identifier: Some("MUS0738876".into()),
+                ..OrderFacts::default()
+            },
+            ..poll("OK", "OK", 20)
+        };
+        apply(&conn, &only_identifier, at(20)).unwrap();
+        assert_eq!(
+            order_facts(&conn),
+            (Some("PENDING".into()), Some("MUS0738876".into())),
+            "a fact the poll leaves out keeps its value"
+        );
+    }
+
+    #[test]
     fn persistent_doubt_backs_off_the_repoll() {
         let (_dir, conn) = database();
         let repoll = |conn: &Connection| -> (String, i64) {
