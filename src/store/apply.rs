@@ -488,6 +488,39 @@ mod tests {
     }
 
     #[test]
+    fn a_poll_that_gives_only_one_order_fact_writes_it() {
+        let (_dir, conn) = database();
+        let order_facts = |conn: &Connection| -> (Option<String>, Option<String>) {
+            conn.query_row("SELECT order_status, identifier FROM orders", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+        };
+        let only_status = Observation {
+            order_facts: OrderFacts {
+                status: Some("PENDING".into()),
+                ..OrderFacts::default()
+            },
+            ..poll("PENDING", "PENDING", 10)
+        };
+        apply(&conn, &only_status, at(10)).unwrap();
+        assert_eq!(order_facts(&conn), (Some("PENDING".into()), None));
+        let only_identifier = Observation {
+            order_facts: OrderFacts {
+                identifier: Some("MUS0738876".into()),
+                ..OrderFacts::default()
+            },
+            ..poll("OK", "OK", 20)
+        };
+        apply(&conn, &only_identifier, at(20)).unwrap();
+        assert_eq!(
+            order_facts(&conn),
+            (Some("PENDING".into()), Some("MUS0738876".into())),
+            "a fact the poll leaves out keeps its value"
+        );
+    }
+
+    #[test]
     fn persistent_doubt_backs_off_the_repoll() {
         let (_dir, conn) = database();
         let repoll = |conn: &Connection| -> (String, i64) {
@@ -514,5 +547,51 @@ mod tests {
         // Once due, a renewed doubt doubles the wait.
         apply(&conn, &poll("OK", "OK", 104), at(108)).unwrap();
         assert_eq!(repoll(&conn), (to_db_text(at(118)), 2));
+    }
+
+    #[test]
+    fn a_stale_webhook_repairs_an_unreadable_first_seen_at_and_nothing_else() {
+        let (_dir, conn) = database();
+        let webhook = |version, updated| Observation {
+            position: Position::Webhook {
+                version,
+                updated: at(updated),
+            },
+            order_facts: OrderFacts::default(),
+            ..poll("OK", "OK", updated)
+        };
+        let row = |conn: &Connection| -> (String, String, i64, String) {
+            conn.query_row(
+                "SELECT first_seen_at, item_updated, item_version, updated_at FROM order_items",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+        };
+        apply(&conn, &webhook(2, 20), at(21)).unwrap();
+        conn.execute("UPDATE order_items SET first_seen_at = 'long ago'", [])
+            .unwrap();
+        // Stale, yet the row is written to repair first_seen_at (when the first event was
+        // received, at 20); the rest is the rule's: item_updated stays that of item_version,
+        // not the stale webhook's.
+        assert_eq!(
+            apply(&conn, &webhook(1, 10), at(30)).unwrap(),
+            Outcome::Stale
+        );
+        assert_eq!(
+            row(&conn),
+            (
+                to_db_text(at(20)),
+                to_db_text(at(20)),
+                2,
+                to_db_text(at(30))
+            )
+        );
+        // Once readable, a stale webhook writes nothing.
+        assert_eq!(
+            apply(&conn, &webhook(1, 10), at(40)).unwrap(),
+            Outcome::Stale
+        );
+        assert_eq!(row(&conn).3, to_db_text(at(30)));
     }
 }

@@ -566,4 +566,83 @@ mod tests {
         let (state, _) = after(&[far]);
         assert_eq!(state.unwrap().as_of, at(3600));
     }
+
+    /// `observation`, its Musement time `ms` milliseconds later.
+    fn plus_ms(mut observation: Observation, ms: i64) -> Observation {
+        observation.position = match observation.position {
+            Position::Webhook { version, updated } => Position::Webhook {
+                version,
+                updated: updated + Duration::milliseconds(ms),
+            },
+            Position::Poll { as_of } => Position::Poll {
+                as_of: as_of + Duration::milliseconds(ms),
+            },
+        };
+        observation
+    }
+
+    #[test]
+    fn leading_by_exactly_the_margin_is_not_enough() {
+        // Margin 5 s. A newer webhook exactly 5 s after a poll's Date is in doubt; 1 ms more wins.
+        let (_, outcomes) = after(&[poll(Pending, 10), webhook(1, OK, 15)]);
+        assert_eq!(outcomes, [Applied, Doubtful]);
+        let (_, outcomes) = after(&[poll(Pending, 10), plus_ms(webhook(1, OK, 15), 1)]);
+        assert_eq!(outcomes, [Applied, Applied]);
+        // A poll exactly 5 s after a webhook's time: in doubt, or confirmed without moving as_of.
+        let (_, outcomes) = after(&[webhook(1, Pending, 10), poll(OK, 15)]);
+        assert_eq!(outcomes, [Applied, Doubtful]);
+        let (state, outcomes) = after(&[webhook(1, Pending, 10), poll(Pending, 15)]);
+        assert_eq!(outcomes, [Applied, Confirmed]);
+        assert_eq!(
+            (state.as_ref().unwrap().as_of, state.unwrap().as_of_source),
+            (at(10), Source::Webhook)
+        );
+        let (_, outcomes) = after(&[webhook(1, Pending, 10), plus_ms(poll(OK, 15), 1)]);
+        assert_eq!(outcomes, [Applied, Applied]);
+        // A lower version exactly 5 s later is stale; 1 ms more and the stored version is the
+        // one not believed.
+        let (_, outcomes) = after(&[webhook(2, OK, 10), webhook(1, Pending, 15)]);
+        assert_eq!(outcomes, [Applied, Stale]);
+        let (_, outcomes) = after(&[webhook(2, OK, 10), plus_ms(webhook(1, Pending, 15), 1)]);
+        assert_eq!(outcomes, [Applied, Applied]);
+    }
+
+    #[test]
+    fn the_same_version_clearly_later_is_still_a_duplicate_or_a_conflict() {
+        let (state, outcomes) = after(&[
+            webhook(3, OK, 10),
+            webhook(3, OK, 30),
+            webhook(3, Refunded, 30),
+        ]);
+        assert_eq!(outcomes, [Applied, Duplicate, Conflict]);
+        let state = state.unwrap();
+        assert_eq!((state.status, state.as_of), (OK, at(10)));
+    }
+
+    #[test]
+    fn as_of_does_not_go_back_when_a_higher_version_has_an_earlier_time() {
+        // Versions order webhooks, so version 2 is applied; but the status held at least
+        // until version 1's time.
+        let (state, outcomes) = after(&[webhook(1, OK, 20), webhook(2, Refunded, 10)]);
+        assert_eq!(outcomes, [Applied, Applied]);
+        let state = state.unwrap();
+        assert_eq!((state.status, state.as_of), (Refunded, at(20)));
+    }
+
+    #[test]
+    fn a_clearly_later_poll_that_agrees_puts_as_of_on_the_polls_clock() {
+        let (state, outcomes) = after(&[webhook(1, OK, 10), poll(OK, 20)]);
+        assert_eq!(outcomes, [Applied, Confirmed]);
+        let state = state.unwrap();
+        assert_eq!(
+            (state.as_of, state.as_of_source),
+            (at(20), Source::Poll),
+            "as_of moves to the poll's Date, on the poll's clock"
+        );
+        assert_eq!(
+            (state.source, state.status_version),
+            (Source::Webhook, Some(1)),
+            "the webhook still set the status"
+        );
+    }
 }

@@ -21,6 +21,7 @@ mod rate_limit;
 mod receiver;
 mod reconciler;
 mod reload;
+mod rule_through_sqlite;
 mod scripts;
 mod shutdown;
 mod simulator;
