@@ -582,14 +582,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         .unwrap();
     // Logins the daemon's client has finished (answered, failed or timed out), by its /metrics.
     let logins_finished = || async {
-        let text = client
-            .get(daemon.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = daemon.metrics_text().await;
         text.lines()
             .filter(|line| line.starts_with("orderwatch_musement_requests_total{"))
             .filter(|line| line.contains("endpoint=\"login\""))

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::helpers::{Daemon, binary, fixture};
+use crate::helpers::{Daemon, binary, fixture, http_client};
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
 
@@ -165,7 +165,7 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
     );
     let addr = daemon.addr;
     let db_path = daemon.dir.path().join("orderwatch.db");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = http_client();
     let response = client
         .post(format!("http://{addr}/webhooks/musement"))
         .basic_auth("JohnSmith", Some(SECRET))
@@ -281,7 +281,7 @@ async fn the_daemon_listens_where_the_environment_says() {
         ],
     );
     assert_ne!(daemon.addr.port(), 8080, "not the default address");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = http_client();
     let response = client
         .post(daemon.webhook_url())
         .header("content-type", "application/json")

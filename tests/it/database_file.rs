@@ -7,13 +7,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::helpers::{Daemon, uuid, webhook};
+use crate::helpers::{Daemon, http_client, uuid, webhook};
 
 const CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
 
 fn database(daemon: &Daemon) -> PathBuf {
     daemon.dir.path().join("orderwatch.db")
@@ -36,7 +32,7 @@ fn nth(n: u64) -> String {
 
 /// Status and body of a webhook post.
 async fn post(daemon: &Daemon, body: String) -> (u16, String) {
-    let response = client()
+    let response = http_client()
         .post(daemon.webhook_url())
         .header("content-type", "application/json")
         .body(body)
@@ -46,26 +42,9 @@ async fn post(daemon: &Daemon, body: String) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn status_of(daemon: &Daemon, path: &str) -> u16 {
-    client()
-        .get(format!("http://{}{path}", daemon.addr))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// One sample of the daemon's `/metrics` (loopback clients may read it on the webhook port).
 async fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://{}/metrics", daemon.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
@@ -93,8 +72,8 @@ async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarte
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("database file replaced"), "{body}");
     assert!(body.contains("is gone"), "{body}");
-    assert_eq!(status_of(&daemon, "/readyz").await, 503);
-    assert_eq!(status_of(&daemon, "/healthz").await, 503);
+    assert_eq!(daemon.status_of("/readyz").await, 503);
+    assert_eq!(daemon.status_of("/healthz").await, 503);
     assert_eq!(post(&daemon, nth(3)).await.0, 503, "and it stays so");
     let log = daemon.stop();
     let errors = log
@@ -147,7 +126,7 @@ async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_con
     let (status, body) = post(&daemon, nth(1000)).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("overwritten in place"), "{body}");
-    assert_eq!(status_of(&daemon, "/readyz").await, 503);
+    assert_eq!(daemon.status_of("/readyz").await, 503);
     daemon.stop();
 
     let copy = Connection::open(&db).unwrap();
@@ -275,7 +254,7 @@ async fn hammering_readyz_costs_one_write_per_second_and_no_log_lines() {
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
-                let client = client();
+                let client = http_client();
                 let mut answered = 0;
                 while started.elapsed() < window {
                     let status = client.get(&url).send().await.unwrap().status();

@@ -4,15 +4,15 @@
 //! production config, and the nginx example in front of the real daemon (where nginx exists).
 //! Checks that need a tool the machine lacks print why they were skipped.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use orderwatch::config::Config;
 
+use crate::helpers::notify::daemon_with_notify;
+use crate::helpers::wire::blocking_get;
 use crate::helpers::{Daemon, binary, uuid, webhook};
 
 /// Generous bound for anything the daemon or a tool does here (noisy machines).
@@ -54,15 +54,7 @@ fn skip(what: &str, why: &str) {
 
 /// One plain HTTP/1.1 GET on loopback; the status code.
 fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = blocking_get(addr, path, LIMIT);
     response
         .split_whitespace()
         .nth(1)
@@ -72,56 +64,12 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
 
 // ---- sd_notify ---------------------------------------------------------------------------
 
-/// The service manager's end of `NOTIFY_SOCKET`: every datagram the daemon sends.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> Self {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Self { socket, path }
-    }
-
-    /// Messages until one contains `wanted` (included), or panics after [`LIMIT`].
-    fn until(&self, wanted: &str) -> Vec<String> {
-        let deadline = Instant::now() + LIMIT;
-        let mut seen = Vec::new();
-        let mut buffer = [0u8; 4096];
-        while Instant::now() < deadline {
-            let Ok(n) = self.socket.recv(&mut buffer) else {
-                continue;
-            };
-            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            let done = message.lines().any(|line| line == wanted);
-            seen.push(message);
-            if done {
-                return seen;
-            }
-        }
-        let last = &seen[seen.len().saturating_sub(5)..];
-        panic!(
-            "no {wanted} within {LIMIT:?}; got {} messages, the last: {last:?}",
-            seen.len()
-        );
-    }
-}
-
 #[test]
 fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify = NotifySocket::bind(dir.path());
-    let socket = notify.path.to_str().unwrap().to_owned();
-    let mut daemon = Daemon::start_with_env(
-        dir,
+    // 300 ms: the daemon should send a keep-alive every 100 ms.
+    let (mut daemon, notify) = daemon_with_notify(
         "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
-        // 300 ms: the daemon should send a keep-alive every 100 ms.
-        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "300000")],
+        "300000",
     );
 
     let ready = notify.until("READY=1");
@@ -169,14 +117,10 @@ fn all_lines(daemon: &Daemon, later: Vec<String>) -> Vec<String> {
 
 #[test]
 fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify = NotifySocket::bind(dir.path());
-    let socket = notify.path.to_str().unwrap().to_owned();
-    let mut daemon = Daemon::start_with_env(
-        dir,
+    let (mut daemon, notify) = daemon_with_notify(
         "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n\
          [reconciler]\nenabled = false\n",
-        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "900000")],
+        "900000",
     );
     notify.until("READY=1");
 
@@ -190,10 +134,7 @@ fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
     );
     // Forget keep-alives from pings that may have started before the lock, then see new ones:
     // the writer answered (with an error), so it is alive and a restart would not help.
-    let mut buffer = [0u8; 4096];
-    notify.socket.set_nonblocking(true).unwrap();
-    while notify.socket.recv(&mut buffer).is_ok() {}
-    notify.socket.set_nonblocking(false).unwrap();
+    notify.drain();
     notify.until("WATCHDOG=1");
     notify.until("WATCHDOG=1");
     assert_eq!(http_status(daemon.addr, "/readyz"), 503, "still locked");

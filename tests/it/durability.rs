@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::{Daemon, spawn_app_with, uuid, webhook};
+use crate::helpers::{Daemon, http_client, spawn_app_with, uuid, webhook};
 
 const STATUSES: [&str; 6] = [
     "PENDING",
@@ -46,10 +46,6 @@ async fn start_daemon(dir: TempDir, config: &str) -> Daemon {
         .start();
     daemon.wait_ready().await;
     daemon
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// A config for the real binary (JSON log, no reconciler), with `extra` TOML appended.
@@ -234,7 +230,7 @@ async fn kill_cycles(seed: u64) -> KillStats {
     }
     // The database the kills left behind still takes webhooks.
     let (item, order) = (uuid(1, 999_999), uuid(2, 999_999));
-    let response = client()
+    let response = http_client()
         .post(daemon.webhook_url())
         .header("content-type", "application/json")
         .body(webhook(&item, &order, 1, "OK"))
@@ -601,7 +597,7 @@ async fn lock_and_io_error_cases() -> (Case, Case) {
     let daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
     let db = daemon.dir.path().join("orderwatch.db");
     let url = daemon.webhook_url();
-    let client = client();
+    let client = http_client();
     let mut acknowledged = Vec::new();
 
     // A second process holds the write lock past the busy timeout.
@@ -707,7 +703,7 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
         Daemon::start_with_file_size_limit(tempfile::tempdir().unwrap(), config, LIMIT);
     let db = daemon.dir.path().join("orderwatch.db");
     let url = daemon.webhook_url();
-    let client = client();
+    let client = http_client();
 
     // One round: CONCURRENT fresh webhooks at once; (item, status) for each, 0 for no answer.
     let round = |first: u64| {

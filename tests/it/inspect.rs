@@ -13,7 +13,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
-use crate::helpers::{Daemon, binary, cli, config_for, fixture, spawn_app_in, webhook};
+use crate::helpers::{
+    Daemon, binary, cli, config_for, fixture, http_client, spawn_app_in, webhook,
+};
 
 /// Generous bound for anything the tests wait on.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -67,7 +69,7 @@ impl Filled {
             daemon,
             config,
             db,
-            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            client: http_client(),
             order_a: new_uuid(),
             a1: new_uuid(),
             a2: new_uuid(),

@@ -15,6 +15,7 @@ use crate::helpers::fake_musement::{
     CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, fixture, fixture_json,
     new_uuid, order_json, voucher_url,
 };
+use crate::helpers::http_client;
 
 /// The order in `fixtures/musement/order-two-items.json` (reference §9) and its items.
 const FIXTURE_ORDER: &str = "bf464161-f03a-449e-ac82-566721c0e6b4";
@@ -811,7 +812,7 @@ async fn errors_never_show_the_secret_or_the_token() {
 #[tokio::test]
 async fn the_fake_validates_like_musement() {
     let fake = FakeMusement::start().await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     let url = |path: &str| format!("{}{path}", fake.base_url());
     let login = |body: serde_json::Value, application: bool| {
         let request = http.post(url("/login")).json(&body);

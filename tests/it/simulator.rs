@@ -16,7 +16,7 @@ use orderwatch::observation::Status;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{http_client, spawn_app_with};
 
 const SECRET: &str = "simulator-test-secret";
 
@@ -109,7 +109,7 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     assert_eq!(seen_items, 5);
 
     // Raw HTTP: the headers and status codes the reference documents.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     let login = json!({ "client_id": "sim-client", "client_secret": SECRET, "grant_type": "client_credentials" });
     let no_application = http
         .post(format!("{base}/login"))

@@ -216,15 +216,7 @@ async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a
     assert_eq!(row(&other_process), committed, "the retry changed the row");
     assert_eq!(events(&other_process), ["applied", "duplicate"]);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let counted = "orderwatch_webhook_requests_total{code=\"503\",outcome=\"commit_timeout\"} 1";
     assert!(
         metrics.lines().any(|line| line == counted),

@@ -16,6 +16,9 @@ const DAEMON_LIMIT: Duration = Duration::from_secs(10);
 /// after `kill -9` under load recovers the WAL first on a shared machine.
 const START_LIMIT: Duration = Duration::from_secs(30);
 
+/// How long one HTTP request to the daemon may take before the test fails instead of hanging.
+const REQUEST_LIMIT: Duration = Duration::from_secs(60);
+
 /// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line;
 /// killed (SIGKILL) and reaped when dropped.
 pub struct Daemon {
@@ -187,7 +190,7 @@ impl Daemon {
 
     /// Waits until `/readyz` answers 200 (bounded).
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = super::http_client();
         for _ in 0..500 {
             if let Ok(response) = client.get(self.url("/readyz")).send().await
                 && response.status() == 200
@@ -274,10 +277,7 @@ impl Daemon {
 
     /// Posts `body` as JSON to the webhook path and returns the status.
     pub async fn post_webhook(&self, body: impl Into<reqwest::Body>) -> u16 {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
+        super::http_client()
             .post(self.webhook_url())
             .header("content-type", "application/json")
             .body(body)
@@ -291,6 +291,26 @@ impl Daemon {
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `GET path` on the webhook listener (bounded by [`REQUEST_LIMIT`]).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        super::http_client()
+            .get(self.url(path))
+            .timeout(REQUEST_LIMIT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// The status of `GET path`.
+    pub async fn status_of(&self, path: &str) -> u16 {
+        self.get(path).await.status().as_u16()
+    }
+
+    /// The `/metrics` text (loopback clients may read it on the webhook port).
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     /// `http://ADDR/webhooks/musement`.

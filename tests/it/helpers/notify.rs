@@ -5,8 +5,24 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::Daemon;
+
 /// How long [`NotifySocket::until`] waits for a message.
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// The real daemon on `config` as systemd starts a `Type=notify` unit with a watchdog:
+/// `NOTIFY_SOCKET` names a fresh socket in the daemon's folder and `WATCHDOG_USEC` is
+/// `watchdog_usec`. Returns at once (the test waits for `READY=1` itself).
+pub fn daemon_with_notify(config: &str, watchdog_usec: &str) -> (Daemon, NotifySocket) {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let socket = notify.path.to_str().unwrap().to_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", watchdog_usec),
+    ];
+    (Daemon::start_with_env(dir, config, &env), notify)
+}
 
 /// Every datagram the daemon sends to `NOTIFY_SOCKET`.
 pub struct NotifySocket {
