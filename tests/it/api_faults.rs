@@ -16,7 +16,6 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::Clock;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -624,7 +623,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
 
     // The API recovers: the watched order converges without any webhook.
     fake.set_outage("", None);
-    let db = Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let deadline = Instant::now() + StdDuration::from_secs(15);
     loop {
         let status: Option<String> = db

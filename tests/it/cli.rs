@@ -164,7 +164,7 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         &[("ORDERWATCH_TEST_PASSWORD", SECRET)],
     );
     let addr = daemon.addr;
-    let db_path = daemon.dir.path().join("orderwatch.db");
+    let db_path = daemon.db_path();
     let client = http_client();
     let response = client
         .post(format!("http://{addr}/webhooks/musement"))
@@ -302,7 +302,7 @@ async fn the_daemon_listens_where_the_environment_says() {
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["outcome"], "applied", "{answer}");
     daemon.stop();
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let stored: (String, i64) = db
         .query_row(
             "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",

@@ -11,10 +11,6 @@ use crate::helpers::{Daemon, http_client, uuid, webhook};
 
 const CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
 
-fn database(daemon: &Daemon) -> PathBuf {
-    daemon.dir.path().join("orderwatch.db")
-}
-
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -62,7 +58,7 @@ fn events(db: &Path) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarted() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
-    let db = database(&daemon);
+    let db = daemon.db_path();
     assert_eq!(post(&daemon, nth(1)).await.0, 200);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(with_suffix(&db, suffix));
@@ -103,7 +99,7 @@ async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_connection() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
-    let db = database(&daemon);
+    let db = daemon.db_path();
     for n in 0..20 {
         assert_eq!(post(&daemon, nth(n)).await.0, 200);
     }
@@ -154,7 +150,7 @@ async fn a_pinned_wal_stays_within_max_size_bytes_and_shrinks_once_the_reader_en
         tempfile::tempdir().unwrap(),
         &format!("{CONFIG}[database]\nmax_size_bytes = {MAX}\n"),
     );
-    let db = database(&daemon);
+    let db = daemon.db_path();
     let wal = with_suffix(&db, "-wal");
     assert_eq!(post(&daemon, nth(0)).await.0, 200);
 

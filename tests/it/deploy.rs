@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use orderwatch::config::Config;
 
-use crate::helpers::notify::daemon_with_notify;
+use crate::helpers::notify::{Notified, start_notified};
 use crate::helpers::wire::blocking_get;
 use crate::helpers::{Daemon, binary, uuid, webhook};
 
@@ -67,12 +67,11 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
 #[test]
 fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
     // 300 ms: the daemon should send a keep-alive every 100 ms.
-    let (mut daemon, notify) = daemon_with_notify(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
-        "300000",
-    );
-
-    let ready = notify.until("READY=1");
+    let Notified {
+        mut daemon,
+        notify,
+        ready,
+    } = start_notified("", "300000");
     let last = ready.last().unwrap();
     assert!(
         last.contains(&format!(
@@ -117,15 +116,12 @@ fn all_lines(daemon: &Daemon, later: Vec<String>) -> Vec<String> {
 
 #[test]
 fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
-    let (mut daemon, notify) = daemon_with_notify(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n\
-         [reconciler]\nenabled = false\n",
-        "900000",
-    );
-    notify.until("READY=1");
+    let Notified {
+        mut daemon, notify, ..
+    } = start_notified("[database]\nbusy_timeout = \"50ms\"\n", "900000");
 
     // Another process holds the write lock, as a long sqlite3 session could.
-    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let lock = daemon.db();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     assert_eq!(
         http_status(daemon.addr, "/readyz"),
@@ -810,7 +806,7 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
         "but locally it is"
     );
 
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let events: i64 = db
         .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
         .unwrap();

@@ -23,16 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::{Daemon, http_client, spawn_app_with, uuid, webhook};
-
-const STATUSES: [&str; 6] = [
-    "PENDING",
-    "OK",
-    "KO",
-    "REFUND_STARTED",
-    "REFUNDED",
-    "CANCELLATION_ERROR",
-];
+use crate::helpers::{Daemon, STATUSES, http_client, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
 /// cost more than the webhooks under load.
@@ -182,7 +173,7 @@ async fn kill_cycles(seed: u64) -> KillStats {
     let mut stats = KillStats::default();
 
     let mut daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
-    let db_path = daemon.dir.path().join("orderwatch.db");
+    let db_path = daemon.db_path();
     assert_wal_and_full_sync(&daemon, &db_path);
     for cycle in 0..KILLS_PER_SEED {
         let plans = plan_cycle(&mut rng, cycle);
@@ -595,7 +586,7 @@ async fn disk_full_case() -> Case {
 async fn lock_and_io_error_cases() -> (Case, Case) {
     let config = daemon_config("[database]\nbusy_timeout = \"300ms\"\n");
     let daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
-    let db = daemon.dir.path().join("orderwatch.db");
+    let db = daemon.db_path();
     let url = daemon.webhook_url();
     let client = http_client();
     let mut acknowledged = Vec::new();
@@ -701,7 +692,7 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
     let config = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
     let mut daemon =
         Daemon::start_with_file_size_limit(tempfile::tempdir().unwrap(), config, LIMIT);
-    let db = daemon.dir.path().join("orderwatch.db");
+    let db = daemon.db_path();
     let url = daemon.webhook_url();
     let client = http_client();
 

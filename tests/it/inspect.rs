@@ -63,7 +63,7 @@ impl Filled {
         );
         let daemon = Daemon::start(tempfile::tempdir().unwrap(), &config_text);
         let config = daemon.dir.path().join("config.toml");
-        let db = daemon.dir.path().join("orderwatch.db");
+        let db = daemon.db_path();
         let filled = Self {
             fake,
             daemon,

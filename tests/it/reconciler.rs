@@ -7,7 +7,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::store::Outcome;
-use rusqlite::Connection;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -1064,7 +1063,7 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
     );
     watch_before_start(dir.path(), &config, &[order]).await;
     let mut daemon = Daemon::start(dir, &config);
-    let db = Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let path = format!("/orders/{order}");
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

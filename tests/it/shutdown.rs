@@ -163,7 +163,7 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
         .unwrap();
 
     // Another process holds the write lock: webhooks wait for their commit.
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut in_flight = Vec::new();
     for n in 0..IN_FLIGHT {

@@ -7,19 +7,10 @@ use chrono::{DateTime, Utc};
 use orderwatch::clock::ManualClock;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
+use crate::helpers::{STATUSES, spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
 
-/// The six documented statuses; version `v` is sent with `STATUSES[v % 6]`, so two versions of
-/// one item carry different statuses and a row holding the wrong one shows.
-const STATUSES: [&str; 6] = [
-    "PENDING",
-    "OK",
-    "KO",
-    "REFUND_STARTED",
-    "REFUNDED",
-    "CANCELLATION_ERROR",
-];
-
+/// The status version `v` is sent with: `STATUSES[v % 6]`, so two versions of one item carry
+/// different statuses and a row holding the wrong one shows.
 fn status_of(version: u64) -> &'static str {
     STATUSES[(version % 6) as usize]
 }

@@ -270,6 +270,16 @@ impl Daemon {
         panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}: {lines:#?}");
     }
 
+    /// The daemon's database file (the default `[database] path`, next to its config).
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("orderwatch.db")
+    }
+
+    /// A separate connection to the daemon's database, as an operator's `sqlite3` would have.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db_path()).unwrap()
+    }
+
     /// The process id, for looking at it in /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()

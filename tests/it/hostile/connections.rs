@@ -149,8 +149,8 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
     for attacker in attackers {
         attacker.abort();
     }
-    let stored = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db"))
-        .unwrap()
+    let stored = daemon
+        .db()
         .query_row(
             "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
             [uuid(1, 1)],

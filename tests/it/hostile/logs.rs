@@ -70,7 +70,7 @@ async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
     assert_eq!(rejected.len(), 1, "{lines:#?}");
     assert!(rejected[0].contains("order_item_status"), "{}", rejected[0]);
 
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let count = |table: &str| -> i64 {
         db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
