@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::api::{Harness, START, config_at, harness, harness_at};
+use crate::helpers::db::value;
 use crate::helpers::fake_musement::{
     FakeFault, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid, order_json,
 };
@@ -639,13 +640,11 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         assert!(Instant::now() < deadline, "never converged after recovery");
         tokio::time::sleep(StdDuration::from_millis(100)).await;
     }
-    let stored: i64 = db
-        .query_row(
-            "SELECT count(*) FROM order_items WHERE source = 'webhook'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored: i64 = value(
+        &db,
+        "SELECT count(*) FROM order_items WHERE source = 'webhook'",
+        [],
+    );
     assert_eq!(stored, n as i64, "every webhook answered 200 is stored");
 
     let lines = tokio::task::spawn_blocking(move || {

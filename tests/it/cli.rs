@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use crate::helpers::db::value;
 use crate::helpers::{Daemon, binary, fixture, http_client};
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
@@ -195,9 +196,7 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         "the password is never logged"
     );
     let db = rusqlite::Connection::open(&db_path).unwrap();
-    let status: String = db
-        .query_row("SELECT status FROM order_items", [], |r| r.get(0))
-        .unwrap();
+    let status: String = value(&db, "SELECT status FROM order_items", []);
     assert_eq!(
         status, "OK",
         "the database sits next to the config and holds the item"
@@ -311,9 +310,7 @@ async fn the_daemon_listens_where_the_environment_says() {
         )
         .expect("the documented example's item is stored");
     assert_eq!(stored, ("OK".to_owned(), 22));
-    let events: i64 = db
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let events: i64 = value(&db, "SELECT count(*) FROM item_events", []);
     assert_eq!(events, 1, "stored once");
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::helpers::db::value;
 use crate::helpers::{Daemon, http_client, uuid, webhook};
 
 const CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
@@ -126,9 +127,7 @@ async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_con
     daemon.stop();
 
     let copy = Connection::open(&db).unwrap();
-    let check: String = copy
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let check: String = value(&copy, "PRAGMA integrity_check", []);
     assert_eq!(check, "ok");
     assert_eq!(events(&db), 20, "the copy holds what the backup held");
     let set_aside = std::fs::read_dir(daemon.dir.path())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use orderwatch::config::Config;
 
+use crate::helpers::db::value;
 use crate::helpers::notify::{Notified, start_notified};
 use crate::helpers::wire::blocking_get;
 use crate::helpers::{Daemon, binary, uuid, webhook};
@@ -807,9 +808,7 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
     );
 
     let db = daemon.db();
-    let events: i64 = db
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let events: i64 = value(&db, "SELECT count(*) FROM item_events", []);
     assert_eq!(
         events, 2,
         "both forwarded webhooks were stored, nothing else"

@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::helpers::db::value;
 use crate::helpers::{Daemon, STATUSES, http_client, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
@@ -311,9 +312,7 @@ fn check_acknowledged(
 ) -> usize {
     let context = format!("seed {seed} after kill {}", cycle + 1);
     let conn = read_only(db);
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let integrity: String = value(&conn, "PRAGMA integrity_check", []);
     assert_eq!(integrity, "ok", "{context}");
 
     let mut logged: HashMap<u64, (String, String)> = HashMap::new();

@@ -12,6 +12,7 @@ use orderwatch::clock::ManualClock;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::helpers::db::{column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::{
     Daemon, binary, cli, config_for, fixture, http_client, spawn_app_in, webhook,
@@ -688,18 +689,15 @@ fn wait(child: &mut std::process::Child) -> Option<i32> {
     }
 }
 
-fn rows(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
+/// Every item (uuid, status, version) of the database at `db`, and how many events it holds.
+fn items_and_events(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let items = conn
-        .prepare("SELECT item_uuid, status, item_version FROM order_items ORDER BY item_uuid")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let events = conn
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let items = rows(
+        &conn,
+        "SELECT item_uuid, status, item_version FROM order_items ORDER BY item_uuid",
+        [],
+    );
+    let events = value(&conn, "SELECT count(*) FROM item_events", []);
     (items, events)
 }
 
@@ -711,13 +709,11 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     let out = f.ok(&["backup", target_text]);
     assert!(out.contains("3 items, 6 events"), "{out}");
     let copy = orderwatch::store::open_read_only(&target, Duration::from_secs(1)).unwrap();
-    let version: i64 = copy
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&copy, "PRAGMA user_version", []);
     assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
     drop(copy);
-    assert_eq!(rows(&target), rows(&f.db));
-    assert_eq!(rows(&target).0.len(), 3);
+    assert_eq!(items_and_events(&target), items_and_events(&f.db));
+    assert_eq!(items_and_events(&target).0.len(), 3);
     assert!(
         !f.daemon.dir.path().join("copy.db-wal").exists(),
         "a standalone file"
@@ -733,8 +729,12 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is the database itself"), "{stderr}");
     f.ok(&["backup", target_text, "--force"]);
-    assert_eq!(rows(&target), rows(&f.db));
-    assert_eq!(rows(&target).1, 7, "the newer webhook is in the new copy");
+    assert_eq!(items_and_events(&target), items_and_events(&f.db));
+    assert_eq!(
+        items_and_events(&target).1,
+        7,
+        "the newer webhook is in the new copy"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(f.daemon.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -746,7 +746,7 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_old_history_but_keeps_current_state_while_the_daemon_runs() {
     let f = Filled::start().await;
-    let (items_before, events_before) = rows(&f.db);
+    let (items_before, events_before) = items_and_events(&f.db);
     assert_eq!(events_before, 6);
     // Everything so far is older than "0s": all but what must stay goes.
     let out = f.ok(&["prune", "--events-older-than", "0s"]);
@@ -754,7 +754,7 @@ async fn prune_removes_old_history_but_keeps_current_state_while_the_daemon_runs
         out.contains("deleted 2 event(s) and 1 rejected webhook(s)"),
         "{out}"
     );
-    let (items_after, events_after) = rows(&f.db);
+    let (items_after, events_after) = items_and_events(&f.db);
     assert_eq!(items_after, items_before, "current state untouched");
     assert_eq!(events_after, 4);
     let shown = f.json(&["show", &f.a1.to_string(), "--format", "json"]);
@@ -814,14 +814,8 @@ async fn the_daemon_prunes_by_itself_with_events_keep() {
         assert!(Instant::now() < deadline, "the start-up prune never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let outcomes: Vec<String> = app
-        .db()
-        .prepare("SELECT outcome FROM item_events ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let outcomes: Vec<String> =
+        column(&app.db(), "SELECT outcome FROM item_events ORDER BY id", []);
     assert_eq!(outcomes, ["applied", "stale"]);
     assert_eq!(app.count("order_items WHERE status = 'OK'"), 1);
     app.stop().await;
@@ -909,26 +903,20 @@ async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     let items: Value = serde_json::from_str(&ok(&config, &["items", "--format", "json"])).unwrap();
     assert_eq!(items[0]["item"], item);
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&conn, "PRAGMA user_version", []);
     assert_eq!(version, 1);
     drop(conn);
 
     // The daemon migrates it at start.
     let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
     let conn = app.db();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&conn, "PRAGMA user_version", []);
     assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
-    let (pending, since_text, age, last): (String, String, i64, String) = conn
-        .query_row(
-            "SELECT item_uuid, pending_since, age_seconds, last_outcome FROM pending_items",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
+    let (pending, since_text, age, last): (String, String, i64, String) = row(
+        &conn,
+        "SELECT item_uuid, pending_since, age_seconds, last_outcome FROM pending_items",
+        [],
+    );
     assert_eq!(
         (pending.as_str(), since_text.as_str()),
         (item.as_str(), since)
@@ -937,18 +925,14 @@ async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     assert_eq!(last, "applied");
     // New traffic shows up in item_history next to the current state.
     app.post_webhook(webhook(&item, &order, 2, "OK")).await;
-    let (outcome, current, why): (String, String, String) = conn
-        .query_row(
-            "SELECT outcome, current_status, why FROM item_history ORDER BY event_id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let (outcome, current, why): (String, String, String) = row(
+        &conn,
+        "SELECT outcome, current_status, why FROM item_history ORDER BY event_id DESC LIMIT 1",
+        [],
+    );
     assert_eq!((outcome.as_str(), current.as_str()), ("applied", "OK"));
     assert!(why.starts_with("set the status"), "{why}");
-    let pending: i64 = conn
-        .query_row("SELECT count(*) FROM pending_items", [], |r| r.get(0))
-        .unwrap();
+    let pending: i64 = value(&conn, "SELECT count(*) FROM pending_items", []);
     assert_eq!(pending, 0);
     drop(conn);
     app.stop().await;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::api::{Harness, at, config_for, harness, harness_on};
+use crate::helpers::db::{row, value};
 use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, httpdate,
     new_uuid, order_json, voucher_url,
@@ -53,14 +54,11 @@ async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
         serde_json::from_str::<Vec<String>>(&vouchers).unwrap(),
         [voucher_url(pending)]
     );
-    let product: (String, String, String) = h
-        .db()
-        .query_row(
-            "SELECT product_id, product_title, product_date FROM order_items WHERE item_uuid = ?1",
-            [pending.to_string()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let product: (String, String, String) = row(
+        &h.db(),
+        "SELECT product_id, product_title, product_date FROM order_items WHERE item_uuid = ?1",
+        [pending.to_string()],
+    );
     assert_eq!(
         product,
         (
@@ -81,14 +79,11 @@ async fn personal_data_is_never_stored() {
     let h = harness("").await;
     let (_, item) = h.watch_new_order("OK").await;
     h.pass().await;
-    let dump: String = h
-        .db()
-        .query_row(
-            "SELECT group_concat(payload, ' ') FROM item_events",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let dump: String = value(
+        &h.db(),
+        "SELECT group_concat(payload, ' ') FROM item_events",
+        [],
+    );
     assert!(dump.contains(&item.to_string()));
     for personal in PERSONAL_VALUES {
         assert!(
@@ -679,14 +674,11 @@ async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
         fake.set_item_status(order, item, "OK");
         let mut waited = 0;
         loop {
-            let status: String = app
-                .db()
-                .query_row(
-                    "SELECT status FROM order_items WHERE item_uuid = ?1",
-                    [item.to_string()],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            let status: String = value(
+                &app.db(),
+                "SELECT status FROM order_items WHERE item_uuid = ?1",
+                [item.to_string()],
+            );
             if status == "OK" {
                 break;
             }
@@ -917,14 +909,11 @@ async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
     h.pin_date(at("2024-01-01T12:05:00Z"));
     h.advance(Duration::minutes(1));
     h.pass().await;
-    let last_outcome: String = h
-        .db()
-        .query_row(
-            "SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id DESC LIMIT 1",
-            [item.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last_outcome: String = value(
+        &h.db(),
+        "SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id DESC LIMIT 1",
+        [item.to_string()],
+    );
     assert_eq!(last_outcome, "stale");
     assert_eq!(facts(&h), first, "a stale poll wrote item facts");
 

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::helpers::db::value;
 use crate::helpers::{Daemon, http_client, uuid, valid_webhook, webhook_at};
 
 /// The daemon's config: loopback, JSON log.
@@ -71,10 +72,7 @@ async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
     assert!(rejected[0].contains("order_item_status"), "{}", rejected[0]);
 
     let db = daemon.db();
-    let count = |table: &str| -> i64 {
-        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
-    };
+    let count = |table: &str| -> i64 { value(&db, &format!("SELECT count(*) FROM {table}"), []) };
     assert_eq!(count("order_items"), 0, "nothing stored");
     assert_eq!(count("item_events"), 0, "nothing stored");
     assert_eq!(
