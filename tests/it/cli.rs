@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use crate::helpers::db::value;
-use crate::helpers::{Daemon, binary, fixture, http_client};
+use crate::helpers::{Daemon, assert_one_line_error, binary, config_file, fixture, http_client};
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
 
@@ -106,10 +106,9 @@ fn config_errors_exit_2_with_one_line_naming_file_key_and_reason() {
         let path = dir.path().join(file);
         std::fs::write(&path, text).unwrap();
         for command in ["check-config", "run"] {
-            let (code, stdout, stderr) = orderwatch(&[command, "--config", path.to_str().unwrap()]);
-            assert_eq!(code, 2, "{file} {command}: {stderr}");
-            assert!(stdout.is_empty());
-            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            let output = orderwatch(&[command, "--config", path.to_str().unwrap()]);
+            assert_one_line_error(&output, 2, &format!("{file} {command}"));
+            let stderr = output.2;
             assert!(
                 stderr.starts_with(&format!("orderwatch: {}: ", path.display())),
                 "{stderr}"
@@ -167,10 +166,9 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
     let addr = daemon.addr;
     let db_path = daemon.db_path();
     let client = http_client();
-    let response = client
-        .post(format!("http://{addr}/webhooks/musement"))
+    let response = daemon
+        .webhook_request()
         .basic_auth("JohnSmith", Some(SECRET))
-        .header("content-type", "application/json")
         .body(fixture("webhooks/documented-example.json"))
         .send()
         .await
@@ -220,12 +218,10 @@ fn orderwatch_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Str
 #[test]
 fn environment_overrides_win_and_check_config_says_where_each_value_came_from() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
+        dir.path(),
         "[server]\npath = \"/hook\"\nmax_connections = 10\n[server.auth]\nusername = \"u\"\n",
-    )
-    .unwrap();
+    );
     let (code, stdout, stderr) = orderwatch_with_env(
         &["check-config", "--config", config.to_str().unwrap()],
         &[
@@ -252,8 +248,7 @@ fn environment_overrides_win_and_check_config_says_where_each_value_came_from() 
 #[test]
 fn a_bad_environment_override_is_named_in_one_line_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let config = config.to_str().unwrap();
     for (var, value) in [
         ("ORDERWATCH_STORE__MAX_BATCH", "lots"),
@@ -281,18 +276,13 @@ async fn the_daemon_listens_where_the_environment_says() {
     );
     assert_ne!(daemon.addr.port(), 8080, "not the default address");
     let client = http_client();
-    let response = client
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
-        .body(fixture("webhooks/documented-example.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404, "the default path is not served");
+    let example = fixture("webhooks/documented-example.json");
+    let status = daemon.post_webhook(example.clone()).await;
+    assert_eq!(status, 404, "the default path is not served");
     let response = client
         .post(format!("http://{}/from-env", daemon.addr))
         .header("content-type", "application/json")
-        .body(fixture("webhooks/documented-example.json"))
+        .body(example)
         .send()
         .await
         .unwrap();
@@ -318,14 +308,12 @@ async fn the_daemon_listens_where_the_environment_says() {
 fn database_commands_work_without_access_to_the_secrets() {
     // The config names secrets in variables this process does not have (an operator's shell).
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
+        dir.path(),
         "[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_TEST_UNSET_PASSWORD\"\n\
          [musement]\napplication = \"acme\"\nclient_id_env = \"ORDERWATCH_TEST_UNSET_ID\"\n\
          client_secret_env = \"ORDERWATCH_TEST_UNSET_SECRET\"\n",
-    )
-    .unwrap();
+    );
     let config = config.to_str().unwrap();
     let order = "8e9e5c6e-ea7d-4934-8753-f00954f30d00";
     let (code, _, stderr) = orderwatch_with_env(&["watch", "--config", config, order], &[]);

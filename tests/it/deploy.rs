@@ -13,6 +13,7 @@ use orderwatch::config::Config;
 
 use crate::helpers::db::value;
 use crate::helpers::notify::{Notified, start_notified};
+use crate::helpers::process::KillOnDrop;
 use crate::helpers::wire::blocking_get;
 use crate::helpers::{Daemon, binary, uuid, webhook};
 
@@ -607,8 +608,11 @@ fn free_port() -> u16 {
 
 /// nginx running deploy/nginx.conf in the foreground, with its files in a temp dir.
 struct Nginx {
-    child: std::process::Child,
+    /// The nginx master process (killed when the test ends; dropped before `dir`).
+    child: KillOnDrop,
+    /// The loopback port it serves HTTPS on.
     port: u16,
+    /// Its config, certificate and logs.
     dir: tempfile::TempDir,
 }
 
@@ -691,13 +695,15 @@ impl Nginx {
             "nginx -t: {}",
             String::from_utf8_lossy(&test.stderr)
         );
-        let child = Command::new("nginx")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = KillOnDrop(
+            Command::new("nginx")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let mut nginx = Self { child, port, dir };
         let deadline = Instant::now() + LIMIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -713,13 +719,6 @@ impl Nginx {
 
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::db::value;
+use crate::helpers::db::{rows, value};
 use crate::helpers::{Daemon, STATUSES, http_client, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
@@ -317,21 +317,12 @@ fn check_acknowledged(
 
     let mut logged: HashMap<u64, (String, String)> = HashMap::new();
     let mut highest: HashMap<String, u64> = HashMap::new();
-    let mut statement = conn
-        .prepare("SELECT item_uuid, item_version, status, source FROM item_events")
-        .unwrap();
-    let rows = statement
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })
-        .unwrap();
-    for row in rows {
-        let (item, version, status, source) = row.unwrap();
+    let events: Vec<(String, i64, String, String)> = rows(
+        &conn,
+        "SELECT item_uuid, item_version, status, source FROM item_events",
+        [],
+    );
+    for (item, version, status, source) in events {
         let version = version as u64;
         assert_eq!(source, "webhook", "{context}");
         let planned = sent
@@ -357,22 +348,13 @@ fn check_acknowledged(
         );
     }
 
-    let mut statement = conn
-        .prepare("SELECT item_uuid, item_version, status_version, status FROM order_items")
-        .unwrap();
-    let rows = statement
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })
-        .unwrap();
+    let rows: Vec<(String, i64, i64, String)> = rows(
+        &conn,
+        "SELECT item_uuid, item_version, status_version, status FROM order_items",
+        [],
+    );
     let mut items = 0;
-    for row in rows {
-        let (item, version, status_version, status) = row.unwrap();
+    for (item, version, status_version, status) in rows {
         items += 1;
         let top = highest
             .get(&item)
@@ -606,7 +588,10 @@ async fn lock_and_io_error_cases() -> (Case, Case) {
         refused: 1,
     };
 
+    #[cfg(target_os = "linux")]
     let io_error = io_error_case(&daemon, &db, &client, &mut acknowledged).await;
+    #[cfg(not(target_os = "linux"))]
+    let io_error = Case::Skipped("needs prlimit(2), which only Linux has".into());
     for item in &acknowledged {
         assert_eq!(events_of(&db, item), 1, "{item} was answered 200");
     }
@@ -664,16 +649,6 @@ async fn io_error_case(
         acknowledged: acknowledged.len(),
         refused: refused.len(),
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-async fn io_error_case(
-    _daemon: &Daemon,
-    _db: &Path,
-    _client: &reqwest::Client,
-    _acknowledged: &mut Vec<String>,
-) -> Case {
-    Case::Skipped("needs prlimit(2), which only Linux has".into())
 }
 
 /// The daemon started under a file-size limit (`prlimit --fsize`, `ulimit -f`, a container's

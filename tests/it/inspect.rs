@@ -14,8 +14,10 @@ use uuid::Uuid;
 
 use crate::helpers::db::{column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
+use crate::helpers::process::{lines_of, signal, wait_bounded};
 use crate::helpers::{
-    Daemon, binary, cli, config_for, fixture, http_client, spawn_app_in, webhook,
+    Daemon, assert_one_line_error, binary, cli, config_file, config_for, fixture, spawn_app_in,
+    webhook,
 };
 
 /// Generous bound for anything the tests wait on.
@@ -43,15 +45,23 @@ fn ok(config: &Path, args: &[&str]) -> String {
 /// a2 PENDING v1. Order B, watched and polled through `reconcile --once`: b1 PENDING.
 /// One rejected webhook.
 struct Filled {
+    /// The API the daemon's reconciler and `reconcile --once` poll.
     fake: FakeMusement,
+    /// The real daemon the webhooks went to.
     daemon: Daemon,
+    /// Its config file, for the commands under test.
     config: PathBuf,
+    /// Its database.
     db: PathBuf,
-    client: reqwest::Client,
+    /// Order A (webhooks only).
     order_a: Uuid,
+    /// Its item a1: PENDING v1, OK v3, then v2 (stale) and v3 again (duplicate).
     a1: Uuid,
+    /// Its item a2: PENDING v1.
     a2: Uuid,
+    /// Order B (watched and polled only).
     order_b: Uuid,
+    /// Its item b1: PENDING, as polled.
     b1: Uuid,
 }
 
@@ -70,7 +80,6 @@ impl Filled {
             daemon,
             config,
             db,
-            client: http_client(),
             order_a: new_uuid(),
             a1: new_uuid(),
             a2: new_uuid(),
@@ -87,15 +96,8 @@ impl Filled {
         ] {
             filled.post(item, a, version, status).await;
         }
-        let response = filled
-            .client
-            .post(filled.daemon.webhook_url())
-            .header("content-type", "application/json")
-            .body(fixture("webhooks/bad/missing-order-item-uuid.json"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400);
+        let bad = fixture("webhooks/bad/missing-order-item-uuid.json");
+        assert_eq!(filled.daemon.post_webhook(bad).await, 400);
         filled
             .fake
             .put_order(order_json(filled.order_b, &[(filled.b1, "PENDING")]));
@@ -112,20 +114,8 @@ impl Filled {
     }
 
     async fn post(&self, item: Uuid, order: Uuid, version: u64, status: &str) {
-        let response = self
-            .client
-            .post(self.daemon.webhook_url())
-            .header("content-type", "application/json")
-            .body(webhook(
-                &item.to_string(),
-                &order.to_string(),
-                version,
-                status,
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let body = webhook(&item.to_string(), &order.to_string(), version, status);
+        assert_eq!(self.daemon.post_webhook(body).await, 200);
     }
 
     fn ow(&self, args: &[&str]) -> (i32, String, String) {
@@ -142,19 +132,31 @@ impl Filled {
     }
 }
 
-/// `(item, status)` pairs of a JSON array of items.
+/// Each element of the JSON array `array`, read by `read`.
+fn each<T>(array: &Value, read: impl Fn(&Value) -> T) -> Vec<T> {
+    let elements = array.as_array();
+    let elements = elements.unwrap_or_else(|| panic!("not an array: {array}"));
+    elements.iter().map(read).collect()
+}
+
+/// The JSON string `value`.
+fn text(value: &Value) -> String {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    text.to_owned()
+}
+
+/// The element of the JSON array `items` that is about `item`.
+fn item_in(items: &Value, item: Uuid) -> &Value {
+    let elements = items.as_array().unwrap();
+    let found = elements.iter().find(|i| i["item"] == item.to_string());
+    found.unwrap_or_else(|| panic!("no {item} in {items}"))
+}
+
+/// `(item, status)` pairs of a JSON array of items, sorted.
 fn statuses(items: &Value) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["item"].as_str().unwrap().to_owned(),
-                i["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let mut pairs = each(items, |i| (text(&i["item"]), text(&i["status"])));
     pairs.sort();
     pairs
 }
@@ -181,12 +183,7 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
         statuses(&all),
         sorted(vec![(f.a1, "OK"), (f.a2, "PENDING"), (f.b1, "PENDING")])
     );
-    let a1 = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["item"] == f.a1.to_string())
-        .unwrap();
+    let a1 = item_in(&all, f.a1);
     assert_eq!(a1["order"], f.order_a.to_string());
     assert_eq!(
         (a1["version"].as_i64(), a1["source"].as_str()),
@@ -194,12 +191,7 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
     );
     assert_eq!(a1["as_of"], "2024-01-01T00:00:03.000Z");
     assert!(a1["age_seconds"].as_i64().unwrap() >= 0);
-    let b1 = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["item"] == f.b1.to_string())
-        .unwrap();
+    let b1 = item_in(&all, f.b1);
     assert_eq!(
         (b1["source"].as_str(), b1["version"].as_i64()),
         (Some("poll"), None)
@@ -379,30 +371,14 @@ async fn stats_and_rejected_report_what_came_in() {
     assert_eq!(stats["schema_version"], orderwatch::store::SCHEMA_VERSION);
     assert!(stats["last_webhook_at"].is_string() && stats["last_poll_at"].is_string());
     assert!(stats["oldest_pending_age_seconds"].as_i64().unwrap() >= 0);
-    let by_status: Vec<(String, i64)> = stats["items_by_status"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["status"].as_str().unwrap().into(),
-                s["count"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let by_status = each(&stats["items_by_status"], |s| {
+        (text(&s["status"]), s["count"].as_i64().unwrap())
+    });
     assert_eq!(by_status, [("PENDING".into(), 2), ("OK".into(), 1)]);
-    let hour: Vec<(String, String, i64)> = stats["events_last_hour"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["source"].as_str().unwrap().into(),
-                e["outcome"].as_str().unwrap().into(),
-                e["count"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let hour = each(&stats["events_last_hour"], |e| {
+        let count = e["count"].as_i64().unwrap();
+        (text(&e["source"]), text(&e["outcome"]), count)
+    });
     assert_eq!(
         hour,
         [
@@ -502,27 +478,8 @@ async fn changes_lists_status_changes_with_a_stable_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_follow_sees_a_webhook_posted_after_it_started_and_exits_0_on_sigint() {
     let f = Filled::start().await;
-    let mut child = Command::new(binary())
-        .args([
-            "changes",
-            "--follow",
-            "--config",
-            f.config.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut child = spawn_changes(&f.config, &["--follow"]);
+    let received = lines_of(child.stdout.take().unwrap());
     let next = || received.recv_timeout(LIMIT).expect("a change line in time");
     for _ in 0..4 {
         next(); // what was there before
@@ -533,28 +490,14 @@ async fn changes_follow_sees_a_webhook_posted_after_it_started_and_exits_0_on_si
         feed(&line),
         [(f.a2.to_string(), Some("PENDING".into()), "OK".into())]
     );
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(child.id(), "INT");
     assert_eq!(wait(&mut child), Some(0), "SIGINT ends the feed cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_follow_exits_0_when_its_reader_goes_away() {
     let f = Filled::start().await;
-    let mut child = Command::new(binary())
-        .args([
-            "changes",
-            "--follow",
-            "--config",
-            f.config.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_changes(&f.config, &["--follow"]);
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -568,8 +511,7 @@ async fn changes_follow_exits_0_when_its_reader_goes_away() {
 /// items flipping between PENDING and OK.
 fn backlog(n: i64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let db = dir.path().join("orderwatch.db");
     let conn = orderwatch::store::open_for_writing(&db, Duration::from_secs(1)).unwrap();
     conn.execute(
@@ -586,7 +528,16 @@ fn backlog(n: i64) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-/// `orderwatch changes ARGS` on `config`, stdout piped; waits for its first line.
+/// `orderwatch changes ARGS` on `config`, stdout piped.
+fn spawn_changes(config: &Path, args: &[&str]) -> std::process::Child {
+    cli(config, &[&["changes"], args].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// [`spawn_changes`], once it has printed its first line.
 fn start_changes(
     config: &Path,
     args: &[&str],
@@ -594,15 +545,7 @@ fn start_changes(
     std::process::Child,
     std::io::BufReader<std::process::ChildStdout>,
 ) {
-    let mut child = Command::new(binary())
-        .arg("changes")
-        .args(args)
-        .args(["--config", config.to_str().unwrap()])
-        .env_remove("ORDERWATCH_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_changes(config, args);
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -610,20 +553,12 @@ fn start_changes(
     (child, stdout)
 }
 
-fn interrupt(child: &std::process::Child) {
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-}
-
 #[test]
 fn changes_without_follow_ends_on_sigint_while_printing_a_backlog() {
     let (_dir, config) = backlog(20_000);
     // Nobody reads on: the pipe fills and the command waits to write the rest.
     let (mut child, _stdout) = start_changes(&config, &[]);
-    interrupt(&child);
+    signal(child.id(), "INT");
     assert_eq!(wait(&mut child), None, "SIGINT ends it the default way");
 }
 
@@ -632,7 +567,7 @@ fn changes_follow_ends_on_sigint_within_a_page_of_a_backlog() {
     let total = 30_000;
     let (_dir, config) = backlog(total);
     let (mut child, stdout) = start_changes(&config, &["--follow"]);
-    interrupt(&child);
+    signal(child.id(), "INT");
     let printed = 1 + stdout.lines().map_while(Result::ok).count();
     assert_eq!(wait(&mut child), Some(0), "SIGINT ends the feed cleanly");
     assert!(
@@ -644,8 +579,7 @@ fn changes_follow_ends_on_sigint_within_a_page_of_a_backlog() {
 #[test]
 fn watch_exits_1_when_standard_input_cannot_be_read_and_2_for_a_bad_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let watch = |stdin: Stdio| {
         let output = Command::new(binary())
             .args(["watch", "--config", config.to_str().unwrap(), "-"])
@@ -676,17 +610,9 @@ fn watch_exits_1_when_standard_input_cannot_be_read_and_2_for_a_bad_line() {
 
 /// Waits (bounded) for a child to exit; its exit code.
 fn wait(child: &mut std::process::Child) -> Option<i32> {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the command did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_bounded(child, LIMIT)
+        .expect("the command did not exit in time")
+        .code()
 }
 
 /// Every item (uuid, status, version) of the database at `db`, and how many events it holds.
@@ -824,8 +750,7 @@ async fn the_daemon_prunes_by_itself_with_events_keep() {
 #[test]
 fn a_missing_or_newer_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let db = dir.path().join("orderwatch.db");
     let copy = dir.path().join("copy.db");
     let copy = copy.to_str().unwrap();
@@ -840,10 +765,9 @@ fn a_missing_or_newer_database_is_a_clear_error() {
         &["backup", copy],
     ];
     for args in commands {
-        let (code, stdout, stderr) = ow(&config, args);
-        assert_eq!(code, 1, "{args:?}: {stderr}");
-        assert!(stdout.is_empty());
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let output = ow(&config, args);
+        assert_one_line_error(&output, 1, &format!("{args:?}"));
+        let stderr = output.2;
         assert!(
             stderr.contains(&format!("database {} does not exist", db.display())),
             "{stderr}"
@@ -869,8 +793,7 @@ fn a_missing_or_newer_database_is_a_clear_error() {
 async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orderwatch.db");
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     // A database as orderwatch with schema version 1 left it.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(include_str!("../../src/store/schema.sql"))

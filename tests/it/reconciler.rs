@@ -16,6 +16,7 @@ use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, httpdate,
     new_uuid, order_json, voucher_url,
 };
+use crate::helpers::process::lines_of;
 use crate::helpers::{Daemon, spawn_app_in, watch_before_start, webhook};
 
 #[tokio::test]
@@ -527,7 +528,7 @@ fn reconcile_once_cli_waits_for_the_lease_then_runs_or_names_the_holder() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = stderr_lines(&mut child);
+    let stderr = lines_of(child.stderr.take().unwrap());
     // Released only once the command has found it held and is waiting: an exit before that
     // (no wait at all) ends the channel without the line.
     let mut before = Vec::new();
@@ -551,24 +552,6 @@ fn reconcile_once_cli_waits_for_the_lease_then_runs_or_names_the_holder() {
 
 /// What `reconcile --once` prints while it waits for another process's pass.
 const WAITING: &str = "; waiting up to";
-
-/// `child`'s stderr, line by line, read on a thread of its own.
-fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    received
-}
 
 #[tokio::test]
 async fn watch_cli_registers_orders_from_arguments_and_stdin() {

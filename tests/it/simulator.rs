@@ -16,6 +16,7 @@ use orderwatch::observation::Status;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::helpers::process::{KillOnDrop, signal, wait_bounded};
 use crate::helpers::{http_client, spawn_app_with};
 
 const SECRET: &str = "simulator-test-secret";
@@ -202,10 +203,8 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     // the way by a request that then logged in again.
     let order_401s = 1 + unknown.expired_on_the_way + client_401s;
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &sim.0.id().to_string()])
-        .status();
-    assert_eq!(sim.0.wait().unwrap().code(), Some(0));
+    signal(sim.id(), "TERM");
+    assert_eq!(sim.wait().unwrap().code(), Some(0));
     let finished: Value = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
     assert_eq!(finished["phase"], "finished");
     assert_eq!(finished["webhooks"]["resend_requests"], 1);
@@ -270,18 +269,6 @@ async fn wait_settled(path: &std::path::Path) -> Value {
     }
 }
 
-/// The simulator lingers forever: killed if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn out_of_range_flags_are_one_line_errors_naming_the_flag() {
     let huge = usize::MAX.to_string();
@@ -317,16 +304,10 @@ fn out_of_range_flags_are_one_line_errors_naming_the_flag() {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = sim.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{args:?}: still running");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_bounded(&mut sim, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{args:?}: still running"));
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut sim.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        std::io::Read::read_to_string(&mut sim.stderr.take().unwrap(), &mut stderr).unwrap();
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(

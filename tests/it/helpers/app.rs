@@ -85,8 +85,7 @@ async fn spawn(
 
 /// Writes `toml` to `dir/config.toml` and loads it.
 fn write_config(dir: &Path, toml: &str) -> Config {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, toml).unwrap();
+    let path = super::config_file(dir, toml);
     Config::load(&path).expect("test config is valid")
 }
 

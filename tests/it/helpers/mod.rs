@@ -9,10 +9,11 @@ pub mod daemon;
 pub mod db;
 pub mod fake_musement;
 pub mod notify;
+pub mod process;
 pub mod skip;
 pub mod wire;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use api::{config_for, harness};
@@ -69,6 +70,23 @@ pub fn cli(config: &Path, args: &[&str]) -> Command {
         .env_remove("ORDERWATCH_CONFIG")
         .env_remove("RUST_LOG");
     command
+}
+
+/// Writes `text` to `dir/config.toml`, where the app, the daemon and the CLI look for it; its
+/// path.
+pub fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
+/// Asserts that a command (`(exit code, stdout, stderr)`) failed with `code`, printing nothing
+/// on stdout and one line on stderr; `case` names it in the messages.
+pub fn assert_one_line_error(output: &(i32, String, String), code: i32, case: &str) {
+    let (got, stdout, stderr) = output;
+    assert_eq!(*got, code, "{case}: {stderr}");
+    assert!(stdout.is_empty(), "{case}: {stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
 }
 
 /// A valid webhook body for `item` of `order` at `version` with `status`; the item's update
