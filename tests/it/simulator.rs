@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::process::{KillOnDrop, signal, wait_bounded};
-use crate::helpers::{http_client, spawn_app_with};
+use crate::helpers::{http_client, json_of, spawn_app_with};
 
 const SECRET: &str = "simulator-test-secret";
 
@@ -123,24 +123,10 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
         no_application.json::<Value>().await.unwrap()["code"],
         "2271"
     );
-    let wrong = http
-        .post(format!("{base}/login"))
-        .header("x-musement-application", "sim-test")
-        .json(&json!({ "client_id": "sim-client", "client_secret": "nope", "grant_type": "client_credentials" }))
-        .send()
-        .await
-        .unwrap();
+    let wrong = json!({ "client_id": "sim-client", "client_secret": "nope", "grant_type": "client_credentials" });
+    let wrong = login_request(&http, &base, &wrong).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
-    let grant: Value = http
-        .post(format!("{base}/login"))
-        .header("x-musement-application", "sim-test")
-        .json(&login)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = json_of(login_request(&http, &base, &login)).await;
     assert_eq!(grant["expires_in"], 1);
     // Tokens live one second: each request below logs in just before it, and again should the
     // machine stall past that second (a 401, counted for the simulator's ledger).
@@ -222,6 +208,13 @@ struct Fresh {
     expired_on_the_way: u64,
 }
 
+/// `POST {base}/login` with `body`, as our application.
+fn login_request(http: &reqwest::Client, base: &str, body: &Value) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/login"))
+        .header("x-musement-application", "sim-test")
+        .json(body)
+}
+
 /// Logs in to the simulator at `base` and sends what `request` builds with the token; on a 401
 /// (the machine stalled past the token's second) logs in and tries again, up to 20 times.
 async fn with_fresh_token(
@@ -231,16 +224,7 @@ async fn with_fresh_token(
 ) -> Fresh {
     let login = json!({ "client_id": "sim-client", "client_secret": SECRET, "grant_type": "client_credentials" });
     for expired_on_the_way in 0..20 {
-        let grant: Value = http
-            .post(format!("{base}/login"))
-            .header("x-musement-application", "sim-test")
-            .json(&login)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let grant = json_of(login_request(http, base, &login)).await;
         let token = grant["access_token"].as_str().unwrap().to_owned();
         let response = request(&token).send().await.unwrap();
         if response.status() != 401 {

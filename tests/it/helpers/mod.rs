@@ -54,6 +54,12 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// Sends `request` and reads the answer's body as JSON, whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let response = request.send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 /// The path of the orderwatch binary cargo built for these tests.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_orderwatch")
