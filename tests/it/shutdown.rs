@@ -98,7 +98,7 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 /// Events stored for `item`.
 fn events(db: &rusqlite::Connection, item: &str) -> i64 {
     value(
-        &db,
+        db,
         "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
         [item],
     )
