@@ -174,13 +174,10 @@ fn new_bar(total: usize) -> ProgressBar {
 fn print_summary(summary: &PassSummary) {
     // Musement asked us to wait: say until when, and how many orders wait for a later pass.
     let paused = summary
-        .paused_until
+        .paused_until_text()
         .map(|until| {
-            format!(
-                ", paused until {} ({} orders left for a later pass)",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                summary.paused_orders
-            )
+            let left = summary.paused_orders;
+            format!(", paused until {until} ({left} orders left for a later pass)")
         })
         .unwrap_or_default();
     println!(

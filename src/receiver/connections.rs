@@ -249,11 +249,18 @@ mod tests {
         }
     }
 
+    /// A table for `capacity` connections whose first one is admitted, registered with a task
+    /// (pending forever) and idle, so it may be evicted; and that connection's activity.
+    fn with_an_idle_first(capacity: usize) -> (ConnectionTable, Arc<Activity>) {
+        let table = ConnectionTable::new(capacity);
+        let (first, activity) = admitted(&table);
+        table.register(first, tokio::spawn(std::future::pending::<()>()));
+        (table, activity)
+    }
+
     #[tokio::test]
     async fn a_full_table_evicts_the_longest_idle_connection() {
-        let table = ConnectionTable::new(2);
-        let (first, _a) = admitted(&table);
-        table.register(first, tokio::spawn(std::future::pending::<()>()));
+        let (table, _a) = with_an_idle_first(2);
         let (_second, _b) = admitted(&table);
         let Admission::Admitted {
             evicted: Some(first_task),
@@ -296,9 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_being_evicted_refuses_its_request() {
-        let table = ConnectionTable::new(1);
-        let (first, a) = admitted(&table);
-        table.register(first, tokio::spawn(std::future::pending::<()>()));
+        let (table, a) = with_an_idle_first(1);
         let (_second, _b) = admitted(&table);
         assert!(a.busy(&table).is_none(), "evicted: no request may start");
     }

@@ -83,6 +83,15 @@ pub struct PassSummary {
     pub paused_orders: usize,
 }
 
+impl PassSummary {
+    /// When Musement's pause ends, in RFC 3339 to the second, for the log and the CLI alike;
+    /// `None` when it did not ask us to wait.
+    pub fn paused_until_text(&self) -> Option<String> {
+        let until = self.paused_until?;
+        Some(until.to_rfc3339_opts(SecondsFormat::Secs, true))
+    }
+}
+
 /// How far the running (or last) pass is: `done` of `total` orders handled. A new pass starts
 /// at `0/total` once it knows what is due.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -557,13 +566,8 @@ impl Reconciler {
 
 fn log_summary(summary: &PassSummary) {
     let paused = summary
-        .paused_until
-        .map(|until| {
-            format!(
-                "; paused until {}",
-                until.to_rfc3339_opts(SecondsFormat::Secs, true)
-            )
-        })
+        .paused_until_text()
+        .map(|until| format!("; paused until {until}"))
         .unwrap_or_default();
     tracing::info!(
         due = summary.due,

@@ -397,6 +397,7 @@ pub fn record_rejected(
 mod tests {
     use super::*;
     use crate::observation::{OrderFacts, Status};
+    use crate::store::testing::{count, new_database};
     use uuid::Uuid;
 
     fn at(seconds: i64) -> DateTime<Utc> {
@@ -428,19 +429,9 @@ mod tests {
         super::apply(conn, observation, &StoreSettings::default(), now)
     }
 
-    fn database() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_for_writing(
-            &dir.path().join("t.db"),
-            std::time::Duration::from_secs(1),
-        )
-        .unwrap();
-        (dir, conn)
-    }
-
     #[test]
     fn poll_only_order_facts_follow_their_own_as_of() {
-        let (_dir, conn) = database();
+        let (_dir, conn) = new_database();
         assert_eq!(
             apply(&conn, &poll("PENDING", "PENDING", 10), at(10)).unwrap(),
             Outcome::Applied
@@ -481,10 +472,7 @@ mod tests {
             to_db_text(at(30)),
             "changed_at moves only with the status"
         );
-        let events: i64 = conn
-            .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(events, 3);
+        assert_eq!(count(&conn, "item_events"), 3);
     }
 
     #[test]
@@ -522,7 +510,7 @@ mod tests {
 
     #[test]
     fn persistent_doubt_backs_off_the_repoll() {
-        let (_dir, conn) = database();
+        let (_dir, conn) = new_database();
         let repoll = |conn: &Connection| -> (String, i64) {
             conn.query_row("SELECT repoll_at, repoll_attempts FROM orders", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))

@@ -629,13 +629,11 @@ pub fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::new_database;
 
     #[test]
     fn why_matches_the_item_history_view_for_every_outcome() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn =
-            super::super::open_for_writing(&dir.path().join("t.db"), std::time::Duration::ZERO)
-                .unwrap();
+        let (_dir, conn) = new_database();
         let pairs = [
             ("applied", "webhook"),
             ("applied", "poll"),
@@ -666,17 +664,9 @@ mod tests {
         }
     }
 
-    fn database() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn =
-            super::super::open_for_writing(&dir.path().join("t.db"), std::time::Duration::ZERO)
-                .unwrap();
-        (dir, conn)
-    }
-
     #[test]
     fn the_overdue_rule_agrees_with_the_views_and_every_command() {
-        let (_dir, conn) = database();
+        let (_dir, conn) = new_database();
         let now = Utc::now();
         let past = to_db_text(now - Duration::hours(1));
         let future = to_db_text(now + Duration::days(30));
@@ -738,7 +728,7 @@ mod tests {
 
     #[test]
     fn orders_in_backoff_leaves_out_orders_no_longer_polled() {
-        let (_dir, conn) = database();
+        let (_dir, conn) = new_database();
         conn.execute_batch(
             "INSERT INTO orders (order_uuid, first_seen_at, needs_poll, poll_failures, not_found_at, expired_at)
              VALUES ('retrying', 't', 1, 2, NULL, NULL),

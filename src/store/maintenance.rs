@@ -298,7 +298,7 @@ fn place(partial: &Path, target: &Path, force: bool) -> Result<(), BackupError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::store::testing::new_database;
 
     fn event(conn: &Connection, item: &str, outcome: &str, status: &str, received_at: &str) {
         conn.execute(
@@ -336,9 +336,7 @@ mod tests {
 
     #[test]
     fn prune_stops_at_the_first_row_well_past_the_cutoff() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn =
-            super::super::open_for_writing(&dir.path().join("t.db"), Duration::ZERO).unwrap();
+        let (_dir, conn) = new_database();
         let old = "2021-01-01T00:00:00.000Z";
         event(&conn, "a", "applied", "OK", old); // 1: deleted
         // 2: committed after a newer one but stamped before the cutoff (within COMMIT_LAG).
@@ -371,9 +369,7 @@ mod tests {
 
     #[test]
     fn prune_keeps_each_items_newest_and_newest_applied_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn =
-            super::super::open_for_writing(&dir.path().join("t.db"), Duration::ZERO).unwrap();
+        let (_dir, conn) = new_database();
         let old = "2020-01-01T00:00:00.000Z";
         event(&conn, "a", "applied", "PENDING", old); // 1: deleted
         event(&conn, "a", "applied", "OK", old); // 2: newest applied of a, kept

@@ -15,6 +15,8 @@ pub mod queries;
 pub mod reader;
 pub mod rule;
 pub mod sqlite_file;
+#[cfg(test)]
+mod testing;
 pub mod writer;
 
 use std::path::Path;
@@ -287,10 +289,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(testing::count(&conn, "orders"), 1);
     }
 
     #[test]
@@ -323,10 +322,7 @@ mod tests {
         assert_eq!(item, "i");
         assert!(age > 86_400 * 365, "{age}");
         assert!(human.ends_with('h') && human.contains("d "), "{human}");
-        let history: i64 = conn
-            .query_row("SELECT count(*) FROM item_history", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(history, 0);
+        assert_eq!(testing::count(&conn, "item_history"), 0);
     }
 
     #[test]

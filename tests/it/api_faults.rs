@@ -16,11 +16,11 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::Clock;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::api::{Harness, START, config_at, harness, harness_at};
+use crate::helpers::db::value;
 use crate::helpers::fake_musement::{
     FakeFault, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid, order_json,
 };
@@ -582,14 +582,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         .unwrap();
     // Logins the daemon's client has finished (answered, failed or timed out), by its /metrics.
     let logins_finished = || async {
-        let text = client
-            .get(daemon.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = daemon.metrics_text().await;
         text.lines()
             .filter(|line| line.starts_with("orderwatch_musement_requests_total{"))
             .filter(|line| line.contains("endpoint=\"login\""))
@@ -631,7 +624,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
 
     // The API recovers: the watched order converges without any webhook.
     fake.set_outage("", None);
-    let db = Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let deadline = Instant::now() + StdDuration::from_secs(15);
     loop {
         let status: Option<String> = db
@@ -647,13 +640,11 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
         assert!(Instant::now() < deadline, "never converged after recovery");
         tokio::time::sleep(StdDuration::from_millis(100)).await;
     }
-    let stored: i64 = db
-        .query_row(
-            "SELECT count(*) FROM order_items WHERE source = 'webhook'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored: i64 = value(
+        &db,
+        "SELECT count(*) FROM order_items WHERE source = 'webhook'",
+        [],
+    );
     assert_eq!(stored, n as i64, "every webhook answered 200 is stored");
 
     let lines = tokio::task::spawn_blocking(move || {

@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-use crate::helpers::{Daemon, binary, fixture};
+use crate::helpers::db::value;
+use crate::helpers::{Daemon, assert_one_line_error, binary, config_file, fixture, http_client};
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
 
@@ -105,10 +106,9 @@ fn config_errors_exit_2_with_one_line_naming_file_key_and_reason() {
         let path = dir.path().join(file);
         std::fs::write(&path, text).unwrap();
         for command in ["check-config", "run"] {
-            let (code, stdout, stderr) = orderwatch(&[command, "--config", path.to_str().unwrap()]);
-            assert_eq!(code, 2, "{file} {command}: {stderr}");
-            assert!(stdout.is_empty());
-            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            let output = orderwatch(&[command, "--config", path.to_str().unwrap()]);
+            assert_one_line_error(&output, 2, &format!("{file} {command}"));
+            let stderr = output.2;
             assert!(
                 stderr.starts_with(&format!("orderwatch: {}: ", path.display())),
                 "{stderr}"
@@ -164,12 +164,11 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         &[("ORDERWATCH_TEST_PASSWORD", SECRET)],
     );
     let addr = daemon.addr;
-    let db_path = daemon.dir.path().join("orderwatch.db");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let response = client
-        .post(format!("http://{addr}/webhooks/musement"))
+    let db_path = daemon.db_path();
+    let client = http_client();
+    let response = daemon
+        .webhook_request()
         .basic_auth("JohnSmith", Some(SECRET))
-        .header("content-type", "application/json")
         .body(fixture("webhooks/documented-example.json"))
         .send()
         .await
@@ -195,9 +194,7 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         "the password is never logged"
     );
     let db = rusqlite::Connection::open(&db_path).unwrap();
-    let status: String = db
-        .query_row("SELECT status FROM order_items", [], |r| r.get(0))
-        .unwrap();
+    let status: String = value(&db, "SELECT status FROM order_items", []);
     assert_eq!(
         status, "OK",
         "the database sits next to the config and holds the item"
@@ -221,12 +218,10 @@ fn orderwatch_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Str
 #[test]
 fn environment_overrides_win_and_check_config_says_where_each_value_came_from() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
+        dir.path(),
         "[server]\npath = \"/hook\"\nmax_connections = 10\n[server.auth]\nusername = \"u\"\n",
-    )
-    .unwrap();
+    );
     let (code, stdout, stderr) = orderwatch_with_env(
         &["check-config", "--config", config.to_str().unwrap()],
         &[
@@ -253,8 +248,7 @@ fn environment_overrides_win_and_check_config_says_where_each_value_came_from() 
 #[test]
 fn a_bad_environment_override_is_named_in_one_line_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let config = config.to_str().unwrap();
     for (var, value) in [
         ("ORDERWATCH_STORE__MAX_BATCH", "lots"),
@@ -281,19 +275,14 @@ async fn the_daemon_listens_where_the_environment_says() {
         ],
     );
     assert_ne!(daemon.addr.port(), 8080, "not the default address");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let response = client
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
-        .body(fixture("webhooks/documented-example.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404, "the default path is not served");
+    let client = http_client();
+    let example = fixture("webhooks/documented-example.json");
+    let status = daemon.post_webhook(example.clone()).await;
+    assert_eq!(status, 404, "the default path is not served");
     let response = client
         .post(format!("http://{}/from-env", daemon.addr))
         .header("content-type", "application/json")
-        .body(fixture("webhooks/documented-example.json"))
+        .body(example)
         .send()
         .await
         .unwrap();
@@ -302,7 +291,7 @@ async fn the_daemon_listens_where_the_environment_says() {
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["outcome"], "applied", "{answer}");
     daemon.stop();
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let stored: (String, i64) = db
         .query_row(
             "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
@@ -311,9 +300,7 @@ async fn the_daemon_listens_where_the_environment_says() {
         )
         .expect("the documented example's item is stored");
     assert_eq!(stored, ("OK".to_owned(), 22));
-    let events: i64 = db
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let events: i64 = value(&db, "SELECT count(*) FROM item_events", []);
     assert_eq!(events, 1, "stored once");
 }
 
@@ -321,14 +308,12 @@ async fn the_daemon_listens_where_the_environment_says() {
 fn database_commands_work_without_access_to_the_secrets() {
     // The config names secrets in variables this process does not have (an operator's shell).
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
+        dir.path(),
         "[server.auth]\nusername = \"u\"\npassword_env = \"ORDERWATCH_TEST_UNSET_PASSWORD\"\n\
          [musement]\napplication = \"acme\"\nclient_id_env = \"ORDERWATCH_TEST_UNSET_ID\"\n\
          client_secret_env = \"ORDERWATCH_TEST_UNSET_SECRET\"\n",
-    )
-    .unwrap();
+    );
     let config = config.to_str().unwrap();
     let order = "8e9e5c6e-ea7d-4934-8753-f00954f30d00";
     let (code, _, stderr) = orderwatch_with_env(&["watch", "--config", config, order], &[]);

@@ -10,7 +10,6 @@
 //! final status, and its `item_version` equal to the final version wherever a webhook for that
 //! version was delivered (below it, or NULL, otherwise).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
+use crate::helpers::process::{KillOnDrop, lines_of, signal, wait_bounded};
 use crate::helpers::{Daemon, binary};
 
 /// The webhook Basic auth and API credentials the two sides share.
@@ -259,7 +259,7 @@ level = "warn,orderwatch::reconciler=info,orderwatch::app=info"
 
 /// The real `musement-sim`, killed if the test panics.
 struct Simulator {
-    child: Child,
+    child: KillOnDrop,
     log: std::sync::mpsc::Receiver<String>,
     lines: Vec<String>,
 }
@@ -322,23 +322,17 @@ impl Simulator {
         ];
         // Later flags win (clap keeps the last value), so a scenario can override the above.
         args.extend_from_slice(scenario.extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
-            .args(&args)
-            .env("MUSEMENT_SIM_CLIENT_SECRET", CLIENT_SECRET)
-            .env("MUSEMENT_SIM_WEBHOOK_PASSWORD", scenario.webhook_password)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (sender, log) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_musement-sim"))
+                .args(&args)
+                .env("MUSEMENT_SIM_CLIENT_SECRET", CLIENT_SECRET)
+                .env("MUSEMENT_SIM_WEBHOOK_PASSWORD", scenario.webhook_password)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let log = lines_of(child.stderr.take().unwrap());
         Self {
             child,
             log,
@@ -382,21 +376,12 @@ impl Simulator {
 
     /// SIGTERM, expect exit 0 and the truth with its final counters.
     fn stop(&mut self, truth: &Path) -> Value {
-        terminate(&self.child);
-        let status = wait_bounded(&mut self.child, Duration::from_secs(10));
+        signal(self.child.id(), "TERM");
+        let status = wait_bounded(&mut self.child, Duration::from_secs(10)).and_then(|s| s.code());
         assert_eq!(status, Some(0), "musement-sim exit:\n{}", self.log());
         let value = read_truth(truth).expect("the final truth");
         assert_eq!(value["phase"], "finished");
         value
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -511,36 +496,12 @@ fn describe_order(db: &Connection, order: &str) -> String {
 /// `orderwatch watch -` ends when the simulator closes its standard output; its summary line.
 fn watch_output(watch: &mut Child, log: &Path) -> String {
     use std::io::Read;
-    let status = wait_bounded(watch, Duration::from_secs(10));
+    let status = wait_bounded(watch, Duration::from_secs(10)).and_then(|s| s.code());
     let mut stdout = String::new();
     let _ = watch.stdout.take().unwrap().read_to_string(&mut stdout);
     let stderr = std::fs::read_to_string(log).unwrap_or_default();
     assert_eq!(status, Some(0), "orderwatch watch: {stdout}{stderr}");
     stdout
-}
-
-fn terminate(child: &Child) {
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-}
-
-/// The exit code, waiting at most `limit` (then killed: `None`).
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A loopback port that was free a moment ago (the simulator binds it next).

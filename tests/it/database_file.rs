@@ -7,17 +7,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::helpers::{Daemon, uuid, webhook};
+use crate::helpers::db::value;
+use crate::helpers::{Daemon, http_client, uuid, webhook};
 
 const CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-fn database(daemon: &Daemon) -> PathBuf {
-    daemon.dir.path().join("orderwatch.db")
-}
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -36,7 +29,7 @@ fn nth(n: u64) -> String {
 
 /// Status and body of a webhook post.
 async fn post(daemon: &Daemon, body: String) -> (u16, String) {
-    let response = client()
+    let response = http_client()
         .post(daemon.webhook_url())
         .header("content-type", "application/json")
         .body(body)
@@ -46,26 +39,9 @@ async fn post(daemon: &Daemon, body: String) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn status_of(daemon: &Daemon, path: &str) -> u16 {
-    client()
-        .get(format!("http://{}{path}", daemon.addr))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// One sample of the daemon's `/metrics` (loopback clients may read it on the webhook port).
 async fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://{}/metrics", daemon.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
@@ -83,7 +59,7 @@ fn events(db: &Path) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarted() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
-    let db = database(&daemon);
+    let db = daemon.db_path();
     assert_eq!(post(&daemon, nth(1)).await.0, 200);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(with_suffix(&db, suffix));
@@ -93,8 +69,8 @@ async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarte
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("database file replaced"), "{body}");
     assert!(body.contains("is gone"), "{body}");
-    assert_eq!(status_of(&daemon, "/readyz").await, 503);
-    assert_eq!(status_of(&daemon, "/healthz").await, 503);
+    assert_eq!(daemon.status_of("/readyz").await, 503);
+    assert_eq!(daemon.status_of("/healthz").await, 503);
     assert_eq!(post(&daemon, nth(3)).await.0, 503, "and it stays so");
     let log = daemon.stop();
     let errors = log
@@ -124,7 +100,7 @@ async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_connection() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
-    let db = database(&daemon);
+    let db = daemon.db_path();
     for n in 0..20 {
         assert_eq!(post(&daemon, nth(n)).await.0, 200);
     }
@@ -147,13 +123,11 @@ async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_con
     let (status, body) = post(&daemon, nth(1000)).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("overwritten in place"), "{body}");
-    assert_eq!(status_of(&daemon, "/readyz").await, 503);
+    assert_eq!(daemon.status_of("/readyz").await, 503);
     daemon.stop();
 
     let copy = Connection::open(&db).unwrap();
-    let check: String = copy
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let check: String = value(&copy, "PRAGMA integrity_check", []);
     assert_eq!(check, "ok");
     assert_eq!(events(&db), 20, "the copy holds what the backup held");
     let set_aside = std::fs::read_dir(daemon.dir.path())
@@ -175,7 +149,7 @@ async fn a_pinned_wal_stays_within_max_size_bytes_and_shrinks_once_the_reader_en
         tempfile::tempdir().unwrap(),
         &format!("{CONFIG}[database]\nmax_size_bytes = {MAX}\n"),
     );
-    let db = database(&daemon);
+    let db = daemon.db_path();
     let wal = with_suffix(&db, "-wal");
     assert_eq!(post(&daemon, nth(0)).await.0, 200);
 
@@ -275,7 +249,7 @@ async fn hammering_readyz_costs_one_write_per_second_and_no_log_lines() {
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
-                let client = client();
+                let client = http_client();
                 let mut answered = 0;
                 while started.elapsed() < window {
                     let status = client.get(&url).send().await.unwrap().status();

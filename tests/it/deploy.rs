@@ -4,15 +4,17 @@
 //! production config, and the nginx example in front of the real daemon (where nginx exists).
 //! Checks that need a tool the machine lacks print why they were skipped.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use orderwatch::config::Config;
 
+use crate::helpers::db::value;
+use crate::helpers::notify::{Notified, start_notified};
+use crate::helpers::process::KillOnDrop;
+use crate::helpers::wire::blocking_get;
 use crate::helpers::{Daemon, binary, uuid, webhook};
 
 /// Generous bound for anything the daemon or a tool does here (noisy machines).
@@ -54,15 +56,7 @@ fn skip(what: &str, why: &str) {
 
 /// One plain HTTP/1.1 GET on loopback; the status code.
 fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = blocking_get(addr, path, LIMIT);
     response
         .split_whitespace()
         .nth(1)
@@ -72,59 +66,14 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
 
 // ---- sd_notify ---------------------------------------------------------------------------
 
-/// The service manager's end of `NOTIFY_SOCKET`: every datagram the daemon sends.
-struct NotifySocket {
-    socket: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> Self {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Self { socket, path }
-    }
-
-    /// Messages until one contains `wanted` (included), or panics after [`LIMIT`].
-    fn until(&self, wanted: &str) -> Vec<String> {
-        let deadline = Instant::now() + LIMIT;
-        let mut seen = Vec::new();
-        let mut buffer = [0u8; 4096];
-        while Instant::now() < deadline {
-            let Ok(n) = self.socket.recv(&mut buffer) else {
-                continue;
-            };
-            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            let done = message.lines().any(|line| line == wanted);
-            seen.push(message);
-            if done {
-                return seen;
-            }
-        }
-        let last = &seen[seen.len().saturating_sub(5)..];
-        panic!(
-            "no {wanted} within {LIMIT:?}; got {} messages, the last: {last:?}",
-            seen.len()
-        );
-    }
-}
-
 #[test]
 fn the_daemon_tells_systemd_it_is_ready_alive_and_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify = NotifySocket::bind(dir.path());
-    let socket = notify.path.to_str().unwrap().to_owned();
-    let mut daemon = Daemon::start_with_env(
-        dir,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n",
-        // 300 ms: the daemon should send a keep-alive every 100 ms.
-        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "300000")],
-    );
-
-    let ready = notify.until("READY=1");
+    // 300 ms: the daemon should send a keep-alive every 100 ms.
+    let Notified {
+        mut daemon,
+        notify,
+        ready,
+    } = start_notified("", "300000");
     let last = ready.last().unwrap();
     assert!(
         last.contains(&format!(
@@ -169,19 +118,12 @@ fn all_lines(daemon: &Daemon, later: Vec<String>) -> Vec<String> {
 
 #[test]
 fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify = NotifySocket::bind(dir.path());
-    let socket = notify.path.to_str().unwrap().to_owned();
-    let mut daemon = Daemon::start_with_env(
-        dir,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n\
-         [reconciler]\nenabled = false\n",
-        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "900000")],
-    );
-    notify.until("READY=1");
+    let Notified {
+        mut daemon, notify, ..
+    } = start_notified("[database]\nbusy_timeout = \"50ms\"\n", "900000");
 
     // Another process holds the write lock, as a long sqlite3 session could.
-    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let lock = daemon.db();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     assert_eq!(
         http_status(daemon.addr, "/readyz"),
@@ -190,10 +132,7 @@ fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
     );
     // Forget keep-alives from pings that may have started before the lock, then see new ones:
     // the writer answered (with an error), so it is alive and a restart would not help.
-    let mut buffer = [0u8; 4096];
-    notify.socket.set_nonblocking(true).unwrap();
-    while notify.socket.recv(&mut buffer).is_ok() {}
-    notify.socket.set_nonblocking(false).unwrap();
+    notify.drain();
     notify.until("WATCHDOG=1");
     notify.until("WATCHDOG=1");
     assert_eq!(http_status(daemon.addr, "/readyz"), 503, "still locked");
@@ -669,8 +608,11 @@ fn free_port() -> u16 {
 
 /// nginx running deploy/nginx.conf in the foreground, with its files in a temp dir.
 struct Nginx {
-    child: std::process::Child,
+    /// The nginx master process (killed when the test ends; dropped before `dir`).
+    child: KillOnDrop,
+    /// The loopback port it serves HTTPS on.
     port: u16,
+    /// Its config, certificate and logs.
     dir: tempfile::TempDir,
 }
 
@@ -753,13 +695,15 @@ impl Nginx {
             "nginx -t: {}",
             String::from_utf8_lossy(&test.stderr)
         );
-        let child = Command::new("nginx")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = KillOnDrop(
+            Command::new("nginx")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let mut nginx = Self { child, port, dir };
         let deadline = Instant::now() + LIMIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -775,13 +719,6 @@ impl Nginx {
 
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -869,10 +806,8 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
         "but locally it is"
     );
 
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
-    let events: i64 = db
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let db = daemon.db();
+    let events: i64 = value(&db, "SELECT count(*) FROM item_events", []);
     assert_eq!(
         events, 2,
         "both forwarded webhooks were stored, nothing else"

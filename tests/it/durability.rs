@@ -23,16 +23,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::{Daemon, spawn_app_with, uuid, webhook};
-
-const STATUSES: [&str; 6] = [
-    "PENDING",
-    "OK",
-    "KO",
-    "REFUND_STARTED",
-    "REFUNDED",
-    "CANCELLATION_ERROR",
-];
+use crate::helpers::db::{rows, value};
+use crate::helpers::{Daemon, STATUSES, http_client, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
 /// cost more than the webhooks under load.
@@ -46,10 +38,6 @@ async fn start_daemon(dir: TempDir, config: &str) -> Daemon {
         .start();
     daemon.wait_ready().await;
     daemon
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// A config for the real binary (JSON log, no reconciler), with `extra` TOML appended.
@@ -186,7 +174,7 @@ async fn kill_cycles(seed: u64) -> KillStats {
     let mut stats = KillStats::default();
 
     let mut daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
-    let db_path = daemon.dir.path().join("orderwatch.db");
+    let db_path = daemon.db_path();
     assert_wal_and_full_sync(&daemon, &db_path);
     for cycle in 0..KILLS_PER_SEED {
         let plans = plan_cycle(&mut rng, cycle);
@@ -234,7 +222,7 @@ async fn kill_cycles(seed: u64) -> KillStats {
     }
     // The database the kills left behind still takes webhooks.
     let (item, order) = (uuid(1, 999_999), uuid(2, 999_999));
-    let response = client()
+    let response = http_client()
         .post(daemon.webhook_url())
         .header("content-type", "application/json")
         .body(webhook(&item, &order, 1, "OK"))
@@ -324,28 +312,17 @@ fn check_acknowledged(
 ) -> usize {
     let context = format!("seed {seed} after kill {}", cycle + 1);
     let conn = read_only(db);
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let integrity: String = value(&conn, "PRAGMA integrity_check", []);
     assert_eq!(integrity, "ok", "{context}");
 
     let mut logged: HashMap<u64, (String, String)> = HashMap::new();
     let mut highest: HashMap<String, u64> = HashMap::new();
-    let mut statement = conn
-        .prepare("SELECT item_uuid, item_version, status, source FROM item_events")
-        .unwrap();
-    let rows = statement
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })
-        .unwrap();
-    for row in rows {
-        let (item, version, status, source) = row.unwrap();
+    let events: Vec<(String, i64, String, String)> = rows(
+        &conn,
+        "SELECT item_uuid, item_version, status, source FROM item_events",
+        [],
+    );
+    for (item, version, status, source) in events {
         let version = version as u64;
         assert_eq!(source, "webhook", "{context}");
         let planned = sent
@@ -371,22 +348,13 @@ fn check_acknowledged(
         );
     }
 
-    let mut statement = conn
-        .prepare("SELECT item_uuid, item_version, status_version, status FROM order_items")
-        .unwrap();
-    let rows = statement
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })
-        .unwrap();
+    let rows: Vec<(String, i64, i64, String)> = rows(
+        &conn,
+        "SELECT item_uuid, item_version, status_version, status FROM order_items",
+        [],
+    );
     let mut items = 0;
-    for row in rows {
-        let (item, version, status_version, status) = row.unwrap();
+    for (item, version, status_version, status) in rows {
         items += 1;
         let top = highest
             .get(&item)
@@ -599,9 +567,9 @@ async fn disk_full_case() -> Case {
 async fn lock_and_io_error_cases() -> (Case, Case) {
     let config = daemon_config("[database]\nbusy_timeout = \"300ms\"\n");
     let daemon = start_daemon(tempfile::tempdir().unwrap(), &config).await;
-    let db = daemon.dir.path().join("orderwatch.db");
+    let db = daemon.db_path();
     let url = daemon.webhook_url();
-    let client = client();
+    let client = http_client();
     let mut acknowledged = Vec::new();
 
     // A second process holds the write lock past the busy timeout.
@@ -620,7 +588,10 @@ async fn lock_and_io_error_cases() -> (Case, Case) {
         refused: 1,
     };
 
+    #[cfg(target_os = "linux")]
     let io_error = io_error_case(&daemon, &db, &client, &mut acknowledged).await;
+    #[cfg(not(target_os = "linux"))]
+    let io_error = Case::Skipped("needs prlimit(2), which only Linux has".into());
     for item in &acknowledged {
         assert_eq!(events_of(&db, item), 1, "{item} was answered 200");
     }
@@ -680,16 +651,6 @@ async fn io_error_case(
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-async fn io_error_case(
-    _daemon: &Daemon,
-    _db: &Path,
-    _client: &reqwest::Client,
-    _acknowledged: &mut Vec<String>,
-) -> Case {
-    Case::Skipped("needs prlimit(2), which only Linux has".into())
-}
-
 /// The daemon started under a file-size limit (`prlimit --fsize`, `ulimit -f`, a container's
 /// limit) with `SIGXFSZ` at its default action: once a write would pass the limit, the kernel
 /// sends `SIGXFSZ`, which kills a process that does not ignore it, dropping every webhook in
@@ -705,9 +666,9 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
     let config = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
     let mut daemon =
         Daemon::start_with_file_size_limit(tempfile::tempdir().unwrap(), config, LIMIT);
-    let db = daemon.dir.path().join("orderwatch.db");
+    let db = daemon.db_path();
     let url = daemon.webhook_url();
-    let client = client();
+    let client = http_client();
 
     // One round: CONCURRENT fresh webhooks at once; (item, status) for each, 0 for no answer.
     let round = |first: u64| {

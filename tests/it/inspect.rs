@@ -12,8 +12,13 @@ use orderwatch::clock::ManualClock;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::helpers::db::{column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
-use crate::helpers::{Daemon, binary, cli, config_for, fixture, spawn_app_in, webhook};
+use crate::helpers::process::{lines_of, signal, wait_bounded};
+use crate::helpers::{
+    Daemon, assert_one_line_error, binary, cli, config_file, config_for, fixture, spawn_app_in,
+    webhook,
+};
 
 /// Generous bound for anything the tests wait on.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -40,15 +45,23 @@ fn ok(config: &Path, args: &[&str]) -> String {
 /// a2 PENDING v1. Order B, watched and polled through `reconcile --once`: b1 PENDING.
 /// One rejected webhook.
 struct Filled {
+    /// The API the daemon's reconciler and `reconcile --once` poll.
     fake: FakeMusement,
+    /// The real daemon the webhooks went to.
     daemon: Daemon,
+    /// Its config file, for the commands under test.
     config: PathBuf,
+    /// Its database.
     db: PathBuf,
-    client: reqwest::Client,
+    /// Order A (webhooks only).
     order_a: Uuid,
+    /// Its item a1: PENDING v1, OK v3, then v2 (stale) and v3 again (duplicate).
     a1: Uuid,
+    /// Its item a2: PENDING v1.
     a2: Uuid,
+    /// Order B (watched and polled only).
     order_b: Uuid,
+    /// Its item b1: PENDING, as polled.
     b1: Uuid,
 }
 
@@ -61,13 +74,12 @@ impl Filled {
         );
         let daemon = Daemon::start(tempfile::tempdir().unwrap(), &config_text);
         let config = daemon.dir.path().join("config.toml");
-        let db = daemon.dir.path().join("orderwatch.db");
+        let db = daemon.db_path();
         let filled = Self {
             fake,
             daemon,
             config,
             db,
-            client: reqwest::Client::builder().no_proxy().build().unwrap(),
             order_a: new_uuid(),
             a1: new_uuid(),
             a2: new_uuid(),
@@ -84,15 +96,8 @@ impl Filled {
         ] {
             filled.post(item, a, version, status).await;
         }
-        let response = filled
-            .client
-            .post(filled.daemon.webhook_url())
-            .header("content-type", "application/json")
-            .body(fixture("webhooks/bad/missing-order-item-uuid.json"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400);
+        let bad = fixture("webhooks/bad/missing-order-item-uuid.json");
+        assert_eq!(filled.daemon.post_webhook(bad).await, 400);
         filled
             .fake
             .put_order(order_json(filled.order_b, &[(filled.b1, "PENDING")]));
@@ -109,20 +114,8 @@ impl Filled {
     }
 
     async fn post(&self, item: Uuid, order: Uuid, version: u64, status: &str) {
-        let response = self
-            .client
-            .post(self.daemon.webhook_url())
-            .header("content-type", "application/json")
-            .body(webhook(
-                &item.to_string(),
-                &order.to_string(),
-                version,
-                status,
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let body = webhook(&item.to_string(), &order.to_string(), version, status);
+        assert_eq!(self.daemon.post_webhook(body).await, 200);
     }
 
     fn ow(&self, args: &[&str]) -> (i32, String, String) {
@@ -139,19 +132,31 @@ impl Filled {
     }
 }
 
-/// `(item, status)` pairs of a JSON array of items.
+/// Each element of the JSON array `array`, read by `read`.
+fn each<T>(array: &Value, read: impl Fn(&Value) -> T) -> Vec<T> {
+    let elements = array.as_array();
+    let elements = elements.unwrap_or_else(|| panic!("not an array: {array}"));
+    elements.iter().map(read).collect()
+}
+
+/// The JSON string `value`.
+fn text(value: &Value) -> String {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    text.to_owned()
+}
+
+/// The element of the JSON array `items` that is about `item`.
+fn item_in(items: &Value, item: Uuid) -> &Value {
+    let elements = items.as_array().unwrap();
+    let found = elements.iter().find(|i| i["item"] == item.to_string());
+    found.unwrap_or_else(|| panic!("no {item} in {items}"))
+}
+
+/// `(item, status)` pairs of a JSON array of items, sorted.
 fn statuses(items: &Value) -> Vec<(String, String)> {
-    let mut pairs: Vec<(String, String)> = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["item"].as_str().unwrap().to_owned(),
-                i["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let mut pairs = each(items, |i| (text(&i["item"]), text(&i["status"])));
     pairs.sort();
     pairs
 }
@@ -178,12 +183,7 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
         statuses(&all),
         sorted(vec![(f.a1, "OK"), (f.a2, "PENDING"), (f.b1, "PENDING")])
     );
-    let a1 = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["item"] == f.a1.to_string())
-        .unwrap();
+    let a1 = item_in(&all, f.a1);
     assert_eq!(a1["order"], f.order_a.to_string());
     assert_eq!(
         (a1["version"].as_i64(), a1["source"].as_str()),
@@ -191,12 +191,7 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
     );
     assert_eq!(a1["as_of"], "2024-01-01T00:00:03.000Z");
     assert!(a1["age_seconds"].as_i64().unwrap() >= 0);
-    let b1 = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["item"] == f.b1.to_string())
-        .unwrap();
+    let b1 = item_in(&all, f.b1);
     assert_eq!(
         (b1["source"].as_str(), b1["version"].as_i64()),
         (Some("poll"), None)
@@ -376,30 +371,14 @@ async fn stats_and_rejected_report_what_came_in() {
     assert_eq!(stats["schema_version"], orderwatch::store::SCHEMA_VERSION);
     assert!(stats["last_webhook_at"].is_string() && stats["last_poll_at"].is_string());
     assert!(stats["oldest_pending_age_seconds"].as_i64().unwrap() >= 0);
-    let by_status: Vec<(String, i64)> = stats["items_by_status"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["status"].as_str().unwrap().into(),
-                s["count"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let by_status = each(&stats["items_by_status"], |s| {
+        (text(&s["status"]), s["count"].as_i64().unwrap())
+    });
     assert_eq!(by_status, [("PENDING".into(), 2), ("OK".into(), 1)]);
-    let hour: Vec<(String, String, i64)> = stats["events_last_hour"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["source"].as_str().unwrap().into(),
-                e["outcome"].as_str().unwrap().into(),
-                e["count"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let hour = each(&stats["events_last_hour"], |e| {
+        let count = e["count"].as_i64().unwrap();
+        (text(&e["source"]), text(&e["outcome"]), count)
+    });
     assert_eq!(
         hour,
         [
@@ -499,27 +478,8 @@ async fn changes_lists_status_changes_with_a_stable_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_follow_sees_a_webhook_posted_after_it_started_and_exits_0_on_sigint() {
     let f = Filled::start().await;
-    let mut child = Command::new(binary())
-        .args([
-            "changes",
-            "--follow",
-            "--config",
-            f.config.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut child = spawn_changes(&f.config, &["--follow"]);
+    let received = lines_of(child.stdout.take().unwrap());
     let next = || received.recv_timeout(LIMIT).expect("a change line in time");
     for _ in 0..4 {
         next(); // what was there before
@@ -530,28 +490,14 @@ async fn changes_follow_sees_a_webhook_posted_after_it_started_and_exits_0_on_si
         feed(&line),
         [(f.a2.to_string(), Some("PENDING".into()), "OK".into())]
     );
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(child.id(), "INT");
     assert_eq!(wait(&mut child), Some(0), "SIGINT ends the feed cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_follow_exits_0_when_its_reader_goes_away() {
     let f = Filled::start().await;
-    let mut child = Command::new(binary())
-        .args([
-            "changes",
-            "--follow",
-            "--config",
-            f.config.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_changes(&f.config, &["--follow"]);
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -565,8 +511,7 @@ async fn changes_follow_exits_0_when_its_reader_goes_away() {
 /// items flipping between PENDING and OK.
 fn backlog(n: i64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let db = dir.path().join("orderwatch.db");
     let conn = orderwatch::store::open_for_writing(&db, Duration::from_secs(1)).unwrap();
     conn.execute(
@@ -583,7 +528,16 @@ fn backlog(n: i64) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-/// `orderwatch changes ARGS` on `config`, stdout piped; waits for its first line.
+/// `orderwatch changes ARGS` on `config`, stdout piped.
+fn spawn_changes(config: &Path, args: &[&str]) -> std::process::Child {
+    cli(config, &[&["changes"], args].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// [`spawn_changes`], once it has printed its first line.
 fn start_changes(
     config: &Path,
     args: &[&str],
@@ -591,15 +545,7 @@ fn start_changes(
     std::process::Child,
     std::io::BufReader<std::process::ChildStdout>,
 ) {
-    let mut child = Command::new(binary())
-        .arg("changes")
-        .args(args)
-        .args(["--config", config.to_str().unwrap()])
-        .env_remove("ORDERWATCH_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_changes(config, args);
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
@@ -607,20 +553,12 @@ fn start_changes(
     (child, stdout)
 }
 
-fn interrupt(child: &std::process::Child) {
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-}
-
 #[test]
 fn changes_without_follow_ends_on_sigint_while_printing_a_backlog() {
     let (_dir, config) = backlog(20_000);
     // Nobody reads on: the pipe fills and the command waits to write the rest.
     let (mut child, _stdout) = start_changes(&config, &[]);
-    interrupt(&child);
+    signal(child.id(), "INT");
     assert_eq!(wait(&mut child), None, "SIGINT ends it the default way");
 }
 
@@ -629,7 +567,7 @@ fn changes_follow_ends_on_sigint_within_a_page_of_a_backlog() {
     let total = 30_000;
     let (_dir, config) = backlog(total);
     let (mut child, stdout) = start_changes(&config, &["--follow"]);
-    interrupt(&child);
+    signal(child.id(), "INT");
     let printed = 1 + stdout.lines().map_while(Result::ok).count();
     assert_eq!(wait(&mut child), Some(0), "SIGINT ends the feed cleanly");
     assert!(
@@ -641,8 +579,7 @@ fn changes_follow_ends_on_sigint_within_a_page_of_a_backlog() {
 #[test]
 fn watch_exits_1_when_standard_input_cannot_be_read_and_2_for_a_bad_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let watch = |stdin: Stdio| {
         let output = Command::new(binary())
             .args(["watch", "--config", config.to_str().unwrap(), "-"])
@@ -673,31 +610,20 @@ fn watch_exits_1_when_standard_input_cannot_be_read_and_2_for_a_bad_line() {
 
 /// Waits (bounded) for a child to exit; its exit code.
 fn wait(child: &mut std::process::Child) -> Option<i32> {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the command did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_bounded(child, LIMIT)
+        .expect("the command did not exit in time")
+        .code()
 }
 
-fn rows(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
+/// Every item (uuid, status, version) of the database at `db`, and how many events it holds.
+fn items_and_events(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
     let conn = rusqlite::Connection::open(db).unwrap();
-    let items = conn
-        .prepare("SELECT item_uuid, status, item_version FROM order_items ORDER BY item_uuid")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let events = conn
-        .query_row("SELECT count(*) FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let items = rows(
+        &conn,
+        "SELECT item_uuid, status, item_version FROM order_items ORDER BY item_uuid",
+        [],
+    );
+    let events = value(&conn, "SELECT count(*) FROM item_events", []);
     (items, events)
 }
 
@@ -709,13 +635,11 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     let out = f.ok(&["backup", target_text]);
     assert!(out.contains("3 items, 6 events"), "{out}");
     let copy = orderwatch::store::open_read_only(&target, Duration::from_secs(1)).unwrap();
-    let version: i64 = copy
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&copy, "PRAGMA user_version", []);
     assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
     drop(copy);
-    assert_eq!(rows(&target), rows(&f.db));
-    assert_eq!(rows(&target).0.len(), 3);
+    assert_eq!(items_and_events(&target), items_and_events(&f.db));
+    assert_eq!(items_and_events(&target).0.len(), 3);
     assert!(
         !f.daemon.dir.path().join("copy.db-wal").exists(),
         "a standalone file"
@@ -731,8 +655,12 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is the database itself"), "{stderr}");
     f.ok(&["backup", target_text, "--force"]);
-    assert_eq!(rows(&target), rows(&f.db));
-    assert_eq!(rows(&target).1, 7, "the newer webhook is in the new copy");
+    assert_eq!(items_and_events(&target), items_and_events(&f.db));
+    assert_eq!(
+        items_and_events(&target).1,
+        7,
+        "the newer webhook is in the new copy"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(f.daemon.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -744,7 +672,7 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_old_history_but_keeps_current_state_while_the_daemon_runs() {
     let f = Filled::start().await;
-    let (items_before, events_before) = rows(&f.db);
+    let (items_before, events_before) = items_and_events(&f.db);
     assert_eq!(events_before, 6);
     // Everything so far is older than "0s": all but what must stay goes.
     let out = f.ok(&["prune", "--events-older-than", "0s"]);
@@ -752,7 +680,7 @@ async fn prune_removes_old_history_but_keeps_current_state_while_the_daemon_runs
         out.contains("deleted 2 event(s) and 1 rejected webhook(s)"),
         "{out}"
     );
-    let (items_after, events_after) = rows(&f.db);
+    let (items_after, events_after) = items_and_events(&f.db);
     assert_eq!(items_after, items_before, "current state untouched");
     assert_eq!(events_after, 4);
     let shown = f.json(&["show", &f.a1.to_string(), "--format", "json"]);
@@ -812,14 +740,8 @@ async fn the_daemon_prunes_by_itself_with_events_keep() {
         assert!(Instant::now() < deadline, "the start-up prune never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let outcomes: Vec<String> = app
-        .db()
-        .prepare("SELECT outcome FROM item_events ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let outcomes: Vec<String> =
+        column(&app.db(), "SELECT outcome FROM item_events ORDER BY id", []);
     assert_eq!(outcomes, ["applied", "stale"]);
     assert_eq!(app.count("order_items WHERE status = 'OK'"), 1);
     app.stop().await;
@@ -828,8 +750,7 @@ async fn the_daemon_prunes_by_itself_with_events_keep() {
 #[test]
 fn a_missing_or_newer_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     let db = dir.path().join("orderwatch.db");
     let copy = dir.path().join("copy.db");
     let copy = copy.to_str().unwrap();
@@ -844,10 +765,9 @@ fn a_missing_or_newer_database_is_a_clear_error() {
         &["backup", copy],
     ];
     for args in commands {
-        let (code, stdout, stderr) = ow(&config, args);
-        assert_eq!(code, 1, "{args:?}: {stderr}");
-        assert!(stdout.is_empty());
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let output = ow(&config, args);
+        assert_one_line_error(&output, 1, &format!("{args:?}"));
+        let stderr = output.2;
         assert!(
             stderr.contains(&format!("database {} does not exist", db.display())),
             "{stderr}"
@@ -873,8 +793,7 @@ fn a_missing_or_newer_database_is_a_clear_error() {
 async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orderwatch.db");
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").unwrap();
+    let config = config_file(dir.path(), "");
     // A database as orderwatch with schema version 1 left it.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(include_str!("../../src/store/schema.sql"))
@@ -907,26 +826,20 @@ async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     let items: Value = serde_json::from_str(&ok(&config, &["items", "--format", "json"])).unwrap();
     assert_eq!(items[0]["item"], item);
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&conn, "PRAGMA user_version", []);
     assert_eq!(version, 1);
     drop(conn);
 
     // The daemon migrates it at start.
     let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
     let conn = app.db();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&conn, "PRAGMA user_version", []);
     assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
-    let (pending, since_text, age, last): (String, String, i64, String) = conn
-        .query_row(
-            "SELECT item_uuid, pending_since, age_seconds, last_outcome FROM pending_items",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
+    let (pending, since_text, age, last): (String, String, i64, String) = row(
+        &conn,
+        "SELECT item_uuid, pending_since, age_seconds, last_outcome FROM pending_items",
+        [],
+    );
     assert_eq!(
         (pending.as_str(), since_text.as_str()),
         (item.as_str(), since)
@@ -935,18 +848,14 @@ async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
     assert_eq!(last, "applied");
     // New traffic shows up in item_history next to the current state.
     app.post_webhook(webhook(&item, &order, 2, "OK")).await;
-    let (outcome, current, why): (String, String, String) = conn
-        .query_row(
-            "SELECT outcome, current_status, why FROM item_history ORDER BY event_id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let (outcome, current, why): (String, String, String) = row(
+        &conn,
+        "SELECT outcome, current_status, why FROM item_history ORDER BY event_id DESC LIMIT 1",
+        [],
+    );
     assert_eq!((outcome.as_str(), current.as_str()), ("applied", "OK"));
     assert!(why.starts_with("set the status"), "{why}");
-    let pending: i64 = conn
-        .query_row("SELECT count(*) FROM pending_items", [], |r| r.get(0))
-        .unwrap();
+    let pending: i64 = value(&conn, "SELECT count(*) FROM pending_items", []);
     assert_eq!(pending, 0);
     drop(conn);
     app.stop().await;

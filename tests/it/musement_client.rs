@@ -15,6 +15,7 @@ use crate::helpers::fake_musement::{
     CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, fixture, fixture_json,
     new_uuid, order_json, voucher_url,
 };
+use crate::helpers::{http_client, json_of};
 
 /// The order in `fixtures/musement/order-two-items.json` (reference §9) and its items.
 const FIXTURE_ORDER: &str = "bf464161-f03a-449e-ac82-566721c0e6b4";
@@ -233,47 +234,65 @@ async fn the_token_is_cached_across_calls() {
     );
 }
 
-#[tokio::test]
-async fn the_token_is_renewed_just_before_it_expires() {
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    let (fake, client, order) = generated_setup(clock.clone()).await;
-    // 600 s lifetime: renewed min(60, 600/10) = 60 s early, i.e. at 540 s.
-    fake.set_token_lifetime(600);
-    client.get_order(order).await.unwrap();
-
-    clock.advance(chrono::Duration::seconds(539));
-    client.get_order(order).await.unwrap();
-    assert_eq!(
-        client.logins(),
-        1,
-        "still valid one second before the margin"
-    );
-
-    clock.advance(chrono::Duration::seconds(1));
-    client.get_order(order).await.unwrap();
-    assert_eq!(client.logins(), 2, "renewed at expires_in minus the margin");
-    let last = fake.requests().pop().unwrap();
-    assert_eq!(last.header("authorization"), Some("Bearer token-2"));
-    assert_eq!(
-        fake.count("GET", &orders_path(order)),
-        3,
-        "no request was refused on the way"
-    );
+/// A token lifetime (`expires_in`) and when the client must renew it: at `expires_in` minus
+/// min(60 s, a tenth of it).
+struct Renewal {
+    /// Names the row in every assertion message.
+    name: &'static str,
+    /// `expires_in`, in seconds.
+    lifetime: u64,
+    /// Seconds after the login at which the token is renewed.
+    renewed_at: i64,
 }
 
 #[tokio::test]
-async fn a_short_lived_token_keeps_nine_tenths_of_its_life() {
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    let (fake, client, order) = generated_setup(clock.clone()).await;
-    // 100 s lifetime: the margin is 10 s (a tenth), not 60 s.
-    fake.set_token_lifetime(100);
-    client.get_order(order).await.unwrap();
-    clock.advance(chrono::Duration::seconds(89));
-    client.get_order(order).await.unwrap();
-    assert_eq!(client.logins(), 1);
-    clock.advance(chrono::Duration::seconds(1));
-    client.get_order(order).await.unwrap();
-    assert_eq!(client.logins(), 2);
+async fn the_token_is_renewed_just_before_it_expires() {
+    let rows = [
+        Renewal {
+            name: "600 s lifetime: renewed min(60, 600/10) = 60 s early",
+            lifetime: 600,
+            renewed_at: 540,
+        },
+        Renewal {
+            name: "100 s lifetime: the margin is 10 s (a tenth), not 60 s",
+            lifetime: 100,
+            renewed_at: 90,
+        },
+    ];
+    for row in rows {
+        let name = row.name;
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let (fake, client, order) = generated_setup(clock.clone()).await;
+        fake.set_token_lifetime(row.lifetime);
+        client.get_order(order).await.unwrap();
+
+        clock.advance(chrono::Duration::seconds(row.renewed_at - 1));
+        client.get_order(order).await.unwrap();
+        assert_eq!(
+            client.logins(),
+            1,
+            "{name}: still valid one second before the margin"
+        );
+
+        clock.advance(chrono::Duration::seconds(1));
+        client.get_order(order).await.unwrap();
+        assert_eq!(
+            client.logins(),
+            2,
+            "{name}: renewed at expires_in minus the margin"
+        );
+        let last = fake.requests().pop().unwrap();
+        assert_eq!(
+            last.header("authorization"),
+            Some("Bearer token-2"),
+            "{name}"
+        );
+        assert_eq!(
+            fake.count("GET", &orders_path(order)),
+            3,
+            "{name}: no request was refused on the way"
+        );
+    }
 }
 
 #[tokio::test]
@@ -369,12 +388,9 @@ async fn a_failing_login_is_classified_like_any_request() {
     assert!(error.is_transient());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_calls_without_a_token_share_one_login() {
-    let (fake, client, order) = generated_setup(Arc::new(SystemClock)).await;
-    // Latency keeps the login in flight while the other callers arrive.
-    fake.set_latency(Duration::from_millis(50));
-    let calls: Vec<_> = (0..16)
+/// `calls` polls of `order` at once, on tasks of their own; each must succeed.
+async fn get_at_once(client: &MusementClient, order: Uuid, calls: usize) {
+    let calls: Vec<_> = (0..calls)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move { client.get_order(order).await })
@@ -383,6 +399,14 @@ async fn concurrent_calls_without_a_token_share_one_login() {
     for call in calls {
         call.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_without_a_token_share_one_login() {
+    let (fake, client, order) = generated_setup(Arc::new(SystemClock)).await;
+    // Latency keeps the login in flight while the other callers arrive.
+    fake.set_latency(Duration::from_millis(50));
+    get_at_once(&client, order, 16).await;
     assert_eq!(client.logins(), 1);
     assert_eq!(fake.count("POST", "/login"), 1);
     assert_eq!(fake.count("GET", &orders_path(order)), 16);
@@ -394,15 +418,7 @@ async fn concurrent_calls_hit_by_a_revocation_share_one_relogin() {
     client.get_order(order).await.unwrap();
     fake.revoke_tokens();
     fake.set_latency(Duration::from_millis(50));
-    let calls: Vec<_> = (0..16)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get_order(order).await })
-        })
-        .collect();
-    for call in calls {
-        call.await.unwrap().unwrap();
-    }
+    get_at_once(&client, order, 16).await;
     assert_eq!(client.logins(), 2, "one initial login, one shared re-login");
 }
 
@@ -751,22 +767,10 @@ async fn errors_never_show_the_secret_or_the_token() {
     let (fake, client, order) = fixture_setup().await;
     // A server that echoes credentials back, in every kind of error text.
     let echo = format!(r#"{{"message":"bad token-1 / {CLIENT_SECRET}"}}"#);
-    fake.push_response(
-        &orders_path(order),
-        FakeResponse::status(400).with_body(echo.clone()),
-    );
-    fake.push_response(
-        &orders_path(order),
-        FakeResponse::status(200).with_body(echo.clone()),
-    );
-    fake.push_response(
-        &orders_path(order),
-        FakeResponse::status(401).with_body(echo.clone()),
-    );
-    fake.push_response(
-        &orders_path(order),
-        FakeResponse::status(401).with_body(echo.clone()),
-    );
+    for status in [400, 200, 401, 401] {
+        let response = FakeResponse::status(status).with_body(echo.clone());
+        fake.push_response(&orders_path(order), response);
+    }
     let mut errors = Vec::new();
     for _ in 0..3 {
         errors.push(client.get_order(order).await.unwrap_err());
@@ -811,7 +815,7 @@ async fn errors_never_show_the_secret_or_the_token() {
 #[tokio::test]
 async fn the_fake_validates_like_musement() {
     let fake = FakeMusement::start().await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     let url = |path: &str| format!("{}{path}", fake.base_url());
     let login = |body: serde_json::Value, application: bool| {
         let request = http.post(url("/login")).json(&body);
@@ -853,22 +857,10 @@ async fn the_fake_validates_like_musement() {
         (401, "401".into())
     );
 
-    let grant: serde_json::Value = login(good.clone(), true)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = json_of(login(good.clone(), true)).await;
     assert_eq!(grant["access_token"], "token-1");
     assert_eq!(grant["expires_in"], 3600);
-    let grant: serde_json::Value = login(good, true)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = json_of(login(good, true)).await;
     assert_eq!(
         grant["access_token"], "token-2",
         "every login issues a new token"

@@ -3,6 +3,7 @@
 use base64::Engine;
 use serde_json::Value;
 
+use crate::helpers::db::{column, row, value};
 use crate::helpers::{
     AUTH_CONFIG, GOOD_BASIC, fixture, spawn_app, spawn_app_in, spawn_app_with, uuid, webhook,
 };
@@ -79,21 +80,17 @@ async fn documented_example_is_stored_exactly() {
             "webhook".into()
         )
     );
-    let order: (String, i64, String, String) = db
-        .query_row(
-            "SELECT order_id, order_version, order_created, order_updated FROM orders WHERE order_uuid = ?1",
-            [EXAMPLE_ORDER],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
+    let order: (String, i64, String, String) = row(
+        &db,
+        "SELECT order_id, order_version, order_created, order_updated FROM orders WHERE order_uuid = ?1",
+        [EXAMPLE_ORDER],
+    );
     assert_eq!(order, ("13459345".into(), 16, at.clone(), at.clone()));
-    let event: (String, String, i64, String, String) = db
-        .query_row(
-            "SELECT source, status, item_version, outcome, payload FROM item_events",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .unwrap();
+    let event: (String, String, i64, String, String) = row(
+        &db,
+        "SELECT source, status, item_version, outcome, payload FROM item_events",
+        [],
+    );
     let raw = String::from_utf8(fixture("webhooks/documented-example.json")).unwrap();
     assert_eq!(
         event,
@@ -124,21 +121,15 @@ async fn duplicates_and_out_of_order_versions_are_harmless() {
         outcomes,
         ["applied", "duplicate", "stale", "stale", "applied", "stale"]
     );
-    let (status, version): (String, i64) = app
-        .db()
-        .query_row(
-            "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
-            [&item],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (status, version): (String, i64) = row(
+        &app.db(),
+        "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
+        [&item],
+    );
     assert_eq!((status.as_str(), version), ("REFUNDED", 5));
     assert_eq!(app.count("item_events"), 6, "every observation is kept");
     assert_eq!(app.count("order_items"), 1);
-    let order_version: i64 = app
-        .db()
-        .query_row("SELECT order_version FROM orders", [], |r| r.get(0))
-        .unwrap();
+    let order_version: i64 = value(&app.db(), "SELECT order_version FROM orders", []);
     assert_eq!(
         order_version, 5,
         "order_version follows the highest webhook"
@@ -153,14 +144,11 @@ async fn conflicting_copy_of_a_version_keeps_the_row_and_marks_a_repoll() {
     let response = app.post_webhook(webhook(&item, &order, 4, "KO")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(json(response).await["outcome"], "conflict");
-    let (status, repoll): (String, Option<String>) = app
-        .db()
-        .query_row(
-            "SELECT i.status, o.repoll_at FROM order_items i JOIN orders o USING (order_uuid)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (status, repoll): (String, Option<String>) = row(
+        &app.db(),
+        "SELECT i.status, o.repoll_at FROM order_items i JOIN orders o USING (order_uuid)",
+        [],
+    );
     assert_eq!(status, "OK");
     assert!(repoll.is_some(), "a conflict asks for a poll to settle it");
 }
@@ -177,14 +165,11 @@ async fn accepts_bare_numbers_rfc3339_times_and_unknown_statuses() {
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(json(response).await["outcome"], "applied");
-    let (status, version, updated): (String, i64, String) = app
-        .db()
-        .query_row(
-            "SELECT status, item_version, item_updated FROM order_items",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let (status, version, updated): (String, i64, String) = row(
+        &app.db(),
+        "SELECT status, item_version, item_updated FROM order_items",
+        [],
+    );
     assert_eq!((status.as_str(), version), ("ON_HOLD", 23));
     assert_eq!(updated, "2018-12-10T13:20:00.000Z");
 }
@@ -245,14 +230,11 @@ async fn bad_bodies_get_400_naming_the_field_and_are_kept_as_rejected() {
     assert_eq!(app.count("order_items"), 0);
     assert_eq!(app.count("item_events"), 0);
     assert_eq!(app.count("rejected_webhooks"), cases.len() as i64);
-    let (field, body): (String, Vec<u8>) = app
-        .db()
-        .query_row(
-            "SELECT field, body FROM rejected_webhooks ORDER BY id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (field, body): (String, Vec<u8>) = row(
+        &app.db(),
+        "SELECT field, body FROM rejected_webhooks ORDER BY id LIMIT 1",
+        [],
+    );
     assert_eq!(
         (field.as_str(), body),
         ("body", fixture("webhooks/bad/malformed-json.json"))
@@ -266,14 +248,11 @@ async fn rejected_webhooks_are_pruned_to_the_configured_count() {
         let response = app.post_webhook(format!("{{\"n\": {n}}}")).await;
         assert_eq!(response.status(), 400);
     }
-    let kept: Vec<Vec<u8>> = app
-        .db()
-        .prepare("SELECT body FROM rejected_webhooks ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let kept: Vec<Vec<u8>> = column(
+        &app.db(),
+        "SELECT body FROM rejected_webhooks ORDER BY id",
+        [],
+    );
     assert_eq!(
         kept,
         [

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, SystemClock};
 use orderwatch::store::Outcome;
-use rusqlite::Connection;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::api::{Harness, at, config_for, harness, harness_on};
+use crate::helpers::db::{row, value};
 use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, httpdate,
     new_uuid, order_json, voucher_url,
 };
+use crate::helpers::process::lines_of;
 use crate::helpers::{Daemon, spawn_app_in, watch_before_start, webhook};
 
 #[tokio::test]
@@ -54,14 +55,11 @@ async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
         serde_json::from_str::<Vec<String>>(&vouchers).unwrap(),
         [voucher_url(pending)]
     );
-    let product: (String, String, String) = h
-        .db()
-        .query_row(
-            "SELECT product_id, product_title, product_date FROM order_items WHERE item_uuid = ?1",
-            [pending.to_string()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let product: (String, String, String) = row(
+        &h.db(),
+        "SELECT product_id, product_title, product_date FROM order_items WHERE item_uuid = ?1",
+        [pending.to_string()],
+    );
     assert_eq!(
         product,
         (
@@ -82,14 +80,11 @@ async fn personal_data_is_never_stored() {
     let h = harness("").await;
     let (_, item) = h.watch_new_order("OK").await;
     h.pass().await;
-    let dump: String = h
-        .db()
-        .query_row(
-            "SELECT group_concat(payload, ' ') FROM item_events",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let dump: String = value(
+        &h.db(),
+        "SELECT group_concat(payload, ' ') FROM item_events",
+        [],
+    );
     assert!(dump.contains(&item.to_string()));
     for personal in PERSONAL_VALUES {
         assert!(
@@ -533,7 +528,7 @@ fn reconcile_once_cli_waits_for_the_lease_then_runs_or_names_the_holder() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = stderr_lines(&mut child);
+    let stderr = lines_of(child.stderr.take().unwrap());
     // Released only once the command has found it held and is waiting: an exit before that
     // (no wait at all) ends the channel without the line.
     let mut before = Vec::new();
@@ -557,24 +552,6 @@ fn reconcile_once_cli_waits_for_the_lease_then_runs_or_names_the_holder() {
 
 /// What `reconcile --once` prints while it waits for another process's pass.
 const WAITING: &str = "; waiting up to";
-
-/// `child`'s stderr, line by line, read on a thread of its own.
-fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    received
-}
 
 #[tokio::test]
 async fn watch_cli_registers_orders_from_arguments_and_stdin() {
@@ -680,14 +657,11 @@ async fn the_shipped_config_with_credentials_reconciles_on_interval_and_cron() {
         fake.set_item_status(order, item, "OK");
         let mut waited = 0;
         loop {
-            let status: String = app
-                .db()
-                .query_row(
-                    "SELECT status FROM order_items WHERE item_uuid = ?1",
-                    [item.to_string()],
-                    |r| r.get(0),
-                )
-                .unwrap();
+            let status: String = value(
+                &app.db(),
+                "SELECT status FROM order_items WHERE item_uuid = ?1",
+                [item.to_string()],
+            );
             if status == "OK" {
                 break;
             }
@@ -918,14 +892,11 @@ async fn a_poll_answered_with_an_older_date_changes_no_item_facts() {
     h.pin_date(at("2024-01-01T12:05:00Z"));
     h.advance(Duration::minutes(1));
     h.pass().await;
-    let last_outcome: String = h
-        .db()
-        .query_row(
-            "SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id DESC LIMIT 1",
-            [item.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last_outcome: String = value(
+        &h.db(),
+        "SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id DESC LIMIT 1",
+        [item.to_string()],
+    );
     assert_eq!(last_outcome, "stale");
     assert_eq!(facts(&h), first, "a stale poll wrote item facts");
 
@@ -1064,7 +1035,7 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
     );
     watch_before_start(dir.path(), &config, &[order]).await;
     let mut daemon = Daemon::start(dir, &config);
-    let db = Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     let path = format!("/orders/{order}");
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

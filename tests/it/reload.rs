@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::helpers::wire::blocking_get;
 use crate::helpers::{Daemon, fixture};
 
 const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n";
@@ -35,27 +36,13 @@ fn send_garbage(daemon: &Daemon) {
 /// Bound on waiting for the daemon here.
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// `GET path` on a connection of its own (closed after the answer); the body.
-fn get(daemon: &Daemon, path: &str) -> String {
-    let mut stream = TcpStream::connect(daemon.addr).unwrap();
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-}
-
 /// Waits until every earlier connection has ended, by the daemon's own count: its task logs
 /// how a connection ended before it leaves the count, so whatever those connections had to
 /// log is logged by then. Returns the lines logged so far, up to a request made after that.
 fn lines_after_earlier_connections_ended(daemon: &Daemon) -> Vec<String> {
     let deadline = Instant::now() + LIMIT;
     loop {
-        let metrics = get(daemon, "/metrics");
+        let metrics = blocking_get(daemon.addr, "/metrics", LIMIT);
         // The scrape's own connection is the one left.
         if metrics
             .lines()
@@ -69,7 +56,7 @@ fn lines_after_earlier_connections_ended(daemon: &Daemon) -> Vec<String> {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    get(daemon, "/after-earlier-connections");
+    blocking_get(daemon.addr, "/after-earlier-connections", LIMIT);
     daemon.lines_until("/after-earlier-connections")
 }
 
@@ -158,19 +145,6 @@ fn sighup_changes_the_reconciler_schedule() {
 const PROXIED: &str = "[server]\nlisten = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n";
 const AUTH: &str = "[server.auth]\nusername = \"musement\"\npassword = \"Swordfish\"\n";
 
-async fn get_metrics(daemon: &Daemon) -> u16 {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{}/metrics", daemon.addr))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test]
 async fn a_reload_that_would_open_a_proxied_endpoint_is_refused() {
     // Behind a proxy the daemon refuses to start without auth or an allowlist; a file that
@@ -190,15 +164,19 @@ async fn a_reload_that_would_open_a_proxied_endpoint_is_refused() {
 #[tokio::test]
 async fn a_reload_moves_the_metrics_rule_with_trusted_proxies() {
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), BASE);
-    assert_eq!(get_metrics(&daemon).await, 200, "direct loopback client");
+    assert_eq!(
+        daemon.status_of("/metrics").await,
+        200,
+        "direct loopback client"
+    );
     // Behind a proxy, loopback may be anyone relayed: /metrics is no longer served here.
     rewrite(&daemon, &format!("{PROXIED}{AUTH}"));
     daemon.signal("HUP");
     daemon.wait_for_log("configuration reloaded");
-    assert_eq!(get_metrics(&daemon).await, 404);
+    assert_eq!(daemon.status_of("/metrics").await, 404);
     rewrite(&daemon, BASE);
     daemon.signal("HUP");
     daemon.wait_for_log("configuration reloaded");
-    assert_eq!(get_metrics(&daemon).await, 200);
+    assert_eq!(daemon.status_of("/metrics").await, 200);
     daemon.stop();
 }

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::helpers::api::config_for;
+use crate::helpers::db::value;
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::wire::{End, parse_answers, read_answers};
 use crate::helpers::{Daemon, uuid, watch_before_start, webhook};
@@ -96,12 +97,11 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Events stored for `item`.
 fn events(db: &rusqlite::Connection, item: &str) -> i64 {
-    db.query_row(
+    value(
+        db,
         "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
         [item],
-        |r| r.get(0),
     )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +163,7 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
         .unwrap();
 
     // Another process holds the write lock: webhooks wait for their commit.
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    let db = daemon.db();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut in_flight = Vec::new();
     for n in 0..IN_FLIGHT {
@@ -285,8 +285,6 @@ async fn sigterm_lets_requests_in_flight_and_a_running_pass_finish_then_exits_0(
         [("OK".to_owned(), "poll".to_owned())],
         "the poll in flight was stored"
     );
-    let leases: i64 = db
-        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
-        .unwrap();
+    let leases: i64 = value(&db, "SELECT count(*) FROM leases", []);
     assert_eq!(leases, 0, "the pass gave its lease back");
 }

@@ -16,7 +16,8 @@ use orderwatch::observation::Status;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::process::{KillOnDrop, signal, wait_bounded};
+use crate::helpers::{http_client, json_of, spawn_app_with};
 
 const SECRET: &str = "simulator-test-secret";
 
@@ -109,7 +110,7 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     assert_eq!(seen_items, 5);
 
     // Raw HTTP: the headers and status codes the reference documents.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_client();
     let login = json!({ "client_id": "sim-client", "client_secret": SECRET, "grant_type": "client_credentials" });
     let no_application = http
         .post(format!("{base}/login"))
@@ -122,24 +123,10 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
         no_application.json::<Value>().await.unwrap()["code"],
         "2271"
     );
-    let wrong = http
-        .post(format!("{base}/login"))
-        .header("x-musement-application", "sim-test")
-        .json(&json!({ "client_id": "sim-client", "client_secret": "nope", "grant_type": "client_credentials" }))
-        .send()
-        .await
-        .unwrap();
+    let wrong = json!({ "client_id": "sim-client", "client_secret": "nope", "grant_type": "client_credentials" });
+    let wrong = login_request(&http, &base, &wrong).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
-    let grant: Value = http
-        .post(format!("{base}/login"))
-        .header("x-musement-application", "sim-test")
-        .json(&login)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = json_of(login_request(&http, &base, &login)).await;
     assert_eq!(grant["expires_in"], 1);
     // Tokens live one second: each request below logs in just before it, and again should the
     // machine stall past that second (a 401, counted for the simulator's ledger).
@@ -202,10 +189,8 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     // the way by a request that then logged in again.
     let order_401s = 1 + unknown.expired_on_the_way + client_401s;
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &sim.0.id().to_string()])
-        .status();
-    assert_eq!(sim.0.wait().unwrap().code(), Some(0));
+    signal(sim.id(), "TERM");
+    assert_eq!(sim.wait().unwrap().code(), Some(0));
     let finished: Value = serde_json::from_slice(&std::fs::read(&truth_path).unwrap()).unwrap();
     assert_eq!(finished["phase"], "finished");
     assert_eq!(finished["webhooks"]["resend_requests"], 1);
@@ -223,6 +208,13 @@ struct Fresh {
     expired_on_the_way: u64,
 }
 
+/// `POST {base}/login` with `body`, as our application.
+fn login_request(http: &reqwest::Client, base: &str, body: &Value) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/login"))
+        .header("x-musement-application", "sim-test")
+        .json(body)
+}
+
 /// Logs in to the simulator at `base` and sends what `request` builds with the token; on a 401
 /// (the machine stalled past the token's second) logs in and tries again, up to 20 times.
 async fn with_fresh_token(
@@ -232,16 +224,7 @@ async fn with_fresh_token(
 ) -> Fresh {
     let login = json!({ "client_id": "sim-client", "client_secret": SECRET, "grant_type": "client_credentials" });
     for expired_on_the_way in 0..20 {
-        let grant: Value = http
-            .post(format!("{base}/login"))
-            .header("x-musement-application", "sim-test")
-            .json(&login)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let grant = json_of(login_request(http, base, &login)).await;
         let token = grant["access_token"].as_str().unwrap().to_owned();
         let response = request(&token).send().await.unwrap();
         if response.status() != 401 {
@@ -267,18 +250,6 @@ async fn wait_settled(path: &std::path::Path) -> Value {
         }
         assert!(Instant::now() < deadline, "the simulator never settled");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The simulator lingers forever: killed if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
 
@@ -317,16 +288,10 @@ fn out_of_range_flags_are_one_line_errors_naming_the_flag() {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = sim.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{args:?}: still running");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_bounded(&mut sim, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{args:?}: still running"));
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut sim.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        std::io::Read::read_to_string(&mut sim.stderr.take().unwrap(), &mut stderr).unwrap();
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(

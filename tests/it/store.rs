@@ -7,19 +7,11 @@ use chrono::{DateTime, Utc};
 use orderwatch::clock::ManualClock;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
+use crate::helpers::db::{column, row, value};
+use crate::helpers::{STATUSES, spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
 
-/// The six documented statuses; version `v` is sent with `STATUSES[v % 6]`, so two versions of
-/// one item carry different statuses and a row holding the wrong one shows.
-const STATUSES: [&str; 6] = [
-    "PENDING",
-    "OK",
-    "KO",
-    "REFUND_STARTED",
-    "REFUNDED",
-    "CANCELLATION_ERROR",
-];
-
+/// The status version `v` is sent with: `STATUSES[v % 6]`, so two versions of one item carry
+/// different statuses and a row holding the wrong one shows.
 fn status_of(version: u64) -> &'static str {
     STATUSES[(version % 6) as usize]
 }
@@ -89,14 +81,12 @@ async fn every_acknowledged_concurrent_webhook_is_in_the_table() {
                 expected.contains(&outcome.as_str()),
                 "{item} v{version}: {outcome}"
             );
-            let row: (String, i64, i64, String) = db
-                .query_row(
-                    "SELECT status, item_version, status_version, order_uuid FROM order_items \
-                     WHERE item_uuid = ?1",
-                    [item],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .unwrap();
+            let row: (String, i64, i64, String) = row(
+                &db,
+                "SELECT status, item_version, status_version, order_uuid FROM order_items \
+                 WHERE item_uuid = ?1",
+                [item],
+            );
             let top = highest[item];
             let expected = (
                 status_of(top).to_owned(),
@@ -163,14 +153,8 @@ async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a
     let (item, order) = (uuid(1, 31), uuid(2, 31));
     let body = webhook(&item, &order, 3, "OK");
     let events = |db: &rusqlite::Connection| -> Vec<String> {
-        let mut query = db
-            .prepare("SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id")
-            .unwrap();
-        query
-            .query_map([&item], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        let sql = "SELECT outcome FROM item_events WHERE item_uuid = ?1 ORDER BY id";
+        column(db, sql, [&item])
     };
 
     let other_process = app.db();
@@ -216,15 +200,7 @@ async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a
     assert_eq!(row(&other_process), committed, "the retry changed the row");
     assert_eq!(events(&other_process), ["applied", "duplicate"]);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let counted = "orderwatch_webhook_requests_total{code=\"503\",outcome=\"commit_timeout\"} 1";
     assert!(
         metrics.lines().any(|line| line == counted),
@@ -274,30 +250,20 @@ async fn times_come_from_the_injected_clock() {
     assert_eq!(app.post_webhook(body.to_string()).await.status(), 200);
 
     let db = app.db();
-    let (as_of, first_seen, changed): (String, String, String) = db
-        .query_row(
-            "SELECT as_of, first_seen_at, changed_at FROM order_items",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let (as_of, first_seen, changed): (String, String, String) = row(
+        &db,
+        "SELECT as_of, first_seen_at, changed_at FROM order_items",
+        [],
+    );
     assert_eq!(as_of, "2030-01-01T01:00:00.000Z");
     assert_eq!(first_seen, "2030-01-01T00:00:00.000Z");
     assert_eq!(changed, "2030-01-01T00:00:00.000Z");
-    let received: Vec<String> = db
-        .prepare("SELECT received_at FROM item_events ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let received: Vec<String> = column(&db, "SELECT received_at FROM item_events ORDER BY id", []);
     assert_eq!(
         received,
         ["2030-01-01T00:00:00.000Z", "2030-01-01T00:10:00.000Z"]
     );
-    let repoll_at: String = db
-        .query_row("SELECT repoll_at FROM orders", [], |r| r.get(0))
-        .unwrap();
+    let repoll_at: String = value(&db, "SELECT repoll_at FROM orders", []);
     assert_eq!(
         repoll_at, "2030-01-01T00:10:05.000Z",
         "re-poll after skew_margin (5s)"
@@ -386,32 +352,26 @@ async fn hand_edited_cells_never_block_an_items_webhooks() {
         outcome_of(&app, webhook(&item, &order, 21, "REFUNDED")).await,
         (200, "applied".into())
     );
-    let next_poll_at: String = db
-        .query_row(
-            "SELECT next_poll_at FROM orders WHERE order_uuid = ?1",
-            [&order],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let next_poll_at: String = value(
+        &db,
+        "SELECT next_poll_at FROM orders WHERE order_uuid = ?1",
+        [&order],
+    );
     assert!(
         orderwatch::clock::from_db_text(&next_poll_at).is_ok(),
         "{next_poll_at}"
     );
 
-    let (first_seen, as_of, source): (String, String, String) = db
-        .query_row(
-            "SELECT first_seen_at, as_of, source FROM order_items WHERE item_uuid = ?1",
-            [&item],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    let first_event: String = db
-        .query_row(
-            "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
-            [&item],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let (first_seen, as_of, source): (String, String, String) = row(
+        &db,
+        "SELECT first_seen_at, as_of, source FROM order_items WHERE item_uuid = ?1",
+        [&item],
+    );
+    let first_event: String = value(
+        &db,
+        "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
+        [&item],
+    );
     assert_eq!(
         first_seen, first_event,
         "an unreadable first_seen_at comes back from the item's first event"
@@ -436,42 +396,38 @@ async fn a_huge_bogus_version_does_not_make_later_webhooks_stale_forever() {
     let app = spawn_app().await;
     let (item, order) = (uuid(1, 60), uuid(2, 60));
     // `webhook(.., v, ..)` is updated v seconds after 2024-01-01T00:00:00Z.
-    assert_eq!(
-        outcome_of(&app, webhook(&item, &order, 22, "PENDING")).await,
-        (200, "applied".into())
-    );
     let mut bogus: Value = serde_json::from_str(&webhook(&item, &order, 30, "KO")).unwrap();
     bogus["order_item_version"] = i64::MAX.to_string().into();
-    assert_eq!(
-        outcome_of(&app, bogus.to_string()).await,
-        (200, "applied".into())
+    let version = |v: u64, status: &str| webhook(&item, &order, v, status);
+    // The webhooks in the order they arrive, each with the outcome it must get.
+    let steps = [
+        ("the first webhook", version(22, "PENDING"), "applied"),
+        ("the bogus version", bogus.to_string(), "applied"),
+        (
+            "a lower one within skew_margin (5 s)",
+            version(34, "OK"),
+            "stale",
+        ),
+        ("a lower one past skew_margin", version(40, "OK"), "applied"),
+        (
+            "versions count from it again",
+            version(41, "REFUNDED"),
+            "applied",
+        ),
+        ("an older one than that", version(40, "OK"), "stale"),
+    ];
+    for (step, body, outcome) in steps {
+        assert_eq!(
+            outcome_of(&app, body).await,
+            (200, outcome.into()),
+            "{step}"
+        );
+    }
+    let (status, version): (String, i64) = row(
+        &app.db(),
+        "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
+        [&item],
     );
-    // Within skew_margin (5 s) of the bogus webhook's time, a lower version stays stale ...
-    assert_eq!(
-        outcome_of(&app, webhook(&item, &order, 34, "OK")).await,
-        (200, "stale".into())
-    );
-    // ... a later one is believed, and versions count from it again.
-    assert_eq!(
-        outcome_of(&app, webhook(&item, &order, 40, "OK")).await,
-        (200, "applied".into())
-    );
-    assert_eq!(
-        outcome_of(&app, webhook(&item, &order, 41, "REFUNDED")).await,
-        (200, "applied".into())
-    );
-    assert_eq!(
-        outcome_of(&app, webhook(&item, &order, 40, "OK")).await,
-        (200, "stale".into())
-    );
-    let (status, version): (String, i64) = app
-        .db()
-        .query_row(
-            "SELECT status, item_version FROM order_items WHERE item_uuid = ?1",
-            [&item],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
     assert_eq!((status.as_str(), version), ("REFUNDED", 41));
 }
 
@@ -510,17 +466,13 @@ async fn version_1_and_2_databases_migrate_to_3_keeping_their_rows() {
 
         let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
         let db = app.db();
-        let version: i64 = db
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version: i64 = value(&db, "PRAGMA user_version", []);
         assert_eq!(version, 3);
-        let row: (String, Option<String>, Option<String>, String) = db
-            .query_row(
-                "SELECT status, facts_as_of, missing_since, product_title FROM order_items",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .unwrap();
+        let row: (String, Option<String>, Option<String>, String) = row(
+            &db,
+            "SELECT status, facts_as_of, missing_since, product_title FROM order_items",
+            [],
+        );
         assert_eq!(
             row,
             ("PENDING".into(), None, None, "Tour".into()),

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::load::LoadResult;
 use crate::svg::{self, Panel, Series};
-use crate::util::{BenchResult, fail, loopback_listen, write_file};
+use crate::util::{BenchResult, fail, loopback_listen, report_with_note, write_file};
 
 #[derive(Debug, clap::Args)]
 pub struct NoopArgs {
@@ -117,10 +117,7 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
     connections.dedup();
     let get = |label: &str, c: usize| closed.get(&(label.to_owned(), c)).copied();
 
-    let mut md = String::new();
-    if !args.note.is_empty() {
-        let _ = writeln!(md, "{}\n", args.note);
-    }
+    let mut md = report_with_note(&args.note);
     let _ = writeln!(
         md,
         "| conns | (a) no-op req/s | (a) p50 / p99 ms | (b) orderwatch req/s | (b) p50 / p99 ms | (b) avg batch | (b) peak RSS | (c) naive req/s | (c) p50 / p99 ms | b/a | b/c |"

@@ -21,7 +21,7 @@ use orderwatch::store::{self, queries};
 use crate::fake_api::{CLIENT_ID, CLIENT_SECRET, Calls, FakeApi, pending_item, pending_order};
 use crate::util::{
     BenchResult, TempDir, derived_uuid, fail, median, musement_time, parse_duration,
-    remove_database, webhook_body, write_file,
+    remove_database, report_with_note, webhook_body, write_file,
 };
 
 #[derive(Debug, clap::Args)]
@@ -443,10 +443,7 @@ fn run_binary(binary: &Path, config: &Path, fake: &FakeApi) -> BenchResult<Binar
 
 fn table(args: &ReconcileArgs, results: &[CaseResult], problems: &[String]) -> String {
     let latency_ms = args.latency.as_secs_f64() * 1000.0;
-    let mut md = String::new();
-    if !args.note.is_empty() {
-        let _ = writeln!(md, "{}\n", args.note);
-    }
+    let mut md = report_with_note(&args.note);
     let _ = writeln!(
         md,
         "Fake API latency {latency_ms:.0} ms, concurrency {}, no rate limit. Ideal pass = P × latency / concurrency.\n",

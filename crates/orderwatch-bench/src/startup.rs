@@ -7,7 +7,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    BenchResult, LoopbackUrl, TempDir, fail, free_port, get_status, median, write_file,
+    BenchResult, LoopbackUrl, TempDir, fail, free_port, get_status, median, report_with_note,
+    write_file,
 };
 
 #[derive(Debug, clap::Args)]
@@ -68,10 +69,7 @@ pub fn run(args: StartupArgs) -> BenchResult<ExitCode> {
         );
         rows.push((name, items, times));
     }
-    let mut md = String::new();
-    if !args.note.is_empty() {
-        let _ = writeln!(md, "{}\n", args.note);
-    }
+    let mut md = report_with_note(&args.note);
     let _ = writeln!(
         md,
         "| database | items | runs | median ms | min ms | max ms | target < {TARGET_MS:.0} ms |"

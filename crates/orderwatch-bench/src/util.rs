@@ -184,6 +184,16 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
+/// The start of a markdown report: `note` (a `--note` flag) as a paragraph of its own, or
+/// nothing when it is empty.
+pub fn report_with_note(note: &str) -> String {
+    if note.is_empty() {
+        String::new()
+    } else {
+        format!("{note}\n\n")
+    }
+}
+
 /// Median of a non-empty slice of seconds.
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();

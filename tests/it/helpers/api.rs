@@ -87,8 +87,7 @@ pub async fn harness_at(base_url: &str, reconciler_extra: &str) -> Harness {
 /// reconciler runs in the role `"test"` (see [`Harness::reconciler_as`] for others).
 pub async fn harness_on(text: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = super::config_file(dir.path(), text);
     let config = Config::load(&path).unwrap();
     let clock = Arc::new(ManualClock::new(at(START)));
     let metrics = Arc::new(Metrics::new());

@@ -85,8 +85,7 @@ async fn spawn(
 
 /// Writes `toml` to `dir/config.toml` and loads it.
 fn write_config(dir: &Path, toml: &str) -> Config {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, toml).unwrap();
+    let path = super::config_file(dir, toml);
     Config::load(&path).expect("test config is valid")
 }
 
@@ -118,7 +117,7 @@ impl TestApp {
             metrics_addr,
             dir,
             db_path,
-            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            client: super::http_client(),
             path,
             shutdown: Some(shutdown),
             task: Some(task),
@@ -142,6 +141,12 @@ impl TestApp {
         self.client
             .post(self.url(&self.path))
             .header("content-type", "application/json")
+    }
+
+    /// The `/metrics` text as a loopback client reads it on the webhook listener.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     async fn wait_ready(&self) {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::process::{self, KillOnDrop, lines_of, wait_bounded};
+
 /// How long the real daemon may take to stop, or to log a line a test waits for.
 const DAEMON_LIMIT: Duration = Duration::from_secs(10);
 
@@ -16,10 +18,13 @@ const DAEMON_LIMIT: Duration = Duration::from_secs(10);
 /// after `kill -9` under load recovers the WAL first on a shared machine.
 const START_LIMIT: Duration = Duration::from_secs(30);
 
+/// How long one HTTP request to the daemon may take before the test fails instead of hanging.
+const REQUEST_LIMIT: Duration = Duration::from_secs(60);
+
 /// The real `orderwatch run` binary on `127.0.0.1:0` with its stderr collected line by line;
 /// killed (SIGKILL) and reaped when dropped.
 pub struct Daemon {
-    child: std::process::Child,
+    child: KillOnDrop,
     /// Where it listens, from its start-up log line.
     pub addr: SocketAddr,
     /// The log lines up to and including the one announcing the address, parsed where they
@@ -116,8 +121,7 @@ impl Daemon {
     /// daemons notify systemd; the tests that want a socket set their own); [`Launch::start`]
     /// starts it.
     pub fn launch(dir: TempDir, config: &str) -> Launch {
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config).unwrap();
+        let path = super::config_file(dir.path(), config);
         let mut command = Command::new(super::binary());
         command
             .args(["run", "--config", path.to_str().unwrap()])
@@ -135,18 +139,8 @@ impl Daemon {
 
     /// Spawns `command` and waits for the address it announces.
     fn spawn(dir: TempDir, mut command: Command) -> Self {
-        use std::io::BufRead;
-        let mut child = command.spawn().expect("the orderwatch binary starts");
-        let (lines, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            // Keep draining after the test stops listening, so the daemon never blocks on a
-            // full pipe.
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = lines.send(line);
-            }
-        });
+        let mut child = KillOnDrop(command.spawn().expect("the orderwatch binary starts"));
+        let log = lines_of(child.stderr.take().unwrap());
         let mut daemon = Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -187,7 +181,7 @@ impl Daemon {
 
     /// Waits until `/readyz` answers 200 (bounded).
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = super::http_client();
         for _ in 0..500 {
             if let Ok(response) = client.get(self.url("/readyz")).send().await
                 && response.status() == 200
@@ -205,7 +199,7 @@ impl Daemon {
         self.child.kill().expect("SIGKILL the daemon");
         let status = self.child.wait().unwrap();
         assert!(!status.success(), "killed, not exited: {status:?}");
-        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+        self.dir
     }
 
     /// How the daemon ended, or `None` while it runs.
@@ -215,11 +209,7 @@ impl Daemon {
 
     /// Sends `signal` (e.g. `"HUP"`) to the daemon.
     pub fn signal(&self, signal: &str) {
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{signal}");
+        process::signal(self.child.id(), signal);
     }
 
     /// Waits (up to 10 s) for a log line containing `needle` and returns it; lines read on the
@@ -267,6 +257,16 @@ impl Daemon {
         panic!("the daemon never logged {needle:?} within {DAEMON_LIMIT:?}: {lines:#?}");
     }
 
+    /// The daemon's database file (the default `[database] path`, next to its config).
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("orderwatch.db")
+    }
+
+    /// A separate connection to the daemon's database, as an operator's `sqlite3` would have.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db_path()).unwrap()
+    }
+
     /// The process id, for looking at it in /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -274,23 +274,40 @@ impl Daemon {
 
     /// Posts `body` as JSON to the webhook path and returns the status.
     pub async fn post_webhook(&self, body: impl Into<reqwest::Body>) -> u16 {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
+        let response = self.webhook_request().body(body).send().await.unwrap();
+        response.status().as_u16()
+    }
+
+    /// A JSON POST to the default webhook path, ready for more headers and a body.
+    pub fn webhook_request(&self) -> reqwest::RequestBuilder {
+        super::http_client()
             .post(self.webhook_url())
             .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
     }
 
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `GET path` on the webhook listener (bounded by [`REQUEST_LIMIT`]).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        super::http_client()
+            .get(self.url(path))
+            .timeout(REQUEST_LIMIT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// The status of `GET path`.
+    pub async fn status_of(&self, path: &str) -> u16 {
+        self.get(path).await.status().as_u16()
+    }
+
+    /// The `/metrics` text (loopback clients may read it on the webhook port).
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     /// `http://ADDR/webhooks/musement`.
@@ -305,37 +322,14 @@ impl Daemon {
 
     /// SIGTERM, wait for exit 0 (bounded), and return every line logged since the last call.
     pub fn stop(&mut self) -> Vec<String> {
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + DAEMON_LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the daemon did not stop within {DAEMON_LIMIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        self.signal("TERM");
+        let status = wait_bounded(&mut self.child, DAEMON_LIMIT)
+            .unwrap_or_else(|| panic!("the daemon did not stop within {DAEMON_LIMIT:?}"));
         assert_eq!(status.code(), Some(0), "clean exit");
         let mut lines = Vec::new();
         while let Ok(line) = self.log.recv_timeout(Duration::from_secs(2)) {
             lines.push(line);
         }
         lines
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

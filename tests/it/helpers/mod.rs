@@ -1,17 +1,19 @@
 //! What the test modules share, so that no test module imports another: the app in-process
 //! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
-//! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), and small
-//! builders of test input.
+//! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), reading the
+//! database ([`db`]), and small builders of test input.
 
 pub mod api;
 pub mod app;
 pub mod daemon;
+pub mod db;
 pub mod fake_musement;
 pub mod notify;
+pub mod process;
 pub mod skip;
 pub mod wire;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use api::{config_for, harness};
@@ -21,6 +23,16 @@ pub use app::{
 };
 pub use daemon::Daemon;
 pub use skip::skip;
+
+/// The six statuses Musement documents for an order item.
+pub const STATUSES: [&str; 6] = [
+    "PENDING",
+    "OK",
+    "KO",
+    "REFUND_STARTED",
+    "REFUNDED",
+    "CANCELLATION_ERROR",
+];
 
 /// `[server.auth]` with Musement's documented example credentials.
 pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
@@ -34,6 +46,18 @@ pub fn fixture(name: &str) -> Vec<u8> {
         .join("fixtures")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An HTTP client for the app under test: it never goes through a proxy, whatever the
+/// environment says, so every request stays on loopback.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Sends `request` and reads the answer's body as JSON, whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let response = request.send().await.unwrap();
+    response.json().await.unwrap()
 }
 
 /// The path of the orderwatch binary cargo built for these tests.
@@ -52,6 +76,23 @@ pub fn cli(config: &Path, args: &[&str]) -> Command {
         .env_remove("ORDERWATCH_CONFIG")
         .env_remove("RUST_LOG");
     command
+}
+
+/// Writes `text` to `dir/config.toml`, where the app, the daemon and the CLI look for it; its
+/// path.
+pub fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
+/// Asserts that a command (`(exit code, stdout, stderr)`) failed with `code`, printing nothing
+/// on stdout and one line on stderr; `case` names it in the messages.
+pub fn assert_one_line_error(output: &(i32, String, String), code: i32, case: &str) {
+    let (got, stdout, stderr) = output;
+    assert_eq!(*got, code, "{case}: {stderr}");
+    assert!(stdout.is_empty(), "{case}: {stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{case}: one line: {stderr}");
 }
 
 /// A valid webhook body for `item` of `order` at `version` with `status`; the item's update

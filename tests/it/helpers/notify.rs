@@ -5,8 +5,43 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::Daemon;
+
 /// How long [`NotifySocket::until`] waits for a message.
 const LIMIT: Duration = Duration::from_secs(20);
+
+/// The real daemon (reconciler off, `extra_config` appended) started as systemd starts a
+/// `Type=notify` unit with a watchdog: `NOTIFY_SOCKET` names a fresh socket in the daemon's
+/// folder and `WATCHDOG_USEC` is `watchdog_usec`. Returns once the daemon has said `READY=1`.
+pub fn start_notified(extra_config: &str, watchdog_usec: &str) -> Notified {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let socket = notify.path.to_str().unwrap().to_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", watchdog_usec),
+    ];
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n{extra_config}"
+    );
+    let daemon = Daemon::start_with_env(dir, &config, &env);
+    let ready = notify.until("READY=1");
+    Notified {
+        daemon,
+        notify,
+        ready,
+    }
+}
+
+/// A daemon started by [`start_notified`], its socket, and what it sent until it was ready.
+pub struct Notified {
+    /// The running daemon.
+    pub daemon: Daemon,
+    /// Its `NOTIFY_SOCKET`, read from after `READY=1`.
+    pub notify: NotifySocket,
+    /// The messages up to and including the one with `READY=1`.
+    pub ready: Vec<String>,
+}
 
 /// Every datagram the daemon sends to `NOTIFY_SOCKET`.
 pub struct NotifySocket {

@@ -2,6 +2,7 @@
 //! `TcpStream`, answers parsed as they arrive, every read bounded by [`LIMIT`] so a hang fails
 //! the test instead of blocking it.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -134,4 +135,19 @@ pub fn post(body: &str, extra: &str) -> Vec<u8> {
     );
     request.push_str(body);
     request.into_bytes()
+}
+
+/// `GET path` on a blocking connection of its own, closed after the answer (so it is not left
+/// open in the server's connection count); the whole answer as text. Reads wait up to `limit`.
+pub fn blocking_get(addr: SocketAddr, path: &str, limit: Duration) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::helpers::db::value;
 use crate::helpers::wire::{LIMIT, exchange, parse_answers, post, read_answers};
 use crate::helpers::{Daemon, spawn_app_with, uuid, valid_webhook};
 
@@ -149,14 +150,11 @@ async fn idle_flood(idle: usize, cap: usize, header_timeout: Duration, persisten
     for attacker in attackers {
         attacker.abort();
     }
-    let stored = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db"))
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
-            [uuid(1, 1)],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = value(
+        &daemon.db(),
+        "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
+        [uuid(1, 1)],
+    );
     drop(daemon);
     let answer = answered
         .ok()

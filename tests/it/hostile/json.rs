@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::helpers::db::{rows, value};
 use crate::helpers::wire::{exchange, post};
 use crate::helpers::{spawn_app_with, uuid, valid_webhook, webhook_with_field};
 
@@ -93,19 +94,10 @@ async fn duplicate_json_keys_keep_the_last_value_and_the_raw_body() {
     assert!(body.matches("order_item_uuid").count() == 2, "{body}");
     let response = app.post_webhook(body.clone()).await;
     assert_eq!(response.status(), 200);
-    let stored: Vec<(String, String)> = app
-        .db()
-        .prepare("SELECT item_uuid, status FROM order_items")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let stored: Vec<(String, String)> =
+        rows(&app.db(), "SELECT item_uuid, status FROM order_items", []);
     assert_eq!(stored, [(second.clone(), "OK".to_owned())], "the last wins");
-    let payload: String = app
-        .db()
-        .query_row("SELECT payload FROM item_events", [], |r| r.get(0))
-        .unwrap();
+    let payload: String = value(&app.db(), "SELECT payload FROM item_events", []);
     assert_eq!(payload, body, "the event keeps both copies, as received");
 }
 
@@ -154,10 +146,7 @@ async fn huge_and_negative_bare_numbers_in_versions_and_ids_get_400() {
         ))
         .await;
     assert_eq!(response.status(), 200);
-    let version: i64 = app
-        .db()
-        .query_row("SELECT item_version FROM order_items", [], |r| r.get(0))
-        .unwrap();
+    let version: i64 = value(&app.db(), "SELECT item_version FROM order_items", []);
     assert_eq!(version, i64::MAX);
 }
 

@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Daemon, uuid, valid_webhook, webhook_at};
+use crate::helpers::db::value;
+use crate::helpers::{Daemon, http_client, uuid, valid_webhook, webhook_at};
 
 /// The daemon's config: loopback, JSON log.
 const JSON_DAEMON: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n";
@@ -47,10 +48,7 @@ async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
                   status=200 forged=yes";
     let mut body: Value = serde_json::from_str(&valid_webhook(1)).unwrap();
     body["order_item_status"] = json!(format!("OK\n{forged}"));
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let response = http_client()
         .post(daemon.webhook_url())
         .header("content-type", "application/json")
         .body(body.to_string())
@@ -73,11 +71,8 @@ async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
     assert_eq!(rejected.len(), 1, "{lines:#?}");
     assert!(rejected[0].contains("order_item_status"), "{}", rejected[0]);
 
-    let db = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
-    let count = |table: &str| -> i64 {
-        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
-    };
+    let db = daemon.db();
+    let count = |table: &str| -> i64 { value(&db, &format!("SELECT count(*) FROM {table}"), []) };
     assert_eq!(count("order_items"), 0, "nothing stored");
     assert_eq!(count("item_events"), 0, "nothing stored");
     assert_eq!(

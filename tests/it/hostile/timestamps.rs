@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::helpers::db::{row, value};
 use crate::helpers::{spawn_app_with, uuid, valid_webhook, webhook, webhook_at};
 
 #[tokio::test]
@@ -18,24 +19,26 @@ async fn timestamps_far_in_the_past_or_future_are_stored_and_the_future_is_clamp
         assert_eq!(response.status(), 200, "{at}");
     }
     let after = chrono::Utc::now();
-    let row = |n: u64| -> (String, String, String) {
-        app.db()
-            .query_row(
-                "SELECT item_updated, item_created, as_of FROM order_items WHERE item_uuid = ?1",
-                [uuid(1, n)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap()
+    let times = |n: u64| -> (String, String, String) {
+        row(
+            &app.db(),
+            "SELECT item_updated, item_created, as_of FROM order_items WHERE item_uuid = ?1",
+            [uuid(1, n)],
+        )
     };
     let past = "0001-01-01T00:00:00.000Z".to_owned();
-    assert_eq!(row(1), (past.clone(), past.clone(), past), "stored as sent");
+    assert_eq!(
+        times(1),
+        (past.clone(), past.clone(), past),
+        "stored as sent"
+    );
     let epoch = "1970-01-01T00:00:00.000Z".to_owned();
-    assert_eq!(row(2), (epoch.clone(), epoch.clone(), epoch));
+    assert_eq!(times(2), (epoch.clone(), epoch.clone(), epoch));
     for (n, sent) in [
         (3, "9999-12-31T23:59:59.000Z"),
         (4, "2999-01-01T00:00:00.000Z"),
     ] {
-        let (updated, created, as_of) = row(n);
+        let (updated, created, as_of) = times(n);
         assert_eq!((updated.as_str(), created.as_str()), (sent, sent));
         // The rule's time is clamped to received + 1 h so the row cannot freeze.
         let as_of: chrono::DateTime<chrono::Utc> = as_of.parse().unwrap();
@@ -45,14 +48,11 @@ async fn timestamps_far_in_the_past_or_future_are_stored_and_the_future_is_clamp
             "{sent}: as_of {as_of} is not received + 1 h"
         );
     }
-    let order_updated: String = app
-        .db()
-        .query_row(
-            "SELECT order_updated FROM orders WHERE order_uuid = ?1",
-            [uuid(2, 3)],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let order_updated: String = value(
+        &app.db(),
+        "SELECT order_updated FROM orders WHERE order_uuid = ?1",
+        [uuid(2, 3)],
+    );
     assert_eq!(order_updated, "9999-12-31T23:59:59.000Z");
     // A far-future item is not frozen: a newer version later is applied normally.
     let next = webhook(&uuid(1, 3), &uuid(2, 3), 2, "OK");
