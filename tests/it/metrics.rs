@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Duration;
+use orderwatch::clock::Clock;
 use orderwatch::reconciler::Progress;
 use reqwest::Method;
 
@@ -297,7 +298,16 @@ async fn counters_and_gauges_match_the_traffic_and_the_database() {
             "{code} {outcome}"
         );
     }
-    assert_eq!(m.all(requests).len(), 5, "{:?}", m.all(requests));
+    // Every other answer a webhook can get is shown at 0 from the start.
+    let nonzero = |m: &Exposition| -> Vec<Sample> {
+        m.all(requests)
+            .into_iter()
+            .filter(|s| s.value != 0.0)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(nonzero(&m).len(), 5, "{:?}", m.all(requests));
+    assert!(m.all(requests).len() > 5, "{:?}", m.all(requests));
     assert_eq!(
         m.get("orderwatch_webhook_request_duration_seconds_count", &[]),
         Some(7.0)
@@ -585,11 +595,16 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), status, "{what}: {url}");
     }
-    // Scrapes are not webhook requests.
+    // Scrapes are not webhook requests: the one webhook is all they count.
     let again = scrape(&app.client, &metrics).await;
+    let counted: f64 = again
+        .all("orderwatch_webhook_requests_total")
+        .iter()
+        .map(|s| s.value)
+        .sum();
     assert_eq!(
-        again.all("orderwatch_webhook_requests_total").len(),
-        1,
+        counted,
+        1.0,
         "{:?}",
         again.all("orderwatch_webhook_requests_total")
     );
@@ -600,6 +615,9 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
 #[tokio::test]
 async fn reconciler_and_api_metrics_follow_the_passes() {
     let h = harness("concurrency = 1").await;
+    let last_success = "orderwatch_last_successful_pass_timestamp_seconds";
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect("before any pass", &[(last_success, &[], 0.0)]);
     let orders = h.watch_new_orders(3).await;
     // The first pass: one login, two orders answered, one 503.
     h.fake()
@@ -632,10 +650,11 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
             ("orderwatch_items", &[("status", "PENDING")], 2.0),
             (latency, &[("endpoint", "order")], 3.0),
             (latency, &[("endpoint", "login")], 1.0),
+            // Two of three polls went through: the reconciler works.
+            (last_success, &[], h.clock.now().timestamp() as f64),
         ],
     );
     assert_eq!(m.all(calls).len(), 3, "{:?}", m.all(calls));
-
     // Musement drops our token: one 401, one re-login, then every order answers.
     h.fake().revoke_tokens();
     h.advance(Duration::minutes(5));
@@ -656,8 +675,10 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
             // Two became PENDING at the first pass, five minutes ago on the harness clock.
             ("orderwatch_oldest_pending_item_age_seconds", &[], 300.0),
             (latency, &[("endpoint", "order")], 7.0),
+            (last_success, &[], h.clock.now().timestamp() as f64),
         ],
     );
+    let second_success = h.clock.now().timestamp() as f64;
     assert_eq!(
         m.count(logins, &[("reason", "expiring"), ("result", "ok")]),
         0.0
@@ -680,7 +701,44 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
             ),
             (passes, &[("result", "stopped")], 1.0),
             (handled, &[("result", "unauthorized")], 1.0),
+            // A stopped pass is no success.
+            (last_success, &[], second_success),
         ],
+    );
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_pass_whose_every_poll_failed_is_no_successful_pass() {
+    let h = harness("concurrency = 1").await;
+    let last_success = "orderwatch_last_successful_pass_timestamp_seconds";
+    let orders = h.watch_new_orders(2).await;
+    for order in &orders {
+        h.fake()
+            .push_response(&format!("/orders/{order}"), FakeResponse::status(503));
+    }
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (0, 2), "{summary:?}");
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "after a pass whose every poll failed",
+        &[
+            (
+                "orderwatch_reconciler_passes_total",
+                &[("result", "ok")],
+                1.0,
+            ),
+            (last_success, &[], 0.0),
+        ],
+    );
+    // The orders recover after their backoff: now it counts.
+    h.advance(Duration::hours(2));
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (2, 0), "{summary:?}");
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "after a pass that polled",
+        &[(last_success, &[], h.clock.now().timestamp() as f64)],
     );
     h.close().await;
 }
