@@ -4,6 +4,7 @@
 //! each other module covers one concern and imports only from `helpers`, never from another
 //! test module.
 
+mod alerts;
 mod api_faults;
 mod cli;
 mod convergence;
