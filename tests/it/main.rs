@@ -15,6 +15,7 @@ mod helpers;
 mod hostile;
 mod inspect;
 mod leases;
+mod logs;
 mod metrics;
 mod musement_client;
 mod ordering_props;

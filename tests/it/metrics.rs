@@ -11,7 +11,7 @@ use reqwest::Method;
 use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::{
-    AUTH_CONFIG, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
+    AUTH_CONFIG, Daemon, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
     spawn_app_with_metrics_listener, uuid, webhook,
 };
 
@@ -674,4 +674,247 @@ async fn a_full_database_shows_as_503s_and_failed_batches() {
     );
     // The gauges still read fine: a full database is still readable.
     assert_eq!(m.get("orderwatch_pending_items", &[]), Some(stored));
+}
+
+/// The seconds since the Unix epoch now.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn alert_series_are_there_from_the_start_and_follow_their_events() {
+    let app = spawn_app_with(AUTH_CONFIG).await;
+    let base = format!("http://{}", app.addr);
+    let m = scrape(&app.client, &base).await;
+    m.expect(
+        "at start-up",
+        &[
+            (
+                "orderwatch_build_info",
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("commit", orderwatch::build_info::COMMIT),
+                ],
+                1.0,
+            ),
+            (
+                "orderwatch_last_webhook_received_timestamp_seconds",
+                &[],
+                0.0,
+            ),
+            (
+                "orderwatch_last_successful_pass_timestamp_seconds",
+                &[],
+                0.0,
+            ),
+            // No API credentials: the reconciler is off.
+            ("orderwatch_reconciler_interval_seconds", &[], 0.0),
+            ("orderwatch_ready", &[], 1.0),
+            (
+                "orderwatch_webhook_requests_total",
+                &[("code", "503"), ("outcome", "queue_full")],
+                0.0,
+            ),
+            (
+                "orderwatch_musement_logins_total",
+                &[("reason", "first"), ("result", "refused")],
+                0.0,
+            ),
+            (
+                "orderwatch_sqlite_checkpoints_total",
+                &[("mode", "passive"), ("result", "error")],
+                0.0,
+            ),
+        ],
+    );
+    assert_eq!(m.types["orderwatch_build_info"], "gauge");
+    // This process's own figures (the app runs inside the test binary).
+    if cfg!(target_os = "linux") {
+        let value = |name: &str| m.get(name, &[]).unwrap_or_else(|| panic!("no {name}"));
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= unix_now() && started > unix_now() - 3600.0,
+            "{started}"
+        );
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        let open = value("process_open_fds");
+        assert!(open >= 3.0 && open <= value("process_max_fds"), "{open}");
+        assert!(value("process_cpu_seconds_total") > 0.0);
+        assert_eq!(m.types["process_cpu_seconds_total"], "counter");
+    }
+
+    // A webhook refused is not one received.
+    let refused = app
+        .post_webhook(webhook(&uuid(1, 1), &uuid(2, 1), 1, "PENDING"))
+        .await
+        .status();
+    assert_eq!(refused, 401);
+    let m = scrape(&app.client, &base).await;
+    m.expect(
+        "after a refused webhook",
+        &[(
+            "orderwatch_last_webhook_received_timestamp_seconds",
+            &[],
+            0.0,
+        )],
+    );
+    let before = unix_now();
+    let body = webhook(&uuid(1, 1), &uuid(2, 1), 1, "PENDING");
+    assert_eq!(post(&app, body).await, 200);
+    let after = unix_now();
+    let m = scrape(&app.client, &base).await;
+    let received = m
+        .get("orderwatch_last_webhook_received_timestamp_seconds", &[])
+        .unwrap();
+    assert!(
+        (before - 0.001..=after + 0.001).contains(&received),
+        "{before} <= {received} <= {after}"
+    );
+    app.stop().await;
+}
+
+/// `GET /metrics` of the real daemon, parsed.
+async fn scrape_daemon(daemon: &Daemon) -> Exposition {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    scrape(&client, &format!("http://{}", daemon.addr)).await
+}
+
+#[tokio::test]
+async fn the_interval_gauge_follows_the_schedule_and_its_reloads() {
+    // Credentials for a loopback port nobody listens on: the reconciler is on, which is all
+    // this test needs.
+    let config = |schedule: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[musement]\nbase_url = \"http://127.0.0.1:9\"\n\
+             application = \"test\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
+             [reconciler]\n{schedule}\n"
+        )
+    };
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), &config("interval = \"1h\""));
+    let interval = "orderwatch_reconciler_interval_seconds";
+    scrape_daemon(&daemon)
+        .await
+        .expect("interval 1h", &[(interval, &[], 3600.0)]);
+    std::fs::write(
+        daemon.dir.path().join("config.toml"),
+        config("cron = \"0 */5 * * * *\""),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("schedule changed");
+    scrape_daemon(&daemon)
+        .await
+        .expect("every fifth minute", &[(interval, &[], 300.0)]);
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn the_ready_gauge_is_the_readiness_check_at_scrape_time() {
+    let mut daemon = Daemon::start(
+        tempfile::tempdir().unwrap(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n",
+    );
+    scrape_daemon(&daemon)
+        .await
+        .expect("ready", &[("orderwatch_ready", &[], 1.0)]);
+    // Another process holds the write lock, as a long sqlite3 session could: nothing probes
+    // /readyz, yet the scrape shows it.
+    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // One readiness answer is reused for a second (src/receiver/readiness.rs).
+    let ready_becomes = |wanted: f64, what: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while scrape_daemon(daemon).await.get("orderwatch_ready", &[]) != Some(wanted) {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ready_becomes(0.0, "not ready while locked").await;
+    lock.execute_batch("COMMIT").unwrap();
+    ready_becomes(1.0, "ready again").await;
+    daemon.stop();
+}
+
+/// The build script cargo compiled from `build.rs` for this test run (the newest one, beside the
+/// test binary in `target/…/build/orderwatch-*/`).
+fn build_script() -> std::path::PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    let profile = test_binary.parent().unwrap().parent().unwrap(); // …/deps/it-HASH
+    std::fs::read_dir(profile.join("build"))
+        .unwrap()
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let name = dir.file_name()?.to_str()?.to_owned();
+            let script = dir.join("build-script-build");
+            let modified = script.metadata().ok()?.modified().ok()?;
+            name.starts_with("orderwatch-")
+                .then_some((modified, script))
+        })
+        .max()
+        .map(|(_, script)| script)
+        .expect("cargo compiled build.rs")
+}
+
+/// The commit `build.rs` records when run for a package in `dir` with `ORDERWATCH_COMMIT`
+/// set to `argument`.
+fn commit_recorded(dir: &std::path::Path, argument: Option<&str>) -> String {
+    let mut command = std::process::Command::new(build_script());
+    command
+        .env("CARGO_MANIFEST_DIR", dir)
+        .env_remove("ORDERWATCH_COMMIT")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE");
+    if let Some(argument) = argument {
+        command.env("ORDERWATCH_COMMIT", argument);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("cargo:rustc-env=ORDERWATCH_COMMIT="))
+        .unwrap_or_else(|| panic!("no ORDERWATCH_COMMIT in {stdout}"))
+        .to_owned()
+}
+
+#[test]
+fn the_build_records_the_git_commit_else_the_build_argument_else_unknown() {
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repository)
+        .env_remove("GIT_DIR")
+        .output();
+    match head {
+        Ok(head) if head.status.success() => {
+            let head = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+            assert_eq!(orderwatch::build_info::COMMIT, head, "the binary's commit");
+            assert_eq!(commit_recorded(repository, Some("ignored")), head);
+        }
+        _ => crate::helpers::skip("git", "no git checkout to compare the commit with"),
+    }
+    // Docker's build context: no .git.
+    let copy = tempfile::tempdir().unwrap();
+    assert_eq!(
+        commit_recorded(copy.path(), Some("0123456789ab")),
+        "0123456789ab"
+    );
+    assert_eq!(commit_recorded(copy.path(), None), "unknown");
+    assert_eq!(
+        commit_recorded(copy.path(), Some("a b\"}")),
+        "unknown",
+        "not label-safe"
+    );
+    // A folder inside another repository is not that repository's commit.
+    assert_eq!(
+        commit_recorded(&repository.join("src"), Some("fedcba987654")),
+        "fedcba987654"
+    );
 }
