@@ -10,7 +10,7 @@
 //!   is in a scrape after one webhook and one pass; every series the unit tests feed has a
 //!   metric name and label names that a live scrape has;
 //! - every alert has a summary, a description, a runbook section that exists, and a unit test
-//!   that sees it fire.
+//!   that sees it fire; README.md's metrics table names every metric family of a scrape.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -381,6 +381,24 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
         let said = assert_promtool_ok("check metrics", &linted);
         assert!(said.trim().is_empty(), "promtool check metrics: {said}");
     }
+
+    // The README's metrics table names every family a scrape has.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let metrics_section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Metrics section in README.md");
+    let undocumented: Vec<&String> = scrape
+        .types
+        .keys()
+        .filter(|family| !metrics_section.contains(&format!("`{family}")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in README.md's Metrics section: {undocumented:?}"
+    );
 
     // The unit tests feed series a scrape could have: real names and label names.
     for series in unit_test_series() {
