@@ -100,3 +100,31 @@ pub fn init_logging(config: &Config) -> LogControl {
         from_env: rust_log_set,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_rfc_3339_in_utc_to_the_millisecond() {
+        let whole: DateTime<Utc> = "2024-01-01T12:02:00Z".parse().unwrap();
+        assert_eq!(rfc3339(whole), "2024-01-01T12:02:00Z");
+        let fraction: DateTime<Utc> = "2024-01-01T13:40:38.538554699Z".parse().unwrap();
+        assert_eq!(rfc3339(fraction), "2024-01-01T13:40:38.538Z");
+        assert_eq!(duration(Duration::from_secs(90)).to_string(), "1m 30s");
+    }
+
+    #[test]
+    fn the_level_quiets_chatty_crates_unless_it_names_them() {
+        assert_eq!(
+            level_filter("info").unwrap().to_string(),
+            "tokio_cron_scheduler=error,info"
+        );
+        let named = level_filter("info,tokio_cron_scheduler=debug")
+            .unwrap()
+            .to_string();
+        assert!(named.contains("tokio_cron_scheduler=debug"), "{named}");
+        assert!(!named.contains("=error"), "{named}");
+        assert!(level_filter("info,=").is_err());
+    }
+}
