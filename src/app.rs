@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::build_info;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{Metrics, StateSource};
@@ -24,6 +25,7 @@ use crate::reload::{self, Reload};
 use crate::store::writer::{Writer, WriterThread};
 use crate::store::{self, StoreError};
 use crate::systemd;
+use crate::telemetry;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +248,7 @@ async fn stop_reconciler(
     let drained = async { tokio::join!(reconciler_stopped, graceful.shutdown()) };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
-            ?grace,
+            grace = %telemetry::duration(grace),
             "requests or a reconciler pass still running after the grace period; stopping anyway"
         );
     }
@@ -259,26 +261,43 @@ fn stop_pruning(pruning: Option<JoinHandle<()>>) {
     }
 }
 
+/// The database file as an absolute path (a relative one is shown from the working folder).
+fn database_path(config: &Config) -> std::path::PathBuf {
+    let path = &config.database.path;
+    std::path::absolute(path).unwrap_or_else(|_| path.clone())
+}
+
 fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
+/// The start-up line: what runs (version, commit), where it listens and on which database
+/// (a path: `[database]` holds no credentials). Scripts and tests read the address from its
+/// `listen=` field, the only one so named.
 fn announce(config: &Config, listeners: &Listeners) {
+    let webhooks = local_addr(&listeners.webhooks);
+    let metrics = match &listeners.metrics {
+        Some(listener) => local_addr(listener).to_string(),
+        None if config.server.trusted_proxies.is_empty() => webhooks.to_string(),
+        None => "off".to_owned(),
+    };
     tracing::info!(
-        listen = %local_addr(&listeners.webhooks),
+        version = build_info::VERSION,
+        commit = build_info::COMMIT,
+        listen = %webhooks,
         path = %config.server.path,
-        database = %config.database.path.display(),
+        %metrics,
+        database = %database_path(config).display(),
         "orderwatch is receiving webhooks"
     );
-    // After the line above, and without a `listen=` field: scripts find the address there.
     match &listeners.metrics {
-        Some(listener) => {
-            tracing::info!(address = %local_addr(listener), "serving GET /metrics on metrics_listen")
-        }
+        Some(_) => {}
         None if config.server.trusted_proxies.is_empty() => {
-            tracing::info!("serving GET /metrics to direct loopback clients on the webhook port")
+            tracing::info!(
+                "GET /metrics is served on the webhook port to direct loopback clients only"
+            )
         }
         None => tracing::info!(
             "/metrics is off behind trusted_proxies; set [server] metrics_listen to serve it"

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;

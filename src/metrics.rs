@@ -7,6 +7,13 @@
 //! time through a read-only connection, with a deadline; when that read fails they are left out
 //! of the answer and `orderwatch_metrics_scrape_errors_total` counts it, so a slow or locked
 //! database never makes the whole scrape fail.
+//!
+//! Every series an alert reads is there from start-up, at 0 until its first event (a series
+//! that appears only at its first increment hides that increment from `rate()`, and an absent
+//! one cannot be told from a broken scrape). The standard `process_*` metrics come from
+//! [`process`], read at scrape time.
+
+pub mod process;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +27,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use self::process::ProcessStats;
+use crate::build_info;
 use crate::clock::Clock;
 use crate::observation::Status;
 use crate::store::observer::{BatchStats, StoreObserver};
@@ -86,6 +95,26 @@ pub struct CheckpointLabels {
     /// `ok`, `busy` (a reader or the writer kept it from finishing) or `error`.
     pub result: &'static str,
 }
+
+/// What this binary is.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    /// The package version, e.g. `0.1.0`.
+    version: &'static str,
+    /// The commit it was built from, or `unknown`.
+    commit: &'static str,
+}
+
+/// The modes and results a checkpoint is counted under (see [`CheckpointLabels`]).
+const CHECKPOINT_MODES: [&str; 3] = ["passive", "restart", "truncate"];
+const CHECKPOINT_RESULTS: [&str; 3] = ["ok", "busy", "error"];
+
+/// The reasons and results a login is counted under (see [`LoginLabels`]).
+const LOGIN_REASONS: [&str; 3] = ["first", "expiring", "rejected"];
+const LOGIN_RESULTS: [&str; 3] = ["ok", "refused", "failed"];
+
+/// A gauge holding a float (a time, a duration).
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// An item status: one of the six documented ones, or `unknown` for anything else.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +183,17 @@ pub struct Metrics {
     pub sqlite_checkpoints: Family<CheckpointLabels, Counter>,
     /// Bytes in the SQLite write-ahead log now.
     pub sqlite_wal_bytes: Gauge,
+    /// When (Unix seconds) the last webhook was received and stored (answered 200); 0 until
+    /// the first one since start.
+    pub last_webhook_received: FloatGauge,
+    /// When (Unix seconds) the last reconciler pass ended `ok`; 0 until the first one since
+    /// start.
+    pub last_successful_pass: FloatGauge,
+    /// Seconds between two scheduled reconciler passes; 0 while the reconciler is off.
+    pub reconciler_interval: FloatGauge,
+    /// 1 while the readiness check (`/readyz`) passes, 0 while it fails; checked at every
+    /// scrape too.
+    pub ready: Gauge,
     /// One scrape reads the database at a time.
     scraping: tokio::sync::Mutex<()>,
 }
@@ -169,6 +209,18 @@ impl Metrics {
     pub fn new() -> Self {
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16)); // 0.5 ms … 16 s
         let mut registry = Registry::with_prefix("orderwatch");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: build_info::VERSION,
+                commit: build_info::COMMIT,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which version and commit is running",
+            build_info,
+        );
         let webhook_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "webhook_requests",
@@ -277,8 +329,52 @@ impl Metrics {
             Unit::Bytes,
             sqlite_wal_bytes.clone(),
         );
+        let last_webhook_received = FloatGauge::default();
+        registry.register_with_unit(
+            "last_webhook_received_timestamp",
+            "When (Unix time) the last webhook was received and stored (answered 200); 0 until the first one since start",
+            Unit::Seconds,
+            last_webhook_received.clone(),
+        );
+        let last_successful_pass = FloatGauge::default();
+        registry.register_with_unit(
+            "last_successful_pass_timestamp",
+            "When (Unix time) the last reconciler pass ended ok; 0 until the first one since start",
+            Unit::Seconds,
+            last_successful_pass.clone(),
+        );
+        let reconciler_interval = FloatGauge::default();
+        registry.register_with_unit(
+            "reconciler_interval",
+            "Time between two scheduled reconciler passes (for a cron schedule the longest gap within the next 7 days); 0 when the reconciler is off",
+            Unit::Seconds,
+            reconciler_interval.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the readiness check (GET /readyz) passes, 0 while it fails or takes longer than the scrape allows; checked at every scrape",
+            ready.clone(),
+        );
+        for mode in CHECKPOINT_MODES {
+            for result in CHECKPOINT_RESULTS {
+                drop(sqlite_checkpoints.get_or_create(&CheckpointLabels { mode, result }));
+            }
+        }
+        for reason in LOGIN_REASONS {
+            for result in LOGIN_RESULTS {
+                drop(logins.get_or_create(&LoginLabels { reason, result }));
+            }
+        }
+        for result in ["evicted_idle", "refused_busy"] {
+            drop(connections_closed_at_cap.get_or_create(&ResultLabel { result }));
+        }
         Self {
             registry,
+            last_webhook_received,
+            last_successful_pass,
+            reconciler_interval,
+            ready,
             sqlite_checkpoints,
             sqlite_wal_bytes,
             connections_open,
@@ -308,6 +404,27 @@ impl Metrics {
         self.webhook_duration.observe(elapsed.as_secs_f64());
     }
 
+    /// Shows every `(code, outcome)` a webhook can be answered with at 0, so each series
+    /// exists before its first request.
+    pub fn expect_webhook_answers(&self, answers: &[(u16, &'static str)]) {
+        for &(code, outcome) in answers {
+            drop(
+                self.webhook_requests
+                    .get_or_create(&RequestLabels { code, outcome }),
+            );
+        }
+    }
+
+    /// Notes that a webhook was received and stored at `at`.
+    pub fn webhook_stored(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.last_webhook_received.set(unix_seconds(at));
+    }
+
+    /// Notes that a reconciler pass ended `ok` at `at`.
+    pub fn pass_succeeded(&self, at: chrono::DateTime<chrono::Utc>) {
+        self.last_successful_pass.set(unix_seconds(at));
+    }
+
     /// Counts one Musement API call. `code` is the status, or the error kind without one.
     pub fn api_call(&self, endpoint: &'static str, code: String, elapsed: Duration) {
         self.api_calls
@@ -333,7 +450,7 @@ impl Metrics {
 
     /// Successful logins so far, whatever their reason.
     pub fn successful_logins(&self) -> u64 {
-        ["first", "expiring", "rejected"]
+        LOGIN_REASONS
             .into_iter()
             .filter_map(|reason| {
                 self.logins
@@ -396,20 +513,25 @@ impl Metrics {
         let now = database.clock.now();
         self.end_past_pause(now);
         let state = snapshot.map(|s| state_registry(&s, now));
+        let process = match ProcessStats::read() {
+            Ok(stats) => Some(stats.registry()),
+            Err(error) => {
+                tracing::debug!(%error, "metrics: no process_* metrics");
+                None
+            }
+        };
+        let extra: Vec<&Registry> = state.iter().chain(process.iter()).collect();
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug in a label.
         let encoded = if openmetrics {
-            text::encode_registry(&mut out, &self.registry)
-                .and_then(|()| match &state {
-                    Some(state) => text::encode_registry(&mut out, state),
-                    None => Ok(()),
-                })
+            std::iter::once(&self.registry)
+                .chain(extra)
+                .try_for_each(|registry| text::encode_registry(&mut out, registry))
                 .and_then(|()| text::encode_eof(&mut out))
         } else {
-            prometheus_text::encode(&mut out, &self.registry).and_then(|()| match &state {
-                Some(state) => prometheus_text::encode(&mut out, state),
-                None => Ok(()),
-            })
+            std::iter::once(&self.registry)
+                .chain(extra)
+                .try_for_each(|registry| prometheus_text::encode(&mut out, registry))
         };
         if let Err(error) = encoded {
             tracing::error!(%error, "metrics: cannot encode");
@@ -453,6 +575,11 @@ impl StoreObserver for Metrics {
         self.sqlite_wal_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
+}
+
+/// `at` as Unix seconds, with its fraction.
+fn unix_seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
+    at.timestamp_millis() as f64 / 1000.0
 }
 
 /// Where scrapes read the stored state from: the store's reader, within a deadline, with

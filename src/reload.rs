@@ -110,7 +110,10 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
             .as_ref()
             .map(|log| log.set_level(&new.log.level))
     {
-        failed.push(format!("log.level: {reason}"));
+        failed.push(NotApplied {
+            keys: &["log.level"],
+            reason,
+        });
         candidate.log.level = running.log.level.clone();
     }
     if touches("server.allow_ips") || touches("server.trusted_proxies") || touches("server.auth") {
@@ -125,13 +128,30 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
             None => Err("the reconciler is off".into()),
         };
         if let Err(reason) = rescheduled {
-            failed.push(format!("reconciler schedule: {reason}"));
+            failed.push(NotApplied {
+                keys: &["reconciler.interval", "reconciler.cron"],
+                reason,
+            });
             candidate.reconciler.interval = running.reconciler.interval;
             candidate.reconciler.cron = running.reconciler.cron.clone();
         }
     }
     log_outcome(&now, &later, &failed);
     candidate
+}
+
+/// Reloadable settings that could not be applied: the old values stay.
+struct NotApplied {
+    /// The keys (or key prefixes) whose changes did not take effect.
+    keys: &'static [&'static str],
+    /// Why.
+    reason: String,
+}
+
+impl NotApplied {
+    fn covers(&self, change: &Change) -> bool {
+        self.keys.iter().any(|key| change.key_is_under(key))
+    }
 }
 
 /// `changes` split into those a reload applies at once ([`RELOADABLE`]) and those that wait
@@ -162,7 +182,9 @@ fn take_reloadable(config: &mut Config, new: &Config) {
     config.reconciler.cron = new.reconciler.cron.clone();
 }
 
-fn log_outcome(now: &[&Change], later: &[&Change], failed: &[String]) {
+/// Says what the reload did: one line for the changes applied, one for those waiting for a
+/// restart, and one per setting that could not be applied (not also listed as reloaded).
+fn log_outcome(now: &[&Change], later: &[&Change], failed: &[NotApplied]) {
     let list = |changes: &[&Change]| {
         changes
             .iter()
@@ -170,16 +192,22 @@ fn log_outcome(now: &[&Change], later: &[&Change], failed: &[String]) {
             .collect::<Vec<_>>()
             .join("; ")
     };
+    let applied: Vec<&Change> = now
+        .iter()
+        .copied()
+        .filter(|change| !failed.iter().any(|f| f.covers(change)))
+        .collect();
     if now.is_empty() && later.is_empty() {
         tracing::info!("configuration reloaded: nothing changed");
-    } else if !now.is_empty() {
-        tracing::info!(changed = %list(now), "configuration reloaded");
+    } else if !applied.is_empty() {
+        tracing::info!(changed = %list(&applied), "configuration reloaded");
     }
     if !later.is_empty() {
         tracing::warn!(changed = %list(later), "configuration changes that need a restart were not applied");
     }
-    for reason in failed {
-        tracing::error!(%reason, "could not apply a reloaded setting; the old one stays");
+    for failure in failed {
+        let changes: Vec<&Change> = now.iter().copied().filter(|c| failure.covers(c)).collect();
+        tracing::warn!(changed = %list(&changes), reason = %failure.reason, "could not apply a reloaded setting; the old one stays");
     }
 }
 

@@ -12,6 +12,7 @@ use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 
 use crate::store::writer::{WriteError, Writer};
+use crate::telemetry;
 
 /// Says the daemon is ready: the listener is bound, the store open and the writer running.
 pub fn ready(listen: Option<SocketAddr>, reconciler_on: bool) {
@@ -60,7 +61,7 @@ impl Watchdog {
         // A tick and a ping each take at most a third, so two keep-alives are never further
         // apart than two thirds of the timeout.
         let period = (timeout / 3).max(Duration::from_millis(10));
-        tracing::info!(?timeout, "systemd watchdog on");
+        tracing::info!(timeout = %telemetry::duration(timeout), "systemd watchdog on");
         let writer = writer.clone();
         Self(Some(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(period);
@@ -71,7 +72,7 @@ impl Watchdog {
                     Ok(true) => notify(&[NotifyState::Watchdog]),
                     Ok(false) => return,
                     Err(_) => tracing::warn!(
-                        ?period,
+                        period = %telemetry::duration(period),
                         "the writer did not answer a ping; withholding the watchdog keep-alive"
                     ),
                 }

@@ -117,6 +117,32 @@ struct Limits {
     request_timeout: Duration,
 }
 
+/// Every `(status code, outcome)` a request to the webhook path can be answered with (an
+/// observation from a webhook is never `confirmed`: only a poll confirms). Their counters are
+/// shown at 0 from the start.
+const WEBHOOK_ANSWERS: &[(u16, &str)] = &[
+    (200, "applied"),
+    (200, "duplicate"),
+    (200, "stale"),
+    (200, "conflict"),
+    (200, "doubtful"),
+    (400, "invalid"),
+    (400, "body_unreadable"),
+    (401, "unauthorized"),
+    (403, "forbidden"),
+    (405, "method_not_allowed"),
+    (408, "body_timeout"),
+    (413, "too_large"),
+    (415, "unsupported_media_type"),
+    (503, "queue_full"),
+    (503, "store_unavailable"),
+    (503, "commit_timeout"),
+];
+
+/// How long a scrape waits for the readiness check before showing `orderwatch_ready` 0 (a
+/// scraper gives up after 10 s by default).
+const SCRAPE_READINESS_DEADLINE: Duration = Duration::from_secs(2);
+
 /// The request handler shared by every connection.
 pub struct Receiver {
     /// Path, body size and time limits.
@@ -292,6 +318,7 @@ impl Receiver {
         metrics: Arc<Metrics>,
         state: StateSource,
     ) -> Self {
+        metrics.expect_webhook_answers(WEBHOOK_ANSWERS);
         Self {
             access: RwLock::new(Arc::new(settings.access)),
             settings: Limits {
@@ -360,11 +387,13 @@ impl Receiver {
             self.metrics.webhook_request(status, reply.label(), elapsed);
         }
         let latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
-        // Probes come every few seconds from every balancer: not worth a line each (a
-        // change of readiness is logged where it is found).
+        // Probes and scrapes come every few seconds from every balancer and Prometheus: not
+        // worth a line each (a change of readiness is logged where it is found). A refused
+        // scrape still gets its line.
         let probe =
             listener == Listener::Webhooks && matches!(path.as_str(), "/healthz" | "/readyz");
-        if probe {
+        let scrape = matches!(reply, Reply::Metrics { .. });
+        if probe || scrape {
             tracing::debug!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
         } else if status >= 500 {
             tracing::warn!(%method, %path, status, outcome = reply.label(), latency_ms, %peer, "request");
@@ -420,8 +449,15 @@ impl Receiver {
         }
     }
 
-    /// Renders the metrics, as OpenMetrics if the scraper asks for it.
+    /// Renders the metrics, as OpenMetrics if the scraper asks for it, after the readiness
+    /// check has set `orderwatch_ready` (so it is current even where nothing probes `/readyz`).
     async fn scrape(&self, headers: &hyper::HeaderMap) -> Reply {
+        if tokio::time::timeout(SCRAPE_READINESS_DEADLINE, self.readiness())
+            .await
+            .is_err()
+        {
+            self.metrics.ready.set(0);
+        }
         let openmetrics = headers
             .get_all(ACCEPT)
             .iter()
@@ -436,18 +472,24 @@ impl Receiver {
         Reply::Metrics { text, content_type }
     }
 
+    /// The readiness check, shown in `orderwatch_ready` too.
     async fn readiness(&self) -> Reply {
-        if self.draining.load(Ordering::SeqCst) {
-            return Reply::NotReady("shutting down".into());
-        }
-        match self
-            .readiness
-            .check(&self.writer, self.settings.request_timeout)
-            .await
-        {
-            Ok(()) => Reply::Ready,
-            Err(reason) => Reply::NotReady(reason),
-        }
+        let reply = if self.draining.load(Ordering::SeqCst) {
+            Reply::NotReady("shutting down".into())
+        } else {
+            match self
+                .readiness
+                .check(&self.writer, self.settings.request_timeout)
+                .await
+            {
+                Ok(()) => Reply::Ready,
+                Err(reason) => Reply::NotReady(reason),
+            }
+        };
+        self.metrics
+            .ready
+            .set(i64::from(matches!(reply, Reply::Ready)));
+        reply
     }
 
     async fn webhook<B>(&self, request: Request<B>, peer: SocketAddr) -> Reply
@@ -492,7 +534,10 @@ impl Receiver {
         )
         .await
         {
-            Ok(Ok(outcome)) => Reply::Stored(outcome),
+            Ok(Ok(outcome)) => {
+                self.metrics.webhook_stored(received_at);
+                Reply::Stored(outcome)
+            }
             Ok(Err(error)) => Reply::Unavailable(error),
             Err(_) => Reply::CommitTimedOut,
         }
@@ -605,6 +650,79 @@ mod tests {
             "127.0.0.1:5000".parse().unwrap(),
             &relayed
         ));
+    }
+
+    /// Whether a request to the webhook path can end with `reply` (and so is counted). No
+    /// wildcard: a new kind of reply must be placed here, and then in [`WEBHOOK_ANSWERS`].
+    fn on_the_webhook_path(reply: &Reply) -> bool {
+        match reply {
+            Reply::Stored(_)
+            | Reply::MethodNotAllowed(_)
+            | Reply::Forbidden
+            | Reply::Unauthorized
+            | Reply::UnsupportedMediaType
+            | Reply::TooLarge
+            | Reply::BodyTimeout
+            | Reply::BodyUnreadable(_)
+            | Reply::Invalid(_)
+            | Reply::Unavailable(_)
+            | Reply::CommitTimedOut => true,
+            // Evicted is answered by the accept loop before routing, uncounted.
+            Reply::Evicted
+            | Reply::Healthy
+            | Reply::Unhealthy(_)
+            | Reply::Ready
+            | Reply::NotFound
+            | Reply::NotReady(_)
+            | Reply::Metrics { .. }
+            | Reply::MetricsRefused => false,
+        }
+    }
+
+    #[test]
+    fn every_answer_on_the_webhook_path_is_counted_from_the_start() {
+        use crate::store::Outcome;
+        let stored = [
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::Stale,
+            Outcome::Conflict,
+            Outcome::Doubtful,
+        ]
+        .map(Reply::Stored);
+        let others = [
+            Reply::MethodNotAllowed("POST"),
+            Reply::Forbidden,
+            Reply::Unauthorized,
+            Reply::UnsupportedMediaType,
+            Reply::TooLarge,
+            Reply::BodyTimeout,
+            Reply::BodyUnreadable("reset".into()),
+            Reply::Invalid(PayloadError {
+                field: "body",
+                reason: "not JSON".into(),
+            }),
+            Reply::Unavailable(WriteError::QueueFull),
+            Reply::Unavailable(WriteError::Closed),
+            Reply::Unavailable(WriteError::Storage("disk full".into())),
+            Reply::Unavailable(WriteError::Replaced("moved".into())),
+            Reply::CommitTimedOut,
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for reply in stored.iter().chain(&others) {
+            assert!(on_the_webhook_path(reply), "{reply:?}");
+            let answer = (reply.status().as_u16(), reply.label());
+            assert!(
+                WEBHOOK_ANSWERS.contains(&answer),
+                "{answer:?} is not listed"
+            );
+            seen.insert(answer);
+        }
+        assert_eq!(
+            seen.len(),
+            WEBHOOK_ANSWERS.len(),
+            "every listed answer can happen"
+        );
     }
 
     #[test]

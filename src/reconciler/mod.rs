@@ -31,6 +31,7 @@ use crate::store::queries::{self, DueOrder};
 use crate::store::reader::Reader;
 use crate::store::writer::{WriteError, Writer};
 use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord, PolledItemFacts};
+use crate::telemetry;
 
 /// The lease row's name.
 const LEASE: &str = "reconciler";
@@ -89,6 +90,13 @@ impl PassSummary {
     pub fn paused_until_text(&self) -> Option<String> {
         let until = self.paused_until?;
         Some(until.to_rfc3339_opts(SecondsFormat::Secs, true))
+    }
+
+    /// Whether the pass showed the reconciler working: nothing failed, or at least one poll
+    /// went through. A pass whose every poll failed (Musement down, a network cut) does not
+    /// count, or `orderwatch_last_successful_pass_timestamp_seconds` would hide an outage.
+    pub fn reached_musement(&self) -> bool {
+        self.failures == 0 || self.polled > 0
     }
 }
 
@@ -194,6 +202,11 @@ impl Reconciler {
         self
     }
 
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Follows the progress of passes: the receiver sees each update of `(done, total)`.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
@@ -216,6 +229,7 @@ impl Reconciler {
         match self.pass_locked().await {
             Ok(summary) => log_summary(&summary),
             Err(PassError::LeaseHeld { holder, until }) => {
+                let until = telemetry::rfc3339(until);
                 tracing::info!(%holder, %until, "another process is reconciling; skipping this pass");
             }
             Err(error) => tracing::error!(%error, "reconciler pass failed"),
@@ -281,6 +295,12 @@ impl Reconciler {
             Err(PassError::Store(_)) => "failed",
         };
         self.metrics.count_pass(label);
+        if let Ok(summary) = result
+            && label == "ok"
+            && summary.reached_musement()
+        {
+            self.metrics.pass_succeeded(self.clock.now());
+        }
     }
 
     /// Counts one order's poll as soon as it is done, so long passes show in the metrics and
@@ -449,9 +469,14 @@ impl Reconciler {
                 // Logged when the order starts failing, not on every retry; the row keeps the rest.
                 match backoff {
                     Some(b) if b.failures == 1 => {
-                        tracing::warn!(%order, %error, next_poll_at = %b.next_poll_at, "poll failed; backing off")
+                        let next_poll_at = telemetry::rfc3339(b.next_poll_at);
+                        tracing::warn!(%order, %error, %next_poll_at, "poll failed; backing off")
                     }
-                    _ => tracing::debug!(%order, %error, ?backoff, "poll failed again"),
+                    Some(b) => {
+                        let next_poll_at = telemetry::rfc3339(b.next_poll_at);
+                        tracing::debug!(%order, %error, %next_poll_at, failures = b.failures, "poll failed again")
+                    }
+                    None => tracing::debug!(%order, %error, "poll failed again"),
                 }
                 Ok(PollResult::Failed)
             }

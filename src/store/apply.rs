@@ -11,6 +11,7 @@ use super::rule::{self, Decision, ItemState, Outcome, Rules, decide, musement_ti
 use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::{Observation, Position, Source};
+use crate::telemetry;
 
 /// The longest a persistent doubt pushes an order's re-poll out.
 const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
@@ -75,7 +76,7 @@ fn log_decision(observation: &Observation, current: Option<&ItemState>, decision
     if decision.outcome == Outcome::Conflict {
         tracing::error!(
             item = %observation.item,
-            version = ?observation.position.version(),
+            version = observation.position.version(),
             stored = %decision.state.status,
             received = %observation.status,
             "conflict: Musement sent two statuses for the same item version; kept the first, re-polling"
@@ -106,8 +107,10 @@ fn warn_about_times(observation: &Observation, rules: &Rules) {
         Position::Poll { as_of } => as_of,
     };
     if sent > time {
-        tracing::warn!(item = %observation.item, %sent, used = %time, "Musement time is far in the future; clamped");
+        let (sent, used) = (telemetry::rfc3339(sent), telemetry::rfc3339(time));
+        tracing::warn!(item = %observation.item, %sent, %used, "Musement time is far in the future; clamped");
     } else if sent < observation.received_at - Duration::days(365) {
+        let sent = telemetry::rfc3339(sent);
         tracing::warn!(item = %observation.item, %sent, "Musement time is more than a year old; stored as sent");
     }
 }

@@ -88,7 +88,8 @@ pub async fn open_writer(
         // Said once so operators (and the durability test) can see the promise is in force.
         let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        tracing::info!(%journal_mode, synchronous, "database opened for writing");
+        let synchronous = synchronous_name(synchronous);
+        tracing::info!(%journal_mode, %synchronous, "database opened for writing");
         Ok::<_, StoreError>(conn)
     })
     .await
@@ -104,6 +105,17 @@ pub async fn open_writer(
         checkpoints: CheckpointSettings::default(),
     };
     writer::spawn(conn, &config.database.path, settings, clock, observer)
+}
+
+/// `PRAGMA synchronous` as its documented name (it reads back as a number).
+fn synchronous_name(level: i64) -> String {
+    match level {
+        0 => "OFF".to_owned(),
+        1 => "NORMAL".to_owned(),
+        2 => "FULL".to_owned(),
+        3 => "EXTRA".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).

@@ -440,11 +440,11 @@ impl Captured {
         let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["fields"]["order"] == order.to_string())
+            .filter(|l| l["order"] == order.to_string())
             .map(|l| {
                 (
                     l["level"].as_str().unwrap_or("").to_owned(),
-                    l["fields"]["message"].as_str().unwrap_or("").to_owned(),
+                    l["message"].as_str().unwrap_or("").to_owned(),
                 )
             })
             .collect()
@@ -460,6 +460,7 @@ fn capture_logs() -> (
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_writer(captured.clone())
         .with_env_filter(tracing_subscriber::EnvFilter::new("orderwatch=debug"))
         .finish();
@@ -656,12 +657,12 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
     let about: Vec<Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["fields"]["order"] == order.to_string())
+        .filter(|l| l["order"] == order.to_string())
         .collect();
     let said = |level: &str, message: &str| {
         about
             .iter()
-            .filter(|l| l["level"] == level && l["fields"]["message"] == message)
+            .filter(|l| l["level"] == level && l["message"] == message)
             .count()
     };
     eprintln!("{retries} failed polls of the order before recovery; its log lines: {about:#?}");
@@ -740,19 +741,18 @@ async fn a_429_with_retry_after_pauses_every_request_until_the_wait_ends() {
     let summary = captured
         .lines()
         .into_iter()
-        .find(|l| l["level"] == "INFO" && l["fields"].get("due").is_some())
+        .find(|l| l["level"] == "INFO" && l.get("due").is_some())
         .expect("a pass summary line");
-    let fields = &summary["fields"];
     assert_eq!(
-        fields["message"], "reconciler pass; paused until 2024-01-01T12:02:00Z",
+        summary["message"], "reconciler pass; paused until 2024-01-01T12:02:00Z",
         "{summary}"
     );
     assert_eq!(
         [
-            &fields["due"],
-            &fields["polled"],
-            &fields["failures"],
-            &fields["paused_orders"]
+            &summary["due"],
+            &summary["polled"],
+            &summary["failures"],
+            &summary["paused_orders"]
         ],
         [&json!(20), &json!(0), &json!(gets), &json!(20 - gets)],
         "only the polls that got the 429 failed: {summary}"

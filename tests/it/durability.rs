@@ -67,19 +67,14 @@ fn assert_wal_and_full_sync(daemon: &Daemon, db: &Path) {
     let reported = daemon
         .startup_log
         .iter()
-        .find(|entry| !entry["fields"]["synchronous"].is_null());
+        .find(|entry| !entry["synchronous"].is_null());
     match reported {
         Some(entry) => {
-            let fields = &entry["fields"];
-            let sync = &fields["synchronous"];
-            assert!(
-                sync == 2
-                    || sync
-                        .as_str()
-                        .is_some_and(|s| s.eq_ignore_ascii_case("full")),
-                "the daemon's write connection runs with synchronous={sync}, not FULL: {entry}"
+            assert_eq!(
+                entry["synchronous"], "FULL",
+                "the daemon's write connection runs with synchronous=FULL, said by its name: {entry}"
             );
-            if let Some(mode) = fields["journal_mode"].as_str() {
+            if let Some(mode) = entry["journal_mode"].as_str() {
                 assert!(mode.eq_ignore_ascii_case("wal"), "{entry}");
             }
         }

@@ -4,6 +4,7 @@
 //! each other module covers one concern and imports only from `helpers`, never from another
 //! test module.
 
+mod alerts;
 mod api_faults;
 mod cli;
 mod convergence;
@@ -14,6 +15,7 @@ mod helpers;
 mod hostile;
 mod inspect;
 mod leases;
+mod logs;
 mod metrics;
 mod musement_client;
 mod ordering_props;

@@ -1,231 +1,19 @@
-//! `GET /metrics`: known traffic in, the text exposition parsed (a small parser below, strict
+//! `GET /metrics`: known traffic in, the text exposition parsed (helpers/exposition.rs, strict
 //! about the format), and every counter compared with the traffic and the database. Plus who
 //! may scrape where, the reconciler's and API client's metrics after passes against the fake
 //! API, and `reconcile --once`'s plain progress lines from the real binary.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::Duration;
+use orderwatch::clock::Clock;
 use orderwatch::reconciler::Progress;
 use reqwest::Method;
 
+use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::{
-    AUTH_CONFIG, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
+    AUTH_CONFIG, Daemon, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
     spawn_app_with_metrics_listener, uuid, webhook,
 };
-
-/// A series (name and labels) and the value it must have.
-type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
-
-/// A histogram series' `(le, cumulative count)` pairs.
-type Buckets = Vec<(f64, f64)>;
-
-/// One sample line: `name{label="value",…} value`.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A parsed exposition: the samples and each family's `# TYPE`.
-#[derive(Debug)]
-struct Exposition {
-    samples: Vec<Sample>,
-    types: HashMap<String, String>,
-}
-
-impl Exposition {
-    /// Parses the Prometheus text format (0.0.4), panicking on any line it does not follow.
-    fn parse(text: &str) -> Self {
-        let mut samples = Vec::new();
-        let mut types = HashMap::new();
-        for line in text.lines() {
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect(line);
-                assert!(
-                    ["counter", "gauge", "histogram", "untyped", "summary"].contains(&kind),
-                    "{line}"
-                );
-                assert!(
-                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
-                    "TYPE given twice: {line}"
-                );
-                continue;
-            }
-            if line.starts_with("# HELP ") {
-                continue;
-            }
-            assert!(!line.starts_with('#'), "unexpected comment: {line}");
-            samples.push(parse_sample(line));
-        }
-        let exposition = Self { samples, types };
-        for sample in &exposition.samples {
-            let family = exposition.family_of(&sample.name);
-            assert!(
-                family.is_some(),
-                "{} has no # TYPE line before it",
-                sample.name
-            );
-        }
-        exposition.check_histograms();
-        exposition
-    }
-
-    /// The `# TYPE` family a sample belongs to (histograms add `_bucket`, `_sum`, `_count`).
-    fn family_of(&self, name: &str) -> Option<&str> {
-        if self.types.contains_key(name) {
-            return Some(self.types[name].as_str());
-        }
-        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-            let base = name.strip_suffix(suffix)?;
-            (self.types.get(base)? == "histogram").then_some("histogram")
-        })
-    }
-
-    /// Buckets are cumulative and `+Inf` equals `_count`, for every label set.
-    fn check_histograms(&self) {
-        for (name, kind) in &self.types {
-            if kind != "histogram" {
-                continue;
-            }
-            let bucket = format!("{name}_bucket");
-            // Label set (without `le`) → its `(le, cumulative count)` buckets.
-            let mut series: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
-            for sample in self.samples.iter().filter(|s| s.name == bucket) {
-                let mut labels = sample.labels.clone();
-                let le = labels.remove("le").expect("bucket without le");
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap()
-                };
-                series
-                    .entry(labels.into_iter().collect())
-                    .or_default()
-                    .push((le, sample.value));
-            }
-            for (labels, buckets) in series {
-                assert!(
-                    buckets
-                        .windows(2)
-                        .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
-                    "{name}{labels:?}: buckets not cumulative: {buckets:?}"
-                );
-                let inf = buckets.last().unwrap();
-                assert_eq!(inf.0, f64::INFINITY, "{name}: no +Inf bucket");
-                let label_refs: Vec<(&str, &str)> = labels
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                assert_eq!(
-                    Some(inf.1),
-                    self.get(&format!("{name}_count"), &label_refs),
-                    "{name}: +Inf bucket is not the count"
-                );
-            }
-        }
-    }
-
-    /// The value of the sample `name` with exactly `labels`.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let wanted: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let found: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| s.name == name && s.labels == wanted)
-            .collect();
-        assert!(found.len() <= 1, "duplicate series {name}{labels:?}");
-        found.first().map(|s| s.value)
-    }
-
-    /// Like [`Exposition::get`], 0 when the series does not exist yet (a counter never hit).
-    fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
-    }
-
-    /// Asserts every `(series, labels, value)` of `expected`, naming `phase` and the series.
-    fn expect(&self, phase: &str, expected: &[Expected]) {
-        for &(name, labels, value) in expected {
-            assert_eq!(
-                self.get(name, labels),
-                Some(value),
-                "{phase}: {name}{labels:?}"
-            );
-        }
-    }
-
-    /// Every sample of `name`, whatever its labels.
-    fn all(&self, name: &str) -> Vec<&Sample> {
-        self.samples.iter().filter(|s| s.name == name).collect()
-    }
-}
-
-fn parse_sample(line: &str) -> Sample {
-    let (series, value) = line.rsplit_once(' ').expect(line);
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        other => other
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value: {line}")),
-    };
-    let (name, labels) = match series.split_once('{') {
-        None => (series, BTreeMap::new()),
-        Some((name, rest)) => {
-            let body = rest.strip_suffix('}').expect(line);
-            (name, parse_labels(body, line))
-        }
-    };
-    assert!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !name.starts_with(|c: char| c.is_ascii_digit()),
-        "bad metric name: {line}"
-    );
-    Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    }
-}
-
-/// `k="v",k2="v2"` with `\"`, `\\` and `\n` escapes in values.
-fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once("=\"").expect(line);
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next().expect(line) {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next().expect(line).1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        assert!(
-            labels.insert(key.to_owned(), value).is_none(),
-            "label twice: {line}"
-        );
-        rest = &after[end + 1..];
-        rest = rest.strip_prefix(',').unwrap_or(rest);
-    }
-    labels
-}
 
 /// `GET /metrics` on `base` (e.g. `http://127.0.0.1:PORT`), which must answer 200.
 async fn scrape(client: &reqwest::Client, base: &str) -> Exposition {
@@ -297,7 +85,16 @@ async fn counters_and_gauges_match_the_traffic_and_the_database() {
             "{code} {outcome}"
         );
     }
-    assert_eq!(m.all(requests).len(), 5, "{:?}", m.all(requests));
+    // Every other answer a webhook can get is shown at 0 from the start.
+    let nonzero = |m: &Exposition| -> Vec<Sample> {
+        m.all(requests)
+            .into_iter()
+            .filter(|s| s.value != 0.0)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(nonzero(&m).len(), 5, "{:?}", m.all(requests));
+    assert!(m.all(requests).len() > 5, "{:?}", m.all(requests));
     assert_eq!(
         m.get("orderwatch_webhook_request_duration_seconds_count", &[]),
         Some(7.0)
@@ -585,11 +382,16 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), status, "{what}: {url}");
     }
-    // Scrapes are not webhook requests.
+    // Scrapes are not webhook requests: the one webhook is all they count.
     let again = scrape(&app.client, &metrics).await;
+    let counted: f64 = again
+        .all("orderwatch_webhook_requests_total")
+        .iter()
+        .map(|s| s.value)
+        .sum();
     assert_eq!(
-        again.all("orderwatch_webhook_requests_total").len(),
-        1,
+        counted,
+        1.0,
         "{:?}",
         again.all("orderwatch_webhook_requests_total")
     );
@@ -600,6 +402,9 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
 #[tokio::test]
 async fn reconciler_and_api_metrics_follow_the_passes() {
     let h = harness("concurrency = 1").await;
+    let last_success = "orderwatch_last_successful_pass_timestamp_seconds";
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect("before any pass", &[(last_success, &[], 0.0)]);
     let orders = h.watch_new_orders(3).await;
     // The first pass: one login, two orders answered, one 503.
     h.fake()
@@ -632,10 +437,11 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
             ("orderwatch_items", &[("status", "PENDING")], 2.0),
             (latency, &[("endpoint", "order")], 3.0),
             (latency, &[("endpoint", "login")], 1.0),
+            // Two of three polls went through: the reconciler works.
+            (last_success, &[], h.clock.now().timestamp() as f64),
         ],
     );
     assert_eq!(m.all(calls).len(), 3, "{:?}", m.all(calls));
-
     // Musement drops our token: one 401, one re-login, then every order answers.
     h.fake().revoke_tokens();
     h.advance(Duration::minutes(5));
@@ -656,8 +462,10 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
             // Two became PENDING at the first pass, five minutes ago on the harness clock.
             ("orderwatch_oldest_pending_item_age_seconds", &[], 300.0),
             (latency, &[("endpoint", "order")], 7.0),
+            (last_success, &[], h.clock.now().timestamp() as f64),
         ],
     );
+    let second_success = h.clock.now().timestamp() as f64;
     assert_eq!(
         m.count(logins, &[("reason", "expiring"), ("result", "ok")]),
         0.0
@@ -680,7 +488,44 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
             ),
             (passes, &[("result", "stopped")], 1.0),
             (handled, &[("result", "unauthorized")], 1.0),
+            // A stopped pass is no success.
+            (last_success, &[], second_success),
         ],
+    );
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_pass_whose_every_poll_failed_is_no_successful_pass() {
+    let h = harness("concurrency = 1").await;
+    let last_success = "orderwatch_last_successful_pass_timestamp_seconds";
+    let orders = h.watch_new_orders(2).await;
+    for order in &orders {
+        h.fake()
+            .push_response(&format!("/orders/{order}"), FakeResponse::status(503));
+    }
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (0, 2), "{summary:?}");
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "after a pass whose every poll failed",
+        &[
+            (
+                "orderwatch_reconciler_passes_total",
+                &[("result", "ok")],
+                1.0,
+            ),
+            (last_success, &[], 0.0),
+        ],
+    );
+    // The orders recover after their backoff: now it counts.
+    h.advance(Duration::hours(2));
+    let summary = h.pass().await;
+    assert_eq!((summary.polled, summary.failures), (2, 0), "{summary:?}");
+    let m = Exposition::parse(&h.metrics_text().await);
+    m.expect(
+        "after a pass that polled",
+        &[(last_success, &[], h.clock.now().timestamp() as f64)],
     );
     h.close().await;
 }
@@ -829,4 +674,247 @@ async fn a_full_database_shows_as_503s_and_failed_batches() {
     );
     // The gauges still read fine: a full database is still readable.
     assert_eq!(m.get("orderwatch_pending_items", &[]), Some(stored));
+}
+
+/// The seconds since the Unix epoch now.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn alert_series_are_there_from_the_start_and_follow_their_events() {
+    let app = spawn_app_with(AUTH_CONFIG).await;
+    let base = format!("http://{}", app.addr);
+    let m = scrape(&app.client, &base).await;
+    m.expect(
+        "at start-up",
+        &[
+            (
+                "orderwatch_build_info",
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("commit", orderwatch::build_info::COMMIT),
+                ],
+                1.0,
+            ),
+            (
+                "orderwatch_last_webhook_received_timestamp_seconds",
+                &[],
+                0.0,
+            ),
+            (
+                "orderwatch_last_successful_pass_timestamp_seconds",
+                &[],
+                0.0,
+            ),
+            // No API credentials: the reconciler is off.
+            ("orderwatch_reconciler_interval_seconds", &[], 0.0),
+            ("orderwatch_ready", &[], 1.0),
+            (
+                "orderwatch_webhook_requests_total",
+                &[("code", "503"), ("outcome", "queue_full")],
+                0.0,
+            ),
+            (
+                "orderwatch_musement_logins_total",
+                &[("reason", "first"), ("result", "refused")],
+                0.0,
+            ),
+            (
+                "orderwatch_sqlite_checkpoints_total",
+                &[("mode", "passive"), ("result", "error")],
+                0.0,
+            ),
+        ],
+    );
+    assert_eq!(m.types["orderwatch_build_info"], "gauge");
+    // This process's own figures (the app runs inside the test binary).
+    if cfg!(target_os = "linux") {
+        let value = |name: &str| m.get(name, &[]).unwrap_or_else(|| panic!("no {name}"));
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= unix_now() && started > unix_now() - 3600.0,
+            "{started}"
+        );
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        let open = value("process_open_fds");
+        assert!(open >= 3.0 && open <= value("process_max_fds"), "{open}");
+        assert!(value("process_cpu_seconds_total") > 0.0);
+        assert_eq!(m.types["process_cpu_seconds_total"], "counter");
+    }
+
+    // A webhook refused is not one received.
+    let refused = app
+        .post_webhook(webhook(&uuid(1, 1), &uuid(2, 1), 1, "PENDING"))
+        .await
+        .status();
+    assert_eq!(refused, 401);
+    let m = scrape(&app.client, &base).await;
+    m.expect(
+        "after a refused webhook",
+        &[(
+            "orderwatch_last_webhook_received_timestamp_seconds",
+            &[],
+            0.0,
+        )],
+    );
+    let before = unix_now();
+    let body = webhook(&uuid(1, 1), &uuid(2, 1), 1, "PENDING");
+    assert_eq!(post(&app, body).await, 200);
+    let after = unix_now();
+    let m = scrape(&app.client, &base).await;
+    let received = m
+        .get("orderwatch_last_webhook_received_timestamp_seconds", &[])
+        .unwrap();
+    assert!(
+        (before - 0.001..=after + 0.001).contains(&received),
+        "{before} <= {received} <= {after}"
+    );
+    app.stop().await;
+}
+
+/// `GET /metrics` of the real daemon, parsed.
+async fn scrape_daemon(daemon: &Daemon) -> Exposition {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    scrape(&client, &format!("http://{}", daemon.addr)).await
+}
+
+#[tokio::test]
+async fn the_interval_gauge_follows_the_schedule_and_its_reloads() {
+    // Credentials for a loopback port nobody listens on: the reconciler is on, which is all
+    // this test needs.
+    let config = |schedule: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[musement]\nbase_url = \"http://127.0.0.1:9\"\n\
+             application = \"test\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n\
+             [reconciler]\n{schedule}\n"
+        )
+    };
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), &config("interval = \"1h\""));
+    let interval = "orderwatch_reconciler_interval_seconds";
+    scrape_daemon(&daemon)
+        .await
+        .expect("interval 1h", &[(interval, &[], 3600.0)]);
+    std::fs::write(
+        daemon.dir.path().join("config.toml"),
+        config("cron = \"0 */5 * * * *\""),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("schedule changed");
+    scrape_daemon(&daemon)
+        .await
+        .expect("every fifth minute", &[(interval, &[], 300.0)]);
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn the_ready_gauge_is_the_readiness_check_at_scrape_time() {
+    let mut daemon = Daemon::start(
+        tempfile::tempdir().unwrap(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n",
+    );
+    scrape_daemon(&daemon)
+        .await
+        .expect("ready", &[("orderwatch_ready", &[], 1.0)]);
+    // Another process holds the write lock, as a long sqlite3 session could: nothing probes
+    // /readyz, yet the scrape shows it.
+    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // One readiness answer is reused for a second (src/receiver/readiness.rs).
+    let ready_becomes = |wanted: f64, what: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while scrape_daemon(daemon).await.get("orderwatch_ready", &[]) != Some(wanted) {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ready_becomes(0.0, "not ready while locked").await;
+    lock.execute_batch("COMMIT").unwrap();
+    ready_becomes(1.0, "ready again").await;
+    daemon.stop();
+}
+
+/// The build script cargo compiled from `build.rs` for this test run (the newest one, beside the
+/// test binary in `target/…/build/orderwatch-*/`).
+fn build_script() -> std::path::PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    let profile = test_binary.parent().unwrap().parent().unwrap(); // …/deps/it-HASH
+    std::fs::read_dir(profile.join("build"))
+        .unwrap()
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let name = dir.file_name()?.to_str()?.to_owned();
+            let script = dir.join("build-script-build");
+            let modified = script.metadata().ok()?.modified().ok()?;
+            name.starts_with("orderwatch-")
+                .then_some((modified, script))
+        })
+        .max()
+        .map(|(_, script)| script)
+        .expect("cargo compiled build.rs")
+}
+
+/// The commit `build.rs` records when run for a package in `dir` with `ORDERWATCH_COMMIT`
+/// set to `argument`.
+fn commit_recorded(dir: &std::path::Path, argument: Option<&str>) -> String {
+    let mut command = std::process::Command::new(build_script());
+    command
+        .env("CARGO_MANIFEST_DIR", dir)
+        .env_remove("ORDERWATCH_COMMIT")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE");
+    if let Some(argument) = argument {
+        command.env("ORDERWATCH_COMMIT", argument);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("cargo:rustc-env=ORDERWATCH_COMMIT="))
+        .unwrap_or_else(|| panic!("no ORDERWATCH_COMMIT in {stdout}"))
+        .to_owned()
+}
+
+#[test]
+fn the_build_records_the_git_commit_else_the_build_argument_else_unknown() {
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repository)
+        .env_remove("GIT_DIR")
+        .output();
+    match head {
+        Ok(head) if head.status.success() => {
+            let head = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+            assert_eq!(orderwatch::build_info::COMMIT, head, "the binary's commit");
+            assert_eq!(commit_recorded(repository, Some("ignored")), head);
+        }
+        _ => crate::helpers::skip("git", "no git checkout to compare the commit with"),
+    }
+    // Docker's build context: no .git.
+    let copy = tempfile::tempdir().unwrap();
+    assert_eq!(
+        commit_recorded(copy.path(), Some("0123456789ab")),
+        "0123456789ab"
+    );
+    assert_eq!(commit_recorded(copy.path(), None), "unknown");
+    assert_eq!(
+        commit_recorded(copy.path(), Some("a b\"}")),
+        "unknown",
+        "not label-safe"
+    );
+    // A folder inside another repository is not that repository's commit.
+    assert_eq!(
+        commit_recorded(&repository.join("src"), Some("fedcba987654")),
+        "fedcba987654"
+    );
 }

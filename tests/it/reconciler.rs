@@ -1091,11 +1091,8 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
             .iter()
             .filter(|l| {
                 l["level"] == level
-                    && l["fields"][field] == value
-                    && l["fields"]["message"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains(message)
+                    && l[field] == value
+                    && l["message"].as_str().unwrap_or("").contains(message)
             })
             .count()
     };
@@ -1104,10 +1101,10 @@ async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
             .iter()
             .filter(|l| {
                 l["level"] == "ERROR"
-                    && l["fields"]["table"] == "order_items"
-                    && l["fields"]["key"] == key.to_string()
-                    && l["fields"]["column"] == column
-                    && l["fields"]["value"] == value
+                    && l["table"] == "order_items"
+                    && l["key"] == key.to_string()
+                    && l["column"] == column
+                    && l["value"] == value
             })
             .count()
     };

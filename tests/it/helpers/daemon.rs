@@ -154,13 +154,10 @@ impl Daemon {
                 continue;
             };
             let json: Value = serde_json::from_str(&line).unwrap_or_default();
-            let listen = json["fields"]["listen"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| {
-                    let at = line.find("listen=")? + "listen=".len();
-                    line[at..].split_whitespace().next().map(str::to_owned)
-                });
+            let listen = json["listen"].as_str().map(str::to_owned).or_else(|| {
+                let at = line.find("listen=")? + "listen=".len();
+                line[at..].split_whitespace().next().map(str::to_owned)
+            });
             daemon.startup_log.push(if json.is_null() {
                 Value::String(line)
             } else {

@@ -1,12 +1,14 @@
 //! What the test modules share, so that no test module imports another: the app in-process
 //! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
 //! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), reading the
-//! database ([`db`]), and small builders of test input.
+//! database ([`db`]), the `/metrics` text parsed ([`exposition`]), and small builders of test
+//! input.
 
 pub mod api;
 pub mod app;
 pub mod daemon;
 pub mod db;
+pub mod exposition;
 pub mod fake_musement;
 pub mod notify;
 pub mod process;
