@@ -20,3 +20,13 @@ pub mod signals;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+
+/// The commit this build comes from: `git`'s at build time, else the `ORDERWATCH_COMMIT`
+/// variable given to the build (a Docker context has no `.git`), else `unknown` (build.rs).
+pub const BUILD_COMMIT: &str = match option_env!("ORDERWATCH_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+/// This package's version, as `--version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
