@@ -17,6 +17,7 @@ mod leases;
 mod metrics;
 mod musement_client;
 mod ordering_props;
+mod quick_path;
 mod rate_limit;
 mod receiver;
 mod reconciler;
