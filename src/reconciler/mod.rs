@@ -145,7 +145,7 @@ pub struct Reconciler {
     lease_ttl: Duration,
     /// Passes and orders are counted here.
     metrics: Arc<Metrics>,
-    /// The latest [`Progress`], for whoever watches (e.g. `reconcile --once`'s progress bar).
+    /// The latest [`Progress`], for whoever watches (e.g. `orderwatch reconcile`'s progress bar).
     progress: watch::Sender<Progress>,
 }
 

@@ -399,8 +399,34 @@ async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_
     let (code, _, stderr) = run(&["reconcile", "--order", "nope"]);
     assert_eq!(code, 2, "{stderr}");
 
-    // Credentials refused while several polls are in flight: said once.
+    // A pass the rate limit makes long says so before it starts.
     let text = std::fs::read_to_string(&f.config).unwrap();
+    let slow = f.daemon.dir.path().join("slow.toml");
+    std::fs::write(
+        &slow,
+        text.replace(
+            "max_requests_per_second = 0.0",
+            "max_requests_per_second = 0.4",
+        ),
+    )
+    .unwrap();
+    let both = format!("{},{}", f.order_a, f.order_b);
+    let (code, stdout, stderr) = {
+        let slow = slow.clone();
+        std::thread::spawn(move || ow(&slow, &["reconcile", "--order", &both]))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "polling 2 orders at most 0.4 per second ([reconciler] max_requests_per_second): \
+             at least 5 s"
+        ),
+        "{stderr}"
+    );
+
+    // Credentials refused while several polls are in flight: said once.
     let refused = f.daemon.dir.path().join("refused.toml");
     std::fs::write(
         &refused,
