@@ -1161,14 +1161,12 @@ async fn a_backup_restores_by_stop_copy_start_and_check() {
 
     // 1. Stop. 2. Move the live files aside, copy the backup in. 3. Start. 4. Check.
     daemon.stop();
+    let aside = daemon.dir.path().join("before-restore");
+    std::fs::create_dir(&aside).unwrap();
     for name in ["orderwatch.db", "orderwatch.db-wal", "orderwatch.db-shm"] {
         let live = daemon.dir.path().join(name);
         if live.exists() {
-            std::fs::rename(
-                &live,
-                daemon.dir.path().join(format!("{name}.before-restore")),
-            )
-            .unwrap();
+            std::fs::rename(&live, aside.join(name)).unwrap();
         }
     }
     std::fs::copy(&backup, &db).unwrap();
@@ -1195,13 +1193,7 @@ async fn a_backup_restores_by_stop_copy_start_and_check() {
     let items: Value =
         serde_json::from_str(&ok(&config_path, &["items", "--format", "json"])).unwrap();
     assert_eq!(items.as_array().unwrap().len(), 2);
-    assert!(
-        daemon
-            .dir
-            .path()
-            .join("orderwatch.db.before-restore")
-            .exists()
-    );
+    assert!(aside.join("orderwatch.db").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
