@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod secret;
 mod sources;
 mod validate;
-pub use secret::{Secret, resolve_secret};
+pub use secret::{Secret, check_secret_source, resolve_secret};
 pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};
 use validate::valid_instance_id;
 
@@ -84,6 +84,10 @@ pub struct Config {
     /// Where each value came from (file, environment, default), for `check-config`.
     #[serde(skip)]
     pub sources: Sources,
+    /// What the configuration sets that has no effect, e.g. an `ORDERWATCH_…` variable that
+    /// names no key; said once by whoever loads it (a command prints them, the daemon logs).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[server]`: the HTTP listener that takes Musement's webhooks.
@@ -159,7 +163,8 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[server.auth]`: the Basic credentials Musement sends. Exactly one password source.
+/// `[server.auth]`: the Basic credentials Musement sends. Exactly one password source, and
+/// during a password rotation at most one source of the previous password.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -177,6 +182,28 @@ pub struct AuthConfig {
     /// The password, loaded from whichever source is set.
     #[serde(skip)]
     pub resolved_password: Secret,
+    /// The password before a rotation, still accepted until this is removed (prefer
+    /// `previous_password_env` or `previous_password_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_password: Option<Secret>,
+    /// Name of an environment variable holding the previous password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_password_env: Option<String>,
+    /// File holding the previous password (relative to the config file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_password_file: Option<PathBuf>,
+    /// The previous password, loaded; `None` when none is configured.
+    #[serde(skip)]
+    pub resolved_previous_password: Option<Secret>,
+}
+
+impl AuthConfig {
+    /// Whether any source of the previous password is set.
+    pub fn has_previous_password(&self) -> bool {
+        self.previous_password.is_some()
+            || self.previous_password_env.is_some()
+            || self.previous_password_file.is_some()
+    }
 }
 
 /// `[database]`.
@@ -256,15 +283,19 @@ pub struct MusementConfig {
     /// OAuth client id, or the name of a variable / file holding it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// Name of an environment variable holding the client id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id_env: Option<String>,
+    /// File holding the client id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id_file: Option<PathBuf>,
     /// OAuth client secret, or the name of a variable / file holding it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<Secret>,
+    /// Name of an environment variable holding the client secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret_env: Option<String>,
+    /// File holding the client secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret_file: Option<PathBuf>,
     /// The credentials, loaded; `None` when none are configured (reconciler off).
@@ -403,6 +434,13 @@ impl Config {
         Self::build(&read(path)?, path, std::env::vars(), Secrets::Resolve)
     }
 
+    /// [`Config::load`] that checks how each secret is given (exactly one source) without
+    /// reading any: no variable need be set, no secret file exist (`check-config --offline`,
+    /// for CI of a configuration repository). Credentials stay `None`.
+    pub fn load_offline(path: &Path) -> Result<Self, ConfigError> {
+        Self::build(&read(path)?, path, std::env::vars(), Secrets::Check)
+    }
+
     /// [`Config::load`] for commands that only touch the database (inspection, `watch`,
     /// `prune`, `backup`): secrets are not read, so an operator without access to the webhook
     /// password or the API secret can still use them. Webhook auth and API credentials stay
@@ -432,7 +470,8 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
         secrets: Secrets,
     ) -> Result<Self, ConfigError> {
-        let overrides = sources::overrides(vars).map_err(|reason| ConfigError {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let overrides = sources::overrides(vars.iter().cloned()).map_err(|reason| ConfigError {
             file: path.to_owned(),
             key: String::new(),
             reason,
@@ -441,7 +480,20 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base, path, secrets)?;
         config.validate(path)?;
+        let named = config.variables_named();
+        config.warnings =
+            sources::unused_variables(vars.iter().map(|(var, _)| var.as_str()), &named);
         Ok(config)
+    }
+
+    /// The environment variables the configuration names through its `*_env` keys.
+    fn variables_named(&self) -> Vec<String> {
+        let table = toml::Table::try_from(self).unwrap_or_default();
+        leaves(&table)
+            .into_iter()
+            .filter(|(key, _)| key.ends_with("_env"))
+            .filter_map(|(_, value)| value.as_str().map(str::to_owned))
+            .collect()
     }
 
     /// The effective configuration as TOML, secrets masked.
@@ -457,27 +509,74 @@ impl Config {
             return Ok(());
         }
         if let Some(auth) = &mut self.server.auth {
-            if let Some(secret_file) = &mut auth.password_file
-                && secret_file.is_relative()
-            {
-                *secret_file = base.join(&*secret_file);
-            }
-            auth.resolved_password = resolve_secret(
-                file,
-                "server.auth.password",
-                auth.password.as_ref(),
-                auth.password_env.as_deref(),
-                auth.password_file.as_deref(),
-            )?;
+            auth.resolve(base, file, secrets)?;
         }
-        self.musement.resolve(base, file)
+        self.musement.resolve(base, file, secrets)
+    }
+}
+
+impl AuthConfig {
+    /// Loads the password and, when one is configured, the previous password (with
+    /// [`Secrets::Check`], only checks how each is given).
+    fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
+        for path in [&mut self.password_file, &mut self.previous_password_file]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        let current = (
+            "server.auth.password",
+            self.password.as_ref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+        );
+        let previous = (
+            "server.auth.previous_password",
+            self.previous_password.as_ref(),
+            self.previous_password_env.as_deref(),
+            self.previous_password_file.as_deref(),
+        );
+        let has_previous = self.has_previous_password();
+        if secrets == Secrets::Check {
+            check_secret_source(file, current.0, current.1, current.2, current.3)?;
+            if has_previous {
+                check_secret_source(file, previous.0, previous.1, previous.2, previous.3)?;
+            }
+            return Ok(());
+        }
+        let password = resolve_secret(file, current.0, current.1, current.2, current.3)?;
+        let previous_password = if has_previous {
+            Some(resolve_secret(
+                file, previous.0, previous.1, previous.2, previous.3,
+            )?)
+        } else {
+            None
+        };
+        self.resolved_password = password;
+        self.resolved_previous_password = previous_password;
+        Ok(())
     }
 }
 
 impl MusementConfig {
-    /// Loads `client_id` and `client_secret` from whichever source each uses. Neither set means
-    /// "no credentials"; one without the other is an error.
-    fn resolve(&mut self, base: &Path, file: &Path) -> Result<(), ConfigError> {
+    /// Whether API credentials are configured (some source of the client id or secret is
+    /// set), judged without reading them: the reconciler is meant to run.
+    pub fn credentials_configured(&self) -> bool {
+        self.client_id.is_some()
+            || self.client_id_env.is_some()
+            || self.client_id_file.is_some()
+            || self.client_secret.is_some()
+            || self.client_secret_env.is_some()
+            || self.client_secret_file.is_some()
+    }
+
+    /// Loads `client_id` and `client_secret` from whichever source each uses (with
+    /// [`Secrets::Check`], only checks how each is given). Neither set means "no credentials";
+    /// one without the other is an error.
+    fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
         for path in [&mut self.client_id_file, &mut self.client_secret_file]
             .into_iter()
             .flatten()
@@ -486,16 +585,26 @@ impl MusementConfig {
                 *path = base.join(&*path);
             }
         }
-        let id_set = self.client_id.is_some()
-            || self.client_id_env.is_some()
-            || self.client_id_file.is_some();
-        let secret_set = self.client_secret.is_some()
-            || self.client_secret_env.is_some()
-            || self.client_secret_file.is_some();
-        if !id_set && !secret_set {
+        if !self.credentials_configured() {
             return Ok(());
         }
         let id_value = self.client_id.clone().map(Secret::new);
+        if secrets == Secrets::Check {
+            check_secret_source(
+                file,
+                "musement.client_id",
+                id_value.as_ref(),
+                self.client_id_env.as_deref(),
+                self.client_id_file.as_deref(),
+            )?;
+            return check_secret_source(
+                file,
+                "musement.client_secret",
+                self.client_secret.as_ref(),
+                self.client_secret_env.as_deref(),
+                self.client_secret_file.as_deref(),
+            );
+        }
         let id = resolve_secret(
             file,
             "musement.client_id",
@@ -527,7 +636,11 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// Whether loading reads the secrets the configuration names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Secrets {
+    /// Read every secret (the daemon, `reconcile`, `check-config`).
     Resolve,
+    /// Check how each is given, read none (`check-config --offline`).
+    Check,
+    /// Neither (the commands that only use the database).
     Skip,
 }
 

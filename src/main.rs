@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use orderwatch::cli::Cli;
 
 fn main() -> ExitCode {
     orderwatch::signals::ignore_file_size_signal();
-    Cli::parse().execute()
+    let (cli, config) = Cli::parse_args();
+    cli.execute(&config)
 }

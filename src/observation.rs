@@ -25,6 +25,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// The six statuses Musement documents, in lifecycle order.
+    pub const DOCUMENTED: [&'static str; 6] = [
+        "PENDING",
+        "OK",
+        "KO",
+        "REFUND_STARTED",
+        "REFUNDED",
+        "CANCELLATION_ERROR",
+    ];
+
     /// Parses a status string; unknown values become `Other`.
     pub fn parse(text: &str) -> Self {
         match text {

@@ -265,6 +265,19 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<Change> {
             values: None,
         });
     }
+    let previous_password = |c: &Config| {
+        c.server
+            .auth
+            .as_ref()
+            .and_then(|a| a.resolved_previous_password.as_ref())
+            .map(|p| p.expose().to_owned())
+    };
+    if previous_password(old) != previous_password(new) {
+        changes.push(Change {
+            key: "server.auth.previous_password".into(),
+            values: None,
+        });
+    }
     let client_secret = |c: &Config| {
         c.musement
             .credentials

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::ConfigArg;
+use super::ConfigFile;
 use super::output::{fail, open_database};
 use crate::store::maintenance;
 use crate::store::reader::Reader;
@@ -15,8 +15,6 @@ use crate::store::reader::Reader;
 /// --force.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
     /// Where to write the copy.
     #[arg(value_name = "PATH")]
     path: PathBuf,
@@ -25,8 +23,8 @@ pub(super) struct Args {
     force: bool,
 }
 
-pub(super) fn backup(args: Args) -> ExitCode {
-    let (config, conn) = match open_database(&args.config.config) {
+pub(super) fn backup(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let (config, conn) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use super::output::{fail, finish, open_database};
-use super::{ConfigArg, runtime};
+use super::{ConfigFile, runtime};
 use crate::store::inspect;
 
 /// How often `--follow` looks for new changes: a cheap indexed read.
@@ -24,8 +24,6 @@ const PAGE: usize = 500;
 /// item's newest events, so a cursor stays valid, but older changes may be gone.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
     /// Only changes with an id above this.
     #[arg(long, value_name = "ID", default_value_t = 0)]
     after: i64,
@@ -38,8 +36,8 @@ pub(super) struct Args {
     limit: Option<usize>,
 }
 
-pub(super) fn changes(args: Args) -> ExitCode {
-    let (_, conn) = match open_database(&args.config.config) {
+pub(super) fn changes(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let (_, conn) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::ConfigArg;
 use super::output::{
     Format, column, fail, finish, human_age, minute, open_database, short_uuid, write_records,
 };
-use crate::observation::escape_status;
+use super::{ConfigFile, EXIT_CONFIG};
+use crate::observation::{Status, escape_status};
 use crate::store::inspect::{self, ItemFilter, ItemRow};
 
 /// List order items with their current status, longest in that status first.
@@ -18,11 +18,11 @@ use crate::store::inspect::{self, ItemFilter, ItemRow};
 /// Tables show the first 8 characters of each UUID (`show` accepts them) and times in UTC to
 /// the minute; AGE is the time in the current status; `PENDING!` is past its confirmation
 /// deadline; a status that is not printable ASCII shows escaped (`\u{41e}\u{41a}` for a
-/// Cyrillic look-alike of OK). json/ndjson/csv give full, exact values.
+/// Cyrillic look-alike of OK). json/ndjson/csv give full, exact values. A --status that is
+/// neither documented nor stored is a warning, and an error (exit 2) when no other status is
+/// asked for.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
     /// Only items in this status (repeat or comma-separate for several; case-insensitive).
     #[arg(long, value_name = "S", value_delimiter = ',')]
     status: Vec<String>,
@@ -56,8 +56,8 @@ const FIELDS: &[&str] = &[
     "overdue",
 ];
 
-pub(super) fn items(args: Args) -> ExitCode {
-    let (_, conn) = match open_database(&args.config.config) {
+pub(super) fn items(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let (_, conn) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
@@ -79,6 +79,21 @@ pub(super) fn items(args: Args) -> ExitCode {
         // One more than asked, to know whether rows were left out.
         limit: (args.limit > 0).then(|| args.limit.saturating_add(1)),
     };
+    let mut unknown = Vec::new();
+    for status in &filter.statuses {
+        match inspect::status_is_stored(&conn, status) {
+            Ok(false) if Status::parse(status).is_unknown() => unknown.push(unknown_status(status)),
+            Ok(_) => {}
+            Err(error) => return fail(format!("cannot read items: {error}")),
+        }
+    }
+    if !unknown.is_empty() && unknown.len() == filter.statuses.len() {
+        eprintln!("orderwatch: {}", unknown.join("; "));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for warning in &unknown {
+        eprintln!("orderwatch: warning: {warning}");
+    }
     let mut rows = match inspect::items(&conn, &filter, now) {
         Ok(rows) => rows,
         Err(error) => return fail(format!("cannot read items: {error}")),
@@ -124,4 +139,20 @@ fn cells(row: &ItemRow) -> Vec<String> {
         minute(&row.as_of),
         human_age(row.age_seconds),
     ]
+}
+
+/// Why `--status STATUS` cannot match: no item has it and it is not a documented status; with
+/// the documented one it is closest to, if one is close.
+fn unknown_status(status: &str) -> String {
+    let closest = Status::DOCUMENTED
+        .iter()
+        .map(|known| (strsim::damerau_levenshtein(status, known), known))
+        .filter(|(distance, known)| *distance <= 2.max(known.len() / 4))
+        .min();
+    let hint = closest.map_or_else(String::new, |(_, known)| format!("; did you mean {known}?"));
+    format!(
+        "--status {}: no item has this status and it is not a documented one ({}){hint}",
+        escape_status(status),
+        Status::DOCUMENTED.join(", ")
+    )
 }

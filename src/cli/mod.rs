@@ -3,6 +3,7 @@
 mod backup;
 mod changes;
 mod check_config;
+mod completions;
 mod items;
 mod output;
 mod prune;
@@ -13,48 +14,65 @@ mod show;
 mod stats;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// Exit code for usage and configuration errors.
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code for failures at run time (database, listener).
 pub const EXIT_FAILURE: u8 = 1;
 
+/// The variable that names the configuration file when `--config` is not given.
+pub const CONFIG_VAR: &str = "ORDERWATCH_CONFIG";
+
+/// `--version`: the package version and the commit it was built from.
+const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ORDERWATCH_COMMIT"),
+    ")"
+);
+
+/// Said after the options of `orderwatch --help`.
+const AFTER_HELP: &str = "\
+Configuration: --config FILE (before or after the command), else $ORDERWATCH_CONFIG, else
+config.toml in the current folder. Any key can be overridden from the environment as
+ORDERWATCH_<SECTION>__<KEY> (two underscores between levels), e.g.
+ORDERWATCH_SERVER__LISTEN=0.0.0.0:8080 or ORDERWATCH_SERVER__ALLOW_IPS=192.0.2.0/24,198.51.100.7.
+Exit codes: 0 success, 2 usage or configuration error, 1 failure at run time.";
+
 /// Keeps a durable, reconciled SQLite copy of Musement order-item statuses.
 #[derive(Debug, Parser)]
-#[command(name = "orderwatch", version, about)]
+#[command(name = "orderwatch", version = VERSION_LINE, about, after_help = AFTER_HELP)]
 pub struct Cli {
+    /// Configuration file (default: config.toml in the current folder); relative paths inside
+    /// it resolve against its folder. Accepted before or after the command.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        default_value = "config.toml",
+        env = CONFIG_VAR,
+        hide_env_values = true
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon: receive webhooks and store them.
-    Run(ConfigArg),
-    /// Validate the configuration and print it, secrets masked.
-    CheckConfig(ConfigArg),
-    /// Register orders to poll before any webhook arrives (call it right after creating an order).
-    Watch {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Order UUIDs, or `-` to read them from standard input, one per line.
-        #[arg(required = true, value_name = "ORDER_UUID")]
-        orders: Vec<String>,
-    },
-    /// Run one reconciler pass now and print a summary (works while the daemon runs).
-    Reconcile {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Run a single pass and exit (the daemon schedules passes itself).
-        #[arg(long, required = true)]
-        once: bool,
-    },
+    /// Run the daemon: receive webhooks, store them, poll Musement on a schedule.
+    Run,
+    CheckConfig(check_config::Args),
+    Watch(watch::Args),
+    Reconcile(reconcile::Args),
     Items(items::Args),
     Show(show::Args),
     Stats(stats::Args),
@@ -62,54 +80,131 @@ enum Command {
     Changes(changes::Args),
     Prune(prune::Args),
     Backup(backup::Args),
+    Completions(completions::CompletionArgs),
+    Man(completions::ManArgs),
 }
 
-#[derive(Debug, clap::Args)]
-struct ConfigArg {
-    /// Configuration file; relative paths inside it resolve against its folder.
-    #[arg(
-        long,
-        short,
-        default_value = "config.toml",
-        env = "ORDERWATCH_CONFIG",
-        hide_env_values = true
-    )]
-    config: PathBuf,
+/// The configuration file a command reads, and how it was chosen (for the message when it is
+/// missing).
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The path as given (or the default).
+    pub path: PathBuf,
+    /// `--config`, `ORDERWATCH_CONFIG` or the default.
+    chosen_by: ChosenBy,
+}
+
+/// Where [`ConfigFile::path`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChosenBy {
+    Flag,
+    Environment,
+    Default,
 }
 
 impl Cli {
-    /// Runs the chosen subcommand.
-    pub fn execute(self) -> ExitCode {
+    /// Parses the process's arguments (exits with clap's message and code 2 on a usage error).
+    pub fn parse_args() -> (Self, ConfigFile) {
+        let matches = Self::command().get_matches();
+        let chosen_by = match matches.value_source("config") {
+            Some(ValueSource::CommandLine) => ChosenBy::Flag,
+            Some(ValueSource::EnvVariable) => ChosenBy::Environment,
+            _ => ChosenBy::Default,
+        };
+        let cli = Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+        let config = ConfigFile {
+            path: cli.config.clone(),
+            chosen_by,
+        };
+        (cli, config)
+    }
+
+    /// Runs the chosen subcommand on `config`.
+    pub fn execute(self, config: &ConfigFile) -> ExitCode {
         match self.command {
-            Command::Run(args) => run::run(&args.config),
-            Command::CheckConfig(args) => check_config::check_config(&args.config),
-            Command::Watch { config, orders } => watch::watch(&config.config, &orders),
-            Command::Reconcile { config, once: _ } => reconcile::reconcile_once(&config.config),
-            Command::Items(args) => items::items(args),
-            Command::Show(args) => show::show(args),
-            Command::Stats(args) => stats::stats(args),
-            Command::Rejected(args) => rejected::rejected(args),
-            Command::Changes(args) => changes::changes(args),
-            Command::Prune(args) => prune::prune(args),
-            Command::Backup(args) => backup::backup(args),
+            Command::Run => run::run(config),
+            Command::CheckConfig(args) => check_config::check_config(config, &args),
+            Command::Watch(args) => watch::watch(config, args),
+            Command::Reconcile(args) => reconcile::reconcile(config, args),
+            Command::Items(args) => items::items(config, args),
+            Command::Show(args) => show::show(config, args),
+            Command::Stats(args) => stats::stats(config, args),
+            Command::Rejected(args) => rejected::rejected(config, args),
+            Command::Changes(args) => changes::changes(config, args),
+            Command::Prune(args) => prune::prune(config, args),
+            Command::Backup(args) => backup::backup(config, args),
+            Command::Completions(args) => completions::completions(args),
+            Command::Man(args) => completions::man(args),
         }
     }
 }
 
-/// Loads the config or prints the one-line error and gives the exit code.
-fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|error| {
-        eprintln!("orderwatch: {error}");
-        ExitCode::from(EXIT_CONFIG)
-    })
+/// Loads the config or prints the one-line error and gives the exit code; prints the
+/// configuration's warnings.
+fn load_config(config: &ConfigFile) -> Result<Config, ExitCode> {
+    loaded(config, Config::load(&config.path)).inspect(print_warnings)
 }
 
 /// [`load_config`] for commands that only use the database: secrets are not read.
-fn load_database_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load_for_database(path).map_err(|error| {
-        eprintln!("orderwatch: {error}");
-        ExitCode::from(EXIT_CONFIG)
+fn load_database_config(config: &ConfigFile) -> Result<Config, ExitCode> {
+    loaded(config, Config::load_for_database(&config.path)).inspect(print_warnings)
+}
+
+/// The configuration's warnings on stderr, for a command (the daemon logs them instead).
+fn print_warnings(config: &Config) {
+    for warning in &config.warnings {
+        eprintln!("orderwatch: warning: {warning}");
+    }
+}
+
+/// The configuration, or the exit code after saying why it did not load (a missing file says
+/// where it was looked for and how to name another).
+fn loaded(config: &ConfigFile, result: Result<Config, ConfigError>) -> Result<Config, ExitCode> {
+    match result {
+        Ok(loaded) => Ok(loaded),
+        Err(error) => {
+            match missing_file_hint(config) {
+                Some(hint) => eprintln!("orderwatch: {error}; {hint}"),
+                None => eprintln!("orderwatch: {error}"),
+            }
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// For a configuration file that does not exist: the full path looked at, and how to point at
+/// another file.
+fn missing_file_hint(config: &ConfigFile) -> Option<String> {
+    let missing = std::fs::metadata(&config.path)
+        .err()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if !missing {
+        return None;
+    }
+    let full = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+    let how = "pass --config FILE (before or after the command) or set ORDERWATCH_CONFIG=FILE; \
+               the repository's config.toml documents every key";
+    Some(match config.chosen_by {
+        ChosenBy::Default => format!(
+            "looked for {} (the default: config.toml in the current folder); {how}",
+            full.display()
+        ),
+        ChosenBy::Environment => format!(
+            "looked for {} (named by {CONFIG_VAR}); {how}",
+            full.display()
+        ),
+        ChosenBy::Flag if config.path.is_relative() => format!("looked for {}", full.display()),
+        ChosenBy::Flag => return None,
     })
+}
+
+/// Logging for the commands other than `run`: warnings and errors only (`RUST_LOG` still
+/// wins), so a command prints its own output and not the daemon's INFO lines about the
+/// writer or the API client it starts.
+fn init_command_logging(config: &Config) {
+    let mut quiet = config.clone();
+    quiet.log.level = "warn".into();
+    crate::telemetry::init_logging(&quiet);
 }
 
 /// A multi-threaded runtime for the commands that need one.

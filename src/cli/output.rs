@@ -2,13 +2,12 @@
 //! (aligned table, JSON array, NDJSON, CSV), and short forms of UUIDs, times and ages for tables.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{EXIT_FAILURE, load_database_config};
+use super::{ConfigFile, EXIT_FAILURE, load_database_config};
 use crate::config::Config;
 use crate::store::reader::Reader;
 
@@ -28,8 +27,8 @@ pub enum Format {
 
 /// Loads the config and opens its database read-only, or prints the one-line reason and gives
 /// the exit code (2 for the config, 1 for the database: missing, not orderwatch's, too new).
-pub fn open_database(config_path: &Path) -> Result<(Config, Connection), ExitCode> {
-    let config = load_database_config(config_path)?;
+pub fn open_database(config_file: &ConfigFile) -> Result<(Config, Connection), ExitCode> {
+    let config = load_database_config(config_file)?;
     match Reader::new(&config.database.path, config.database.busy_timeout).open() {
         Ok(conn) => Ok((config, conn)),
         Err(error) => Err(fail(error)),

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::output::{fail, open_database};
-use super::{ConfigArg, runtime};
+use super::{ConfigFile, init_command_logging, runtime};
 use crate::clock::{SystemClock, to_db_text};
+use crate::store;
 use crate::store::observer::Unobserved;
 use crate::store::pruning;
-use crate::{store, telemetry};
 
 /// Delete item_events and rejected_webhooks rows received before a cutoff.
 ///
@@ -22,22 +22,20 @@ use crate::{store, telemetry};
 /// with the daemon stopped).
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
     /// Delete what was received longer ago than this, e.g. 90d, 12h.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, required = true)]
     events_older_than: std::time::Duration,
 }
 
-pub(super) fn prune(args: Args) -> ExitCode {
+pub(super) fn prune(config_file: &ConfigFile, args: Args) -> ExitCode {
     // Read-only first: refuses a missing or newer database instead of creating one.
-    let config = match open_database(&args.config.config) {
+    let config = match open_database(config_file) {
         Ok((config, _)) => config,
         Err(code) => return code,
     };
     let keep = chrono::Duration::from_std(args.events_older_than).unwrap_or(chrono::Duration::MAX);
     let cutoff = Utc::now().checked_sub_signed(keep).unwrap_or_default();
-    telemetry::init_logging(&config);
+    init_command_logging(&config);
     let result = runtime().block_on(async {
         let (writer, writer_thread) =
             store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved)).await?;

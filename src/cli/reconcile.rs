@@ -1,19 +1,25 @@
-//! `orderwatch reconcile --once`: one reconciler pass now, with a summary. While it polls it
-//! shows a progress bar on a terminal, plain `polled D/T orders` lines on stderr otherwise.
+//! `orderwatch reconcile`: one reconciler pass now, with a summary, over the orders due (the
+//! default), every order still to poll (`--all-due`), or named orders (`--order`). While it
+//! polls it shows a progress bar on a terminal, plain `polled D/T orders` lines on stderr
+//! otherwise; at the end it says how many orders are left for later, and why.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
+use uuid::Uuid;
 
-use super::{EXIT_CONFIG, EXIT_FAILURE, load_config, runtime};
+use super::{ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_config, runtime};
 use crate::clock::SystemClock;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::reconciler::{self, PassError, PassSummary, Progress, Reconciler};
-use crate::{store, telemetry};
+use crate::reconciler::{self, PassError, PassSummary, Progress, Reconciler, Selection};
+use crate::store;
+use crate::store::queries::{self, PollBacklog};
+use crate::store::reader::Reader;
 
 /// How long to wait for another process's pass before giving up.
 const LEASE_WAIT: Duration = Duration::from_secs(5);
@@ -21,12 +27,57 @@ const LEASE_WAIT: Duration = Duration::from_secs(5);
 /// Without a terminal, a progress line at least this often (and every tenth of the orders).
 const LINE_EVERY: Duration = Duration::from_secs(1);
 
-pub(super) fn reconcile_once(config_path: &Path) -> ExitCode {
-    let config = match load_config(config_path) {
+/// A pass the rate limit makes last at least this long is announced with its expected length.
+const ANNOUNCE_LONGER_THAN: f64 = 5.0;
+
+/// Poll Musement now: one reconciler pass, then a summary (works while the daemon runs).
+///
+/// By default the pass polls the orders due now, as a scheduled pass would. Orders whose next
+/// poll is later (a webhook arrived within quiet_period, a backoff after failed polls, an OK
+/// item's re-check) are counted at the end as left for later; --all-due polls them too, and
+/// --order polls exactly the orders named. Requests keep to [reconciler]
+/// max_requests_per_second. Exit 0 when the pass ran (failed polls back off and are counted),
+/// 1 when it stopped early or could not run, 2 when the reconciler is off in the configuration.
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// One pass, then exit (the default; accepted for existing scripts).
+    #[arg(long)]
+    once: bool,
+    /// Poll exactly these orders now, whatever their state (repeat or comma-separate).
+    #[arg(
+        long,
+        value_name = "UUID",
+        value_delimiter = ',',
+        value_parser = Uuid::try_parse,
+        conflicts_with = "all_due"
+    )]
+    order: Vec<Uuid>,
+    /// Poll every order still to poll now, not only those due: also those in their quiet
+    /// period after a webhook, backing off after failed polls, or waiting for a re-check
+    /// (`orders_to_poll` in `orderwatch stats`).
+    #[arg(long)]
+    all_due: bool,
+}
+
+impl Args {
+    fn selection(&self) -> Selection {
+        if !self.order.is_empty() {
+            Selection::Orders(self.order.clone())
+        } else if self.all_due {
+            Selection::AllToPoll
+        } else {
+            Selection::Due
+        }
+    }
+}
+
+pub(super) fn reconcile(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let config = match load_config(config_file) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    telemetry::init_logging(&config);
+    init_command_logging(&config);
+    let selection = args.selection();
     runtime().block_on(async {
         let clock = Arc::new(SystemClock);
         // Counted, but served nowhere: a pass prints its own summary.
@@ -39,18 +90,13 @@ pub(super) fn reconcile_once(config_path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        let code = match reconciler::build(
-            &config,
-            writer,
-            clock,
-            metrics,
-            "orderwatch reconcile --once",
-        ) {
-            Ok(reconciler) => run_pass(&reconciler).await,
+        let code = match reconciler::build(&config, writer, clock, metrics, "orderwatch reconcile")
+        {
+            Ok(reconciler) => run_pass(&reconciler, &config, &selection).await,
             Err(off) => {
                 eprintln!(
                     "orderwatch: {}: cannot reconcile: {off}",
-                    config_path.display()
+                    config_file.path.display()
                 );
                 ExitCode::from(EXIT_CONFIG)
             }
@@ -60,14 +106,18 @@ pub(super) fn reconcile_once(config_path: &Path) -> ExitCode {
     })
 }
 
-async fn run_pass(reconciler: &Reconciler) -> ExitCode {
+async fn run_pass(reconciler: &Reconciler, config: &Config, selection: &Selection) -> ExitCode {
     let deadline = tokio::time::Instant::now() + LEASE_WAIT;
     // Said once, so the pause before the answer is not a mystery.
     let mut said_waiting = false;
+    let rate = config.reconciler.max_requests_per_second;
     loop {
-        match with_progress(reconciler).await {
+        match with_progress(reconciler, selection, rate).await {
             Ok(summary) => {
                 print_summary(&summary);
+                if !matches!(selection, Selection::Orders(_)) {
+                    print_left_for_later(config, selection).await;
+                }
                 return match &summary.stopped {
                     None => ExitCode::SUCCESS,
                     Some(reason) => {
@@ -92,10 +142,14 @@ async fn run_pass(reconciler: &Reconciler) -> ExitCode {
 }
 
 /// Runs one pass while showing its progress on stderr.
-async fn with_progress(reconciler: &Reconciler) -> Result<PassSummary, PassError> {
+async fn with_progress(
+    reconciler: &Reconciler,
+    selection: &Selection,
+    rate: f64,
+) -> Result<PassSummary, PassError> {
     let mut progress = reconciler.progress();
-    let mut shown = ProgressOutput::new(std::io::stderr().is_terminal());
-    let pass = reconciler.run_once();
+    let mut shown = ProgressOutput::new(std::io::stderr().is_terminal(), rate);
+    let pass = reconciler.run_once_for(selection);
     tokio::pin!(pass);
     let result = loop {
         tokio::select! {
@@ -108,8 +162,18 @@ async fn with_progress(reconciler: &Reconciler) -> Result<PassSummary, PassError
     result
 }
 
+/// What the pass's progress looks like on stderr.
+struct ProgressOutput {
+    /// A bar or lines.
+    style: ProgressStyleKind,
+    /// `[reconciler] max_requests_per_second` (0: no ceiling).
+    rate: f64,
+    /// The rate limit's effect on a long pass was said.
+    announced: bool,
+}
+
 /// A progress bar on a terminal, else plain lines.
-enum ProgressOutput {
+enum ProgressStyleKind {
     Bar(Option<ProgressBar>),
     Lines {
         /// The last state printed, to print each one once.
@@ -119,14 +183,19 @@ enum ProgressOutput {
 }
 
 impl ProgressOutput {
-    fn new(terminal: bool) -> Self {
-        if terminal {
-            Self::Bar(None)
+    fn new(terminal: bool, rate: f64) -> Self {
+        let style = if terminal {
+            ProgressStyleKind::Bar(None)
         } else {
-            Self::Lines {
+            ProgressStyleKind::Lines {
                 printed: Progress::default(),
                 at: Instant::now(),
             }
+        };
+        Self {
+            style,
+            rate,
+            announced: false,
         }
     }
 
@@ -134,13 +203,28 @@ impl ProgressOutput {
         if now.total == 0 {
             return;
         }
-        match self {
-            Self::Bar(bar) => {
+        if !self.announced {
+            self.announced = true;
+            let least = if self.rate > 0.0 {
+                now.total as f64 / self.rate
+            } else {
+                0.0
+            };
+            if least >= ANNOUNCE_LONGER_THAN {
+                eprintln!(
+                    "polling {} orders at most {} per second ([reconciler] \
+                     max_requests_per_second): at least {least:.0} s",
+                    now.total, self.rate
+                );
+            }
+        }
+        match &mut self.style {
+            ProgressStyleKind::Bar(bar) => {
                 let bar = bar.get_or_insert_with(|| new_bar(now.total));
                 bar.set_length(now.total as u64);
                 bar.set_position(now.done as u64);
             }
-            Self::Lines { printed, at } => {
+            ProgressStyleKind::Lines { printed, at } => {
                 let step = (now.total / 10).max(1);
                 let due = now.total != printed.total
                     || now.done == now.total
@@ -156,7 +240,7 @@ impl ProgressOutput {
     }
 
     fn finish(self) {
-        if let Self::Bar(Some(bar)) = self {
+        if let ProgressStyleKind::Bar(Some(bar)) = self.style {
             bar.finish_and_clear();
         }
     }
@@ -190,4 +274,71 @@ fn print_summary(summary: &PassSummary) {
         summary.expired,
         summary.overdue
     );
+}
+
+/// What the pass left for later, and why, with how to poll it now; nothing when nothing is.
+async fn print_left_for_later(config: &Config, selection: &Selection) {
+    let reader = Reader::new(&config.database.path, config.database.busy_timeout);
+    let now = Utc::now();
+    let soon = crate::clock::later(now, chrono_duration(config.reconciler.quiet_period));
+    let backlog = reader
+        .read(Duration::from_secs(10), move |conn| {
+            queries::poll_backlog(conn, now, soon)
+        })
+        .await;
+    match backlog {
+        Ok(backlog) => {
+            if let Some(line) = left_for_later(&backlog, config, selection) {
+                println!("{line}");
+            }
+        }
+        Err(error) => eprintln!("orderwatch: cannot count the orders left for later: {error}"),
+    }
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// `left for later: …`, or `None` when no order waits.
+fn left_for_later(backlog: &PollBacklog, config: &Config, selection: &Selection) -> Option<String> {
+    let reconciler = &config.reconciler;
+    let mut reasons = Vec::new();
+    if backlog.soon > 0 {
+        reasons.push(format!(
+            "{} due within quiet_period = {} (a webhook arrived lately, so Musement is talking)",
+            backlog.soon,
+            humantime::format_duration(reconciler.quiet_period)
+        ));
+    }
+    if backlog.later > 0 {
+        reasons.push(format!(
+            "{} due later (settled OK items, re-checked every recheck_interval = {})",
+            backlog.later,
+            humantime::format_duration(reconciler.recheck_interval)
+        ));
+    }
+    if backlog.backing_off > 0 {
+        let first = backlog
+            .backing_off_next
+            .as_deref()
+            .map(|t| format!(", the first due at {}", super::output::second(t)))
+            .unwrap_or_default();
+        reasons.push(format!(
+            "{} backing off after failed polls{first}",
+            backlog.backing_off
+        ));
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    let hint = match selection {
+        Selection::Due => "; `orderwatch reconcile --all-due` polls them now",
+        _ => "",
+    };
+    Some(format!(
+        "left for later: {} order(s): {}{hint}",
+        backlog.soon + backlog.later + backlog.backing_off,
+        reasons.join("; ")
+    ))
 }

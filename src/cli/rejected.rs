@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use super::ConfigArg;
+use super::ConfigFile;
 use super::output::{
     Column, Format, column, fail, finish, open_database, second, table, truncate, write_records,
 };
@@ -15,8 +15,6 @@ use crate::store::inspect::{self, RejectedRow};
 /// json/ndjson/csv give them whole.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
     /// At most this many rows.
     #[arg(long, value_name = "N", default_value_t = 20)]
     limit: usize,
@@ -27,8 +25,8 @@ pub(super) struct Args {
 
 const FIELDS: &[&str] = &["id", "received_at", "peer", "field", "error", "body"];
 
-pub(super) fn rejected(args: Args) -> ExitCode {
-    let (_, conn) = match open_database(&args.config.config) {
+pub(super) fn rejected(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let (_, conn) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };

@@ -1,21 +1,25 @@
 //! `orderwatch run`: the daemon.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{EXIT_FAILURE, load_config, runtime};
+use super::{ConfigFile, EXIT_FAILURE, loaded, runtime};
 use crate::app::{App, Listeners};
 use crate::clock::SystemClock;
+use crate::config::Config;
 use crate::reload::{self, Reload};
 use crate::{signals, telemetry};
 
-pub(super) fn run(config_path: &Path) -> ExitCode {
-    let config = match load_config(config_path) {
+pub(super) fn run(config_file: &ConfigFile) -> ExitCode {
+    let config_path = &config_file.path;
+    let config = match loaded(config_file, Config::load(config_path)) {
         Ok(config) => config,
         Err(code) => return code,
     };
     let log = telemetry::init_logging(&config);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let result = runtime().block_on(async {
         let listeners = Listeners::bind(&config)?;
         let (reloads, configs) = tokio::sync::mpsc::channel(4);
@@ -36,9 +40,9 @@ pub(super) fn run(config_path: &Path) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, in the daemon's log (stderr, text or JSON as configured).
         Err(error) => {
             tracing::error!(%error, "orderwatch stopped");
-            eprintln!("orderwatch: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -8,11 +8,12 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 
-use super::ConfigArg;
+use super::ConfigFile;
 use super::output::{
     fail, finish, human_age, open_database, second, second_or_dash, short_uuid, truncate, wrap,
 };
 use crate::observation::escape_status;
+use crate::reconciler::configured_off;
 use crate::store::inspect::{self, EventRow, ItemRow, OrderRow, Shown};
 
 /// Show an item or an order: current state and full history, each outcome explained.
@@ -22,8 +23,6 @@ use crate::store::inspect::{self, EventRow, ItemRow, OrderRow, Shown};
 /// `--format json` prints one object: {"order", "items", "events"}, statuses exact.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
     /// Item or order UUID (or a unique prefix).
     #[arg(value_name = "ITEM_UUID|ORDER_UUID")]
     uuid: String,
@@ -42,8 +41,8 @@ enum ShowFormat {
     Json,
 }
 
-pub(super) fn show(args: Args) -> ExitCode {
-    let (_, conn) = match open_database(&args.config.config) {
+pub(super) fn show(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let (config, conn) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
@@ -56,15 +55,19 @@ pub(super) fn show(args: Args) -> ExitCode {
         ShowFormat::Json => serde_json::to_writer_pretty(&mut out, &shown)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),
-        ShowFormat::Table => out.write_all(render(&shown).as_bytes()),
+        ShowFormat::Table => {
+            let polling_off = configured_off(&config).map(|off| off.brief());
+            out.write_all(render(&shown, polling_off).as_bytes())
+        }
     };
     finish(written.and_then(|()| out.flush()))
 }
 
-fn render(shown: &Shown) -> String {
+/// The text `show` prints; `polling_off` says why the configuration leaves the reconciler off.
+fn render(shown: &Shown, polling_off: Option<&str>) -> String {
     let mut text = String::new();
     if let Some(order) = &shown.order {
-        render_order(&mut text, order);
+        render_order(&mut text, order, polling_off);
     }
     for item in &shown.items {
         render_item(&mut text, item);
@@ -78,9 +81,17 @@ fn render(shown: &Shown) -> String {
     // The highest webhook version each item had before an event, to say what a stale or
     // duplicate webhook was measured against.
     let mut highest: HashMap<&str, i64> = HashMap::new();
+    // Wide enough for the longest status shown (CANCELLATION_ERROR is 18), so the outcomes
+    // stay in one column.
+    let status_width = shown
+        .events
+        .iter()
+        .map(|e| escape_status(&e.status).chars().count())
+        .max()
+        .unwrap_or(0);
     for event in &shown.events {
         let before = highest.get(event.item.as_str()).copied();
-        render_event(&mut text, event, several, before);
+        render_event(&mut text, event, several, before, status_width);
         if let Some(version) = event.version {
             let seen = highest.entry(event.item.as_str()).or_insert(version);
             *seen = (*seen).max(version);
@@ -89,9 +100,12 @@ fn render(shown: &Shown) -> String {
     text
 }
 
-fn render_order(text: &mut String, order: &OrderRow) {
+fn render_order(text: &mut String, order: &OrderRow, polling_off: Option<&str>) {
     let _ = writeln!(text, "order {}", order.order);
-    let polling = if let Some(at) = &order.not_found_at {
+    let polling = if let Some(off) = polling_off {
+        // No poll is coming, whatever the order's bookkeeping says.
+        format!("none: the reconciler is off ({off})")
+    } else if let Some(at) = &order.not_found_at {
         format!("stopped, Musement said 404 at {}", second(at))
     } else if let Some(at) = &order.expired_at {
         format!("stopped, past max_age at {}", second(at))
@@ -186,7 +200,13 @@ fn key_values(text: &mut String, lines: &[(&str, String)]) {
     }
 }
 
-fn render_event(text: &mut String, event: &EventRow, several: bool, highest_before: Option<i64>) {
+fn render_event(
+    text: &mut String,
+    event: &EventRow,
+    several: bool,
+    highest_before: Option<i64>,
+    status_width: usize,
+) {
     let version = event
         .version
         .map_or_else(|| "-".into(), |v| format!("v{v}"));
@@ -197,7 +217,7 @@ fn render_event(text: &mut String, event: &EventRow, several: bool, highest_befo
     };
     let _ = writeln!(
         text,
-        "#{:<5} {}  {item}{:<7} {:>4}  {:<14} {}",
+        "#{:<5} {}  {item}{:<7} {:>4}  {:<status_width$} {}",
         event.id,
         second(&event.received_at),
         event.source,

@@ -4,30 +4,90 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use chrono::Utc;
-
-use super::ConfigArg;
 use serde::Serialize;
 
+use super::ConfigFile;
 use super::output::{self, Format, column, fail, finish, human_age, open_database, second, table};
+use crate::config::{Config, Schedule};
 use crate::observation::escape_status;
+use crate::reconciler::configured_off;
 use crate::store::inspect::{self, Stats, seconds_since};
 
-/// Counts by status, pending and overdue items, polling trouble, latest traffic.
+/// Counts by status, pending and overdue items, polling and whether the reconciler is on,
+/// latest traffic.
 ///
 /// table: one metric per line, times UTC with their age, statuses that are not printable ASCII
-/// escaped (`\u{41e}`). json/ndjson: one object (ndjson on one line). csv: `metric,value` rows
-/// with dotted names such as `items_by_status.PENDING`, statuses exact.
+/// escaped (`\u{41e}`). json: one object (pretty); ndjson: the same object on one line; csv:
+/// `metric,value` rows with dotted names such as `items_by_status.PENDING`, statuses exact.
+///
+/// `reconciler` says whether the configuration turns polling on (and its schedule) or why not;
+/// `last_poll_at` says when an order was last polled. `orders_to_poll` counts the orders the
+/// reconciler still has to poll, due now or later; `orders_polled` is the same number under
+/// its old name, deprecated and removed in the next release.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
+    /// Output format: table, json (one object), ndjson (that object on one line) or csv
+    /// (`metric,value` rows).
+    #[arg(long, value_enum, default_value_t, hide_possible_values = true)]
     format: Format,
 }
 
-pub(super) fn stats(args: Args) -> ExitCode {
-    let (_, conn) = match open_database(&args.config.config) {
+/// Whether the configuration turns the reconciler on.
+#[derive(Debug, Serialize)]
+struct ReconcilerState {
+    /// Polls on a schedule.
+    on: bool,
+    /// When passes run (`every 1m`, `cron 0 */5 * * * *`); null when off.
+    schedule: Option<String>,
+    /// Why it is off; null when on.
+    off_because: Option<String>,
+    /// The same, short enough for the table.
+    #[serde(skip)]
+    off_short: &'static str,
+}
+
+impl ReconcilerState {
+    fn of(config: &Config) -> Self {
+        match configured_off(config) {
+            Some(off) => Self {
+                on: false,
+                schedule: None,
+                off_because: Some(off.to_string()),
+                off_short: off.brief(),
+            },
+            None => Self {
+                on: true,
+                schedule: Some(match config.reconciler.schedule() {
+                    Schedule::Every(every) => {
+                        format!("every {}", humantime::format_duration(every))
+                    }
+                    Schedule::Cron(cron) => format!("cron {cron}"),
+                }),
+                off_because: None,
+                off_short: "",
+            },
+        }
+    }
+
+    /// One cell for the table.
+    fn summary(&self) -> String {
+        match &self.schedule {
+            Some(schedule) => format!("on, {schedule}"),
+            None => format!("off: {}", self.off_short),
+        }
+    }
+}
+
+/// What `stats` prints: the database's numbers and the reconciler's state.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    stats: &'a Stats,
+    reconciler: ReconcilerState,
+}
+
+pub(super) fn stats(config_file: &ConfigFile, args: Args) -> ExitCode {
+    let (config, conn) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
@@ -35,17 +95,21 @@ pub(super) fn stats(args: Args) -> ExitCode {
         Ok(stats) => stats,
         Err(error) => return fail(format!("cannot read the statistics: {error}")),
     };
+    let shown = Shown {
+        stats: &stats,
+        reconciler: ReconcilerState::of(&config),
+    };
     let mut out = std::io::stdout().lock();
     let written = match args.format {
-        Format::Json => serde_json::to_writer_pretty(&mut out, &stats)
+        Format::Json => serde_json::to_writer_pretty(&mut out, &shown)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),
-        Format::Ndjson => serde_json::to_writer(&mut out, &stats)
+        Format::Ndjson => serde_json::to_writer(&mut out, &shown)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),
-        Format::Csv => write_csv(&mut out, &metrics(&stats, false)),
+        Format::Csv => write_csv(&mut out, &metrics(&shown, false)),
         Format::Table => {
-            let rows: Vec<Vec<String>> = metrics(&stats, true)
+            let rows: Vec<Vec<String>> = metrics(&shown, true)
                 .into_iter()
                 .map(|(name, value)| vec![name, value])
                 .collect();
@@ -73,7 +137,8 @@ fn write_csv(out: &mut impl Write, metrics: &[(String, String)]) -> std::io::Res
 }
 
 /// Every number as a `(name, value)` pair; `human` shows times with their age for a table.
-fn metrics(stats: &Stats, human: bool) -> Vec<(String, String)> {
+fn metrics(shown: &Shown<'_>, human: bool) -> Vec<(String, String)> {
+    let stats = shown.stats;
     let now = stats.at.parse().unwrap_or_else(|_| Utc::now());
     let time = |t: &Option<String>| match t {
         None if human => "never".to_owned(),
@@ -92,6 +157,22 @@ fn metrics(stats: &Stats, human: bool) -> Vec<(String, String)> {
         ),
         ("items".into(), stats.items.to_string()),
     ];
+    let reconciler = &shown.reconciler;
+    if human {
+        pairs.push(("reconciler".into(), reconciler.summary()));
+    } else {
+        pairs.extend([
+            ("reconciler.on".into(), reconciler.on.to_string()),
+            (
+                "reconciler.schedule".into(),
+                reconciler.schedule.clone().unwrap_or_default(),
+            ),
+            (
+                "reconciler.off_because".into(),
+                reconciler.off_because.clone().unwrap_or_default(),
+            ),
+        ]);
+    }
     for count in &stats.items_by_status {
         let status = if human {
             escape_status(&count.status)
@@ -115,7 +196,7 @@ fn metrics(stats: &Stats, human: bool) -> Vec<(String, String)> {
         ("overdue".into(), stats.overdue.to_string()),
         ("orders".into(), stats.orders.to_string()),
         ("watched_orders".into(), stats.watched_orders.to_string()),
-        ("orders_polled".into(), stats.orders_polled.to_string()),
+        ("orders_to_poll".into(), stats.orders_to_poll.to_string()),
         (
             "orders_in_backoff".into(),
             stats.orders_in_backoff.to_string(),
@@ -144,6 +225,9 @@ fn metrics(stats: &Stats, human: bool) -> Vec<(String, String)> {
     ]);
     if human {
         pairs.retain(|(name, _)| name != "oldest_pending_age_seconds");
+    } else {
+        // Deprecated, for one release: machine formats only, where a script may read it.
+        pairs.push(("orders_polled".into(), stats.orders_polled.to_string()));
     }
     pairs
 }

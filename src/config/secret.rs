@@ -79,6 +79,33 @@ impl serde::de::Visitor<'_> for SecretVisitor {
     }
 }
 
+/// Checks that exactly one of `KEY`, `KEY_env` or `KEY_file` is set, without reading the
+/// variable or the file (`check-config --offline`); a value given in the file must not be
+/// empty.
+pub fn check_secret_source(
+    file: &Path,
+    key: &str,
+    value: Option<&Secret>,
+    env: Option<&str>,
+    secret_file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    let error = |reason: String| ConfigError {
+        file: file.to_owned(),
+        key: key.into(),
+        reason,
+    };
+    match (value, env, secret_file) {
+        (Some(value), None, None) if value.expose().is_empty() => Err(error("is empty".into())),
+        (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => Ok(()),
+        _ => Err(error(exactly_one(key))),
+    }
+}
+
+/// The reason given when not exactly one source of `key` is set.
+fn exactly_one(key: &str) -> String {
+    format!("set exactly one of {key}, {key}_env, {key}_file")
+}
+
 /// Loads a secret from exactly one of `KEY`, `KEY_env` or `KEY_file`; errors name `key` but
 /// never the value.
 pub fn resolve_secret(
@@ -109,12 +136,7 @@ pub fn resolve_secret(
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?,
-        _ => {
-            return Err(error(
-                key.into(),
-                format!("set exactly one of {key}, {key}_env, {key}_file"),
-            ));
-        }
+        _ => return Err(error(key.into(), exactly_one(key))),
     };
     if secret.expose().is_empty() {
         return Err(error(key.into(), "is empty".into()));

@@ -3,13 +3,29 @@
 //! `ORDERWATCH_SECTION__KEY=value` overrides `key` in `[section]` (`__` separates levels, since
 //! keys contain single underscores): `ORDERWATCH_SERVER__LISTEN=0.0.0.0:8080`,
 //! `ORDERWATCH_SERVER__AUTH__USERNAME=musement`. A value is taken as plain text for keys whose
-//! value is text; for the others it is read as a TOML value (`64`, `true`, `["10.0.0.0/8"]`).
+//! value is text; for the others it is read as a TOML value (`64`, `true`, `["10.0.0.0/8"]`);
+//! a list key also takes comma-separated text (`10.0.0.0/8,192.0.2.7`). An `ORDERWATCH_`
+//! variable without `__` sets nothing and is warned about (see [`unused_variables`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// Prefix of the override variables. `ORDERWATCH_CONFIG` (no `__`) names the file instead.
 pub const ENV_PREFIX: &str = "ORDERWATCH_";
+
+/// `ORDERWATCH_` variables that are not overrides but mean something: the configuration file,
+/// and the commit given to a build (read by build.rs; harmless if left in the environment).
+const NOT_OVERRIDES: &[&str] = &["ORDERWATCH_CONFIG", "ORDERWATCH_COMMIT"];
+
+/// The configuration's sections, to suggest the override a misspelled variable meant.
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "store",
+    "musement",
+    "reconciler",
+    "log",
+];
 
 /// Keys whose values are text even when they look like numbers (a numeric password is text).
 const TEXT_KEYS: &[&str] = &["username", "password", "client_id", "client_secret"];
@@ -130,18 +146,81 @@ pub fn apply(
     Ok(sources)
 }
 
-/// The override's value: text for text keys, else TOML if it reads as one value, else text.
+/// The override's value: text for text keys, else TOML if it reads as one value; for a list
+/// key that is not a TOML array, the comma-separated items as text; else text.
 fn value_of(item: &Override, defaults: &toml::Table) -> toml::Value {
     let text = toml::Value::String(item.raw.clone());
     let last = item.path.last().map(String::as_str).unwrap_or("");
-    let default_is_text = lookup(defaults, &item.path).is_some_and(toml::Value::is_str);
-    if default_is_text || TEXT_KEYS.contains(&last) {
+    let default = lookup(defaults, &item.path);
+    if default.is_some_and(toml::Value::is_str) || TEXT_KEYS.contains(&last) {
         return text;
     }
-    match toml::from_str::<toml::Table>(&format!("value = {}", item.raw)) {
-        Ok(parsed) if parsed.len() == 1 => parsed.get("value").cloned().unwrap_or(text),
+    let parsed = match toml::from_str::<toml::Table>(&format!("value = {}", item.raw)) {
+        Ok(parsed) if parsed.len() == 1 => parsed.get("value").cloned(),
+        _ => None,
+    };
+    let is_list = default.is_some_and(toml::Value::is_array);
+    match parsed {
+        Some(value) if value.is_array() || !is_list => value,
+        _ if is_list => toml::Value::Array(
+            item.raw
+                .split(',')
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+                .map(|part| toml::Value::String(part.to_owned()))
+                .collect(),
+        ),
         _ => text,
     }
+}
+
+/// Warnings for the `ORDERWATCH_…` variables among `vars` that set nothing: not overrides (no
+/// `__` between levels, e.g. `ORDERWATCH_SERVER_LISTEN`), not [`NOT_OVERRIDES`], and not
+/// named by one of the configuration's `*_env` keys (`named`). Overrides naming an unknown key
+/// are errors instead, when the configuration is parsed.
+pub fn unused_variables<'a>(
+    vars: impl IntoIterator<Item = &'a str>,
+    named: &[String],
+) -> Vec<String> {
+    let mut unused: Vec<&str> = vars
+        .into_iter()
+        .filter(|var| {
+            var.strip_prefix(ENV_PREFIX)
+                .is_some_and(|rest| !rest.contains("__"))
+        })
+        .filter(|var| !NOT_OVERRIDES.contains(var) && !named.iter().any(|n| n == var))
+        .collect();
+    unused.sort_unstable();
+    unused
+        .into_iter()
+        .map(|var| {
+            format!(
+                "{var} is set but matches no configuration key and no *_env key names it, so \
+                 it changes nothing; an override is {ENV_PREFIX}<SECTION>__<KEY>, with two \
+                 underscores between levels{}",
+                suggestion(var)
+            )
+        })
+        .collect()
+}
+
+/// `(ORDERWATCH_SERVER__LISTEN?)` for `ORDERWATCH_SERVER_LISTEN`: the section, `__`, the rest.
+fn suggestion(var: &str) -> String {
+    let rest = &var[ENV_PREFIX.len()..];
+    SECTIONS
+        .iter()
+        .find_map(|section| {
+            let key = rest.to_ascii_lowercase();
+            let tail = key.strip_prefix(section)?.strip_prefix('_')?;
+            (!tail.is_empty()).then(|| {
+                format!(
+                    " ({ENV_PREFIX}{}__{}?)",
+                    section.to_ascii_uppercase(),
+                    tail.to_ascii_uppercase()
+                )
+            })
+        })
+        .unwrap_or_default()
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -259,6 +338,62 @@ mod tests {
         assert_eq!(
             sources.origin("server.listen"),
             Some(&Origin::Env("ORDERWATCH_SERVER__LISTEN".into()))
+        );
+    }
+
+    #[test]
+    fn list_keys_take_comma_separated_text_or_a_toml_array() {
+        let mut table = toml::Table::new();
+        let found = overrides(vars(&[
+            (
+                "ORDERWATCH_SERVER__ALLOW_IPS",
+                " 192.0.2.0/24, 198.51.100.7 ,",
+            ),
+            ("ORDERWATCH_SERVER__TRUSTED_PROXIES", "[\"10.0.0.1\"]"),
+        ]))
+        .unwrap();
+        let defaults: toml::Table =
+            toml::from_str("[server]\nallow_ips = []\ntrusted_proxies = []\n").unwrap();
+        apply(&mut table, &found, &defaults).unwrap();
+        let server = table["server"].as_table().unwrap();
+        let texts = |key: &str| -> Vec<String> {
+            server[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(texts("allow_ips"), ["192.0.2.0/24", "198.51.100.7"]);
+        assert_eq!(texts("trusted_proxies"), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn variables_that_set_nothing_are_named_with_the_override_meant() {
+        let named = vec!["ORDERWATCH_WEBHOOK_PASSWORD".to_owned()];
+        let warnings = unused_variables(
+            [
+                "ORDERWATCH_SERVER_LISTEN",
+                "ORDERWATCH_CONFIG",
+                "ORDERWATCH_COMMIT",
+                "ORDERWATCH_WEBHOOK_PASSWORD",
+                "ORDERWATCH_SERVER__LISTEN",
+                "ORDERWATCH_SOMETHING",
+                "PATH",
+            ],
+            &named,
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("ORDERWATCH_SERVER_LISTEN is set but matches no")
+                && warnings[0].ends_with("(ORDERWATCH_SERVER__LISTEN?)"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].starts_with("ORDERWATCH_SOMETHING is set") && !warnings[1].contains('?'),
+            "{}",
+            warnings[1]
         );
     }
 

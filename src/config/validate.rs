@@ -112,15 +112,9 @@ impl Config {
             return error("reconciler.interval", "must be at least 1s".into());
         }
         if let Some(cron) = &reconciler.cron
-            && let Err(e) =
-                tokio_cron_scheduler::Job::new_async(cron.as_str(), |_, _| Box::pin(async {}))
+            && let Err(reason) = check_cron(cron)
         {
-            return error(
-                "reconciler.cron",
-                format!(
-                    "not a schedule (6 or 7 fields, seconds first, e.g. \"0 */5 * * * *\"): {e}"
-                ),
-            );
+            return error("reconciler.cron", reason);
         }
         if reconciler.concurrency == 0 {
             return error("reconciler.concurrency", "must be at least 1".into());
@@ -158,7 +152,7 @@ impl Config {
         if let Err(reason) = crate::musement::base_url::parse(&self.musement.base_url) {
             return error("musement.base_url", reason);
         }
-        if self.musement.credentials.is_some() && self.musement.application.is_empty() {
+        if self.musement.credentials_configured() && self.musement.application.is_empty() {
             return error(
                 "musement.application",
                 "is required with API credentials (Musement refuses requests without X-Musement-Application)".into(),
@@ -177,4 +171,32 @@ pub(super) fn valid_instance_id(id: &str) -> Result<(), &'static str> {
         return Err("must not contain spaces or control characters");
     }
     Ok(())
+}
+
+/// The shape a cron schedule must have, for messages.
+const CRON_SHAPE: &str = "6 or 7 fields, seconds first: second minute hour day-of-month month \
+                          day-of-week [year], e.g. \"0 */5 * * * *\" for every five minutes";
+
+/// Checks `cron` with the scheduler that will run it; the reason names the expression, what
+/// is wrong with it where the parser says, and the expected shape.
+fn check_cron(cron: &str) -> Result<(), String> {
+    if tokio_cron_scheduler::Job::new_async(cron, |_, _| Box::pin(async {})).is_ok() {
+        return Ok(());
+    }
+    // The scheduler only says "ParseSchedule"; its parser, asked the same way, says why.
+    let detail = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(cron)
+        .err()
+        .map(|e| format!(" ({})", e.to_string().trim_end_matches('.')))
+        .unwrap_or_default();
+    let fields = match cron.split_whitespace().count() {
+        6 | 7 => String::new(),
+        n => format!(", it has {n} field(s)"),
+    };
+    Err(format!(
+        "{cron:?} is not a cron schedule{detail}{fields}; expected {CRON_SHAPE}"
+    ))
 }

@@ -71,7 +71,7 @@ struct Inner {
     /// Until when no request may leave (on `clock`): Musement answered 429, or 503 with
     /// `Retry-After`. The pause lives in the client rather than the reconciler because the
     /// client is the one door every request goes through: GETs and logins alike, for every
-    /// caller (the daemon's passes, `reconcile --once`), so nothing can slip past it.
+    /// caller (the daemon's passes, `orderwatch reconcile`), so nothing can slip past it.
     paused_until: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 

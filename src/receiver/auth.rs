@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::{IpRange, Secret};
 
@@ -18,19 +18,51 @@ pub struct BasicCredentials {
     pub username: String,
     /// Expected password.
     pub password: Secret,
+    /// The password before a rotation, accepted too while it is configured.
+    pub previous_password: Option<Secret>,
+}
+
+/// Which password a request's credentials matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// The user name and the password.
+    Password,
+    /// The user name and the previous password (a rotation is under way).
+    PreviousPassword,
+    /// Neither, or no Basic credentials at all.
+    Neither,
 }
 
 impl BasicCredentials {
-    /// Whether the request's `Authorization` header carries exactly these credentials.
-    /// Both parts are always compared, in constant time, so timing tells nothing about which
-    /// part or how much of it matched (only, at most, the lengths).
+    /// Whether the request's `Authorization` header carries these credentials (with the
+    /// password or the previous one).
     pub fn accepts(&self, headers: &HeaderMap) -> bool {
+        self.check(headers) != Matched::Neither
+    }
+
+    /// Which password the request's `Authorization` header matched. Every part is always
+    /// compared, in constant time (the user name, the password and the previous password
+    /// when there is one), so timing tells nothing about which part or how much of it matched
+    /// (only, at most, the lengths).
+    pub fn check(&self, headers: &HeaderMap) -> Matched {
         let Some((user, password)) = basic_credentials(headers) else {
-            return false;
+            return Matched::Neither;
         };
         let user_ok = user.as_slice().ct_eq(self.username.as_bytes());
-        let password_ok = password.as_slice().ct_eq(self.password.expose().as_bytes());
-        bool::from(user_ok & password_ok)
+        let current_ok = password.as_slice().ct_eq(self.password.expose().as_bytes());
+        let previous_ok = self
+            .previous_password
+            .as_ref()
+            .map_or(Choice::from(0), |previous| {
+                password.as_slice().ct_eq(previous.expose().as_bytes())
+            });
+        if bool::from(user_ok & current_ok) {
+            Matched::Password
+        } else if bool::from(user_ok & previous_ok) {
+            Matched::PreviousPassword
+        } else {
+            Matched::Neither
+        }
     }
 }
 
@@ -93,7 +125,47 @@ mod tests {
         BasicCredentials {
             username: "JohnSmith".into(),
             password: Secret::new("Swordfish"),
+            previous_password: None,
         }
+    }
+
+    fn basic(user_and_password: &str) -> HeaderMap {
+        headers(&[(
+            "authorization",
+            &format!("Basic {}", STANDARD.encode(user_and_password)),
+        )])
+    }
+
+    #[test]
+    fn the_previous_password_is_accepted_while_configured() {
+        let rotating = BasicCredentials {
+            previous_password: Some(Secret::new("Swordfish")),
+            password: Secret::new("Marlin-2"),
+            ..acme()
+        };
+        assert_eq!(
+            rotating.check(&basic("JohnSmith:Marlin-2")),
+            Matched::Password
+        );
+        assert_eq!(
+            rotating.check(&basic("JohnSmith:Swordfish")),
+            Matched::PreviousPassword
+        );
+        assert!(rotating.accepts(&basic("JohnSmith:Swordfish")));
+        for bad in [
+            "JohnSmith:Swordfisi",
+            "JohnSmitt:Swordfish",
+            "JohnSmitt:Marlin-2",
+        ] {
+            assert_eq!(rotating.check(&basic(bad)), Matched::Neither, "{bad}");
+        }
+        // Removed: the old password is refused again.
+        let rotated = BasicCredentials {
+            previous_password: None,
+            ..rotating
+        };
+        assert!(!rotated.accepts(&basic("JohnSmith:Swordfish")));
+        assert!(rotated.accepts(&basic("JohnSmith:Marlin-2")));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use self::auth::{BasicCredentials, allowed, client_ip};
+use self::auth::{BasicCredentials, Matched, allowed, client_ip};
 use self::readiness::Readiness;
 use crate::clock::Clock;
 use crate::config::{IpRange, ServerConfig};
@@ -55,6 +55,9 @@ pub struct Access {
     pub auth: Option<BasicCredentials>,
     /// Who may read `/metrics` on the webhook listener.
     pub metrics: MetricsAccess,
+    /// A webhook authenticated with the previous password was logged (once per configuration,
+    /// so the operator knows the rotation is not over yet without a line per webhook).
+    pub previous_password_noted: Arc<AtomicBool>,
 }
 
 impl From<&ServerConfig> for Access {
@@ -65,6 +68,7 @@ impl From<&ServerConfig> for Access {
             auth: server.auth.as_ref().map(|auth| BasicCredentials {
                 username: auth.username.clone(),
                 password: auth.resolved_password.clone(),
+                previous_password: auth.resolved_previous_password.clone(),
             }),
             // Behind a proxy, "loopback" may be the proxy relaying anyone: only metrics_listen.
             metrics: if server.metrics_listen.is_some() || !server.trusted_proxies.is_empty() {
@@ -72,6 +76,7 @@ impl From<&ServerConfig> for Access {
             } else {
                 MetricsAccess::Local
             },
+            previous_password_noted: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -503,10 +508,19 @@ impl Receiver {
         if !allowed(client, &access.allow_ips) {
             return Reply::Forbidden;
         }
-        if let Some(credentials) = &access.auth
-            && !credentials.accepts(headers)
-        {
-            return Reply::Unauthorized;
+        if let Some(credentials) = &access.auth {
+            match credentials.check(headers) {
+                Matched::Password => {}
+                Matched::PreviousPassword => {
+                    if !access.previous_password_noted.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "a webhook authenticated with [server.auth] previous_password: \
+                             Musement still uses the old password (said once per configuration)"
+                        );
+                    }
+                }
+                Matched::Neither => return Reply::Unauthorized,
+            }
         }
         if !content_type_is_json(headers) {
             return Reply::UnsupportedMediaType;

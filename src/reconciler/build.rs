@@ -25,6 +25,29 @@ pub enum ReconcilerOff {
     Client(String),
 }
 
+impl ReconcilerOff {
+    /// The reason in a few words, for a table cell.
+    pub fn brief(&self) -> &'static str {
+        match self {
+            Self::Disabled => "[reconciler] enabled = false",
+            Self::NoCredentials => "no Musement API credentials",
+            Self::Client(_) => "the API client cannot be built",
+        }
+    }
+}
+
+/// Why the configuration leaves the reconciler off, if it does, judged without reading any
+/// secret (so the commands that only read the database can say it too).
+pub fn configured_off(config: &Config) -> Option<ReconcilerOff> {
+    if !config.reconciler.enabled {
+        Some(ReconcilerOff::Disabled)
+    } else if !config.musement.credentials_configured() {
+        Some(ReconcilerOff::NoCredentials)
+    } else {
+        None
+    }
+}
+
 /// The role of the daemon itself (`orderwatch run`) in [`build`].
 pub const DAEMON_ROLE: &str = "orderwatch run";
 
@@ -51,8 +74,8 @@ pub fn build(
     metrics: Arc<Metrics>,
     role: &str,
 ) -> Result<Reconciler, ReconcilerOff> {
-    if !config.reconciler.enabled {
-        return Err(ReconcilerOff::Disabled);
+    if let Some(off) = configured_off(config) {
+        return Err(off);
     }
     let (client_id, client_secret) = config
         .musement

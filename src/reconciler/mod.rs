@@ -10,7 +10,7 @@
 pub mod build;
 pub mod schedule;
 
-pub use build::{DAEMON_ROLE, ReconcilerOff, build};
+pub use build::{DAEMON_ROLE, ReconcilerOff, build, configured_off};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,6 +110,21 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// Which orders a pass polls.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Selection {
+    /// The orders due now, re-poll marks first: what a scheduled pass polls.
+    #[default]
+    Due,
+    /// Every order still to poll (`orders.needs_poll`), due now or scheduled for later: in
+    /// its quiet period after a webhook, backing off after failed polls, or waiting for an
+    /// OK item's re-check. Orders past `max_age` are expired instead, as in any pass.
+    AllToPoll,
+    /// Exactly these orders, whatever their state (settled, not found by Musement, past
+    /// `max_age`, or not known yet).
+    Orders(Vec<Uuid>),
+}
+
 /// Why a pass did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -147,7 +162,7 @@ pub struct Reconciler {
     lease_ttl: Duration,
     /// Passes and orders are counted here.
     metrics: Arc<Metrics>,
-    /// The latest [`Progress`], for whoever watches (e.g. `reconcile --once`'s progress bar).
+    /// The latest [`Progress`], for whoever watches (e.g. `orderwatch reconcile`'s progress bar).
     progress: watch::Sender<Progress>,
 }
 
@@ -226,8 +241,13 @@ impl Reconciler {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
-        match self.pass_locked().await {
-            Ok(summary) => log_summary(&summary),
+        match self.pass_for(&Selection::Due).await {
+            Ok(summary) => {
+                if let Some(reason) = &summary.stopped {
+                    tracing::error!(%reason, "the Musement API refused our credentials; this pass stopped");
+                }
+                log_summary(&summary);
+            }
             Err(PassError::LeaseHeld { holder, until }) => {
                 let until = telemetry::rfc3339(until);
                 tracing::info!(%holder, %until, "another process is reconciling; skipping this pass");
@@ -239,8 +259,13 @@ impl Reconciler {
 
     /// Runs one pass now (waiting for a running one to finish first).
     pub async fn run_once(&self) -> Result<PassSummary, PassError> {
+        self.run_once_for(&Selection::Due).await
+    }
+
+    /// Runs one pass over `selection` now (waiting for a running one to finish first).
+    pub async fn run_once_for(&self, selection: &Selection) -> Result<PassSummary, PassError> {
         let _guard = self.pass.lock().await;
-        self.pass_locked().await
+        self.pass_for(selection).await
     }
 
     /// Asks a running pass to start no new polls, then waits for it to end.
@@ -249,7 +274,8 @@ impl Reconciler {
         let _ = self.pass.lock().await;
     }
 
-    async fn pass_locked(&self) -> Result<PassSummary, PassError> {
+    /// A pass over `selection`; the caller holds [`Self::pass`].
+    async fn pass_for(&self, selection: &Selection) -> Result<PassSummary, PassError> {
         let started = std::time::Instant::now();
         let lease = self
             .writer
@@ -271,7 +297,7 @@ impl Reconciler {
             }
         }
         let result = tokio::select! {
-            result = self.poll_due() => result,
+            result = self.poll_selected(selection) => result,
             error = self.keep_lease() => Err(error),
         };
         self.count_pass(&result);
@@ -341,12 +367,32 @@ impl Reconciler {
         }
     }
 
-    async fn poll_due(&self) -> Result<PassSummary, PassError> {
+    async fn poll_selected(&self, selection: &Selection) -> Result<PassSummary, PassError> {
         self.client.forget_login_failure().await;
         let now = self.clock.now();
-        let due = self
-            .read(move |conn| queries::due_orders(conn, now))
-            .await?;
+        let due = match selection {
+            Selection::Due => {
+                self.read(move |conn| queries::due_orders(conn, now))
+                    .await?
+            }
+            Selection::AllToPoll => {
+                self.read(move |conn| queries::orders_to_poll(conn, now))
+                    .await?
+            }
+            Selection::Orders(orders) => {
+                let mut seen = std::collections::HashSet::new();
+                orders
+                    .iter()
+                    .filter(|order| seen.insert(**order))
+                    // Asked for by name: no filter applies, `max_age` included.
+                    .map(|&order| DueOrder {
+                        order,
+                        repoll: true,
+                        first_seen_at: now,
+                    })
+                    .collect()
+            }
+        };
         let mut summary = PassSummary {
             due: due.len(),
             ..PassSummary::default()
@@ -396,11 +442,9 @@ impl Reconciler {
         let answer = self.client.get_order(order).await;
         match self.store_answer(order, requested_at, answer).await {
             Ok(PollResult::Credentials(message)) => {
+                // Said once, with the pass's result (the scheduler logs it, `reconcile`
+                // prints it), not once per poll that was in flight.
                 credentials_refused.store(true, Ordering::SeqCst);
-                tracing::error!(
-                    ?message,
-                    "the Musement API refused our credentials; stopping this pass"
-                );
                 PollResult::Credentials(message)
             }
             Ok(result) => result,

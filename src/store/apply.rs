@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn a_poll_that_gives_only_one_order_fact_writes_it() {
-        let (_dir, conn) = database();
+        let (_dir, conn) = new_database();
         let order_facts = |conn: &Connection| -> (Option<String>, Option<String>) {
             conn.query_row("SELECT order_status, identifier FROM orders", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_stale_webhook_repairs_an_unreadable_first_seen_at_and_nothing_else() {
-        let (_dir, conn) = database();
+        let (_dir, conn) = new_database();
         let webhook = |version, updated| Observation {
             position: Position::Webhook {
                 version,

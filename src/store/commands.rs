@@ -65,7 +65,6 @@ pub enum Done {
     Outcome(Outcome),
     Polled(PollRecorded),
     BackedOff(Option<Backoff>),
-    Count(usize),
     Orders(Vec<Uuid>),
     Lease(LeaseAnswer),
     Pruned(PruneStep),
@@ -97,7 +96,7 @@ pub fn execute(
         Command::RecordPollFailure(failure) => {
             Done::BackedOff(polls::record_poll_failure(conn, failure, settings, now)?)
         }
-        Command::Watch(orders) => Done::Count(polls::watch(conn, orders, settings, now)?),
+        Command::Watch(orders) => Done::Orders(polls::watch(conn, orders, settings, now)?),
         Command::Expire(orders) => Done::Orders(polls::expire(conn, orders, now)?),
         Command::MarkOverdueWarned(items) => {
             polls::mark_overdue_warned(conn, items, now)?;

@@ -126,6 +126,15 @@ pub fn items(
     rows.collect()
 }
 
+/// Whether any item is stored with exactly `status` (the status index answers it).
+pub fn status_is_stored(conn: &Connection, status: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM order_items WHERE status = ?1)",
+        [status],
+        |r| r.get(0),
+    )
+}
+
 /// Polling state of one order, as `show` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrderRow {
@@ -382,7 +391,10 @@ pub struct Stats {
     pub orders: i64,
     /// Orders registered with `orderwatch watch`.
     pub watched_orders: i64,
-    /// Orders the reconciler still polls.
+    /// Orders the reconciler still has to poll (`orders.needs_poll`), due now or later.
+    pub orders_to_poll: i64,
+    /// The same count under its first name, which read as "orders polled so far". Deprecated:
+    /// kept for one release, then removed.
     pub orders_polled: i64,
     /// Orders still polled whose last poll failed: polled again after a backoff (see
     /// [`orders_in_backoff`]).
@@ -477,6 +489,7 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         )?,
         orders: orders[0],
         watched_orders: orders[1],
+        orders_to_poll: orders[2],
         orders_polled: orders[2],
         orders_in_backoff: super::queries::orders_in_backoff(conn)?,
         orders_not_found: orders[3],

@@ -165,6 +165,8 @@ pub enum BackupError {
     Exists(String),
     #[error("{0} is the database itself; back up to another file")]
     SameFile(String),
+    #[error("the folder {folder} does not exist (create it first, or back up elsewhere)")]
+    NoFolder { folder: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -195,6 +197,17 @@ pub fn backup(source: &Connection, target: &Path, force: bool) -> Result<u64, Ba
     }
     if !force && target.exists() {
         return Err(BackupError::Exists(shown));
+    }
+    // The copy is written beside the target: its folder must be there (`backup.db` alone
+    // means the current folder).
+    let folder = target
+        .parent()
+        .filter(|folder| !folder.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(BackupError::NoFolder {
+            folder: folder.display().to_string(),
+        });
     }
     let partial = target.with_file_name(format!(
         ".{}.partial-{}",

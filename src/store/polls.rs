@@ -355,23 +355,26 @@ pub fn record_poll_failure(
 }
 
 /// Registers orders to poll before any webhook arrives; a watch also revives a `not_found`
-/// order. Returns how many orders were new.
+/// order. Returns the orders that were new.
 pub fn watch(
     conn: &Connection,
     orders: &[Uuid],
     settings: &StoreSettings,
     now: DateTime<Utc>,
-) -> rusqlite::Result<usize> {
-    let mut new = 0;
+) -> rusqlite::Result<Vec<Uuid>> {
+    let mut new = Vec::new();
     for order in orders {
         let order_uuid = order.to_string();
         let now_text = to_db_text(now);
-        new += conn
+        let inserted = conn
             .prepare_cached(
                 "INSERT INTO orders (order_uuid, first_seen_at, watched, next_poll_at) VALUES (?1, ?2, 1, ?2)
                  ON CONFLICT DO NOTHING",
             )?
             .execute(params![order_uuid, now_text])?;
+        if inserted > 0 {
+            new.push(*order);
+        }
         conn.prepare_cached(
             "UPDATE orders SET watched = 1,
                next_poll_at = CASE WHEN not_found_at IS NOT NULL THEN ?2 ELSE next_poll_at END,

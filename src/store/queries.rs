@@ -52,6 +52,87 @@ pub fn due_orders(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec
     Ok(due)
 }
 
+/// Every order still to poll: those due at `now` (as [`due_orders`] orders them), then those
+/// scheduled for later (in their quiet period after a webhook, backing off, or waiting for a
+/// re-check), soonest first. For `orderwatch reconcile --all-due`.
+pub fn orders_to_poll(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<DueOrder>> {
+    let mut orders = due_orders(conn, now)?;
+    let listed: std::collections::HashSet<Uuid> = orders.iter().map(|d| d.order).collect();
+    let mut statement = conn.prepare_cached(
+        "SELECT order_uuid, first_seen_at FROM orders INDEXED BY orders_due
+         WHERE needs_poll = 1 AND next_poll_at > ?1 ORDER BY next_poll_at",
+    )?;
+    let mut rows = statement.query([to_db_text(now)])?;
+    while let Some(row) = rows.next()? {
+        let key = cells::key(row.get_ref(0)?);
+        let place = |column| order_place(column, &key);
+        let Ok(Some(order)) = cells::uuid(row.get_ref(0)?, place("order_uuid")) else {
+            continue;
+        };
+        if listed.contains(&order) {
+            continue;
+        }
+        let first_seen_at = cells::time(row.get_ref(1)?, place("first_seen_at"))
+            .ok()
+            .flatten()
+            .unwrap_or(now);
+        orders.push(DueOrder {
+            order,
+            repoll: false,
+            first_seen_at,
+        });
+    }
+    Ok(orders)
+}
+
+/// Orders still to poll that are not due at `now`, by when and why: what a pass leaves for
+/// later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollBacklog {
+    /// Due by `soon` (as a rule, within `quiet_period` after a webhook).
+    pub soon: i64,
+    /// Due after `soon` (as a rule, an OK item's next re-check).
+    pub later: i64,
+    /// Backing off after failed polls.
+    pub backing_off: i64,
+    /// The soonest of those backing off, as stored.
+    pub backing_off_next: Option<String>,
+}
+
+/// [`PollBacklog`] at `now`, from the partial index of orders still to poll; `soon` splits
+/// the orders scheduled with no failure.
+pub fn poll_backlog(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    soon: DateTime<Utc>,
+) -> rusqlite::Result<PollBacklog> {
+    let mut backlog = PollBacklog::default();
+    let mut statement = conn.prepare_cached(
+        "SELECT poll_failures > 0, next_poll_at <= ?3, count(*), min(next_poll_at)
+         FROM orders INDEXED BY orders_due
+         WHERE needs_poll = 1 AND next_poll_at > ?1 AND next_poll_at <= ?2
+           AND NOT coalesce(repoll_at <= ?1, 0)
+         GROUP BY 1, 2",
+    )?;
+    let mut rows = statement.query(params![to_db_text(now), AFTER_EVERY_TIME, to_db_text(soon)])?;
+    while let Some(row) = rows.next()? {
+        let (failing, by_soon, count, next): (bool, bool, i64, Option<String>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        if failing {
+            backlog.backing_off += count;
+            backlog.backing_off_next = match (backlog.backing_off_next.take(), next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        } else if by_soon {
+            backlog.soon += count;
+        } else {
+            backlog.later += count;
+        }
+    }
+    Ok(backlog)
+}
+
 /// Runs one of [`due_orders`]' queries and sorts its orders by due time, oldest (and
 /// unreadable) first. Text order is time order for the times orderwatch writes; the query may
 /// also return hand-typed ones (`2024-01-01 12:00:00` sorts before the same day's stored

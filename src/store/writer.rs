@@ -336,10 +336,10 @@ impl Writer {
         }
     }
 
-    /// Registers orders for polling; returns how many were new.
-    pub async fn watch(&self, orders: Vec<Uuid>) -> Result<usize, WriteError> {
+    /// Registers orders for polling; returns those that were new.
+    pub async fn watch(&self, orders: Vec<Uuid>) -> Result<Vec<Uuid>, WriteError> {
         match self.submit(Command::Watch(orders), WhenFull::Wait).await? {
-            Done::Count(new) => Ok(new),
+            Done::Orders(new) => Ok(new),
             other => Err(unexpected(other)),
         }
     }

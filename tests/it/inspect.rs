@@ -16,8 +16,7 @@ use crate::helpers::db::{column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::process::{lines_of, signal, wait_bounded};
 use crate::helpers::{
-    Daemon, assert_one_line_error, binary, cli, config_file, config_for, fixture, spawn_app_in,
-    webhook,
+    Daemon, assert_one_line_error, cli, config_file, config_for, fixture, spawn_app_in, webhook,
 };
 
 /// Generous bound for anything the tests wait on.
@@ -270,7 +269,7 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
         .collect();
     rows.sort();
     assert_eq!(rows, statuses(&all));
-    let empty = f.ok(&["items", "--status", "NOPE", "--format", "csv"]);
+    let empty = f.ok(&["items", "--status", "KO", "--format", "csv"]);
     assert_eq!(
         empty.lines().next(),
         csv_text.lines().next(),
@@ -289,6 +288,278 @@ async fn items_lists_filters_and_formats_the_reconciled_rows() {
         a1_line.contains("OK") && a1_line.contains("webhook"),
         "{a1_line}"
     );
+}
+
+/// A status nobody stores and Musement does not document is a typo: with nothing else asked
+/// for it is an error (exit 2) naming the documented statuses and the closest one; beside a
+/// real status it is a warning. A documented status no item has is simply an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_with_an_unknown_status_says_so_instead_of_an_empty_table() {
+    let f = Filled::start().await;
+    let (code, stdout, stderr) = f.ow(&["items", "--status", "PENDNG"]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--status PENDNG: no item has this status and it is not a documented one (PENDING, OK, KO, REFUND_STARTED, REFUNDED, CANCELLATION_ERROR); did you mean PENDING?"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = f.ow(&["items", "--status", "pendng,ok", "--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.starts_with("orderwatch: warning: --status PENDNG: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(statuses(&listed), sorted(vec![(f.a1, "OK")]));
+    let (code, stdout, stderr) = f.ow(&["items", "--status", "KO", "--format", "json"]);
+    assert_eq!((code, stdout.trim(), stderr.as_str()), (0, "[]", ""));
+    // Far from every documented status: no guess.
+    let (code, _, stderr) = f.ow(&["items", "--status", "SHIPPED"]);
+    assert_eq!(code, 2);
+    assert!(!stderr.contains("did you mean"), "{stderr}");
+}
+
+/// `reconcile` runs one pass over the orders due now (as the schedule would) and says what it
+/// left for later and why; `--all-due` polls those too; `--order` polls exactly the orders
+/// named; `--once` is still accepted. Nothing prints the daemon's INFO lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_left() {
+    let f = Filled::start().await;
+    f.fake
+        .put_order(order_json(f.order_a, &[(f.a1, "OK"), (f.a2, "PENDING")]));
+    let gets = |order: Uuid| f.fake.count("GET", &format!("/orders/{order}"));
+    let (a_before, b_before) = (gets(f.order_a), gets(f.order_b));
+    let config = f.config.clone();
+    let run = move |args: &[&str]| {
+        let config = config.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ow(&config, &args)
+        })
+        .join()
+        .unwrap()
+    };
+
+    // Order A had webhooks a moment ago: it waits out quiet_period (2m); B is due again.
+    let (code, stdout, stderr) = run(&["reconcile"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("orders due: 1, polled: 1,"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1],
+        "left for later: 1 order(s): 1 due within quiet_period = 2m (a webhook arrived lately, \
+         so Musement is talking); `orderwatch reconcile --all-due` polls them now",
+        "{stdout}"
+    );
+    assert!(!stderr.contains(" INFO "), "no daemon log lines: {stderr}");
+    assert_eq!((gets(f.order_a), gets(f.order_b)), (a_before, b_before + 1));
+
+    let (code, stdout, stderr) = run(&["reconcile", "--all-due"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("orders due: 2, polled: 2,"), "{stdout}");
+    assert!(
+        !stdout.contains("left for later"),
+        "A and B stay unsettled, so due: {stdout}"
+    );
+    assert_eq!(
+        (gets(f.order_a), gets(f.order_b)),
+        (a_before + 1, b_before + 2)
+    );
+
+    // Named: exactly these, and an order we never heard of is polled too.
+    let unknown = new_uuid();
+    f.fake.put_order(order_json(unknown, &[(new_uuid(), "OK")]));
+    let named = format!("{},{unknown}", f.order_a);
+    let (code, stdout, stderr) = run(&["reconcile", "--order", &named]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("orders due: 2, polled: 2,"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(
+        (gets(f.order_a), gets(f.order_b)),
+        (a_before + 2, b_before + 2)
+    );
+    assert_eq!(gets(unknown), 1);
+
+    let (code, stdout, stderr) = run(&["reconcile", "--once"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("orders due: "), "{stdout}");
+    let (code, _, stderr) = run(&["reconcile", "--all-due", "--order", &f.order_a.to_string()]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = run(&["reconcile", "--order", "nope"]);
+    assert_eq!(code, 2, "{stderr}");
+
+    // A pass the rate limit makes long says so before it starts.
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let slow = f.daemon.dir.path().join("slow.toml");
+    std::fs::write(
+        &slow,
+        text.replace(
+            "max_requests_per_second = 0.0",
+            "max_requests_per_second = 0.4",
+        ),
+    )
+    .unwrap();
+    let both = format!("{},{}", f.order_a, f.order_b);
+    let (code, stdout, stderr) = {
+        let slow = slow.clone();
+        std::thread::spawn(move || ow(&slow, &["reconcile", "--order", &both]))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "polling 2 orders at most 0.4 per second ([reconciler] max_requests_per_second): \
+             at least 5 s"
+        ),
+        "{stderr}"
+    );
+
+    // Credentials refused while several polls are in flight: said once.
+    let refused = f.daemon.dir.path().join("refused.toml");
+    std::fs::write(
+        &refused,
+        text.replace(FakeMusement::CLIENT_SECRET, "not-the-secret"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = {
+        let refused = refused.clone();
+        std::thread::spawn(move || ow(&refused, &["reconcile", "--all-due"]))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        stderr.matches("Invalid client credentials").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(
+        stderr.contains("orderwatch: the pass stopped early: login refused (HTTP 401)"),
+        "{stderr}"
+    );
+}
+
+/// `stats` says whether the configuration turns the reconciler on and counts the orders still
+/// to poll as `orders_to_poll`, keeping `orders_polled` (deprecated) in the machine formats;
+/// its help says what the JSON is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_says_whether_the_reconciler_is_on_and_counts_orders_to_poll() {
+    let f = Filled::start().await;
+    let stats = f.json(&["stats", "--format", "json"]);
+    assert!(stats.is_object(), "{stats}");
+    assert_eq!(stats["orders_to_poll"], 2, "{stats}");
+    assert_eq!(stats["orders_polled"], stats["orders_to_poll"]);
+    assert_eq!(
+        stats["reconciler"],
+        serde_json::json!({"on": true, "schedule": "every 1h", "off_because": null})
+    );
+    let table = f.ok(&["stats"]);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in {table}"))
+            .to_owned()
+    };
+    assert!(row("reconciler").ends_with("on, every 1h"), "{table}");
+    assert!(row("orders_to_poll").ends_with(" 2"), "{table}");
+    assert!(!table.contains("orders_polled"), "{table}");
+    let csv_text = f.ok(&["stats", "--format", "csv"]);
+    for line in ["orders_to_poll,2", "orders_polled,2", "reconciler.on,true"] {
+        assert!(csv_text.lines().any(|l| l == line), "{line} in {csv_text}");
+    }
+
+    // Off in the configuration: said, with why, in every format.
+    let off = f.daemon.dir.path().join("off.toml");
+    std::fs::write(
+        &off,
+        "[database]\npath = \"orderwatch.db\"\n[reconciler]\nenabled = false\n",
+    )
+    .unwrap();
+    let stats: Value = serde_json::from_str(&ok(&off, &["stats", "--format", "json"])).unwrap();
+    assert_eq!(stats["reconciler"]["on"], false);
+    assert_eq!(
+        stats["reconciler"]["off_because"],
+        "[reconciler] enabled = false"
+    );
+    let table = ok(&off, &["stats"]);
+    assert!(
+        table.contains("off: [reconciler] enabled = false"),
+        "{table}"
+    );
+    let without = f.daemon.dir.path().join("no-credentials.toml");
+    std::fs::write(&without, "").unwrap();
+    let table = ok(&without, &["stats"]);
+    assert!(
+        table.contains("off: no Musement API credentials"),
+        "{table}"
+    );
+
+    let help = f.ok(&["stats", "--help"]);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for said in [
+        "json (one object)",
+        "`orders_polled` is the same number under its old name, deprecated",
+        "`reconciler` says whether the configuration turns polling on",
+    ] {
+        assert!(help.contains(said), "{said} in {help}");
+    }
+    assert!(!help.contains("JSON array"), "{help}");
+}
+
+/// `show` says no poll is coming when the reconciler is off (instead of a "next at" that will
+/// never come), and keeps its history columns aligned whatever the status length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_says_when_no_poll_is_coming_and_keeps_long_statuses_aligned() {
+    let f = Filled::start().await;
+    f.post(f.a2, f.order_a, 2, "CANCELLATION_ERROR").await;
+    f.post(f.a2, f.order_a, 3, "OK").await;
+    let text = f.ok(&["show", &f.order_a.to_string()]);
+    assert_fits_80_columns(&text);
+    let polling = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("polling"))
+        .unwrap();
+    assert!(
+        polling.contains("next at"),
+        "the reconciler is on: {polling}"
+    );
+    // The outcome column starts at the same place on every history line.
+    let history: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(history.len(), 7, "{text}");
+    let outcome_at = |line: &str| {
+        ["APPLIED", "STALE", "DUPLICATE"]
+            .iter()
+            .filter_map(|o| line.rfind(o))
+            .max()
+            .unwrap_or_else(|| panic!("no outcome in {line}"))
+    };
+    let columns: Vec<usize> = history.iter().map(|l| outcome_at(l)).collect();
+    assert!(
+        columns.iter().all(|c| *c == columns[0]),
+        "outcomes not aligned ({columns:?}):\n{text}"
+    );
+    assert!(text.contains("CANCELLATION_ERROR APPLIED"), "{text}");
+
+    let off = f.daemon.dir.path().join("off.toml");
+    std::fs::write(&off, "[database]\npath = \"orderwatch.db\"\n").unwrap();
+    let text = ok(&off, &["show", &f.order_b.to_string()]);
+    let polling = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("polling"))
+        .unwrap();
+    assert_eq!(
+        polling.split_whitespace().collect::<Vec<_>>().join(" "),
+        "polling none: the reconciler is off (no Musement API credentials)",
+        "{text}"
+    );
+    assert!(!text.contains("next at"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,35 +848,114 @@ fn changes_follow_ends_on_sigint_within_a_page_of_a_backlog() {
 }
 
 #[test]
-fn watch_exits_1_when_standard_input_cannot_be_read_and_2_for_a_bad_line() {
+fn watch_exits_1_when_standard_input_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), "");
-    let watch = |stdin: Stdio| {
-        let output = Command::new(binary())
-            .args(["watch", "--config", config.to_str().unwrap(), "-"])
-            .env_remove("ORDERWATCH_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdin(stdin)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        (output.status.code(), stderr)
-    };
     // A directory opens but cannot be read (EISDIR): a run-time failure, not a usage error.
-    let (code, stderr) = watch(Stdio::from(std::fs::File::open(dir.path()).unwrap()));
-    assert_eq!(code, Some(1), "{stderr}");
+    let output = cli(&config, &["watch", "-"])
+        .stdin(Stdio::from(std::fs::File::open(dir.path()).unwrap()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("orderwatch:"))
         .collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("cannot read standard input"), "{stderr}");
-    // A line that is not UTF-8 is bad input.
-    let bad = dir.path().join("bad");
-    std::fs::write(&bad, b"\xff\xfe\n").unwrap();
-    let (code, stderr) = watch(Stdio::from(std::fs::File::open(&bad).unwrap()));
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("line 1"), "{stderr}");
+}
+
+/// `watch -` as a partner's order feed: a line per order registered, new or known; a bad line
+/// (not a UUID, not UTF-8) is reported with its number and skipped, the rest registered, and
+/// the exit code is 1 at the end.
+#[test]
+fn watch_prints_a_line_per_order_and_skips_bad_lines_with_exit_1_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[reconciler]\nenabled = false\n").unwrap();
+    let (a, b, c) = (new_uuid(), new_uuid(), new_uuid());
+    let watch = |args: &[&str], input: Vec<u8>| {
+        let mut child = cli(&config, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, &input).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = watch(&["watch", &a.to_string()], Vec::new());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("watching {a} (new)").as_str(),
+            "watching 1 order(s), 1 new"
+        ]
+    );
+
+    let mut input = format!("{b}\nnot-a-uuid\n\n{a}\n").into_bytes();
+    input.extend_from_slice(b"\xff\xfe\n");
+    input.extend_from_slice(format!("  {c}  \n").as_bytes());
+    let (code, stdout, stderr) = watch(&["watch", "-"], input);
+    assert_eq!(
+        code,
+        Some(1),
+        "bad lines make the end exit 1: {stdout}{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("watching {b} (new)").as_str(),
+            format!("watching {a} (already known)").as_str(),
+            format!("watching {c} (new)").as_str(),
+            "watching 3 order(s), 2 new",
+        ],
+        "{stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().collect();
+    assert_eq!(errors.len(), 3, "{stderr}");
+    assert!(
+        errors[0].contains("line 2: \"not-a-uuid\" is not an order UUID; skipped"),
+        "{stderr}"
+    );
+    assert!(
+        errors[1].contains("line 5: ") && errors[1].ends_with("skipped"),
+        "{stderr}"
+    );
+    assert!(
+        errors[2].contains("2 line(s) of standard input skipped"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" INFO "), "no daemon log lines: {stderr}");
+
+    let watched: Vec<String> = rusqlite::Connection::open(dir.path().join("orderwatch.db"))
+        .unwrap()
+        .prepare("SELECT order_uuid FROM orders WHERE watched = 1 ORDER BY order_uuid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut expected = vec![a.to_string(), b.to_string(), c.to_string()];
+    expected.sort();
+    assert_eq!(
+        watched, expected,
+        "the good lines around the bad ones are watched"
+    );
+
+    // --quiet: only the total.
+    let (code, stdout, stderr) = watch(&["watch", "--quiet", "-"], format!("{a}\n").into_bytes());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "watching 1 order(s), 0 new\n");
 }
 
 /// Waits (bounded) for a child to exit; its exit code.
@@ -654,6 +1004,18 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
     let (code, _, stderr) = f.ow(&["backup", f.db.to_str().unwrap(), "--force"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("is the database itself"), "{stderr}");
+    let nowhere = f.daemon.dir.path().join("no-such-folder");
+    let into_nowhere = nowhere.join("copy.db");
+    let (code, _, stderr) = f.ow(&["backup", into_nowhere.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "orderwatch: the folder {} does not exist (create it first, or back up elsewhere)",
+            nowhere.display()
+        )
+    );
+    assert!(!nowhere.exists(), "not created either");
     f.ok(&["backup", target_text, "--force"]);
     assert_eq!(items_and_events(&target), items_and_events(&f.db));
     assert_eq!(
@@ -667,6 +1029,98 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
         .filter(|n| n.contains("partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The README's restore, step by step: stop the daemon, move the database and its -wal/-shm
+/// aside, copy the backup in its place, start the daemon, and check that it serves the
+/// backup's state and stores new webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_by_stop_copy_start_and_check() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let restore = &readme[readme
+        .find("**Restoring a backup.**")
+        .expect("README says how")..];
+    let restore = &restore[..restore.find("\n\n**").unwrap_or(restore.len())];
+    for step in [
+        "systemctl stop orderwatch",
+        "mv orderwatch.db orderwatch.db-wal orderwatch.db-shm",
+        "cp /backups/orderwatch-2026-01-31.db orderwatch.db",
+        "systemctl start orderwatch",
+        "orderwatch stats",
+        "orderwatch reconcile --all-due",
+    ] {
+        assert!(
+            restore.contains(step),
+            "README restore lacks {step:?}:\n{restore}"
+        );
+    }
+
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[reconciler]\nenabled = false\n";
+    let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), config);
+    let config_path = daemon.dir.path().join("config.toml");
+    let db = daemon.dir.path().join("orderwatch.db");
+    let (order, kept, lost) = (new_uuid(), new_uuid(), new_uuid());
+    let post = |daemon: &Daemon, item: Uuid, version: u64, status: &'static str| {
+        let body = webhook(&item.to_string(), &order.to_string(), version, status);
+        let url = daemon.webhook_url();
+        async move {
+            let response = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    post(&daemon, kept, 1, "PENDING").await;
+    let backups = tempfile::tempdir().unwrap();
+    let backup = backups.path().join("orderwatch-2026-01-31.db");
+    ok(&config_path, &["backup", backup.to_str().unwrap()]);
+    // After the backup: an update of the kept item and a new item, which the restore loses.
+    post(&daemon, kept, 2, "OK").await;
+    post(&daemon, lost, 1, "PENDING").await;
+
+    // 1. Stop. 2. Move the live files aside, copy the backup in. 3. Start. 4. Check.
+    daemon.stop();
+    let aside = daemon.dir.path().join("before-restore");
+    std::fs::create_dir(&aside).unwrap();
+    for name in ["orderwatch.db", "orderwatch.db-wal", "orderwatch.db-shm"] {
+        let live = daemon.dir.path().join(name);
+        if live.exists() {
+            std::fs::rename(&live, aside.join(name)).unwrap();
+        }
+    }
+    std::fs::copy(&backup, &db).unwrap();
+    let restarted = Daemon::start(
+        tempfile::tempdir().unwrap(),
+        &format!("{config}[database]\npath = \"{}\"\n", db.display()),
+    );
+    restarted.wait_ready().await;
+    let stats: Value =
+        serde_json::from_str(&ok(&config_path, &["stats", "--format", "json"])).unwrap();
+    assert_eq!(
+        (stats["items"].as_i64(), stats["events"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let items: Value =
+        serde_json::from_str(&ok(&config_path, &["items", "--format", "json"])).unwrap();
+    assert_eq!(
+        statuses(&items),
+        sorted(vec![(kept, "PENDING")]),
+        "the backup's state"
+    );
+    // Webhooks are stored on the restored database, and the aside copy still has the rest.
+    post(&restarted, lost, 1, "PENDING").await;
+    let items: Value =
+        serde_json::from_str(&ok(&config_path, &["items", "--format", "json"])).unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 2);
+    assert!(aside.join("orderwatch.db").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod musement_client;
 mod ordering_props;
+mod quick_path;
 mod rate_limit;
 mod receiver;
 mod reconciler;

@@ -64,6 +64,16 @@ impl Scratch {
     /// Runs `scripts/NAME --quick` with `target_dir_env` as `CARGO_TARGET_DIR` (unset when
     /// `None`); returns the recorded calls (one line each) and the script's output.
     fn run(&self, name: &str, target_dir_env: Option<&Path>) -> (Vec<String>, Output) {
+        self.run_with(name, &["--quick"], target_dir_env)
+    }
+
+    /// [`Scratch::run`] with `args` instead of `--quick`.
+    fn run_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        target_dir_env: Option<&Path>,
+    ) -> (Vec<String>, Output) {
         let calls = self.dir.path().join("calls");
         let _ = std::fs::remove_file(&calls);
         let path = format!(
@@ -73,7 +83,7 @@ impl Scratch {
         );
         let mut command = Command::new(self.repo().join("scripts").join(name));
         command
-            .arg("--quick")
+            .args(args)
             .current_dir(self.dir.path())
             .env("PATH", path)
             .env("CALLS", &calls)
@@ -180,4 +190,89 @@ fn scripts_run_the_binaries_from_target_by_default() {
     let scratch = Scratch::new();
     let target = scratch.repo().join("target");
     assert_scripts_use(&scratch, &target, None);
+}
+
+/// Binaries that play the demo's parts just enough (a free port, a ready daemon, a simulator
+/// whose table matches 3 of 5 items twice, then all 5 once settled), recording every call and
+/// the config the daemon is given.
+fn demo_binaries_in(folder: &Path) {
+    let record = "echo \"$0 $*\" >>\"$CALLS\"\n";
+    write_executable(
+        &folder.join("orderwatch-bench"),
+        &format!(
+            "#!/bin/sh\n{record}case \"$1\" in\n  free-port) echo 47001 ;;\n  wait-ready) ;;\n  *) exit 3 ;;\nesac\n"
+        ),
+    );
+    write_executable(
+        &folder.join("orderwatch"),
+        &format!(
+            "#!/bin/sh\n{record}case \"$1\" in\n  run) cat \"$3\" >>\"$CALLS\"; exec sleep 30 ;;\n  \
+             watch) exec cat >/dev/null ;;\n  *) exit 3 ;;\nesac\n"
+        ),
+    );
+    write_executable(
+        &folder.join("musement-sim"),
+        &format!(
+            "#!/bin/sh\n{record}if [ \"$1\" != compare ]; then echo \"musement-sim: settled: fake\" >&2; exec sleep 30; fi\n\
+             n=$(($(cat \"$CALLS.compared\" 2>/dev/null || echo 0) + 1)); echo $n >\"$CALLS.compared\"\n\
+             if [ $n -lt 3 ]; then echo \"orderwatch: 3 items (OK 3); Musement (running): 5 items (OK 5); matching 3/5\"; exit 1; fi\n\
+             echo \"orderwatch: 5 items (OK 5); Musement (settled): 5 items (OK 5); matching 5/5\"\n"
+        ),
+    );
+}
+
+/// `scripts/demo` runs a release build that is already there instead of building debug (no
+/// second full build after the README's quick start), puts orderwatch on `--port`, and prints
+/// one progress line per change of the match count, not the state tables.
+#[test]
+fn the_demo_reuses_a_release_build_takes_a_port_and_prints_one_progress_line() {
+    let scratch = Scratch::new();
+    let target = scratch.repo().join("target");
+    demo_binaries_in(&target.join("release"));
+    scratch.fake_binaries_in(&target);
+    let (calls, output) = scratch.run_with("demo", &["--port", "4242"], None);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let said = format!(
+        "calls: {calls:#?}\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert_eq!(calls[0], "cargo build --release --locked --bins", "{said}");
+    let release = format!("{}/", target.join("release").display());
+    let debug = format!("{}/", target.join("debug").display());
+    assert!(
+        calls[1..].iter().any(|c| c.starts_with(&release))
+            && calls.iter().all(|c| !c.starts_with(&debug)),
+        "only the release binaries ran: {said}"
+    );
+    assert!(
+        calls.iter().any(|c| c == "listen = \"127.0.0.1:4242\""),
+        "orderwatch listens on --port: {said}"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.ends_with("free-port")).count(),
+        1,
+        "a port for the simulator only: {said}"
+    );
+    let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(progress.len(), 2, "one line per change: {said}");
+    assert!(
+        progress[0].ends_with("] matching 3/5 items (Musement: running)"),
+        "{said}"
+    );
+    assert!(
+        progress[1].ends_with("] matching 5/5 items (Musement: settled)"),
+        "{said}"
+    );
+    assert!(!stdout.contains("METRIC"), "no state tables: {said}");
+
+    // --debug picks the debug build even so; a bad --port is refused before anything runs.
+    let (calls, _) = scratch.run_with("demo", &["--debug"], None);
+    assert_eq!(
+        calls.first().map(String::as_str),
+        Some("cargo build --locked --bins")
+    );
+    let (calls, output) = scratch.run_with("demo", &["--port", "http"], None);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(calls.is_empty(), "{calls:?}");
 }

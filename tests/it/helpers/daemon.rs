@@ -117,15 +117,14 @@ impl Daemon {
     }
 
     /// `orderwatch run` on `config`, written to `dir/config.toml`, without the test runner's
-    /// `RUST_LOG` or `NOTIFY_SOCKET` (a test runner started by systemd must not have its test
+    /// `RUST_LOG`, `ORDERWATCH_…` variables or `NOTIFY_SOCKET` (a test runner started by systemd must not have its test
     /// daemons notify systemd; the tests that want a socket set their own); [`Launch::start`]
     /// starts it.
     pub fn launch(dir: TempDir, config: &str) -> Launch {
         let path = super::config_file(dir.path(), config);
-        let mut command = Command::new(super::binary());
+        let mut command = super::orderwatch();
         command
             .args(["run", "--config", path.to_str().unwrap()])
-            .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -67,16 +67,24 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_orderwatch")
 }
 
-/// `orderwatch ARGS --config CONFIG` (the real binary), without the test runner's
-/// `ORDERWATCH_CONFIG` and `RUST_LOG`, ready to run.
-pub fn cli(config: &Path, args: &[&str]) -> Command {
+/// The real orderwatch binary, without the test runner's `RUST_LOG` and `ORDERWATCH_…`
+/// variables (CI sets `ORDERWATCH_TEST_NO_SKIP`, which the binary would rightly warn about as
+/// setting no key, and `ORDERWATCH_CONFIG` would choose its file): a test sets what it means.
+pub fn orderwatch() -> Command {
     let mut command = Command::new(binary());
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("ORDERWATCH_") {
+            command.env_remove(var);
+        }
+    }
+    command.env_remove("RUST_LOG");
     command
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("ORDERWATCH_CONFIG")
-        .env_remove("RUST_LOG");
+}
+
+/// `orderwatch ARGS --config CONFIG` ([`orderwatch`]), ready to run.
+pub fn cli(config: &Path, args: &[&str]) -> Command {
+    let mut command = orderwatch();
+    command.args(args).arg("--config").arg(config);
     command
 }
 
