@@ -173,6 +173,39 @@ pub struct OrderFacts {
     pub identifier: Option<String>,
 }
 
+/// Item facts only a poll gives (a webhook has none: every field `None`). Stored beside the
+/// reconciled state when the rule says the poll is the newest word on the item.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemFacts {
+    /// Voucher URLs (`items[].vouchers[].url`); `None` before any poll.
+    pub vouchers: Option<Vec<String>>,
+    /// `product.id`.
+    pub product_id: Option<String>,
+    /// `product.title`.
+    pub product_title: Option<String>,
+    /// `product.date`, local activity time as sent (`2018-09-01 15:30`).
+    pub product_date: Option<String>,
+    /// `product.max_confirmation_time`, an ISO-8601 duration (`P0D` = instant).
+    pub max_confirmation_time: Option<String>,
+}
+
+impl ItemFacts {
+    /// These facts written over `stored`: each one these leave out keeps its stored value (a
+    /// response that omits the product does not erase it).
+    pub fn over(&self, stored: &ItemFacts) -> ItemFacts {
+        fn or<T: Clone>(new: &Option<T>, old: &Option<T>) -> Option<T> {
+            new.as_ref().or(old.as_ref()).cloned()
+        }
+        ItemFacts {
+            vouchers: or(&self.vouchers, &stored.vouchers),
+            product_id: or(&self.product_id, &stored.product_id),
+            product_title: or(&self.product_title, &stored.product_title),
+            product_date: or(&self.product_date, &stored.product_date),
+            max_confirmation_time: or(&self.max_confirmation_time, &stored.max_confirmation_time),
+        }
+    }
+}
+
 /// One observed state of one order item, from either ingest path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
@@ -188,6 +221,8 @@ pub struct Observation {
     pub item_created: Option<DateTime<Utc>>,
     /// What the observation said about the order.
     pub order_facts: OrderFacts,
+    /// What a poll said about the item besides its status (none for a webhook).
+    pub item_facts: ItemFacts,
     /// When orderwatch received it, by its own clock.
     pub received_at: DateTime<Utc>,
     /// The JSON kept in the event log: the webhook body as received, or the polled item without
@@ -243,6 +278,7 @@ impl Observation {
             },
             item_created: Some(timestamp(&fields, "order_item_created")?),
             order_facts,
+            item_facts: ItemFacts::default(),
             received_at,
             raw: text.to_owned(),
         })

@@ -16,8 +16,8 @@
 //!   and brings it down to its own (the recovery from a bogus version);
 //! - after a webhook, `item_version` is at least that webhook's version, or exactly it after
 //!   that recovery;
-//! - only an `applied` or `confirmed` poll writes item facts, and `facts_as_of` then becomes
-//!   its time, later than before; nothing else moves `facts_as_of`;
+//! - only a poll that is not `stale` writes item facts, and `facts_as_of` then becomes its
+//!   time, later than before; nothing else moves `facts_as_of`;
 //! - `stale`, `duplicate` and `conflict` leave the state exactly as it was;
 //! - `doubtful` changes nothing but `item_version`;
 //! - `applied` stores the observed status, `confirmed` keeps the stored one;
@@ -28,7 +28,7 @@
 use arbitrary::Arbitrary;
 use chrono::{DateTime, Duration, Utc};
 use libfuzzer_sys::fuzz_target;
-use orderwatch::observation::{Observation, OrderFacts, Position, Source, Status};
+use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Source, Status};
 use orderwatch::store::{ItemState, Outcome, Rules, decide};
 use uuid::Uuid;
 
@@ -170,6 +170,7 @@ fn observation(step: &Step) -> Observation {
         position,
         item_created: None,
         order_facts: OrderFacts::default(),
+        item_facts: ItemFacts::default(),
         received_at,
         raw: String::new(),
     }
@@ -188,6 +189,9 @@ fuzz_target!(|case: Case| {
         as_of_source: source(row.as_of_from_poll),
         source: source(row.set_by_poll),
         facts_as_of: row.facts_as_of.map(Time::four_digit_year),
+        facts: ItemFacts::default(),
+        item_created: None,
+        item_updated: None,
     });
     for step in &case.steps {
         let observation = observation(step);
@@ -233,7 +237,7 @@ fuzz_target!(|case: Case| {
         if decision.writes_facts {
             assert!(
                 observation.position.source() == Source::Poll
-                    && matches!(decision.outcome, Outcome::Applied | Outcome::Confirmed),
+                    && decision.outcome != Outcome::Stale,
                 "{:?} wrote facts on {observation:?}",
                 decision.outcome
             );

@@ -26,11 +26,11 @@ use crate::backoff::BackoffPolicy;
 use crate::clock::{Clock, later};
 use crate::metrics::Metrics;
 use crate::musement::{ApiError, MusementClient, PolledOrder};
-use crate::observation::{Observation, OrderFacts, Position};
+use crate::observation::{ItemFacts, Observation, OrderFacts, Position};
 use crate::store::queries::{self, DueOrder};
 use crate::store::reader::Reader;
 use crate::store::writer::{WriteError, Writer};
-use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord, PolledItemFacts};
+use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord};
 use crate::telemetry;
 
 /// The lease row's name.
@@ -556,25 +556,22 @@ impl Reconciler {
         let items = polled
             .items
             .into_iter()
-            .map(|item| {
-                let observation = Observation {
-                    item: item.uuid,
-                    order: polled.uuid,
-                    status: item.status,
-                    position: Position::Poll { as_of },
-                    item_created: None,
-                    order_facts: order_facts.clone(),
-                    received_at,
-                    raw: item.raw,
-                };
-                let facts = PolledItemFacts {
-                    vouchers: item.vouchers,
+            .map(|item| Observation {
+                item: item.uuid,
+                order: polled.uuid,
+                status: item.status,
+                position: Position::Poll { as_of },
+                item_created: None,
+                order_facts: order_facts.clone(),
+                item_facts: ItemFacts {
+                    vouchers: Some(item.vouchers),
                     product_id: item.product_id,
                     product_title: item.product_title,
                     product_date: item.product_date,
                     max_confirmation_time: item.max_confirmation_time,
-                };
-                (observation, facts)
+                },
+                received_at,
+                raw: item.raw,
             })
             .collect();
         PollRecord {

@@ -7,10 +7,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::StoreSettings;
 use super::cells::{self, Place, Unreadable, order_place};
 use super::poll_state::{self, Trigger};
-use super::rule::{self, Decision, ItemState, Outcome, Rules, decide, musement_time};
+use super::rule::{
+    Decision, ItemState, OrderState, Outcome, Rules, decide, decide_order, musement_time,
+};
 use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
-use crate::observation::{Observation, Position, Source};
+use crate::observation::{ItemFacts, Observation, Position, Source};
 use crate::telemetry;
 
 /// The longest a persistent doubt pushes an order's re-poll out.
@@ -39,22 +41,23 @@ pub(super) fn apply_decision(
     let order_uuid = observation.order.to_string();
     let item_uuid = observation.item.to_string();
     warn_about_times(observation, rules);
-    upsert_order(conn, observation, rules, now)?;
+    write_order(conn, observation, rules, now)?;
     let stored = load_item(conn, &item_uuid)?;
     let current = stored.as_ref().and_then(|s| s.state.as_ref());
     let decision = decide(current, observation, rules);
     let repaired_first_seen = match &stored {
-        Some(stored) if !stored.first_seen_readable => {
+        Some(stored) if stored.first_seen.is_none() => {
             Some(first_event_time(conn, &item_uuid, now)?)
         }
         _ => None,
     };
     if current != Some(&decision.state) || repaired_first_seen.is_some() {
-        let status_changed = current.map(|c| &c.status) != Some(&decision.state.status);
+        let first_seen = stored.as_ref().and_then(|s| s.first_seen);
         let write = ItemWrite {
-            state: &decision.state,
-            status_changed,
-            repaired_first_seen,
+            decision: &decision,
+            status_changed: current.map(|c| &c.status) != Some(&decision.state.status),
+            first_seen: repaired_first_seen.or(first_seen).unwrap_or(now),
+            repaired_first_seen: repaired_first_seen.is_some(),
         };
         write_item(conn, observation, &write, now)?;
     }
@@ -115,80 +118,95 @@ fn warn_about_times(observation: &Observation, rules: &Rules) {
     }
 }
 
-/// Creates the order row if needed and merges order-level facts: webhook facts follow the
-/// `order_version` rule, poll-only facts the rule's [`rule::poll_writes_order_facts`].
-fn upsert_order(
+/// Writes the order's facts as [`decide_order`] decides them after `observation`, creating
+/// the row if needed (`first_seen_at` = `now`). Nothing is written when nothing changes.
+fn write_order(
     conn: &Connection,
     observation: &Observation,
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    let facts = &observation.order_facts;
     let order_uuid = observation.order.to_string();
-    // SQLite evaluates every SET expression against the old row, so both CASEs see the old version.
+    let stored = load_order(conn, &order_uuid)?;
+    let decided = decide_order(stored.as_ref(), observation, rules);
+    if stored.as_ref() == Some(&decided) {
+        return Ok(());
+    }
     conn.prepare_cached(
-        "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated, first_seen_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated,
+                             order_status, identifier, order_polled_as_of, first_seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (order_uuid) DO UPDATE SET
-           order_id = coalesce(orders.order_id, excluded.order_id),
-           order_created = coalesce(orders.order_created, excluded.order_created),
-           order_updated = CASE WHEN excluded.order_version > coalesce(orders.order_version, -1)
-                                THEN excluded.order_updated ELSE orders.order_updated END,
-           order_version = CASE WHEN excluded.order_version > coalesce(orders.order_version, -1)
-                                THEN excluded.order_version ELSE orders.order_version END",
+           order_id = excluded.order_id,
+           order_version = excluded.order_version,
+           order_created = excluded.order_created,
+           order_updated = excluded.order_updated,
+           order_status = excluded.order_status,
+           identifier = excluded.identifier,
+           order_polled_as_of = excluded.order_polled_as_of",
     )?
     .execute(params![
         order_uuid,
-        facts.id,
-        facts.version,
-        facts.created.map(to_db_text),
-        facts.updated.map(to_db_text),
+        decided.id,
+        decided.version,
+        decided.created.map(to_db_text),
+        decided.updated.map(to_db_text),
+        decided.status,
+        decided.identifier,
+        decided.polled_as_of.map(to_db_text),
         to_db_text(now),
     ])?;
-    if facts.status.is_none() && facts.identifier.is_none() {
-        return Ok(());
-    }
-    let polled_as_of = conn
-        .prepare_cached("SELECT order_polled_as_of FROM orders WHERE order_uuid = ?1")?
-        .query_row([&order_uuid], |row| {
-            // Unreadable: unknown, so this poll's facts replace it.
-            Ok(cells::time(
-                row.get_ref(0)?,
-                order_place("order_polled_as_of", &order_uuid),
-            )
-            .unwrap_or(None))
-        })?;
-    if rule::poll_writes_order_facts(polled_as_of, observation, rules) {
-        conn.prepare_cached(
-            "UPDATE orders SET order_status = coalesce(?2, order_status),
-                               identifier = coalesce(?3, identifier),
-                               order_polled_as_of = ?4
-             WHERE order_uuid = ?1",
-        )?
-        .execute(params![
-            order_uuid,
-            facts.status,
-            facts.identifier,
-            to_db_text(musement_time(observation, rules)),
-        ])?;
-    }
     Ok(())
+}
+
+/// The order's facts as stored; `None` when there is no row yet. An unreadable cell is unknown
+/// (`None`), so the rule's decision replaces it.
+fn load_order(conn: &Connection, order_uuid: &str) -> rusqlite::Result<Option<OrderState>> {
+    conn.prepare_cached(
+        "SELECT order_id, order_version, order_created, order_updated, order_status, identifier,
+                order_polled_as_of
+         FROM orders WHERE order_uuid = ?1",
+    )?
+    .query_row([order_uuid], |row| {
+        let place = |column| order_place(column, order_uuid);
+        let text = |i: usize, column| -> rusqlite::Result<Option<String>> {
+            Ok(cells::text(row.get_ref(i)?, place(column))
+                .unwrap_or(None)
+                .map(str::to_owned))
+        };
+        let time = |i: usize, column| -> rusqlite::Result<Option<DateTime<Utc>>> {
+            Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
+        };
+        Ok(OrderState {
+            id: text(0, "order_id")?,
+            version: cells::integer(row.get_ref(1)?, place("order_version")).unwrap_or(None),
+            created: time(2, "order_created")?,
+            updated: time(3, "order_updated")?,
+            status: text(4, "order_status")?,
+            identifier: text(5, "identifier")?,
+            polled_as_of: time(6, "order_polled_as_of")?,
+        })
+    })
+    .optional()
 }
 
 /// An item's row as the write path reads it.
 struct StoredItem {
-    /// The rule's view of the row; `None` when one of its cells could not be read: the state
-    /// is unknown, and this observation's decision replaces it whole.
+    /// The rule's view of the row; `None` when one of the cells the status rule needs could
+    /// not be read: the state is unknown, and this observation's decision replaces it whole.
+    /// (An unreadable detail, e.g. `item_created` or a product fact, is only that detail
+    /// unknown.)
     state: Option<ItemState>,
-    /// Whether `first_seen_at` could be read (it dates the confirmation deadline); when not,
-    /// the write repairs it from the item's first event.
-    first_seen_readable: bool,
+    /// `first_seen_at` (it dates the confirmation deadline); `None` when unreadable: the write
+    /// repairs it from the item's first event.
+    first_seen: Option<DateTime<Utc>>,
 }
 
 fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<StoredItem>> {
     conn.prepare_cached(
         "SELECT status, status_version, item_version, as_of, as_of_source, source, facts_as_of,
-                first_seen_at
+                first_seen_at, item_created, item_updated, vouchers, product_id, product_title,
+                product_date, max_confirmation_time
          FROM order_items WHERE item_uuid = ?1",
     )?
     .query_row([item_uuid], |row| {
@@ -206,6 +224,23 @@ fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<Stor
         let source = cells::source(row.get_ref(5)?, place("source"));
         let facts_as_of = cells::time(row.get_ref(6)?, place("facts_as_of"));
         let first_seen = cells::time(row.get_ref(7)?, place("first_seen_at"));
+        let detail_time = |i: usize, column| -> rusqlite::Result<Option<DateTime<Utc>>> {
+            Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
+        };
+        let detail_text = |i: usize, column| -> rusqlite::Result<Option<String>> {
+            Ok(cells::text(row.get_ref(i)?, place(column))
+                .unwrap_or(None)
+                .map(str::to_owned))
+        };
+        let item_created = detail_time(8, "item_created")?;
+        let item_updated = detail_time(9, "item_updated")?;
+        let facts = ItemFacts {
+            vouchers: cells::string_list(row.get_ref(10)?, place("vouchers")).unwrap_or(None),
+            product_id: detail_text(11, "product_id")?,
+            product_title: detail_text(12, "product_title")?,
+            product_date: detail_text(13, "product_date")?,
+            max_confirmation_time: detail_text(14, "max_confirmation_time")?,
+        };
         let state = (|| -> Result<ItemState, Unreadable> {
             Ok(ItemState {
                 status: status?.ok_or(Unreadable)?,
@@ -215,11 +250,14 @@ fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<Stor
                 as_of_source: as_of_source?.ok_or(Unreadable)?,
                 source: source?.ok_or(Unreadable)?,
                 facts_as_of: facts_as_of?,
+                facts,
+                item_created,
+                item_updated,
             })
         })();
         Ok(StoredItem {
             state: state.ok(),
-            first_seen_readable: matches!(first_seen, Ok(Some(_))),
+            first_seen: first_seen.unwrap_or(None),
         })
     })
     .optional()
@@ -231,7 +269,7 @@ fn first_event_time(
     conn: &Connection,
     item_uuid: &str,
     now: DateTime<Utc>,
-) -> rusqlite::Result<String> {
+) -> rusqlite::Result<DateTime<Utc>> {
     let first: Option<String> = conn
         .prepare_cached(
             "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
@@ -239,52 +277,72 @@ fn first_event_time(
         .query_row([item_uuid], |row| row.get(0))
         .optional()?;
     let first = first.and_then(|text| from_db_text(&text).ok());
-    Ok(to_db_text(first.unwrap_or(now)))
+    Ok(first.unwrap_or(now))
 }
 
-/// What [`write_item`] writes besides the observation's own fields.
+/// What [`write_item`] writes besides the decided state.
 struct ItemWrite<'a> {
-    /// The state the rule decided.
-    state: &'a ItemState,
+    /// The rule's decision: the state to store, and whether the poll's facts are part of it.
+    decision: &'a Decision,
     /// Whether the status differs from the stored one (moves `changed_at`).
     status_changed: bool,
-    /// A `first_seen_at` replacing an unreadable one.
-    repaired_first_seen: Option<String>,
+    /// The item's `first_seen_at` (`now` for a new item): dates the confirmation deadline.
+    first_seen: DateTime<Utc>,
+    /// Whether `first_seen` replaces an unreadable stored one.
+    repaired_first_seen: bool,
 }
 
+/// Writes the decided state. The poll facts' columns are written only when the rule says this
+/// poll's facts are the newest (`writes_facts`), with the confirmation deadline they date
+/// from `first_seen_at`.
 fn write_item(
     conn: &Connection,
     observation: &Observation,
     write: &ItemWrite<'_>,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    let state = write.state;
-    // item_updated follows item_version: only the webhook that raised the version sets it.
-    let updated = match observation.position {
-        Position::Webhook { version, updated } if state.item_version == Some(version) => {
-            Some(to_db_text(updated))
-        }
-        _ => None,
-    };
+    let state = &write.decision.state;
+    let writes_facts = write.decision.writes_facts;
+    let facts = &state.facts;
+    let vouchers = facts
+        .vouchers
+        .as_ref()
+        .map(|list| serde_json::to_string(list).unwrap_or_else(|_| "[]".into()));
+    let deadline = facts
+        .max_confirmation_time
+        .as_deref()
+        .and_then(super::polls::parse_iso_duration)
+        .map(|allowed| to_db_text(later(write.first_seen, allowed)));
     let now = to_db_text(now);
     conn.prepare_cached(
         "INSERT INTO order_items (item_uuid, order_uuid, status, item_version, status_version,
                                   item_created, item_updated, as_of, as_of_source, source,
-                                  facts_as_of, first_seen_at, changed_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?12)
+                                  facts_as_of, first_seen_at, changed_at, updated_at,
+                                  vouchers, product_id, product_title, product_date,
+                                  max_confirmation_time, confirm_deadline)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13,
+                 ?15, ?16, ?17, ?18, ?19, ?20)
          ON CONFLICT (item_uuid) DO UPDATE SET
            status = excluded.status,
            item_version = excluded.item_version,
            status_version = excluded.status_version,
-           item_created = coalesce(order_items.item_created, excluded.item_created),
-           item_updated = coalesce(excluded.item_updated, order_items.item_updated),
+           item_created = excluded.item_created,
+           item_updated = excluded.item_updated,
            as_of = excluded.as_of,
            as_of_source = excluded.as_of_source,
            source = excluded.source,
            facts_as_of = excluded.facts_as_of,
-           first_seen_at = coalesce(?14, order_items.first_seen_at),
-           changed_at = CASE WHEN ?13 THEN excluded.changed_at ELSE order_items.changed_at END,
-           updated_at = excluded.updated_at",
+           first_seen_at = CASE WHEN ?21 THEN excluded.first_seen_at ELSE order_items.first_seen_at END,
+           changed_at = CASE WHEN ?14 THEN excluded.changed_at ELSE order_items.changed_at END,
+           updated_at = excluded.updated_at,
+           vouchers = CASE WHEN ?22 THEN excluded.vouchers ELSE order_items.vouchers END,
+           product_id = CASE WHEN ?22 THEN excluded.product_id ELSE order_items.product_id END,
+           product_title = CASE WHEN ?22 THEN excluded.product_title ELSE order_items.product_title END,
+           product_date = CASE WHEN ?22 THEN excluded.product_date ELSE order_items.product_date END,
+           max_confirmation_time = CASE WHEN ?22 THEN excluded.max_confirmation_time
+                                        ELSE order_items.max_confirmation_time END,
+           confirm_deadline = CASE WHEN ?22 THEN coalesce(excluded.confirm_deadline, order_items.confirm_deadline)
+                                   ELSE order_items.confirm_deadline END",
     )?
     .execute(params![
         observation.item.to_string(),
@@ -292,15 +350,23 @@ fn write_item(
         state.status.as_str(),
         state.item_version,
         state.status_version,
-        observation.item_created.map(to_db_text),
-        updated,
+        state.item_created.map(to_db_text),
+        state.item_updated.map(to_db_text),
         to_db_text(state.as_of),
         state.as_of_source.as_str(),
         state.source.as_str(),
         state.facts_as_of.map(to_db_text),
+        to_db_text(write.first_seen),
         now,
         write.status_changed,
+        vouchers,
+        facts.product_id,
+        facts.product_title,
+        facts.product_date,
+        facts.max_confirmation_time,
+        deadline,
         write.repaired_first_seen,
+        writes_facts,
     ])?;
     Ok(())
 }
@@ -419,6 +485,7 @@ mod tests {
                 identifier: Some("MUS0738876".into()),
                 ..OrderFacts::default()
             },
+            item_facts: ItemFacts::default(),
             received_at: at(as_of),
             raw: "{}".into(),
         }

@@ -116,6 +116,16 @@ pub fn integer(value: ValueRef<'_>, place: Place<'_>) -> Read<i64> {
     }
 }
 
+/// A JSON array of strings (`vouchers`).
+pub fn string_list(value: ValueRef<'_>, place: Place<'_>) -> Read<Vec<String>> {
+    let Some(text) = text(value, place)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|_| report(place, value, "not a JSON array of strings"))
+}
+
 /// Cells already logged, so that a cell nothing overwrites (one only polls write, or a sibling
 /// item read for every webhook of its order) is logged once per process, not on every request.
 /// Bounded: forgotten all at once when full (a few repeated lines at worst).

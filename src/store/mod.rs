@@ -33,10 +33,8 @@ use crate::config::Config;
 
 pub use apply::{RejectedWebhook, apply, record_rejected};
 pub use poll_state::PollPolicy;
-pub use polls::{
-    Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, PolledItemFacts, record_poll,
-};
-pub use rule::{Decision, ItemState, Outcome, Rules, decide};
+pub use polls::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, record_poll};
+pub use rule::{Decision, ItemState, OrderState, Outcome, Rules, decide, decide_order};
 
 /// What the store functions need to know besides the connection and their input.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

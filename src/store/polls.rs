@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::StoreSettings;
-use super::apply::apply_decision;
+use super::apply::apply;
 use super::cells::{self, Place, Unreadable, order_place};
 use super::poll_state::{self, Trigger};
 use super::rule::Outcome;
@@ -17,22 +17,7 @@ use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
 use crate::observation::Observation;
 
-/// Item facts only a poll gives, stored beside the reconciled state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolledItemFacts {
-    /// Voucher URLs (`items[].vouchers[].url`).
-    pub vouchers: Vec<String>,
-    /// `product.id`.
-    pub product_id: Option<String>,
-    /// `product.title`.
-    pub product_title: Option<String>,
-    /// `product.date`, local activity time as sent (`2018-09-01 15:30`).
-    pub product_date: Option<String>,
-    /// `product.max_confirmation_time`, an ISO-8601 duration (`P0D` = instant).
-    pub max_confirmation_time: Option<String>,
-}
-
-/// One successful poll of one order: an observation per item, plus the item facts.
+/// One successful poll of one order: an observation per item (with its item facts).
 #[derive(Debug, Clone)]
 pub struct PollRecord {
     /// The order polled.
@@ -42,7 +27,7 @@ pub struct PollRecord {
     /// item first seen later is not expected in its answer.
     pub requested_at: DateTime<Utc>,
     /// What the response said about each item.
-    pub items: Vec<(Observation, PolledItemFacts)>,
+    pub items: Vec<Observation>,
 }
 
 /// A poll that did not give a usable answer. Nothing from it changes an item.
@@ -83,7 +68,7 @@ pub struct Backoff {
 }
 
 /// Stores a poll: each item through the one ordering rule (which also says whether its facts
-/// replace the stored ones), the items it no longer lists, then the order's bookkeeping.
+/// replace the stored ones, and the order's), the items it no longer lists, then the order's bookkeeping.
 pub fn record_poll(
     conn: &Connection,
     record: &PollRecord,
@@ -94,12 +79,8 @@ pub fn record_poll(
     ensure_order(conn, &order_uuid, now)?;
     let previous_failures = failures(conn, &order_uuid)?;
     let mut outcomes = Vec::with_capacity(record.items.len());
-    for (observation, facts) in &record.items {
-        let decision = apply_decision(conn, observation, settings, now)?;
-        if decision.writes_facts {
-            store_item_facts(conn, &observation.item.to_string(), facts)?;
-        }
-        outcomes.push(decision.outcome);
+    for observation in &record.items {
+        outcomes.push(apply(conn, observation, settings, now)?);
     }
     note_missing_items(conn, record, now)?;
     repair_order_first_seen(conn, &order_uuid, now)?;
@@ -157,7 +138,7 @@ fn note_missing_items(
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
     let order_uuid = record.order.to_string();
-    let listed: HashSet<Uuid> = record.items.iter().map(|(o, _)| o.item).collect();
+    let listed: HashSet<Uuid> = record.items.iter().map(|o| o.item).collect();
     let mut newly_missing = Vec::new();
     let mut back = Vec::new();
     {
@@ -247,53 +228,6 @@ fn ensure_order(conn: &Connection, order_uuid: &str, now: DateTime<Utc>) -> rusq
         "INSERT INTO orders (order_uuid, first_seen_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?
     .execute(params![order_uuid, to_db_text(now)])?;
-    Ok(())
-}
-
-/// Writes a poll's item facts; the rule decided they replace the stored ones
-/// ([`super::rule::Decision::writes_facts`]). Product facts a response leaves out keep their
-/// stored value; the vouchers are the response's list.
-fn store_item_facts(
-    conn: &Connection,
-    item_uuid: &str,
-    facts: &PolledItemFacts,
-) -> rusqlite::Result<()> {
-    let vouchers = serde_json::to_string(&facts.vouchers).unwrap_or_else(|_| "[]".into());
-    let first_seen = conn
-        .prepare_cached("SELECT first_seen_at FROM order_items WHERE item_uuid = ?1")?
-        .query_row([item_uuid], |r| {
-            let place = Place {
-                table: "order_items",
-                column: "first_seen_at",
-                key: item_uuid,
-            };
-            Ok(cells::time(r.get_ref(0)?, place).unwrap_or(None))
-        })?;
-    let deadline = facts
-        .max_confirmation_time
-        .as_deref()
-        .and_then(parse_iso_duration)
-        .zip(first_seen)
-        .map(|(allowed, seen)| to_db_text(later(seen, allowed)));
-    conn.prepare_cached(
-        "UPDATE order_items SET
-           vouchers = ?2,
-           product_id = coalesce(?3, product_id),
-           product_title = coalesce(?4, product_title),
-           product_date = coalesce(?5, product_date),
-           max_confirmation_time = coalesce(?6, max_confirmation_time),
-           confirm_deadline = coalesce(?7, confirm_deadline)
-         WHERE item_uuid = ?1",
-    )?
-    .execute(params![
-        item_uuid,
-        vouchers,
-        facts.product_id,
-        facts.product_title,
-        facts.product_date,
-        facts.max_confirmation_time,
-        deadline,
-    ])?;
     Ok(())
 }
 

@@ -7,15 +7,16 @@
 //! decides; across sources the time decides, but only when it leads by more than `skew_margin`;
 //! in between we keep what we have and ask for a fresh poll (see README "The ordering rule").
 //!
-//! The rule also says what else an observation may write: a poll's item facts (vouchers,
-//! product, confirmation deadline; [`Decision::writes_facts`]) and its order facts
-//! ([`poll_writes_order_facts`]) follow "the later poll wins", so the store only carries
-//! decisions out.
+//! The rule also decides everything else an observation may write, so the store only carries
+//! decisions out: the item's `item_created` (first known) and `item_updated` (of the webhook
+//! that set `item_version`), a poll's item facts (vouchers, product, confirmation time;
+//! [`Decision::writes_facts`], "the later poll wins" like the status), and the order's facts
+//! ([`decide_order`]: webhook facts by `order_version`, poll facts by the later poll).
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::clock::later;
-use crate::observation::{Observation, Position, Source, Status};
+use crate::observation::{ItemFacts, Observation, OrderFacts, Position, Source, Status};
 
 /// Tuning of the rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,31 @@ pub struct ItemState {
     /// confirmation deadline); `None` before any, or when unknown (rows older than schema
     /// version 3), so that the next applied or confirmed poll's facts replace them.
     pub facts_as_of: Option<DateTime<Utc>>,
+    /// The poll facts stored (vouchers, product, confirmation time), as of `facts_as_of`.
+    pub facts: ItemFacts,
+    /// Webhook `order_item_created`: the first one known.
+    pub item_created: Option<DateTime<Utc>>,
+    /// `order_item_updated` of the webhook that set `item_version`.
+    pub item_updated: Option<DateTime<Utc>>,
+}
+
+/// The order-level facts stored in `orders`, as the rule decides them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderState {
+    /// Webhook `order_id`: the first one known.
+    pub id: Option<String>,
+    /// Highest webhook `order_version` seen.
+    pub version: Option<i64>,
+    /// Webhook `order_created`: the first one known.
+    pub created: Option<DateTime<Utc>>,
+    /// `order_updated` of the webhook with the highest `order_version`.
+    pub updated: Option<DateTime<Utc>>,
+    /// Polled order status, of the latest poll that had one.
+    pub status: Option<String>,
+    /// Polled `identifier` (`MUS0738876`), of the latest poll that had one.
+    pub identifier: Option<String>,
+    /// Musement time of the poll that last wrote `status`/`identifier`.
+    pub polled_as_of: Option<DateTime<Utc>>,
 }
 
 /// What the rule made of an observation; stored in `item_events.outcome`.
@@ -101,8 +127,8 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The state to store.
     pub state: ItemState,
-    /// Whether the poll's item facts replace the stored ones (`state.facts_as_of` is then its
-    /// time). Never for a webhook, which has none.
+    /// Whether the poll's item facts replace the stored ones (`state.facts` and
+    /// `state.facts_as_of` are then the poll's). Never for a webhook, which has none.
     pub writes_facts: bool,
 }
 
@@ -118,8 +144,18 @@ pub fn musement_time(observation: &Observation, rules: &Rules) -> DateTime<Utc> 
 }
 
 /// Decides what `observation` does to an item whose stored state is `current` (`None`: a new
-/// item, or a row the store could not read).
+/// item, or a row the store could not read): the status (by version between webhooks, by time
+/// across sources), then what else the observation writes with it.
 pub fn decide(current: Option<&ItemState>, observation: &Observation, rules: &Rules) -> Decision {
+    let decision = decide_status(current, observation, rules);
+    with_item_details(decision, current, observation)
+}
+
+fn decide_status(
+    current: Option<&ItemState>,
+    observation: &Observation,
+    rules: &Rules,
+) -> Decision {
     let time = musement_time(observation, rules);
     let Some(current) = current else {
         let from_poll = observation.position.source() == Source::Poll;
@@ -133,6 +169,9 @@ pub fn decide(current: Option<&ItemState>, observation: &Observation, rules: &Ru
                 as_of_source: observation.position.source(),
                 source: observation.position.source(),
                 facts_as_of: from_poll.then_some(time),
+                facts: ItemFacts::default(),
+                item_created: None,
+                item_updated: None,
             },
             writes_facts: from_poll,
         };
@@ -145,6 +184,64 @@ pub fn decide(current: Option<&ItemState>, observation: &Observation, rules: &Ru
             with_facts(decide_poll(current, &observation.status, time, rules), time)
         }
     }
+}
+
+/// What a decision writes besides the status, each following the status's rule:
+/// - a poll's item facts, over the stored ones, when it is the newest word ([`with_facts`]);
+/// - `item_updated`, when this webhook's version becomes `item_version`;
+/// - `item_created`, the first one known, filled in by any observation that writes the row.
+///
+/// An observation that writes nothing (stale, duplicate, conflict, or a poll confirming within
+/// the margin) leaves every one of them as it was.
+fn with_item_details(
+    mut decision: Decision,
+    current: Option<&ItemState>,
+    observation: &Observation,
+) -> Decision {
+    if decision.writes_facts {
+        let stored = current.map(|c| c.facts.clone()).unwrap_or_default();
+        decision.state.facts = observation.item_facts.over(&stored);
+    }
+    if let Position::Webhook { version, updated } = observation.position
+        && decision.state.item_version == Some(version)
+        && current.and_then(|c| c.item_version) != Some(version)
+    {
+        decision.state.item_updated = Some(updated);
+    }
+    if current != Some(&decision.state) && decision.state.item_created.is_none() {
+        decision.state.item_created = observation.item_created;
+    }
+    decision
+}
+
+/// Decides the order's facts after `observation` (`current`: `None` for a new order, or a
+/// row the store could not read):
+/// - webhook facts: `order_version` and its `order_updated` from the highest version seen,
+///   `order_id` and `order_created` the first ones known;
+/// - a poll's `status` and `identifier`, when the poll is later than the one that wrote them
+///   ([`later_poll`]); one it leaves out keeps its stored value.
+pub fn decide_order(
+    current: Option<&OrderState>,
+    observation: &Observation,
+    rules: &Rules,
+) -> OrderState {
+    let facts: &OrderFacts = &observation.order_facts;
+    let mut next = current.cloned().unwrap_or_default();
+    next.id = next.id.or_else(|| facts.id.clone());
+    next.created = next.created.or(facts.created);
+    if let Some(version) = facts.version
+        && next.version.is_none_or(|stored| version > stored)
+    {
+        next.version = Some(version);
+        next.updated = facts.updated;
+    }
+    let says_something = facts.status.is_some() || facts.identifier.is_some();
+    if says_something && poll_writes_order_facts(next.polled_as_of, observation, rules) {
+        next.status = facts.status.clone().or(next.status);
+        next.identifier = facts.identifier.clone().or(next.identifier);
+        next.polled_as_of = Some(musement_time(observation, rules));
+    }
+    next
 }
 
 /// Between two polls the later `Date` wins; nothing stored (or an unreadable time) loses to
@@ -164,13 +261,15 @@ pub fn poll_writes_order_facts(
         && later_poll(polled_as_of, musement_time(observation, rules))
 }
 
-/// Lets a poll at `time` write its item facts when it is the newest word on the item's status
-/// (`applied` or `confirmed`: not `stale`, not in doubt) and later than the poll that wrote
-/// the stored facts, the same "newer observation wins" as the status; voucher URLs, product
-/// and confirmation deadline never go back to an older poll's.
+/// Lets a poll at `time` write its item facts when it is later than the poll that wrote the
+/// stored ones: item facts follow the later poll, as the order's poll facts do, whatever the
+/// poll says about the status (webhooks carry no facts, so a webhook newer than the poll says
+/// nothing against them). Voucher URLs, product and confirmation time never go back to an
+/// older poll's, and the facts end the same in whatever order the polls arrive. A `stale`
+/// poll writes nothing at all.
 fn with_facts(mut decision: Decision, time: DateTime<Utc>) -> Decision {
-    let newest_word = matches!(decision.outcome, Outcome::Applied | Outcome::Confirmed);
-    decision.writes_facts = newest_word && later_poll(decision.state.facts_as_of, time);
+    let stale = decision.outcome == Outcome::Stale;
+    decision.writes_facts = !stale && later_poll(decision.state.facts_as_of, time);
     if decision.writes_facts {
         decision.state.facts_as_of = Some(time);
     }
@@ -205,7 +304,7 @@ fn decide_webhook(
                     as_of: time,
                     as_of_source: Source::Webhook,
                     source: Source::Webhook,
-                    facts_as_of: current.facts_as_of,
+                    ..current.clone()
                 },
                 writes_facts: false,
             };
@@ -237,7 +336,7 @@ fn decide_webhook(
                 },
                 as_of_source: Source::Webhook,
                 source: Source::Webhook,
-                facts_as_of: current.facts_as_of,
+                ..current.clone()
             },
             writes_facts: false,
         }
@@ -326,6 +425,7 @@ mod tests {
             },
             item_created: None,
             order_facts: OrderFacts::default(),
+            item_facts: ItemFacts::default(),
             received_at: at(updated),
             raw: String::new(),
         }
@@ -467,18 +567,14 @@ mod tests {
                 decision.state.facts_as_of != state.as_ref().and_then(|s| s.facts_as_of),
                 "writes_facts says whether facts_as_of moves"
             );
-            written.push(
-                decision
-                    .writes_facts
-                    .then_some(decision.state.facts_as_of.unwrap()),
-            );
+            written.push(decision.state.facts_as_of.filter(|_| decision.writes_facts));
             state = Some(decision.state);
         }
         written
     }
 
     #[test]
-    fn item_facts_follow_the_newest_poll_like_the_status() {
+    fn item_facts_follow_the_later_poll() {
         // A poll at 30, then one answered with an older Date (20): stale, facts untouched.
         assert_eq!(
             facts_written(&[poll(OK, 30), poll(Pending, 20), poll(OK, 30), poll(OK, 31)]),
@@ -491,8 +587,8 @@ mod tests {
             "a poll confirming a webhook's status within the margin is still newer than the \
              poll that wrote the facts"
         );
-        // A poll in doubt (another status than a webhook's, within the margin) writes nothing;
-        // the re-poll that settles it does.
+        // A poll in doubt about the status (another one than a webhook's, within the margin) is
+        // still the later poll: its facts are written, and the re-poll's after them.
         assert_eq!(
             facts_written(&[
                 poll(Pending, 10),
@@ -500,7 +596,25 @@ mod tests {
                 poll(Pending, 42),
                 poll(OK, 50)
             ]),
-            [Some(at(10)), None, None, Some(at(50))]
+            [Some(at(10)), None, Some(at(42)), Some(at(50))]
+        );
+        // So the facts do not depend on the order: the poll before a newer webhook writes its
+        // facts whether it comes before or after it.
+        assert_eq!(
+            facts_written(&[
+                webhook(1, Pending, 20),
+                poll(Pending, 30),
+                webhook(2, OK, 40)
+            ]),
+            [None, Some(at(30)), None]
+        );
+        assert_eq!(
+            facts_written(&[
+                webhook(2, OK, 40),
+                poll(Pending, 30),
+                webhook(1, Pending, 20)
+            ]),
+            [None, Some(at(30)), None]
         );
         // A Date older than the facts' poll writes nothing, even when it confirms a webhook.
         assert_eq!(
@@ -525,6 +639,67 @@ mod tests {
             &rules
         ));
         assert!(!poll_writes_order_facts(None, &webhook(1, OK, 10), &rules));
+    }
+
+    #[test]
+    fn decide_order_takes_webhook_facts_by_version_and_poll_facts_by_time() {
+        let rules = Rules::default();
+        let order_webhook = |version: i64, updated: i64, id: &str| Observation {
+            order_facts: OrderFacts {
+                id: Some(id.into()),
+                version: Some(version),
+                created: Some(at(1)),
+                updated: Some(at(updated)),
+                ..OrderFacts::default()
+            },
+            ..webhook(1, OK, updated)
+        };
+        let order_poll = |as_of: i64, status: Option<&str>, identifier: Option<&str>| Observation {
+            order_facts: OrderFacts {
+                status: status.map(str::to_owned),
+                identifier: identifier.map(str::to_owned),
+                ..OrderFacts::default()
+            },
+            ..poll(OK, as_of)
+        };
+        let fold = |steps: &[Observation]| {
+            steps
+                .iter()
+                .fold(None, |order, step| {
+                    Some(decide_order(order.as_ref(), step, &rules))
+                })
+                .unwrap()
+        };
+        let expected = OrderState {
+            id: Some("7".into()),
+            version: Some(3),
+            created: Some(at(1)),
+            updated: Some(at(30)),
+            status: Some("OK".into()),
+            identifier: Some("MUS1".into()),
+            polled_as_of: Some(at(40)),
+        };
+        let steps = [
+            order_webhook(2, 20, "7"),
+            order_poll(25, Some("PENDING"), Some("MUS1")),
+            order_webhook(3, 30, "7"),
+            order_poll(40, Some("OK"), None),
+            order_webhook(3, 35, "8"),
+            order_webhook(1, 10, "9"),
+            order_poll(39, Some("KO"), Some("MUS2")),
+            order_poll(50, None, None),
+        ];
+        assert_eq!(fold(&steps), expected, "in arrival order");
+        let mut reversed = steps.to_vec();
+        reversed.reverse();
+        let mut expected_reversed = expected.clone();
+        // The first known order_id wins, and the same version keeps the first order_updated.
+        // A field the latest poll leaves out keeps what an earlier-arriving poll wrote: the
+        // one order-dependent fact, for values Musement never changes (id, identifier).
+        expected_reversed.id = Some("9".into());
+        expected_reversed.updated = Some(at(35));
+        expected_reversed.identifier = Some("MUS2".into());
+        assert_eq!(fold(&reversed), expected_reversed, "reversed");
     }
 
     #[test]

@@ -22,15 +22,19 @@
 //! - after everything, one poll read clearly after the last change (and after every earlier
 //!   poll) converges the row to the true final status: whatever the interleaving, orderwatch is
 //!   never stuck on a wrong status once it polls again; and its item facts are that poll's.
-//! - only an applied or confirmed poll writes item facts (vouchers, product, deadline), and only
+//! - any permutation of the same truthful observations, each at least twice the margin away
+//!   from the others, ends in the same item and order: status, versions, times and every fact
+//!   (item facts, `item_created`/`item_updated`, order facts); only which source set the
+//!   status may differ (see [`separated_observations`]).
+//! - only a poll that is not stale writes item facts (vouchers, product, deadline), and only
 //!   when later than the poll that wrote the stored ones: facts never go back to an older poll's.
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use orderwatch::observation::{Observation, OrderFacts, Position, Status};
+use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Status};
 use orderwatch::store::rule::musement_time;
-use orderwatch::store::{ItemState, Outcome, Rules, decide};
+use orderwatch::store::{ItemState, OrderState, Outcome, Rules, decide, decide_order};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use uuid::Uuid;
@@ -137,6 +141,7 @@ impl Delivery {
             position,
             item_created: None,
             order_facts: OrderFacts::default(),
+            item_facts: ItemFacts::default(),
             received_at,
             raw: String::new(),
         }
@@ -389,12 +394,37 @@ fn check_outcome(
     let ok = match outcome {
         Outcome::Conflict => return Err("a truthful history gave a Conflict".into()),
         Outcome::Stale | Outcome::Duplicate => state == previous,
-        // Only the highest version seen may move.
+        // Only the highest version seen may move, with the time of the webhook that set it
+        // (and a creation time, when none was known).
         Outcome::Doubtful => {
-            ItemState {
-                item_version: previous.item_version,
-                ..state.clone()
-            } == *previous
+            // A doubtful webhook raises the version; a doubtful poll changes nothing but the
+            // item facts (checked below).
+            let moved = match observation.position {
+                Position::Webhook { .. } => {
+                    state.item_version != previous.item_version
+                        && state.item_updated == observation_updated(observation)
+                }
+                Position::Poll { .. } => {
+                    ItemState {
+                        facts: previous.facts.clone(),
+                        facts_as_of: previous.facts_as_of,
+                        ..state.clone()
+                    } == *previous
+                }
+            };
+            let created_kept = previous
+                .item_created
+                .is_none_or(|_| state.item_created == previous.item_created);
+            moved
+                && created_kept
+                && ItemState {
+                    item_version: previous.item_version,
+                    item_updated: previous.item_updated,
+                    item_created: previous.item_created,
+                    facts: previous.facts.clone(),
+                    facts_as_of: previous.facts_as_of,
+                    ..state.clone()
+                } == *previous
         }
         Outcome::Confirmed => state.status == previous.status && state.status == observation.status,
         Outcome::Applied => {
@@ -408,6 +438,14 @@ fn check_outcome(
         Err(format!(
             "{outcome:?} inconsistent: previous {previous:?}, now {state:?}"
         ))
+    }
+}
+
+/// A webhook's `order_item_updated`.
+fn observation_updated(observation: &Observation) -> Option<DateTime<Utc>> {
+    match observation.position {
+        Position::Webhook { updated, .. } => Some(updated),
+        Position::Poll { .. } => None,
     }
 }
 
@@ -433,7 +471,7 @@ fn replay(
         if decision.writes_facts {
             prop_assert!(
                 matches!(delivery, Delivery::Poll { .. })
-                    && matches!(decision.outcome, Outcome::Applied | Outcome::Confirmed)
+                    && decision.outcome != Outcome::Stale
                     && decision.state.facts_as_of == Some(time)
                     && previous_facts.is_none_or(|before| time > before),
                 "step {step} ({delivery:?}) wrote facts: {:?}, facts_as_of {previous_facts:?}\n{}",
@@ -495,8 +533,138 @@ fn highest_delivered(deliveries: &[Delivery]) -> Option<(i64, Status)> {
         .max_by_key(|(version, _)| *version)
 }
 
+/// Slots of [`separated_observations`]: a webhook or poll at slot `s` speaks for Musement time
+/// `s × SLOT_MS`, twice the default margin, so every two observations are clearly ordered.
+const SLOT_MS: i64 = 10_000;
+
+/// A truthful set of observations of one item and its order, all at distinct slots: version
+/// `k`'s webhook at slot `2k` (its order facts with `order_version` `k`), and polls at odd slots
+/// reading the truth there, each with item facts (vouchers that depend on the slot, a product
+/// that does not) and order facts (a status that depends on the slot, a fixed identifier).
+/// Some observations are delivered twice.
+///
+/// Every permutation must end in the same state but for provenance: a poll that comes before
+/// the webhooks it is newer than sets the status with no version, and those webhooks, not
+/// clearly later, are then only recorded (doubtful) — the status and every fact are the same,
+/// `status_version` and `source` say which path got there first.
+fn separated_observations() -> impl Strategy<Value = Vec<Observation>> {
+    let versions = prop::collection::vec(any_status(), 1..6);
+    let poll_slots = prop::collection::btree_set(1usize..7, 0..5);
+    let repeats = prop::collection::vec(any::<prop::sample::Index>(), 0..3);
+    (versions, poll_slots, repeats).prop_map(|(statuses, poll_slots, repeats)| {
+        let time = |slot: usize| at_ms(slot as i64 * SLOT_MS);
+        let mut observations: Vec<Observation> = statuses
+            .iter()
+            .enumerate()
+            .map(|(k, status)| {
+                let version = k as i64 + 1;
+                Observation {
+                    item: Uuid::nil(),
+                    order: Uuid::nil(),
+                    status: status.clone(),
+                    position: Position::Webhook {
+                        version,
+                        updated: time(2 * (k + 1)),
+                    },
+                    item_created: Some(at_ms(-1_000)),
+                    order_facts: OrderFacts {
+                        id: Some("4242".into()),
+                        version: Some(version),
+                        created: Some(at_ms(-2_000)),
+                        updated: Some(time(2 * (k + 1))),
+                        ..OrderFacts::default()
+                    },
+                    item_facts: ItemFacts::default(),
+                    received_at: time(2 * (k + 1)),
+                    raw: String::new(),
+                }
+            })
+            .collect();
+        for j in poll_slots {
+            let slot = 2 * j + 1; // after version 1's slot 2: the item exists
+            let truth = &statuses[(slot / 2).min(statuses.len()) - 1];
+            observations.push(Observation {
+                item: Uuid::nil(),
+                order: Uuid::nil(),
+                status: truth.clone(),
+                position: Position::Poll { as_of: time(slot) },
+                item_created: None,
+                order_facts: OrderFacts {
+                    status: Some(format!("STATUS_AT_{slot}")),
+                    identifier: Some("MUS0738876".into()),
+                    ..OrderFacts::default()
+                },
+                item_facts: ItemFacts {
+                    vouchers: Some(vec![format!("https://vouchers.example/{slot}.pdf")]),
+                    product_id: Some("product-1".into()),
+                    product_title: Some("Tour".into()),
+                    product_date: Some("2024-06-01 15:30".into()),
+                    max_confirmation_time: Some("PT30M".into()),
+                },
+                received_at: time(slot),
+                raw: String::new(),
+            });
+        }
+        let again: Vec<Observation> = repeats
+            .iter()
+            .map(|index| index.get(&observations).clone())
+            .collect();
+        observations.extend(again);
+        observations
+    })
+}
+
+/// The item and order after `observations` in this order, through `decide` and `decide_order`.
+fn folded(observations: &[Observation]) -> (Option<ItemState>, Option<OrderState>) {
+    let rules = Rules::default();
+    let (mut item, mut order) = (None, None);
+    for observation in observations {
+        item = Some(decide(item.as_ref(), observation, &rules).state);
+        order = Some(decide_order(order.as_ref(), observation, &rules));
+    }
+    (item, order)
+}
+
+/// `state` without which path set the status (the one thing the delivery order may change).
+fn without_provenance(state: Option<ItemState>) -> Option<ItemState> {
+    state.map(|state| ItemState {
+        status_version: None,
+        source: orderwatch::observation::Source::Webhook,
+        ..state
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    /// Any two permutations of the same separated observations give the same item (but for
+    /// provenance) and the same order, facts included.
+    #[test]
+    fn any_delivery_order_ends_in_the_same_row_and_facts(
+        (observations, first, second) in separated_observations().prop_flat_map(|observations| {
+            let first = Just(observations.clone()).prop_shuffle();
+            let second = Just(observations.clone()).prop_shuffle();
+            (Just(observations), first, second)
+        })
+    ) {
+        let (item, order) = folded(&observations);
+        for permutation in [&first, &second] {
+            let (other_item, other_order) = folded(permutation);
+            prop_assert_eq!(
+                without_provenance(other_item.clone()),
+                without_provenance(item.clone()),
+                "item after\n{:#?}\nvs in slot order\n{:#?}", permutation, observations
+            );
+            prop_assert_eq!(&other_order, &order, "order after\n{:#?}", permutation);
+        }
+        let item = item.expect("one webhook at least");
+        let last_poll = observations.iter().filter_map(|o| match o.position {
+            Position::Poll { as_of } => Some(as_of),
+            Position::Webhook { .. } => None,
+        }).max();
+        prop_assert_eq!(item.facts_as_of, last_poll, "the facts are the last poll's");
+        prop_assert_eq!(order.expect("an order").polled_as_of, last_poll);
+    }
 
     /// Webhooks only: the highest delivered version's status is stored, whatever the order.
     #[test]

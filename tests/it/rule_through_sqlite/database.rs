@@ -180,7 +180,7 @@ impl Store {
                 let record = PollRecord {
                     order,
                     requested_at: at(poll.requested_ms),
-                    items: vec![(observation, poll.facts.clone())],
+                    items: vec![observation],
                 };
                 let recorded = store::record_poll(&tx, &record, settings, now).expect("record");
                 assert_eq!(recorded.outcomes.len(), 1, "one item polled, one outcome");

@@ -5,8 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use orderwatch::clock::to_db_text;
-use orderwatch::observation::{Observation, OrderFacts, Position, Status};
-use orderwatch::store::PolledItemFacts;
+use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Status};
 use uuid::Uuid;
 
 /// Time 0 of every case, in seconds since the Unix epoch.
@@ -58,7 +57,7 @@ pub(super) struct Poll {
     /// The item status the response gives.
     pub(super) status: Status,
     /// The item facts the response gives.
-    pub(super) facts: PolledItemFacts,
+    pub(super) facts: ItemFacts,
     /// The order's `status`, when the response gives one.
     pub(super) order_status: Option<String>,
     /// The order's `identifier` (`MUS…`), when the response gives one.
@@ -148,7 +147,7 @@ impl Delivery {
     }
 
     pub(super) fn observation(&self, item: Uuid, order: Uuid) -> Observation {
-        let (position, item_created, order_facts) = match self {
+        let (position, item_created, order_facts, item_facts) = match self {
             Self::Webhook(w) => (
                 Position::Webhook {
                     version: w.version,
@@ -156,6 +155,7 @@ impl Delivery {
                 },
                 Some(at(CREATED_MS)),
                 w.order_facts(),
+                ItemFacts::default(),
             ),
             Self::Poll(p) => (
                 Position::Poll {
@@ -167,6 +167,7 @@ impl Delivery {
                     identifier: p.identifier.clone(),
                     ..OrderFacts::default()
                 },
+                p.facts.clone(),
             ),
         };
         Observation {
@@ -176,6 +177,7 @@ impl Delivery {
             position,
             item_created,
             order_facts,
+            item_facts,
             received_at: at(self.received_ms()),
             raw: self.raw(),
         }

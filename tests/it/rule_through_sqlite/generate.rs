@@ -3,8 +3,7 @@
 
 use std::fmt;
 
-use orderwatch::observation::Status;
-use orderwatch::store::PolledItemFacts;
+use orderwatch::observation::{ItemFacts, Status};
 use proptest::prelude::*;
 
 use super::delivery::{
@@ -211,13 +210,14 @@ pub(super) const CONFIRMATION_TIMES: [(&str, Option<i64>); 4] = [
 ];
 
 impl FactsDraw {
-    pub(super) fn item_facts(&self) -> PolledItemFacts {
-        PolledItemFacts {
-            vouchers: self
-                .vouchers
-                .iter()
-                .map(|n| format!("https://vouchers.example/{n}.pdf"))
-                .collect(),
+    pub(super) fn item_facts(&self) -> ItemFacts {
+        ItemFacts {
+            vouchers: Some(
+                self.vouchers
+                    .iter()
+                    .map(|n| format!("https://vouchers.example/{n}.pdf"))
+                    .collect(),
+            ),
             product_id: self.product_id.map(|n| format!("product-{n}")),
             product_title: self.product_title.map(|n| format!("Tour {n}")),
             product_date: self.product_date.map(|n| format!("2024-06-0{n} 15:30")),

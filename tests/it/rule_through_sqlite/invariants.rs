@@ -128,10 +128,10 @@ pub(super) fn check_invariants(
     if facts_moved {
         ensure(
             matches!(delivery, Delivery::Poll(_))
-                && matches!(outcome, Outcome::Applied | Outcome::Confirmed)
+                && outcome != Outcome::Stale
                 && cell_time(after, "facts_as_of") == Some(time)
                 && cell_time(before, "facts_as_of").is_none_or(|stored| time > stored),
-            "facts were written by something other than a later applied or confirmed poll",
+            "facts were written by something other than a later poll",
         )?;
     } else {
         ensure(
@@ -145,10 +145,14 @@ pub(super) fn check_invariants(
         Outcome::Stale | Outcome::Duplicate | Outcome::Conflict => {
             ensure(after == before, "the row changed")
         }
-        Outcome::Doubtful => ensure(
-            without(after, &RECORDING_A_VERSION) == without(before, &RECORDING_A_VERSION),
-            "doubtful changed more than item_version",
-        ),
+        // A doubtful webhook records its version; a doubtful poll its facts (checked above).
+        Outcome::Doubtful => {
+            let moved: Vec<&str> = RECORDING_A_VERSION.into_iter().chain(FACTS).collect();
+            ensure(
+                without(after, &moved) == without(before, &moved),
+                "doubtful changed more than item_version or the item facts",
+            )
+        }
         Outcome::Applied => ensure(
             cell_text(after, "status") == Some(status),
             "applied did not store the observed status",

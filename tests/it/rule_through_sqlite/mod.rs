@@ -27,7 +27,7 @@
 //! - after every step, the fuzzer's invariants (fuzz/fuzz_targets/ordering_rule.rs) on the rows
 //!   read back (`invariants.rs`): a new item is applied; `as_of` never goes back; a poll never
 //!   moves `item_version`, a webhook only raises it (to at least its own version) except by the
-//!   bogus-version recovery; only an applied or confirmed poll writes item facts, later than the
+//!   bogus-version recovery; only a poll that is not stale writes item facts, later than the
 //!   stored ones; stale, duplicate and conflict leave the row byte for byte; doubtful changes
 //!   only `item_version` (with `item_updated`); applied stores the observed status, confirmed
 //!   keeps it; the order's re-poll mark is set by a conflict or a doubt, kept by other

@@ -145,10 +145,10 @@ impl Model {
                 next.as_of_source = "poll";
             }
         }
-        // "Item facts ... a poll writes them when it is applied or confirmed and its Date is
-        // later than that of the poll that wrote the stored ones."
+        // "Item facts ... a poll writes them when its Date is later than that of the poll that
+        // wrote the stored ones ... A stale poll never changes them."
         let writes_facts = matches!(delivery, Delivery::Poll(_))
-            && matches!(outcome, Outcome::Applied | Outcome::Confirmed)
+            && outcome != Outcome::Stale
             && row.facts_as_of.is_none_or(|stored| time > stored);
         if writes_facts {
             next.facts_as_of = Some(time);
@@ -244,17 +244,18 @@ impl Model {
         }
     }
 
-    /// A poll's item facts land on the row: the vouchers as sent, product facts only when sent,
+    /// A poll's item facts land on the row: each one only when sent (a poll always sends the
+    /// vouchers, maybe none),
     /// the deadline `first_seen_at` plus `max_confirmation_time` when that parses.
     pub(super) fn store_facts(&mut self, poll: &Poll) {
         let item = self.item.as_mut().expect("facts land on a row");
         let facts = &poll.facts;
-        item.vouchers = Some(facts.vouchers.clone());
-        let keep = |new: &Option<String>, old: &mut Option<String>| {
+        fn keep<T: Clone>(new: &Option<T>, old: &mut Option<T>) {
             if new.is_some() {
                 old.clone_from(new);
             }
-        };
+        }
+        keep(&facts.vouchers, &mut item.vouchers);
         keep(&facts.product_id, &mut item.product_id);
         keep(&facts.product_title, &mut item.product_title);
         keep(&facts.product_date, &mut item.product_date);
