@@ -1,8 +1,8 @@
 //! What the test modules share, so that no test module imports another: the app in-process
 //! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
 //! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), reading the
-//! database ([`db`]), the `/metrics` text parsed ([`exposition`]), and small builders of test
-//! input.
+//! database ([`db`]), the `/metrics` text parsed ([`exposition`]), what the property tests
+//! draw alike ([`strategies`]), and small builders of test input.
 
 pub mod api;
 pub mod app;
@@ -13,6 +13,7 @@ pub mod fake_musement;
 pub mod notify;
 pub mod process;
 pub mod skip;
+pub mod strategies;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -7,22 +7,12 @@ use orderwatch::observation::Status;
 use orderwatch::store::PolledItemFacts;
 use proptest::prelude::*;
 
+use crate::helpers::strategies::{ReadAt, any_status, read_at};
+
 use super::delivery::{
     Delivery, EPOCH_SECONDS, MAX_COPIES, MAX_DELIVERIES, MAX_FUTURE_MS, MAX_VERSIONS, Poll,
     Webhook, YEAR_9999_MS,
 };
-
-pub(super) fn any_status() -> impl Strategy<Value = Status> {
-    prop_oneof![
-        Just(Status::Pending),
-        Just(Status::Ok),
-        Just(Status::Ko),
-        Just(Status::RefundStarted),
-        Just(Status::Refunded),
-        Just(Status::CancellationError),
-        Just(Status::Other("ON_HOLD".into())),
-    ]
-}
 
 pub(super) fn margin_ms() -> impl Strategy<Value = i64> {
     prop_oneof![
@@ -145,23 +135,6 @@ pub(super) fn versions(twists: bool) -> impl Strategy<Value = Vec<VersionDraw>> 
         ),
         1..=MAX_VERSIONS,
     )
-}
-
-/// When a poll reads Musement, drawn independently of the history and resolved against it.
-#[derive(Debug, Clone)]
-pub(super) enum ReadAt {
-    /// Within a second of some version's time, not before the first.
-    NearVersion(prop::sample::Index, i64),
-    /// Anywhere from the first version's time to a minute after the last, in millionths.
-    Anywhere(i64),
-}
-
-pub(super) fn read_at() -> impl Strategy<Value = ReadAt> {
-    prop_oneof![
-        (any::<prop::sample::Index>(), -1000i64..=1000)
-            .prop_map(|(index, offset)| ReadAt::NearVersion(index, offset)),
-        (0i64..=1_000_000).prop_map(ReadAt::Anywhere),
-    ]
 }
 
 /// A poll as drawn; see [`build`].
@@ -462,20 +435,12 @@ pub(super) fn webhook_copies(draw: &Draw, history: &[(i64, Status)]) -> Vec<Deli
 }
 
 pub(super) fn polls(draw: &Draw, history: &[(i64, Status)]) -> Vec<Delivery> {
-    let first_ms = history[0].0;
-    let last_ms = history[history.len() - 1].0;
+    let times_ms: Vec<i64> = history.iter().map(|(time, _)| *time).collect();
     draw.polls
         .iter()
         .enumerate()
         .map(|(index, poll)| {
-            let read_ms = match &poll.read {
-                ReadAt::NearVersion(version, offset) => {
-                    (version.get(history).0 + offset).max(first_ms)
-                }
-                ReadAt::Anywhere(millionths) => {
-                    first_ms + (last_ms + 60_000 - first_ms) * millionths / 1_000_000
-                }
-            };
+            let read_ms = poll.read.resolve(&times_ms);
             let received_ms = read_ms + poll.rtt_ms;
             let date_ms = match poll.far {
                 Some(far) => far.sent_ms(received_ms),
