@@ -13,7 +13,6 @@
 //!   that sees it fire; README.md's metrics table names every metric family of a scrape.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,9 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
-use crate::helpers::{Daemon, config_for, fixture, skip, watch_before_start};
+use crate::helpers::{
+    Daemon, config_for, deploy_file, fixture, read_deploy, read_repo_file, skip, watch_before_start,
+};
 
 /// Series Prometheus makes itself, never in a scrape.
 const SYNTHETIC: &[&str] = &["up", "ALERTS", "ALERTS_FOR_STATE"];
@@ -36,17 +37,6 @@ const TARGET_LABELS: &[&str] = &["instance", "job"];
 
 /// Bound on the daemon's first pass reaching the fake API.
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn deploy_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(path)
-}
-
-fn read_deploy(path: &str) -> String {
-    let path = deploy_file(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// `promtool ARGS` with `stdin`, or `None` (said through the skip helper) where promtool is not
 /// installed (Debian: `apt-get install prometheus`; `.ci/run` installs it).
@@ -383,8 +373,7 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
     }
 
     // The README's metrics table names every family a scrape has.
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = read_repo_file("README.md");
     let metrics_section = readme
         .split("\n## Metrics\n")
         .nth(1)

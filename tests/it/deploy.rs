@@ -4,8 +4,8 @@
 //! production config, and the nginx example in front of the real daemon (where nginx exists).
 //! Checks that need a tool the machine lacks print why they were skipped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,21 +15,12 @@ use crate::helpers::db::value;
 use crate::helpers::notify::{Notified, start_notified};
 use crate::helpers::process::KillOnDrop;
 use crate::helpers::wire::blocking_get;
-use crate::helpers::{Daemon, binary, uuid, webhook};
+use crate::helpers::{
+    Daemon, binary, deploy_file, free_port, read_deploy, repo_file, uuid, webhook,
+};
 
 /// Generous bound for anything the daemon or a tool does here (noisy machines).
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn deploy_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(name)
-}
-
-fn read_deploy(name: &str) -> String {
-    let path = deploy_file(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Replaces the single occurrence of `from`, so a test notices when the file it adapts changes.
 fn replace_once(text: &str, from: &str, to: &str) -> String {
@@ -467,7 +458,7 @@ fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_vol
                 "COPY {source} is in the build context"
             );
             assert!(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(source).exists(),
+                repo_file(source).exists(),
                 "{source} exists at the repository root"
             );
         }
@@ -596,15 +587,6 @@ fn the_dockerfile_builds_where_docker_can_fetch_its_base_images() {
 }
 
 // ---- nginx in front of the daemon --------------------------------------------------------
-
-/// A free loopback port (bound and released; nginx cannot report a port 0 it was given).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// nginx running deploy/nginx.conf in the foreground, with its files in a temp dir.
 struct Nginx {

@@ -16,7 +16,8 @@ use crate::helpers::db::{column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::process::{lines_of, signal, wait_bounded};
 use crate::helpers::{
-    Daemon, assert_one_line_error, cli, config_file, config_for, fixture, spawn_app_in, webhook,
+    Daemon, assert_one_line_error, cli, config_file, config_for, fixture, read_repo_file,
+    spawn_app_in, webhook,
 };
 
 /// Generous bound for anything the tests wait on.
@@ -1036,8 +1037,7 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
 /// backup's state and stores new webhooks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores_by_stop_copy_start_and_check() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = read_repo_file("README.md");
     let restore = &readme[readme
         .find("**Restoring a backup.**")
         .expect("README says how")..];

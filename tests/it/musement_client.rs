@@ -15,7 +15,7 @@ use crate::helpers::fake_musement::{
     CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, fixture, fixture_json,
     new_uuid, order_json, voucher_url,
 };
-use crate::helpers::{http_client, json_of};
+use crate::helpers::{free_port, http_client, json_of};
 
 /// The order in `fixtures/musement/order-two-items.json` (reference §9) and its items.
 const FIXTURE_ORDER: &str = "bf464161-f03a-449e-ac82-566721c0e6b4";
@@ -625,10 +625,7 @@ async fn a_response_slower_than_the_timeout_is_a_timeout() {
 
 #[tokio::test]
 async fn a_closed_port_is_a_connect_error() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let fake = FakeMusement::start().await;
     let mut settings = fake.settings();
     settings.base_url = format!("http://127.0.0.1:{port}/api/v3");

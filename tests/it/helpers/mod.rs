@@ -43,11 +43,31 @@ pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword
 /// The `Authorization` value for [`AUTH_CONFIG`]'s `JohnSmith:Swordfish`.
 pub const GOOD_BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
 
-/// The text of `fixtures/NAME`.
+/// `path` in this repository: a file the tests read as shipped (`README.md`, `deploy/…`,
+/// `fixtures/…`).
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The text of [`repo_file`]`(path)`; a missing file fails the test, naming it.
+pub fn read_repo_file(path: &str) -> String {
+    let path = repo_file(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `deploy/NAME`: the packaging and monitoring files.
+pub fn deploy_file(name: &str) -> PathBuf {
+    repo_file("deploy").join(name)
+}
+
+/// The text of `deploy/NAME`.
+pub fn read_deploy(name: &str) -> String {
+    read_repo_file(&format!("deploy/{name}"))
+}
+
+/// The bytes of `fixtures/NAME`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
+    let path = repo_file("fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -153,6 +173,17 @@ pub fn webhook_at(n: u64, at: &str) -> String {
         body[field] = serde_json::json!(at);
     }
     body.to_string()
+}
+
+/// A loopback port that was free a moment ago: bound to `127.0.0.1:0` and released, for a
+/// process that must be told its port up front (the simulator, nginx) or for an address where
+/// nothing listens.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A deterministic UUID-shaped string for test item/order `n`.
