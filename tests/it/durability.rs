@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use orderwatch::observation::Status;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::helpers::db::{rows, value};
-use crate::helpers::{Daemon, STATUSES, http_client, spawn_app_with, uuid, webhook};
+use crate::helpers::{Daemon, http_client, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
 /// cost more than the webhooks under load.
@@ -248,7 +249,7 @@ fn plan_cycle(rng: &mut fastrand::Rng, cycle: usize) -> Vec<Vec<Planned>> {
                             + n as u64,
                         item: uuid(1, item),
                         order: uuid(2, item % 16),
-                        status: STATUSES[rng.usize(..STATUSES.len())],
+                        status: Status::DOCUMENTED[rng.usize(..Status::DOCUMENTED.len())],
                     }
                 })
                 .collect()

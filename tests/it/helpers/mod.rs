@@ -27,16 +27,6 @@ pub use app::{
 pub use daemon::Daemon;
 pub use skip::skip;
 
-/// The six statuses Musement documents for an order item.
-pub const STATUSES: [&str; 6] = [
-    "PENDING",
-    "OK",
-    "KO",
-    "REFUND_STARTED",
-    "REFUNDED",
-    "CANCELLATION_ERROR",
-];
-
 /// `[server.auth]` with Musement's documented example credentials.
 pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
 
