@@ -16,7 +16,7 @@ use crate::helpers::notify::{Notified, start_notified};
 use crate::helpers::process::KillOnDrop;
 use crate::helpers::wire::blocking_get;
 use crate::helpers::{
-    Daemon, binary, deploy_file, free_port, read_deploy, repo_file, uuid, webhook,
+    Daemon, binary, deploy_file, free_port, json_post, read_deploy, repo_file, uuid, webhook,
 };
 
 /// Generous bound for anything the daemon or a tool does here (noisy machines).
@@ -742,12 +742,7 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
         .tls_danger_accept_invalid_certs(true) // our own throwaway certificate, on loopback
         .build()
         .unwrap();
-    let post = |body: String| {
-        client
-            .post(nginx.url("/webhooks/musement"))
-            .header("content-type", "application/json")
-            .body(body)
-    };
+    let post = |body: String| json_post(&client, nginx.url("/webhooks/musement")).body(body);
     let body = webhook(&uuid(1, 1), &uuid(2, 1), 1, "OK");
 
     // A forged X-Forwarded-For (a foreign address, and an entry that is no IP at all) is

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::helpers::db::{rows, value};
-use crate::helpers::{Daemon, http_client, spawn_app_with, uuid, webhook};
+use crate::helpers::{Daemon, http_client, json_post, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
 /// cost more than the webhooks under load.
@@ -218,9 +218,8 @@ async fn kill_cycles(seed: u64) -> KillStats {
     }
     // The database the kills left behind still takes webhooks.
     let (item, order) = (uuid(1, 999_999), uuid(2, 999_999));
-    let response = http_client()
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
+    let response = daemon
+        .webhook_request()
         .body(webhook(&item, &order, 1, "OK"))
         .send()
         .await
@@ -276,13 +275,7 @@ async fn send_all(
     for p in plan {
         attempted += 1;
         let body = webhook(&p.item, &p.order, p.version, p.status);
-        match client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-        {
+        match json_post(&client, &url).body(body).send().await {
             Ok(response) if response.status() == 200 => {
                 acknowledged.push(p.version);
                 acks.fetch_add(1, Ordering::SeqCst);
@@ -404,13 +397,7 @@ fn fresh_webhook(n: u64) -> (String, String) {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Option<String>, Value) {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = json_post(client, url).body(body).send().await.unwrap();
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -674,12 +661,7 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
                 let (client, url) = (client.clone(), url.clone());
                 async move {
                     let (item, body) = fresh_webhook(n);
-                    let answer = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await;
+                    let answer = json_post(&client, &url).body(body).send().await;
                     (item, answer.map_or(0, |r| r.status().as_u16()))
                 }
             });

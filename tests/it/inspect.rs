@@ -1063,18 +1063,9 @@ async fn a_backup_restores_by_stop_copy_start_and_check() {
     let (order, kept, lost) = (new_uuid(), new_uuid(), new_uuid());
     let post = |daemon: &Daemon, item: Uuid, version: u64, status: &'static str| {
         let body = webhook(&item.to_string(), &order.to_string(), version, status);
-        let url = daemon.webhook_url();
+        let request = daemon.webhook_request().body(body);
         async move {
-            let response = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap()
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
         }
     };

@@ -67,6 +67,12 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A JSON `POST` to `url` on `client` (a webhook, as Musement sends it), ready for more headers
+/// and a body.
+pub fn json_post(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+    client.post(url).header("content-type", "application/json")
+}
+
 /// Sends `request` and reads the answer's body as JSON, whatever its status.
 pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     let response = request.send().await.unwrap();
