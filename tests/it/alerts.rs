@@ -24,6 +24,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
+use crate::helpers::process::assert_succeeded;
 use crate::helpers::{
     Daemon, config_for, deploy_file, fixture, read_deploy, read_repo_file, skip, watch_before_start,
 };
@@ -68,17 +69,6 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> Option<Output> {
             .unwrap();
     }
     Some(child.wait_with_output().unwrap())
-}
-
-/// Asserts that promtool succeeded; its output, for further checks.
-fn assert_promtool_ok(what: &str, output: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool {what}: {text}");
-    text
 }
 
 // ---- the files, read -------------------------------------------------------------------------
@@ -264,17 +254,17 @@ fn promtool_accepts_the_rules_and_the_config_and_the_rule_unit_tests_pass() {
     let Some(checked) = promtool(&["check", "rules", rules.to_str().unwrap()], None) else {
         return;
     };
-    let said = assert_promtool_ok("check rules", &checked);
+    let said = assert_succeeded("promtool check rules", &checked);
     assert!(
         said.contains(&format!("SUCCESS: {} rules found", alerts().len())),
         "{said}"
     );
     let tests = deploy_file("prometheus/alerts_test.yml");
     let tested = promtool(&["test", "rules", tests.to_str().unwrap()], None).unwrap();
-    assert_promtool_ok("test rules", &tested);
+    assert_succeeded("promtool test rules", &tested);
     let config = deploy_file("prometheus/prometheus.yml");
     let configured = promtool(&["check", "config", config.to_str().unwrap()], None).unwrap();
-    let said = assert_promtool_ok("check config", &configured);
+    let said = assert_succeeded("promtool check config", &configured);
     assert!(
         said.contains("1 rule files found"),
         "loads alerts.yml: {said}"
@@ -305,7 +295,7 @@ fn promtool_parses_every_dashboard_query() {
     let Some(checked) = promtool(&["check", "rules", path.to_str().unwrap()], None) else {
         return;
     };
-    let said = assert_promtool_ok("check rules (the dashboard's queries)", &checked);
+    let said = assert_succeeded("promtool check rules (the dashboard's queries)", &checked);
     assert!(
         said.contains(&format!("SUCCESS: {} rules found", queries.len())),
         "{said}"
@@ -330,7 +320,7 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
         missing.join("\n")
     );
     if let Some(linted) = promtool(&["check", "metrics"], Some(&at_start)) {
-        let said = assert_promtool_ok("check metrics", &linted);
+        let said = assert_succeeded("promtool check metrics", &linted);
         assert!(said.trim().is_empty(), "promtool check metrics: {said}");
     }
     drop(idle);
@@ -368,7 +358,7 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
         missing.join("\n")
     );
     if let Some(linted) = promtool(&["check", "metrics"], Some(&busy)) {
-        let said = assert_promtool_ok("check metrics", &linted);
+        let said = assert_succeeded("promtool check metrics", &linted);
         assert!(said.trim().is_empty(), "promtool check metrics: {said}");
     }
 

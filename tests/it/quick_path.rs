@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers::process::assert_succeeded;
 use crate::helpers::{binary, free_port, orderwatch, read_repo_file};
 
 /// How long the small simulation may take to converge.
@@ -65,11 +66,7 @@ fn the_readme_simulator_config_names_every_key_it_needs_with_simulator_timings()
         .args(["check-config", "--offline", "--config", path])
         .output()
         .unwrap();
-    assert!(
-        offline.status.success(),
-        "{}",
-        String::from_utf8_lossy(&offline.stderr)
-    );
+    assert_succeeded("check-config --offline", &offline);
     let online = orderwatch()
         .args(["check-config", "--config", path])
         .env("SIM_WEBHOOK_PASSWORD", "pw")
