@@ -203,6 +203,24 @@ fn selects(selector: &VectorSelector, sample: &Sample) -> bool {
             .all(|m: &Matcher| m.is_match(sample.labels.get(&m.name).map_or("", String::as_str)))
 }
 
+/// Asserts that the `/metrics` text `scrape` has a series for every selector of `queries`
+/// (`missing` says what a miss means) and that `promtool check metrics` has nothing to say about
+/// it; the scrape, parsed.
+fn assert_scrape_serves(queries: &[String], scrape: &str, missing: &str) -> Exposition {
+    let parsed = Exposition::parse(scrape);
+    let unserved = unmatched(queries, &parsed);
+    assert!(
+        unserved.is_empty(),
+        "{missing}:\n{}\n\nscrape:\n{scrape}",
+        unserved.join("\n")
+    );
+    if let Some(linted) = promtool(&["check", "metrics"], Some(scrape)) {
+        let said = assert_succeeded("promtool check metrics", &linted);
+        assert!(said.trim().is_empty(), "promtool check metrics: {said}");
+    }
+    parsed
+}
+
 /// Every selector of `queries` that selects no live series, named with its query.
 fn unmatched(queries: &[String], scrape: &Exposition) -> Vec<String> {
     let mut missing = Vec::new();
@@ -313,16 +331,11 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
     let idle = daemon_against(&idle_fake, &[]).await;
     let at_start = scrape_text(&idle).await;
     let alert_queries: Vec<String> = alerts().into_iter().map(|a| a.expr).collect();
-    let missing = unmatched(&alert_queries, &Exposition::parse(&at_start));
-    assert!(
-        missing.is_empty(),
-        "selected by a rule but not in a scrape at start-up:\n{}\n\nscrape:\n{at_start}",
-        missing.join("\n")
+    assert_scrape_serves(
+        &alert_queries,
+        &at_start,
+        "selected by a rule but not in a scrape at start-up",
     );
-    if let Some(linted) = promtool(&["check", "metrics"], Some(&at_start)) {
-        let said = assert_succeeded("promtool check metrics", &linted);
-        assert!(said.trim().is_empty(), "promtool check metrics: {said}");
-    }
     drop(idle);
 
     // After one webhook and one pass that reached the API: every series a panel names.
@@ -350,17 +363,11 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let scrape = Exposition::parse(&busy);
-    let missing = unmatched(&dashboard_queries(&dashboard()), &scrape);
-    assert!(
-        missing.is_empty(),
-        "named by the dashboard but not in a live scrape:\n{}\n\nscrape:\n{busy}",
-        missing.join("\n")
+    let scrape = assert_scrape_serves(
+        &dashboard_queries(&dashboard()),
+        &busy,
+        "named by the dashboard but not in a live scrape",
     );
-    if let Some(linted) = promtool(&["check", "metrics"], Some(&busy)) {
-        let said = assert_succeeded("promtool check metrics", &linted);
-        assert!(said.trim().is_empty(), "promtool check metrics: {said}");
-    }
 
     // The README's metrics table names every family a scrape has.
     let readme = read_repo_file("README.md");
