@@ -329,7 +329,7 @@ async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_
     let f = Filled::start().await;
     f.fake
         .put_order(order_json(f.order_a, &[(f.a1, "OK"), (f.a2, "PENDING")]));
-    let gets = |order: Uuid| f.fake.count("GET", &format!("/orders/{order}"));
+    let gets = |order: Uuid| f.fake.gets(order);
     let (a_before, b_before) = (gets(f.order_a), gets(f.order_b));
     let config = f.config.clone();
     let run = move |args: &[&str]| {

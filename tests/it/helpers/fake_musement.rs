@@ -415,6 +415,11 @@ impl FakeMusement {
             .count()
     }
 
+    /// How many `GET /orders/{order}` requests came in.
+    pub fn gets(&self, order: Uuid) -> usize {
+        self.count("GET", &format!("/orders/{order}"))
+    }
+
     /// How many tokens logins have issued (`token-1`, `token-2`, …).
     pub fn tokens_issued(&self) -> u64 {
         self.state().tokens_issued
