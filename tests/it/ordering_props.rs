@@ -227,27 +227,29 @@ struct Draw {
 
 const MAX_DELIVERIES: usize = MAX_VERSIONS * 3 + MAX_POLLS;
 
-fn draw(max_polls: usize) -> impl Strategy<Value = Draw> {
-    (
-        history(),
-        skew_ms(),
-        prop::collection::vec(prop::collection::vec(0i64..=3600, 0..=3), MAX_VERSIONS),
-        prop::collection::vec((read_at(), 0i64..=1000), 0..=max_polls),
-        prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
-        final_extra_ms(),
-        0i64..=1000,
-    )
-        .prop_map(
-            |(history, skew_ms, webhook_delays, polls, order, final_extra_ms, final_lag_ms)| Draw {
-                history,
-                skew_ms,
-                webhook_delays,
-                polls,
-                order,
-                final_extra_ms,
-                final_lag_ms,
-            },
-        )
+prop_compose! {
+    fn draw(max_polls: usize)(
+        history in history(),
+        skew_ms in skew_ms(),
+        webhook_delays in prop::collection::vec(
+            prop::collection::vec(0i64..=3600, 0..=3),
+            MAX_VERSIONS,
+        ),
+        polls in prop::collection::vec((read_at(), 0i64..=1000), 0..=max_polls),
+        order in prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
+        final_extra_ms in final_extra_ms(),
+        final_lag_ms in 0i64..=1000,
+    ) -> Draw {
+        Draw {
+            history,
+            skew_ms,
+            webhook_delays,
+            polls,
+            order,
+            final_extra_ms,
+            final_lag_ms,
+        }
+    }
 }
 
 fn last_change_ms(history: &[Version]) -> i64 {
