@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod secret;
 mod sources;
 mod validate;
-pub use secret::{Secret, check_secret_source, resolve_secret};
+pub use secret::Secret;
+use secret::SecretSource;
 pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};
 use validate::valid_instance_id;
 
@@ -502,9 +503,7 @@ impl Config {
     }
 
     fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
-        if self.database.path.is_relative() {
-            self.database.path = base.join(&self.database.path);
-        }
+        relative_to(base, &mut self.database.path);
         if secrets == Secrets::Skip {
             return Ok(());
         }
@@ -523,39 +522,29 @@ impl AuthConfig {
             .into_iter()
             .flatten()
         {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
+            relative_to(base, path);
         }
-        let current = (
-            "server.auth.password",
-            self.password.as_ref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-        );
-        let previous = (
-            "server.auth.previous_password",
-            self.previous_password.as_ref(),
-            self.previous_password_env.as_deref(),
-            self.previous_password_file.as_deref(),
-        );
-        let has_previous = self.has_previous_password();
-        if secrets == Secrets::Check {
-            check_secret_source(file, current.0, current.1, current.2, current.3)?;
-            if has_previous {
-                check_secret_source(file, previous.0, previous.1, previous.2, previous.3)?;
-            }
-            return Ok(());
-        }
-        let password = resolve_secret(file, current.0, current.1, current.2, current.3)?;
-        let previous_password = if has_previous {
-            Some(resolve_secret(
-                file, previous.0, previous.1, previous.2, previous.3,
-            )?)
+        let current = SecretSource {
+            key: "server.auth.password",
+            value: self.password.as_ref().map(Secret::expose),
+            env: self.password_env.as_deref(),
+            file: self.password_file.as_deref(),
+        };
+        let previous = SecretSource {
+            key: "server.auth.previous_password",
+            value: self.previous_password.as_ref().map(Secret::expose),
+            env: self.previous_password_env.as_deref(),
+            file: self.previous_password_file.as_deref(),
+        };
+        let password = current.load(file, secrets)?;
+        let previous_password = if self.has_previous_password() {
+            previous.load(file, secrets)?
         } else {
             None
         };
-        self.resolved_password = password;
+        if let Some(password) = password {
+            self.resolved_password = password;
+        }
         self.resolved_previous_password = previous_password;
         Ok(())
     }
@@ -581,46 +570,37 @@ impl MusementConfig {
             .into_iter()
             .flatten()
         {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
+            relative_to(base, path);
         }
         if !self.credentials_configured() {
             return Ok(());
         }
-        let id_value = self.client_id.clone().map(Secret::new);
-        if secrets == Secrets::Check {
-            check_secret_source(
-                file,
-                "musement.client_id",
-                id_value.as_ref(),
-                self.client_id_env.as_deref(),
-                self.client_id_file.as_deref(),
-            )?;
-            return check_secret_source(
-                file,
-                "musement.client_secret",
-                self.client_secret.as_ref(),
-                self.client_secret_env.as_deref(),
-                self.client_secret_file.as_deref(),
-            );
+        let id = SecretSource {
+            key: "musement.client_id",
+            value: self.client_id.as_deref(),
+            env: self.client_id_env.as_deref(),
+            file: self.client_id_file.as_deref(),
+        };
+        let secret = SecretSource {
+            key: "musement.client_secret",
+            value: self.client_secret.as_ref().map(Secret::expose),
+            env: self.client_secret_env.as_deref(),
+            file: self.client_secret_file.as_deref(),
+        };
+        let id = id.load(file, secrets)?;
+        let secret = secret.load(file, secrets)?;
+        if let (Some(id), Some(secret)) = (id, secret) {
+            self.credentials = Some((id.expose().to_owned(), secret));
         }
-        let id = resolve_secret(
-            file,
-            "musement.client_id",
-            id_value.as_ref(),
-            self.client_id_env.as_deref(),
-            self.client_id_file.as_deref(),
-        )?;
-        let secret = resolve_secret(
-            file,
-            "musement.client_secret",
-            self.client_secret.as_ref(),
-            self.client_secret_env.as_deref(),
-            self.client_secret_file.as_deref(),
-        )?;
-        self.credentials = Some((id.expose().to_owned(), secret));
         Ok(())
+    }
+}
+
+/// Makes a relative `path` from the configuration relative to `base`, the configuration
+/// file's folder.
+fn relative_to(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
     }
 }
 

@@ -253,46 +253,42 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<Change> {
             )),
         })
         .collect();
-    let password = |c: &Config| {
-        c.server
-            .auth
-            .as_ref()
-            .map(|a| a.resolved_password.expose().to_owned())
-    };
-    if password(old) != password(new) {
-        changes.push(Change {
-            key: "server.auth.password".into(),
-            values: None,
-        });
-    }
-    let previous_password = |c: &Config| {
-        c.server
-            .auth
-            .as_ref()
-            .and_then(|a| a.resolved_previous_password.as_ref())
-            .map(|p| p.expose().to_owned())
-    };
-    if previous_password(old) != previous_password(new) {
-        changes.push(Change {
-            key: "server.auth.previous_password".into(),
-            values: None,
-        });
-    }
-    let client_secret = |c: &Config| {
-        c.musement
-            .credentials
-            .as_ref()
-            .map(|(id, secret)| (id.clone(), secret.expose().to_owned()))
-    };
-    if client_secret(old) != client_secret(new) {
-        changes.push(Change {
-            key: "musement.credentials".into(),
-            values: None,
-        });
+    for ((key, before), (_, after)) in secret_values(old).into_iter().zip(secret_values(new)) {
+        if before != after {
+            changes.push(Change {
+                key: key.into(),
+                values: None,
+            });
+        }
     }
     let mut seen = std::collections::BTreeSet::new();
     changes.retain(|change| seen.insert(change.key.clone()));
     changes
+}
+
+/// The loaded secrets of `config`, each under the key its change is listed as, for comparing
+/// only: they are masked everywhere else.
+fn secret_values(config: &Config) -> [(&'static str, Option<Vec<&str>>); 3] {
+    let auth = config.server.auth.as_ref();
+    [
+        (
+            "server.auth.password",
+            auth.map(|a| vec![a.resolved_password.expose()]),
+        ),
+        (
+            "server.auth.previous_password",
+            auth.and_then(|a| a.resolved_previous_password.as_ref())
+                .map(|p| vec![p.expose()]),
+        ),
+        (
+            "musement.credentials",
+            config
+                .musement
+                .credentials
+                .as_ref()
+                .map(|(id, secret)| vec![id.as_str(), secret.expose()]),
+        ),
+    ]
 }
 
 /// The configuration as dotted key → TOML value text, secrets masked.
@@ -340,6 +336,38 @@ mod tests {
                 .all(|c| !c.contains("one") && !c.contains("two")),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn a_changed_secret_is_listed_under_its_key_without_its_value() {
+        // (name of the row, the configuration with `SECRET` for the secret, the key listed)
+        let rows = [
+            (
+                "the webhook password",
+                "[server.auth]\nusername = \"u\"\npassword = \"SECRET\"\n",
+                "server.auth.password",
+            ),
+            (
+                "the previous webhook password",
+                "[server.auth]\nusername = \"u\"\npassword = \"p\"\nprevious_password = \"SECRET\"\n",
+                "server.auth.previous_password",
+            ),
+            (
+                "the API client secret",
+                "[musement]\napplication = \"a\"\nclient_id = \"id\"\nclient_secret = \"SECRET\"\n",
+                "musement.credentials",
+            ),
+        ];
+        for (name, text, key) in rows {
+            let old = config(&text.replace("SECRET", "one"));
+            let new = config(&text.replace("SECRET", "two"));
+            let shown: Vec<String> = changed_keys(&old, &new)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(shown, [format!("{key} (value not shown)")], "{name}");
+            assert!(changed_keys(&old, &old).is_empty(), "{name}: unchanged");
+        }
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! [`Secret`]: a value that never prints, and [`resolve_secret`]: where one comes from (the
-//! file, an environment variable, or a file of its own).
+//! [`Secret`]: a value that never prints, and [`SecretSource`]: where one comes from (the
+//! configuration file, an environment variable, or a file of its own).
 
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ConfigError;
+use super::{ConfigError, Secrets};
 
 /// A secret value (password, client secret). Debug, Display and Serialize print a mask, so it
 /// cannot leak into logs, errors or `check-config` output by accident.
@@ -79,67 +79,91 @@ impl serde::de::Visitor<'_> for SecretVisitor {
     }
 }
 
-/// Checks that exactly one of `KEY`, `KEY_env` or `KEY_file` is set, without reading the
-/// variable or the file (`check-config --offline`); a value given in the file must not be
-/// empty.
-pub fn check_secret_source(
-    file: &Path,
-    key: &str,
-    value: Option<&Secret>,
-    env: Option<&str>,
-    secret_file: Option<&Path>,
-) -> Result<(), ConfigError> {
-    let error = |reason: String| ConfigError {
-        file: file.to_owned(),
-        key: key.into(),
-        reason,
-    };
-    match (value, env, secret_file) {
-        (Some(value), None, None) if value.expose().is_empty() => Err(error("is empty".into())),
-        (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => Ok(()),
-        _ => Err(error(exactly_one(key))),
+/// Where one secret is configured: exactly one of `KEY` (the value, in the configuration),
+/// `KEY_env` (an environment variable holding it) or `KEY_file` (a file holding it). No
+/// `Debug`: `value` is the secret itself.
+#[derive(Clone, Copy)]
+pub(super) struct SecretSource<'a> {
+    /// The dotted key errors name, e.g. `server.auth.password`.
+    pub(super) key: &'a str,
+    /// `KEY`.
+    pub(super) value: Option<&'a str>,
+    /// `KEY_env`.
+    pub(super) env: Option<&'a str>,
+    /// `KEY_file`, already resolved against the configuration's folder.
+    pub(super) file: Option<&'a Path>,
+}
+
+impl SecretSource<'_> {
+    /// Loads the secret with [`Secrets::Resolve`]; with [`Secrets::Check`] only checks how it is
+    /// given (`None`), and with [`Secrets::Skip`] does neither (`None`). `config` is the
+    /// configuration file errors name.
+    pub(super) fn load(
+        &self,
+        config: &Path,
+        secrets: Secrets,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match secrets {
+            Secrets::Resolve => self.resolve(config).map(Some),
+            Secrets::Check => self.check(config).map(|()| None),
+            Secrets::Skip => Ok(None),
+        }
     }
-}
 
-/// The reason given when not exactly one source of `key` is set.
-fn exactly_one(key: &str) -> String {
-    format!("set exactly one of {key}, {key}_env, {key}_file")
-}
+    /// Checks that exactly one source is set, without reading the variable or the file
+    /// (`check-config --offline`); a value given in the configuration must not be empty.
+    fn check(&self, config: &Path) -> Result<(), ConfigError> {
+        match (self.value, self.env, self.file) {
+            (Some(""), None, None) => Err(self.error(config, "", "is empty".into())),
+            (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => Ok(()),
+            _ => Err(self.not_exactly_one(config)),
+        }
+    }
 
-/// Loads a secret from exactly one of `KEY`, `KEY_env` or `KEY_file`; errors name `key` but
-/// never the value.
-pub fn resolve_secret(
-    file: &Path,
-    key: &str,
-    value: Option<&Secret>,
-    env: Option<&str>,
-    secret_file: Option<&Path>,
-) -> Result<Secret, ConfigError> {
-    let error = |key: String, reason: String| ConfigError {
-        file: file.to_owned(),
-        key,
-        reason,
-    };
-    let secret = match (value, env, secret_file) {
-        (Some(value), None, None) => value.clone(),
-        (None, Some(var), None) => std::env::var(var).map(Secret::new).map_err(|_| {
-            error(
-                format!("{key}_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?,
-        (None, None, Some(path)) => std::fs::read_to_string(path)
-            .map(|text| Secret::new(text.trim_end_matches(['\n', '\r'])))
-            .map_err(|e| {
-                error(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
+    /// Loads the secret from its one source; errors name the key but never the value.
+    fn resolve(&self, config: &Path) -> Result<Secret, ConfigError> {
+        let secret = match (self.value, self.env, self.file) {
+            (Some(value), None, None) => Secret::new(value),
+            (None, Some(var), None) => std::env::var(var).map(Secret::new).map_err(|_| {
+                self.error(
+                    config,
+                    "_env",
+                    format!("environment variable {var} is not set"),
                 )
             })?,
-        _ => return Err(error(key.into(), exactly_one(key))),
-    };
-    if secret.expose().is_empty() {
-        return Err(error(key.into(), "is empty".into()));
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| Secret::new(text.trim_end_matches(['\n', '\r'])))
+                .map_err(|e| {
+                    self.error(
+                        config,
+                        "_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+            _ => return Err(self.not_exactly_one(config)),
+        };
+        if secret.expose().is_empty() {
+            return Err(self.error(config, "", "is empty".into()));
+        }
+        Ok(secret)
     }
-    Ok(secret)
+
+    /// The error when not exactly one source is set.
+    fn not_exactly_one(&self, config: &Path) -> ConfigError {
+        let key = self.key;
+        self.error(
+            config,
+            "",
+            format!("set exactly one of {key}, {key}_env, {key}_file"),
+        )
+    }
+
+    /// An error about `KEY` followed by `suffix` (`""`, `_env` or `_file`).
+    fn error(&self, config: &Path, suffix: &str, reason: String) -> ConfigError {
+        ConfigError {
+            file: config.to_owned(),
+            key: format!("{}{suffix}", self.key),
+            reason,
+        }
+    }
 }

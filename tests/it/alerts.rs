@@ -13,7 +13,6 @@
 //!   that sees it fire; README.md's metrics table names every metric family of a scrape.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,10 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
-use crate::helpers::{Daemon, config_for, fixture, skip, watch_before_start};
+use crate::helpers::process::assert_succeeded;
+use crate::helpers::{
+    Daemon, config_for, deploy_file, fixture, read_deploy, read_repo_file, skip, watch_before_start,
+};
 
 /// Series Prometheus makes itself, never in a scrape.
 const SYNTHETIC: &[&str] = &["up", "ALERTS", "ALERTS_FOR_STATE"];
@@ -36,17 +38,6 @@ const TARGET_LABELS: &[&str] = &["instance", "job"];
 
 /// Bound on the daemon's first pass reaching the fake API.
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn deploy_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(path)
-}
-
-fn read_deploy(path: &str) -> String {
-    let path = deploy_file(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// `promtool ARGS` with `stdin`, or `None` (said through the skip helper) where promtool is not
 /// installed (Debian: `apt-get install prometheus`; `.ci/run` installs it).
@@ -78,17 +69,6 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> Option<Output> {
             .unwrap();
     }
     Some(child.wait_with_output().unwrap())
-}
-
-/// Asserts that promtool succeeded; its output, for further checks.
-fn assert_promtool_ok(what: &str, output: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool {what}: {text}");
-    text
 }
 
 // ---- the files, read -------------------------------------------------------------------------
@@ -223,6 +203,24 @@ fn selects(selector: &VectorSelector, sample: &Sample) -> bool {
             .all(|m: &Matcher| m.is_match(sample.labels.get(&m.name).map_or("", String::as_str)))
 }
 
+/// Asserts that the `/metrics` text `scrape` has a series for every selector of `queries`
+/// (`missing` says what a miss means) and that `promtool check metrics` has nothing to say about
+/// it; the scrape, parsed.
+fn assert_scrape_serves(queries: &[String], scrape: &str, missing: &str) -> Exposition {
+    let parsed = Exposition::parse(scrape);
+    let unserved = unmatched(queries, &parsed);
+    assert!(
+        unserved.is_empty(),
+        "{missing}:\n{}\n\nscrape:\n{scrape}",
+        unserved.join("\n")
+    );
+    if let Some(linted) = promtool(&["check", "metrics"], Some(scrape)) {
+        let said = assert_succeeded("promtool check metrics", &linted);
+        assert!(said.trim().is_empty(), "promtool check metrics: {said}");
+    }
+    parsed
+}
+
 /// Every selector of `queries` that selects no live series, named with its query.
 fn unmatched(queries: &[String], scrape: &Exposition) -> Vec<String> {
     let mut missing = Vec::new();
@@ -274,17 +272,17 @@ fn promtool_accepts_the_rules_and_the_config_and_the_rule_unit_tests_pass() {
     let Some(checked) = promtool(&["check", "rules", rules.to_str().unwrap()], None) else {
         return;
     };
-    let said = assert_promtool_ok("check rules", &checked);
+    let said = assert_succeeded("promtool check rules", &checked);
     assert!(
         said.contains(&format!("SUCCESS: {} rules found", alerts().len())),
         "{said}"
     );
     let tests = deploy_file("prometheus/alerts_test.yml");
     let tested = promtool(&["test", "rules", tests.to_str().unwrap()], None).unwrap();
-    assert_promtool_ok("test rules", &tested);
+    assert_succeeded("promtool test rules", &tested);
     let config = deploy_file("prometheus/prometheus.yml");
     let configured = promtool(&["check", "config", config.to_str().unwrap()], None).unwrap();
-    let said = assert_promtool_ok("check config", &configured);
+    let said = assert_succeeded("promtool check config", &configured);
     assert!(
         said.contains("1 rule files found"),
         "loads alerts.yml: {said}"
@@ -315,7 +313,7 @@ fn promtool_parses_every_dashboard_query() {
     let Some(checked) = promtool(&["check", "rules", path.to_str().unwrap()], None) else {
         return;
     };
-    let said = assert_promtool_ok("check rules (the dashboard's queries)", &checked);
+    let said = assert_succeeded("promtool check rules (the dashboard's queries)", &checked);
     assert!(
         said.contains(&format!("SUCCESS: {} rules found", queries.len())),
         "{said}"
@@ -333,16 +331,11 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
     let idle = daemon_against(&idle_fake, &[]).await;
     let at_start = scrape_text(&idle).await;
     let alert_queries: Vec<String> = alerts().into_iter().map(|a| a.expr).collect();
-    let missing = unmatched(&alert_queries, &Exposition::parse(&at_start));
-    assert!(
-        missing.is_empty(),
-        "selected by a rule but not in a scrape at start-up:\n{}\n\nscrape:\n{at_start}",
-        missing.join("\n")
+    assert_scrape_serves(
+        &alert_queries,
+        &at_start,
+        "selected by a rule but not in a scrape at start-up",
     );
-    if let Some(linted) = promtool(&["check", "metrics"], Some(&at_start)) {
-        let said = assert_promtool_ok("check metrics", &linted);
-        assert!(said.trim().is_empty(), "promtool check metrics: {said}");
-    }
     drop(idle);
 
     // After one webhook and one pass that reached the API: every series a panel names.
@@ -370,21 +363,14 @@ async fn every_series_the_rules_and_the_dashboard_name_is_in_a_live_scrape() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let scrape = Exposition::parse(&busy);
-    let missing = unmatched(&dashboard_queries(&dashboard()), &scrape);
-    assert!(
-        missing.is_empty(),
-        "named by the dashboard but not in a live scrape:\n{}\n\nscrape:\n{busy}",
-        missing.join("\n")
+    let scrape = assert_scrape_serves(
+        &dashboard_queries(&dashboard()),
+        &busy,
+        "named by the dashboard but not in a live scrape",
     );
-    if let Some(linted) = promtool(&["check", "metrics"], Some(&busy)) {
-        let said = assert_promtool_ok("check metrics", &linted);
-        assert!(said.trim().is_empty(), "promtool check metrics: {said}");
-    }
 
     // The README's metrics table names every family a scrape has.
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = read_repo_file("README.md");
     let metrics_section = readme
         .split("\n## Metrics\n")
         .nth(1)

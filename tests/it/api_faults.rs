@@ -24,7 +24,7 @@ use crate::helpers::db::value;
 use crate::helpers::fake_musement::{
     FakeFault, FakeMusement, FakeResponse, PERSONAL_VALUES, new_uuid, order_json,
 };
-use crate::helpers::{Daemon, uuid, watch_before_start, webhook};
+use crate::helpers::{Daemon, free_port, json_post, uuid, watch_before_start, webhook};
 
 /// The backoff every case here assumes: 30 s doubling per failure, capped at 10 min (so a
 /// harness advanced by 10 min is always past it).
@@ -48,8 +48,7 @@ async fn paused_gauge(h: &Harness) -> i64 {
 
 /// An address where nothing listens (a port that was just free).
 fn closed_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 #[tokio::test]
@@ -601,9 +600,7 @@ async fn the_daemon_keeps_taking_webhooks_while_the_api_is_down_and_logs_each_ch
             tokio::time::sleep(StdDuration::from_millis(10)).await;
         }
         n += 1;
-        let response = client
-            .post(daemon.webhook_url())
-            .header("content-type", "application/json")
+        let response = json_post(&client, daemon.webhook_url())
             .body(webhook(&uuid(1, n), &uuid(2, n), 1, "PENDING"))
             .send()
             .await

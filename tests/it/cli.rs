@@ -5,7 +5,8 @@ use std::process::Command;
 
 use crate::helpers::db::value;
 use crate::helpers::{
-    Daemon, assert_one_line_error, config_file, fixture, http_client, orderwatch as command,
+    Daemon, assert_one_line_error, config_file, fixture, http_client, json_post,
+    orderwatch as command,
 };
 
 const SECRET: &str = "Sw0rdfish-not-for-logs";
@@ -280,9 +281,7 @@ async fn the_daemon_listens_where_the_environment_says() {
     let example = fixture("webhooks/documented-example.json");
     let status = daemon.post_webhook(example.clone()).await;
     assert_eq!(status, 404, "the default path is not served");
-    let response = client
-        .post(format!("http://{}/from-env", daemon.addr))
-        .header("content-type", "application/json")
+    let response = json_post(&client, daemon.url("/from-env"))
         .body(example)
         .send()
         .await
@@ -682,12 +681,10 @@ async fn the_previous_webhook_password_works_until_it_is_removed() {
         rotating,
         &[("CLI_NEW_PASSWORD", NEW), ("CLI_OLD_PASSWORD", OLD)],
     );
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let post = |password: &'static str, n: u64| {
-        client
-            .post(daemon.webhook_url())
+        daemon
+            .webhook_request()
             .basic_auth("musement", Some(password))
-            .header("content-type", "application/json")
             .body(crate::helpers::valid_webhook(n))
             .send()
     };

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
 use crate::helpers::process::{KillOnDrop, lines_of, signal, wait_bounded};
-use crate::helpers::{Daemon, binary};
+use crate::helpers::{Daemon, binary, free_port};
 
 /// The webhook Basic auth and API credentials the two sides share.
 const WEBHOOK_USER: &str = "musement";
@@ -502,13 +502,4 @@ fn watch_output(watch: &mut Child, log: &Path) -> String {
     let stderr = std::fs::read_to_string(log).unwrap_or_default();
     assert_eq!(status, Some(0), "orderwatch watch: {stdout}{stderr}");
     stdout
-}
-
-/// A loopback port that was free a moment ago (the simulator binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -29,13 +29,7 @@ fn nth(n: u64) -> String {
 
 /// Status and body of a webhook post.
 async fn post(daemon: &Daemon, body: String) -> (u16, String) {
-    let response = http_client()
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = daemon.webhook_request().body(body).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 

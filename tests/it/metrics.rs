@@ -11,7 +11,7 @@ use reqwest::Method;
 use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::{
-    AUTH_CONFIG, Daemon, GOOD_BASIC, TestApp, cli, config_for, harness, spawn_app_with,
+    AUTH_CONFIG, Daemon, GOOD_BASIC, TestApp, cli, config_for, harness, json_post, spawn_app_with,
     spawn_app_with_metrics_listener, uuid, webhook,
 };
 
@@ -307,10 +307,7 @@ async fn metrics_listen_serves_metrics_there_and_only_there() {
     let app = spawn_app_with_metrics_listener("[server]\nmetrics_listen = \"127.0.0.1:0\"\n").await;
     let webhooks = format!("http://{}", app.addr);
     let metrics = format!("http://{}", app.metrics_addr.unwrap());
-    let posted = app
-        .client
-        .post(format!("{webhooks}/webhooks/musement"))
-        .header("content-type", "application/json")
+    let posted = json_post(&app.client, format!("{webhooks}/webhooks/musement"))
         .body(webhook(&uuid(1, 9), &uuid(2, 9), 1, "PENDING"))
         .send()
         .await

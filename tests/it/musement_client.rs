@@ -15,7 +15,7 @@ use crate::helpers::fake_musement::{
     CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, fixture, fixture_json,
     new_uuid, order_json, voucher_url,
 };
-use crate::helpers::{http_client, json_of};
+use crate::helpers::{free_port, http_client, json_of};
 
 /// The order in `fixtures/musement/order-two-items.json` (reference §9) and its items.
 const FIXTURE_ORDER: &str = "bf464161-f03a-449e-ac82-566721c0e6b4";
@@ -93,7 +93,7 @@ async fn login_then_get_returns_the_parsed_order() {
 
     assert_eq!(client.logins(), 1);
     assert_eq!(fake.count("POST", "/login"), 1);
-    assert_eq!(fake.count("GET", &orders_path(order)), 1);
+    assert_eq!(fake.gets(order), 1);
 }
 
 #[tokio::test]
@@ -173,11 +173,7 @@ async fn a_login_redirect_is_not_followed_so_the_secret_never_leaves_for_another
     assert!(!text.contains(CLIENT_SECRET), "{text}");
     assert!(!error.is_transient(), "a redirect needs a person: {error}");
     assert_eq!(fake.count("POST", "/login"), 1);
-    assert_eq!(
-        fake.count("GET", &orders_path(order)),
-        0,
-        "no token, no GET"
-    );
+    assert_eq!(fake.gets(order), 0, "no token, no GET");
 }
 
 /// Issue 11 defect #3: a 3xx from `GET /orders/{uuid}` is a failed call naming the `Location`;
@@ -288,7 +284,7 @@ async fn the_token_is_renewed_just_before_it_expires() {
             "{name}"
         );
         assert_eq!(
-            fake.count("GET", &orders_path(order)),
+            fake.gets(order),
             3,
             "{name}: no request was refused on the way"
         );
@@ -305,7 +301,7 @@ async fn a_revoked_token_means_one_relogin_and_one_retry() {
     assert_eq!(polled.uuid, order);
     assert_eq!(client.logins(), 2);
     // First GET, then the refused one, then the retry with the new token.
-    assert_eq!(fake.count("GET", &orders_path(order)), 3);
+    assert_eq!(fake.gets(order), 3);
     let last = fake.requests().pop().unwrap();
     assert_eq!(last.header("authorization"), Some("Bearer token-2"));
 }
@@ -329,11 +325,7 @@ async fn a_401_right_after_a_fresh_login_is_unauthorized() {
     );
     assert!(!error.is_transient());
     assert_eq!(client.logins(), 2, "one login, one re-login, no more");
-    assert_eq!(
-        fake.count("GET", &orders_path(order)),
-        2,
-        "retried once only"
-    );
+    assert_eq!(fake.gets(order), 2, "retried once only");
 }
 
 #[tokio::test]
@@ -409,7 +401,7 @@ async fn concurrent_calls_without_a_token_share_one_login() {
     get_at_once(&client, order, 16).await;
     assert_eq!(client.logins(), 1);
     assert_eq!(fake.count("POST", "/login"), 1);
-    assert_eq!(fake.count("GET", &orders_path(order)), 16);
+    assert_eq!(fake.gets(order), 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -625,10 +617,7 @@ async fn a_response_slower_than_the_timeout_is_a_timeout() {
 
 #[tokio::test]
 async fn a_closed_port_is_a_connect_error() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let fake = FakeMusement::start().await;
     let mut settings = fake.settings();
     settings.base_url = format!("http://127.0.0.1:{port}/api/v3");

@@ -39,6 +39,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use uuid::Uuid;
 
+use crate::helpers::strategies::{ReadAt, any_status, read_at};
+
 /// Musement time 0 of every case, in seconds since the Unix epoch.
 const EPOCH_SECONDS: i64 = 1_700_000_000;
 /// Most versions in a history.
@@ -161,18 +163,6 @@ fn at_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(EPOCH_SECONDS * 1000 + ms).expect("time in range")
 }
 
-fn any_status() -> impl Strategy<Value = Status> {
-    prop_oneof![
-        Just(Status::Pending),
-        Just(Status::Ok),
-        Just(Status::Ko),
-        Just(Status::RefundStarted),
-        Just(Status::Refunded),
-        Just(Status::CancellationError),
-        Just(Status::Other("ON_HOLD".into())),
-    ]
-}
-
 /// A step between two versions' times, 0 to 20 s, often a tie or within the skew margin.
 fn gap_s() -> impl Strategy<Value = i64> {
     prop_oneof![Just(0i64), 0i64..=6, 0i64..=20]
@@ -225,39 +215,6 @@ fn truth_at(history: &[Version], read_ms: i64) -> Status {
         .clone()
 }
 
-/// When a poll reads, drawn independently of the history and resolved against it.
-#[derive(Debug, Clone)]
-enum ReadAt {
-    /// Within a second of some version's `t_i` (where ties and the lag matter), not before `t_1`.
-    NearVersion(prop::sample::Index, i64),
-    /// Anywhere from `t_1` to a minute after `t_n`, as millionths of that span.
-    Anywhere(i64),
-}
-
-impl ReadAt {
-    fn resolve(&self, history: &[Version]) -> i64 {
-        let first_ms = history[0].updated_s * 1000;
-        match self {
-            Self::NearVersion(index, offset_ms) => {
-                let version = index.get(history);
-                (version.updated_s * 1000 + offset_ms).max(first_ms)
-            }
-            Self::Anywhere(millionths) => {
-                let span_ms = last_change_ms(history) + 60_000 - first_ms;
-                first_ms + span_ms * millionths / 1_000_000
-            }
-        }
-    }
-}
-
-fn read_at() -> impl Strategy<Value = ReadAt> {
-    prop_oneof![
-        (any::<prop::sample::Index>(), -1000i64..=1000)
-            .prop_map(|(index, offset)| ReadAt::NearVersion(index, offset)),
-        (0i64..=1_000_000).prop_map(ReadAt::Anywhere),
-    ]
-}
-
 /// Everything random about a case, drawn independently so it shrinks quickly; see [`build`].
 #[derive(Debug, Clone)]
 struct Draw {
@@ -275,27 +232,29 @@ struct Draw {
 
 const MAX_DELIVERIES: usize = MAX_VERSIONS * 3 + MAX_POLLS;
 
-fn draw(max_polls: usize) -> impl Strategy<Value = Draw> {
-    (
-        history(),
-        skew_ms(),
-        prop::collection::vec(prop::collection::vec(0i64..=3600, 0..=3), MAX_VERSIONS),
-        prop::collection::vec((read_at(), 0i64..=1000), 0..=max_polls),
-        prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
-        final_extra_ms(),
-        0i64..=1000,
-    )
-        .prop_map(
-            |(history, skew_ms, webhook_delays, polls, order, final_extra_ms, final_lag_ms)| Draw {
-                history,
-                skew_ms,
-                webhook_delays,
-                polls,
-                order,
-                final_extra_ms,
-                final_lag_ms,
-            },
-        )
+prop_compose! {
+    fn draw(max_polls: usize)(
+        history in history(),
+        skew_ms in skew_ms(),
+        webhook_delays in prop::collection::vec(
+            prop::collection::vec(0i64..=3600, 0..=3),
+            MAX_VERSIONS,
+        ),
+        polls in prop::collection::vec((read_at(), 0i64..=1000), 0..=max_polls),
+        order in prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
+        final_extra_ms in final_extra_ms(),
+        final_lag_ms in 0i64..=1000,
+    ) -> Draw {
+        Draw {
+            history,
+            skew_ms,
+            webhook_delays,
+            polls,
+            order,
+            final_extra_ms,
+            final_lag_ms,
+        }
+    }
 }
 
 fn last_change_ms(history: &[Version]) -> i64 {
@@ -346,10 +305,11 @@ fn final_poll(history: &[Version], polls: &[Delivery], draw: &Draw) -> Delivery 
 /// Turns a draw into the deliveries it stands for, ordered by the drawn sort keys.
 fn build(draw: Draw) -> Case {
     let history = draw.history.clone();
+    let times_ms: Vec<i64> = history.iter().map(|v| v.updated_s * 1000).collect();
     let polls: Vec<Delivery> = draw
         .polls
         .iter()
-        .map(|(read, lag_ms)| poll(&history, read.resolve(&history), *lag_ms, draw.skew_ms))
+        .map(|(read, lag_ms)| poll(&history, read.resolve(&times_ms), *lag_ms, draw.skew_ms))
         .collect();
     let final_poll = final_poll(&history, &polls, &draw);
     let mut keyed: Vec<(u16, Delivery)> = draw

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{binary, orderwatch};
+use crate::helpers::process::assert_succeeded;
+use crate::helpers::{binary, free_port, orderwatch, read_repo_file};
 
 /// How long the small simulation may take to converge.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
 
 /// The code blocks of the README's "By hand" simulator section, by language.
 fn by_hand_blocks() -> (String, Vec<String>) {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = read_repo_file("README.md");
     let start = readme
         .find("**By hand.**")
         .expect("the README's simulator section");
@@ -35,14 +35,6 @@ fn by_hand_blocks() -> (String, Vec<String>) {
     }
     assert_eq!(toml.len(), 1, "one sim.toml");
     (toml.remove(0), shell)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A duration key of `[reconciler]` in the README's sim.toml.
@@ -74,11 +66,7 @@ fn the_readme_simulator_config_names_every_key_it_needs_with_simulator_timings()
         .args(["check-config", "--offline", "--config", path])
         .output()
         .unwrap();
-    assert!(
-        offline.status.success(),
-        "{}",
-        String::from_utf8_lossy(&offline.stderr)
-    );
+    assert_succeeded("check-config --offline", &offline);
     let online = orderwatch()
         .args(["check-config", "--config", path])
         .env("SIM_WEBHOOK_PASSWORD", "pw")

@@ -17,7 +17,7 @@ use crate::helpers::fake_musement::{
     new_uuid, order_json, voucher_url,
 };
 use crate::helpers::process::lines_of;
-use crate::helpers::{Daemon, spawn_app_in, watch_before_start, webhook};
+use crate::helpers::{Daemon, read_repo_file, spawn_app_in, watch_before_start, webhook};
 
 #[tokio::test]
 async fn watch_then_poll_discovers_items_and_converges_without_webhooks() {
@@ -607,8 +607,7 @@ async fn watch_cli_registers_orders_from_arguments_and_stdin() {
 /// would edit it.
 fn shipped_config_for(fake: &FakeMusement, schedule: &str, dir: &std::path::Path) -> String {
     std::fs::write(dir.join("musement-secret"), format!("{CLIENT_SECRET}\n")).unwrap();
-    let mut text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let mut text = read_repo_file("config.toml");
     for (from, to) in [
         (
             "base_url = \"https://sandbox.musement.com/api/v3\"",

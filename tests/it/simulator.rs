@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::process::{KillOnDrop, signal, wait_bounded};
-use crate::helpers::{http_client, json_of, spawn_app_with};
+use crate::helpers::{free_port, http_client, json_of, spawn_app_with};
 
 const SECRET: &str = "simulator-test-secret";
 
@@ -29,11 +29,7 @@ async fn the_simulator_speaks_the_documented_api_and_resends_webhooks() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let truth_path = dir.path().join("truth.json");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
         .args([
             "--seed",

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use orderwatch::clock::ManualClock;
+use orderwatch::observation::Status;
 use serde_json::Value;
 
 use crate::helpers::db::{column, row, value};
-use crate::helpers::{STATUSES, spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
+use crate::helpers::{spawn_app, spawn_app_in, spawn_app_with, uuid, webhook};
 
-/// The status version `v` is sent with: `STATUSES[v % 6]`, so two versions of one item carry
-/// different statuses and a row holding the wrong one shows.
+/// The status version `v` is sent with: the `v % 6`th documented one, so two versions of one
+/// item carry different statuses and a row holding the wrong one shows.
 fn status_of(version: u64) -> &'static str {
-    STATUSES[(version % 6) as usize]
+    Status::DOCUMENTED[(version % 6) as usize]
 }
 
 /// 500 webhooks from 50 concurrent tasks, half the items posted twice with different versions

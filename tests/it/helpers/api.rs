@@ -287,7 +287,7 @@ impl Harness {
 
     /// GETs of `order` the fake received.
     pub fn gets(&self, order: Uuid) -> usize {
-        self.fake().count("GET", &format!("/orders/{order}"))
+        self.fake().gets(order)
     }
 
     /// Every item row and order fact a poll could change, and the number of events: what a

@@ -138,9 +138,7 @@ impl TestApp {
 
     /// A JSON POST to the webhook path, ready for more headers.
     pub fn webhook_request(&self) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url(&self.path))
-            .header("content-type", "application/json")
+        super::json_post(&self.client, self.url(&self.path))
     }
 
     /// The `/metrics` text as a loopback client reads it on the webhook listener.

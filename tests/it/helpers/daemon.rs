@@ -276,9 +276,7 @@ impl Daemon {
 
     /// A JSON POST to the default webhook path, ready for more headers and a body.
     pub fn webhook_request(&self) -> reqwest::RequestBuilder {
-        super::http_client()
-            .post(self.webhook_url())
-            .header("content-type", "application/json")
+        super::json_post(&super::http_client(), self.webhook_url())
     }
 
     /// `http://ADDR{path}`.

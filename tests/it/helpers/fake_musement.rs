@@ -167,10 +167,7 @@ impl FakeResponse {
 
 /// The text of `fixtures/musement/{name}` (panics with the path if missing: a test bug).
 pub fn fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/musement")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    super::read_repo_file(&format!("fixtures/musement/{name}"))
 }
 
 /// The fixture's JSON.
@@ -416,6 +413,11 @@ impl FakeMusement {
             .iter()
             .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.ends_with(path_suffix))
             .count()
+    }
+
+    /// How many `GET /orders/{order}` requests came in.
+    pub fn gets(&self, order: Uuid) -> usize {
+        self.count("GET", &format!("/orders/{order}"))
     }
 
     /// How many tokens logins have issued (`token-1`, `token-2`, …).

@@ -1,8 +1,8 @@
 //! What the test modules share, so that no test module imports another: the app in-process
 //! ([`app`]), the real binary as a process ([`daemon`]), the fake Musement API
 //! ([`fake_musement`]) and the reconciler driven against it by hand ([`api`]), reading the
-//! database ([`db`]), the `/metrics` text parsed ([`exposition`]), and small builders of test
-//! input.
+//! database ([`db`]), the `/metrics` text parsed ([`exposition`]), what the property tests
+//! draw alike ([`strategies`]), and small builders of test input.
 
 pub mod api;
 pub mod app;
@@ -13,6 +13,7 @@ pub mod fake_musement;
 pub mod notify;
 pub mod process;
 pub mod skip;
+pub mod strategies;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -26,27 +27,37 @@ pub use app::{
 pub use daemon::Daemon;
 pub use skip::skip;
 
-/// The six statuses Musement documents for an order item.
-pub const STATUSES: [&str; 6] = [
-    "PENDING",
-    "OK",
-    "KO",
-    "REFUND_STARTED",
-    "REFUNDED",
-    "CANCELLATION_ERROR",
-];
-
 /// `[server.auth]` with Musement's documented example credentials.
 pub const AUTH_CONFIG: &str = "[server.auth]\nusername = \"JohnSmith\"\npassword = \"Swordfish\"\n";
 
 /// The `Authorization` value for [`AUTH_CONFIG`]'s `JohnSmith:Swordfish`.
 pub const GOOD_BASIC: &str = "Basic Sm9oblNtaXRoOlN3b3JkZmlzaA==";
 
-/// The text of `fixtures/NAME`.
+/// `path` in this repository: a file the tests read as shipped (`README.md`, `deploy/…`,
+/// `fixtures/…`).
+pub fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The text of [`repo_file`]`(path)`; a missing file fails the test, naming it.
+pub fn read_repo_file(path: &str) -> String {
+    let path = repo_file(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `deploy/NAME`: the packaging and monitoring files.
+pub fn deploy_file(name: &str) -> PathBuf {
+    repo_file("deploy").join(name)
+}
+
+/// The text of `deploy/NAME`.
+pub fn read_deploy(name: &str) -> String {
+    read_repo_file(&format!("deploy/{name}"))
+}
+
+/// The bytes of `fixtures/NAME`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
+    let path = repo_file("fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -54,6 +65,12 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// environment says, so every request stays on loopback.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// A JSON `POST` to `url` on `client` (a webhook, as Musement sends it), ready for more headers
+/// and a body.
+pub fn json_post(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+    client.post(url).header("content-type", "application/json")
 }
 
 /// Sends `request` and reads the answer's body as JSON, whatever its status.
@@ -152,6 +169,17 @@ pub fn webhook_at(n: u64, at: &str) -> String {
         body[field] = serde_json::json!(at);
     }
     body.to_string()
+}
+
+/// A loopback port that was free a moment ago: bound to `127.0.0.1:0` and released, for a
+/// process that must be told its port up front (the simulator, nginx) or for an address where
+/// nothing listens.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A deterministic UUID-shaped string for test item/order `n`.

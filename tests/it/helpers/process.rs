@@ -1,10 +1,11 @@
 //! The child processes tests start (the daemon, the CLI, the simulator, nginx): reaped
 //! whatever way a test ends ([`KillOnDrop`]), their output read line by line on a thread
-//! ([`lines_of`]), signals ([`signal`]) and bounded waits ([`wait_bounded`]).
+//! ([`lines_of`]), signals ([`signal`]), bounded waits ([`wait_bounded`]), and whether a
+//! command that ran to its end succeeded ([`assert_succeeded`]).
 
 use std::io::{BufRead, BufReader, Read};
 use std::ops::{Deref, DerefMut};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, ExitStatus, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,18 @@ pub fn signal(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// Asserts that a command that ran to its end (`what` names it) succeeded, showing what it
+/// printed when it did not; that text (stdout, then stderr), for further checks.
+pub fn assert_succeeded(what: &str, output: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{what}: {text}");
+    text
 }
 
 /// How `child` ended, waiting at most `limit`; `None` when it was still running (it is then

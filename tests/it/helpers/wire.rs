@@ -112,6 +112,19 @@ pub async fn read_answers<R: AsyncReadExt + Unpin>(
     }
 }
 
+/// Reads the first answer on `stream` (bounded by [`LIMIT`]) and asserts its status;
+/// `case` says what a wrong one means.
+pub async fn assert_answered(stream: &mut TcpStream, status: u16, case: &str) {
+    let (bytes, _) = read_answers(stream, 1, LIMIT).await;
+    let answers = parse_answers(&bytes);
+    assert_eq!(
+        answers.first().map(|a| a.status),
+        Some(status),
+        "{case}: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+}
+
 /// Writes `request` on a fresh connection and reads until the server closes it (bounded).
 pub async fn exchange(addr: SocketAddr, request: &[u8]) -> (Vec<Answer>, End) {
     let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::db::value;
-use crate::helpers::wire::{LIMIT, exchange, parse_answers, post, read_answers};
+use crate::helpers::wire::{LIMIT, assert_answered, exchange, post};
 use crate::helpers::{Daemon, spawn_app_with, uuid, valid_webhook};
 
 struct Flood {
@@ -257,14 +257,7 @@ async fn a_request_in_progress_is_never_evicted_for_idle_connections() {
     let head = request.len() - body.len();
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     slow.write_all(&request[..head]).await.unwrap();
-    let (bytes, _) = read_answers(&mut slow, 1, LIMIT).await;
-    let interim = parse_answers(&bytes);
-    assert_eq!(
-        interim.first().map(|a| a.status),
-        Some(100),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
+    assert_answered(&mut slow, 100, "the handler did not start").await;
     let split = request.len() - body.len() / 2;
     slow.write_all(&request[head..split]).await.unwrap();
     // Far more idle connections than slots: each newcomer evicts the longest-idle one.
@@ -276,14 +269,7 @@ async fn a_request_in_progress_is_never_evicted_for_idle_connections() {
     let (answers, _) = exchange(app.addr, &post(&valid_webhook(8), "Connection: close\r\n")).await;
     assert_eq!(answers.first().map(|a| a.status), Some(200));
     slow.write_all(&request[split..]).await.unwrap();
-    let (bytes, _) = read_answers(&mut slow, 1, LIMIT).await;
-    let answers = parse_answers(&bytes);
-    assert_eq!(
-        answers.first().map(|a| a.status),
-        Some(200),
-        "the request in progress was cut off: {:?}",
-        String::from_utf8_lossy(&bytes)
-    );
+    assert_answered(&mut slow, 200, "the request in progress was cut off").await;
     assert_eq!(app.count("order_items"), 2);
     drop(idlers);
 }

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::db::value;
-use crate::helpers::{Daemon, http_client, uuid, valid_webhook, webhook_at};
+use crate::helpers::{Daemon, uuid, valid_webhook, webhook_at};
 
 /// The daemon's config: loopback, JSON log.
 const JSON_DAEMON: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n";
@@ -48,9 +48,8 @@ async fn a_status_with_a_newline_is_refused_and_cannot_forge_a_log_line() {
                   status=200 forged=yes";
     let mut body: Value = serde_json::from_str(&valid_webhook(1)).unwrap();
     body["order_item_status"] = json!(format!("OK\n{forged}"));
-    let response = http_client()
-        .post(daemon.webhook_url())
-        .header("content-type", "application/json")
+    let response = daemon
+        .webhook_request()
         .body(body.to_string())
         .send()
         .await

@@ -4,7 +4,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::wire::{End, LIMIT, exchange, parse_answers, post, post_head, read_answers};
+use crate::helpers::wire::{
+    End, LIMIT, assert_answered, exchange, parse_answers, post, post_head, read_answers,
+};
 use crate::helpers::{AUTH_CONFIG, GOOD_BASIC, spawn_app_with, uuid, valid_webhook};
 
 #[tokio::test]
@@ -163,13 +165,7 @@ async fn expect_100_continue_is_honoured_and_refusals_skip_it() {
             .write_all(head(length, auth).as_bytes())
             .await
             .unwrap();
-        let (bytes, _) = read_answers(&mut stream, 1, LIMIT).await;
-        let answers = parse_answers(&bytes);
-        assert_eq!(
-            answers.first().map(|a| a.status),
-            Some(expected),
-            "{answers:?}"
-        );
+        assert_answered(&mut stream, expected, "refused before the body").await;
     }
     assert_eq!(app.count("order_items"), 1);
     assert_eq!(app.count("item_events"), 1);

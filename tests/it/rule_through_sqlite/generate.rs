@@ -6,22 +6,12 @@ use std::fmt;
 use orderwatch::observation::{ItemFacts, Status};
 use proptest::prelude::*;
 
+use crate::helpers::strategies::{ReadAt, any_status, read_at};
+
 use super::delivery::{
     Delivery, EPOCH_SECONDS, MAX_COPIES, MAX_DELIVERIES, MAX_FUTURE_MS, MAX_VERSIONS, Poll,
     Webhook, YEAR_9999_MS,
 };
-
-pub(super) fn any_status() -> impl Strategy<Value = Status> {
-    prop_oneof![
-        Just(Status::Pending),
-        Just(Status::Ok),
-        Just(Status::Ko),
-        Just(Status::RefundStarted),
-        Just(Status::Refunded),
-        Just(Status::CancellationError),
-        Just(Status::Other("ON_HOLD".into())),
-    ]
-}
 
 pub(super) fn margin_ms() -> impl Strategy<Value = i64> {
     prop_oneof![
@@ -146,23 +136,6 @@ pub(super) fn versions(twists: bool) -> impl Strategy<Value = Vec<VersionDraw>> 
     )
 }
 
-/// When a poll reads Musement, drawn independently of the history and resolved against it.
-#[derive(Debug, Clone)]
-pub(super) enum ReadAt {
-    /// Within a second of some version's time, not before the first.
-    NearVersion(prop::sample::Index, i64),
-    /// Anywhere from the first version's time to a minute after the last, in millionths.
-    Anywhere(i64),
-}
-
-pub(super) fn read_at() -> impl Strategy<Value = ReadAt> {
-    prop_oneof![
-        (any::<prop::sample::Index>(), -1000i64..=1000)
-            .prop_map(|(index, offset)| ReadAt::NearVersion(index, offset)),
-        (0i64..=1_000_000).prop_map(ReadAt::Anywhere),
-    ]
-}
-
 /// A poll as drawn; see [`build`].
 #[derive(Debug, Clone)]
 pub(super) struct PollDraw {
@@ -228,56 +201,46 @@ impl FactsDraw {
     }
 }
 
-pub(super) fn facts() -> impl Strategy<Value = FactsDraw> {
-    (
-        prop::collection::vec(0u8..3, 0..=2),
-        prop::option::of(0u8..2),
-        prop::option::of(0u8..2),
-        prop::option::of(1u8..3),
-        prop::option::of(0u8..4),
-        prop::option::of(any_status()),
-        prop::option::of(0u8..2),
-    )
-        .prop_map(
-            |(
-                vouchers,
-                product_id,
-                product_title,
-                product_date,
-                max_confirmation_time,
-                order_status,
-                identifier,
-            )| FactsDraw {
-                vouchers,
-                product_id,
-                product_title,
-                product_date,
-                max_confirmation_time,
-                order_status,
-                identifier,
-            },
-        )
+prop_compose! {
+    pub(super) fn facts()(
+        vouchers in prop::collection::vec(0u8..3, 0..=2),
+        product_id in prop::option::of(0u8..2),
+        product_title in prop::option::of(0u8..2),
+        product_date in prop::option::of(1u8..3),
+        max_confirmation_time in prop::option::of(0u8..4),
+        order_status in prop::option::of(any_status()),
+        identifier in prop::option::of(0u8..2),
+    ) -> FactsDraw {
+        FactsDraw {
+            vouchers,
+            product_id,
+            product_title,
+            product_date,
+            max_confirmation_time,
+            order_status,
+            identifier,
+        }
+    }
 }
 
-pub(super) fn poll_draw() -> impl Strategy<Value = PollDraw> {
-    (
-        read_at(),
-        prop_oneof![Just(0i64), 0i64..=1000],
-        0i64..=3000,
-        prop_oneof![6 => Just(None), 1 => far_future().prop_map(Some)],
-        prop::bool::weighted(0.75),
-        facts(),
-    )
-        .prop_map(
-            |(read, lag_ms, rtt_ms, far, whole_seconds, facts)| PollDraw {
-                read,
-                lag_ms,
-                rtt_ms,
-                far,
-                whole_seconds,
-                facts,
-            },
-        )
+prop_compose! {
+    pub(super) fn poll_draw()(
+        read in read_at(),
+        lag_ms in prop_oneof![Just(0i64), 0i64..=1000],
+        rtt_ms in 0i64..=3000,
+        far in prop_oneof![6 => Just(None), 1 => far_future().prop_map(Some)],
+        whole_seconds in prop::bool::weighted(0.75),
+        facts in facts(),
+    ) -> PollDraw {
+        PollDraw {
+            read,
+            lag_ms,
+            rtt_ms,
+            far,
+            whole_seconds,
+            facts,
+        }
+    }
 }
 
 /// The polls' clock skew: it starts at `start_permille` of the margin plus `start_ms`, and
@@ -298,23 +261,24 @@ impl Skew {
     }
 }
 
-pub(super) fn skew() -> impl Strategy<Value = Skew> {
-    (
-        prop_oneof![
+prop_compose! {
+    pub(super) fn skew()(
+        start_permille in prop_oneof![
             Just(-1000i64),
             Just(1000i64),
             Just(-1001i64),
             Just(1001i64),
             -2000i64..=2000
         ],
-        prop_oneof![Just(0i64), -1000i64..=1000],
-        prop_oneof![Just(0i64), -500i64..=500],
-    )
-        .prop_map(|(start_permille, start_ms, drift_permille)| Skew {
+        start_ms in prop_oneof![Just(0i64), -1000i64..=1000],
+        drift_permille in prop_oneof![Just(0i64), -500i64..=500],
+    ) -> Skew {
+        Skew {
             start_permille,
             start_ms,
             drift_permille,
-        })
+        }
+    }
 }
 
 /// The piece of evidence more than 2 × margin newer than everything else.
@@ -332,21 +296,22 @@ pub(super) struct EvidenceDraw {
     pub(super) position: prop::sample::Index,
 }
 
-pub(super) fn evidence() -> impl Strategy<Value = EvidenceDraw> {
-    (
-        any::<bool>(),
-        any_status(),
-        prop_oneof![Just(0i64), 0i64..=10_000],
-        facts(),
-        any::<prop::sample::Index>(),
-    )
-        .prop_map(|(poll, status, extra_ms, facts, position)| EvidenceDraw {
+prop_compose! {
+    pub(super) fn evidence()(
+        poll in any::<bool>(),
+        status in any_status(),
+        extra_ms in prop_oneof![Just(0i64), 0i64..=10_000],
+        facts in facts(),
+        position in any::<prop::sample::Index>(),
+    ) -> EvidenceDraw {
+        EvidenceDraw {
             poll,
             status,
             extra_ms,
             facts,
             position,
-        })
+        }
+    }
 }
 
 /// Everything random about a case, drawn independently so it shrinks well; see [`build`].
@@ -368,31 +333,30 @@ pub(super) struct Draw {
     other_order: Vec<u16>,
 }
 
-pub(super) fn draw(twists: bool, max_polls: usize) -> impl Strategy<Value = Draw> {
-    (
-        margin_ms(),
-        prop_oneof![
+prop_compose! {
+    pub(super) fn draw(twists: bool, max_polls: usize)(
+        margin_ms in margin_ms(),
+        start_ms in prop_oneof![
             Just(0i64),
             (0i64..=100).prop_map(|s| s * 1000),
             0i64..=100_000
         ],
-        versions(twists),
-        skew(),
-        prop::collection::vec(poll_draw(), 0..=max_polls),
-        prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
-        prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
-    )
-        .prop_map(
-            |(margin_ms, start_ms, versions, skew, polls, order, other_order)| Draw {
-                margin_ms,
-                start_ms,
-                versions,
-                skew,
-                polls,
-                order,
-                other_order,
-            },
-        )
+        versions in versions(twists),
+        skew in skew(),
+        polls in prop::collection::vec(poll_draw(), 0..=max_polls),
+        order in prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
+        other_order in prop::collection::vec(any::<u16>(), MAX_DELIVERIES),
+    ) -> Draw {
+        Draw {
+            margin_ms,
+            start_ms,
+            versions,
+            skew,
+            polls,
+            order,
+            other_order,
+        }
+    }
 }
 
 /// A generated case: the truth and what is delivered of it, in the drawn order.
@@ -462,20 +426,12 @@ pub(super) fn webhook_copies(draw: &Draw, history: &[(i64, Status)]) -> Vec<Deli
 }
 
 pub(super) fn polls(draw: &Draw, history: &[(i64, Status)]) -> Vec<Delivery> {
-    let first_ms = history[0].0;
-    let last_ms = history[history.len() - 1].0;
+    let times_ms: Vec<i64> = history.iter().map(|(time, _)| *time).collect();
     draw.polls
         .iter()
         .enumerate()
         .map(|(index, poll)| {
-            let read_ms = match &poll.read {
-                ReadAt::NearVersion(version, offset) => {
-                    (version.get(history).0 + offset).max(first_ms)
-                }
-                ReadAt::Anywhere(millionths) => {
-                    first_ms + (last_ms + 60_000 - first_ms) * millionths / 1_000_000
-                }
-            };
+            let read_ms = poll.read.resolve(&times_ms);
             let received_ms = read_ms + poll.rtt_ms;
             let date_ms = match poll.far {
                 Some(far) => far.sent_ms(received_ms),
