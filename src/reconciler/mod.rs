@@ -633,6 +633,7 @@ impl Reconciler {
     }
 }
 
+/// The pass's INFO line; `stopped` only when something stopped it.
 fn log_summary(summary: &PassSummary) {
     let paused = summary
         .paused_until_text()
@@ -646,7 +647,8 @@ fn log_summary(summary: &PassSummary) {
         not_found = summary.not_found,
         expired = summary.expired,
         overdue = summary.overdue,
-        stopped = summary.stopped.as_deref().unwrap_or(""),
+        // An `Option` field is left out of the line when it is `None`.
+        stopped = summary.stopped.as_deref(),
         paused_orders = summary.paused_orders,
         "reconciler pass{paused}"
     );
