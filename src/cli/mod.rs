@@ -44,6 +44,8 @@ Configuration: --config FILE (before or after the command), else $ORDERWATCH_CON
 config.toml in the current folder. Any key can be overridden from the environment as
 ORDERWATCH_<SECTION>__<KEY> (two underscores between levels), e.g.
 ORDERWATCH_SERVER__LISTEN=0.0.0.0:8080 or ORDERWATCH_SERVER__ALLOW_IPS=192.0.2.0/24,198.51.100.7.
+Logging: RUST_LOG, when set, overrides [log] level and the quieting of dependencies
+(tokio-cron-scheduler) and of the commands (warnings only), e.g. RUST_LOG=info.
 Exit codes: 0 success, 2 usage or configuration error, 1 failure at run time.";
 
 /// Keeps a durable, reconciled SQLite copy of Musement order-item statuses.

@@ -227,6 +227,27 @@ async fn scrapes_probes_and_dependencies_say_nothing_at_info() {
     );
 }
 
+/// What the test above shows, said where an operator looks: `--help` and the README say, in
+/// one sentence, that `RUST_LOG` overrides both `[log] level` and the quieting.
+#[test]
+fn help_and_readme_say_rust_log_overrides_the_level_and_the_quieting() {
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = crate::helpers::orderwatch().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = words(&String::from_utf8_lossy(&help.stdout));
+    assert!(
+        help.contains("RUST_LOG, when set, overrides [log] level and the quieting of dependencies"),
+        "{help}"
+    );
+    let readme = words(include_str!("../../README.md"));
+    assert!(
+        readme.contains(
+            "`RUST_LOG`, when set, overrides `[log] level` and the quieting of dependencies"
+        ),
+        "README.md"
+    );
+}
+
 #[test]
 fn a_reload_that_cannot_apply_a_setting_says_so_once_and_does_not_call_it_reloaded() {
     let base = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n";
