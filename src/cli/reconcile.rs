@@ -1,19 +1,20 @@
 //! `orderwatch reconcile`: one reconciler pass now, with a summary, over the orders due (the
 //! default), every order still to poll (`--all-due`), or named orders (`--order`). While it
-//! polls it shows a progress bar on a terminal, plain `polled D/T orders` lines on stderr
-//! otherwise; at the end it says how many orders are left for later, and why.
+//! polls it shows a progress bar on a terminal, plain `polled P/T orders` lines on stderr
+//! otherwise (P counting successful polls only); at the end it says how many orders it left
+//! for later, and why (not those it just polled, now scheduled for their next poll).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
 use super::{ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_config, runtime};
-use crate::clock::SystemClock;
+use crate::clock::{SystemClock, to_db_text};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reconciler::{self, PassError, PassSummary, Progress, Reconciler, Selection};
@@ -116,7 +117,7 @@ async fn run_pass(reconciler: &Reconciler, config: &Config, selection: &Selectio
             Ok(summary) => {
                 print_summary(&summary);
                 if !matches!(selection, Selection::Orders(_)) {
-                    print_left_for_later(config, selection).await;
+                    print_left_for_later(config, selection, &summary.recorded).await;
                 }
                 return match &summary.stopped {
                     None => ExitCode::SUCCESS,
@@ -223,6 +224,7 @@ impl ProgressOutput {
                 let bar = bar.get_or_insert_with(|| new_bar(now.total));
                 bar.set_length(now.total as u64);
                 bar.set_position(now.done as u64);
+                bar.set_message(not_polled(now));
             }
             ProgressStyleKind::Lines { printed, at } => {
                 let step = (now.total / 10).max(1);
@@ -231,7 +233,12 @@ impl ProgressOutput {
                     || now.done >= printed.done + step
                     || at.elapsed() >= LINE_EVERY;
                 if now != *printed && due {
-                    eprintln!("polled {}/{} orders", now.done, now.total);
+                    eprintln!(
+                        "polled {}/{} orders{}",
+                        now.polled,
+                        now.total,
+                        not_polled(now)
+                    );
                     *printed = now;
                     *at = Instant::now();
                 }
@@ -246,10 +253,20 @@ impl ProgressOutput {
     }
 }
 
+/// `, N failed or skipped` for the orders handled but not polled successfully (failed, not
+/// found, refused, or skipped after a refusal or a pause); empty when there are none.
+fn not_polled(now: Progress) -> String {
+    match now.done.saturating_sub(now.polled) {
+        0 => String::new(),
+        n => format!(", {n} failed or skipped"),
+    }
+}
+
 fn new_bar(total: usize) -> ProgressBar {
-    let style =
-        ProgressStyle::with_template("polling {bar:30} {pos}/{len} orders, {per_sec}, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "polling {bar:30} {pos}/{len} orders{msg}, {per_sec}, {eta} left",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     let bar = ProgressBar::new(total as u64).with_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -277,13 +294,16 @@ fn print_summary(summary: &PassSummary) {
 }
 
 /// What the pass left for later, and why, with how to poll it now; nothing when nothing is.
-async fn print_left_for_later(config: &Config, selection: &Selection) {
+/// The orders it `recorded` a poll for are not counted: they were polled (or tried) now and
+/// only wait for their next poll (an OK item's re-check, a backoff).
+async fn print_left_for_later(config: &Config, selection: &Selection, recorded: &[Uuid]) {
     let reader = Reader::new(&config.database.path, config.database.busy_timeout);
     let now = Utc::now();
     let soon = crate::clock::later(now, chrono_duration(config.reconciler.quiet_period));
+    let recorded = serde_json::Value::from_iter(recorded.iter().map(Uuid::to_string)).to_string();
     let backlog = reader
         .read(Duration::from_secs(10), move |conn| {
-            queries::poll_backlog(conn, now, soon)
+            backlog_not_recorded(conn, now, soon, &recorded)
         })
         .await;
     match backlog {
@@ -294,6 +314,49 @@ async fn print_left_for_later(config: &Config, selection: &Selection) {
         }
         Err(error) => eprintln!("orderwatch: cannot count the orders left for later: {error}"),
     }
+}
+
+/// As [`queries::poll_backlog`] (the same conditions and split, through the same partial
+/// index), without the orders in `recorded`, a JSON array of order UUIDs.
+fn backlog_not_recorded(
+    conn: &rusqlite::Connection,
+    now: DateTime<Utc>,
+    soon: DateTime<Utc>,
+    recorded: &str,
+) -> rusqlite::Result<PollBacklog> {
+    if recorded == "[]" {
+        return queries::poll_backlog(conn, now, soon);
+    }
+    let mut backlog = PollBacklog::default();
+    let mut statement = conn.prepare(
+        "SELECT poll_failures > 0, next_poll_at <= ?3, count(*), min(next_poll_at)
+         FROM orders INDEXED BY orders_due
+         WHERE needs_poll = 1 AND next_poll_at > ?1 AND next_poll_at <= '9999-12-31T23:59:59.999Z'
+           AND NOT coalesce(repoll_at <= ?1, 0)
+           AND order_uuid NOT IN (SELECT value FROM json_each(?2))
+         GROUP BY 1, 2",
+    )?;
+    let mut rows = statement.query(rusqlite::params![
+        to_db_text(now),
+        recorded,
+        to_db_text(soon)
+    ])?;
+    while let Some(row) = rows.next()? {
+        let (failing, by_soon, count, next): (bool, bool, i64, Option<String>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        if failing {
+            backlog.backing_off += count;
+            backlog.backing_off_next = match (backlog.backing_off_next.take(), next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        } else if by_soon {
+            backlog.soon += count;
+        } else {
+            backlog.later += count;
+        }
+    }
+    Ok(backlog)
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
