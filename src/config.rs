@@ -29,6 +29,42 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Every problem a configuration has (never none), in the order found: the cross-key rules
+/// first, then the secrets; with the warnings about it, which may explain a problem (a
+/// variable meant to set a missing key but spelled with one underscore).
+///
+/// A file that cannot be read or parsed, or a bad override, is one problem on its own: nothing
+/// further can be checked. Displayed as the problems joined by `; ` (one line, for logs);
+/// commands print [`ConfigErrors::problems`] one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors {
+    problems: Vec<ConfigError>,
+    /// What the configuration sets that has no effect (as [`Config::warnings`]).
+    pub warnings: Vec<String>,
+}
+
+impl ConfigErrors {
+    /// The problems, in the order found; never empty.
+    pub fn problems(&self) -> &[ConfigError] {
+        &self.problems
+    }
+
+    /// The first problem.
+    pub fn first(&self) -> &ConfigError {
+        &self.problems[0]
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(problem: ConfigError) -> Self {
+        Self {
+            problems: vec![problem],
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// An IP address or CIDR range, written either way in the config (`10.0.0.1`, `10.0.0.0/8`, `::1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpRange(pub IpNet);
@@ -431,14 +467,14 @@ pub enum LogFormat {
 impl Config {
     /// Reads, parses and validates the file at `path`, with this process's `ORDERWATCH_…__…`
     /// environment overrides applied.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         Self::build(&read(path)?, path, std::env::vars(), Secrets::Resolve)
     }
 
     /// [`Config::load`] that checks how each secret is given (exactly one source) without
     /// reading any: no variable need be set, no secret file exist (`check-config --offline`,
     /// for CI of a configuration repository). Credentials stay `None`.
-    pub fn load_offline(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load_offline(path: &Path) -> Result<Self, ConfigErrors> {
         Self::build(&read(path)?, path, std::env::vars(), Secrets::Check)
     }
 
@@ -446,13 +482,13 @@ impl Config {
     /// `prune`, `backup`): secrets are not read, so an operator without access to the webhook
     /// password or the API secret can still use them. Webhook auth and API credentials stay
     /// unresolved (`credentials` is `None`).
-    pub fn load_for_database(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load_for_database(path: &Path) -> Result<Self, ConfigErrors> {
         Self::build(&read(path)?, path, std::env::vars(), Secrets::Skip)
     }
 
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its
     /// folder), without environment overrides.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigErrors> {
         Self::from_toml_and_env(text, path, std::iter::empty())
     }
 
@@ -461,16 +497,19 @@ impl Config {
         text: &str,
         path: &Path,
         vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, ConfigErrors> {
         Self::build(text, path, vars, Secrets::Resolve)
     }
 
+    /// Parses, then checks everything that can be checked independently: every cross-key rule,
+    /// then every secret, so a new configuration's problems come all at once rather than one
+    /// per attempt.
     fn build(
         text: &str,
         path: &Path,
         vars: impl IntoIterator<Item = (String, String)>,
         secrets: Secrets,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, ConfigErrors> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let overrides = sources::overrides(vars.iter().cloned()).map_err(|reason| ConfigError {
             file: path.to_owned(),
@@ -479,11 +518,17 @@ impl Config {
         })?;
         let mut config = parse(text, path, &overrides)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve(base, path, secrets)?;
-        config.validate(path)?;
+        config.resolve_paths(base);
+        let mut problems = config.problems(path);
+        problems.extend(config.resolve_secrets(path, secrets));
         let named = config.variables_named();
-        config.warnings =
-            sources::unused_variables(vars.iter().map(|(var, _)| var.as_str()), &named);
+        let warnings = sources::unused_variables(vars.iter().map(|(var, _)| var.as_str()), &named);
+        if !problems.is_empty() {
+            // The warnings go with the problems: a variable that sets nothing may be why a key
+            // is missing.
+            return Err(ConfigErrors { problems, warnings });
+        }
+        config.warnings = warnings;
         Ok(config)
     }
 
@@ -502,51 +547,74 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
-        relative_to(base, &mut self.database.path);
+    /// Resolves the relative paths (the database, the secret files) against `base`, the
+    /// config file's folder.
+    fn resolve_paths(&mut self, base: &Path) {
+        let auth = self.server.auth.as_mut();
+        let musement = &mut self.musement;
+        let paths = [Some(&mut self.database.path)]
+            .into_iter()
+            .chain(auth.into_iter().flat_map(|auth| {
+                [
+                    auth.password_file.as_mut(),
+                    auth.previous_password_file.as_mut(),
+                ]
+            }))
+            .chain([
+                musement.client_id_file.as_mut(),
+                musement.client_secret_file.as_mut(),
+            ]);
+        for path in paths.flatten() {
+            relative_to(base, path);
+        }
+    }
+
+    /// Loads the secrets (with [`Secrets::Check`], only checks how each is given); the
+    /// problems with each, independently.
+    fn resolve_secrets(&mut self, file: &Path, secrets: Secrets) -> Vec<ConfigError> {
         if secrets == Secrets::Skip {
-            return Ok(());
+            return Vec::new();
         }
+        let mut problems = Vec::new();
         if let Some(auth) = &mut self.server.auth {
-            auth.resolve(base, file, secrets)?;
+            problems.extend(auth.resolve(file, secrets));
         }
-        self.musement.resolve(base, file, secrets)
+        problems.extend(self.musement.resolve(file, secrets));
+        problems
     }
 }
 
 impl AuthConfig {
     /// Loads the password and, when one is configured, the previous password (with
-    /// [`Secrets::Check`], only checks how each is given).
-    fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
-        for path in [&mut self.password_file, &mut self.previous_password_file]
-            .into_iter()
-            .flatten()
-        {
-            relative_to(base, path);
-        }
+    /// [`Secrets::Check`], only checks how each is given); a problem with each.
+    fn resolve(&mut self, file: &Path, secrets: Secrets) -> Vec<ConfigError> {
         let current = SecretSource {
             key: "server.auth.password",
             value: self.password.as_ref().map(Secret::expose),
             env: self.password_env.as_deref(),
             file: self.password_file.as_deref(),
-        };
-        let previous = SecretSource {
-            key: "server.auth.previous_password",
-            value: self.previous_password.as_ref().map(Secret::expose),
-            env: self.previous_password_env.as_deref(),
-            file: self.previous_password_file.as_deref(),
-        };
-        let password = current.load(file, secrets)?;
-        let previous_password = if self.has_previous_password() {
-            previous.load(file, secrets)?
-        } else {
-            None
-        };
-        if let Some(password) = password {
-            self.resolved_password = password;
         }
-        self.resolved_previous_password = previous_password;
-        Ok(())
+        .load(file, secrets);
+        let previous = self.has_previous_password().then(|| {
+            SecretSource {
+                key: "server.auth.previous_password",
+                value: self.previous_password.as_ref().map(Secret::expose),
+                env: self.previous_password_env.as_deref(),
+                file: self.previous_password_file.as_deref(),
+            }
+            .load(file, secrets)
+        });
+        let mut problems = Vec::new();
+        match current {
+            Ok(password) => self.resolved_password = password.unwrap_or_default(),
+            Err(problem) => problems.push(problem),
+        }
+        match previous {
+            Some(Ok(password)) => self.resolved_previous_password = password,
+            Some(Err(problem)) => problems.push(problem),
+            None => self.resolved_previous_password = None,
+        }
+        problems
     }
 }
 
@@ -564,35 +632,32 @@ impl MusementConfig {
 
     /// Loads `client_id` and `client_secret` from whichever source each uses (with
     /// [`Secrets::Check`], only checks how each is given). Neither set means "no credentials";
-    /// one without the other is an error.
-    fn resolve(&mut self, base: &Path, file: &Path, secrets: Secrets) -> Result<(), ConfigError> {
-        for path in [&mut self.client_id_file, &mut self.client_secret_file]
-            .into_iter()
-            .flatten()
-        {
-            relative_to(base, path);
-        }
+    /// one without the other is a problem; each is checked on its own.
+    fn resolve(&mut self, file: &Path, secrets: Secrets) -> Vec<ConfigError> {
         if !self.credentials_configured() {
-            return Ok(());
+            return Vec::new();
         }
         let id = SecretSource {
             key: "musement.client_id",
             value: self.client_id.as_deref(),
             env: self.client_id_env.as_deref(),
             file: self.client_id_file.as_deref(),
-        };
+        }
+        .load(file, secrets);
         let secret = SecretSource {
             key: "musement.client_secret",
             value: self.client_secret.as_ref().map(Secret::expose),
             env: self.client_secret_env.as_deref(),
             file: self.client_secret_file.as_deref(),
-        };
-        let id = id.load(file, secrets)?;
-        let secret = secret.load(file, secrets)?;
-        if let (Some(id), Some(secret)) = (id, secret) {
-            self.credentials = Some((id.expose().to_owned(), secret));
         }
-        Ok(())
+        .load(file, secrets);
+        match (id, secret) {
+            (Ok(Some(id)), Ok(Some(secret))) => {
+                self.credentials = Some((id.expose().to_owned(), secret));
+                Vec::new()
+            }
+            (id, secret) => [id.err(), secret.err()].into_iter().flatten().collect(),
+        }
     }
 }
 
@@ -689,8 +754,17 @@ mod tests {
     use super::secret::MASK;
     use super::*;
 
+    /// The configuration, or its first problem.
     fn load(text: &str) -> Result<Config, ConfigError> {
+        load_all(text).map_err(|errors| errors.first().clone())
+    }
+
+    fn load_all(text: &str) -> Result<Config, ConfigErrors> {
         Config::from_toml(text, Path::new("/etc/orderwatch/config.toml"))
+    }
+
+    fn keys(errors: &ConfigErrors) -> Vec<&str> {
+        errors.problems().iter().map(|p| p.key.as_str()).collect()
     }
 
     #[test]
@@ -890,8 +964,11 @@ mod tests {
 
     #[test]
     fn musement_credentials_come_in_pairs_and_need_an_application() {
-        let err = load("[musement]\nclient_id = \"id\"\n").unwrap_err();
-        assert_eq!(err.key, "musement.client_secret");
+        let err = load_all("[musement]\nclient_id = \"id\"\n").unwrap_err();
+        assert_eq!(
+            keys(&err),
+            ["musement.application", "musement.client_secret"]
+        );
         let err = load("[musement]\nclient_id = \"id\"\nclient_secret = \"s3cret\"\n").unwrap_err();
         assert_eq!(err.key, "musement.application");
         let config = load(
@@ -901,6 +978,43 @@ mod tests {
         let (id, secret) = config.musement.credentials.clone().unwrap();
         assert_eq!((id.as_str(), secret.expose()), ("id", "s3cret"));
         assert!(!config.to_masked_toml().contains("s3cret"));
+    }
+
+    /// Independent problems come out together, each naming its key: the rules that span keys
+    /// (one problem per key), then the secrets, each on its own; no secret value in any.
+    #[test]
+    fn every_independent_problem_is_reported_at_once() {
+        let err = load_all(
+            "[server]\npath = \"metrics\"\nmax_connections = 0\n\
+             [server.auth]\nusername = \"a:b\"\npassword = \"\"\n\
+             previous_password_env = \"ORDERWATCH_TEST_UNSET_OLD\"\n\
+             [musement]\nclient_id = \"id\"\nclient_secret_env = \"ORDERWATCH_TEST_UNSET_SECRET\"\n\
+             [reconciler]\nconcurrency = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "server.path",
+                "server.max_connections",
+                "server.auth.username",
+                "musement.application",
+                "reconciler.concurrency",
+                "server.auth.password",
+                "server.auth.previous_password_env",
+                "musement.client_secret_env",
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "one line for a log: {text}");
+        assert_eq!(text.matches("/etc/orderwatch/config.toml: ").count(), 8);
+        // A single problem reads as before.
+        let one = load_all("[store]\nmax_batch = 0\n").unwrap_err();
+        assert_eq!(
+            one.to_string(),
+            "/etc/orderwatch/config.toml: store.max_batch: must be at least 1"
+        );
     }
 
     #[test]

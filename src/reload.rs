@@ -165,7 +165,7 @@ fn split(changes: &[Change]) -> (Vec<&Change>, Vec<&Change>) {
 /// What would run: the running configuration with every reloadable value taken from `new`.
 /// It must be valid as a whole: e.g. dropping `[server.auth]` is refused while the daemon still
 /// listens on a public address (a change of `listen` waits for a restart).
-fn combine(running: &Config, new: &Config) -> Result<Config, crate::config::ConfigError> {
+fn combine(running: &Config, new: &Config) -> Result<Config, crate::config::ConfigErrors> {
     let mut candidate = running.clone();
     take_reloadable(&mut candidate, new);
     candidate.validate(Path::new("the reloaded configuration"))?;
@@ -378,7 +378,7 @@ mod tests {
         );
         let new = config("[server]\nlisten = \"127.0.0.1:8080\"\n");
         let refused = combine(&running, &new).unwrap_err();
-        assert!(refused.key.starts_with("server"), "{refused}");
+        assert!(refused.first().key.starts_with("server"), "{refused}");
         // With auth kept, the same reload is fine (and the listen change waits).
         let kept = config(
             "[server]\nlisten = \"127.0.0.1:8080\"\nallow_ips = [\"192.0.2.1\"]\n[server.auth]\nusername = \"u\"\npassword = \"p\"\n",

@@ -7,7 +7,8 @@ use crate::config::{Config, annotate};
 
 /// Validate the configuration and print it, secrets masked, each value with where it came from.
 ///
-/// Exit 0 when valid, 2 with one line naming the file, the key and the reason when not.
+/// Exit 0 when valid, 2 when not, with one line per problem naming the file, the key and the
+/// reason (every problem found at once: the rules that span keys, then each secret).
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     /// Validate without reading any secret: a password or client secret must be named by

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigErrors};
 
 /// Exit code for usage and configuration errors.
 pub const EXIT_CONFIG: u8 = 2;
@@ -44,6 +44,8 @@ Configuration: --config FILE (before or after the command), else $ORDERWATCH_CON
 config.toml in the current folder. Any key can be overridden from the environment as
 ORDERWATCH_<SECTION>__<KEY> (two underscores between levels), e.g.
 ORDERWATCH_SERVER__LISTEN=0.0.0.0:8080 or ORDERWATCH_SERVER__ALLOW_IPS=192.0.2.0/24,198.51.100.7.
+Logging: RUST_LOG, when set, overrides [log] level and the quieting of dependencies
+(tokio-cron-scheduler) and of the commands (warnings only), e.g. RUST_LOG=info.
 Exit codes: 0 success, 2 usage or configuration error, 1 failure at run time.";
 
 /// Keeps a durable, reconciled SQLite copy of Musement order-item statuses.
@@ -157,15 +159,22 @@ fn print_warnings(config: &Config) {
     }
 }
 
-/// The configuration, or the exit code after saying why it did not load (a missing file says
-/// where it was looked for and how to name another).
-fn loaded(config: &ConfigFile, result: Result<Config, ConfigError>) -> Result<Config, ExitCode> {
+/// The configuration, or the exit code after saying why it did not load: every problem, one
+/// line each, after the warnings (a missing file says where it was looked for and how to name
+/// another).
+fn loaded(config: &ConfigFile, result: Result<Config, ConfigErrors>) -> Result<Config, ExitCode> {
     match result {
         Ok(loaded) => Ok(loaded),
-        Err(error) => {
-            match missing_file_hint(config) {
-                Some(hint) => eprintln!("orderwatch: {error}; {hint}"),
-                None => eprintln!("orderwatch: {error}"),
+        Err(errors) => {
+            for warning in &errors.warnings {
+                eprintln!("orderwatch: warning: {warning}");
+            }
+            let hint = missing_file_hint(config);
+            for problem in errors.problems() {
+                match &hint {
+                    Some(hint) => eprintln!("orderwatch: {problem}; {hint}"),
+                    None => eprintln!("orderwatch: {problem}"),
+                }
             }
             Err(ExitCode::from(EXIT_CONFIG))
         }

@@ -1,7 +1,8 @@
 //! `orderwatch reconcile`: one reconciler pass now, with a summary, over the orders due (the
 //! default), every order still to poll (`--all-due`), or named orders (`--order`). While it
-//! polls it shows a progress bar on a terminal, plain `polled D/T orders` lines on stderr
-//! otherwise; at the end it says how many orders are left for later, and why.
+//! polls it shows a progress bar on a terminal, plain `polled P/T orders` lines on stderr
+//! otherwise (P counting successful polls only); at the end it says how many orders it left
+//! for later, and why (not those it just polled, now scheduled for their next poll).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -116,7 +117,7 @@ async fn run_pass(reconciler: &Reconciler, config: &Config, selection: &Selectio
             Ok(summary) => {
                 print_summary(&summary);
                 if !matches!(selection, Selection::Orders(_)) {
-                    print_left_for_later(config, selection).await;
+                    print_left_for_later(config, selection, &summary.recorded).await;
                 }
                 return match &summary.stopped {
                     None => ExitCode::SUCCESS,
@@ -223,6 +224,7 @@ impl ProgressOutput {
                 let bar = bar.get_or_insert_with(|| new_bar(now.total));
                 bar.set_length(now.total as u64);
                 bar.set_position(now.done as u64);
+                bar.set_message(not_polled(now));
             }
             ProgressStyleKind::Lines { printed, at } => {
                 let step = (now.total / 10).max(1);
@@ -231,7 +233,12 @@ impl ProgressOutput {
                     || now.done >= printed.done + step
                     || at.elapsed() >= LINE_EVERY;
                 if now != *printed && due {
-                    eprintln!("polled {}/{} orders", now.done, now.total);
+                    eprintln!(
+                        "polled {}/{} orders{}",
+                        now.polled,
+                        now.total,
+                        not_polled(now)
+                    );
                     *printed = now;
                     *at = Instant::now();
                 }
@@ -246,10 +253,20 @@ impl ProgressOutput {
     }
 }
 
+/// `, N failed or skipped` for the orders handled but not polled successfully (failed, not
+/// found, refused, or skipped after a refusal or a pause); empty when there are none.
+fn not_polled(now: Progress) -> String {
+    match now.done.saturating_sub(now.polled) {
+        0 => String::new(),
+        n => format!(", {n} failed or skipped"),
+    }
+}
+
 fn new_bar(total: usize) -> ProgressBar {
-    let style =
-        ProgressStyle::with_template("polling {bar:30} {pos}/{len} orders, {per_sec}, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "polling {bar:30} {pos}/{len} orders{msg}, {per_sec}, {eta} left",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     let bar = ProgressBar::new(total as u64).with_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -277,13 +294,16 @@ fn print_summary(summary: &PassSummary) {
 }
 
 /// What the pass left for later, and why, with how to poll it now; nothing when nothing is.
-async fn print_left_for_later(config: &Config, selection: &Selection) {
+/// The orders it `recorded` a poll for are not counted: they were polled (or tried) now and
+/// only wait for their next poll (an OK item's re-check, a backoff).
+async fn print_left_for_later(config: &Config, selection: &Selection, recorded: &[Uuid]) {
     let reader = Reader::new(&config.database.path, config.database.busy_timeout);
     let now = Utc::now();
     let soon = crate::clock::later(now, chrono_duration(config.reconciler.quiet_period));
+    let recorded = recorded.to_vec();
     let backlog = reader
         .read(Duration::from_secs(10), move |conn| {
-            queries::poll_backlog(conn, now, soon)
+            queries::poll_backlog(conn, now, soon, &recorded)
         })
         .await;
     match backlog {

@@ -82,6 +82,10 @@ pub struct PassSummary {
     /// Due orders this pass left unpolled because of that pause. They are not failures and do
     /// not back off: they stay due and are polled once the pause ends.
     pub paused_orders: usize,
+    /// The orders whose poll this pass recorded (polled, failed, or not found), in no order:
+    /// they are scheduled for their next poll now, which `orderwatch reconcile` does not count
+    /// as left for later.
+    pub recorded: Vec<Uuid>,
 }
 
 impl PassSummary {
@@ -100,12 +104,14 @@ impl PassSummary {
     }
 }
 
-/// How far the running (or last) pass is: `done` of `total` orders handled. A new pass starts
-/// at `0/total` once it knows what is due.
+/// How far the running (or last) pass is: `done` of `total` orders handled, `polled` of them
+/// successfully. A new pass starts at `0/total` once it knows what is due.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Orders polled (or skipped) so far in this pass.
+    /// Orders handled so far in this pass: polled, failed, not found, or skipped.
     pub done: usize,
+    /// Of those, the orders polled successfully (what [`PassSummary::polled`] counts).
+    pub polled: usize,
     /// Orders this pass polls (due and not past `max_age`).
     pub total: usize,
 }
@@ -343,7 +349,11 @@ impl Reconciler {
         if let Some(label) = label {
             self.metrics.count_orders(label, 1);
         }
-        self.progress.send_modify(|p| p.done += 1);
+        let polled = matches!(result, PollResult::Polled { .. });
+        self.progress.send_modify(|p| {
+            p.done += 1;
+            p.polled += usize::from(polled);
+        });
     }
 
     /// Renews the lease until the pass ends (this future is dropped then); resolves only if
@@ -404,15 +414,28 @@ impl Reconciler {
         self.metrics.count_orders("expired", summary.expired);
 
         let total = to_poll.len();
-        self.progress.send_replace(Progress { done: 0, total });
+        self.progress.send_replace(Progress {
+            total,
+            ..Progress::default()
+        });
         let credentials_refused = AtomicBool::new(false);
-        let results: Vec<PollResult> = futures_util::stream::iter(to_poll)
-            .map(|due| self.poll_one(due.order, &credentials_refused))
+        let results: Vec<(Uuid, PollResult)> = futures_util::stream::iter(to_poll)
+            .map(|due| {
+                let order = due.order;
+                let credentials_refused = &credentials_refused;
+                async move { (order, self.poll_one(order, credentials_refused).await) }
+            })
             .buffer_unordered(self.settings.concurrency.max(1))
-            .inspect(|result| self.count_order(result))
+            .inspect(|(_, result)| self.count_order(result))
             .collect()
             .await;
-        for result in results {
+        for (order, result) in results {
+            if matches!(
+                result,
+                PollResult::Polled { .. } | PollResult::Failed | PollResult::NotFound
+            ) {
+                summary.recorded.push(order);
+            }
             match result {
                 PollResult::Polled { changed } => {
                     summary.polled += 1;
@@ -630,6 +653,7 @@ impl Reconciler {
     }
 }
 
+/// The pass's INFO line; `stopped` only when something stopped it.
 fn log_summary(summary: &PassSummary) {
     let paused = summary
         .paused_until_text()
@@ -643,7 +667,8 @@ fn log_summary(summary: &PassSummary) {
         not_found = summary.not_found,
         expired = summary.expired,
         overdue = summary.overdue,
-        stopped = summary.stopped.as_deref().unwrap_or(""),
+        // An `Option` field is left out of the line when it is `None`.
+        stopped = summary.stopped.as_deref(),
         paused_orders = summary.paused_orders,
         "reconciler pass{paused}"
     );

@@ -100,21 +100,30 @@ pub struct PollBacklog {
 }
 
 /// [`PollBacklog`] at `now`, from the partial index of orders still to poll; `soon` splits
-/// the orders scheduled with no failure.
+/// the orders scheduled with no failure. The orders in `except` are not counted (a pass that
+/// just polled them: they only wait for their next poll).
 pub fn poll_backlog(
     conn: &Connection,
     now: DateTime<Utc>,
     soon: DateTime<Utc>,
+    except: &[Uuid],
 ) -> rusqlite::Result<PollBacklog> {
     let mut backlog = PollBacklog::default();
+    let except = serde_json::Value::from_iter(except.iter().map(Uuid::to_string)).to_string();
     let mut statement = conn.prepare_cached(
         "SELECT poll_failures > 0, next_poll_at <= ?3, count(*), min(next_poll_at)
          FROM orders INDEXED BY orders_due
          WHERE needs_poll = 1 AND next_poll_at > ?1 AND next_poll_at <= ?2
            AND NOT coalesce(repoll_at <= ?1, 0)
+           AND order_uuid NOT IN (SELECT value FROM json_each(?4))
          GROUP BY 1, 2",
     )?;
-    let mut rows = statement.query(params![to_db_text(now), AFTER_EVERY_TIME, to_db_text(soon)])?;
+    let mut rows = statement.query(params![
+        to_db_text(now),
+        AFTER_EVERY_TIME,
+        to_db_text(soon),
+        except
+    ])?;
     while let Some(row) = rows.next()? {
         let (failing, by_soon, count, next): (bool, bool, i64, Option<String>) =
             (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);

@@ -130,6 +130,55 @@ fn config_errors_exit_2_with_one_line_naming_file_key_and_reason() {
     assert_eq!(code, 2, "usage errors exit 2 too");
 }
 
+/// Issue 19: a new user's independent mistakes come out together, one line each naming its
+/// key (rules that span keys first, then the secrets), not one per attempt; no secret is
+/// printed, and a variable that sets nothing (perhaps the intended fix) is said with them.
+#[test]
+fn every_independent_config_problem_is_reported_at_once_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[server.auth]\nusername = \"musement\"\n\
+             password = \"{SECRET}\"\nprevious_password_file = \"old-password\"\n\
+             [musement]\nbase_url = \"http://127.0.0.1:9/api/v3\"\nclient_id = \"acme-id\"\n\
+             client_secret_env = \"CLI_UNSET_CLIENT_SECRET\"\n[reconciler]\ninterval = \"0s\"\n"
+        ),
+    );
+    let path = path.to_str().unwrap();
+    for command in ["check-config", "run"] {
+        let (code, stdout, stderr) = orderwatch_with_env(
+            &[command, "--config", path],
+            &[("ORDERWATCH_MUSEMENT_APPLICATION", "acme")],
+        );
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(stdout.is_empty(), "{command}: {stdout}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        let missing = dir.path().join("old-password");
+        let expected = [
+            "warning: ORDERWATCH_MUSEMENT_APPLICATION is set but matches no".to_owned(),
+            format!("{path}: musement.application: is required with API credentials"),
+            format!("{path}: reconciler.interval: must be at least 1s"),
+            format!(
+                "{path}: server.auth.previous_password_file: cannot read {}",
+                missing.display()
+            ),
+            format!(
+                "{path}: musement.client_secret_env: environment variable \
+                 CLI_UNSET_CLIENT_SECRET is not set"
+            ),
+        ];
+        assert_eq!(lines.len(), expected.len(), "{command}: {stderr}");
+        for (line, expected) in lines.iter().zip(&expected) {
+            assert!(
+                line.starts_with(&format!("orderwatch: {expected}")),
+                "{command}: {expected:?} in {stderr}"
+            );
+        }
+        assert!(!stderr.contains(SECRET), "{stderr}");
+    }
+}
+
 /// Issue 11 defect #4: userinfo in `[musement] base_url` must not pass the "plain http only on
 /// loopback" check: the host that would get the client secret in clear is the one after `@`.
 #[test]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::db::{column, row, rows, value};
-use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
+use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::process::{lines_of, signal, wait_bounded};
 use crate::helpers::{
     Daemon, assert_one_line_error, cli, config_file, config_for, fixture, read_repo_file,
@@ -444,6 +444,85 @@ async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_
         stderr.contains("orderwatch: the pass stopped early: login refused (HTTP 401)"),
         "{stderr}"
     );
+}
+
+/// Issue 19: what `reconcile` says is left for later leaves out the orders it just polled
+/// (now waiting for an OK item's re-check) or tried (now backing off), with or without
+/// `--all-due`; a later pass that does not poll them counts them, with the reason. The
+/// progress lines count successful polls only: refused credentials are not "polled 1/1".
+#[test]
+fn reconcile_does_not_count_what_it_just_polled_as_left_for_later() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeMusement::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &config_for(&fake, ""));
+    // An OK item with a voucher and its activity ahead: re-checked every recheck_interval.
+    let (rechecked, failing, pending) = (new_uuid(), new_uuid(), new_uuid());
+    let mut ahead = order_json(rechecked, &[(new_uuid(), "OK")]);
+    ahead["items"][0]["product"]["date"] = "2099-06-01 10:00".into();
+    fake.put_order(ahead);
+    fake.put_order(order_json(failing, &[(new_uuid(), "PENDING")]));
+    fake.put_order(order_json(pending, &[(new_uuid(), "PENDING")]));
+    for _ in 0..2 {
+        fake.push_response(&format!("/orders/{failing}"), FakeResponse::status(503));
+    }
+    let orders = [rechecked, failing, pending].map(|o| o.to_string());
+    ok(&config, &["watch", &orders[0], &orders[1], &orders[2]]);
+
+    for args in [&["reconcile"][..], &["reconcile", "--all-due"]] {
+        let (code, stdout, stderr) = ow(&config, args);
+        assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stdout.starts_with("orders due: 3, polled: 2, items changed: ")
+                && stdout.contains("failures: 1,"),
+            "{args:?}: {stdout}"
+        );
+        assert!(
+            !stdout.contains("left for later"),
+            "{args:?}: the three were just polled or tried: {stdout}"
+        );
+        assert!(
+            stderr.contains("polled 2/3 orders, 1 failed or skipped"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A pass over the orders due polls the PENDING one only: the other two are left for later.
+    let (code, stdout, stderr) = ow(&config, &["reconcile"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("orders due: 1, polled: 1,"), "{stdout}");
+    let left = stdout
+        .lines()
+        .find(|l| l.starts_with("left for later: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        left.starts_with("left for later: 2 order(s): 1 due later (settled OK items, ")
+            && left.contains("; 1 backing off after failed polls, the first due at "),
+        "{left}"
+    );
+
+    // Refused credentials: the one order handled is not counted as polled.
+    let refused = dir.path().join("refused.toml");
+    std::fs::write(
+        &refused,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(FakeMusement::CLIENT_SECRET, "not-the-secret"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = ow(&refused, &["reconcile", "--order", &orders[2]]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.starts_with("orders due: 1, polled: 0,"), "{stdout}");
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("polled "))
+        .collect();
+    assert_eq!(
+        progress.last(),
+        Some(&"polled 0/1 orders, 1 failed or skipped"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("polled 1/1"), "{stderr}");
+    runtime.block_on(async { drop(fake) });
 }
 
 /// `stats` says whether the configuration turns the reconciler on and counts the orders still

@@ -139,6 +139,42 @@ async fn json_lines_are_flat_events_with_readable_values_and_a_complete_start_up
     }
 }
 
+/// A pass's summary line has `stopped` only when something stopped the pass: not an empty
+/// `stopped=""` on every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_summary_names_stopped_only_when_the_pass_stopped() {
+    let fake = FakeMusement::start().await;
+    let order = new_uuid();
+    fake.put_order(order_json(order, &[(new_uuid(), "PENDING")]));
+    for (secret, stopped) in [
+        (CLIENT_SECRET, None),
+        ("not-the-client-secret", Some("login refused (HTTP 401)")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&fake).replace(CLIENT_SECRET, secret);
+        watch_before_start(dir.path(), &config, &[order]).await;
+        let daemon = Daemon::start(dir, &config);
+        let lines = startup_lines(&daemon, "reconciler pass");
+        let events = flat_events(&lines);
+        let pass = with_message(&events, "reconciler pass");
+        assert_eq!(pass.len(), 1, "{lines:#?}");
+        let pass = pass[0];
+        match stopped {
+            None => {
+                assert_eq!(pass["polled"], 1, "{pass}");
+                assert!(pass.get("stopped").is_none(), "{pass}");
+            }
+            Some(why) => {
+                assert_eq!(pass["polled"], 0, "{pass}");
+                assert!(
+                    pass["stopped"].as_str().is_some_and(|s| s.contains(why)),
+                    "{pass}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrapes_probes_and_dependencies_say_nothing_at_info() {
     let fake = FakeMusement::start().await;
@@ -188,6 +224,27 @@ async fn scrapes_probes_and_dependencies_say_nothing_at_info() {
             .unwrap_or("")
             .starts_with("tokio_cron_scheduler")),
         "RUST_LOG=info shows tokio_cron_scheduler's INFO lines: {lines:#?}"
+    );
+}
+
+/// What the test above shows, said where an operator looks: `--help` and the README say, in
+/// one sentence, that `RUST_LOG` overrides both `[log] level` and the quieting.
+#[test]
+fn help_and_readme_say_rust_log_overrides_the_level_and_the_quieting() {
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = crate::helpers::orderwatch().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = words(&String::from_utf8_lossy(&help.stdout));
+    assert!(
+        help.contains("RUST_LOG, when set, overrides [log] level and the quieting of dependencies"),
+        "{help}"
+    );
+    let readme = words(include_str!("../../README.md"));
+    assert!(
+        readme.contains(
+            "`RUST_LOG`, when set, overrides `[log] level` and the quieting of dependencies"
+        ),
+        "README.md"
     );
 }
 

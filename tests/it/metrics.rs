@@ -410,7 +410,11 @@ async fn reconciler_and_api_metrics_follow_the_passes() {
     assert_eq!((summary.polled, summary.failures), (2, 1));
     assert_eq!(
         *h.reconciler.progress().borrow(),
-        Progress { done: 3, total: 3 }
+        Progress {
+            done: 3,
+            polled: 2,
+            total: 3
+        }
     );
     let calls = "orderwatch_musement_requests_total";
     let logins = "orderwatch_musement_logins_total";
