@@ -250,6 +250,28 @@ impl PayloadError {
 }
 
 impl Observation {
+    /// An observation of `status` at `position`, with no facts and no raw text: what the rule
+    /// needs and nothing else (property tests, the fuzzer, benchmarks of the rule).
+    pub fn bare(
+        item: Uuid,
+        order: Uuid,
+        status: Status,
+        position: Position,
+        received_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            item,
+            order,
+            status,
+            position,
+            item_created: None,
+            order_facts: OrderFacts::default(),
+            item_facts: ItemFacts::default(),
+            received_at,
+            raw: String::new(),
+        }
+    }
+
     /// Parses a Musement order-item webhook body (the ten documented fields; extra fields are
     /// ignored) received at `received_at`.
     pub fn from_webhook(body: &[u8], received_at: DateTime<Utc>) -> Result<Self, PayloadError> {

@@ -28,7 +28,7 @@
 use arbitrary::Arbitrary;
 use chrono::{DateTime, Duration, Utc};
 use libfuzzer_sys::fuzz_target;
-use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Source, Status};
+use orderwatch::observation::{ItemFacts, Observation, Position, Source, Status};
 use orderwatch::store::{ItemState, Outcome, Rules, decide};
 use uuid::Uuid;
 
@@ -163,17 +163,13 @@ fn observation(step: &Step) -> Observation {
             date.four_digit_year(),
         ),
     };
-    Observation {
-        item: Uuid::nil(),
-        order: Uuid::nil(),
-        status: status(status_pick),
+    Observation::bare(
+        Uuid::nil(),
+        Uuid::nil(),
+        status(status_pick),
         position,
-        item_created: None,
-        order_facts: OrderFacts::default(),
-        item_facts: ItemFacts::default(),
         received_at,
-        raw: String::new(),
-    }
+    )
 }
 
 fuzz_target!(|case: Case| {
@@ -206,8 +202,10 @@ fuzz_target!(|case: Case| {
         };
         let time = orderwatch::store::rule::musement_time(&observation, &rules);
         let recovered = match observation.position {
-            Position::Webhook { version, .. } => old.item_version.is_some_and(|seen| version < seen)
-                && decision.outcome == Outcome::Applied,
+            Position::Webhook { version, .. } => {
+                old.item_version.is_some_and(|seen| version < seen)
+                    && decision.outcome == Outcome::Applied
+            }
             Position::Poll { .. } => false,
         };
         if recovered {
@@ -236,8 +234,7 @@ fuzz_target!(|case: Case| {
         }
         if decision.writes_facts {
             assert!(
-                observation.position.source() == Source::Poll
-                    && decision.outcome != Outcome::Stale,
+                observation.position.source() == Source::Poll && decision.outcome != Outcome::Stale,
                 "{:?} wrote facts on {observation:?}",
                 decision.outcome
             );

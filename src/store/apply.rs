@@ -12,7 +12,7 @@ use super::rule::{
 };
 use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
-use crate::observation::{ItemFacts, Observation, Position, Source};
+use crate::observation::{ItemFacts, Observation, OrderFacts, Position, Source};
 use crate::telemetry;
 
 /// The longest a persistent doubt pushes an order's re-poll out.
@@ -132,6 +132,7 @@ fn write_order(
     if stored.as_ref() == Some(&decided) {
         return Ok(());
     }
+    let facts = &decided.facts;
     conn.prepare_cached(
         "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated,
                              order_status, identifier, order_polled_as_of, first_seen_at)
@@ -147,12 +148,12 @@ fn write_order(
     )?
     .execute(params![
         order_uuid,
-        decided.id,
-        decided.version,
-        decided.created.map(to_db_text),
-        decided.updated.map(to_db_text),
-        decided.status,
-        decided.identifier,
+        facts.id,
+        facts.version,
+        facts.created.map(to_db_text),
+        facts.updated.map(to_db_text),
+        facts.status,
+        facts.identifier,
         decided.polled_as_of.map(to_db_text),
         to_db_text(now),
     ])?;
@@ -178,12 +179,14 @@ fn load_order(conn: &Connection, order_uuid: &str) -> rusqlite::Result<Option<Or
             Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
         };
         Ok(OrderState {
-            id: text(0, "order_id")?,
-            version: cells::integer(row.get_ref(1)?, place("order_version")).unwrap_or(None),
-            created: time(2, "order_created")?,
-            updated: time(3, "order_updated")?,
-            status: text(4, "order_status")?,
-            identifier: text(5, "identifier")?,
+            facts: OrderFacts {
+                id: text(0, "order_id")?,
+                version: cells::integer(row.get_ref(1)?, place("order_version")).unwrap_or(None),
+                created: time(2, "order_created")?,
+                updated: time(3, "order_updated")?,
+                status: text(4, "order_status")?,
+                identifier: text(5, "identifier")?,
+            },
             polled_as_of: time(6, "order_polled_as_of")?,
         })
     })
@@ -554,28 +557,29 @@ mod tests {
             })
             .unwrap()
         };
-        let only_status = Observation {
-            order_facts: OrderFacts {
-                status: Some("PENDING".into()),
-                ..OrderFacts::default()
-            },
-            ..poll("PENDING", "PENDING", 10)
-        };
-        apply(&conn, &only_status, at(10)).unwrap();
-        assert_eq!(order_facts(&conn), (Some("PENDING".into()), None));
-        let only_identifier = Observation {
-            order_facts: OrderFacts {
-                identifier: Some("MUS0738876".into()),
-                ..OrderFacts::default()
-            },
-            ..poll("OK", "OK", 20)
-        };
-        apply(&conn, &only_identifier, at(20)).unwrap();
-        assert_eq!(
-            order_facts(&conn),
-            (Some("PENDING".into()), Some("MUS0738876".into())),
-            "a fact the poll leaves out keeps its value"
-        );
+        // (poll's order status, its identifier, its time) → the stored pair after it.
+        let steps = [
+            ((Some("PENDING"), None), 10, (Some("PENDING"), None)),
+            // A fact the poll leaves out keeps its value.
+            (
+                (None, Some("MUS0738876")),
+                20,
+                (Some("PENDING"), Some("MUS0738876")),
+            ),
+        ];
+        for ((status, identifier), time, stored) in steps {
+            let observation = Observation {
+                order_facts: OrderFacts {
+                    status: status.map(str::to_owned),
+                    identifier: identifier.map(str::to_owned),
+                    ..OrderFacts::default()
+                },
+                ..poll("PENDING", "PENDING", time)
+            };
+            apply(&conn, &observation, at(time)).unwrap();
+            let stored = (stored.0.map(str::to_owned), stored.1.map(str::to_owned));
+            assert_eq!(order_facts(&conn), stored, "after the poll at {time}");
+        }
     }
 
     #[test]

@@ -64,21 +64,14 @@ pub struct ItemState {
     pub item_updated: Option<DateTime<Utc>>,
 }
 
-/// The order-level facts stored in `orders`, as the rule decides them.
+/// The order-level facts stored in `orders`, as the rule decides them: the same facts an
+/// observation brings ([`OrderFacts`]: `id` and `created` the first known, `version` the
+/// highest webhook `order_version` with its `updated`, `status` and `identifier` of the latest
+/// poll that had them), and the time of that poll.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderState {
-    /// Webhook `order_id`: the first one known.
-    pub id: Option<String>,
-    /// Highest webhook `order_version` seen.
-    pub version: Option<i64>,
-    /// Webhook `order_created`: the first one known.
-    pub created: Option<DateTime<Utc>>,
-    /// `order_updated` of the webhook with the highest `order_version`.
-    pub updated: Option<DateTime<Utc>>,
-    /// Polled order status, of the latest poll that had one.
-    pub status: Option<String>,
-    /// Polled `identifier` (`MUS0738876`), of the latest poll that had one.
-    pub identifier: Option<String>,
+    /// The facts kept.
+    pub facts: OrderFacts,
     /// Musement time of the poll that last wrote `status`/`identifier`.
     pub polled_as_of: Option<DateTime<Utc>>,
 }
@@ -225,20 +218,22 @@ pub fn decide_order(
     observation: &Observation,
     rules: &Rules,
 ) -> OrderState {
-    let facts: &OrderFacts = &observation.order_facts;
+    let seen = &observation.order_facts;
     let mut next = current.cloned().unwrap_or_default();
-    next.id = next.id.or_else(|| facts.id.clone());
-    next.created = next.created.or(facts.created);
-    if let Some(version) = facts.version
-        && next.version.is_none_or(|stored| version > stored)
+    let kept = &mut next.facts;
+    kept.id = kept.id.take().or_else(|| seen.id.clone());
+    kept.created = kept.created.or(seen.created);
+    if let Some(version) = seen.version
+        && kept.version.is_none_or(|stored| version > stored)
     {
-        next.version = Some(version);
-        next.updated = facts.updated;
+        kept.version = Some(version);
+        kept.updated = seen.updated;
     }
-    let says_something = facts.status.is_some() || facts.identifier.is_some();
+    let says_something = seen.status.is_some() || seen.identifier.is_some();
     if says_something && poll_writes_order_facts(next.polled_as_of, observation, rules) {
-        next.status = facts.status.clone().or(next.status);
-        next.identifier = facts.identifier.clone().or(next.identifier);
+        let kept = &mut next.facts;
+        kept.status = seen.status.clone().or(kept.status.take());
+        kept.identifier = seen.identifier.clone().or(kept.identifier.take());
         next.polled_as_of = Some(musement_time(observation, rules));
     }
     next
@@ -415,20 +410,16 @@ mod tests {
     }
 
     fn webhook(version: i64, status: Status, updated: i64) -> Observation {
-        Observation {
-            item: Uuid::nil(),
-            order: Uuid::nil(),
+        Observation::bare(
+            Uuid::nil(),
+            Uuid::nil(),
             status,
-            position: Position::Webhook {
+            Position::Webhook {
                 version,
                 updated: at(updated),
             },
-            item_created: None,
-            order_facts: OrderFacts::default(),
-            item_facts: ItemFacts::default(),
-            received_at: at(updated),
-            raw: String::new(),
-        }
+            at(updated),
+        )
     }
 
     fn poll(status: Status, as_of: i64) -> Observation {
@@ -671,12 +662,14 @@ mod tests {
                 .unwrap()
         };
         let expected = OrderState {
-            id: Some("7".into()),
-            version: Some(3),
-            created: Some(at(1)),
-            updated: Some(at(30)),
-            status: Some("OK".into()),
-            identifier: Some("MUS1".into()),
+            facts: OrderFacts {
+                id: Some("7".into()),
+                version: Some(3),
+                created: Some(at(1)),
+                updated: Some(at(30)),
+                status: Some("OK".into()),
+                identifier: Some("MUS1".into()),
+            },
             polled_as_of: Some(at(40)),
         };
         let steps = [
@@ -696,9 +689,9 @@ mod tests {
         // The first known order_id wins, and the same version keeps the first order_updated.
         // A field the latest poll leaves out keeps what an earlier-arriving poll wrote: the
         // one order-dependent fact, for values Musement never changes (id, identifier).
-        expected_reversed.id = Some("9".into());
-        expected_reversed.updated = Some(at(35));
-        expected_reversed.identifier = Some("MUS2".into());
+        expected_reversed.facts.id = Some("9".into());
+        expected_reversed.facts.updated = Some(at(35));
+        expected_reversed.facts.identifier = Some("MUS2".into());
         assert_eq!(fold(&reversed), expected_reversed, "reversed");
     }
 

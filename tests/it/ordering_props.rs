@@ -136,17 +136,13 @@ impl Delivery {
                 at_ms(*read_ms),
             ),
         };
-        Observation {
-            item: Uuid::nil(),
-            order: Uuid::nil(),
-            status: status.clone(),
+        Observation::bare(
+            Uuid::nil(),
+            Uuid::nil(),
+            status.clone(),
             position,
-            item_created: None,
-            order_facts: OrderFacts::default(),
-            item_facts: ItemFacts::default(),
             received_at,
-            raw: String::new(),
-        }
+        )
     }
 }
 
