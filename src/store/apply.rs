@@ -18,25 +18,16 @@ use crate::telemetry;
 /// The longest a persistent doubt pushes an order's re-poll out.
 const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
 
-/// Applies one observation inside the caller's transaction and returns the rule's outcome.
-/// `now` is our clock at commit time (for `first_seen_at`, `changed_at`, re-poll marks).
+/// Applies one observation inside the caller's transaction and returns the rule's outcome:
+/// the order's facts and the item's row as the rule decides them, the event, a re-poll mark
+/// when in doubt, and when the order is due. `now` is our clock at commit time (for
+/// `first_seen_at`, `changed_at`, re-poll marks).
 pub fn apply(
     conn: &Connection,
     observation: &Observation,
     settings: &StoreSettings,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Outcome> {
-    apply_decision(conn, observation, settings, now).map(|decision| decision.outcome)
-}
-
-/// [`apply`], returning the rule's whole decision (a poll's item facts are written only when
-/// it says so).
-pub(super) fn apply_decision(
-    conn: &Connection,
-    observation: &Observation,
-    settings: &StoreSettings,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<Decision> {
     let rules = &settings.rules;
     let order_uuid = observation.order.to_string();
     let item_uuid = observation.item.to_string();
@@ -71,7 +62,7 @@ pub(super) fn apply_decision(
         Source::Poll => Trigger::Other, // the caller that polled says when the order is due again
     };
     poll_state::refresh(conn, &order_uuid, &settings.policy, trigger, now)?;
-    Ok(decision)
+    Ok(decision.outcome)
 }
 
 /// The decisions an operator must hear about, said once, here.
