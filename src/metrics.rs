@@ -32,8 +32,8 @@ use crate::build_info;
 use crate::clock::Clock;
 use crate::observation::Status;
 use crate::store::observer::{BatchStats, StoreObserver};
-use crate::store::queries::{self, StateSnapshot};
-use crate::store::reader::Reader;
+use crate::store::queries::StateSnapshot;
+use crate::store::reads::Reads;
 
 /// The `Content-Type` of the Prometheus text format (what `/metrics` answers by default).
 pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -582,23 +582,20 @@ fn unix_seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
     at.timestamp_millis() as f64 / 1000.0
 }
 
-/// Where scrapes read the stored state from: the store's reader, within a deadline, with
+/// Where scrapes read the stored state from: the store's read side, within a deadline, with
 /// the app's clock for ages and the overdue rule.
 #[derive(Clone)]
 pub struct StateSource {
-    /// Reads the database.
-    pub reader: Reader,
-    /// Upper bound on the whole read (lock waits included).
-    pub deadline: Duration,
+    /// Reads the database, each read within the scrape deadline (lock waits included).
+    reads: Reads,
     /// The app's clock.
-    pub clock: Arc<dyn Clock>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for StateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateSource")
-            .field("reader", &self.reader)
-            .field("deadline", &self.deadline)
+            .field("reads", &self.reads)
             .finish_non_exhaustive()
     }
 }
@@ -607,18 +604,14 @@ impl StateSource {
     /// Reads `database` within the default scrape deadline; ages are measured on `clock`.
     pub fn new(database: PathBuf, clock: Arc<dyn Clock>) -> Self {
         Self {
-            reader: Reader::new(&database, SCRAPE_DB_DEADLINE),
-            deadline: SCRAPE_DB_DEADLINE,
+            reads: Reads::new(&database, SCRAPE_DB_DEADLINE, SCRAPE_DB_DEADLINE),
             clock,
         }
     }
 
     async fn snapshot(&self) -> Result<StateSnapshot, String> {
-        let now = self.clock.now();
-        self.reader
-            .read(self.deadline, move |conn| {
-                queries::state_snapshot(conn, now)
-            })
+        self.reads
+            .state_snapshot(self.clock.now())
             .await
             .map_err(|e| e.to_string())
     }

@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use super::ConfigFile;
 use super::output::{fail, open_database};
-use crate::store::maintenance;
-use crate::store::reader::Reader;
 
 /// Copy the database to PATH with SQLite's online backup API (safe while the daemon writes).
 ///
@@ -24,30 +22,21 @@ pub(super) struct Args {
 }
 
 pub(super) fn backup(config_file: &ConfigFile, args: Args) -> ExitCode {
-    let (config, conn) = match open_database(config_file) {
+    let (config, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let pages = match maintenance::backup(&conn, &args.path, args.force) {
-        Ok(pages) => pages,
+    let copied = match database.backup(&args.path, args.force, config.database.busy_timeout) {
+        Ok(copied) => copied,
         Err(error) => return fail(error),
     };
-    let copy = match Reader::new(&args.path, config.database.busy_timeout).open() {
-        Ok(copy) => copy,
-        Err(error) => return fail(format!("the copy does not open: {error}")),
-    };
-    let count = |table: &str| {
-        copy.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .unwrap_or(-1)
-    };
     println!(
-        "backed up to {}: {pages} pages, {} orders, {} items, {} events",
+        "backed up to {}: {} pages, {} orders, {} items, {} events",
         args.path.display(),
-        count("orders"),
-        count("order_items"),
-        count("item_events")
+        copied.pages,
+        copied.orders,
+        copied.items,
+        copied.events
     );
     ExitCode::SUCCESS
 }

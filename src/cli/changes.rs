@@ -8,7 +8,6 @@ use futures_util::FutureExt;
 
 use super::output::{fail, finish, open_database};
 use super::{ConfigFile, runtime};
-use crate::store::inspect;
 
 /// How often `--follow` looks for new changes: a cheap indexed read.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
@@ -37,7 +36,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn changes(config_file: &ConfigFile, args: Args) -> ExitCode {
-    let (_, conn) = match open_database(config_file) {
+    let (_, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
@@ -55,7 +54,7 @@ pub(super) fn changes(config_file: &ConfigFile, args: Args) -> ExitCode {
         let mut out = std::io::stdout().lock();
         let (mut cursor, mut left) = (args.after, args.limit.unwrap_or(usize::MAX));
         while left > 0 {
-            let page = match inspect::changes(&conn, cursor, PAGE) {
+            let page = match database.changes(cursor, PAGE) {
                 Ok(page) => page,
                 Err(error) => return fail(format!("cannot read changes: {error}")),
             };

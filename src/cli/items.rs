@@ -11,7 +11,7 @@ use super::output::{
 };
 use super::{ConfigFile, EXIT_CONFIG};
 use crate::observation::{Status, escape_status};
-use crate::store::inspect::{self, ItemFilter, ItemRow};
+use crate::store::inspect::{ItemFilter, ItemRow};
 
 /// List order items with their current status, longest in that status first.
 ///
@@ -57,7 +57,7 @@ const FIELDS: &[&str] = &[
 ];
 
 pub(super) fn items(config_file: &ConfigFile, args: Args) -> ExitCode {
-    let (_, conn) = match open_database(config_file) {
+    let (_, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
@@ -81,7 +81,7 @@ pub(super) fn items(config_file: &ConfigFile, args: Args) -> ExitCode {
     };
     let mut unknown = Vec::new();
     for status in &filter.statuses {
-        match inspect::status_is_stored(&conn, status) {
+        match database.status_is_stored(status) {
             Ok(false) if Status::parse(status).is_unknown() => unknown.push(unknown_status(status)),
             Ok(_) => {}
             Err(error) => return fail(format!("cannot read items: {error}")),
@@ -94,7 +94,7 @@ pub(super) fn items(config_file: &ConfigFile, args: Args) -> ExitCode {
     for warning in &unknown {
         eprintln!("orderwatch: warning: {warning}");
     }
-    let mut rows = match inspect::items(&conn, &filter, now) {
+    let mut rows = match database.items(&filter, now) {
         Ok(rows) => rows,
         Err(error) => return fail(format!("cannot read items: {error}")),
     };

@@ -4,12 +4,11 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
 use super::{ConfigFile, EXIT_FAILURE, load_database_config};
 use crate::config::Config;
-use crate::store::reader::Reader;
+use crate::store::inspection::Inspection;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -27,10 +26,10 @@ pub enum Format {
 
 /// Loads the config and opens its database read-only, or prints the one-line reason and gives
 /// the exit code (2 for the config, 1 for the database: missing, not orderwatch's, too new).
-pub fn open_database(config_file: &ConfigFile) -> Result<(Config, Connection), ExitCode> {
+pub fn open_database(config_file: &ConfigFile) -> Result<(Config, Inspection), ExitCode> {
     let config = load_database_config(config_file)?;
-    match Reader::new(&config.database.path, config.database.busy_timeout).open() {
-        Ok(conn) => Ok((config, conn)),
+    match Inspection::open(&config.database.path, config.database.busy_timeout) {
+        Ok(database) => Ok((config, database)),
         Err(error) => Err(fail(error)),
     }
 }

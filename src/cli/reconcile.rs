@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reconciler::{self, PassError, PassSummary, Progress, Reconciler, Selection};
 use crate::store;
-use crate::store::queries::{self, PollBacklog};
-use crate::store::reader::Reader;
+use crate::store::queries::PollBacklog;
+use crate::store::reads::Reads;
 
 /// How long to wait for another process's pass before giving up.
 const LEASE_WAIT: Duration = Duration::from_secs(5);
@@ -297,15 +297,14 @@ fn print_summary(summary: &PassSummary) {
 /// The orders it `recorded` a poll for are not counted: they were polled (or tried) now and
 /// only wait for their next poll (an OK item's re-check, a backoff).
 async fn print_left_for_later(config: &Config, selection: &Selection, recorded: &[Uuid]) {
-    let reader = Reader::new(&config.database.path, config.database.busy_timeout);
+    let reads = Reads::new(
+        &config.database.path,
+        config.database.busy_timeout,
+        Duration::from_secs(10),
+    );
     let now = Utc::now();
     let soon = crate::clock::later(now, chrono_duration(config.reconciler.quiet_period));
-    let recorded = recorded.to_vec();
-    let backlog = reader
-        .read(Duration::from_secs(10), move |conn| {
-            queries::poll_backlog(conn, now, soon, &recorded)
-        })
-        .await;
+    let backlog = reads.poll_backlog(now, soon, recorded.to_vec()).await;
     match backlog {
         Ok(backlog) => {
             if let Some(line) = left_for_later(&backlog, config, selection) {

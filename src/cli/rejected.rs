@@ -7,7 +7,7 @@ use super::ConfigFile;
 use super::output::{
     Column, Format, column, fail, finish, open_database, second, table, truncate, write_records,
 };
-use crate::store::inspect::{self, RejectedRow};
+use crate::store::inspect::RejectedRow;
 
 /// List stored rejected webhooks (authenticated but invalid), newest first.
 ///
@@ -26,11 +26,11 @@ pub(super) struct Args {
 const FIELDS: &[&str] = &["id", "received_at", "peer", "field", "error", "body"];
 
 pub(super) fn rejected(config_file: &ConfigFile, args: Args) -> ExitCode {
-    let (_, conn) = match open_database(config_file) {
+    let (_, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let rows = match inspect::rejected(&conn, args.limit) {
+    let rows = match database.rejected(args.limit) {
         Ok(rows) => rows,
         Err(error) => return fail(format!("cannot read rejected webhooks: {error}")),
     };

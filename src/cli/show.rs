@@ -14,7 +14,7 @@ use super::output::{
 };
 use crate::observation::escape_status;
 use crate::reconciler::configured_off;
-use crate::store::inspect::{self, EventRow, ItemRow, OrderRow, Shown};
+use crate::store::inspect::{EventRow, ItemRow, OrderRow, Shown};
 
 /// Show an item or an order: current state and full history, each outcome explained.
 ///
@@ -42,11 +42,11 @@ enum ShowFormat {
 }
 
 pub(super) fn show(config_file: &ConfigFile, args: Args) -> ExitCode {
-    let (config, conn) = match open_database(config_file) {
+    let (config, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let shown = match inspect::show(&conn, &args.uuid, Utc::now()) {
+    let shown = match database.show(&args.uuid, Utc::now()) {
         Ok(shown) => shown,
         Err(error) => return fail(error),
     };

@@ -11,7 +11,7 @@ use super::output::{self, Format, column, fail, finish, human_age, open_database
 use crate::config::{Config, Schedule};
 use crate::observation::escape_status;
 use crate::reconciler::configured_off;
-use crate::store::inspect::{self, Stats, seconds_since};
+use crate::store::inspect::{Stats, seconds_since};
 
 /// Counts by status, pending and overdue items, polling and whether the reconciler is on,
 /// latest traffic.
@@ -87,11 +87,11 @@ struct Shown<'a> {
 }
 
 pub(super) fn stats(config_file: &ConfigFile, args: Args) -> ExitCode {
-    let (config, conn) = match open_database(config_file) {
+    let (config, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let stats = match inspect::stats(&conn, Utc::now()) {
+    let stats = match database.stats(Utc::now()) {
         Ok(stats) => stats,
         Err(error) => return fail(format!("cannot read the statistics: {error}")),
     };

@@ -27,8 +27,9 @@ use crate::clock::{Clock, later};
 use crate::metrics::Metrics;
 use crate::musement::{ApiError, MusementClient, PolledOrder};
 use crate::observation::{ItemFacts, Observation, OrderFacts, Position};
-use crate::store::queries::{self, DueOrder};
-use crate::store::reader::Reader;
+use crate::store::queries::DueOrder;
+use crate::store::reader::ReadError;
+use crate::store::reads::Reads;
 use crate::store::writer::{WriteError, Writer};
 use crate::store::{LeaseAnswer, Outcome, PollFailure, PollRecord};
 use crate::telemetry;
@@ -381,14 +382,8 @@ impl Reconciler {
         self.client.forget_login_failure().await;
         let now = self.clock.now();
         let due = match selection {
-            Selection::Due => {
-                self.read(move |conn| queries::due_orders(conn, now))
-                    .await?
-            }
-            Selection::AllToPoll => {
-                self.read(move |conn| queries::orders_to_poll(conn, now))
-                    .await?
-            }
+            Selection::Due => self.reads().due_orders(now).await.map_err(read_error)?,
+            Selection::AllToPoll => self.reads().orders_to_poll(now).await.map_err(read_error)?,
             Selection::Orders(orders) => {
                 let mut seen = std::collections::HashSet::new();
                 orders
@@ -621,8 +616,10 @@ impl Reconciler {
     async fn warn_overdue(&self) -> Result<usize, PassError> {
         let now = self.clock.now();
         let overdue = self
-            .read(move |conn| queries::unwarned_overdue(conn, now))
-            .await?;
+            .reads()
+            .unwarned_overdue(now)
+            .await
+            .map_err(read_error)?;
         for item in &overdue {
             tracing::warn!(item = %item.item, order = %item.order, deadline = %item.deadline,
                 "item is still PENDING past its confirmation deadline");
@@ -640,17 +637,19 @@ impl Reconciler {
         chrono::Duration::from_std(self.lease_ttl).unwrap_or(chrono::Duration::seconds(60))
     }
 
-    /// Runs a query on a fresh read-only connection, off the async threads.
-    async fn read<T, F>(&self, query: F) -> Result<T, PassError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        Reader::new(&self.settings.database, self.settings.busy_timeout)
-            .read(READ_DEADLINE, query)
-            .await
-            .map_err(|e| PassError::Store(e.to_string()))
+    /// The store's read side, each read within [`READ_DEADLINE`].
+    fn reads(&self) -> Reads {
+        Reads::new(
+            &self.settings.database,
+            self.settings.busy_timeout,
+            READ_DEADLINE,
+        )
     }
+}
+
+/// A failed read stops the pass like any store error.
+fn read_error(error: ReadError) -> PassError {
+    PassError::Store(error.to_string())
 }
 
 /// The pass's INFO line; `stopped` only when something stopped it.

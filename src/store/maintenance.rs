@@ -179,6 +179,8 @@ pub enum BackupError {
     },
     #[error("the copy at {path} failed its integrity check: {report}")]
     Corrupt { path: String, report: String },
+    #[error("the copy does not open: {0}")]
+    CopyDoesNotOpen(String),
 }
 
 /// Copies the database open on `source` to `target` with SQLite's online backup API, as one

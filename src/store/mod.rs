@@ -1,11 +1,14 @@
 //! SQLite storage: opening and migrating the database, the one function that applies an
-//! observation ([`apply`]), the group-commit [`writer`], and read-side queries.
+//! observation ([`apply`]), the group-commit [`writer`], and the read side: [`reads::Reads`]
+//! for the daemon, [`inspection::Inspection`] for the inspection commands. Everything outside
+//! this module goes through those three; none of it names the database engine.
 
 mod apply;
 mod cells;
 pub mod checkpoint;
 pub mod commands;
 pub mod inspect;
+pub mod inspection;
 pub mod maintenance;
 pub mod observer;
 pub mod poll_state;
@@ -13,6 +16,7 @@ mod polls;
 pub mod pruning;
 pub mod queries;
 pub mod reader;
+pub mod reads;
 pub mod rule;
 pub mod sqlite_file;
 #[cfg(test)]
