@@ -19,7 +19,8 @@
 //! - only a poll that is not `stale` writes item facts, and `facts_as_of` then becomes its
 //!   time, later than before; nothing else moves `facts_as_of`;
 //! - `stale`, `duplicate` and `conflict` leave the state exactly as it was;
-//! - `doubtful` changes nothing but `item_version`;
+//! - `doubtful` changes nothing but `item_version` (with `item_updated`), a poll's facts and an
+//!   unknown `item_created`;
 //! - `applied` stores the observed status, `confirmed` keeps the stored one;
 //! - `as_of` never goes backwards;
 //! - a new item is always `applied`.
@@ -255,13 +256,19 @@ fuzz_target!(|case: Case| {
                 "{:?} changed the state on {observation:?}",
                 decision.outcome
             ),
+            // What a doubt records: a webhook's version with its `order_item_updated`, a
+            // poll's facts (checked above), a creation time when none was known.
             Outcome::Doubtful => assert_eq!(
                 &ItemState {
                     item_version: new.item_version,
+                    item_updated: new.item_updated,
+                    item_created: old.item_created.or(new.item_created),
+                    facts: new.facts.clone(),
+                    facts_as_of: new.facts_as_of,
                     ..old.clone()
                 },
                 new,
-                "doubtful changed more than item_version"
+                "doubtful changed more than item_version, item_updated and the facts"
             ),
             Outcome::Applied => assert_eq!(new.status, observation.status),
             Outcome::Confirmed => assert_eq!(new.status, old.status),
