@@ -18,6 +18,7 @@ pub mod queries;
 pub mod reader;
 pub mod reads;
 pub mod rule;
+mod sqlite_batches;
 pub mod sqlite_file;
 #[cfg(test)]
 mod testing;

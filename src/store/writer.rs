@@ -1,5 +1,7 @@
 //! The single writer: one thread owns the write connection, drains a bounded queue, applies a
 //! batch of jobs in one transaction, commits once, then answers every waiter (group commit).
+//! How a batch is committed is the database engine's ([`Batches`]; SQLite's is
+//! `sqlite_batches.rs`); the queue, batching, answers and health are here, the same for all.
 //!
 //! One fsync then covers a whole batch, so throughput does not collapse to one commit per
 //! request, and nobody hears "stored" before the commit that stored it returned. A full queue
@@ -11,19 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration as StdDuration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
-
 use chrono::Duration;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, WriterLink};
-use super::commands::{Command, Done, execute};
+use super::checkpoint::{CheckpointSettings, CheckpointerThread};
+use super::commands::{Command, Done};
 use super::maintenance::{PruneCursor, PruneStep};
 use super::observer::{BatchStats, StoreObserver};
 use super::polls::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::rule::Outcome;
-use super::sqlite_file::{DatabaseFile, FileSizes};
+use super::sqlite_batches::SqliteBatches;
+use super::sqlite_file::DatabaseFile;
 use super::{RejectedWebhook, StoreSettings};
 use crate::clock::Clock;
 use crate::observation::Observation;
@@ -223,34 +225,28 @@ impl Health {
 /// Starts the writer thread on an open, migrated connection to `path`, and the checkpointer
 /// beside it; they report every batch and checkpoint to `observer`.
 pub fn spawn(
-    mut conn: Connection,
+    conn: Connection,
     path: &Path,
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
     observer: Arc<dyn StoreObserver>,
 ) -> Result<(Writer, WriterThread), super::StoreError> {
-    let io_error = |source| super::StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = Arc::new(DatabaseFile::watch(path).map_err(io_error)?);
-    leave_checkpoints_to_the_checkpointer(&mut conn)?;
-    let link = Arc::new(WriterLink::default());
-    let checkpointer = checkpoint::spawn(
+    let sqlite = SqliteBatches::start(
+        conn,
         path,
-        file.clone(),
-        link.clone(),
+        settings.max_size_bytes,
         settings.checkpoints.clone(),
         observer.clone(),
     )?;
     let health = Arc::new(Health {
-        file,
+        file: sqlite.file.clone(),
         failing: Mutex::new(Failures::default()),
         batches_with_failures: AtomicU64::new(0),
         batches_without_failures: AtomicU64::new(0),
     });
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
     let thread_health = health.clone();
+    let batches = sqlite.batches;
     let handle = std::thread::Builder::new()
         .name("orderwatch-writer".into())
         .spawn(move || {
@@ -259,31 +255,41 @@ pub fn spawn(
                 clock,
                 observer: observer.as_ref(),
                 health: &thread_health,
-                link: &link,
             };
-            run(conn, receiver, &context)
+            run(batches, receiver, &context)
         })
-        .map_err(io_error)?;
+        .map_err(|source| super::StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     let writer = Writer { sender, health };
     Ok((
         writer.clone(),
         WriterThread {
             handle,
             writer,
-            checkpointer,
+            checkpointer: sqlite.checkpointer,
         },
     ))
 }
 
-/// No commit a webhook waits for runs a checkpoint; a WAL the checkpointer reset is cut back
-/// to [`checkpoint::JOURNAL_SIZE_LIMIT`] by the next commit.
-fn leave_checkpoints_to_the_checkpointer(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(
-        None,
-        "journal_size_limit",
-        checkpoint::JOURNAL_SIZE_LIMIT as i64,
-    )
+/// How one database engine commits the writer's batches: every command of a batch in one
+/// transaction, each on its own so that one failing does not sink the others, then one commit.
+/// The rest of the writer (the queue, batching, answers, health, metrics) is the same for
+/// every engine; SQLite's is [`SqliteBatches`].
+pub(super) trait Batches: Send + 'static {
+    /// Runs `batch` and commits it, at `clock`'s time once the batch holds the write lock: a
+    /// result per command, or one error for all of them (nothing of the batch is stored then).
+    fn commit(
+        &mut self,
+        batch: &[&Command],
+        store: &StoreSettings,
+        clock: &dyn Clock,
+    ) -> Result<Vec<JobResult>, WriteError>;
+
+    /// After the last batch; `defunct`: the database must not be written any more (not even
+    /// by closing it).
+    fn close(self, defunct: bool);
 }
 
 impl Writer {
@@ -438,11 +444,9 @@ struct Context<'a> {
     clock: Arc<dyn Clock>,
     observer: &'a dyn StoreObserver,
     health: &'a Health,
-    /// Shared with the checkpointer: told of every commit, and may hold the next batch.
-    link: &'a WriterLink,
 }
 
-fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Context<'_>) {
+fn run(mut batches: impl Batches, mut receiver: mpsc::Receiver<Job>, context: &Context<'_>) {
     let mut batch = Vec::with_capacity(context.settings.max_batch);
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -452,9 +456,9 @@ fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Contex
                 Err(_) => break,
             }
         }
-        context.link.before_batch();
         let started = Instant::now();
-        let results = commit_checked(&mut conn, &batch, context);
+        let commands: Vec<&Command> = batch.iter().map(|job| &job.command).collect();
+        let results = batches.commit(&commands, &context.settings.store, context.clock.as_ref());
         let conflicts = match &results {
             Ok(done) => done
                 .iter()
@@ -482,112 +486,11 @@ fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Job>, context: &Contex
             break;
         }
     }
-    if context.health.defunct().is_some() {
-        // Closing the last connection checkpoints into the file at the path: not ours.
-        let _ = conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        );
-    }
+    batches.close(context.health.defunct().is_some());
 }
 
-/// [`commit_batch`] between two checks that the database file is still the one opened: none
-/// is written once it was replaced, and none is acknowledged that went into a file that was
-/// replaced meanwhile (it is answered 503, so Musement sends it again).
-fn commit_checked(
-    conn: &mut Connection,
-    batch: &[Job],
-    context: &Context<'_>,
-) -> Result<Vec<JobResult>, WriteError> {
-    let file = &context.health.file;
-    let sizes = file.check().map_err(WriteError::Replaced)?;
-    // The WAL's working size (reused, cut back to it after every reset) is not counted:
-    // what counts is a WAL that grows because it cannot be reset.
-    let over_budget = context
-        .settings
-        .max_size_bytes
-        .filter(|max| sizes.total() > max.saturating_add(checkpoint::JOURNAL_SIZE_LIMIT))
-        .map(|max| over_budget(sizes, max));
-    let results = commit_batch(
-        conn,
-        batch,
-        &context.settings,
-        context.clock.as_ref(),
-        over_budget.as_ref(),
-    )?;
-    if over_budget.is_none() || batch.iter().any(|job| !job.command.may_grow()) {
-        // Something may have been written (a batch refused whole writes nothing).
-        context.link.committed();
-    }
-    file.check().map_err(WriteError::Replaced)?;
-    Ok(results)
-}
-
-/// The error for work refused because the database and its WAL outgrew `max_size_bytes`.
-fn over_budget(sizes: FileSizes, max: u64) -> WriteError {
-    WriteError::Storage(format!(
-        "database or disk is full: the database ({} bytes) and its WAL ({} bytes) exceed [database] max_size_bytes ({max}) plus the WAL's working size ({} bytes); the WAL is not being reset (is a reader holding a transaction open?)",
-        sizes.database,
-        sizes.wal,
-        checkpoint::JOURNAL_SIZE_LIMIT
-    ))
-}
-
-type JobResult = Result<Done, WriteError>;
-
-/// Runs every job of the batch in one transaction, each in its own savepoint so one failing job
-/// does not sink the others, then commits once. A failed commit fails every job. With
-/// `over_budget`, jobs that may take space are answered with it instead of run.
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &[Job],
-    settings: &WriterSettings,
-    clock: &dyn Clock,
-    over_budget: Option<&WriteError>,
-) -> Result<Vec<JobResult>, WriteError> {
-    let storage = |e: rusqlite::Error| WriteError::Storage(e.to_string());
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(storage)?;
-    let now = clock.now();
-    let mut results = Vec::with_capacity(batch.len());
-    // Savepoint statements are prepared once and reused: parsing them anew for every job was a
-    // visible share of the writer's time.
-    let run = |sql: &str| {
-        tx.prepare_cached(sql)
-            .and_then(|mut s| s.execute([]))
-            .map(drop)
-    };
-    for job in batch {
-        if let Some(refusal) = over_budget
-            && job.command.may_grow()
-        {
-            results.push(Err(refusal.clone()));
-            continue;
-        }
-        run("SAVEPOINT job").map_err(storage)?;
-        match execute(&tx, &job.command, &settings.store, now) {
-            Ok(done) => {
-                run("RELEASE job").map_err(storage)?;
-                results.push(Ok(done));
-            }
-            Err(error) => {
-                if tx.is_autocommit() {
-                    // SQLite rolled the whole transaction back (disk full, I/O error): no later
-                    // job may run outside it, and the whole batch answers with this error.
-                    return Err(storage(error));
-                }
-                // Undo this job only.
-                run("ROLLBACK TO job")
-                    .and_then(|()| run("RELEASE job"))
-                    .map_err(storage)?;
-                results.push(Err(storage(error)));
-            }
-        }
-    }
-    tx.commit().map_err(storage)?;
-    Ok(results)
-}
+/// What one command of a batch produced, or why it did not.
+pub(super) type JobResult = Result<Done, WriteError>;
 
 fn answer(jobs: impl Iterator<Item = Job>, results: Result<Vec<JobResult>, WriteError>) {
     match results {

@@ -1,0 +1,187 @@
+//! How the writer commits a batch on SQLite ([`Batches`]): one `IMMEDIATE` transaction, a
+//! savepoint per command so that one failing command is undone alone, one commit. Around it,
+//! what only a SQLite file needs: the check that the file at the path is still the one open
+//! (none is written or acknowledged once it was replaced), the `max_size_bytes` budget
+//! measured on the file and its WAL, and the link to the checkpointer that runs beside the
+//! writer on its own connection.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreSettings;
+use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, WriterLink};
+use super::commands::{Command, execute};
+use super::observer::StoreObserver;
+use super::sqlite_file::{DatabaseFile, FileSizes};
+use super::writer::{Batches, JobResult, WriteError};
+use crate::clock::Clock;
+
+/// The writer's SQLite connection and what watches over it.
+pub(super) struct SqliteBatches {
+    conn: Connection,
+    /// The database file, watched for deletion and replacement.
+    file: Arc<DatabaseFile>,
+    /// Shared with the checkpointer: told of every commit, and may hold the next batch.
+    link: Arc<WriterLink>,
+    /// `[database] max_size_bytes`: the database and its WAL together.
+    max_size_bytes: Option<u64>,
+}
+
+/// What [`SqliteBatches::start`] sets up.
+pub(super) struct Started {
+    pub(super) batches: SqliteBatches,
+    /// The file the writer watches, for the writer's health too.
+    pub(super) file: Arc<DatabaseFile>,
+    /// The checkpointer, stopped before the writer closes its connection.
+    pub(super) checkpointer: CheckpointerThread,
+}
+
+impl SqliteBatches {
+    /// Takes the writer's open, migrated connection to `path`, leaves checkpoints to a
+    /// checkpointer started beside it, and starts watching the file.
+    pub(super) fn start(
+        mut conn: Connection,
+        path: &Path,
+        max_size_bytes: Option<u64>,
+        checkpoints: CheckpointSettings,
+        observer: Arc<dyn StoreObserver>,
+    ) -> Result<Started, super::StoreError> {
+        let file = Arc::new(
+            DatabaseFile::watch(path).map_err(|source| super::StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
+        leave_checkpoints_to_the_checkpointer(&mut conn)?;
+        let link = Arc::new(WriterLink::default());
+        let checkpointer =
+            checkpoint::spawn(path, file.clone(), link.clone(), checkpoints, observer)?;
+        Ok(Started {
+            batches: SqliteBatches {
+                conn,
+                file: file.clone(),
+                link,
+                max_size_bytes,
+            },
+            file,
+            checkpointer,
+        })
+    }
+}
+
+impl Batches for SqliteBatches {
+    /// [`commit_batch`] between two checks that the database file is still the one opened:
+    /// none is written once it was replaced, and none is acknowledged that went into a file
+    /// that was replaced meanwhile (it is answered 503, so Musement sends it again).
+    fn commit(
+        &mut self,
+        batch: &[&Command],
+        store: &StoreSettings,
+        clock: &dyn Clock,
+    ) -> Result<Vec<JobResult>, WriteError> {
+        self.link.before_batch();
+        let sizes = self.file.check().map_err(WriteError::Replaced)?;
+        // The WAL's working size (reused, cut back to it after every reset) is not counted:
+        // what counts is a WAL that grows because it cannot be reset.
+        let over_budget = self
+            .max_size_bytes
+            .filter(|max| sizes.total() > max.saturating_add(checkpoint::JOURNAL_SIZE_LIMIT))
+            .map(|max| over_budget(sizes, max));
+        let results = commit_batch(&mut self.conn, batch, store, clock, over_budget.as_ref())?;
+        if over_budget.is_none() || batch.iter().any(|command| !command.may_grow()) {
+            // Something may have been written (a batch refused whole writes nothing).
+            self.link.committed();
+        }
+        self.file.check().map_err(WriteError::Replaced)?;
+        Ok(results)
+    }
+
+    fn close(self, defunct: bool) {
+        if defunct {
+            // Closing the last connection checkpoints into the file at the path: not ours.
+            let _ = self.conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            );
+        }
+    }
+}
+
+/// No commit a webhook waits for runs a checkpoint; a WAL the checkpointer reset is cut back
+/// to [`checkpoint::JOURNAL_SIZE_LIMIT`] by the next commit.
+fn leave_checkpoints_to_the_checkpointer(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        checkpoint::JOURNAL_SIZE_LIMIT as i64,
+    )
+}
+
+/// The error for work refused because the database and its WAL outgrew `max_size_bytes`.
+fn over_budget(sizes: FileSizes, max: u64) -> WriteError {
+    WriteError::Storage(format!(
+        "database or disk is full: the database ({} bytes) and its WAL ({} bytes) exceed [database] max_size_bytes ({max}) plus the WAL's working size ({} bytes); the WAL is not being reset (is a reader holding a transaction open?)",
+        sizes.database,
+        sizes.wal,
+        checkpoint::JOURNAL_SIZE_LIMIT
+    ))
+}
+
+/// Runs every command of the batch in one transaction, each in its own savepoint so one
+/// failing command does not sink the others, then commits once. A failed commit fails every
+/// command. With `over_budget`, commands that may take space are answered with it instead of
+/// run.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[&Command],
+    store: &StoreSettings,
+    clock: &dyn Clock,
+    over_budget: Option<&WriteError>,
+) -> Result<Vec<JobResult>, WriteError> {
+    let storage = |e: rusqlite::Error| WriteError::Storage(e.to_string());
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    // Our clock once the write lock is ours: the time of the commit the batch waits for.
+    let now = clock.now();
+    let mut results = Vec::with_capacity(batch.len());
+    // Savepoint statements are prepared once and reused: parsing them anew for every command
+    // was a visible share of the writer's time.
+    let run = |sql: &str| {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+    };
+    for command in batch {
+        if let Some(refusal) = over_budget
+            && command.may_grow()
+        {
+            results.push(Err(refusal.clone()));
+            continue;
+        }
+        run("SAVEPOINT job").map_err(storage)?;
+        match execute(&tx, command, store, now) {
+            Ok(done) => {
+                run("RELEASE job").map_err(storage)?;
+                results.push(Ok(done));
+            }
+            Err(error) => {
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back (disk full, I/O error): no later
+                    // command may run outside it, and the whole batch answers with this error.
+                    return Err(storage(error));
+                }
+                // Undo this command only.
+                run("ROLLBACK TO job")
+                    .and_then(|()| run("RELEASE job"))
+                    .map_err(storage)?;
+                results.push(Err(storage(error)));
+            }
+        }
+    }
+    tx.commit().map_err(storage)?;
+    Ok(results)
+}
