@@ -2,6 +2,14 @@
 //! observation ([`apply`]), the group-commit [`writer`], and the read side: [`reads::Reads`]
 //! for the daemon, [`inspection::Inspection`] for the inspection commands. Everything outside
 //! this module goes through those three; none of it names the database engine.
+//!
+//! Where a second engine plugs in: the writer thread is generic over [`writer::Batches`] (how
+//! one batch of commands commits; SQLite's is `sqlite_batches.rs`). A trait there, because the
+//! loop around it (queue, batching, answers, health) must not know the engine, and one engine
+//! per process is chosen at start, so static dispatch costs nothing. The read side stays
+//! concrete types whose methods are the questions asked; with a second engine they become
+//! enums over the engines' read handles (a `match` per method), so no caller changes. Every
+//! "which source wins" decision is the pure rule's ([`rule`]); an engine only carries it out.
 
 mod apply;
 mod cells;
