@@ -87,10 +87,15 @@ pub struct ReportArgs {
     note: String,
 }
 
-const VARIANTS: [(&str, &str, &str); 3] = [
+const VARIANTS: [(&str, &str, &str); 4] = [
     ("noop", "(a) no-op hyper server", "#888888"),
     ("orderwatch", "(b) orderwatch, group commit", "#1f77b4"),
     ("naive", "(c) naive, max_batch = 1", "#d62728"),
+    (
+        "prefilled",
+        "(d) orderwatch on a prefilled database",
+        "#2ca02c",
+    ),
 ];
 
 pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
@@ -120,14 +125,15 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
     let mut md = report_with_note(&args.note);
     let _ = writeln!(
         md,
-        "| conns | (a) no-op req/s | (a) p50 / p99 ms | (b) orderwatch req/s | (b) p50 / p99 ms | (b) avg batch | (b) peak RSS | (c) naive req/s | (c) p50 / p99 ms | b/a | b/c |"
+        "| conns | (a) no-op req/s | (a) p50 / p99 ms | (b) orderwatch req/s | (b) p50 / p99 ms | (b) avg batch | (b) peak RSS | (c) naive req/s | (c) p50 / p99 ms | b/a | b/c | (d) prefilled req/s | (d) p50 / p99 ms | (d) WAL peak | d/b |"
     );
     let _ = writeln!(
         md,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for &c in &connections {
         let (a, b, n) = (get("noop", c), get("orderwatch", c), get("naive", c));
+        let d = get("prefilled", c);
         let rps = |r: Option<&LoadResult>| r.map_or("–".into(), |r| format!("{:.0}", r.rps));
         let lat = |r: Option<&LoadResult>| {
             r.map_or("–".into(), |r| {
@@ -140,7 +146,7 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
         };
         let _ = writeln!(
             md,
-            "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rps(a),
             lat(a),
             rps(b),
@@ -153,17 +159,22 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
             lat(n),
             ratio(b, a),
             ratio(b, n),
+            rps(d),
+            lat(d),
+            d.and_then(|d| d.wal_peak_bytes)
+                .map_or("–".into(), |bytes| mib(bytes / 1024)),
+            ratio(d, b),
         );
     }
 
     let _ = writeln!(md, "\nEvery run:\n");
     let _ = writeln!(
         md,
-        "| variant | conns | mode | req/s | p50 | p90 | p99 | max ms | 200s | other / errors | ledger | avg batch | server peak RSS |"
+        "| variant | conns | mode | req/s | p50 | p90 | p99 | max ms | 200s | other / errors | ledger | avg batch | server peak RSS | WAL peak |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
     );
     let mut ordered: Vec<&LoadResult> = runs.iter().collect();
     let rank = |label: &str| VARIANTS.iter().position(|v| v.0 == label).unwrap_or(9);
@@ -185,7 +196,7 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
         let others: u64 = r.other_statuses.values().sum();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} / {}{} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} / {}{} | {} | {} | {} | {} |",
             r.label,
             r.connections,
             r.rate.map_or("closed loop".into(), |rate| format!(
@@ -207,6 +218,8 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
             r.ledger,
             r.avg_batch.map_or("–".into(), |x| format!("{x:.1}")),
             r.server_peak_rss_kib.map_or("–".into(), mib),
+            r.wal_peak_bytes
+                .map_or("–".into(), |bytes| mib(bytes / 1024)),
         );
     }
 

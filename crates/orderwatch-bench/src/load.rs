@@ -113,6 +113,10 @@ pub struct LoadResult {
     pub avg_batch: Option<f64>,
     /// The server's peak RSS (VmHWM) in KiB after the run.
     pub server_peak_rss_kib: Option<u64>,
+    /// The largest the database's `-wal` file was during the run, sampled every 50 ms (with
+    /// `--db`; absent in results written before it was measured).
+    #[serde(default)]
+    pub wal_peak_bytes: Option<u64>,
 }
 
 /// One answered request.
@@ -161,11 +165,15 @@ pub fn run(args: LoadArgs) -> BenchResult<ExitCode> {
         (duration, _) => duration,
     };
     let runtime = tokio::runtime::Runtime::new()?;
+    // Rows first seen from here on are this run's (a prefilled database holds older ones).
+    let started = chrono::Utc::now();
+    let wal = args.db.as_deref().map(WalWatch::start);
     let (mut result, acknowledged, seed) = runtime.block_on(generate(&args, url, duration))?;
     drop(runtime);
+    result.wal_peak_bytes = wal.map(WalWatch::stop);
 
     match &args.db {
-        Some(db) => check_ledger(db, &mut result, &acknowledged, seed)?,
+        Some(db) => check_ledger(db, &mut result, &acknowledged, seed, started)?,
         None => result.ledger = "skipped".into(),
     }
     if let Some(pid) = args.server_pid {
@@ -405,6 +413,7 @@ fn check_ledger(
     result: &mut LoadResult,
     acknowledged: &[u64],
     seed: u64,
+    started: chrono::DateTime<chrono::Utc>,
 ) -> BenchResult<()> {
     let conn = orderwatch::store::open_read_only(db, Duration::from_secs(10))?;
     let mut statement = conn.prepare(
@@ -427,8 +436,8 @@ fn check_ledger(
         );
     }
     let (items, commit_times): (i64, i64) = conn.query_row(
-        "SELECT count(*), count(DISTINCT first_seen_at) FROM order_items",
-        [],
+        "SELECT count(*), count(DISTINCT first_seen_at) FROM order_items WHERE first_seen_at >= ?1",
+        [orderwatch::clock::to_db_text(started)],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     let (items, commit_times) = (items as u64, commit_times as u64);
@@ -436,6 +445,37 @@ fn check_ledger(
     result.commit_times = Some(commit_times);
     result.avg_batch = (commit_times > 0).then(|| items as f64 / commit_times as f64);
     Ok(())
+}
+
+/// Samples the size of a database's `-wal` file on a thread of its own until stopped.
+struct WalWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl WalWatch {
+    fn start(db: &Path) -> Self {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                peak = peak.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        Self { stop, thread }
+    }
+
+    /// The largest size seen.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 fn print_result(r: &LoadResult) {
@@ -492,5 +532,8 @@ fn print_result(r: &LoadResult) {
     }
     if let Some(kib) = r.server_peak_rss_kib {
         println!("  server peak RSS {:.1} MiB", kib as f64 / 1024.0);
+    }
+    if let Some(bytes) = r.wal_peak_bytes {
+        println!("  WAL peak {:.1} MiB", bytes as f64 / 1_048_576.0);
     }
 }
