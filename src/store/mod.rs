@@ -3,7 +3,7 @@
 //! for the daemon, [`inspection::Inspection`] for the inspection commands. Everything outside
 //! this module goes through those three; none of it names the database engine.
 //!
-//! Where a second engine plugs in: the writer thread is generic over `writer::Batches` (how
+//! Where a second engine plugs in: the writer thread is generic over [`writer::Batches`] (how
 //! one batch of commands commits; SQLite's is `sqlite_batches.rs`). A trait there, because the
 //! loop around it (queue, batching, answers, health) must not know the engine, and one engine
 //! per process is chosen at start, so static dispatch costs nothing. The read side stays
@@ -26,7 +26,7 @@ pub mod queries;
 pub mod reader;
 pub mod reads;
 pub mod rule;
-mod sqlite_batches;
+pub mod sqlite_batches;
 pub mod sqlite_file;
 #[cfg(test)]
 mod testing;

@@ -3,7 +3,8 @@
 //! what only a SQLite file needs: the check that the file at the path is still the one open
 //! (none is written or acknowledged once it was replaced), the `max_size_bytes` budget
 //! measured on the file and its WAL, and the link to the checkpointer that runs beside the
-//! writer on its own connection.
+//! writer on its own connection. Public for the benchmark that measures this storage path
+//! alone (`orderwatch-bench store-alone`); the daemon reaches it only through the writer.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::writer::{Batches, JobResult, WriteError};
 use crate::clock::Clock;
 
 /// The writer's SQLite connection and what watches over it.
-pub(super) struct SqliteBatches {
+pub struct SqliteBatches {
     conn: Connection,
     /// The database file, watched for deletion and replacement.
     file: Arc<DatabaseFile>,
@@ -30,18 +31,19 @@ pub(super) struct SqliteBatches {
 }
 
 /// What [`SqliteBatches::start`] sets up.
-pub(super) struct Started {
-    pub(super) batches: SqliteBatches,
+pub struct Started {
+    /// Commits the batches.
+    pub batches: SqliteBatches,
     /// The file the writer watches, for the writer's health too.
-    pub(super) file: Arc<DatabaseFile>,
+    pub file: Arc<DatabaseFile>,
     /// The checkpointer, stopped before the writer closes its connection.
-    pub(super) checkpointer: CheckpointerThread,
+    pub checkpointer: CheckpointerThread,
 }
 
 impl SqliteBatches {
     /// Takes the writer's open, migrated connection to `path`, leaves checkpoints to a
     /// checkpointer started beside it, and starts watching the file.
-    pub(super) fn start(
+    pub fn start(
         mut conn: Connection,
         path: &Path,
         max_size_bytes: Option<u64>,

@@ -277,7 +277,7 @@ pub fn spawn(
 /// transaction, each on its own so that one failing does not sink the others, then one commit.
 /// The rest of the writer (the queue, batching, answers, health, metrics) is the same for
 /// every engine; SQLite's is [`SqliteBatches`].
-pub(super) trait Batches: Send + 'static {
+pub trait Batches: Send + 'static {
     /// Runs `batch` and commits it, at `clock`'s time once the batch holds the write lock: a
     /// result per command, or one error for all of them (nothing of the batch is stored then).
     fn commit(
@@ -490,7 +490,7 @@ fn run(mut batches: impl Batches, mut receiver: mpsc::Receiver<Job>, context: &C
 }
 
 /// What one command of a batch produced, or why it did not.
-pub(super) type JobResult = Result<Done, WriteError>;
+pub type JobResult = Result<Done, WriteError>;
 
 fn answer(jobs: impl Iterator<Item = Job>, results: Result<Vec<JobResult>, WriteError>) {
     match results {

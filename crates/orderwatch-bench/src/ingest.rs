@@ -85,6 +85,18 @@ pub struct ReportArgs {
     /// A line about the machine and the run, put above the tables.
     #[arg(long, default_value = "")]
     note: String,
+    /// A `store-alone --json` result: the storage limit (d) is compared with.
+    #[arg(long)]
+    store_alone: Option<PathBuf>,
+}
+
+/// The part of a `store-alone --json` result the report uses.
+#[derive(Debug, serde::Deserialize)]
+struct StoreAlone {
+    batch: usize,
+    rows_per_s: f64,
+    commit_p99_ms: f64,
+    wal_peak_bytes: u64,
 }
 
 const VARIANTS: [(&str, &str, &str); 4] = [
@@ -221,6 +233,29 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
             r.wal_peak_bytes
                 .map_or("–".into(), |bytes| mib(bytes / 1024)),
         );
+    }
+
+    if let Some(path) = &args.store_alone {
+        let text = std::fs::read_to_string(path)?;
+        let alone: StoreAlone =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let _ = writeln!(
+            md,
+            "\nSQLite alone (the store's batch path called directly, no HTTP, no queue, on the same prefilled database, batches of {}): {:.0} webhooks/s, commit p99 {:.2} ms, WAL peak {}.",
+            alone.batch,
+            alone.rows_per_s,
+            alone.commit_p99_ms,
+            mib(alone.wal_peak_bytes / 1024)
+        );
+        let widest = connections.iter().rev().find_map(|&c| get("prefilled", c));
+        if let Some(d) = widest {
+            let _ = writeln!(
+                md,
+                "(d) at {} connections reached {:.0}% of it.",
+                d.connections,
+                100.0 * d.rps / alone.rows_per_s.max(f64::MIN_POSITIVE)
+            );
+        }
     }
 
     let _ = writeln!(md, "\nTargets (issue 6), at 64 connections:\n");

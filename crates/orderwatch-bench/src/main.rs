@@ -17,6 +17,7 @@ mod ingest;
 mod load;
 mod reconcile;
 mod startup;
+mod store_alone;
 mod svg;
 mod util;
 
@@ -48,6 +49,9 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Time from `orderwatch run` starting to `/readyz` answering 200.
     Startup(startup::StartupArgs),
+    /// Commit batches of webhooks through the store's own batch path, no HTTP and no queue
+    /// (the storage limit the HTTP run is compared with).
+    StoreAlone(store_alone::StoreAloneArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
     /// Wait until a loopback URL answers 200 (exit 1 on timeout).
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => reconcile::prepare_command(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Startup(args) => startup::run(args),
+        Command::StoreAlone(args) => store_alone::run(args),
         Command::FreePort => util::free_port().map(|port| {
             println!("{port}");
             ExitCode::SUCCESS
