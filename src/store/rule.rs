@@ -179,13 +179,14 @@ fn decide_status(
     }
 }
 
-/// What a decision writes besides the status, each following the status's rule:
-/// - a poll's item facts, over the stored ones, when it is the newest word ([`with_facts`]);
+/// What a decision writes besides the status:
+/// - a poll's item facts, over the stored ones, when the poll is later than the one that
+///   wrote them ([`with_facts`]);
 /// - `item_updated`, when this webhook's version becomes `item_version`;
 /// - `item_created`, the first one known, filled in by any observation that writes the row.
 ///
-/// An observation that writes nothing (stale, duplicate, conflict, or a poll confirming within
-/// the margin) leaves every one of them as it was.
+/// An observation that changes nothing else (stale, duplicate, conflict) leaves every one of
+/// them as it was.
 fn with_item_details(
     mut decision: Decision,
     current: Option<&ItemState>,
