@@ -13,6 +13,7 @@ use chrono::Utc;
 use orderwatch::clock::SystemClock;
 use orderwatch::config::Config;
 use orderwatch::observation::Observation;
+use orderwatch::store::checkpoint::CheckpointSettings;
 use orderwatch::store::commands::Command;
 use orderwatch::store::observer::Unobserved;
 use orderwatch::store::sqlite_batches::SqliteBatches;
@@ -36,6 +37,14 @@ pub struct StoreAloneArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Tuning experiments: the WAL size in MiB past which the checkpointer resets it even
+    /// while the writer is busy (default: the daemon's).
+    #[arg(long, value_name = "MIB")]
+    checkpoint_force_at: Option<u64>,
+    /// Tuning experiments: how often the checkpointer looks at the WAL, in ms (default: the
+    /// daemon's).
+    #[arg(long, value_name = "MS")]
+    checkpoint_tick: Option<u64>,
 }
 
 /// What one run measured.
@@ -64,13 +73,14 @@ pub fn run(args: StoreAloneArgs) -> BenchResult<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     let config = Config::default();
     let conn = store::open_for_writing(&args.db, config.database.busy_timeout)?;
-    let started = SqliteBatches::start(
-        conn,
-        &args.db,
-        None,
-        Default::default(),
-        Arc::new(Unobserved),
-    )?;
+    let mut checkpoints = CheckpointSettings::default();
+    if let Some(mib) = args.checkpoint_force_at {
+        checkpoints.force_at = mib * 1024 * 1024;
+    }
+    if let Some(ms) = args.checkpoint_tick {
+        checkpoints.tick = Duration::from_millis(ms.max(1));
+    }
+    let started = SqliteBatches::start(conn, &args.db, None, checkpoints, Arc::new(Unobserved))?;
     let mut batches = started.batches;
     let settings = StoreSettings::from_config(&config);
     let mut wal = args.db.as_os_str().to_owned();
