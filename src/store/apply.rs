@@ -1,68 +1,118 @@
-//! The one store function every ingest path goes through: [`apply`] reads the item's row, asks
-//! the pure rule what to do, writes the result and logs the observation.
+//! The one store function every ingest path goes through: [`apply_batch`] reads the rows a
+//! batch of observations touches, asks the pure rule what to do (folded in queue order by
+//! [`super::batch::plan`]), writes the result and logs every observation.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::StoreSettings;
+use super::batch::{self, ItemWrite, Loaded, OrderWrite, StoredItem, StoredOrder};
 use super::cells::{self, Place, Unreadable, order_place};
-use super::poll_state::{self, Trigger};
-use super::rule::{
-    Decision, ItemState, OrderState, Outcome, Rules, decide, decide_order, musement_time,
-};
-use crate::backoff::BackoffPolicy;
-use crate::clock::{from_db_text, later, to_db_text};
-use crate::observation::{ItemFacts, Observation, OrderFacts, Position, Source};
+use super::poll_state::{self, FIELD_COLUMNS, ITEM_VIEW_COLUMNS};
+use super::rule::{Decision, ItemState, OrderState, Outcome, Rules, musement_time};
+use crate::clock::{from_db_text, to_db_text};
+use crate::observation::{ItemFacts, Observation, OrderFacts, Position};
 use crate::telemetry;
 
-/// The longest a persistent doubt pushes an order's re-poll out.
-const MAX_REPOLL_DELAY: Duration = Duration::hours(1);
-
-/// Applies one observation inside the caller's transaction and returns the rule's outcome:
-/// the order's facts and the item's row as the rule decides them, the event, a re-poll mark
-/// when in doubt, and when the order is due. `now` is our clock at commit time (for
-/// `first_seen_at`, `changed_at`, re-poll marks).
+/// Applies one observation inside the caller's transaction and returns the rule's outcome
+/// (a batch of one: see [`apply_batch`]).
 pub fn apply(
     conn: &Connection,
     observation: &Observation,
     settings: &StoreSettings,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Outcome> {
-    let rules = &settings.rules;
-    let order_uuid = observation.order.to_string();
-    let item_uuid = observation.item.to_string();
-    warn_about_times(observation, rules);
-    write_order(conn, observation, rules, now)?;
-    let stored = load_item(conn, &item_uuid)?;
-    let current = stored.as_ref().and_then(|s| s.state.as_ref());
-    let decision = decide(current, observation, rules);
-    let repaired_first_seen = match &stored {
-        Some(stored) if stored.first_seen.is_none() => {
-            Some(first_event_time(conn, &item_uuid, now)?)
+    let outcomes = apply_batch(conn, &[observation], settings, now)?;
+    Ok(outcomes[0])
+}
+
+/// Applies `observations`, in order, inside the caller's transaction and returns each one's
+/// outcome: the rows they touch are read in one statement per table, the rule decides the
+/// orders' facts, the items' rows, re-poll marks and when each order is due, and each changed
+/// row is written once, with an event per observation. `now` is our clock at commit time
+/// (for `first_seen_at`, `changed_at`, re-poll marks). The rows are those that applying the
+/// observations one by one in that order gives.
+pub fn apply_batch(
+    conn: &Connection,
+    observations: &[&Observation],
+    settings: &StoreSettings,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Vec<Outcome>> {
+    let loaded = load(conn, observations)?;
+    let plan = batch::plan(loaded, observations, settings, now);
+    for order in &plan.orders {
+        write_order(conn, order, now)?;
+    }
+    for item in &plan.items {
+        write_item(conn, item, now)?;
+    }
+    for (observation, outcome) in observations.iter().zip(&plan.outcomes) {
+        append_event(conn, observation, *outcome, &settings.rules)?;
+    }
+    for note in &plan.notes {
+        let observation = observations[note.index];
+        warn_about_times(observation, &settings.rules);
+        log_decision(observation, note.before.as_ref(), &note.decision);
+    }
+    Ok(plan.outcomes)
+}
+
+/// The stored rows `observations` touch: their orders, their items, and every other item of
+/// those orders (which decide when the order is polled).
+fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<Loaded> {
+    let mut order_keys = Vec::new();
+    let mut item_keys = Vec::new();
+    let (mut seen_orders, mut seen_items) = (HashSet::new(), HashSet::new());
+    for observation in observations {
+        if seen_orders.insert(observation.order) {
+            order_keys.push(observation.order.to_string());
         }
-        _ => None,
-    };
-    if current != Some(&decision.state) || repaired_first_seen.is_some() {
-        let first_seen = stored.as_ref().and_then(|s| s.first_seen);
-        let write = ItemWrite {
-            decision: &decision,
-            status_changed: current.map(|c| &c.status) != Some(&decision.state.status),
-            first_seen: repaired_first_seen.or(first_seen).unwrap_or(now),
-            repaired_first_seen: repaired_first_seen.is_some(),
-        };
-        write_item(conn, observation, &write, now)?;
+        if seen_items.insert(observation.item) {
+            item_keys.push(observation.item.to_string());
+        }
     }
-    append_event(conn, observation, decision.outcome, rules)?;
-    log_decision(observation, current, &decision);
-    if decision.outcome.needs_repoll() {
-        mark_for_repoll(conn, &order_uuid, rules, now)?;
+    let order_list = serde_json::to_string(&order_keys).expect("a list of strings");
+    let item_list = serde_json::to_string(&item_keys).expect("a list of strings");
+    let mut loaded = Loaded::default();
+    {
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT order_uuid, order_id, order_version, order_created, order_updated,
+                    order_status, identifier, order_polled_as_of, repoll_at, repoll_attempts,
+                    {FIELD_COLUMNS}
+             FROM orders WHERE order_uuid IN (SELECT value FROM json_each(?1))"
+        ))?;
+        let mut rows = statement.query([&order_list])?;
+        while let Some(row) = rows.next()? {
+            let key = cells::key(row.get_ref(0)?);
+            let order = read_order(row, &key)?;
+            loaded.orders.insert(key, order);
+        }
     }
-    let trigger = match observation.position.source() {
-        Source::Webhook => Trigger::Webhook,
-        Source::Poll => Trigger::Other, // the caller that polled says when the order is due again
-    };
-    poll_state::refresh(conn, &order_uuid, &settings.policy, trigger, now)?;
-    Ok(decision.outcome)
+    {
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT item_uuid, order_uuid, status, status_version, item_version, as_of,
+                    as_of_source, source, facts_as_of, first_seen_at, item_created, item_updated,
+                    vouchers, product_id, product_title, product_date, max_confirmation_time,
+                    {ITEM_VIEW_COLUMNS}
+             FROM order_items
+             WHERE item_uuid IN (SELECT value FROM json_each(?1))
+                OR order_uuid IN (SELECT value FROM json_each(?2))"
+        ))?;
+        let mut rows = statement.query([&item_list, &order_list])?;
+        while let Some(row) = rows.next()? {
+            let key = cells::key(row.get_ref(0)?);
+            let item = read_item(row, &key)?;
+            loaded.items.insert(key, item);
+        }
+    }
+    for (key, item) in &mut loaded.items {
+        if item.first_seen.is_none() {
+            item.first_event = first_event_time(conn, key)?;
+        }
+    }
+    Ok(loaded)
 }
 
 /// The decisions an operator must hear about, said once, here.
@@ -109,204 +159,159 @@ fn warn_about_times(observation: &Observation, rules: &Rules) {
     }
 }
 
-/// Writes the order's facts as [`decide_order`] decides them after `observation`, creating
-/// the row if needed (`first_seen_at` = `now`). Nothing is written when nothing changes.
-fn write_order(
-    conn: &Connection,
-    observation: &Observation,
-    rules: &Rules,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<()> {
-    let order_uuid = observation.order.to_string();
-    let stored = load_order(conn, &order_uuid)?;
-    let decided = decide_order(stored.as_ref(), observation, rules);
-    if stored.as_ref() == Some(&decided) {
-        return Ok(());
+/// Writes an order's decided facts (creating the row, `first_seen_at` = `now`), its re-poll
+/// mark and when it is due; nothing that did not change.
+fn write_order(conn: &Connection, order: &OrderWrite, now: DateTime<Utc>) -> rusqlite::Result<()> {
+    if let Some(decided) = &order.facts {
+        let facts = &decided.facts;
+        conn.prepare_cached(
+            "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated,
+                                 order_status, identifier, order_polled_as_of, first_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (order_uuid) DO UPDATE SET
+               order_id = excluded.order_id,
+               order_version = excluded.order_version,
+               order_created = excluded.order_created,
+               order_updated = excluded.order_updated,
+               order_status = excluded.order_status,
+               identifier = excluded.identifier,
+               order_polled_as_of = excluded.order_polled_as_of",
+        )?
+        .execute(params![
+            order.key,
+            facts.id,
+            facts.version,
+            facts.created.map(to_db_text),
+            facts.updated.map(to_db_text),
+            facts.status,
+            facts.identifier,
+            decided.polled_as_of.map(to_db_text),
+            to_db_text(now),
+        ])?;
     }
-    let facts = &decided.facts;
-    conn.prepare_cached(
-        "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated,
-                             order_status, identifier, order_polled_as_of, first_seen_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (order_uuid) DO UPDATE SET
-           order_id = excluded.order_id,
-           order_version = excluded.order_version,
-           order_created = excluded.order_created,
-           order_updated = excluded.order_updated,
-           order_status = excluded.order_status,
-           identifier = excluded.identifier,
-           order_polled_as_of = excluded.order_polled_as_of",
-    )?
-    .execute(params![
-        order_uuid,
-        facts.id,
-        facts.version,
-        facts.created.map(to_db_text),
-        facts.updated.map(to_db_text),
-        facts.status,
-        facts.identifier,
-        decided.polled_as_of.map(to_db_text),
-        to_db_text(now),
-    ])?;
-    Ok(())
+    if let Some((repoll_at, attempts)) = order.repoll {
+        conn.prepare_cached(
+            "UPDATE orders SET repoll_at = ?2, repoll_attempts = ?3 WHERE order_uuid = ?1",
+        )?
+        .execute(params![order.key, to_db_text(repoll_at), attempts])?;
+    }
+    poll_state::write(conn, &order.key, &order.poll)
 }
 
-/// The order's facts as stored; `None` when there is no row yet. An unreadable cell is unknown
-/// (`None`), so the rule's decision replaces it.
-fn load_order(conn: &Connection, order_uuid: &str) -> rusqlite::Result<Option<OrderState>> {
-    conn.prepare_cached(
-        "SELECT order_id, order_version, order_created, order_updated, order_status, identifier,
-                order_polled_as_of
-         FROM orders WHERE order_uuid = ?1",
-    )?
-    .query_row([order_uuid], |row| {
-        let place = |column| order_place(column, order_uuid);
-        let text = |i: usize, column| -> rusqlite::Result<Option<String>> {
-            Ok(cells::text(row.get_ref(i)?, place(column))
-                .unwrap_or(None)
-                .map(str::to_owned))
-        };
-        let time = |i: usize, column| -> rusqlite::Result<Option<DateTime<Utc>>> {
-            Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
-        };
-        Ok(OrderState {
+/// An `orders` row as [`load`] selects it. An unreadable fact is unknown (`None`), so the
+/// rule's decision replaces it.
+fn read_order(row: &Row<'_>, order_uuid: &str) -> rusqlite::Result<StoredOrder> {
+    let place = |column| order_place(column, order_uuid);
+    let text = |i: usize, column| -> rusqlite::Result<Option<String>> {
+        Ok(cells::text(row.get_ref(i)?, place(column))
+            .unwrap_or(None)
+            .map(str::to_owned))
+    };
+    let time = |i: usize, column| -> rusqlite::Result<Option<DateTime<Utc>>> {
+        Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
+    };
+    Ok(StoredOrder {
+        state: OrderState {
             facts: OrderFacts {
-                id: text(0, "order_id")?,
-                version: cells::integer(row.get_ref(1)?, place("order_version")).unwrap_or(None),
-                created: time(2, "order_created")?,
-                updated: time(3, "order_updated")?,
-                status: text(4, "order_status")?,
-                identifier: text(5, "identifier")?,
+                id: text(1, "order_id")?,
+                version: cells::integer(row.get_ref(2)?, place("order_version")).unwrap_or(None),
+                created: time(3, "order_created")?,
+                updated: time(4, "order_updated")?,
+                status: text(5, "order_status")?,
+                identifier: text(6, "identifier")?,
             },
-            polled_as_of: time(6, "order_polled_as_of")?,
-        })
+            polled_as_of: time(7, "order_polled_as_of")?,
+        },
+        repoll_mark: cells::time(row.get_ref(8)?, place("repoll_at")),
+        repoll_attempts: row.get(9)?,
+        poll: poll_state::read_fields(row, 10, order_uuid)?,
     })
-    .optional()
 }
 
-/// An item's row as the write path reads it.
-struct StoredItem {
-    /// The rule's view of the row; `None` when one of the cells the status rule needs could
-    /// not be read: the state is unknown, and this observation's decision replaces it whole.
-    /// (An unreadable detail, e.g. `item_created` or a product fact, is only that detail
-    /// unknown.)
-    state: Option<ItemState>,
-    /// `first_seen_at` (it dates the confirmation deadline); `None` when unreadable: the write
-    /// repairs it from the item's first event.
-    first_seen: Option<DateTime<Utc>>,
-}
-
-fn load_item(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<StoredItem>> {
-    conn.prepare_cached(
-        "SELECT status, status_version, item_version, as_of, as_of_source, source, facts_as_of,
-                first_seen_at, item_created, item_updated, vouchers, product_id, product_title,
-                product_date, max_confirmation_time
-         FROM order_items WHERE item_uuid = ?1",
-    )?
-    .query_row([item_uuid], |row| {
-        let place = |column| Place {
-            table: "order_items",
-            column,
-            key: item_uuid,
-        };
-        // Every cell is read (and an unreadable one logged) before any is judged.
-        let status = cells::status(row.get_ref(0)?, place("status"));
-        let status_version = cells::integer(row.get_ref(1)?, place("status_version"));
-        let item_version = cells::integer(row.get_ref(2)?, place("item_version"));
-        let as_of = cells::time(row.get_ref(3)?, place("as_of"));
-        let as_of_source = cells::source(row.get_ref(4)?, place("as_of_source"));
-        let source = cells::source(row.get_ref(5)?, place("source"));
-        let facts_as_of = cells::time(row.get_ref(6)?, place("facts_as_of"));
-        let first_seen = cells::time(row.get_ref(7)?, place("first_seen_at"));
-        let detail_time = |i: usize, column| -> rusqlite::Result<Option<DateTime<Utc>>> {
-            Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
-        };
-        let detail_text = |i: usize, column| -> rusqlite::Result<Option<String>> {
-            Ok(cells::text(row.get_ref(i)?, place(column))
-                .unwrap_or(None)
-                .map(str::to_owned))
-        };
-        let item_created = detail_time(8, "item_created")?;
-        let item_updated = detail_time(9, "item_updated")?;
-        let facts = ItemFacts {
-            vouchers: cells::string_list(row.get_ref(10)?, place("vouchers")).unwrap_or(None),
-            product_id: detail_text(11, "product_id")?,
-            product_title: detail_text(12, "product_title")?,
-            product_date: detail_text(13, "product_date")?,
-            max_confirmation_time: detail_text(14, "max_confirmation_time")?,
-        };
-        let state = (|| -> Result<ItemState, Unreadable> {
-            Ok(ItemState {
-                status: status?.ok_or(Unreadable)?,
-                status_version: status_version?,
-                item_version: item_version?,
-                as_of: as_of?.ok_or(Unreadable)?,
-                as_of_source: as_of_source?.ok_or(Unreadable)?,
-                source: source?.ok_or(Unreadable)?,
-                facts_as_of: facts_as_of?,
-                facts,
-                item_created,
-                item_updated,
-            })
-        })();
-        Ok(StoredItem {
-            state: state.ok(),
-            first_seen: first_seen.unwrap_or(None),
+/// An `order_items` row as [`load`] selects it.
+fn read_item(row: &Row<'_>, item_uuid: &str) -> rusqlite::Result<StoredItem> {
+    let place = |column| Place {
+        table: "order_items",
+        column,
+        key: item_uuid,
+    };
+    // Every cell is read (and an unreadable one logged) before any is judged.
+    let order_key = cells::key(row.get_ref(1)?);
+    let status = cells::status(row.get_ref(2)?, place("status"));
+    let status_version = cells::integer(row.get_ref(3)?, place("status_version"));
+    let item_version = cells::integer(row.get_ref(4)?, place("item_version"));
+    let as_of = cells::time(row.get_ref(5)?, place("as_of"));
+    let as_of_source = cells::source(row.get_ref(6)?, place("as_of_source"));
+    let source = cells::source(row.get_ref(7)?, place("source"));
+    let facts_as_of = cells::time(row.get_ref(8)?, place("facts_as_of"));
+    let first_seen = cells::time(row.get_ref(9)?, place("first_seen_at"));
+    let detail_time = |i: usize, column| -> rusqlite::Result<Option<DateTime<Utc>>> {
+        Ok(cells::time(row.get_ref(i)?, place(column)).unwrap_or(None))
+    };
+    let detail_text = |i: usize, column| -> rusqlite::Result<Option<String>> {
+        Ok(cells::text(row.get_ref(i)?, place(column))
+            .unwrap_or(None)
+            .map(str::to_owned))
+    };
+    let item_created = detail_time(10, "item_created")?;
+    let item_updated = detail_time(11, "item_updated")?;
+    let stored_facts = ItemFacts {
+        vouchers: cells::string_list(row.get_ref(12)?, place("vouchers")).unwrap_or(None),
+        product_id: detail_text(13, "product_id")?,
+        product_title: detail_text(14, "product_title")?,
+        product_date: detail_text(15, "product_date")?,
+        max_confirmation_time: detail_text(16, "max_confirmation_time")?,
+    };
+    // An unreadable detail (`item_created`, a product fact) is only that detail unknown; an
+    // unreadable cell the status rule needs makes the whole state unknown, and the next
+    // decision replaces it whole.
+    let state = (|| -> Result<ItemState, Unreadable> {
+        Ok(ItemState {
+            status: status?.ok_or(Unreadable)?,
+            status_version: status_version?,
+            item_version: item_version?,
+            as_of: as_of?.ok_or(Unreadable)?,
+            as_of_source: as_of_source?.ok_or(Unreadable)?,
+            source: source?.ok_or(Unreadable)?,
+            facts_as_of: facts_as_of?,
+            facts: stored_facts.clone(),
+            item_created,
+            item_updated,
         })
+    })();
+    Ok(StoredItem {
+        order_key,
+        state: state.ok(),
+        facts: stored_facts,
+        first_seen: first_seen.unwrap_or(None),
+        first_event: None,
+        poll_view: poll_state::read_item_view(row, 17, item_uuid)?,
     })
-    .optional()
 }
 
-/// The best `first_seen_at` for an item whose stored one is unreadable: when its first event
-/// arrived (`now` if that is unreadable too, or pruned).
-fn first_event_time(
-    conn: &Connection,
-    item_uuid: &str,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<DateTime<Utc>> {
+/// When the item's first event arrived: the best `first_seen_at` for an item whose stored one
+/// is unreadable (`None` if that is unreadable too, or pruned).
+fn first_event_time(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<DateTime<Utc>>> {
     let first: Option<String> = conn
         .prepare_cached(
             "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
         )?
         .query_row([item_uuid], |row| row.get(0))
         .optional()?;
-    let first = first.and_then(|text| from_db_text(&text).ok());
-    Ok(first.unwrap_or(now))
+    Ok(first.and_then(|text| from_db_text(&text).ok()))
 }
 
-/// What [`write_item`] writes besides the decided state.
-struct ItemWrite<'a> {
-    /// The rule's decision: the state to store, and whether the poll's facts are part of it.
-    decision: &'a Decision,
-    /// Whether the status differs from the stored one (moves `changed_at`).
-    status_changed: bool,
-    /// The item's `first_seen_at` (`now` for a new item): dates the confirmation deadline.
-    first_seen: DateTime<Utc>,
-    /// Whether `first_seen` replaces an unreadable stored one.
-    repaired_first_seen: bool,
-}
-
-/// Writes the decided state. The poll facts' columns are written only when the rule says this
-/// poll's facts are the newest (`writes_facts`), with the confirmation deadline they date
-/// from `first_seen_at`.
-fn write_item(
-    conn: &Connection,
-    observation: &Observation,
-    write: &ItemWrite<'_>,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<()> {
-    let state = &write.decision.state;
-    let writes_facts = write.decision.writes_facts;
+/// Writes an item's decided state. The poll facts' columns are written only when the rule
+/// said a poll's facts are the newest (`writes_facts`), with the confirmation deadline they
+/// date from `first_seen_at`.
+fn write_item(conn: &Connection, write: &ItemWrite, now: DateTime<Utc>) -> rusqlite::Result<()> {
+    let state = &write.state;
     let facts = &state.facts;
     let vouchers = facts
         .vouchers
         .as_ref()
         .map(|list| serde_json::to_string(list).unwrap_or_else(|_| "[]".into()));
-    let deadline = facts
-        .max_confirmation_time
-        .as_deref()
-        .and_then(super::polls::parse_iso_duration)
-        .map(|allowed| to_db_text(later(write.first_seen, allowed)));
+    let deadline = write.confirm_deadline.map(to_db_text);
     let now = to_db_text(now);
     conn.prepare_cached(
         "INSERT INTO order_items (item_uuid, order_uuid, status, item_version, status_version,
@@ -339,8 +344,8 @@ fn write_item(
                                    ELSE order_items.confirm_deadline END",
     )?
     .execute(params![
-        observation.item.to_string(),
-        observation.order.to_string(),
+        write.key,
+        write.order_key,
         state.status.as_str(),
         state.item_version,
         state.status_version,
@@ -360,7 +365,7 @@ fn write_item(
         facts.max_confirmation_time,
         deadline,
         write.repaired_first_seen,
-        writes_facts,
+        write.writes_facts,
     ])?;
     Ok(())
 }
@@ -387,36 +392,6 @@ fn append_event(
         outcome.as_str(),
         observation.raw,
     ])?;
-    Ok(())
-}
-
-/// Asks for a poll of the order after `skew_margin`, doubling the wait each time the doubt
-/// comes back while a mark is already due (Musement's state settles it; see the reconciler).
-fn mark_for_repoll(
-    conn: &Connection,
-    order_uuid: &str,
-    rules: &Rules,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<()> {
-    let (pending, attempts) = conn
-        .prepare_cached("SELECT repoll_at, repoll_attempts FROM orders WHERE order_uuid = ?1")?
-        .query_row([order_uuid], |row| {
-            let pending = cells::time(row.get_ref(0)?, order_place("repoll_at", order_uuid));
-            Ok((pending, row.get::<_, i64>(1)?))
-        })?;
-    // An unreadable mark is unknown: this one replaces it.
-    if pending.is_ok_and(|at| at.is_some_and(|at| at > now)) {
-        return Ok(()); // already marked for a future poll; one poll settles every item
-    }
-    let backoff = BackoffPolicy {
-        base: rules.skew_margin.max(Duration::seconds(1)),
-        cap: MAX_REPOLL_DELAY,
-    };
-    let delay = backoff.delay(attempts);
-    conn.prepare_cached(
-        "UPDATE orders SET repoll_at = ?2, repoll_attempts = repoll_attempts + 1 WHERE order_uuid = ?1",
-    )?
-    .execute(params![order_uuid, to_db_text(later(now, delay))])?;
     Ok(())
 }
 

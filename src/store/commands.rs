@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::maintenance::{self, PruneStep};
 use super::polls::{self, Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
-use super::{RejectedWebhook, StoreSettings, apply, record_rejected};
+use super::{RejectedWebhook, StoreSettings, apply, apply_batch, record_rejected};
 use crate::observation::Observation;
 use crate::store::Outcome;
 
-/// A unit of work for the writer; each runs in its own savepoint inside a batch.
+/// A unit of work for the writer, committed in a batch with others.
 #[derive(Debug)]
 pub enum Command {
     /// Store an observation through the ordering rule.
@@ -69,6 +69,37 @@ pub enum Done {
     Lease(LeaseAnswer),
     Pruned(PruneStep),
     Nothing,
+}
+
+/// Runs `commands` in order on the writer's connection at `now`; consecutive observations go
+/// through the store together ([`apply_batch`]: one read per table for all of them). Stops at
+/// the first error (the caller undoes the lot).
+pub fn execute_all(
+    conn: &Connection,
+    commands: &[&Command],
+    settings: &StoreSettings,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Vec<Done>> {
+    let mut done = Vec::with_capacity(commands.len());
+    let mut rest = commands;
+    while let Some(first) = rest.first() {
+        let observations: Vec<&Observation> = rest
+            .iter()
+            .map_while(|command| match command {
+                Command::Apply(observation) => Some(observation.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if observations.is_empty() {
+            done.push(execute(conn, first, settings, now)?);
+            rest = &rest[1..];
+        } else {
+            let outcomes = apply_batch(conn, &observations, settings, now)?;
+            done.extend(outcomes.into_iter().map(Done::Outcome));
+            rest = &rest[observations.len()..];
+        }
+    }
+    Ok(done)
 }
 
 /// Runs one command on the writer's connection at `now`.

@@ -12,6 +12,7 @@
 //! "which source wins" decision is the pure rule's ([`rule`]); an engine only carries it out.
 
 mod apply;
+mod batch;
 mod cells;
 pub mod checkpoint;
 pub mod commands;
@@ -44,7 +45,7 @@ use self::writer::{Writer, WriterSettings, WriterThread};
 use crate::clock::Clock;
 use crate::config::Config;
 
-pub use apply::{RejectedWebhook, apply, record_rejected};
+pub use apply::{RejectedWebhook, apply, apply_batch, record_rejected};
 pub use poll_state::PollPolicy;
 pub use polls::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, record_poll};
 pub use rule::{Decision, ItemState, OrderState, Outcome, Rules, decide, decide_order};
@@ -193,7 +194,7 @@ pub fn open_for_writing(path: &Path, busy_timeout: Duration) -> Result<Connectio
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
-    // The per-job savepoints' statement journal lives in memory, not in a temp file written
+    // The batch savepoint's statement journal lives in memory, not in a temp file written
     // with a syscall per page (it only matters until the batch commits).
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(open_error)?;

@@ -2,7 +2,7 @@
 //! recomputed by the store on every change so a pass only reads a partial index.
 
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Row, params};
 
 use super::cells::{self, Place, order_place};
 use crate::clock::{later, to_db_text};
@@ -48,6 +48,93 @@ pub enum Trigger {
     Other,
 }
 
+/// An order's polling bookkeeping as stored: what [`plan`] decides from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollFields {
+    /// Consecutive failed polls.
+    pub failures: i64,
+    /// When it is due now (`None`: not set, or unreadable and so rewritten).
+    pub next: Option<DateTime<Utc>>,
+    /// No poll has succeeded yet.
+    pub never_polled: bool,
+    /// Polling stopped (Musement answered 404, or past `max_age`).
+    pub stopped: bool,
+}
+
+impl PollFields {
+    /// A new order's.
+    pub fn new_order() -> Self {
+        Self {
+            failures: 0,
+            next: None,
+            never_polled: true,
+            stopped: false,
+        }
+    }
+}
+
+/// An item as far as polling its order goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemPollView {
+    /// Its status (an unreadable one is an unknown status: polled).
+    pub status: Status,
+    /// Whether it has at least one voucher.
+    pub has_vouchers: bool,
+    /// The activity's local date (`2018-09-01 15:30`), as sent.
+    pub product_date: Option<String>,
+}
+
+/// Whether and from when an order is polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollPlan {
+    /// `orders.needs_poll`.
+    pub needs_poll: bool,
+    /// `orders.next_poll_at`.
+    pub next: DateTime<Utc>,
+}
+
+/// Decides `needs_poll` and `next_poll_at` for an order with `fields` and `items` after
+/// `trigger` at `now`. Pure: the store reads the inputs and writes the result.
+pub fn plan<'a>(
+    fields: &PollFields,
+    items: impl IntoIterator<Item = &'a ItemPollView>,
+    policy: &PollPolicy,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+) -> PollPlan {
+    let activity_cutoff = later(now, -RECHECK_AFTER_ACTIVITY)
+        .format("%Y-%m-%d %H:%M")
+        .to_string();
+    let (mut active, mut recheck, mut count) = (false, false, 0usize);
+    for item in items {
+        count += 1;
+        let status = &item.status;
+        let unsettled = policy.poll_statuses.iter().any(|s| s == status.as_str())
+            || status.is_unknown()
+            || (*status == Status::Ok && !item.has_vouchers);
+        active |= unsettled;
+        recheck |= *status == Status::Ok
+            && item.has_vouchers
+            && item
+                .product_date
+                .as_deref()
+                .is_none_or(|date| date >= activity_cutoff.as_str());
+    }
+    let quiet_until = later(now, policy.quiet_period);
+    let next = match trigger {
+        Trigger::Webhook if active && fields.failures == 0 => quiet_until,
+        Trigger::Webhook => fields.next.map_or(quiet_until, |n| n.max(quiet_until)),
+        Trigger::Polled if active || count == 0 => now,
+        Trigger::Polled => later(now, policy.recheck_interval),
+        Trigger::Other => fields.next.unwrap_or(now),
+    };
+    // Webhooks name only the items they are about, so until one poll has listed the order's
+    // items, an item whose every webhook was lost is unknown: an order whose known items are
+    // all final (KO, REFUNDED) is still polled once.
+    let needs_poll = (active || recheck || fields.never_polled) && !fields.stopped;
+    PollPlan { needs_poll, next }
+}
+
 /// Recomputes `needs_poll` and moves `next_poll_at` for one order.
 pub fn refresh(
     conn: &Connection,
@@ -56,73 +143,86 @@ pub fn refresh(
     trigger: Trigger,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    // Two plain indexed reads and the decision in Rust: this runs for every webhook, and an
-    // aggregate query with IN-lists cost the writer more than the rest of `apply` together.
-    let activity_cutoff = later(now, -RECHECK_AFTER_ACTIVITY)
-        .format("%Y-%m-%d %H:%M")
-        .to_string();
-    let (failures, next, never_polled, stopped) = conn
-        .prepare_cached(
-            "SELECT poll_failures, next_poll_at, last_polled_at IS NULL,
-                    not_found_at IS NOT NULL OR expired_at IS NOT NULL
-             FROM orders WHERE order_uuid = ?1",
-        )?
-        .query_row([order_uuid], |r| {
-            // Unreadable: unknown, and rewritten below.
-            let next = cells::time(r.get_ref(1)?, order_place("next_poll_at", order_uuid));
-            Ok((
-                r.get::<_, i64>(0)?,
-                next.unwrap_or(None),
-                r.get::<_, bool>(2)?,
-                r.get::<_, bool>(3)?,
-            ))
-        })?;
-    let (mut active, mut recheck, mut items) = (false, false, 0usize);
-    let mut statement = conn.prepare_cached(
-        "SELECT item_uuid, status, coalesce(vouchers, '[]') <> '[]', product_date
-         FROM order_items WHERE order_uuid = ?1",
-    )?;
+    let fields = load_fields(conn, order_uuid)?;
+    let items = load_item_views(conn, order_uuid)?;
+    let decided = plan(&fields, &items, policy, trigger, now);
+    write(conn, order_uuid, &decided)
+}
+
+/// Columns of `orders` that [`read_fields`] reads, in its order.
+pub const FIELD_COLUMNS: &str = "poll_failures, next_poll_at, last_polled_at IS NULL,
+    not_found_at IS NOT NULL OR expired_at IS NOT NULL";
+
+/// [`PollFields`] from [`FIELD_COLUMNS`] starting at column `at`.
+pub fn read_fields(row: &Row<'_>, at: usize, order_uuid: &str) -> rusqlite::Result<PollFields> {
+    // Unreadable: unknown, and rewritten.
+    let next = cells::time(
+        row.get_ref(at + 1)?,
+        order_place("next_poll_at", order_uuid),
+    );
+    Ok(PollFields {
+        failures: row.get(at)?,
+        next: next.unwrap_or(None),
+        never_polled: row.get(at + 2)?,
+        stopped: row.get(at + 3)?,
+    })
+}
+
+fn load_fields(conn: &Connection, order_uuid: &str) -> rusqlite::Result<PollFields> {
+    conn.prepare_cached(&format!(
+        "SELECT {FIELD_COLUMNS} FROM orders WHERE order_uuid = ?1"
+    ))?
+    .query_row([order_uuid], |r| read_fields(r, 0, order_uuid))
+}
+
+/// Columns of `order_items` that [`read_item_view`] reads, in its order.
+pub const ITEM_VIEW_COLUMNS: &str = "status, coalesce(vouchers, '[]') <> '[]', product_date";
+
+/// [`ItemPollView`] from [`ITEM_VIEW_COLUMNS`] starting at column `at`.
+pub fn read_item_view(row: &Row<'_>, at: usize, item_uuid: &str) -> rusqlite::Result<ItemPollView> {
+    let place = |column| Place {
+        table: "order_items",
+        column,
+        key: item_uuid,
+    };
+    // An unreadable status counts as an unknown one (polled), an unreadable activity date
+    // as none; both are logged once.
+    let status = cells::status(row.get_ref(at)?, place("status"))
+        .unwrap_or(None)
+        .unwrap_or_else(|| Status::Other(String::new()));
+    let product_date = cells::text(row.get_ref(at + 2)?, place("product_date"))
+        .unwrap_or(None)
+        .map(str::to_owned);
+    Ok(ItemPollView {
+        status,
+        has_vouchers: row.get(at + 1)?,
+        product_date,
+    })
+}
+
+fn load_item_views(conn: &Connection, order_uuid: &str) -> rusqlite::Result<Vec<ItemPollView>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT item_uuid, {ITEM_VIEW_COLUMNS} FROM order_items WHERE order_uuid = ?1"
+    ))?;
     let mut rows = statement.query([order_uuid])?;
+    let mut views = Vec::new();
     while let Some(row) = rows.next()? {
         let item_uuid = cells::key(row.get_ref(0)?);
-        let place = |column| Place {
-            table: "order_items",
-            column,
-            key: &item_uuid,
-        };
-        // An unreadable status counts as an unknown one (polled), an unreadable activity date
-        // as none; both are logged once.
-        let status = cells::status(row.get_ref(1)?, place("status"))
-            .unwrap_or(None)
-            .unwrap_or_else(|| Status::Other(String::new()));
-        let has_vouchers: bool = row.get(2)?;
-        let product_date = cells::text(row.get_ref(3)?, place("product_date")).unwrap_or(None);
-        items += 1;
-        let unsettled = policy.poll_statuses.iter().any(|s| s == status.as_str())
-            || status.is_unknown()
-            || (status == Status::Ok && !has_vouchers);
-        active |= unsettled;
-        recheck |= status == Status::Ok
-            && has_vouchers
-            && product_date.is_none_or(|date| date >= activity_cutoff.as_str());
+        views.push(read_item_view(row, 1, &item_uuid)?);
     }
-    let quiet_until = later(now, policy.quiet_period);
-    let next = match trigger {
-        Trigger::Webhook if active && failures == 0 => quiet_until,
-        Trigger::Webhook => next.map_or(quiet_until, |n| n.max(quiet_until)),
-        Trigger::Polled if active || items == 0 => now,
-        Trigger::Polled => later(now, policy.recheck_interval),
-        Trigger::Other => next.unwrap_or(now),
-    };
-    let next = to_db_text(next);
-    // Webhooks name only the items they are about, so until one poll has listed the order's
-    // items, an item whose every webhook was lost is unknown: an order whose known items are
-    // all final (KO, REFUNDED) is still polled once.
-    let needs_poll = (active || recheck || never_polled) && !stopped;
+    Ok(views)
+}
+
+/// Writes the plan, touching the row only when it changes.
+pub fn write(conn: &Connection, order_uuid: &str, decided: &PollPlan) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE orders SET needs_poll = ?2, next_poll_at = ?3
          WHERE order_uuid = ?1 AND (needs_poll IS NOT ?2 OR next_poll_at IS NOT ?3)",
     )?
-    .execute(params![order_uuid, needs_poll, next])?;
+    .execute(params![
+        order_uuid,
+        decided.needs_poll,
+        to_db_text(decided.next)
+    ])?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::StoreSettings;
-use super::apply::apply;
+use super::apply::apply_batch;
 use super::cells::{self, Place, Unreadable, order_place};
 use super::poll_state::{self, Trigger};
 use super::rule::Outcome;
@@ -78,10 +78,8 @@ pub fn record_poll(
     let order_uuid = record.order.to_string();
     ensure_order(conn, &order_uuid, now)?;
     let previous_failures = failures(conn, &order_uuid)?;
-    let mut outcomes = Vec::with_capacity(record.items.len());
-    for observation in &record.items {
-        outcomes.push(apply(conn, observation, settings, now)?);
-    }
+    let items: Vec<&Observation> = record.items.iter().collect();
+    let outcomes = apply_batch(conn, &items, settings, now)?;
     note_missing_items(conn, record, now)?;
     repair_order_first_seen(conn, &order_uuid, now)?;
     let still_in_doubt = outcomes.iter().any(|o| o.needs_repoll());

@@ -1,5 +1,6 @@
-//! How the writer commits a batch on SQLite ([`Batches`]): one `IMMEDIATE` transaction, a
-//! savepoint per command so that one failing command is undone alone, one commit. Around it,
+//! How the writer commits a batch on SQLite ([`Batches`]): one `IMMEDIATE` transaction, the
+//! commands run together (consecutive observations as one [`super::apply_batch`]) in one
+//! savepoint, undone and retried in halves when one fails so that it alone fails, one commit. Around it,
 //! what only a SQLite file needs: the check that the file at the path is still the one open
 //! (none is written or acknowledged once it was replaced), the `max_size_bytes` budget
 //! measured on the file and its WAL, and the link to the checkpointer that runs beside the
@@ -9,11 +10,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::StoreSettings;
 use super::checkpoint::{self, CheckpointSettings, CheckpointerThread, WriterLink};
-use super::commands::{Command, execute};
+use super::commands::{Command, execute_all};
 use super::observer::StoreObserver;
 use super::sqlite_file::{DatabaseFile, FileSizes};
 use super::writer::{Batches, JobResult, WriteError};
@@ -132,10 +134,9 @@ fn over_budget(sizes: FileSizes, max: u64) -> WriteError {
     ))
 }
 
-/// Runs every command of the batch in one transaction, each in its own savepoint so one
-/// failing command does not sink the others, then commits once. A failed commit fails every
-/// command. With `over_budget`, commands that may take space are answered with it instead of
-/// run.
+/// Runs every command of the batch in one transaction and commits once; a command that fails
+/// is undone alone ([`run_in_halves`]). A failed commit fails every command. With
+/// `over_budget`, commands that may take space are answered with it instead of run.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[&Command],
@@ -143,47 +144,79 @@ fn commit_batch(
     clock: &dyn Clock,
     over_budget: Option<&WriteError>,
 ) -> Result<Vec<JobResult>, WriteError> {
-    let storage = |e: rusqlite::Error| WriteError::Storage(e.to_string());
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(storage)?;
     // Our clock once the write lock is ours: the time of the commit the batch waits for.
     let now = clock.now();
-    let mut results = Vec::with_capacity(batch.len());
-    // Savepoint statements are prepared once and reused: parsing them anew for every command
-    // was a visible share of the writer's time.
+    let mut results: Vec<Option<JobResult>> = vec![None; batch.len()];
+    let mut runnable = Vec::with_capacity(batch.len());
+    for (index, command) in batch.iter().enumerate() {
+        match over_budget {
+            Some(refusal) if command.may_grow() => results[index] = Some(Err(refusal.clone())),
+            _ => runnable.push(index),
+        }
+    }
+    run_in_halves(&tx, batch, &runnable, store, now, &mut results)?;
+    tx.commit().map_err(storage)?;
+    Ok(results
+        .into_iter()
+        .map(|result| result.expect("every command is answered"))
+        .collect())
+}
+
+fn storage(error: rusqlite::Error) -> WriteError {
+    WriteError::Storage(error.to_string())
+}
+
+/// Runs the commands at `jobs` (indexes into `batch`, in order) in one savepoint. When one
+/// fails, all of them are undone and each half runs again on its own, down to the failing
+/// command, which alone is answered with its error: one savepoint per batch while nothing
+/// fails (a savepoint per command was a visible share of the writer's time, and PostgreSQL
+/// stalls past ~64 subtransactions in one transaction), a few re-runs when something does.
+fn run_in_halves(
+    tx: &Connection,
+    batch: &[&Command],
+    jobs: &[usize],
+    store: &StoreSettings,
+    now: DateTime<Utc>,
+    results: &mut [Option<JobResult>],
+) -> Result<(), WriteError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    // Prepared once and reused: parsing them anew each time costs the writer.
     let run = |sql: &str| {
         tx.prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
             .map(drop)
+            .map_err(storage)
     };
-    for command in batch {
-        if let Some(refusal) = over_budget
-            && command.may_grow()
-        {
-            results.push(Err(refusal.clone()));
-            continue;
+    run("SAVEPOINT jobs")?;
+    let commands: Vec<&Command> = jobs.iter().map(|&index| batch[index]).collect();
+    match execute_all(tx, &commands, store, now) {
+        Ok(done) => {
+            run("RELEASE jobs")?;
+            for (&index, done) in jobs.iter().zip(done) {
+                results[index] = Some(Ok(done));
+            }
+            Ok(())
         }
-        run("SAVEPOINT job").map_err(storage)?;
-        match execute(&tx, command, store, now) {
-            Ok(done) => {
-                run("RELEASE job").map_err(storage)?;
-                results.push(Ok(done));
+        Err(error) if tx.is_autocommit() => {
+            // SQLite rolled the whole transaction back (disk full, I/O error): nothing may run
+            // outside it, and the whole batch answers with this error.
+            Err(storage(error))
+        }
+        Err(error) => {
+            run("ROLLBACK TO jobs")?;
+            run("RELEASE jobs")?;
+            if let [index] = jobs {
+                results[*index] = Some(Err(storage(error)));
+                return Ok(());
             }
-            Err(error) => {
-                if tx.is_autocommit() {
-                    // SQLite rolled the whole transaction back (disk full, I/O error): no later
-                    // command may run outside it, and the whole batch answers with this error.
-                    return Err(storage(error));
-                }
-                // Undo this command only.
-                run("ROLLBACK TO job")
-                    .and_then(|()| run("RELEASE job"))
-                    .map_err(storage)?;
-                results.push(Err(storage(error)));
-            }
+            let (first, second) = jobs.split_at(jobs.len() / 2);
+            run_in_halves(tx, batch, first, store, now, results)?;
+            run_in_halves(tx, batch, second, store, now, results)
         }
     }
-    tx.commit().map_err(storage)?;
-    Ok(results)
 }

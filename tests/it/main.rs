@@ -6,6 +6,7 @@
 
 mod alerts;
 mod api_faults;
+mod batch_apply;
 mod cli;
 mod convergence;
 mod database_file;

@@ -1,6 +1,7 @@
-//! The group-commit writer with one bad job in a batch: a job whose SQL fails is rolled back to
-//! its own savepoint (its earlier writes included) while the jobs before and after it in the
-//! same transaction commit and are answered as stored; a job that makes SQLite roll back the
+//! The group-commit writer with one bad job in a batch: a job whose SQL fails is undone alone
+//! (its earlier writes included; the batch runs in one savepoint, undone and retried in
+//! halves down to the failing job) while the jobs before and after it in the same
+//! transaction commit and are answered as stored; a job that makes SQLite roll back the
 //! whole transaction fails the whole batch, and nothing of it is stored.
 //!
 //! The failure is a trigger added to a test database that refuses one item's event, so the
@@ -233,7 +234,8 @@ impl Setup {
 const BAD: u64 = 3;
 
 /// A trigger refusing the event of job [`BAD`]'s item with `RAISE(action, message)`: `ABORT`
-/// undoes only that statement (so only that job's savepoint is rolled back), `ROLLBACK` makes
+/// undoes only that statement (so the writer undoes the jobs it ran with and retries them in
+/// halves until the bad job fails alone), `ROLLBACK` makes
 /// SQLite roll back the whole transaction.
 fn refuse_bad_event(action: &str, message: &str) -> String {
     format!(
@@ -245,7 +247,7 @@ fn refuse_bad_event(action: &str, message: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_job_is_rolled_back_to_its_savepoint_and_the_rest_of_its_batch_commits() {
+async fn a_failing_job_is_undone_alone_and_the_rest_of_its_batch_commits() {
     let s = writer_with_trigger(&refuse_bad_event("ABORT", "refused by the test trigger")).await;
     let (first, answers) = s.one_batch(0, &[1, 2, 3, 4, 5]).await;
     assert_eq!(first, Ok(Outcome::Applied));

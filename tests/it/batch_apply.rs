@@ -1,0 +1,338 @@
+//! `store::apply_batch` against `store::apply` one observation at a time: the same
+//! observations, in the same order, at the same `now`, on the same stored rows must leave
+//! every table identical (every column of `orders`, `order_items` and `item_events`) and give
+//! the same outcomes, whether they come as one batch, in random chunks, or one by one.
+//!
+//! What is generated: three orders of two items each (so a batch holds several observations of
+//! one item, several items of one order, and an order's other items decide when it is polled);
+//! webhooks with versions 1–4 and times that tie, lead or trail each other and the polls by
+//! less and more than the skew margin (duplicates, stale, conflicts, doubts); polls with item
+//! facts (vouchers empty or not, a product date, a confirmation time) and order facts, any of
+//! them missing; a prefix applied one by one before the batch, so the batch meets stored rows;
+//! and sometimes an unreadable cell in a stored row (`first_seen_at`, `status`, `next_poll_at`,
+//! `repoll_at`) that the write path must treat as unknown and repair.
+
+use chrono::{DateTime, Duration, Utc};
+use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Status};
+use orderwatch::store::{self, Outcome, StoreSettings};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, TestRunner};
+use rusqlite::Connection;
+use rusqlite::types::Value;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+fn at(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000, 0).unwrap() + Duration::milliseconds(millis)
+}
+
+/// Our clock for the batch: after every generated time.
+fn now() -> DateTime<Utc> {
+    at(600_000)
+}
+
+fn order(n: u8) -> Uuid {
+    Uuid::from_u128(0xA000 + u128::from(n))
+}
+
+fn item(n: u8) -> Uuid {
+    Uuid::from_u128(0xB000 + u128::from(n))
+}
+
+fn statuses() -> impl Strategy<Value = Status> {
+    prop_oneof![
+        Just("PENDING"),
+        Just("OK"),
+        Just("KO"),
+        Just("REFUNDED"),
+        Just("ON_HOLD")
+    ]
+    .prop_map(Status::parse)
+}
+
+fn maybe<T: std::fmt::Debug + Clone>(
+    value: impl Strategy<Value = T>,
+) -> impl Strategy<Value = Option<T>> {
+    prop_oneof![Just(None), value.prop_map(Some)]
+}
+
+fn item_facts() -> impl Strategy<Value = ItemFacts> {
+    (
+        maybe(prop_oneof![
+            Just(Vec::<String>::new()),
+            Just(vec!["https://example.com/v/1".to_owned()])
+        ]),
+        maybe(Just("product-1".to_owned())),
+        maybe(prop_oneof![
+            Just("2023-11-14 10:00".to_owned()),
+            Just("2099-01-01 10:00".to_owned())
+        ]),
+        maybe(prop_oneof![
+            Just("P0D".to_owned()),
+            Just("PT30M".to_owned()),
+            Just("soon".to_owned())
+        ]),
+    )
+        .prop_map(
+            |(vouchers, product_id, product_date, max_confirmation_time)| ItemFacts {
+                vouchers,
+                product_id,
+                product_title: None,
+                product_date,
+                max_confirmation_time,
+            },
+        )
+}
+
+fn order_facts() -> impl Strategy<Value = OrderFacts> {
+    (
+        maybe(Just("1234".to_owned())),
+        maybe(1i64..4),
+        maybe(prop_oneof![
+            Just("PENDING".to_owned()),
+            Just("OK".to_owned())
+        ]),
+        maybe(Just("MUS0738876".to_owned())),
+        0i64..100_000,
+    )
+        .prop_map(|(id, version, status, identifier, time)| OrderFacts {
+            id,
+            version,
+            created: version.map(|_| at(0)),
+            updated: version.map(|v| at(time + v)),
+            status,
+            identifier,
+        })
+}
+
+/// One observation: which item (and its order), webhook or poll, status, time, facts.
+fn observation() -> impl Strategy<Value = Observation> {
+    let position = prop_oneof![
+        (1i64..5, 0i64..40).prop_map(|(version, step)| Position::Webhook {
+            version,
+            updated: at(step * 2_500),
+        }),
+        (0i64..40).prop_map(|step| Position::Poll {
+            as_of: at(step * 2_500),
+        }),
+    ];
+    (
+        0u8..6,
+        statuses(),
+        position,
+        item_facts(),
+        order_facts(),
+        0i64..100_000,
+    )
+        .prop_map(|(n, status, position, facts, order_facts, received)| {
+            let mut observation =
+                Observation::bare(item(n), order(n / 2), status, position, at(received));
+            observation.raw = format!("{{\"n\":{n}}}");
+            match observation.position {
+                Position::Poll { .. } => {
+                    observation.item_facts = facts;
+                    observation.order_facts = OrderFacts {
+                        id: None,
+                        version: None,
+                        created: None,
+                        updated: None,
+                        ..order_facts
+                    };
+                }
+                Position::Webhook { .. } => {
+                    observation.item_created = Some(at(0));
+                    observation.order_facts = OrderFacts {
+                        status: None,
+                        identifier: None,
+                        ..order_facts
+                    };
+                }
+            }
+            observation
+        })
+}
+
+/// An unreadable cell put into a stored row before the batch.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    None,
+    FirstSeen(u8),
+    Status(u8),
+    NextPoll(u8),
+    RepollAt(u8),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        4 => Just(Damage::None),
+        1 => (0u8..6).prop_map(Damage::FirstSeen),
+        1 => (0u8..6).prop_map(Damage::Status),
+        1 => (0u8..3).prop_map(Damage::NextPoll),
+        1 => (0u8..3).prop_map(Damage::RepollAt),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    stored: Vec<Observation>,
+    damage: Damage,
+    batch: Vec<Observation>,
+    /// Where the batch is cut into chunks for the third database.
+    cuts: Vec<usize>,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec(observation(), 0..8),
+        damage(),
+        prop::collection::vec(observation(), 1..24),
+        prop::collection::vec(0usize..24, 0..4),
+    )
+        .prop_map(|(stored, damage, batch, cuts)| Case {
+            stored,
+            damage,
+            batch,
+            cuts,
+        })
+}
+
+fn settings() -> StoreSettings {
+    StoreSettings::default()
+}
+
+/// A database holding `case.stored` (applied one by one, each at its own `received_at`) and
+/// its damage.
+fn prepared(case: &Case) -> (TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = store::open_for_writing(&dir.path().join("t.db"), std::time::Duration::from_secs(5))
+        .unwrap();
+    for observation in &case.stored {
+        store::apply(&conn, observation, &settings(), observation.received_at).unwrap();
+    }
+    let (sql, key) = match case.damage {
+        Damage::None => return (dir, conn),
+        Damage::FirstSeen(n) => (
+            "UPDATE order_items SET first_seen_at = 'long ago' WHERE item_uuid = ?1",
+            item(n),
+        ),
+        Damage::Status(n) => (
+            "UPDATE order_items SET status = '' WHERE item_uuid = ?1",
+            item(n),
+        ),
+        Damage::NextPoll(n) => (
+            "UPDATE orders SET next_poll_at = 'soon' WHERE order_uuid = ?1",
+            order(n),
+        ),
+        Damage::RepollAt(n) => (
+            "UPDATE orders SET repoll_at = 'later' WHERE order_uuid = ?1",
+            order(n),
+        ),
+    };
+    conn.execute(sql, [key.to_string()]).unwrap();
+    (dir, conn)
+}
+
+/// Every row of the tables the write path writes, every column.
+fn dump(conn: &Connection) -> Vec<Vec<Value>> {
+    let mut rows = Vec::new();
+    for sql in [
+        "SELECT * FROM orders ORDER BY order_uuid",
+        "SELECT * FROM order_items ORDER BY item_uuid",
+        "SELECT * FROM item_events ORDER BY id",
+    ] {
+        let mut statement = conn.prepare(sql).unwrap();
+        let columns = statement.column_count();
+        let mut result = statement.query([]).unwrap();
+        while let Some(row) = result.next().unwrap() {
+            rows.push(
+                (0..columns)
+                    .map(|i| row.get::<_, Value>(i).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// Applies `chunks` of the batch, each chunk through `apply_batch` in one transaction.
+fn apply_in_chunks(conn: &mut Connection, chunks: &[&[Observation]]) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for chunk in chunks {
+        let tx = conn.transaction().unwrap();
+        let observations: Vec<&Observation> = chunk.iter().collect();
+        outcomes.extend(store::apply_batch(&tx, &observations, &settings(), now()).unwrap());
+        tx.commit().unwrap();
+    }
+    outcomes
+}
+
+fn chunks<'a>(batch: &'a [Observation], cuts: &[usize]) -> Vec<&'a [Observation]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % batch.len()).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for cut in cuts.into_iter().chain([batch.len()]) {
+        if cut > start {
+            chunks.push(&batch[start..cut]);
+            start = cut;
+        }
+    }
+    chunks
+}
+
+#[test]
+fn a_batch_leaves_the_rows_that_applying_it_one_by_one_leaves() {
+    let mut runner = TestRunner::new(Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(128),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&cases(), |case| {
+            let (_one_dir, mut one_by_one) = prepared(&case);
+            let singles: Vec<&[Observation]> =
+                case.batch.iter().map(std::slice::from_ref).collect();
+            let expected_outcomes = apply_in_chunks(&mut one_by_one, &singles);
+            let expected = dump(&one_by_one);
+
+            let (_whole_dir, mut whole) = prepared(&case);
+            let outcomes = apply_in_chunks(&mut whole, &[&case.batch]);
+            prop_assert_eq!(&outcomes, &expected_outcomes, "outcomes of one batch");
+            prop_assert_eq!(dump(&whole), expected.clone(), "rows after one batch");
+
+            let (_chunked_dir, mut chunked) = prepared(&case);
+            let outcomes = apply_in_chunks(&mut chunked, &chunks(&case.batch, &case.cuts));
+            prop_assert_eq!(&outcomes, &expected_outcomes, "outcomes in chunks");
+            prop_assert_eq!(dump(&chunked), expected, "rows after chunks");
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// The generator reaches what the batch must get right: several observations of one item, a
+/// re-poll mark, an unreadable cell, items of one order in one batch.
+#[test]
+fn the_generated_batches_reach_doubts_repairs_and_shared_orders() {
+    let mut runner = TestRunner::deterministic();
+    let (mut doubts, mut repairs, mut shared) = (0, 0, 0);
+    for _ in 0..200 {
+        let case = cases().new_tree(&mut runner).unwrap().current();
+        let (_dir, mut conn) = prepared(&case);
+        let outcomes = apply_in_chunks(&mut conn, &[&case.batch]);
+        doubts += usize::from(outcomes.iter().any(|o| o.needs_repoll()));
+        repairs += usize::from(!matches!(case.damage, Damage::None));
+        let items: std::collections::HashSet<_> = case.batch.iter().map(|o| o.item).collect();
+        shared += usize::from(items.len() < case.batch.len());
+    }
+    assert!(
+        doubts > 20,
+        "{doubts} of 200 batches had a doubt or conflict"
+    );
+    assert!(repairs > 20, "{repairs} of 200 had an unreadable cell");
+    assert!(shared > 100, "{shared} of 200 named an item twice");
+}
