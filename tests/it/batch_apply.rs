@@ -7,10 +7,11 @@
 //! one item, several items of one order, and an order's other items decide when it is polled);
 //! webhooks with versions 1–4 and times that tie, lead or trail each other and the polls by
 //! less and more than the skew margin (duplicates, stale, conflicts, doubts); polls with item
-//! facts (vouchers empty or not, a product date, a confirmation time) and order facts, any of
-//! them missing; a prefix applied one by one before the batch, so the batch meets stored rows;
-//! and sometimes an unreadable cell in a stored row (`first_seen_at`, `status`, `next_poll_at`,
-//! `repoll_at`) that the write path must treat as unknown and repair.
+//! facts (vouchers empty or not, an activity date long past, recent or to come, a confirmation
+//! time, readable or not) and order facts, any of them missing; a prefix applied one by one
+//! before the batch, so the batch meets stored rows (some orders already polled, some after a
+//! failed poll); and sometimes an unreadable cell in a stored row (`first_seen_at`, `status`,
+//! `next_poll_at`, `repoll_at`) that the write path must treat as unknown and repair.
 
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Status};
@@ -65,6 +66,7 @@ fn item_facts() -> impl Strategy<Value = ItemFacts> {
         ]),
         maybe(Just("product-1".to_owned())),
         maybe(prop_oneof![
+            Just("2020-01-01 10:00".to_owned()),
             Just("2023-11-14 10:00".to_owned()),
             Just("2099-01-01 10:00".to_owned())
         ]),
@@ -176,6 +178,11 @@ fn damage() -> impl Strategy<Value = Damage> {
 #[derive(Debug, Clone)]
 struct Case {
     stored: Vec<Observation>,
+    /// Orders (bit n: order n) whose last poll succeeded, so that only their items decide
+    /// whether they are polled again.
+    polled: u8,
+    /// Orders whose last poll failed (a webhook then keeps a later `next_poll_at`).
+    failing: u8,
     damage: Damage,
     batch: Vec<Observation>,
     /// Where the batch is cut into chunks for the third database.
@@ -185,12 +192,16 @@ struct Case {
 fn cases() -> impl Strategy<Value = Case> {
     (
         prop::collection::vec(observation(), 0..8),
+        0u8..8,
+        0u8..8,
         damage(),
         prop::collection::vec(observation(), 1..24),
         prop::collection::vec(0usize..24, 0..4),
     )
-        .prop_map(|(stored, damage, batch, cuts)| Case {
+        .prop_map(|(stored, polled, failing, damage, batch, cuts)| Case {
             stored,
+            polled,
+            failing,
             damage,
             batch,
             cuts,
@@ -209,6 +220,24 @@ fn prepared(case: &Case) -> (TempDir, Connection) {
         .unwrap();
     for observation in &case.stored {
         store::apply(&conn, observation, &settings(), observation.received_at).unwrap();
+    }
+    for n in 0..3u8 {
+        let key = order(n).to_string();
+        if case.polled & (1 << n) != 0 {
+            conn.execute(
+                "UPDATE orders SET last_polled_at = '2023-11-14T22:20:00.000Z' WHERE order_uuid = ?1",
+                [&key],
+            )
+            .unwrap();
+        }
+        if case.failing & (1 << n) != 0 {
+            conn.execute(
+                "UPDATE orders SET poll_failures = 1, next_poll_at = '2023-11-15T00:00:00.000Z'
+                 WHERE order_uuid = ?1",
+                [&key],
+            )
+            .unwrap();
+        }
     }
     let (sql, key) = match case.damage {
         Damage::None => return (dir, conn),
@@ -315,11 +344,13 @@ fn a_batch_leaves_the_rows_that_applying_it_one_by_one_leaves() {
 }
 
 /// The generator reaches what the batch must get right: several observations of one item, a
-/// re-poll mark, an unreadable cell, items of one order in one batch.
+/// re-poll mark, an unreadable cell, items of one order in one batch, and both answers to
+/// "is this order still polled?" after a batch.
 #[test]
 fn the_generated_batches_reach_doubts_repairs_and_shared_orders() {
     let mut runner = TestRunner::deterministic();
     let (mut doubts, mut repairs, mut shared) = (0, 0, 0);
+    let (mut polled, mut settled) = (0, 0);
     for _ in 0..200 {
         let case = cases().new_tree(&mut runner).unwrap().current();
         let (_dir, mut conn) = prepared(&case);
@@ -328,7 +359,21 @@ fn the_generated_batches_reach_doubts_repairs_and_shared_orders() {
         repairs += usize::from(!matches!(case.damage, Damage::None));
         let items: std::collections::HashSet<_> = case.batch.iter().map(|o| o.item).collect();
         shared += usize::from(items.len() < case.batch.len());
+        let needs_poll: Vec<bool> = conn
+            .prepare("SELECT needs_poll FROM orders")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        polled += needs_poll.iter().filter(|&&n| n).count();
+        settled += needs_poll.iter().filter(|&&n| !n).count();
     }
+    assert!(
+        settled > 20,
+        "{settled} orders no longer polled after a batch"
+    );
+    assert!(polled > 20, "{polled} orders still polled after a batch");
     assert!(
         doubts > 20,
         "{doubts} of 200 batches had a doubt or conflict"
