@@ -379,3 +379,90 @@ fn mark_for_repoll(order: &mut OrderInFold, rules: &Rules, now: DateTime<Utc>) {
     order.repoll_mark = Ok(Some(at));
     order.repoll = Some((at, order.repoll_attempts));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::{Position, Status};
+    use uuid::Uuid;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
+    }
+
+    /// A stored `OK` item of a polled order whose activity is long past: settled, unless it
+    /// has no vouchers.
+    fn loaded(has_vouchers: bool, vouchers: Option<Vec<String>>) -> Loaded {
+        let facts = ItemFacts {
+            vouchers,
+            product_date: Some("2020-01-01 10:00".into()),
+            ..ItemFacts::default()
+        };
+        let state = ItemState {
+            status: Status::Ok,
+            status_version: Some(1),
+            item_version: Some(1),
+            as_of: at(0),
+            as_of_source: Source::Webhook,
+            source: Source::Webhook,
+            facts_as_of: None,
+            facts: facts.clone(),
+            item_created: None,
+            item_updated: Some(at(0)),
+        };
+        let order = StoredOrder {
+            state: OrderState::default(),
+            poll: PollFields {
+                failures: 0,
+                next: Some(at(86_400)),
+                never_polled: false,
+                stopped: false,
+            },
+            repoll_mark: Ok(None),
+            repoll_attempts: 0,
+        };
+        let item = StoredItem {
+            order_key: Uuid::from_u128(2).to_string(),
+            state: Some(state),
+            facts,
+            first_seen: Some(at(0)),
+            first_event: None,
+            poll_view: ItemPollView {
+                status: Status::Ok,
+                has_vouchers,
+                product_date: Some("2020-01-01 10:00".into()),
+            },
+        };
+        Loaded {
+            orders: [(Uuid::from_u128(2).to_string(), order)].into(),
+            items: [(Uuid::from_u128(1).to_string(), item)].into(),
+        }
+    }
+
+    fn webhook_version_2() -> Observation {
+        Observation::bare(
+            Uuid::from_u128(1),
+            Uuid::from_u128(2),
+            Status::Ok,
+            Position::Webhook {
+                version: 2,
+                updated: at(10),
+            },
+            at(10),
+        )
+    }
+
+    #[test]
+    fn a_webhook_keeps_the_stored_voucher_columns_deciding_whether_the_order_is_polled() {
+        let observation = webhook_version_2();
+        let settings = StoreSettings::default();
+        // Vouchers the rule cannot read (not a JSON list) still count as vouchers, as the
+        // store's SQL reads the column: the item is settled and the order no longer polled.
+        let plan = super::plan(loaded(true, None), &[&observation], &settings, at(20));
+        assert!(!plan.orders[0].poll.needs_poll, "{:?}", plan.orders[0]);
+        assert!(!plan.items[0].writes_facts);
+        // Without vouchers, an OK item waits for them: polled.
+        let plan = super::plan(loaded(false, None), &[&observation], &settings, at(20));
+        assert!(plan.orders[0].poll.needs_poll, "{:?}", plan.orders[0]);
+    }
+}

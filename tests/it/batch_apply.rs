@@ -10,8 +10,9 @@
 //! facts (vouchers empty or not, an activity date long past, recent or to come, a confirmation
 //! time, readable or not) and order facts, any of them missing; a prefix applied one by one
 //! before the batch, so the batch meets stored rows (some orders already polled, some after a
-//! failed poll); and sometimes an unreadable cell in a stored row (`first_seen_at`, `status`,
-//! `next_poll_at`, `repoll_at`) that the write path must treat as unknown and repair.
+//! failed poll, some due only tomorrow); and sometimes an unreadable cell in a stored row
+//! (`first_seen_at`, `status`, `vouchers`, `next_poll_at`, `repoll_at`) that the write path must
+//! treat as unknown and repair.
 
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::observation::{ItemFacts, Observation, OrderFacts, Position, Status};
@@ -161,6 +162,9 @@ enum Damage {
     None,
     FirstSeen(u8),
     Status(u8),
+    /// Voucher URLs that are not a JSON list: unknown to the rule, yet "has vouchers" to the
+    /// question whether the order is still polled.
+    Vouchers(u8),
     NextPoll(u8),
     RepollAt(u8),
 }
@@ -170,6 +174,7 @@ fn damage() -> impl Strategy<Value = Damage> {
         4 => Just(Damage::None),
         1 => (0u8..6).prop_map(Damage::FirstSeen),
         1 => (0u8..6).prop_map(Damage::Status),
+        1 => (0u8..6).prop_map(Damage::Vouchers),
         1 => (0u8..3).prop_map(Damage::NextPoll),
         1 => (0u8..3).prop_map(Damage::RepollAt),
     ]
@@ -183,6 +188,8 @@ struct Case {
     polled: u8,
     /// Orders whose last poll failed (a webhook then keeps a later `next_poll_at`).
     failing: u8,
+    /// Orders due only tomorrow (a webhook keeps that unless an item is unsettled).
+    due_later: u8,
     damage: Damage,
     batch: Vec<Observation>,
     /// Where the batch is cut into chunks for the third database.
@@ -194,18 +201,22 @@ fn cases() -> impl Strategy<Value = Case> {
         prop::collection::vec(observation(), 0..8),
         0u8..8,
         0u8..8,
+        0u8..8,
         damage(),
         prop::collection::vec(observation(), 1..24),
         prop::collection::vec(0usize..24, 0..4),
     )
-        .prop_map(|(stored, polled, failing, damage, batch, cuts)| Case {
-            stored,
-            polled,
-            failing,
-            damage,
-            batch,
-            cuts,
-        })
+        .prop_map(
+            |(stored, polled, failing, due_later, damage, batch, cuts)| Case {
+                stored,
+                polled,
+                failing,
+                due_later,
+                damage,
+                batch,
+                cuts,
+            },
+        )
 }
 
 fn settings() -> StoreSettings {
@@ -230,6 +241,13 @@ fn prepared(case: &Case) -> (TempDir, Connection) {
             )
             .unwrap();
         }
+        if case.due_later & (1 << n) != 0 {
+            conn.execute(
+                "UPDATE orders SET next_poll_at = '2023-11-15T12:00:00.000Z' WHERE order_uuid = ?1",
+                [&key],
+            )
+            .unwrap();
+        }
         if case.failing & (1 << n) != 0 {
             conn.execute(
                 "UPDATE orders SET poll_failures = 1, next_poll_at = '2023-11-15T00:00:00.000Z'
@@ -247,6 +265,10 @@ fn prepared(case: &Case) -> (TempDir, Connection) {
         ),
         Damage::Status(n) => (
             "UPDATE order_items SET status = '' WHERE item_uuid = ?1",
+            item(n),
+        ),
+        Damage::Vouchers(n) => (
+            "UPDATE order_items SET vouchers = 'not json' WHERE item_uuid = ?1",
             item(n),
         ),
         Damage::NextPoll(n) => (
