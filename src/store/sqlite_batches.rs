@@ -1,8 +1,8 @@
 //! How the writer commits a batch on SQLite ([`Batches`]): one `IMMEDIATE` transaction, the
 //! commands run together (consecutive observations as one [`super::apply_batch`]) in one
-//! savepoint, undone and retried in halves when one fails so that it alone fails, one commit. Around it,
-//! what only a SQLite file needs: the check that the file at the path is still the one open
-//! (none is written or acknowledged once it was replaced), the `max_size_bytes` budget
+//! savepoint, undone and retried in halves when one fails so that it alone fails, one commit.
+//! Around it, what only a SQLite file needs: the check that the file at the path is still the
+//! one open (none is written or acknowledged once it was replaced), the `max_size_bytes` budget
 //! measured on the file and its WAL, and the link to the checkpointer that runs beside the
 //! writer on its own connection. Public for the benchmark that measures this storage path
 //! alone (`orderwatch-bench store-alone`); the daemon reaches it only through the writer.
