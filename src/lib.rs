@@ -1,8 +1,8 @@
 //! orderwatch keeps a durable, reconciled SQLite copy of Musement order-item statuses.
 //!
 //! Webhooks ([`receiver`]) and, later, polls of `GET /orders/{uuid}` both become an
-//! [`observation::Observation`]; the single [`store::writer`] applies each one through
-//! [`store::apply`], whose ordering rule is the pure [`store::decide`]. [`app`] wires it
+//! [`observation::Observation`]; the single [`store::writer`] applies them, a batch at a time,
+//! through [`store::apply_batch`], whose ordering rule is the pure [`store::decide`]. [`app`] wires it
 //! together for `main` and for the tests.
 
 pub mod app;

@@ -1,5 +1,6 @@
-//! SQLite storage: opening and migrating the database, the one function that applies an
-//! observation ([`apply`]), the group-commit [`writer`], and the read side: [`reads::Reads`]
+//! SQLite storage: opening and migrating the database, the one function that applies
+//! observations ([`apply_batch`], folding the pure rule over a batch in `batch.rs`), the
+//! group-commit [`writer`], and the read side: [`reads::Reads`]
 //! for the daemon, [`inspection::Inspection`] for the inspection commands. Everything outside
 //! this module goes through those three; none of it names the database engine.
 //!
