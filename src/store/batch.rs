@@ -465,4 +465,51 @@ mod tests {
         let plan = super::plan(loaded(false, None), &[&observation], &settings, at(20));
         assert!(plan.orders[0].poll.needs_poll, "{:?}", plan.orders[0]);
     }
+
+    fn poll_at(seconds: i64, facts: ItemFacts) -> Observation {
+        let mut observation = Observation::bare(
+            Uuid::from_u128(1),
+            Uuid::from_u128(2),
+            Status::Ok,
+            Position::Poll { as_of: at(seconds) },
+            at(seconds),
+        );
+        observation.item_facts = facts;
+        observation
+    }
+
+    #[test]
+    fn a_poll_that_writes_vouchers_settles_the_order_in_the_same_batch() {
+        let settings = StoreSettings::default();
+        let poll = poll_at(
+            100,
+            ItemFacts {
+                vouchers: Some(vec!["https://example.com/v/1".into()]),
+                product_date: Some("2020-01-01 10:00".into()),
+                ..ItemFacts::default()
+            },
+        );
+        let plan = super::plan(loaded(false, None), &[&poll], &settings, at(120));
+        assert!(plan.items[0].writes_facts);
+        assert!(!plan.orders[0].poll.needs_poll, "{:?}", plan.orders[0]);
+    }
+
+    #[test]
+    fn facts_a_webhook_on_an_unreadable_row_keeps_are_the_next_polls_to_build_on() {
+        let settings = StoreSettings::default();
+        let mut stored = loaded(false, None);
+        let item = stored.items.values_mut().next().unwrap();
+        item.state = None;
+        item.facts.max_confirmation_time = Some("P0D".into());
+        let webhook = webhook_version_2();
+        let poll = poll_at(100, ItemFacts::default());
+        let plan = super::plan(stored, &[&webhook, &poll], &settings, at(120));
+        let written = &plan.items[0];
+        assert!(written.writes_facts);
+        assert_eq!(
+            written.state.facts.max_confirmation_time.as_deref(),
+            Some("P0D"),
+            "the webhook left the column as it was, and the poll gave no confirmation time"
+        );
+    }
 }
