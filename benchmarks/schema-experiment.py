@@ -15,10 +15,14 @@ prefilled file, one shape after the other in the same run:
            (= orders.rowid) and `item_events.item_seq` (= order_items.rowid), indexed instead
            of the two UUID-keyed secondary indexes: rows arrive in rowid order, so those two
            trees grow at their end and only the two primary-key indexes take random inserts.
+  triggers the arrival shape, but the inserts name no integer column: AFTER INSERT triggers
+           fill them (what rows inserted by hand in sqlite3 would need), to price that.
 
-Prints webhooks/s, commit p50/p99 and the WAL's high-water mark for each, and arrival/uuid.
+Prints webhooks/s, commit p50/p99 and the WAL's high-water mark for each, and each shape's rate
+over uuid's.
 
 usage: benchmarks/schema-experiment.py PREFILLED.db [--seconds 60] [--batch 40] [--workdir DIR]
+                                      [--shapes uuid,arrival,triggers]
 """
 
 import argparse
@@ -51,7 +55,17 @@ def checkpoint_first(path):
     conn.close()
 
 
-def make_arrival(path):
+TRIGGERS = [
+    "CREATE TRIGGER order_items_order_seq AFTER INSERT ON order_items WHEN NEW.order_seq IS NULL"
+    " BEGIN UPDATE order_items SET order_seq ="
+    " (SELECT rowid FROM orders WHERE order_uuid = NEW.order_uuid) WHERE rowid = NEW.rowid; END",
+    "CREATE TRIGGER item_events_item_seq AFTER INSERT ON item_events WHEN NEW.item_seq IS NULL"
+    " BEGIN UPDATE item_events SET item_seq ="
+    " (SELECT rowid FROM order_items WHERE item_uuid = NEW.item_uuid) WHERE id = NEW.id; END",
+]
+
+
+def make_arrival(path, triggers):
     """Adds the arrival-ordered columns and swaps the two secondary indexes (on a copy)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -71,6 +85,9 @@ def make_arrival(path):
     conn.execute("DROP INDEX item_events_item")
     conn.execute("CREATE INDEX order_items_order_seq ON order_items (order_seq)")
     conn.execute("CREATE INDEX item_events_item_seq ON item_events (item_seq, id)")
+    if triggers:
+        for trigger in TRIGGERS:
+            conn.execute(trigger)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -165,7 +182,8 @@ def run(path, shape, seconds, batch):
                     "UPDATE orders SET needs_poll = 1, next_poll_at = ?2 WHERE order_uuid = ?1",
                     (order, now),
                 )
-                extra_col, extra_val = ("", ()) if shape == "uuid" else (", order_seq", (order_seq,))
+                explicit = shape == "arrival"
+                extra_col, extra_val = (", order_seq", (order_seq,)) if explicit else ("", ())
                 cur = conn.execute(
                     "INSERT INTO order_items (item_uuid, order_uuid, status, item_version,"
                     " status_version, item_created, item_updated, as_of, as_of_source, source,"
@@ -175,7 +193,7 @@ def run(path, shape, seconds, batch):
                     (item, order, now, now, now, now, now, now) + extra_val,
                 )
                 item_seq = cur.lastrowid
-                extra_col, extra_val = ("", ()) if shape == "uuid" else (", item_seq", (item_seq,))
+                extra_col, extra_val = (", item_seq", (item_seq,)) if explicit else ("", ())
                 conn.execute(
                     "INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version,"
                     " as_of, received_at, outcome, payload" + extra_col + ")"
@@ -208,15 +226,17 @@ def main():
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--batch", type=int, default=40)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--shapes", default="uuid,arrival,triggers", help="the first is the baseline")
     args = parser.parse_args()
     workdir = args.workdir or os.path.dirname(os.path.abspath(args.prefilled))
     checkpoint_first(args.prefilled)
     results = []
-    for shape in ("uuid", "arrival"):
+    for shape in args.shapes.split(","):
         path = os.path.join(workdir, f"schema-experiment-{shape}.db")
         copy_synced(args.prefilled, path)
-        if shape == "arrival":
-            print(f"arrival: columns and indexes built in {make_arrival(path):.0f} s", flush=True)
+        if shape != "uuid":
+            built = make_arrival(path, triggers=shape == "triggers")
+            print(f"{shape}: columns and indexes built in {built:.0f} s", flush=True)
         os.system("sync")
         result = run(path, shape, args.seconds, args.batch)
         print(
@@ -228,7 +248,8 @@ def main():
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
-    print(f"arrival/uuid: {results[1]['rate'] / results[0]['rate']:.2f}")
+    for result in results[1:]:
+        print(f"{result['shape']}/{results[0]['shape']}: {result['rate'] / results[0]['rate']:.2f}")
 
 
 if __name__ == "__main__":
