@@ -2,7 +2,7 @@
 //! batch of observations touches, asks the pure rule what to do (folded in queue order by
 //! [`super::batch::plan`]), writes the result and logs every observation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -40,16 +40,22 @@ pub fn apply_batch(
     settings: &StoreSettings,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Vec<Outcome>> {
-    let loaded = load(conn, observations)?;
+    let (loaded, mut seqs) = load(conn, observations)?;
     let plan = batch::plan(loaded, observations, settings, now);
     for order in &plan.orders {
-        write_order(conn, order, now)?;
+        if let Some(seq) = write_order(conn, order, now)? {
+            seqs.orders.insert(order.key.clone(), seq);
+        }
     }
     for item in &plan.items {
-        write_item(conn, item, now)?;
+        let order_seq = seqs.orders.get(&item.order_key).copied();
+        if let Some(seq) = write_item(conn, item, order_seq, now)? {
+            seqs.items.insert(item.key.clone(), seq);
+        }
     }
     for (observation, outcome) in observations.iter().zip(&plan.outcomes) {
-        append_event(conn, observation, *outcome, &settings.rules)?;
+        let item_seq = seqs.items.get(&observation.item.to_string()).copied();
+        append_event(conn, observation, *outcome, item_seq, &settings.rules)?;
     }
     for note in &plan.notes {
         let observation = observations[note.index];
@@ -59,9 +65,19 @@ pub fn apply_batch(
     Ok(plan.outcomes)
 }
 
+/// The arrival numbers (`seq`, schema version 4) of the rows a batch touches, by UUID text:
+/// read with the rows, and taken from each new row as it is inserted, so that a new item names
+/// its order's and an event its item's. One not known here (a row inserted by hand and left
+/// without) is filled by the schema's triggers.
+#[derive(Debug, Default)]
+struct Seqs {
+    orders: HashMap<String, i64>,
+    items: HashMap<String, i64>,
+}
+
 /// The stored rows `observations` touch: their orders, their items, and every other item of
-/// those orders (which decide when the order is polled).
-fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<Loaded> {
+/// those orders (which decide when the order is polled); and their arrival numbers.
+fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<(Loaded, Seqs)> {
     let mut order_keys = Vec::new();
     let mut item_keys = Vec::new();
     let (mut seen_orders, mut seen_items) = (HashSet::new(), HashSet::new());
@@ -76,17 +92,21 @@ fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<Lo
     let order_list = serde_json::to_string(&order_keys).expect("a list of strings");
     let item_list = serde_json::to_string(&item_keys).expect("a list of strings");
     let mut loaded = Loaded::default();
+    let mut seqs = Seqs::default();
     {
         let mut statement = conn.prepare_cached(&format!(
             "SELECT order_uuid, order_id, order_version, order_created, order_updated,
                     order_status, identifier, order_polled_as_of, repoll_at, repoll_attempts,
-                    {FIELD_COLUMNS}
+                    {FIELD_COLUMNS}, seq
              FROM orders WHERE order_uuid IN (SELECT value FROM json_each(?1))"
         ))?;
         let mut rows = statement.query([&order_list])?;
         while let Some(row) = rows.next()? {
             let key = cells::key(row.get_ref(0)?);
             let order = read_order(row, &key)?;
+            if let Some(seq) = row.get(14)? {
+                seqs.orders.insert(key.clone(), seq);
+            }
             loaded.orders.insert(key, order);
         }
     }
@@ -95,15 +115,20 @@ fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<Lo
             "SELECT item_uuid, order_uuid, status, status_version, item_version, as_of,
                     as_of_source, source, facts_as_of, first_seen_at, item_created, item_updated,
                     vouchers, product_id, product_title, product_date, max_confirmation_time,
-                    {ITEM_VIEW_COLUMNS}
+                    {ITEM_VIEW_COLUMNS}, seq
              FROM order_items
              WHERE item_uuid IN (SELECT value FROM json_each(?1))
-                OR order_uuid IN (SELECT value FROM json_each(?2))"
+                OR (order_seq IN (SELECT seq FROM orders
+                                  WHERE order_uuid IN (SELECT value FROM json_each(?2)))
+                    AND order_uuid IN (SELECT value FROM json_each(?2)))"
         ))?;
         let mut rows = statement.query([&item_list, &order_list])?;
         while let Some(row) = rows.next()? {
             let key = cells::key(row.get_ref(0)?);
             let item = read_item(row, &key)?;
+            if let Some(seq) = row.get(20)? {
+                seqs.items.insert(key.clone(), seq);
+            }
             loaded.items.insert(key, item);
         }
     }
@@ -112,7 +137,7 @@ fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<Lo
             item.first_event = first_event_time(conn, key)?;
         }
     }
-    Ok(loaded)
+    Ok((loaded, seqs))
 }
 
 /// The decisions an operator must hear about, said once, here.
@@ -159,15 +184,22 @@ fn warn_about_times(observation: &Observation, rules: &Rules) {
     }
 }
 
-/// Writes an order's decided facts (creating the row, `first_seen_at` = `now`), its re-poll
-/// mark and when it is due; nothing that did not change.
-fn write_order(conn: &Connection, order: &OrderWrite, now: DateTime<Utc>) -> rusqlite::Result<()> {
+/// Writes an order's decided facts (creating the row, `first_seen_at` = `now`, `seq` the rowid
+/// it gets), its re-poll mark and when it is due; nothing that did not change. Returns its
+/// `seq` when it wrote the facts.
+fn write_order(
+    conn: &Connection,
+    order: &OrderWrite,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Option<i64>> {
+    let mut seq = None;
     if let Some(decided) = &order.facts {
         let facts = &decided.facts;
-        conn.prepare_cached(
+        seq = conn.prepare_cached(
             "INSERT INTO orders (order_uuid, order_id, order_version, order_created, order_updated,
-                                 order_status, identifier, order_polled_as_of, first_seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                                 order_status, identifier, order_polled_as_of, first_seen_at, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                     (SELECT coalesce(max(rowid), 0) + 1 FROM orders))
              ON CONFLICT (order_uuid) DO UPDATE SET
                order_id = excluded.order_id,
                order_version = excluded.order_version,
@@ -175,9 +207,10 @@ fn write_order(conn: &Connection, order: &OrderWrite, now: DateTime<Utc>) -> rus
                order_updated = excluded.order_updated,
                order_status = excluded.order_status,
                identifier = excluded.identifier,
-               order_polled_as_of = excluded.order_polled_as_of",
+               order_polled_as_of = excluded.order_polled_as_of
+             RETURNING seq",
         )?
-        .execute(params![
+        .query_row(params![
             order.key,
             facts.id,
             facts.version,
@@ -187,7 +220,7 @@ fn write_order(conn: &Connection, order: &OrderWrite, now: DateTime<Utc>) -> rus
             facts.identifier,
             decided.polled_as_of.map(to_db_text),
             to_db_text(now),
-        ])?;
+        ], |row| row.get(0))?;
     }
     if let Some((repoll_at, attempts)) = order.repoll {
         conn.prepare_cached(
@@ -195,7 +228,8 @@ fn write_order(conn: &Connection, order: &OrderWrite, now: DateTime<Utc>) -> rus
         )?
         .execute(params![order.key, to_db_text(repoll_at), attempts])?;
     }
-    poll_state::write(conn, &order.key, &order.poll)
+    poll_state::write(conn, &order.key, &order.poll)?;
+    Ok(seq)
 }
 
 /// An `orders` row as [`load`] selects it. An unreadable fact is unknown (`None`), so the
@@ -294,7 +328,10 @@ fn read_item(row: &Row<'_>, item_uuid: &str) -> rusqlite::Result<StoredItem> {
 fn first_event_time(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Option<DateTime<Utc>>> {
     let first: Option<String> = conn
         .prepare_cached(
-            "SELECT received_at FROM item_events WHERE item_uuid = ?1 ORDER BY id LIMIT 1",
+            "SELECT received_at FROM item_events
+             WHERE item_seq IS (SELECT seq FROM order_items WHERE item_uuid = ?1)
+               AND item_uuid = ?1
+             ORDER BY id LIMIT 1",
         )?
         .query_row([item_uuid], |row| row.get(0))
         .optional()?;
@@ -303,8 +340,14 @@ fn first_event_time(conn: &Connection, item_uuid: &str) -> rusqlite::Result<Opti
 
 /// Writes an item's decided state. The poll facts' columns are written only when the rule
 /// said a poll's facts are the newest (`writes_facts`), with the confirmation deadline they
-/// date from `first_seen_at`.
-fn write_item(conn: &Connection, write: &ItemWrite, now: DateTime<Utc>) -> rusqlite::Result<()> {
+/// date from `first_seen_at`. A new row gets `seq` (the rowid it gets) and `order_seq`; the
+/// item's `seq` is returned.
+fn write_item(
+    conn: &Connection,
+    write: &ItemWrite,
+    order_seq: Option<i64>,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Option<i64>> {
     let state = &write.state;
     let facts = &state.facts;
     let vouchers = facts
@@ -318,9 +361,10 @@ fn write_item(conn: &Connection, write: &ItemWrite, now: DateTime<Utc>) -> rusql
                                   item_created, item_updated, as_of, as_of_source, source,
                                   facts_as_of, first_seen_at, changed_at, updated_at,
                                   vouchers, product_id, product_title, product_date,
-                                  max_confirmation_time, confirm_deadline)
+                                  max_confirmation_time, confirm_deadline, seq, order_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13,
-                 ?15, ?16, ?17, ?18, ?19, ?20)
+                 ?15, ?16, ?17, ?18, ?19, ?20,
+                 (SELECT coalesce(max(rowid), 0) + 1 FROM order_items), ?23)
          ON CONFLICT (item_uuid) DO UPDATE SET
            status = excluded.status,
            item_version = excluded.item_version,
@@ -341,9 +385,10 @@ fn write_item(conn: &Connection, write: &ItemWrite, now: DateTime<Utc>) -> rusql
            max_confirmation_time = CASE WHEN ?22 THEN excluded.max_confirmation_time
                                         ELSE order_items.max_confirmation_time END,
            confirm_deadline = CASE WHEN ?22 THEN coalesce(excluded.confirm_deadline, order_items.confirm_deadline)
-                                   ELSE order_items.confirm_deadline END",
+                                   ELSE order_items.confirm_deadline END
+         RETURNING seq",
     )?
-    .execute(params![
+    .query_row(params![
         write.key,
         write.order_key,
         state.status.as_str(),
@@ -366,20 +411,21 @@ fn write_item(conn: &Connection, write: &ItemWrite, now: DateTime<Utc>) -> rusql
         deadline,
         write.repaired_first_seen,
         write.writes_facts,
-    ])?;
-    Ok(())
+        order_seq,
+    ], |row| row.get(0))
 }
 
 fn append_event(
     conn: &Connection,
     observation: &Observation,
     outcome: Outcome,
+    item_seq: Option<i64>,
     rules: &Rules,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version, as_of,
-                                  received_at, outcome, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                  received_at, outcome, payload, item_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         observation.item.to_string(),
@@ -391,6 +437,7 @@ fn append_event(
         to_db_text(observation.received_at),
         outcome.as_str(),
         observation.raw,
+        item_seq,
     ])?;
     Ok(())
 }

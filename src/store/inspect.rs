@@ -52,6 +52,26 @@ pub struct ItemFilter {
     pub limit: Option<usize>,
 }
 
+/// Whether the file has the arrival numbers of schema version 4 (`seq`, `order_seq`,
+/// `item_seq`) and their indexes, which lead from an order to its items and from an item to
+/// its events; the commands also read older files the daemon has not migrated yet, through
+/// the UUIDs.
+fn has_seqs(conn: &Connection) -> rusqlite::Result<bool> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(version >= 4)
+}
+
+/// The items of the order `?{n}` (its UUID).
+fn items_of_order(conn: &Connection, n: usize) -> rusqlite::Result<String> {
+    Ok(if has_seqs(conn)? {
+        format!(
+            "order_seq IS (SELECT seq FROM orders WHERE order_uuid = ?{n}) AND order_uuid = ?{n}"
+        )
+    } else {
+        format!("order_uuid = ?{n}")
+    })
+}
+
 /// The columns [`item_row`] reads; `?1` is now (for [`OVERDUE`]), so other parameters of a
 /// query selecting them are `?2` on. `missing_since` only exists from schema version 3 on (the
 /// commands also read older files the daemon has not migrated yet).
@@ -104,8 +124,8 @@ pub fn items(
         values.extend(filter.statuses.iter().map(|s| Box::new(s.clone()) as _));
     }
     if let Some(order) = &filter.order {
-        sql.push_str(" AND order_uuid = ?");
         values.push(Box::new(order.clone()));
+        sql.push_str(&format!(" AND {}", items_of_order(conn, values.len())?));
     }
     if let Some(since) = filter.changed_since {
         sql.push_str(" AND changed_at >= ?");
@@ -254,8 +274,9 @@ pub fn show(conn: &Connection, text: &str, now: DateTime<Utc>) -> Result<Shown, 
         }
         (Found::None, Found::One(order)) => {
             let mut statement = conn.prepare(&format!(
-                "SELECT {} FROM order_items WHERE order_uuid = ?2 ORDER BY first_seen_at, item_uuid",
-                item_columns(conn)?
+                "SELECT {} FROM order_items WHERE {} ORDER BY first_seen_at, item_uuid",
+                item_columns(conn)?,
+                items_of_order(conn, 2)?
             ))?;
             let rows = statement.query_map([&to_db_text(now), &order], |r| item_row(r, now))?;
             (rows.collect::<rusqlite::Result<_>>()?, order)
@@ -264,10 +285,15 @@ pub fn show(conn: &Connection, text: &str, now: DateTime<Utc>) -> Result<Shown, 
         _ => return Err(ShowError::Ambiguous(text.into())),
     };
     let mut events = Vec::new();
-    let mut statement = conn.prepare(
+    let of_item = if has_seqs(conn)? {
+        "item_seq IS (SELECT seq FROM order_items WHERE item_uuid = ?1) AND item_uuid = ?1"
+    } else {
+        "item_uuid = ?1"
+    };
+    let mut statement = conn.prepare(&format!(
         "SELECT id, item_uuid, order_uuid, source, status, item_version, as_of, received_at, outcome, payload
-         FROM item_events WHERE item_uuid = ?1 ORDER BY id",
-    )?;
+         FROM item_events WHERE {of_item} ORDER BY id"
+    ))?;
     for item in &items {
         let rows = statement.query_map([&item.item], |r| {
             let (outcome, source): (String, String) = (r.get(8)?, r.get(3)?);
@@ -604,14 +630,19 @@ pub struct ChangePage {
 /// committed events only grow (one writer; pruning never deletes an item's newest event), so
 /// `id` is a stable cursor.
 pub fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<ChangePage> {
-    let mut statement = conn.prepare_cached(
+    let same_item = if has_seqs(conn)? {
+        "p.item_seq IS e.item_seq AND p.item_uuid = e.item_uuid"
+    } else {
+        "p.item_uuid = e.item_uuid"
+    };
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT e.id, e.item_uuid, e.order_uuid,
                 (SELECT p.status FROM item_events p
-                 WHERE p.item_uuid = e.item_uuid AND p.id < e.id AND p.outcome = 'applied'
+                 WHERE {same_item} AND p.id < e.id AND p.outcome = 'applied'
                  ORDER BY p.id DESC LIMIT 1),
                 e.status, e.item_version, e.source, e.as_of, e.received_at
-         FROM item_events e WHERE e.id > ?1 AND e.outcome = 'applied' ORDER BY e.id LIMIT ?2",
-    )?;
+         FROM item_events e WHERE e.id > ?1 AND e.outcome = 'applied' ORDER BY e.id LIMIT ?2"
+    ))?;
     let rows = statement.query_map(params![after, page.min(i64::MAX as usize) as i64], |r| {
         Ok(Change {
             id: r.get(0)?,

@@ -82,10 +82,12 @@ pub fn prune_step(
         after.events,
         "SELECT e.id, e.received_at,
                 CASE WHEN e.received_at >= ?2 THEN 0
-                     WHEN e.id = (SELECT max(l.id) FROM item_events l WHERE l.item_uuid = e.item_uuid)
+                     WHEN e.id = (SELECT max(l.id) FROM item_events l
+                                  WHERE l.item_seq IS e.item_seq AND l.item_uuid = e.item_uuid)
                        THEN 0
                      WHEN e.id IS (SELECT max(a.id) FROM item_events a
-                                   WHERE a.item_uuid = e.item_uuid AND a.outcome = 'applied')
+                                   WHERE a.item_seq IS e.item_seq AND a.item_uuid = e.item_uuid
+                                     AND a.outcome = 'applied')
                        THEN 0
                      ELSE 1 END
          FROM item_events e WHERE e.id > ?1 ORDER BY e.id LIMIT ?3",

@@ -132,7 +132,7 @@ fn synchronous_name(level: i64) -> String {
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`. Databases at
 /// every earlier version exist in the field: never edit a shipped entry, append a new one.
@@ -140,6 +140,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// Why the store could not do what was asked.
@@ -329,12 +330,27 @@ mod tests {
              INSERT INTO order_items (item_uuid, order_uuid, status, as_of, as_of_source, source,
                                       first_seen_at, changed_at, updated_at)
              VALUES ('i', 'o', 'PENDING', '2020-01-01T00:00:00.000Z', 'webhook', 'webhook',
-                     '2020-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z');",
+                     '2020-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z', '2020-01-01T00:00:00.000Z');
+             INSERT INTO item_events (item_uuid, order_uuid, source, status, as_of, received_at,
+                                      outcome, payload)
+             VALUES ('i', 'o', 'webhook', 'PENDING', '2020-01-01T00:00:00.000Z',
+                     '2020-01-01T00:00:00.000Z', 'applied', '{}');",
         )
         .unwrap();
         drop(conn);
-        // A v1 database reads fine before the daemon migrates it.
-        assert!(open_read_only(&path, Duration::from_secs(1)).is_ok());
+        // A v1 database reads fine before the daemon migrates it, through the UUIDs (it has no
+        // arrival numbers yet).
+        let old = open_read_only(&path, Duration::from_secs(1)).unwrap();
+        let now = chrono::Utc::now();
+        let shown = inspect::show(&old, "o", now).unwrap();
+        assert_eq!((shown.items.len(), shown.events.len()), (1, 1));
+        let filter = inspect::ItemFilter {
+            order: Some("o".into()),
+            ..inspect::ItemFilter::default()
+        };
+        assert_eq!(inspect::items(&old, &filter, now).unwrap().len(), 1);
+        assert_eq!(inspect::changes(&old, 0, 10).unwrap().changes.len(), 1);
+        drop(old);
         let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);
         let (item, age, human): (String, i64, String) = conn
@@ -347,7 +363,11 @@ mod tests {
         assert_eq!(item, "i");
         assert!(age > 86_400 * 365, "{age}");
         assert!(human.ends_with('h') && human.contains("d "), "{human}");
-        assert_eq!(testing::count(&conn, "item_history"), 0);
+        assert_eq!(
+            testing::count(&conn, "item_history"),
+            1,
+            "its event, linked by the migration"
+        );
     }
 
     #[test]
@@ -363,5 +383,110 @@ mod tests {
             err.to_string().contains("not an orderwatch database"),
             "{err}"
         );
+    }
+
+    fn webhook(order: u128, item: u128) -> crate::observation::Observation {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        crate::observation::Observation::bare(
+            uuid::Uuid::from_u128(item),
+            uuid::Uuid::from_u128(order),
+            crate::observation::Status::Pending,
+            crate::observation::Position::Webhook {
+                version: 1,
+                updated: at,
+            },
+            at,
+        )
+    }
+
+    /// The items of `order` and the events of `item`, found as the store finds them.
+    fn linked(conn: &Connection, order: u128, item: u128) -> (Vec<String>, i64) {
+        let order = uuid::Uuid::from_u128(order).to_string();
+        let items = conn
+            .prepare(&format!(
+                "SELECT item_uuid FROM order_items WHERE {}",
+                poll_state::ITEMS_OF_ORDER
+            ))
+            .unwrap()
+            .query_map([&order], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let events = conn
+            .query_row(
+                "SELECT count(*) FROM item_events
+                 WHERE item_seq IS (SELECT seq FROM order_items WHERE item_uuid = ?1)
+                   AND item_uuid = ?1",
+                [uuid::Uuid::from_u128(item).to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (items, events)
+    }
+
+    /// A seq is a rowid when the row was inserted; a rowid can be given again (the last row
+    /// deleted by hand, or a VACUUM that renumbered rowids), and then two rows share a seq.
+    #[test]
+    fn rows_that_share_an_arrival_number_are_told_apart_by_their_uuid() {
+        let (_dir, conn) = testing::new_database();
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let settings = StoreSettings::default();
+        for n in 1..=3 {
+            apply(&conn, &webhook(n, 10 + n), &settings, now).unwrap();
+        }
+        // Someone deletes the last order's row by hand (not its item): the next order gets its
+        // rowid, so its seq, which the orphaned item's order_seq still holds.
+        let last = uuid::Uuid::from_u128(3).to_string();
+        conn.execute("DELETE FROM orders WHERE order_uuid = ?1", [&last])
+            .unwrap();
+        apply(&conn, &webhook(4, 14), &settings, now).unwrap();
+        let shared: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM order_items WHERE order_seq = (SELECT seq FROM orders
+                 WHERE order_uuid = ?1)",
+                [uuid::Uuid::from_u128(4).to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            shared, 2,
+            "the case under test: two orders' items share an order_seq"
+        );
+        for n in [2, 4] {
+            let item = uuid::Uuid::from_u128(10 + n).to_string();
+            assert_eq!(linked(&conn, n, 10 + n), (vec![item], 1), "order {n}");
+        }
+        assert_eq!(
+            linked(&conn, 3, 13).1,
+            1,
+            "the orphaned item keeps its event"
+        );
+    }
+
+    #[test]
+    fn rows_inserted_by_hand_get_their_arrival_numbers_from_the_triggers() {
+        let (_dir, conn) = testing::new_database();
+        let (order, item) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let at = "2024-01-01T00:00:00.000Z";
+        conn.execute(
+            "INSERT INTO orders (order_uuid, first_seen_at) VALUES (?1, ?2)",
+            [order.to_string(), at.into()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO order_items (item_uuid, order_uuid, status, as_of, as_of_source, source,
+                                      first_seen_at, changed_at, updated_at)
+             VALUES (?1, ?2, 'PENDING', ?3, 'webhook', 'webhook', ?3, ?3, ?3)",
+            [item.to_string(), order.to_string(), at.into()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO item_events (item_uuid, order_uuid, source, status, as_of, received_at,
+                                      outcome, payload)
+             VALUES (?1, ?2, 'webhook', 'PENDING', ?3, ?3, 'applied', '{}')",
+            [item.to_string(), order.to_string(), at.into()],
+        )
+        .unwrap();
+        assert_eq!(linked(&conn, 1, 2), (vec![item.to_string()], 1));
     }
 }

@@ -175,6 +175,11 @@ fn load_fields(conn: &Connection, order_uuid: &str) -> rusqlite::Result<PollFiel
     .query_row([order_uuid], |r| read_fields(r, 0, order_uuid))
 }
 
+/// The items of the order `?1` (its UUID), through the arrival-ordered index on `order_seq`
+/// (schema version 4; the UUID is compared too, see schema_v4.sql).
+pub const ITEMS_OF_ORDER: &str =
+    "order_seq IS (SELECT seq FROM orders WHERE order_uuid = ?1) AND order_uuid = ?1";
+
 /// Columns of `order_items` that [`read_item_view`] reads, in its order.
 pub const ITEM_VIEW_COLUMNS: &str = "status, coalesce(vouchers, '[]') <> '[]', product_date";
 
@@ -202,7 +207,7 @@ pub fn read_item_view(row: &Row<'_>, at: usize, item_uuid: &str) -> rusqlite::Re
 
 fn load_item_views(conn: &Connection, order_uuid: &str) -> rusqlite::Result<Vec<ItemPollView>> {
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT item_uuid, {ITEM_VIEW_COLUMNS} FROM order_items WHERE order_uuid = ?1"
+        "SELECT item_uuid, {ITEM_VIEW_COLUMNS} FROM order_items WHERE {ITEMS_OF_ORDER}"
     ))?;
     let mut rows = statement.query([order_uuid])?;
     let mut views = Vec::new();

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::StoreSettings;
 use super::apply::apply_batch;
 use super::cells::{self, Place, Unreadable, order_place};
-use super::poll_state::{self, Trigger};
+use super::poll_state::{self, ITEMS_OF_ORDER, Trigger};
 use super::rule::Outcome;
 use crate::backoff::BackoffPolicy;
 use crate::clock::{from_db_text, later, to_db_text};
@@ -140,10 +140,10 @@ fn note_missing_items(
     let mut newly_missing = Vec::new();
     let mut back = Vec::new();
     {
-        let mut statement = conn.prepare_cached(
+        let mut statement = conn.prepare_cached(&format!(
             "SELECT item_uuid, first_seen_at, missing_since IS NOT NULL
-             FROM order_items WHERE order_uuid = ?1",
-        )?;
+             FROM order_items WHERE {ITEMS_OF_ORDER}"
+        ))?;
         let mut rows = statement.query([&order_uuid])?;
         while let Some(row) = rows.next()? {
             let item_uuid = cells::key(row.get_ref(0)?);
@@ -204,7 +204,9 @@ fn repair_order_first_seen(
         return Ok(());
     }
     let items: Option<String> = conn
-        .prepare_cached("SELECT min(first_seen_at) FROM order_items WHERE order_uuid = ?1")?
+        .prepare_cached(&format!(
+            "SELECT min(first_seen_at) FROM order_items WHERE {ITEMS_OF_ORDER}"
+        ))?
         .query_row([order_uuid], |r| r.get(0))?;
     let earliest = items
         .and_then(|text| from_db_text(&text).ok())

@@ -432,13 +432,15 @@ async fn a_huge_bogus_version_does_not_make_later_webhooks_stale_forever() {
     assert_eq!((status.as_str(), version), ("REFUNDED", 41));
 }
 
-/// Schema version 3 only adds two nullable item columns: a version 1 or 2 file keeps every row,
-/// the new columns start NULL, and its items take webhooks as before.
+/// A file of every earlier version keeps every row when the daemon migrates it: version 3's
+/// two item columns start NULL, version 4's arrival numbers are filled in and link each item to
+/// its order and each event to its item, and its items take webhooks as before.
 #[tokio::test]
-async fn version_1_and_2_databases_migrate_to_3_keeping_their_rows() {
+async fn older_databases_migrate_to_the_current_version_keeping_their_rows() {
     let shipped = [
         include_str!("../../src/store/schema.sql"),
         include_str!("../../src/store/schema_v2.sql"),
+        include_str!("../../src/store/schema_v3.sql"),
     ];
     for from in 1..=shipped.len() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,12 +465,31 @@ async fn version_1_and_2_databases_migrate_to_3_keeping_their_rows() {
             [&item, &order, at],
         )
         .unwrap();
+        conn.execute(
+            "INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version, as_of,
+                                      received_at, outcome, payload)
+             VALUES (?1, ?2, 'webhook', 'PENDING', 1, ?3, ?3, 'applied', '{}')",
+            [&item, &order, at],
+        )
+        .unwrap();
         drop(conn);
 
         let app = spawn_app_in(dir, "", Arc::new(orderwatch::clock::SystemClock)).await;
         let db = app.db();
         let version: i64 = value(&db, "PRAGMA user_version", []);
-        assert_eq!(version, 3);
+        assert_eq!(version, orderwatch::store::SCHEMA_VERSION);
+        let linked: i64 = value(
+            &db,
+            "SELECT count(*) FROM orders o
+             JOIN order_items i ON i.order_seq = o.seq AND i.order_uuid = o.order_uuid
+             JOIN item_events e ON e.item_seq = i.seq AND e.item_uuid = i.item_uuid
+             WHERE o.seq IS NOT NULL AND i.seq IS NOT NULL",
+            [],
+        );
+        assert_eq!(
+            linked, 1,
+            "from {from}: the arrival numbers link the stored rows"
+        );
         let row: (String, Option<String>, Option<String>, String) = row(
             &db,
             "SELECT status, facts_as_of, missing_since, product_title FROM order_items",
@@ -488,6 +509,16 @@ async fn version_1_and_2_databases_migrate_to_3_keeping_their_rows() {
             outcome_of(&app, webhook(&item, &order, 2, "OK")).await,
             (200, "applied".into()),
             "from {from}"
+        );
+        let events: i64 = value(
+            &app.db(),
+            "SELECT count(*) FROM item_events e JOIN order_items i
+               ON e.item_seq = i.seq AND e.item_uuid = i.item_uuid",
+            [],
+        );
+        assert_eq!(
+            events, 3,
+            "from {from}: the new events name their item's seq"
         );
         app.stop().await;
     }

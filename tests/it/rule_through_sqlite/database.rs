@@ -263,7 +263,11 @@ pub(super) fn outcome_text(outcome: Outcome) -> &'static str {
     }
 }
 
-/// The one row `sql` selects for `key`, column by column.
+/// The arrival numbers (schema version 4): how the store finds rows, not what the rule
+/// decides; `store.rs` checks them.
+const ARRIVAL_NUMBERS: [&str; 3] = ["seq", "order_seq", "item_seq"];
+
+/// The one row `sql` selects for `key`, column by column (but the arrival numbers).
 pub(super) fn read_row(conn: &Connection, sql: &str, key: Uuid) -> Option<Row> {
     let mut statement = conn.prepare_cached(sql).expect("prepare");
     let names: Vec<String> = statement.column_names().map(String::from).collect();
@@ -273,6 +277,7 @@ pub(super) fn read_row(conn: &Connection, sql: &str, key: Uuid) -> Option<Row> {
         names
             .iter()
             .enumerate()
+            .filter(|(_, name)| !ARRIVAL_NUMBERS.contains(&name.as_str()))
             .map(|(index, name)| (name.clone(), row.get::<_, Value>(index).expect("cell")))
             .collect(),
     )
