@@ -11,6 +11,8 @@
 //! concrete types whose methods are the questions asked; with a second engine they become
 //! enums over the engines' read handles (a `match` per method), so no caller changes. Every
 //! "which source wins" decision is the pure rule's ([`rule`]); an engine only carries it out.
+//! [`postgres`] is the second engine as it is built (issue 15): its schema and migrations so
+//! far.
 
 mod apply;
 mod batch;
@@ -23,6 +25,7 @@ pub mod maintenance;
 pub mod observer;
 pub mod poll_state;
 mod polls;
+pub mod postgres;
 pub mod pruning;
 pub mod queries;
 pub mod reader;

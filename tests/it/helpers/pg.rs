@@ -1,0 +1,281 @@
+//! PostgreSQL for the tests, provisioned like the SQLite temp files: a fresh database per test
+//! ([`database`]) on one throwaway cluster per test run.
+//!
+//! - `ORDERWATCH_TEST_PG` (a `postgres://` URL of a role that may create databases) points the
+//!   tests at an existing server instead.
+//! - Otherwise, when PostgreSQL's server binaries are installed (Debian's `postgresql`), the
+//!   first test that asks starts a cluster in a temp dir (`initdb` as the `postgres` user when
+//!   run as root, as PostgreSQL requires), listening on 127.0.0.1 on a free port; a watchdog
+//!   stops it and removes the dir when the test process ends, however it ends.
+//! - Without either, the test skips with one line naming what is missing; under
+//!   `ORDERWATCH_TEST_PG_REQUIRED=1` (CI) a skip fails, like [`super::skip`] under its switch.
+//!
+//! The cluster runs with `fsync=off`: the tests kill processes and the server, never the
+//! machine, and the page cache survives both.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A URL of an existing server to use instead of a throwaway cluster.
+pub const TEST_PG: &str = "ORDERWATCH_TEST_PG";
+
+/// Set (non-empty) to make a PostgreSQL test that cannot get a server fail instead of skip.
+pub const TEST_PG_REQUIRED: &str = "ORDERWATCH_TEST_PG_REQUIRED";
+
+/// A database of its own for one test; dropped (on a shared server) when the test ends.
+pub struct TestDatabase {
+    /// `postgres://…/NAME`, for the daemon's `[database] url` and for the test's own client.
+    pub url: String,
+    name: String,
+    server: &'static Server,
+}
+
+impl TestDatabase {
+    /// A connected client (its connection driven on the current runtime).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // A throwaway cluster goes with the test run; a shared server must not fill up.
+        if self.server.owned.is_none() {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = admin(&self.server.admin_url, &sql);
+        }
+    }
+}
+
+/// A fresh, empty database for the test named `what`, or `None` after saying why there is no
+/// server (the test returns then).
+pub fn database(what: &str) -> Option<TestDatabase> {
+    let server = match SERVER.get_or_init(Server::provision) {
+        Ok(server) => server,
+        Err(why) => {
+            let required = std::env::var(TEST_PG_REQUIRED).is_ok_and(|v| !v.is_empty());
+            assert!(
+                !required,
+                "SKIPPED {what} on PostgreSQL: {why}; {TEST_PG_REQUIRED} is set"
+            );
+            super::skip(&format!("{what} on PostgreSQL"), why);
+            return None;
+        }
+    };
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "orderwatch_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    admin(&server.admin_url, &format!("CREATE DATABASE {name}"))
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    Some(TestDatabase {
+        url: server.url_of(&name),
+        name,
+        server,
+    })
+}
+
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+
+/// The server the tests use.
+struct Server {
+    /// `postgres://…/postgres`: where databases are created.
+    admin_url: String,
+    /// The throwaway cluster's folder, when we started it.
+    owned: Option<PathBuf>,
+}
+
+impl Server {
+    fn provision() -> Result<Self, String> {
+        if let Ok(url) = std::env::var(TEST_PG) {
+            return Ok(Self {
+                admin_url: url,
+                owned: None,
+            });
+        }
+        let bin = server_binaries().ok_or_else(|| {
+            format!(
+                "PostgreSQL's server binaries are not installed (Debian: apt-get install \
+                 postgresql) and {TEST_PG} is unset"
+            )
+        })?;
+        start_cluster(&bin)
+    }
+
+    /// The URL of database `name` on this server.
+    fn url_of(&self, name: &str) -> String {
+        let (base, _) = self
+            .admin_url
+            .rsplit_once('/')
+            .expect("the admin URL names a database");
+        format!("{base}/{name}")
+    }
+}
+
+/// The folder holding `initdb` and `pg_ctl`: the newest of Debian's versions, else `pg_config
+/// --bindir`.
+fn server_binaries() -> Option<PathBuf> {
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|versions| {
+            versions
+                .filter_map(|v| v.ok()?.file_name().into_string().ok()?.parse::<u32>().ok())
+                .max()
+                .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+        });
+    let from_pg_config = || {
+        let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+        Some(PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()))
+    };
+    debian
+        .or_else(from_pg_config)
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+}
+
+/// Whether this process runs as root (then PostgreSQL's tools must run as `postgres`).
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions and touches no memory.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// `program args…`, as the `postgres` user when we are root.
+fn as_server_user(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(command: &mut Command, what: &str) -> Result<(), String> {
+    let out = command
+        .output()
+        .map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn start_cluster(bin: &Path) -> Result<Server, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("orderwatch-test-pg-")
+        .tempdir()
+        .map_err(|e| format!("a temp dir for the cluster: {e}"))?
+        .keep();
+    if is_root() {
+        run(
+            Command::new("chown").args(["postgres:"]).arg(&dir),
+            "chown postgres: on the cluster's dir",
+        )?;
+    }
+    let data = dir.join("data");
+    run(
+        as_server_user(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .args(["--locale", "C"]),
+        "initdb",
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("a free port: {e}"))?
+        .port();
+    let options = format!(
+        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=300",
+        dir.display()
+    );
+    run(
+        as_server_user(&bin.join("pg_ctl"))
+            .args(["-w", "-D"])
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(dir.join("server.log"))
+            .arg("start"),
+        "pg_ctl start",
+    )?;
+    spawn_watchdog(bin, &dir, &data);
+    Ok(Server {
+        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        owned: Some(dir),
+    })
+}
+
+/// Stops the cluster and removes its folder once this test process is gone.
+fn spawn_watchdog(bin: &Path, dir: &Path, data: &Path) {
+    let stop = if is_root() {
+        format!(
+            "runuser -u postgres -- '{}' -D '{}' stop -m immediate",
+            bin.join("pg_ctl").display(),
+            data.display()
+        )
+    } else {
+        format!(
+            "'{}' -D '{}' stop -m immediate",
+            bin.join("pg_ctl").display(),
+            data.display()
+        )
+    };
+    // Started in the background by a shell that exits at once, so the watchdog belongs to
+    // init, not to this process, and nothing is left to reap.
+    let script = format!(
+        "(while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {stop}; rm -rf '{dir}') &",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    let started = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the cluster's watchdog starts");
+    assert!(
+        started.success(),
+        "the cluster's watchdog starts: {started}"
+    );
+}
+
+/// Connects to `url` and drives the connection on the current runtime.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Runs one statement on `url` from a thread of its own (callers may be inside a runtime).
+fn admin(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            client.batch_execute(&sql).await.map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| "the admin thread panicked".to_owned())?
+}
