@@ -141,7 +141,11 @@ fn load(conn: &Connection, observations: &[&Observation]) -> rusqlite::Result<(L
 }
 
 /// The decisions an operator must hear about, said once, here.
-fn log_decision(observation: &Observation, current: Option<&ItemState>, decision: &Decision) {
+pub(super) fn log_decision(
+    observation: &Observation,
+    current: Option<&ItemState>,
+    decision: &Decision,
+) {
     if decision.outcome == Outcome::Conflict {
         tracing::error!(
             item = %observation.item,
@@ -169,7 +173,7 @@ fn log_decision(observation: &Observation, current: Option<&ItemState>, decision
 
 /// Odd Musement times are stored, never rejected, but said once, here: a far-future time is
 /// clamped by the rule, a very old one is suspicious.
-fn warn_about_times(observation: &Observation, rules: &Rules) {
+pub(super) fn warn_about_times(observation: &Observation, rules: &Rules) {
     let time = musement_time(observation, rules);
     let sent = match observation.position {
         Position::Webhook { updated, .. } => updated,

@@ -24,7 +24,7 @@ pub mod inspection;
 pub mod maintenance;
 pub mod observer;
 pub mod poll_state;
-mod polls;
+pub mod polls;
 pub mod postgres;
 pub mod pruning;
 pub mod queries;

@@ -20,6 +20,7 @@ mod logs;
 mod metrics;
 mod musement_client;
 mod ordering_props;
+mod postgres_apply;
 mod postgres_schema;
 mod quick_path;
 mod rate_limit;

@@ -11,6 +11,7 @@ pub mod db;
 pub mod exposition;
 pub mod fake_musement;
 pub mod notify;
+pub mod observations;
 pub mod pg;
 pub mod process;
 pub mod skip;
