@@ -22,6 +22,7 @@ mod musement_client;
 mod ordering_props;
 mod postgres_apply;
 mod postgres_schema;
+mod postgres_writer;
 mod quick_path;
 mod rate_limit;
 mod receiver;

@@ -10,10 +10,12 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use orderwatch::backoff::BackoffPolicy;
 use orderwatch::observation::{Observation, Position};
+use orderwatch::store::maintenance::{self, PruneCursor};
 use orderwatch::store::postgres::apply::apply_batch;
+use orderwatch::store::postgres::commands as pg_commands;
 use orderwatch::store::postgres::migrate::migrate;
 use orderwatch::store::postgres::polls as pg_polls;
-use orderwatch::store::{self, Outcome, PollFailure, PollRecord, StoreSettings};
+use orderwatch::store::{self, Outcome, PollFailure, PollRecord, RejectedWebhook, StoreSettings};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rusqlite::Connection;
@@ -104,7 +106,10 @@ fn bookkeeping(case: &Case) -> Vec<(u8, &'static str, &'static str)> {
 }
 
 fn settings() -> StoreSettings {
-    StoreSettings::default()
+    StoreSettings {
+        rejected_keep: 2,
+        ..StoreSettings::default()
+    }
 }
 
 /// How a column is compared.
@@ -115,9 +120,10 @@ enum Kind {
     Bool,
     Time,
     Json,
+    Bytes,
 }
 
-use Kind::{Bool, Int, Json, Text, Time};
+use Kind::{Bool, Bytes, Int, Json, Text, Time};
 
 /// A table's name, the column its rows are ordered by, and the columns compared.
 type Table = (&'static str, &'static str, &'static [(&'static str, Kind)]);
@@ -197,6 +203,18 @@ const TABLES: &[Table] = &[
         "name",
         &[("name", Text), ("holder", Text), ("expires_at", Time)],
     ),
+    (
+        "rejected_webhooks",
+        "id",
+        &[
+            ("id", Int),
+            ("received_at", Time),
+            ("peer", Text),
+            ("field", Text),
+            ("error", Text),
+            ("body", Bytes),
+        ],
+    ),
 ];
 
 type Rows = Vec<(&'static str, Vec<Vec<Option<String>>>)>;
@@ -231,7 +249,9 @@ fn sqlite_rows(conn: &Connection) -> Rows {
                                 Value::Integer(n) => Some(n.to_string()),
                                 Value::Real(x) => Some(x.to_string()),
                                 Value::Text(t) => Some(t),
-                                Value::Blob(b) => Some(format!("{b:?}")),
+                                Value::Blob(b) => {
+                                    Some(b.iter().map(|byte| format!("{byte:02x}")).collect())
+                                }
                             };
                             match kind {
                                 Json => canonical_json(text),
@@ -255,6 +275,7 @@ async fn postgres_rows(client: &tokio_postgres::Client) -> Rows {
             .iter()
             .map(|(name, kind)| match kind {
                 Text | Int | Json => format!("{name}::text"),
+                Bytes => format!("encode({name}, 'hex')"),
                 Bool => format!("CASE WHEN {name} THEN '1' ELSE '0' END"),
                 Time => format!(
                     "to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -334,7 +355,9 @@ async fn apply_in_one_transaction(
 
 async fn run_postgres(client: &mut tokio_postgres::Client, case: &Case) -> (Vec<Outcome>, Rows) {
     client
-        .batch_execute("TRUNCATE orders, order_items, item_events, leases RESTART IDENTITY")
+        .batch_execute(
+            "TRUNCATE orders, order_items, item_events, leases, rejected_webhooks RESTART IDENTITY",
+        )
         .await
         .unwrap();
     for observation in &case.stored {
@@ -517,6 +540,12 @@ enum Op {
         ttl_s: i64,
     },
     Release(u8),
+    Reject(u8),
+    /// Prune everything received before `at(cutoff_ms)`, `batch` rows per step, to the end.
+    Prune {
+        cutoff_ms: i64,
+        batch: usize,
+    },
 }
 
 /// What an op answered, as text, for comparing.
@@ -564,6 +593,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         1 => (0u8..2, (1i64..4).prop_map(|n| n * STEP_S))
             .prop_map(|(holder, ttl_s)| Op::Lease { holder, ttl_s }),
         1 => (0u8..2).prop_map(Op::Release),
+        1 => (0u8..4).prop_map(Op::Reject),
+        1 => (0i64..120_000, 1usize..5).prop_map(|(cutoff_ms, batch)| Op::Prune { cutoff_ms, batch }),
     ];
     prop::collection::vec(op, 1..12)
 }
@@ -614,6 +645,16 @@ fn items_of(list: &[u8]) -> Vec<Uuid> {
 }
 
 const LEASE: &str = "reconciler";
+
+fn rejected(n: u8, now: DateTime<Utc>) -> RejectedWebhook {
+    RejectedWebhook {
+        received_at: now,
+        peer: format!("127.0.0.{n}"),
+        field: "status".to_owned(),
+        error: format!("bad status {n}"),
+        body: vec![n, 0xff, b'{'],
+    }
+}
 
 fn sqlite_ops(ops: &[Op]) -> (Vec<Answer>, Rows) {
     let dir = tempfile::tempdir().unwrap();
@@ -681,6 +722,21 @@ fn sqlite_ops(ops: &[Op]) -> (Vec<Answer>, Rows) {
                 "{:?}",
                 store::polls::release_lease(&tx, LEASE, &format!("holder-{holder}")).unwrap()
             ),
+            Op::Reject(n) => format!(
+                "{:?}",
+                store::record_rejected(&tx, &rejected(*n, now), settings().rejected_keep).unwrap()
+            ),
+            Op::Prune { cutoff_ms, batch } => {
+                let mut cursor = PruneCursor::START;
+                let mut steps = Vec::new();
+                while !cursor.done() {
+                    let step =
+                        maintenance::prune_step(&tx, at(*cutoff_ms), cursor, *batch).unwrap();
+                    cursor = step.next;
+                    steps.push(step);
+                }
+                format!("{steps:?}")
+            }
         };
         tx.commit().unwrap();
         answers.push(answer);
@@ -690,7 +746,9 @@ fn sqlite_ops(ops: &[Op]) -> (Vec<Answer>, Rows) {
 
 async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<Answer>, Rows) {
     client
-        .batch_execute("TRUNCATE orders, order_items, item_events, leases RESTART IDENTITY")
+        .batch_execute(
+            "TRUNCATE orders, order_items, item_events, leases, rejected_webhooks RESTART IDENTITY",
+        )
         .await
         .unwrap();
     let mut answers = Vec::new();
@@ -766,6 +824,24 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
                     .await
                     .unwrap()
             ),
+            Op::Reject(n) => format!(
+                "{:?}",
+                pg_commands::record_rejected(&tx, &rejected(*n, now), settings().rejected_keep)
+                    .await
+                    .unwrap()
+            ),
+            Op::Prune { cutoff_ms, batch } => {
+                let mut cursor = PruneCursor::START;
+                let mut steps = Vec::new();
+                while !cursor.done() {
+                    let step = pg_commands::prune_step(&tx, at(*cutoff_ms), cursor, *batch)
+                        .await
+                        .unwrap();
+                    cursor = step.next;
+                    steps.push(step);
+                }
+                format!("{steps:?}")
+            }
         };
         tx.commit().await.unwrap();
         answers.push(answer);
@@ -774,8 +850,8 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
 }
 
 /// Every command the writer carries out besides webhooks (polls recorded, failed polls,
-/// watches, expiry, overdue marks, the lease) interleaved with webhook batches: the same
-/// answers and the same rows on both engines.
+/// watches, expiry, overdue marks, the lease, rejected webhooks, pruning) interleaved with
+/// webhook batches: the same answers and the same rows on both engines.
 #[test]
 fn postgres_carries_out_every_command_as_sqlite_does() {
     let Some(db) = pg::database("the differential command test") else {

@@ -1,0 +1,276 @@
+//! How one batch of writer commands commits on PostgreSQL: the engine half of the writer
+//! thread (`writer::Batches`), as `sqlite_batches.rs` is SQLite's.
+//!
+//! - One transaction per batch (READ COMMITTED, `synchronous_commit = on`, a `lock_timeout`
+//!   so a stuck lock becomes an error, never a hang); our clock is read once the transaction
+//!   is open.
+//! - The batch runs in one savepoint; when a command fails, it is undone and each half runs
+//!   again, down to the failing command, which alone gets its error (no savepoint per command:
+//!   PostgreSQL stalls past ~64 subtransactions in one transaction).
+//! - A deadlock, a serialization failure or a lock timeout undoes the whole batch and runs it
+//!   again (twice at most); after that its commands are answered with the error (503).
+//! - A failed `COMMIT` fails every command: its outcome is unknown, and the retry Musement
+//!   sends comes back as `duplicate`.
+//! - A lost connection fails the batch it happened in; the next batch connects again.
+//!
+//! The writer thread is synchronous; this owns a current-thread runtime to drive its client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+use super::super::StoreSettings;
+use super::super::commands::Command;
+use super::super::writer::{Batches, JobResult, WriteError};
+use super::commands::execute_all;
+use crate::clock::Clock;
+
+/// How the writer reaches the database.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// A libpq-style URL or key=value string, password included (never logged).
+    pub url: String,
+    /// How long a statement waits for a lock before failing (then 503).
+    pub lock_timeout: Duration,
+    /// This instance's name (heartbeat row, `item_events.receiver`).
+    pub instance: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("lock_timeout", &self.lock_timeout)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer's connection and what it needs to open it again.
+pub struct PgBatches {
+    runtime: tokio::runtime::Runtime,
+    target: PgTarget,
+    client: Option<Client>,
+}
+
+/// How many times a batch runs when PostgreSQL asks for a retry (deadlock, serialization
+/// failure, lock timeout).
+const ATTEMPTS: usize = 3;
+
+impl PgBatches {
+    /// Connects (from the writer thread, before it takes batches).
+    pub fn connect(target: PgTarget) -> Result<Self, WriteError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WriteError::Storage(format!("the writer's runtime: {e}")))?;
+        let client = runtime.block_on(open(&target))?;
+        Ok(Self {
+            runtime,
+            target,
+            client: Some(client),
+        })
+    }
+}
+
+/// A connection to `target`, driven on the current runtime.
+async fn open(target: &PgTarget) -> Result<Client, WriteError> {
+    let (client, connection) = tokio_postgres::connect(&target.url, NoTls)
+        .await
+        .map_err(|e| unreachable_database(&e))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "the writer's PostgreSQL connection ended");
+        }
+    });
+    let lock_timeout = format!("{}ms", target.lock_timeout.as_millis());
+    client
+        .execute(
+            "SELECT set_config('lock_timeout', $1, false), \
+                    set_config('synchronous_commit', 'on', false)",
+            &[&lock_timeout],
+        )
+        .await
+        .map_err(|e| storage(&e))?;
+    Ok(client)
+}
+
+fn storage(error: &tokio_postgres::Error) -> WriteError {
+    WriteError::Storage(one_line(error))
+}
+
+fn unreachable_database(error: &tokio_postgres::Error) -> WriteError {
+    WriteError::Storage(format!("PostgreSQL unreachable: {}", one_line(error)))
+}
+
+/// The error with its cause (tokio-postgres keeps the server's message in the source).
+fn one_line(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+/// Whether PostgreSQL asks for the transaction to be run again.
+fn asks_for_retry(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+    })
+}
+
+/// Whether the error means the connection is gone (closed, or ended by the server: an
+/// administrator's `pg_terminate_backend`, a shutdown, a connection failure), so the next batch
+/// must open a new one.
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    error.is_closed()
+        || error.code().is_some_and(|code| {
+            let class = &code.code()[..2];
+            class == "08" || class == "57"
+        })
+}
+
+/// Why a batch did not run to its commit.
+enum Failed {
+    /// Run the whole batch again.
+    Retry(tokio_postgres::Error),
+    /// Answer every command with this.
+    Batch(WriteError),
+    /// The connection is gone: answer every command with this, and connect again.
+    Lost(WriteError),
+}
+
+/// A failure of the batch as a whole.
+fn whole_batch(error: &tokio_postgres::Error) -> Failed {
+    if connection_lost(error) {
+        Failed::Lost(storage(error))
+    } else {
+        Failed::Batch(storage(error))
+    }
+}
+
+impl Batches for PgBatches {
+    fn commit(
+        &mut self,
+        batch: &[&Command],
+        store: &StoreSettings,
+        clock: &dyn Clock,
+    ) -> Result<Vec<JobResult>, WriteError> {
+        let Self {
+            runtime,
+            target,
+            client,
+        } = self;
+        runtime.block_on(async {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                *client = None;
+                *client = Some(open(target).await?);
+            }
+            let connection = client.as_mut().expect("connected just above");
+            let mut last = None;
+            for _ in 0..ATTEMPTS {
+                match commit_batch(connection, batch, store, clock, &target.instance).await {
+                    Ok(results) => return Ok(results),
+                    Err(Failed::Batch(error)) => return Err(error),
+                    Err(Failed::Lost(error)) => {
+                        *client = None;
+                        return Err(error);
+                    }
+                    Err(Failed::Retry(error)) => {
+                        tracing::info!(error = %one_line(&error), "batch run again");
+                        last = Some(error);
+                    }
+                }
+            }
+            Err(storage(&last.expect("at least one attempt")))
+        })
+    }
+
+    fn close(self, _defunct: bool) {}
+}
+
+/// Runs every command of the batch in one transaction and commits once.
+async fn commit_batch(
+    client: &mut Client,
+    batch: &[&Command],
+    store: &StoreSettings,
+    clock: &dyn Clock,
+    instance: &str,
+) -> Result<Vec<JobResult>, Failed> {
+    let tx = client.transaction().await.map_err(|e| whole_batch(&e))?;
+    let now = clock.now();
+    let mut results: Vec<Option<JobResult>> = vec![None; batch.len()];
+    let jobs: Vec<usize> = (0..batch.len()).collect();
+    run_in_halves(&tx, batch, &jobs, store, now, instance, &mut results).await?;
+    tx.commit().await.map_err(|e| {
+        let error = WriteError::Storage(format!(
+            "COMMIT failed, its outcome unknown: {}",
+            one_line(&e)
+        ));
+        if connection_lost(&e) {
+            Failed::Lost(error)
+        } else {
+            Failed::Batch(error)
+        }
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|result| result.expect("every command is answered"))
+        .collect())
+}
+
+type Halves<'a> = Pin<Box<dyn Future<Output = Result<(), Failed>> + Send + 'a>>;
+
+/// Runs the commands at `jobs` in one savepoint; when one fails, all are undone and each half
+/// runs again on its own, down to the failing command, answered alone with its error.
+fn run_in_halves<'a>(
+    tx: &'a Transaction<'_>,
+    batch: &'a [&Command],
+    jobs: &'a [usize],
+    store: &'a StoreSettings,
+    now: chrono::DateTime<chrono::Utc>,
+    instance: &'a str,
+    results: &'a mut [Option<JobResult>],
+) -> Halves<'a> {
+    Box::pin(async move {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let run = |sql: &'static str| async move {
+            tx.batch_execute(sql).await.map_err(|e| whole_batch(&e))
+        };
+        run("SAVEPOINT jobs").await?;
+        let commands: Vec<&Command> = jobs.iter().map(|&index| batch[index]).collect();
+        match execute_all(tx, &commands, store, now, instance).await {
+            Ok(done) => {
+                run("RELEASE SAVEPOINT jobs").await?;
+                for (&index, done) in jobs.iter().zip(done) {
+                    results[index] = Some(Ok(done));
+                }
+                Ok(())
+            }
+            Err(error) if asks_for_retry(&error) => Err(Failed::Retry(error)),
+            Err(error) if connection_lost(&error) || error.code().is_none() => {
+                // The connection is gone (or the server sent no SQL error): nothing here runs.
+                Err(whole_batch(&error))
+            }
+            Err(error) => {
+                run("ROLLBACK TO SAVEPOINT jobs").await?;
+                run("RELEASE SAVEPOINT jobs").await?;
+                if let [index] = jobs {
+                    results[*index] = Some(Err(storage(&error)));
+                    return Ok(());
+                }
+                let (first, second) = jobs.split_at(jobs.len() / 2);
+                run_in_halves(tx, batch, first, store, now, instance, results).await?;
+                run_in_halves(tx, batch, second, store, now, instance, results).await
+            }
+        }
+    })
+}
