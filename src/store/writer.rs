@@ -86,16 +86,18 @@ pub struct WriterThread {
     handle: JoinHandle<()>,
     /// Used only to queue the shutdown request behind everything already queued.
     writer: Writer,
-    /// Stopped before the writer closes its connection, so the writer's close (the last one
-    /// of this process) checkpoints what is left.
-    checkpointer: CheckpointerThread,
+    /// SQLite's checkpointer, stopped before the writer closes its connection, so the
+    /// writer's close (the last one of this process) checkpoints what is left.
+    checkpointer: Option<CheckpointerThread>,
 }
 
 impl WriterThread {
     /// Lets the writer commit everything queued so far, stops it, and waits for the thread.
     /// Jobs sent after this are answered [`WriteError::Closed`] (a 503 for webhooks).
     pub async fn shutdown(self) {
-        self.checkpointer.stop().await;
+        if let Some(checkpointer) = self.checkpointer {
+            checkpointer.stop().await;
+        }
         let _ = self.writer.submit(Command::Shutdown, WhenFull::Wait).await;
         drop(self.writer);
         let handle = self.handle;
@@ -117,8 +119,8 @@ const FAILURES_REMEMBERED: StdDuration = StdDuration::from_secs(30);
 /// What the writer knows about its own health, for readiness and liveness checks.
 #[derive(Debug)]
 pub struct Health {
-    /// The database file, watched for deletion and replacement.
-    file: Arc<DatabaseFile>,
+    /// SQLite's database file, watched for deletion and replacement.
+    file: Option<Arc<DatabaseFile>>,
     /// The current run of failed batches of real work.
     failing: Mutex<Failures>,
     /// Batches with any failure so far (a "ready" found before the last one is stale).
@@ -140,6 +142,7 @@ impl Health {
     /// Why the writer can never store again (the database file was replaced), if so.
     pub fn defunct(&self) -> Option<String> {
         self.file
+            .as_ref()?
             .replaced()
             .map(|reason| format!("database file replaced: {reason}"))
     }
@@ -238,15 +241,41 @@ pub fn spawn(
         settings.checkpoints.clone(),
         observer.clone(),
     )?;
+    let engine = Engine {
+        file: Some(sqlite.file.clone()),
+        checkpointer: Some(sqlite.checkpointer),
+    };
+    spawn_on(sqlite.batches, engine, settings, clock, observer).map_err(|source| {
+        super::StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// What the writer keeps of its engine besides [`Batches`]: SQLite's file (health) and
+/// checkpointer (stopped first at shutdown); an engine without them passes `None`s.
+pub struct Engine {
+    pub file: Option<Arc<DatabaseFile>>,
+    pub checkpointer: Option<CheckpointerThread>,
+}
+
+/// Starts the writer thread on `batches`, whichever engine commits them.
+pub fn spawn_on(
+    batches: impl Batches,
+    engine: Engine,
+    settings: WriterSettings,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn StoreObserver>,
+) -> std::io::Result<(Writer, WriterThread)> {
     let health = Arc::new(Health {
-        file: sqlite.file.clone(),
+        file: engine.file,
         failing: Mutex::new(Failures::default()),
         batches_with_failures: AtomicU64::new(0),
         batches_without_failures: AtomicU64::new(0),
     });
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
     let thread_health = health.clone();
-    let batches = sqlite.batches;
     let handle = std::thread::Builder::new()
         .name("orderwatch-writer".into())
         .spawn(move || {
@@ -257,10 +286,6 @@ pub fn spawn(
                 health: &thread_health,
             };
             run(batches, receiver, &context)
-        })
-        .map_err(|source| super::StoreError::Io {
-            path: path.display().to_string(),
-            source,
         })?;
     let writer = Writer { sender, health };
     Ok((
@@ -268,7 +293,7 @@ pub fn spawn(
         WriterThread {
             handle,
             writer,
-            checkpointer: sqlite.checkpointer,
+            checkpointer: engine.checkpointer,
         },
     ))
 }

@@ -1,8 +1,8 @@
-//! How a batch of writer commands commits on PostgreSQL (`store::postgres::batches::PgBatches`,
-//! the writer thread's engine half), on a real server: one failing command is undone alone
-//! while the rest of its batch commits, and a connection killed by the server fails at most the
-//! batch it was in, never answers "stored" for something that is not, and is opened again for
-//! the next batch.
+//! The writer on PostgreSQL, on a real server: the writer thread itself (queue, group commit,
+//! answers after commit) over `store::postgres::batches::PgBatches`, and that engine half on
+//! its own: one failing command is undone alone while the rest of its batch commits, and a
+//! connection killed by the server fails at most the batch it was in, never answers "stored"
+//! for something that is not, and is opened again for the next batch.
 
 use std::time::Duration;
 
@@ -185,4 +185,80 @@ fn a_connection_killed_by_the_server_fails_at_most_its_batch_and_is_opened_again
             "{item} was acknowledged and must be stored"
         );
     }
+}
+
+#[test]
+fn the_writer_thread_stores_concurrent_webhooks_in_shared_batches_and_answers_after_commit() {
+    use std::sync::Arc;
+
+    use orderwatch::store::checkpoint::CheckpointSettings;
+    use orderwatch::store::observer::Unobserved;
+    use orderwatch::store::postgres::start_writer;
+    use orderwatch::store::writer::WriterSettings;
+
+    let Some((db, runtime)) = prepared("the writer thread") else {
+        return;
+    };
+    runtime.block_on(async {
+        let settings = WriterSettings {
+            max_batch: 64,
+            queue_capacity: 1024,
+            store: settings(),
+            max_size_bytes: None,
+            checkpoints: CheckpointSettings::default(),
+        };
+        let clock = Arc::new(ManualClock::new(now()));
+        let (writer, thread) = start_writer(target(&db), settings, clock, Arc::new(Unobserved))
+            .await
+            .unwrap();
+        let mut senders = Vec::new();
+        for task in 0..8u64 {
+            let writer = writer.clone();
+            senders.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for n in 0..25u64 {
+                    let body = webhook(&uuid(1, task * 100 + n), &uuid(2, task), 1, "PENDING");
+                    let observation = Observation::from_webhook(body.as_bytes(), now()).unwrap();
+                    outcomes.push(writer.apply(observation).await);
+                }
+                outcomes
+            }));
+        }
+        for sender in senders {
+            for outcome in sender.await.unwrap() {
+                assert_eq!(outcome, Ok(Outcome::Applied));
+            }
+        }
+        writer.ping().await.unwrap();
+        thread.shutdown().await;
+        assert_eq!(count(&db, "SELECT count(*) FROM order_items").await, 200);
+        assert_eq!(count(&db, "SELECT count(*) FROM orders").await, 8);
+        assert_eq!(count(&db, "SELECT count(*) FROM item_events").await, 200);
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(*) FROM heartbeat WHERE instance = 'writer-test'"
+            )
+            .await,
+            1
+        );
+        let batches = count(&db, "SELECT count(DISTINCT tx::text) FROM item_events").await;
+        assert!(
+            batches < 200,
+            "webhooks shared transactions: {batches} for 200"
+        );
+        assert_eq!(
+            writer
+                .apply(
+                    Observation::from_webhook(
+                        webhook(&uuid(1, 999), &uuid(2, 9), 1, "OK").as_bytes(),
+                        now()
+                    )
+                    .unwrap()
+                )
+                .await,
+            Err(orderwatch::store::writer::WriteError::Closed),
+            "after shutdown nothing is stored, and nothing is answered as stored"
+        );
+    });
 }
