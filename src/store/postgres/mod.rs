@@ -2,13 +2,15 @@
 //! [`apply::apply_batch`] (the fold of SQLite's batch path under sorted order locks), the
 //! reconciler's store functions ([`polls`]), every writer command ([`commands`]) and how a
 //! batch of them commits ([`batches::PgBatches`], the writer's `Batches`), and the writer
-//! thread started on it ([`start_writer`]) so far. The reads, the configuration and the CLI
+//! thread started on it ([`start_writer`]), and the change feed in commit order ([`feed`]) so
+//! far. The other reads, the configuration and the CLI
 //! come next, behind the same interfaces as SQLite's (`reads::Reads`,
 //! `inspection::Inspection`), with the same pure rule.
 
 pub mod apply;
 pub mod batches;
 pub mod commands;
+pub mod feed;
 pub mod migrate;
 pub mod polls;
 
