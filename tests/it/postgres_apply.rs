@@ -15,6 +15,7 @@ use orderwatch::store::postgres::apply::apply_batch;
 use orderwatch::store::postgres::commands as pg_commands;
 use orderwatch::store::postgres::migrate::migrate;
 use orderwatch::store::postgres::polls as pg_polls;
+use orderwatch::store::postgres::queries as pg_queries;
 use orderwatch::store::{self, Outcome, PollFailure, PollRecord, RejectedWebhook, StoreSettings};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -741,7 +742,48 @@ fn sqlite_ops(ops: &[Op]) -> (Vec<Answer>, Rows) {
         tx.commit().unwrap();
         answers.push(answer);
     }
+    for now in read_times(ops.len()) {
+        answers.push(normalized_reads(
+            store::queries::due_orders(&conn, now).unwrap(),
+            store::queries::orders_to_poll(&conn, now).unwrap(),
+            store::queries::poll_backlog(
+                &conn,
+                now,
+                now + chrono::Duration::minutes(2),
+                &[order(0)],
+            )
+            .unwrap(),
+            store::queries::unwarned_overdue(&conn, now).unwrap(),
+            store::queries::state_snapshot(&conn, now).unwrap(),
+        ));
+    }
     (answers, sqlite_rows(&conn))
+}
+
+/// When the read side is asked after the ops: right after, and later (marks, backoffs and
+/// re-checks fall due).
+fn read_times(ops: usize) -> [DateTime<Utc>; 3] {
+    let end = op_now(ops);
+    [
+        end,
+        end + chrono::Duration::hours(1),
+        end + chrono::Duration::days(2),
+    ]
+}
+
+/// The read side's answers as text; lists of orders and items sorted (ties in due time may
+/// come in either engine's arrival order).
+fn normalized_reads(
+    mut due: Vec<store::queries::DueOrder>,
+    mut to_poll: Vec<store::queries::DueOrder>,
+    backlog: store::queries::PollBacklog,
+    mut overdue: Vec<store::queries::OverdueItem>,
+    snapshot: store::queries::StateSnapshot,
+) -> Answer {
+    due.sort_by_key(|d| (d.repoll, d.order));
+    to_poll.sort_by_key(|d| (d.repoll, d.order));
+    overdue.sort_by_key(|o| o.item);
+    format!("due {due:?}; to poll {to_poll:?}; {backlog:?}; overdue {overdue:?}; {snapshot:?}")
 }
 
 async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<Answer>, Rows) {
@@ -846,12 +888,26 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
         tx.commit().await.unwrap();
         answers.push(answer);
     }
+    for now in read_times(ops.len()) {
+        let soon = now + chrono::Duration::minutes(2);
+        answers.push(normalized_reads(
+            pg_queries::due_orders(client, now).await.unwrap(),
+            pg_queries::orders_to_poll(client, now).await.unwrap(),
+            pg_queries::poll_backlog(client, now, soon, &[order(0)])
+                .await
+                .unwrap(),
+            pg_queries::unwarned_overdue(client, now).await.unwrap(),
+            pg_queries::state_snapshot(client, now).await.unwrap(),
+        ));
+    }
     (answers, postgres_rows(client).await)
 }
 
 /// Every command the writer carries out besides webhooks (polls recorded, failed polls,
 /// watches, expiry, overdue marks, the lease, rejected webhooks, pruning) interleaved with
-/// webhook batches: the same answers and the same rows on both engines.
+/// webhook batches: the same answers and the same rows on both engines, and then the same
+/// answers from the read side (due orders, orders to poll, the backlog, overdue items, the
+/// `/metrics` snapshot) at three later times.
 #[test]
 fn postgres_carries_out_every_command_as_sqlite_does() {
     let Some(db) = pg::database("the differential command test") else {

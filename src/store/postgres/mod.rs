@@ -2,9 +2,9 @@
 //! [`apply::apply_batch`] (the fold of SQLite's batch path under sorted order locks), the
 //! reconciler's store functions ([`polls`]), every writer command ([`commands`]) and how a
 //! batch of them commits ([`batches::PgBatches`], the writer's `Batches`), and the writer
-//! thread started on it ([`start_writer`]), and the change feed in commit order ([`feed`]) so
-//! far. The other reads, the configuration and the CLI
-//! come next, behind the same interfaces as SQLite's (`reads::Reads`,
+//! thread started on it ([`start_writer`]), the change feed in commit order ([`feed`]) and the
+//! daemon's read-side questions ([`queries`]) so far. The inspection reads, the configuration
+//! and the CLI come next, behind the same interfaces as SQLite's (`reads::Reads`,
 //! `inspection::Inspection`), with the same pure rule.
 
 pub mod apply;
@@ -13,6 +13,7 @@ pub mod commands;
 pub mod feed;
 pub mod migrate;
 pub mod polls;
+pub mod queries;
 
 use std::sync::Arc;
 
