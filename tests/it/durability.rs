@@ -265,9 +265,13 @@ async fn send_all(
     acks: Arc<AtomicUsize>,
     finished: Arc<AtomicUsize>,
 ) -> (Vec<u64>, usize, usize) {
+    // Bounded: a request caught by the kill once waited forever here (no socket left, nothing
+    // to wake it), which hung the whole test run; past the bound it counts as "the daemon is
+    // gone", like any other error.
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let mut acknowledged = Vec::new();
