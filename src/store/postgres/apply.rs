@@ -47,6 +47,8 @@ pub async fn apply_batch(
     now: DateTime<Utc>,
     receiver: &str,
 ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
+    // Truncated first, as SQLite stores it: everything the fold compares `now` with is a stored
+    // (millisecond) time or `now` plus whole milliseconds, so the decisions stay SQLite's.
     let now = ms(now);
     let (order_keys, item_keys) = keys_of(observations);
     let created = create_missing_orders(tx, &order_keys, now).await?;
