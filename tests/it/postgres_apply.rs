@@ -13,6 +13,7 @@ use orderwatch::observation::{Observation, Position};
 use orderwatch::store::maintenance::{self, PruneCursor};
 use orderwatch::store::postgres::apply::apply_batch;
 use orderwatch::store::postgres::commands as pg_commands;
+use orderwatch::store::postgres::inspect as pg_inspect;
 use orderwatch::store::postgres::migrate::migrate;
 use orderwatch::store::postgres::polls as pg_polls;
 use orderwatch::store::postgres::queries as pg_queries;
@@ -756,8 +757,52 @@ fn sqlite_ops(ops: &[Op]) -> (Vec<Answer>, Rows) {
             store::queries::unwarned_overdue(&conn, now).unwrap(),
             store::queries::state_snapshot(&conn, now).unwrap(),
         ));
+        for filter in item_filters(now) {
+            answers.push(format!(
+                "{:?}",
+                store::inspect::items(&conn, &filter, now).unwrap()
+            ));
+        }
+        answers.push(format!(
+            "{:?} {:?} {:?}",
+            store::inspect::status_is_stored(&conn, "OK").unwrap(),
+            store::inspect::rejected(&conn, 1).unwrap(),
+            store::inspect::rejected(&conn, 10).unwrap()
+        ));
     }
     (answers, sqlite_rows(&conn))
+}
+
+/// What `orderwatch items` is asked in the differential test: every filter alone, and none.
+fn item_filters(now: DateTime<Utc>) -> Vec<store::inspect::ItemFilter> {
+    use store::inspect::ItemFilter;
+    vec![
+        ItemFilter::default(),
+        ItemFilter {
+            statuses: vec!["PENDING".into(), "ON_HOLD".into()],
+            ..ItemFilter::default()
+        },
+        ItemFilter {
+            order: Some(order(1).to_string()),
+            ..ItemFilter::default()
+        },
+        ItemFilter {
+            order: Some("not a uuid".into()),
+            ..ItemFilter::default()
+        },
+        ItemFilter {
+            changed_since: Some(now - chrono::Duration::seconds(STEP_S * 3)),
+            ..ItemFilter::default()
+        },
+        ItemFilter {
+            overdue: true,
+            ..ItemFilter::default()
+        },
+        ItemFilter {
+            limit: Some(2),
+            ..ItemFilter::default()
+        },
+    ]
 }
 
 /// When the read side is asked after the ops: right after, and later (marks, backoffs and
@@ -899,6 +944,18 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
             pg_queries::unwarned_overdue(client, now).await.unwrap(),
             pg_queries::state_snapshot(client, now).await.unwrap(),
         ));
+        for filter in item_filters(now) {
+            answers.push(format!(
+                "{:?}",
+                pg_inspect::items(client, &filter, now).await.unwrap()
+            ));
+        }
+        answers.push(format!(
+            "{:?} {:?} {:?}",
+            pg_inspect::status_is_stored(client, "OK").await.unwrap(),
+            pg_inspect::rejected(client, 1).await.unwrap(),
+            pg_inspect::rejected(client, 10).await.unwrap()
+        ));
     }
     (answers, postgres_rows(client).await)
 }
@@ -907,7 +964,7 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
 /// watches, expiry, overdue marks, the lease, rejected webhooks, pruning) interleaved with
 /// webhook batches: the same answers and the same rows on both engines, and then the same
 /// answers from the read side (due orders, orders to poll, the backlog, overdue items, the
-/// `/metrics` snapshot) at three later times.
+/// `/metrics` snapshot, `items` under each filter, `rejected`) at three later times.
 #[test]
 fn postgres_carries_out_every_command_as_sqlite_does() {
     let Some(db) = pg::database("the differential command test") else {

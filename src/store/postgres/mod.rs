@@ -3,14 +3,16 @@
 //! reconciler's store functions ([`polls`]), every writer command ([`commands`]) and how a
 //! batch of them commits ([`batches::PgBatches`], the writer's `Batches`), and the writer
 //! thread started on it ([`start_writer`]), the change feed in commit order ([`feed`]) and the
-//! daemon's read-side questions ([`queries`]) so far. The inspection reads, the configuration
-//! and the CLI come next, behind the same interfaces as SQLite's (`reads::Reads`,
+//! daemon's read-side questions ([`queries`]) and some of the inspection commands' ([`inspect`])
+//! so far. The rest of the inspection reads (`show`, `stats`), the configuration and the CLI
+//! come next, behind the same interfaces as SQLite's (`reads::Reads`,
 //! `inspection::Inspection`), with the same pure rule.
 
 pub mod apply;
 pub mod batches;
 pub mod commands;
 pub mod feed;
+pub mod inspect;
 pub mod migrate;
 pub mod polls;
 pub mod queries;
