@@ -11,8 +11,8 @@
 //! concrete types whose methods are the questions asked; with a second engine they become
 //! enums over the engines' read handles (a `match` per method), so no caller changes. Every
 //! "which source wins" decision is the pure rule's ([`rule`]); an engine only carries it out.
-//! [`postgres`] is the second engine as it is built (issue 15): its schema and migrations so
-//! far.
+//! [`postgres`] is the second engine as it is built (issue 15; its module says what is there
+//! so far, each piece checked against its SQLite twin).
 
 mod apply;
 mod batch;

@@ -256,7 +256,9 @@ pub fn spawn(
 /// What the writer keeps of its engine besides [`Batches`]: SQLite's file (health) and
 /// checkpointer (stopped first at shutdown); an engine without them passes `None`s.
 pub struct Engine {
+    /// The database file, watched for deletion and replacement (SQLite).
     pub file: Option<Arc<DatabaseFile>>,
+    /// The checkpointer thread (SQLite).
     pub checkpointer: Option<CheckpointerThread>,
 }
 
