@@ -71,9 +71,32 @@ pub enum Done {
     Nothing,
 }
 
-/// Runs `commands` in order on the writer's connection at `now`; consecutive observations go
-/// through the store together ([`apply_batch`]: one read per table for all of them). Stops at
-/// the first error (the caller undoes the lot).
+/// One step of running a batch: a run of consecutive observations (stored together through
+/// one `apply_batch`: one read per table for all of them), or one other command.
+pub enum Step<'a> {
+    Observations(Vec<&'a Observation>),
+    One(&'a Command),
+}
+
+/// `commands` cut into [`Step`]s, in order: how every engine runs a batch.
+pub fn steps<'a>(commands: &[&'a Command]) -> Vec<Step<'a>> {
+    let mut steps: Vec<Step<'a>> = Vec::new();
+    for command in commands {
+        match (command, steps.last_mut()) {
+            (Command::Apply(observation), Some(Step::Observations(run))) => {
+                run.push(observation.as_ref())
+            }
+            (Command::Apply(observation), _) => {
+                steps.push(Step::Observations(vec![observation.as_ref()]))
+            }
+            _ => steps.push(Step::One(command)),
+        }
+    }
+    steps
+}
+
+/// Runs `commands` in order on the writer's connection at `now` ([`steps`]). Stops at the
+/// first error (the caller undoes the lot).
 pub fn execute_all(
     conn: &Connection,
     commands: &[&Command],
@@ -81,22 +104,13 @@ pub fn execute_all(
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Vec<Done>> {
     let mut done = Vec::with_capacity(commands.len());
-    let mut rest = commands;
-    while let Some(first) = rest.first() {
-        let observations: Vec<&Observation> = rest
-            .iter()
-            .map_while(|command| match command {
-                Command::Apply(observation) => Some(observation.as_ref()),
-                _ => None,
-            })
-            .collect();
-        if observations.is_empty() {
-            done.push(execute(conn, first, settings, now)?);
-            rest = &rest[1..];
-        } else {
-            let outcomes = apply_batch(conn, &observations, settings, now)?;
-            done.extend(outcomes.into_iter().map(Done::Outcome));
-            rest = &rest[observations.len()..];
+    for step in steps(commands) {
+        match step {
+            Step::Observations(observations) => {
+                let outcomes = apply_batch(conn, &observations, settings, now)?;
+                done.extend(outcomes.into_iter().map(Done::Outcome));
+            }
+            Step::One(command) => done.push(execute(conn, command, settings, now)?),
         }
     }
     Ok(done)

@@ -125,21 +125,27 @@ pub fn poll_backlog(
         except
     ])?;
     while let Some(row) = rows.next()? {
-        let (failing, by_soon, count, next): (bool, bool, i64, Option<String>) =
-            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        backlog.add(row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+    }
+    Ok(backlog)
+}
+
+impl PollBacklog {
+    /// Counts one group of the backlog query: `count` orders, backing off (`failing`, the
+    /// soonest `next` kept), else due by `soon` or later.
+    pub fn add(&mut self, failing: bool, by_soon: bool, count: i64, next: Option<String>) {
         if failing {
-            backlog.backing_off += count;
-            backlog.backing_off_next = match (backlog.backing_off_next.take(), next) {
+            self.backing_off += count;
+            self.backing_off_next = match (self.backing_off_next.take(), next) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
         } else if by_soon {
-            backlog.soon += count;
+            self.soon += count;
         } else {
-            backlog.later += count;
+            self.later += count;
         }
     }
-    Ok(backlog)
 }
 
 /// Runs one of [`due_orders`]' queries and sorts its orders by due time, oldest (and

@@ -1,23 +1,23 @@
 //! Every writer command carried out on PostgreSQL: what `store::commands::execute_all` does on
-//! SQLite, with the same grouping (consecutive observations through one [`apply_batch`]) and
-//! the same answers.
+//! SQLite, with the same steps (consecutive observations through one [`apply_batch`]) and the
+//! same answers.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio_postgres::Transaction;
 
 use super::super::StoreSettings;
 use super::super::apply::RejectedWebhook;
-use super::super::commands::{Command, Done};
+use super::super::commands::{Command, Done, Step, steps};
 use super::super::inspect::COMMIT_LAG;
 use super::super::maintenance::{PruneCursor, PruneStep};
 use super::apply::apply_batch;
 use super::polls;
-use crate::observation::Observation;
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
-/// Runs `commands` in order inside `tx` at `now`; `instance` names this instance (heartbeat
-/// row, `item_events.receiver`). Stops at the first error (the caller undoes the lot).
+/// Runs `commands` in order inside `tx` at `now` (cut into steps as on SQLite:
+/// `store::commands::steps`); `instance` names this instance (heartbeat row,
+/// `item_events.receiver`). Stops at the first error (the caller undoes the lot).
 pub async fn execute_all(
     tx: &Transaction<'_>,
     commands: &[&Command],
@@ -26,22 +26,13 @@ pub async fn execute_all(
     instance: &str,
 ) -> Result<Vec<Done>> {
     let mut done = Vec::with_capacity(commands.len());
-    let mut rest = commands;
-    while let Some(first) = rest.first() {
-        let observations: Vec<&Observation> = rest
-            .iter()
-            .map_while(|command| match command {
-                Command::Apply(observation) => Some(observation.as_ref()),
-                _ => None,
-            })
-            .collect();
-        if observations.is_empty() {
-            done.push(execute(tx, first, settings, now, instance).await?);
-            rest = &rest[1..];
-        } else {
-            let outcomes = apply_batch(tx, &observations, settings, now, instance).await?;
-            done.extend(outcomes.into_iter().map(Done::Outcome));
-            rest = &rest[observations.len()..];
+    for step in steps(commands) {
+        match step {
+            Step::Observations(observations) => {
+                let outcomes = apply_batch(tx, &observations, settings, now, instance).await?;
+                done.extend(outcomes.into_iter().map(Done::Outcome));
+            }
+            Step::One(command) => done.push(execute(tx, command, settings, now, instance).await?),
         }
     }
     Ok(done)

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use super::super::queries::{DueOrder, OverdueItem, PollBacklog, StateSnapshot};
@@ -32,26 +32,19 @@ pub async fn due_orders(client: &Client, now: DateTime<Utc>) -> Result<Vec<DueOr
             &[&now],
         )
         .await?;
-    let mut due: Vec<DueOrder> = marked
-        .iter()
-        .map(|row| DueOrder {
-            order: row.get(0),
-            repoll: true,
-            first_seen_at: row.get(1),
-        })
-        .collect();
+    let mut due: Vec<DueOrder> = due_rows(&marked, true).collect();
     let listed: HashSet<Uuid> = due.iter().map(|d| d.order).collect();
-    due.extend(
-        regular
-            .iter()
-            .map(|row| DueOrder {
-                order: row.get(0),
-                repoll: false,
-                first_seen_at: row.get(1),
-            })
-            .filter(|d| !listed.contains(&d.order)),
-    );
+    due.extend(due_rows(&regular, false).filter(|d| !listed.contains(&d.order)));
     Ok(due)
+}
+
+/// Rows of `order_uuid, first_seen_at` as orders to poll.
+fn due_rows(rows: &[Row], repoll: bool) -> impl Iterator<Item = DueOrder> + '_ {
+    rows.iter().map(move |row| DueOrder {
+        order: row.get(0),
+        repoll,
+        first_seen_at: row.get(1),
+    })
 }
 
 /// Every order still to poll: those due at `now`, then those scheduled later, soonest first.
@@ -65,16 +58,7 @@ pub async fn orders_to_poll(client: &Client, now: DateTime<Utc>) -> Result<Vec<D
             &[&now],
         )
         .await?;
-    orders.extend(
-        later
-            .iter()
-            .map(|row| DueOrder {
-                order: row.get(0),
-                repoll: false,
-                first_seen_at: row.get(1),
-            })
-            .filter(|d| !listed.contains(&d.order)),
-    );
+    orders.extend(due_rows(&later, false).filter(|d| !listed.contains(&d.order)));
     Ok(orders)
 }
 
@@ -99,20 +83,8 @@ pub async fn poll_backlog(
         .await?;
     let mut backlog = PollBacklog::default();
     for row in &rows {
-        let (failing, by_soon, count): (bool, bool, i64) = (row.get(0), row.get(1), row.get(2));
         let next: Option<DateTime<Utc>> = row.get(3);
-        if failing {
-            backlog.backing_off += count;
-            let next = next.map(to_db_text);
-            backlog.backing_off_next = match (backlog.backing_off_next.take(), next) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        } else if by_soon {
-            backlog.soon += count;
-        } else {
-            backlog.later += count;
-        }
+        backlog.add(row.get(0), row.get(1), row.get(2), next.map(to_db_text));
     }
     Ok(backlog)
 }
