@@ -18,12 +18,12 @@ use orderwatch::observation::Observation;
 use orderwatch::store::{self, Outcome, StoreSettings};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use tempfile::TempDir;
 
-use crate::helpers::observations::{item, now, observation, order};
+use crate::helpers::observations::{chunks, item, now, observation, order, runner};
 
 /// An unreadable cell put into a stored row before the batch.
 #[derive(Debug, Clone, Copy)]
@@ -187,31 +187,9 @@ fn apply_in_chunks(conn: &mut Connection, chunks: &[&[Observation]]) -> Vec<Outc
     outcomes
 }
 
-fn chunks<'a>(batch: &'a [Observation], cuts: &[usize]) -> Vec<&'a [Observation]> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % batch.len()).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for cut in cuts.into_iter().chain([batch.len()]) {
-        if cut > start {
-            chunks.push(&batch[start..cut]);
-            start = cut;
-        }
-    }
-    chunks
-}
-
 #[test]
 fn a_batch_leaves_the_rows_that_applying_it_one_by_one_leaves() {
-    let mut runner = TestRunner::new(Config {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(128),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(128);
     runner
         .run(&cases(), |case| {
             let (_one_dir, mut one_by_one) = prepared(&case);

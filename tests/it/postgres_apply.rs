@@ -14,17 +14,18 @@ use orderwatch::store::maintenance::{self, PruneCursor};
 use orderwatch::store::postgres::apply::apply_batch;
 use orderwatch::store::postgres::commands as pg_commands;
 use orderwatch::store::postgres::inspect as pg_inspect;
-use orderwatch::store::postgres::migrate::migrate;
 use orderwatch::store::postgres::polls as pg_polls;
 use orderwatch::store::postgres::queries as pg_queries;
 use orderwatch::store::{self, Outcome, PollFailure, PollRecord, RejectedWebhook, StoreSettings};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use uuid::Uuid;
 
-use crate::helpers::observations::{at, item, item_facts, now, observation, order, statuses};
+use crate::helpers::observations::{
+    at, chunks, item, item_facts, now, observation, order, runner, statuses,
+};
 use crate::helpers::pg;
 
 #[derive(Debug, Clone)]
@@ -59,21 +60,6 @@ fn cases() -> impl Strategy<Value = Case> {
             batch,
             cuts,
         })
-}
-
-fn chunks<'a>(batch: &'a [Observation], cuts: &[usize]) -> Vec<&'a [Observation]> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % batch.len()).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for cut in cuts.into_iter().chain([batch.len()]) {
-        if cut > start {
-            chunks.push(&batch[start..cut]);
-            start = cut;
-        }
-    }
-    chunks
 }
 
 /// The polling bookkeeping a case sets on its orders, as one statement per engine
@@ -385,19 +371,8 @@ fn postgres_applies_every_batch_as_sqlite_does() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // The runner's closure is `Fn`: the client is lent to each case through a lock.
-    let client = std::sync::Mutex::new(runtime.block_on(async {
-        let mut client = db.client().await;
-        migrate(&mut client, "test").await.unwrap();
-        client
-    }));
-    let mut runner = TestRunner::new(Config {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(64),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let client = std::sync::Mutex::new(runtime.block_on(db.migrated_client()));
+    let mut runner = runner(64);
     runner
         .run(&cases(), |case| {
             let (expected_outcomes, expected_rows) = run_sqlite(&case);
@@ -435,8 +410,7 @@ fn concurrent_batches_on_shared_orders_serialize_without_deadlocks() {
         .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (applied, deadlocks) = runtime.block_on(async {
-        let mut client = db.client().await;
-        migrate(&mut client, "test").await.unwrap();
+        let client = db.migrated_client().await;
         let mut writers = Vec::new();
         for writer in 0..4 {
             let url = db.url.clone();
@@ -971,19 +945,8 @@ fn postgres_carries_out_every_command_as_sqlite_does() {
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = std::sync::Mutex::new(runtime.block_on(async {
-        let mut client = db.client().await;
-        migrate(&mut client, "test").await.unwrap();
-        client
-    }));
-    let mut runner = TestRunner::new(Config {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(64),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let client = std::sync::Mutex::new(runtime.block_on(db.migrated_client()));
+    let mut runner = runner(64);
     runner
         .run(&ops(), |ops| {
             let (expected_answers, expected_rows) = sqlite_ops(&ops);
@@ -1008,11 +971,7 @@ fn a_lease_falls_free_exactly_at_its_expiry_on_both_engines() {
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut client = runtime.block_on(async {
-        let mut client = db.client().await;
-        migrate(&mut client, "test").await.unwrap();
-        client
-    });
+    let mut client = runtime.block_on(db.migrated_client());
     let leases = [
         Op::Lease {
             holder: 0,

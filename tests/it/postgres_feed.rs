@@ -11,7 +11,6 @@ use orderwatch::observation::Observation;
 use orderwatch::store::StoreSettings;
 use orderwatch::store::postgres::apply::apply_batch;
 use orderwatch::store::postgres::feed::{FeedCursor, changes, cursor_of_event};
-use orderwatch::store::postgres::migrate::migrate;
 
 use crate::helpers::{pg, uuid, webhook};
 
@@ -79,8 +78,7 @@ async fn a_transaction_still_open_holds_the_feed_back_and_then_comes_first() {
     let Some(db) = pg::database("the feed and an open transaction") else {
         return;
     };
-    let mut open = db.client().await;
-    migrate(&mut open, "test").await.unwrap();
+    let mut open = db.migrated_client().await;
     let mut other = db.client().await;
     let reader = db.client().await;
 
@@ -158,8 +156,7 @@ async fn a_reader_following_four_writers_gets_every_change_once() {
     let Some(db) = pg::database("the feed under four writers") else {
         return;
     };
-    let mut client = db.client().await;
-    migrate(&mut client, "test").await.unwrap();
+    db.migrated_client().await;
     let mut writers = Vec::new();
     for writer in 0..4u64 {
         let url = db.url.clone();

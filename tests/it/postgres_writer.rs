@@ -11,7 +11,6 @@ use orderwatch::clock::ManualClock;
 use orderwatch::observation::Observation;
 use orderwatch::store::commands::{Command, Done};
 use orderwatch::store::postgres::batches::{PgBatches, PgTarget};
-use orderwatch::store::postgres::migrate::migrate;
 use orderwatch::store::writer::{Batches, JobResult};
 use orderwatch::store::{Outcome, RejectedWebhook, StoreSettings};
 use uuid::Uuid;
@@ -41,10 +40,7 @@ fn target(db: &pg::TestDatabase) -> PgTarget {
 fn prepared(what: &str) -> Option<(pg::TestDatabase, tokio::runtime::Runtime)> {
     let db = pg::database(what)?;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut client = db.client().await;
-        migrate(&mut client, "test").await.unwrap();
-    });
+    runtime.block_on(db.migrated_client());
     Some((db, runtime))
 }
 

@@ -146,3 +146,33 @@ pub fn observation() -> impl Strategy<Value = Observation> {
             observation
         })
 }
+
+/// `batch` cut at `cuts` (each taken modulo its length) into consecutive, non-empty chunks.
+pub fn chunks<'a>(batch: &'a [Observation], cuts: &[usize]) -> Vec<&'a [Observation]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % batch.len()).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for cut in cuts.into_iter().chain([batch.len()]) {
+        if cut > start {
+            chunks.push(&batch[start..cut]);
+            start = cut;
+        }
+    }
+    chunks
+}
+
+/// A property test runner for `cases` cases (`PROPTEST_CASES` overrides it), without
+/// persisted failures.
+pub fn runner(cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, TestRunner};
+    TestRunner::new(Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(cases),
+        failure_persistence: None,
+        ..Config::default()
+    })
+}

@@ -37,6 +37,15 @@ impl TestDatabase {
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
+
+    /// A connected client, the schema migrated first.
+    pub async fn migrated_client(&self) -> tokio_postgres::Client {
+        let mut client = self.client().await;
+        orderwatch::store::postgres::migrate::migrate(&mut client, "test")
+            .await
+            .expect("the schema migrates");
+        client
+    }
 }
 
 impl Drop for TestDatabase {
