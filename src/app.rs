@@ -88,11 +88,15 @@ impl App {
     ) -> Result<Self, StartupError> {
         // One set of metrics per app, never global: tests run several apps in one process.
         let metrics = Arc::new(Metrics::new());
-        let (writer, writer_thread) =
-            store::open_writer(&config, clock.clone(), metrics.clone()).await?;
+        let store::Opened {
+            writer,
+            writer_thread,
+            reads,
+        } = store::open(&config, clock.clone(), metrics.clone()).await?;
         let built = reconciler::build(
             &config,
             writer.clone(),
+            reads.clone(),
             clock.clone(),
             metrics.clone(),
             DAEMON_ROLE,
@@ -109,7 +113,7 @@ impl App {
             writer.clone(),
             clock.clone(),
             metrics,
-            StateSource::new(config.database.path.clone(), clock.clone()),
+            StateSource::new(reads, clock.clone()),
         ));
         Ok(Self {
             config,
@@ -261,12 +265,6 @@ fn stop_pruning(pruning: Option<JoinHandle<()>>) {
     }
 }
 
-/// The database file as an absolute path (a relative one is shown from the working folder).
-fn database_path(config: &Config) -> std::path::PathBuf {
-    let path = &config.database.path;
-    std::path::absolute(path).unwrap_or_else(|_| path.clone())
-}
-
 fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
@@ -274,7 +272,7 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
 }
 
 /// The start-up line: what runs (version, commit), where it listens and on which database
-/// (a path: `[database]` holds no credentials). Scripts and tests read the address from its
+/// (the file, or the URL with its password masked). Scripts and tests read the address from its
 /// `listen=` field, the only one so named.
 fn announce(config: &Config, listeners: &Listeners) {
     let webhooks = local_addr(&listeners.webhooks);
@@ -289,7 +287,7 @@ fn announce(config: &Config, listeners: &Listeners) {
         listen = %webhooks,
         path = %config.server.path,
         %metrics,
-        database = %database_path(config).display(),
+        database = %config.database.describe(),
         "orderwatch is receiving webhooks"
     );
     match &listeners.metrics {

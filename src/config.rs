@@ -9,9 +9,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod database;
 mod secret;
 mod sources;
 mod validate;
+pub use database::{DatabaseConfig, DatabaseUrl, TlsMode};
 pub use secret::Secret;
 use secret::SecretSource;
 pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};
@@ -108,7 +110,7 @@ impl Serialize for IpRange {
 pub struct Config {
     /// The webhook listener.
     pub server: ServerConfig,
-    /// Where the SQLite file is.
+    /// The SQLite file, or the PostgreSQL server.
     pub database: DatabaseConfig,
     /// Ordering rule and group-commit tuning.
     pub store: StoreConfig,
@@ -240,32 +242,6 @@ impl AuthConfig {
         self.previous_password.is_some()
             || self.previous_password_env.is_some()
             || self.previous_password_file.is_some()
-    }
-}
-
-/// `[database]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// The SQLite file; a relative path is resolved against the config file's folder.
-    pub path: PathBuf,
-    /// How long a write waits for a lock held by another process before giving up (then 503).
-    #[serde(with = "humantime_serde")]
-    pub busy_timeout: Duration,
-    /// Largest size the database file may grow to, in bytes (absent: no limit but the disk's);
-    /// a WAL that cannot be reset counts too, beyond its working size. At the limit writes fail
-    /// like on a full disk: webhooks get 503 until space is freed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_size_bytes: Option<u64>,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            path: "orderwatch.db".into(),
-            busy_timeout: Duration::from_secs(5),
-            max_size_bytes: None,
-        }
     }
 }
 
@@ -529,6 +505,7 @@ impl Config {
             return Err(ConfigErrors { problems, warnings });
         }
         config.warnings = warnings;
+        config.warnings.extend(config.database.warnings());
         Ok(config)
     }
 
@@ -552,8 +529,10 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let auth = self.server.auth.as_mut();
         let musement = &mut self.musement;
-        let paths = [Some(&mut self.database.path)]
-            .into_iter()
+        let paths = self
+            .database
+            .paths_mut()
+            .map(Some)
             .chain(auth.into_iter().flat_map(|auth| {
                 [
                     auth.password_file.as_mut(),
@@ -572,10 +551,14 @@ impl Config {
     /// Loads the secrets (with [`Secrets::Check`], only checks how each is given); the
     /// problems with each, independently.
     fn resolve_secrets(&mut self, file: &Path, secrets: Secrets) -> Vec<ConfigError> {
+        let mut problems: Vec<ConfigError> = self
+            .database
+            .resolve_password(file, secrets)
+            .into_iter()
+            .collect();
         if secrets == Secrets::Skip {
-            return Vec::new();
+            return problems;
         }
-        let mut problems = Vec::new();
         if let Some(auth) = &mut self.server.auth {
             problems.extend(auth.resolve(file, secrets));
         }

@@ -15,7 +15,6 @@
 
 pub mod process;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -601,10 +600,10 @@ impl std::fmt::Debug for StateSource {
 }
 
 impl StateSource {
-    /// Reads `database` within the default scrape deadline; ages are measured on `clock`.
-    pub fn new(database: PathBuf, clock: Arc<dyn Clock>) -> Self {
+    /// Asks `reads` within the scrape deadline; ages are measured on `clock`.
+    pub fn new(reads: Reads, clock: Arc<dyn Clock>) -> Self {
         Self {
-            reads: Reads::new(&database, SCRAPE_DB_DEADLINE, SCRAPE_DB_DEADLINE),
+            reads: reads.with_deadline(SCRAPE_DB_DEADLINE),
             clock,
         }
     }
@@ -678,7 +677,11 @@ mod tests {
             .build()
             .unwrap();
         let missing = StateSource::new(
-            "/nonexistent/orderwatch.db".into(),
+            Reads::new(
+                "/nonexistent/orderwatch.db".as_ref(),
+                SCRAPE_DB_DEADLINE,
+                SCRAPE_DB_DEADLINE,
+            ),
             Arc::new(crate::clock::SystemClock),
         );
         let out = runtime.block_on(metrics.render(&missing, false));

@@ -4,10 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-
 use super::output::{fail, finish, open_database};
 use super::{ConfigFile, runtime};
+use crate::store::inspect::FeedPosition;
 
 /// How often `--follow` looks for new changes: a cheap indexed read.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
@@ -17,15 +16,17 @@ const PAGE: usize = 500;
 /// Print every status change as NDJSON, oldest first; `--follow` keeps printing new ones.
 ///
 /// A change is an `applied` observation whose status differs from the item's previous one:
-/// {"id", "item", "order", "old_status" (null for a new item), "new_status", "version" (null
-/// when a poll set it), "source", "as_of", "received_at"}. `id` is `item_events.id`, a stable
-/// cursor: store the last one you processed and resume with `--after ID`. Pruning keeps each
-/// item's newest events, so a cursor stays valid, but older changes may be gone.
+/// {"id", "cursor", "item", "order", "old_status" (null for a new item), "new_status",
+/// "version" (null when a poll set it), "source", "as_of", "received_at"}. Store the `cursor`
+/// of the last one you processed and resume with `--after CURSOR`. On SQLite the cursor is the
+/// event id; on PostgreSQL it is `TX.ID` (the feed is in commit order, so nothing committed
+/// late is skipped), and `--after` takes a plain event id there too. Pruning keeps each item's
+/// newest events, so a cursor stays valid, but older changes may be gone.
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    /// Only changes with an id above this.
-    #[arg(long, value_name = "ID", default_value_t = 0)]
-    after: i64,
+    /// Only changes after this cursor (or event id); 0 is the start.
+    #[arg(long, value_name = "CURSOR", default_value = "0", value_parser = position)]
+    after: FeedPosition,
     /// Keep running and print changes as they are committed, until SIGINT or SIGTERM (exit 0;
     /// checked after every page of the backlog too).
     #[arg(long)]
@@ -35,57 +36,68 @@ pub(super) struct Args {
     limit: Option<usize>,
 }
 
+fn position(text: &str) -> Result<FeedPosition, String> {
+    text.parse()
+}
+
 pub(super) fn changes(config_file: &ConfigFile, args: Args) -> ExitCode {
     let (_, database) = match open_database(config_file) {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    runtime().block_on(async {
-        // Only `--follow` handles the signals; without it SIGINT ends the command the
-        // default way, even in the middle of a large backlog.
-        let mut stop = if args.follow {
-            match Stop::new() {
-                Ok(stop) => Some(stop),
-                Err(error) => return fail(format!("cannot listen for signals: {error}")),
-            }
-        } else {
-            None
+    // For the signals and the waits between polls; the reads are the session's own.
+    let runtime = runtime();
+    // Only `--follow` handles the signals; without it SIGINT ends the command the default
+    // way, even in the middle of a large backlog.
+    let mut stop = if args.follow {
+        let _entered = runtime.enter();
+        match Stop::new() {
+            Ok(stop) => Some(stop),
+            Err(error) => return fail(format!("cannot listen for signals: {error}")),
+        }
+    } else {
+        None
+    };
+    let mut out = std::io::stdout().lock();
+    let (mut cursor, mut left) = (args.after, args.limit.unwrap_or(usize::MAX));
+    while left > 0 {
+        let page = match database.changes(cursor, PAGE) {
+            Ok(page) => page,
+            Err(error) => return fail(format!("cannot read changes: {error}")),
         };
-        let mut out = std::io::stdout().lock();
-        let (mut cursor, mut left) = (args.after, args.limit.unwrap_or(usize::MAX));
-        while left > 0 {
-            let page = match database.changes(cursor, PAGE) {
-                Ok(page) => page,
-                Err(error) => return fail(format!("cannot read changes: {error}")),
-            };
-            for change in page.changes.iter().take(left) {
-                // One line at a time, flushed, so a consumer sees each change as it happens.
-                let line = serde_json::to_string(change).unwrap_or_default();
-                if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                    return finish(Err(error));
-                }
-                left -= 1;
+        for change in page.changes.iter().take(left) {
+            // One line at a time, flushed, so a consumer sees each change as it happens.
+            let line = serde_json::to_string(change).unwrap_or_default();
+            if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                return finish(Err(error));
             }
-            cursor = page.scanned_to.unwrap_or(cursor);
-            let Some(stop) = stop.as_mut() else {
-                if page.caught_up {
-                    break;
-                }
-                continue;
-            };
-            // After every page, so a signal during a long backlog ends it within a page.
-            if stop.signalled().now_or_never().is_some() {
+            left -= 1;
+        }
+        cursor = page.scanned_to.unwrap_or(cursor);
+        let Some(stop) = stop.as_mut() else {
+            if page.caught_up {
                 break;
             }
-            if page.caught_up {
-                tokio::select! {
-                    () = stop.signalled() => break,
-                    () = tokio::time::sleep(FOLLOW_EVERY) => {}
-                }
+            continue;
+        };
+        // After every page, so a signal during a long backlog ends it within a page.
+        let wait = if page.caught_up {
+            FOLLOW_EVERY
+        } else {
+            Duration::ZERO
+        };
+        let signalled = runtime.block_on(async {
+            tokio::select! {
+                biased;
+                () = stop.signalled() => true,
+                () = tokio::time::sleep(wait) => false,
             }
+        });
+        if signalled {
+            break;
         }
-        ExitCode::SUCCESS
-    })
+    }
+    ExitCode::SUCCESS
 }
 
 /// SIGINT and SIGTERM, listened for from the start so none is missed between polls.

@@ -5,6 +5,7 @@ mod changes;
 mod check_config;
 mod completions;
 mod items;
+mod migrate;
 mod output;
 mod prune;
 mod reconcile;
@@ -48,7 +49,7 @@ Logging: RUST_LOG, when set, overrides [log] level and the quieting of dependenc
 (tokio-cron-scheduler) and of the commands (warnings only), e.g. RUST_LOG=info.
 Exit codes: 0 success, 2 usage or configuration error, 1 failure at run time.";
 
-/// Keeps a durable, reconciled SQLite copy of Musement order-item statuses.
+/// Keeps a durable, reconciled copy of Musement order-item statuses (SQLite or PostgreSQL).
 #[derive(Debug, Parser)]
 #[command(name = "orderwatch", version = VERSION_LINE, about, after_help = AFTER_HELP)]
 pub struct Cli {
@@ -82,6 +83,7 @@ enum Command {
     Changes(changes::Args),
     Prune(prune::Args),
     Backup(backup::Args),
+    Migrate(migrate::Args),
     Completions(completions::CompletionArgs),
     Man(completions::ManArgs),
 }
@@ -135,6 +137,7 @@ impl Cli {
             Command::Changes(args) => changes::changes(config, args),
             Command::Prune(args) => prune::prune(config, args),
             Command::Backup(args) => backup::backup(config, args),
+            Command::Migrate(args) => migrate::migrate(config, args),
             Command::Completions(args) => completions::completions(args),
             Command::Man(args) => completions::man(args),
         }

@@ -28,7 +28,7 @@ pub enum Format {
 /// the exit code (2 for the config, 1 for the database: missing, not orderwatch's, too new).
 pub fn open_database(config_file: &ConfigFile) -> Result<(Config, Inspection), ExitCode> {
     let config = load_database_config(config_file)?;
-    match Inspection::open(&config.database.path, config.database.busy_timeout) {
+    match Inspection::open(&config.database, &config.server.instance_id()) {
         Ok(database) => Ok((config, database)),
         Err(error) => Err(fail(error)),
     }

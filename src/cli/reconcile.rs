@@ -83,17 +83,28 @@ pub(super) fn reconcile(config_file: &ConfigFile, args: Args) -> ExitCode {
         let clock = Arc::new(SystemClock);
         // Counted, but served nowhere: a pass prints its own summary.
         let metrics = Arc::new(Metrics::new());
-        let opened = store::open_writer(&config, clock.clone(), metrics.clone()).await;
-        let (writer, writer_thread) = match opened {
+        let opened = store::open(&config, clock.clone(), metrics.clone()).await;
+        let store::Opened {
+            writer,
+            writer_thread,
+            reads,
+        } = match opened {
             Ok(store) => store,
             Err(error) => {
                 eprintln!("orderwatch: {error}");
                 return ExitCode::from(EXIT_FAILURE);
             }
         };
-        let code = match reconciler::build(&config, writer, clock, metrics, "orderwatch reconcile")
-        {
-            Ok(reconciler) => run_pass(&reconciler, &config, &selection).await,
+        let built = reconciler::build(
+            &config,
+            writer,
+            reads.clone(),
+            clock,
+            metrics,
+            "orderwatch reconcile",
+        );
+        let code = match built {
+            Ok(reconciler) => run_pass(&reconciler, &config, &reads, &selection).await,
             Err(off) => {
                 eprintln!(
                     "orderwatch: {}: cannot reconcile: {off}",
@@ -107,7 +118,12 @@ pub(super) fn reconcile(config_file: &ConfigFile, args: Args) -> ExitCode {
     })
 }
 
-async fn run_pass(reconciler: &Reconciler, config: &Config, selection: &Selection) -> ExitCode {
+async fn run_pass(
+    reconciler: &Reconciler,
+    config: &Config,
+    reads: &Reads,
+    selection: &Selection,
+) -> ExitCode {
     let deadline = tokio::time::Instant::now() + LEASE_WAIT;
     // Said once, so the pause before the answer is not a mystery.
     let mut said_waiting = false;
@@ -117,7 +133,7 @@ async fn run_pass(reconciler: &Reconciler, config: &Config, selection: &Selectio
             Ok(summary) => {
                 print_summary(&summary);
                 if !matches!(selection, Selection::Orders(_)) {
-                    print_left_for_later(config, selection, &summary.recorded).await;
+                    print_left_for_later(config, reads, selection, &summary.recorded).await;
                 }
                 return match &summary.stopped {
                     None => ExitCode::SUCCESS,
@@ -296,12 +312,13 @@ fn print_summary(summary: &PassSummary) {
 /// What the pass left for later, and why, with how to poll it now; nothing when nothing is.
 /// The orders it `recorded` a poll for are not counted: they were polled (or tried) now and
 /// only wait for their next poll (an OK item's re-check, a backoff).
-async fn print_left_for_later(config: &Config, selection: &Selection, recorded: &[Uuid]) {
-    let reads = Reads::new(
-        &config.database.path,
-        config.database.busy_timeout,
-        Duration::from_secs(10),
-    );
+async fn print_left_for_later(
+    config: &Config,
+    reads: &Reads,
+    selection: &Selection,
+    recorded: &[Uuid],
+) {
+    let reads = reads.with_deadline(Duration::from_secs(10));
     let now = Utc::now();
     let soon = crate::clock::later(now, chrono_duration(config.reconciler.quiet_period));
     let backlog = reads.poll_backlog(now, soon, recorded.to_vec()).await;

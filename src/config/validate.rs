@@ -43,6 +43,9 @@ impl Config {
             found: Vec::new(),
         };
         self.check_server(&mut problems);
+        for (key, reason) in self.database.check(&self.sources) {
+            problems.add(&key, reason);
+        }
         self.check_store(&mut problems);
         self.check_musement(&mut problems);
         self.check_reconciler(&mut problems);

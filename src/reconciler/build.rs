@@ -1,6 +1,7 @@
 //! The reconciler as the configuration describes it: its API client, its settings, and who it
 //! is in the lease table; or why it is off.
 
+use crate::store::reads::Reads;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,7 @@ fn lease_holder(config: &Config, role: &str) -> String {
 pub fn build(
     config: &Config,
     writer: Writer,
+    reads: Reads,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     role: &str,
@@ -106,8 +108,7 @@ pub fn build(
             base: duration(config.reconciler.backoff_base),
             cap: duration(config.reconciler.backoff_cap),
         },
-        database: config.database.path.clone(),
-        busy_timeout: config.database.busy_timeout,
+        reads,
     };
     let holder = lease_holder(config, role);
     Ok(Reconciler::new(

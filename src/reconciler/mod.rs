@@ -12,7 +12,6 @@ pub mod schedule;
 
 pub use build::{DAEMON_ROLE, ReconcilerOff, build, configured_off};
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -52,10 +51,8 @@ pub struct ReconcilerSettings {
     pub max_age: chrono::Duration,
     /// How long an order waits after failed polls.
     pub backoff: BackoffPolicy,
-    /// The SQLite file, read through its own read-only connections.
-    pub database: PathBuf,
-    /// Busy timeout for those connections.
-    pub busy_timeout: Duration,
+    /// The store's read side (each read within [`READ_DEADLINE`] is set here).
+    pub reads: Reads,
 }
 
 /// What one pass did.
@@ -639,11 +636,7 @@ impl Reconciler {
 
     /// The store's read side, each read within [`READ_DEADLINE`].
     fn reads(&self) -> Reads {
-        Reads::new(
-            &self.settings.database,
-            self.settings.busy_timeout,
-            READ_DEADLINE,
-        )
+        self.settings.reads.with_deadline(READ_DEADLINE)
     }
 }
 

@@ -8,6 +8,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
+use super::postgres::feed::FeedCursor;
 use super::queries::OVERDUE;
 use crate::clock::{from_db_text, to_db_text};
 
@@ -222,6 +223,9 @@ pub enum ShowError {
     Ambiguous(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's `show` (`store::postgres::inspect::show`) failed to read.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
 }
 
 /// The words for an outcome: the same as the `item_history` view's `why` column (a test keeps
@@ -598,8 +602,11 @@ pub fn rejected(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<Rejecte
 /// One status change in the change feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// `item_events.id` of the applied event: the cursor to resume after (`--after`).
+    /// `item_events.id` of the applied event.
     pub id: i64,
+    /// Where to resume after this change (`--after`): the event id on SQLite, `TX.ID` (the
+    /// writing transaction and the id) on PostgreSQL, whose feed is in commit order.
+    pub cursor: String,
     pub item: String,
     pub order: String,
     /// The status before (`None` when the item was first seen).
@@ -614,13 +621,43 @@ pub struct Change {
     pub received_at: String,
 }
 
+/// A position in the change feed, as `--after` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedPosition {
+    /// Before every event.
+    Start,
+    /// After the event with this id: SQLite's cursor, and a plain id on PostgreSQL, where it is
+    /// resolved through the event's row.
+    AfterEvent(i64),
+    /// After this position in PostgreSQL's commit-ordered feed.
+    After(FeedCursor),
+}
+
+impl std::str::FromStr for FeedPosition {
+    type Err = String;
+
+    /// An event id (`1093`; `0` is the start) or a PostgreSQL cursor (`7412.1093`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.contains('.') {
+            return text.parse().map(Self::After);
+        }
+        match text.parse::<i64>() {
+            Ok(id) if id <= 0 => Ok(Self::Start),
+            Ok(id) => Ok(Self::AfterEvent(id)),
+            Err(_) => Err(format!(
+                "{text:?} is neither an event id (e.g. 1093) nor a cursor (TX.ID, e.g. 7412.1093)"
+            )),
+        }
+    }
+}
+
 /// A page of the change feed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangePage {
-    /// Changes after the cursor, in id order.
+    /// Changes after the cursor, in commit order.
     pub changes: Vec<Change>,
-    /// The last event id looked at (resume after it); `None` when nothing was newer.
-    pub scanned_to: Option<i64>,
+    /// The last event looked at (resume after it); `None` when nothing was newer.
+    pub scanned_to: Option<FeedPosition>,
     /// Fewer than the page size were looked at: the feed is caught up.
     pub caught_up: bool,
 }
@@ -644,8 +681,10 @@ pub fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<C
          FROM item_events e WHERE e.id > ?1 AND e.outcome = 'applied' ORDER BY e.id LIMIT ?2"
     ))?;
     let rows = statement.query_map(params![after, page.min(i64::MAX as usize) as i64], |r| {
+        let id: i64 = r.get(0)?;
         Ok(Change {
-            id: r.get(0)?,
+            id,
+            cursor: id.to_string(),
             item: r.get(1)?,
             order: r.get(2)?,
             old_status: r.get(3)?,
@@ -656,12 +695,16 @@ pub fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<C
             received_at: r.get(8)?,
         })
     })?;
-    let mut result = ChangePage::default();
+    let mut result = ChangePage {
+        changes: Vec::new(),
+        scanned_to: None,
+        caught_up: false,
+    };
     let mut looked_at = 0;
     for row in rows {
         let change = row?;
         looked_at += 1;
-        result.scanned_to = Some(change.id);
+        result.scanned_to = Some(FeedPosition::AfterEvent(change.id));
         if change.old_status.as_deref() != Some(change.new_status.as_str()) {
             result.changes.push(change);
         }

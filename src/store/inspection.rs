@@ -1,21 +1,56 @@
 //! The store's read side for the inspection commands (`items`, `show`, `stats`, `changes`,
 //! `rejected`, `backup`): one read-only session for a command that is not async, with one
-//! method per question. The commands never see a connection or SQL.
+//! method per question, on whichever engine `[database]` names. The commands never see a
+//! connection, SQL or the engine.
 
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
+use tokio_postgres::Client;
 
-use super::inspect::{self, ChangePage, ItemFilter, ItemRow, RejectedRow, ShowError, Shown, Stats};
+use super::inspect::{
+    self, ChangePage, FeedPosition, ItemFilter, ItemRow, RejectedRow, ShowError, Shown, Stats,
+};
 use super::maintenance::{self, BackupError};
+use super::postgres::connect::PgConnect;
+use super::postgres::feed::{self, FeedCursor};
+use super::postgres::{self as pg, describe_error, migrate};
 use super::{StoreError, open_read_only};
+use crate::config::DatabaseConfig;
 
-/// A read-only session on one database. Opening it refuses a missing file, an empty one and a
-/// newer schema, and never creates anything.
+/// A read-only session on one database. Opening it refuses a missing SQLite file, an empty
+/// one, a PostgreSQL database without the schema and a newer schema, and never creates
+/// anything.
 pub struct Inspection {
-    conn: Connection,
+    engine: Engine,
+}
+
+enum Engine {
+    Sqlite(Connection),
+    /// A connection driven by the session's own runtime (the commands are not async).
+    Postgres {
+        runtime: tokio::runtime::Runtime,
+        client: Client,
+    },
+}
+
+/// A read that failed, said in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReadFailed(String);
+
+impl From<rusqlite::Error> for ReadFailed {
+    fn from(error: rusqlite::Error) -> Self {
+        Self(error.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for ReadFailed {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self(describe_error(&error))
+    }
 }
 
 /// What `backup` wrote, counted in the copy itself (so the numbers prove it opens).
@@ -30,50 +65,148 @@ pub struct BackupSummary {
 }
 
 impl Inspection {
-    /// Opens `database`, waiting up to `busy_timeout` for a lock held by a writer.
-    pub fn open(database: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
-        open_read_only(database, busy_timeout).map(|conn| Self { conn })
+    /// Opens the database `[database]` names: the SQLite file, waiting up to `busy_timeout`
+    /// for a lock held by a writer, or a PostgreSQL connection (`instance` names it).
+    pub fn open(database: &DatabaseConfig, instance: &str) -> Result<Self, StoreError> {
+        if database.url.is_none() {
+            return open_read_only(&database.path, database.busy_timeout).map(|conn| Self {
+                engine: Engine::Sqlite(conn),
+            });
+        }
+        let failed = |reason: String| StoreError::Postgres {
+            url: database.describe(),
+            reason,
+        };
+        let connect =
+            PgConnect::from_config(database, instance).map_err(|e| failed(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("cannot start a runtime: {e}")))?;
+        let client = runtime.block_on(async {
+            let client = connect
+                .connect()
+                .await
+                .map_err(|e| failed(format!("cannot connect: {}", describe_error(&e))))?;
+            migrate::check_readable(&client)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            Ok::<_, StoreError>(client)
+        })?;
+        Ok(Self {
+            engine: Engine::Postgres { runtime, client },
+        })
     }
 
     /// Items matching `filter`, longest in their current status first.
-    pub fn items(&self, filter: &ItemFilter, now: DateTime<Utc>) -> rusqlite::Result<Vec<ItemRow>> {
-        inspect::items(&self.conn, filter, now)
+    pub fn items(
+        &self,
+        filter: &ItemFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ItemRow>, ReadFailed> {
+        Ok(match &self.engine {
+            Engine::Sqlite(conn) => inspect::items(conn, filter, now)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::inspect::items(client, filter, now))?
+            }
+        })
     }
 
     /// Whether any item is stored with exactly `status`.
-    pub fn status_is_stored(&self, status: &str) -> rusqlite::Result<bool> {
-        inspect::status_is_stored(&self.conn, status)
+    pub fn status_is_stored(&self, status: &str) -> Result<bool, ReadFailed> {
+        Ok(match &self.engine {
+            Engine::Sqlite(conn) => inspect::status_is_stored(conn, status)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::inspect::status_is_stored(client, status))?
+            }
+        })
     }
 
     /// The item or order a UUID (or a unique prefix of one) names, with its events.
     pub fn show(&self, uuid: &str, now: DateTime<Utc>) -> Result<Shown, ShowError> {
-        inspect::show(&self.conn, uuid, now)
+        match &self.engine {
+            Engine::Sqlite(conn) => inspect::show(conn, uuid, now),
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::inspect::show(client, uuid, now))
+            }
+        }
     }
 
     /// Counts and ages for `orderwatch stats`.
-    pub fn stats(&self, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
-        inspect::stats(&self.conn, now)
+    pub fn stats(&self, now: DateTime<Utc>) -> Result<Stats, ReadFailed> {
+        Ok(match &self.engine {
+            Engine::Sqlite(conn) => inspect::stats(conn, now)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::inspect::stats(client, now))?
+            }
+        })
     }
 
     /// The newest rejected webhooks, at most `limit`.
-    pub fn rejected(&self, limit: usize) -> rusqlite::Result<Vec<RejectedRow>> {
-        inspect::rejected(&self.conn, limit)
+    pub fn rejected(&self, limit: usize) -> Result<Vec<RejectedRow>, ReadFailed> {
+        Ok(match &self.engine {
+            Engine::Sqlite(conn) => inspect::rejected(conn, limit)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::inspect::rejected(client, limit))?
+            }
+        })
     }
 
-    /// Up to `page` events after the cursor `after`.
-    pub fn changes(&self, after: i64, page: usize) -> rusqlite::Result<ChangePage> {
-        inspect::changes(&self.conn, after, page)
+    /// Up to `page` events after `after`, the status changes among them.
+    pub fn changes(&self, after: FeedPosition, page: usize) -> Result<ChangePage, ReadFailed> {
+        match &self.engine {
+            Engine::Sqlite(conn) => {
+                let after = match after {
+                    FeedPosition::Start => 0,
+                    FeedPosition::AfterEvent(id) => id,
+                    FeedPosition::After(cursor) => {
+                        return Err(ReadFailed(format!(
+                            "{cursor} is a PostgreSQL cursor; this database is SQLite, whose \
+                             cursors are event ids"
+                        )));
+                    }
+                };
+                Ok(inspect::changes(conn, after, page)?)
+            }
+            Engine::Postgres { runtime, client } => runtime.block_on(async {
+                let after = match after {
+                    FeedPosition::Start => FeedCursor::START,
+                    FeedPosition::After(cursor) => cursor,
+                    FeedPosition::AfterEvent(id) => {
+                        feed::cursor_of_event(client, id).await?.ok_or_else(|| {
+                            ReadFailed(format!(
+                                "no event has id {id} (pruned, or never written): resume from \
+                                 a cursor instead"
+                            ))
+                        })?
+                    }
+                };
+                let found = feed::changes(client, after, page).await?;
+                Ok(ChangePage {
+                    changes: found
+                        .changes
+                        .into_iter()
+                        .map(|(_, change)| change)
+                        .collect(),
+                    scanned_to: found.scanned_to.map(FeedPosition::After),
+                    caught_up: found.caught_up,
+                })
+            }),
+        }
     }
 
-    /// A consistent copy of the database at `target` ([`maintenance::backup`]), then counted
-    /// in the copy opened on its own.
+    /// A consistent copy of the SQLite database at `target` ([`maintenance::backup`]), then
+    /// counted in the copy opened on its own. PostgreSQL is backed up with `pg_dump`.
     pub fn backup(
         &self,
         target: &Path,
         force: bool,
         busy_timeout: Duration,
     ) -> Result<BackupSummary, BackupError> {
-        let pages = maintenance::backup(&self.conn, target, force)?;
+        let Engine::Sqlite(conn) = &self.engine else {
+            return Err(BackupError::OnPostgres);
+        };
+        let pages = maintenance::backup(conn, target, force)?;
         let copy = open_read_only(target, busy_timeout)
             .map_err(|error| BackupError::CopyDoesNotOpen(error.to_string()))?;
         let count = |table: &str| {

@@ -183,6 +183,12 @@ pub enum BackupError {
     Corrupt { path: String, report: String },
     #[error("the copy does not open: {0}")]
     CopyDoesNotOpen(String),
+    #[error(
+        "the database is PostgreSQL: back it up with pg_dump (pg_dump --format=custom \
+         --file=orderwatch.dump DATABASE_URL) and restore with pg_restore; the README's \
+         \"Backup and restore\" shows both"
+    )]
+    OnPostgres,
 }
 
 /// Copies the database open on `source` to `target` with SQLite's online backup API, as one

@@ -1,18 +1,18 @@
-//! SQLite storage: opening and migrating the database, the one function that applies
-//! observations ([`apply_batch`], folding the pure rule over a batch in `batch.rs`), the
-//! group-commit [`writer`], and the read side: [`reads::Reads`]
-//! for the daemon, [`inspection::Inspection`] for the inspection commands. Everything outside
-//! this module goes through those three; none of it names the database engine.
+//! Storage: opening and migrating the database, the one function that applies observations
+//! ([`apply_batch`], folding the pure rule over a batch in `batch.rs`), the group-commit
+//! [`writer`], and the read side: [`reads::Reads`] for the daemon, [`inspection::Inspection`]
+//! for the inspection commands. Everything outside this module goes through [`open`] and
+//! those; none of it names the database engine. SQLite's code is here; PostgreSQL's is in
+//! [`postgres`], selected by `[database] url`.
 //!
-//! Where a second engine plugs in: the writer thread is generic over [`writer::Batches`] (how
-//! one batch of commands commits; SQLite's is `sqlite_batches.rs`). A trait there, because the
-//! loop around it (queue, batching, answers, health) must not know the engine, and one engine
-//! per process is chosen at start, so static dispatch costs nothing. The read side stays
-//! concrete types whose methods are the questions asked; with a second engine they become
-//! enums over the engines' read handles (a `match` per method), so no caller changes. Every
-//! "which source wins" decision is the pure rule's ([`rule`]); an engine only carries it out.
-//! [`postgres`] is the second engine as it is built (issue 15; its module says what is there
-//! so far, each piece checked against its SQLite twin).
+//! How the engines plug in: the writer thread is generic over [`writer::Batches`] (how one
+//! batch of commands commits; SQLite's is `sqlite_batches.rs`, PostgreSQL's
+//! `postgres/batches.rs`). A trait there, because the loop around it (queue, batching,
+//! answers, health) must not know the engine, and one engine per process is chosen at start,
+//! so static dispatch costs nothing. The read side is concrete types whose methods are the
+//! questions asked, each holding either engine's handle and matching on it per method, so no
+//! caller changes with the engine. Every "which source wins" decision is the pure rule's
+//! ([`rule`]); an engine only carries it out.
 
 mod apply;
 mod batch;
@@ -45,6 +45,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::checkpoint::CheckpointSettings;
 use self::observer::StoreObserver;
+use self::postgres::batches::PgTarget;
+use self::postgres::connect::PgConnect;
+use self::reads::Reads;
 use self::writer::{Writer, WriterSettings, WriterThread};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -88,13 +91,38 @@ fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Opens (creating and migrating) the configured database and starts the single writer and
-/// its checkpointer on it, reporting to `observer`.
-pub async fn open_writer(
+/// The configured database, open for the daemon: the single writer and the read side.
+pub struct Opened {
+    /// Where writes are sent.
+    pub writer: Writer,
+    /// The writer's thread, to shut down last.
+    pub writer_thread: WriterThread,
+    /// The daemon's reads; answers awaited [`DEFAULT_READ_DEADLINE`] unless re-set with
+    /// [`Reads::with_deadline`].
+    pub reads: Reads,
+}
+
+/// How long a read is awaited unless its caller says otherwise.
+pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Opens (creating and migrating) the configured database, SQLite's file or PostgreSQL's
+/// schema, and starts the single writer on it (on SQLite with its checkpointer), reporting to
+/// `observer`.
+pub async fn open(
     config: &Config,
     clock: Arc<dyn Clock>,
     observer: Arc<dyn StoreObserver>,
-) -> Result<(Writer, WriterThread), StoreError> {
+) -> Result<Opened, StoreError> {
+    let settings = WriterSettings {
+        max_batch: config.store.max_batch,
+        queue_capacity: config.store.queue_capacity,
+        store: StoreSettings::from_config(config),
+        max_size_bytes: config.database.max_size_bytes,
+        checkpoints: CheckpointSettings::default(),
+    };
+    if config.database.url.is_some() {
+        return open_postgres(config, settings, clock, observer).await;
+    }
     let database = config.database.clone();
     let conn = tokio::task::spawn_blocking(move || {
         let conn = open_for_writing(&database.path, database.busy_timeout)?;
@@ -113,14 +141,136 @@ pub async fn open_writer(
         path: config.database.path.display().to_string(),
         source: std::io::Error::other(e.to_string()),
     })??;
-    let settings = WriterSettings {
-        max_batch: config.store.max_batch,
-        queue_capacity: config.store.queue_capacity,
-        store: StoreSettings::from_config(config),
-        max_size_bytes: config.database.max_size_bytes,
-        checkpoints: CheckpointSettings::default(),
+    let (writer, writer_thread) =
+        writer::spawn(conn, &config.database.path, settings, clock, observer)?;
+    let reads = Reads::new(
+        &config.database.path,
+        config.database.busy_timeout,
+        DEFAULT_READ_DEADLINE,
+    );
+    Ok(Opened {
+        writer,
+        writer_thread,
+        reads,
+    })
+}
+
+/// [`open`] on PostgreSQL: the schema migrated (under its advisory lock, as several
+/// instances may start at once), the writer's own connection, and the pool for reads.
+async fn open_postgres(
+    config: &Config,
+    settings: WriterSettings,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn StoreObserver>,
+) -> Result<Opened, StoreError> {
+    let database = &config.database;
+    let shown = database.describe();
+    let failed = |reason: String| StoreError::Postgres {
+        url: shown.clone(),
+        reason,
     };
-    writer::spawn(conn, &config.database.path, settings, clock, observer)
+    let ignored = database.ignored(&config.sources);
+    if !ignored.is_empty() {
+        tracing::info!(ignored = %ignored.join(", "), "database.url selects PostgreSQL; SQLite's keys are ignored");
+    }
+    let instance = config.server.instance_id();
+    let connect = PgConnect::from_config(database, &instance).map_err(|e| failed(e.to_string()))?;
+    let mut client = connect
+        .connect()
+        .await
+        .map_err(|e| failed(format!("cannot connect: {}", postgres::describe_error(&e))))?;
+    let applied_by = format!("orderwatch {} on {instance}", crate::build_info::VERSION);
+    let schema = postgres::migrate::migrate(&mut client, &applied_by)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    drop(client);
+    tracing::info!(
+        database = %shown,
+        tls = %database.tls_mode(),
+        schema_version = schema.version,
+        migrations_applied = schema.applied,
+        "database opened for writing"
+    );
+    let target = PgTarget {
+        connect: connect.clone(),
+        instance,
+    };
+    let (writer, writer_thread) = postgres::start_writer(target, settings, clock, observer)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let reads = Reads::postgres(connect.pool(database.pool_size), DEFAULT_READ_DEADLINE);
+    Ok(Opened {
+        writer,
+        writer_thread,
+        reads,
+    })
+}
+
+/// Where a database's schema stands after [`migrate_schema`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaReport {
+    /// The schema version now.
+    pub version: i64,
+    /// Migrations applied by this call.
+    pub applied: usize,
+}
+
+/// Creates or upgrades the configured database's schema and does nothing else
+/// (`orderwatch migrate`).
+pub async fn migrate_schema(config: &Config) -> Result<SchemaReport, StoreError> {
+    let database = config.database.clone();
+    if database.url.is_none() {
+        return tokio::task::spawn_blocking(move || {
+            let before = match open_read_only(&database.path, database.busy_timeout) {
+                Ok(conn) => schema_version(&conn)?,
+                Err(StoreError::Missing { .. } | StoreError::NotOrderwatch { .. }) => 0,
+                Err(other) => return Err(other),
+            };
+            let conn = open_for_writing(&database.path, database.busy_timeout)?;
+            let version = schema_version(&conn)?;
+            Ok(SchemaReport {
+                version,
+                applied: (version - before).max(0) as usize,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: config.database.path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    let failed = |reason: String| StoreError::Postgres {
+        url: database.describe(),
+        reason,
+    };
+    let instance = config.server.instance_id();
+    let connect =
+        PgConnect::from_config(&database, &instance).map_err(|e| failed(e.to_string()))?;
+    let mut client = connect
+        .connect()
+        .await
+        .map_err(|e| failed(format!("cannot connect: {}", postgres::describe_error(&e))))?;
+    let applied_by = format!(
+        "orderwatch {} migrate on {instance}",
+        crate::build_info::VERSION
+    );
+    let schema = postgres::migrate::migrate(&mut client, &applied_by)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(SchemaReport {
+        version: schema.version.into(),
+        applied: schema.applied,
+    })
+}
+
+/// [`open`] for the commands that only write (`watch`, `prune`).
+pub async fn open_writer(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn StoreObserver>,
+) -> Result<(Writer, WriterThread), StoreError> {
+    let opened = open(config, clock, observer).await?;
+    Ok((opened.writer, opened.writer_thread))
 }
 
 /// `PRAGMA synchronous` as its documented name (it reads back as a number).
@@ -177,6 +327,9 @@ pub enum StoreError {
     NoWal { path: String, mode: String },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused or could not be reached; `url` has its password masked.
+    #[error("database {url}: {reason}")]
+    Postgres { url: String, reason: String },
 }
 
 /// Opens (creating if needed) the database for writing, in WAL mode with `synchronous=FULL` so
@@ -205,7 +358,7 @@ pub fn open_for_writing(path: &Path, busy_timeout: Duration) -> Result<Connectio
         .map_err(open_error)?;
     // Every statement of the write path stays prepared (the default cache holds 16).
     conn.set_prepared_statement_cache_capacity(64);
-    migrate(&mut conn, path)?;
+    migrate_file(&mut conn, path)?;
     Ok(conn)
 }
 
@@ -259,7 +412,7 @@ fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+fn migrate_file(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found = schema_version(&tx)?;
     if found > SCHEMA_VERSION {

@@ -1,49 +1,104 @@
 //! The store's read side for the daemon: one method per question the reconciler, `/metrics`
-//! and `orderwatch reconcile` ask, each answered off the async threads within a deadline
-//! ([`Reader`]). Callers never see a connection or SQL, so a second database engine answers the
-//! same methods.
+//! and `orderwatch reconcile` ask, each answered within a deadline. On SQLite each read opens
+//! a read-only connection off the async threads ([`Reader`]); on PostgreSQL it borrows one
+//! from the pool. Callers never see a connection or SQL, nor which engine answers.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
 use uuid::Uuid;
 
+use super::postgres::queries as pg;
 use super::queries::{self, DueOrder, OverdueItem, PollBacklog, StateSnapshot};
 use super::reader::{ReadError, Reader};
 
 /// Answers the daemon's questions about one database, each within `deadline`.
 #[derive(Debug, Clone)]
 pub struct Reads {
-    /// Opens a read-only connection per read.
-    reader: Reader,
-    /// The longest one answer may take; past it the read is interrupted.
+    engine: Engine,
+    /// The longest one answer may take; past it the read is abandoned (on SQLite,
+    /// interrupted; on PostgreSQL, `statement_timeout` ends it on the server).
     deadline: Duration,
 }
 
+/// Where the reads go.
+#[derive(Clone)]
+enum Engine {
+    /// A read-only connection per read.
+    Sqlite(Reader),
+    /// The instance's connection pool.
+    Postgres(Pool),
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(reader) => reader.fmt(f),
+            Self::Postgres(pool) => write!(f, "Postgres({:?})", pool.status()),
+        }
+    }
+}
+
 impl Reads {
-    /// Reads `database`, waiting up to `busy_timeout` for a lock and `deadline` for an answer.
+    /// Reads the SQLite file `database`, waiting up to `busy_timeout` for a lock and
+    /// `deadline` for an answer.
     pub fn new(database: &Path, busy_timeout: Duration, deadline: Duration) -> Self {
         Self {
-            reader: Reader::new(database, busy_timeout),
+            engine: Engine::Sqlite(Reader::new(database, busy_timeout)),
+            deadline,
+        }
+    }
+
+    /// Reads PostgreSQL through `pool`, waiting up to `deadline` for an answer (a connection
+    /// included).
+    pub fn postgres(pool: Pool, deadline: Duration) -> Self {
+        Self {
+            engine: Engine::Postgres(pool),
+            deadline,
+        }
+    }
+
+    /// The same database, answers awaited up to `deadline`.
+    pub fn with_deadline(&self, deadline: Duration) -> Self {
+        Self {
+            engine: self.engine.clone(),
             deadline,
         }
     }
 
     /// The orders a scheduled pass polls at `now` ([`queries::due_orders`]).
     pub async fn due_orders(&self, now: DateTime<Utc>) -> Result<Vec<DueOrder>, ReadError> {
-        self.reader
-            .read(self.deadline, move |conn| queries::due_orders(conn, now))
-            .await
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| queries::due_orders(conn, now))
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| pg::due_orders(client, now).await)
+                    .await
+            }
+        }
     }
 
     /// Every order still to poll, due or not ([`queries::orders_to_poll`]).
     pub async fn orders_to_poll(&self, now: DateTime<Utc>) -> Result<Vec<DueOrder>, ReadError> {
-        self.reader
-            .read(self.deadline, move |conn| {
-                queries::orders_to_poll(conn, now)
-            })
-            .await
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        queries::orders_to_poll(conn, now)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| pg::orders_to_poll(client, now).await)
+                    .await
+            }
+        }
     }
 
     /// Items past their confirmation deadline not warned about yet.
@@ -51,11 +106,19 @@ impl Reads {
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<OverdueItem>, ReadError> {
-        self.reader
-            .read(self.deadline, move |conn| {
-                queries::unwarned_overdue(conn, now)
-            })
-            .await
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        queries::unwarned_overdue(conn, now)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| pg::unwarned_overdue(client, now).await)
+                    .await
+            }
+        }
     }
 
     /// What waits to be polled after `now`, but the orders in `except`
@@ -66,19 +129,65 @@ impl Reads {
         soon: DateTime<Utc>,
         except: Vec<Uuid>,
     ) -> Result<PollBacklog, ReadError> {
-        self.reader
-            .read(self.deadline, move |conn| {
-                queries::poll_backlog(conn, now, soon, &except)
-            })
-            .await
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        queries::poll_backlog(conn, now, soon, &except)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    pg::poll_backlog(client, now, soon, &except).await
+                })
+                .await
+            }
+        }
     }
 
     /// The stored state `/metrics` shows, ages measured to `now`.
     pub async fn state_snapshot(&self, now: DateTime<Utc>) -> Result<StateSnapshot, ReadError> {
-        self.reader
-            .read(self.deadline, move |conn| {
-                queries::state_snapshot(conn, now)
-            })
-            .await
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        queries::state_snapshot(conn, now)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| pg::state_snapshot(client, now).await)
+                    .await
+            }
+        }
     }
+
+    /// Runs `query` on a pooled PostgreSQL connection, all within the deadline.
+    async fn on<T>(
+        &self,
+        pool: &Pool,
+        query: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, ReadError> {
+        within(self.deadline, async {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| ReadError::Failed(format!("no PostgreSQL connection: {e}")))?;
+            query(&client)
+                .await
+                .map_err(|e| ReadError::Failed(super::postgres::describe_error(&e)))
+        })
+        .await
+    }
+}
+
+/// `read`'s answer, or [`ReadError::TimedOut`] after `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    read: impl Future<Output = Result<T, ReadError>>,
+) -> Result<T, ReadError> {
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or(Err(ReadError::TimedOut(deadline)))
 }

@@ -21,6 +21,7 @@ mod metrics;
 mod musement_client;
 mod ordering_props;
 mod postgres_apply;
+mod postgres_daemon;
 mod postgres_feed;
 mod postgres_schema;
 mod postgres_writer;

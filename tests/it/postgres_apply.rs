@@ -9,11 +9,12 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use orderwatch::backoff::BackoffPolicy;
-use orderwatch::observation::{Observation, Position};
+use orderwatch::observation::{Observation, Position, Status};
 use orderwatch::store::maintenance::{self, PruneCursor};
 use orderwatch::store::postgres::apply::apply_batch;
 use orderwatch::store::postgres::commands as pg_commands;
 use orderwatch::store::postgres::inspect as pg_inspect;
+use orderwatch::store::postgres::migrate as pg_migrate;
 use orderwatch::store::postgres::polls as pg_polls;
 use orderwatch::store::postgres::queries as pg_queries;
 use orderwatch::store::{self, Outcome, PollFailure, PollRecord, RejectedWebhook, StoreSettings};
@@ -743,6 +744,15 @@ fn sqlite_ops(ops: &[Op]) -> (Vec<Answer>, Rows) {
             store::inspect::rejected(&conn, 1).unwrap(),
             store::inspect::rejected(&conn, 10).unwrap()
         ));
+        for key in show_keys() {
+            answers.push(shown(&key, store::inspect::show(&conn, &key, now)));
+        }
+        for when in stats_times(now) {
+            answers.push(stats_answer(
+                store::inspect::stats(&conn, when).unwrap(),
+                store::SCHEMA_VERSION,
+            ));
+        }
     }
     (answers, sqlite_rows(&conn))
 }
@@ -777,6 +787,72 @@ fn item_filters(now: DateTime<Utc>) -> Vec<store::inspect::ItemFilter> {
             ..ItemFilter::default()
         },
     ]
+}
+
+/// What `orderwatch show` is asked in the differential test: every order (3 is never seen
+/// otherwise) and item by its UUID, then texts for the prefix rules. The UUIDs differ only in
+/// their last characters, so a prefix is unique only while one order or one item is stored
+/// ([`show_finds_a_unique_prefix_and_refuses_an_ambiguous_one_on_both_engines`] makes sure).
+fn show_keys() -> Vec<String> {
+    let item1 = item(1).to_string();
+    let order0 = order(0).to_string();
+    let mut keys: Vec<String> = (0..4)
+        .map(|n| order(n).to_string())
+        .chain((0..6).map(|n| item(n).to_string()))
+        .collect();
+    keys.extend([
+        // Case and surrounding space do not matter.
+        format!(" {} ", item1.to_uppercase()),
+        // Every item; every order.
+        item1[..35].to_owned(),
+        order0[..34].to_owned(),
+        // Items and orders alike; too short to be a prefix; nothing.
+        "0000".to_owned(),
+        "000".to_owned(),
+        "ffff".to_owned(),
+        String::new(),
+        // Other spellings of a UUID, and one character too many: no stored text starts so.
+        item1.replace('-', ""),
+        format!("{{{item1}}}"),
+        format!("urn:uuid:{item1}"),
+        format!("{item1}0"),
+        // LIKE's wildcards are characters like any other.
+        "0000000_".to_owned(),
+        "0000%".to_owned(),
+        "00000000-0000-0000-0000-00000000_001".to_owned(),
+        "not a uuid".to_owned(),
+    ]);
+    keys
+}
+
+/// `show`'s answer as text: what it shows, or why it shows nothing (a database error fails
+/// the test).
+fn shown(key: &str, result: Result<store::inspect::Shown, store::inspect::ShowError>) -> Answer {
+    use store::inspect::ShowError;
+    match result {
+        Ok(shown) => format!("{key:?}: {shown:?}"),
+        Err(error @ (ShowError::NotFound(_) | ShowError::Ambiguous(_))) => error.to_string(),
+        Err(error) => panic!("show {key:?}: {error}"),
+    }
+}
+
+/// When `stats` is asked besides the read time: also at an hour after the middle of the
+/// generated receipt times, so the last hour holds some events and not others.
+fn stats_times(now: DateTime<Utc>) -> [DateTime<Utc>; 2] {
+    [now, at(50_000) + chrono::Duration::hours(1)]
+}
+
+/// `stats`' answer as text; the schema version is each engine's own (checked here), the rest
+/// must be equal.
+fn stats_answer(stats: store::inspect::Stats, schema_version: i64) -> Answer {
+    assert_eq!(stats.schema_version, schema_version, "{stats:?}");
+    format!(
+        "{:?}",
+        store::inspect::Stats {
+            schema_version: 0,
+            ..stats
+        }
+    )
 }
 
 /// When the read side is asked after the ops: right after, and later (marks, backoffs and
@@ -930,6 +1006,15 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
             pg_inspect::rejected(client, 1).await.unwrap(),
             pg_inspect::rejected(client, 10).await.unwrap()
         ));
+        for key in show_keys() {
+            answers.push(shown(&key, pg_inspect::show(client, &key, now).await));
+        }
+        for when in stats_times(now) {
+            answers.push(stats_answer(
+                pg_inspect::stats(client, when).await.unwrap(),
+                i64::from(pg_migrate::SCHEMA_VERSION),
+            ));
+        }
     }
     (answers, postgres_rows(client).await)
 }
@@ -938,7 +1023,8 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
 /// watches, expiry, overdue marks, the lease, rejected webhooks, pruning) interleaved with
 /// webhook batches: the same answers and the same rows on both engines, and then the same
 /// answers from the read side (due orders, orders to poll, the backlog, overdue items, the
-/// `/metrics` snapshot, `items` under each filter, `rejected`) at three later times.
+/// `/metrics` snapshot, `items` under each filter, `rejected`, `show` for every UUID and
+/// several prefixes, `stats`) at three later times.
 #[test]
 fn postgres_carries_out_every_command_as_sqlite_does() {
     let Some(db) = pg::database("the differential command test") else {
@@ -961,6 +1047,44 @@ fn postgres_carries_out_every_command_as_sqlite_does() {
             Ok(())
         })
         .unwrap();
+}
+
+/// `show` with one order of one item stored: a prefix of either names it, one of both is
+/// ambiguous, on both engines alike (the random sequences mostly store several of each, which
+/// leaves every prefix ambiguous).
+#[test]
+fn show_finds_a_unique_prefix_and_refuses_an_ambiguous_one_on_both_engines() {
+    use store::inspect::ShowError;
+
+    let Some(db) = pg::database("show's prefixes") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime.block_on(db.migrated_client());
+    let ops = [Op::Batch(vec![Observation::bare(
+        item(2),
+        order(1),
+        Status::parse("PENDING"),
+        Position::Webhook {
+            version: 1,
+            updated: at(0),
+        },
+        at(0),
+    )])];
+    let (expected, _) = sqlite_ops(&ops);
+    let shows = |key: &str| {
+        expected
+            .iter()
+            .any(|a| a.starts_with(&format!("{key:?}: ")))
+    };
+    assert!(shows(&item(1).to_string()[..35]), "{expected:#?}");
+    assert!(shows(&order(0).to_string()[..34]), "{expected:#?}");
+    assert!(
+        expected.contains(&ShowError::Ambiguous("0000".into()).to_string()),
+        "{expected:#?}"
+    );
+    let (answers, _) = runtime.block_on(postgres_ops(&mut client, &ops));
+    assert_eq!(answers, expected);
 }
 
 /// A lease falls free exactly at its expiry on both engines (a boundary the random sequences

@@ -4,13 +4,12 @@
 //! connection killed by the server fails at most the batch it was in, never answers "stored"
 //! for something that is not, and is opened again for the next batch.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use orderwatch::clock::ManualClock;
 use orderwatch::observation::Observation;
 use orderwatch::store::commands::{Command, Done};
 use orderwatch::store::postgres::batches::{PgBatches, PgTarget};
+use orderwatch::store::postgres::connect::PgConnect;
 use orderwatch::store::writer::{Batches, JobResult};
 use orderwatch::store::{Outcome, RejectedWebhook, StoreSettings};
 use uuid::Uuid;
@@ -30,8 +29,7 @@ fn apply(item: &str, order: &str) -> Command {
 
 fn target(db: &pg::TestDatabase) -> PgTarget {
     PgTarget {
-        url: db.url.clone(),
-        lock_timeout: Duration::from_secs(5),
+        connect: PgConnect::from_url(&db.url, "writer-test").unwrap(),
         instance: "writer-test".to_owned(),
     }
 }

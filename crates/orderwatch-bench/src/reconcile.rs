@@ -388,9 +388,12 @@ fn time_due_query(db: &Path) -> BenchResult<f64> {
 async fn run_passes(config: &Config, fake: &FakeApi, passes: usize) -> BenchResult<Vec<PassRun>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
-    let (writer, writer_thread) =
-        store::open_writer(config, clock.clone(), metrics.clone()).await?;
-    let reconciler = reconciler::build(config, writer, clock, metrics, "orderwatch-bench")
+    let store::Opened {
+        writer,
+        writer_thread,
+        reads,
+    } = store::open(config, clock.clone(), metrics.clone()).await?;
+    let reconciler = reconciler::build(config, writer, reads, clock, metrics, "orderwatch-bench")
         .map_err(|e| format!("cannot build the reconciler: {e}"))?;
     let mut runs = Vec::new();
     for _ in 0..passes {

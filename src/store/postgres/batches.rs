@@ -1,8 +1,8 @@
 //! How one batch of writer commands commits on PostgreSQL: the engine half of the writer
 //! thread (`writer::Batches`), as `sqlite_batches.rs` is SQLite's.
 //!
-//! - One transaction per batch (READ COMMITTED, `synchronous_commit = on`, a `lock_timeout`
-//!   so a stuck lock becomes an error, never a hang); our clock is read once the transaction
+//! - One transaction per batch (READ COMMITTED, `synchronous_commit = on`, the session's
+//!   `lock_timeout` so a stuck lock becomes an error, never a hang); our clock is read once the transaction
 //!   is open.
 //! - The batch runs in one savepoint; when a command fails, it is undone and each half runs
 //!   again, down to the failing command, which alone gets its error (no savepoint per command:
@@ -11,41 +11,33 @@
 //!   again (twice at most); after that its commands are answered with the error (503).
 //! - A failed `COMMIT` fails every command: its outcome is unknown, and the retry Musement
 //!   sends comes back as `duplicate`.
-//! - A lost connection fails the batch it happened in; the next batch connects again.
+//! - A lost connection fails the batch it happened in; the next batch connects again, and
+//!   after a failed attempt batches are refused at once for a wait that doubles per failure
+//!   (100 ms up to 5 s), so `/readyz` says "not ready" meanwhile without asking the server.
 //!
 //! The writer thread is synchronous; this owns a current-thread runtime to drive its client.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
-
+use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 
 use super::super::StoreSettings;
 use super::super::commands::Command;
 use super::super::writer::{Batches, JobResult, WriteError};
 use super::commands::execute_all;
+use super::connect::PgConnect;
+use super::describe_error;
 use crate::clock::Clock;
 
 /// How the writer reaches the database.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PgTarget {
-    /// A libpq-style URL or key=value string, password included (never logged).
-    pub url: String,
-    /// How long a statement waits for a lock before failing (then 503).
-    pub lock_timeout: Duration,
+    /// The server, with the session's `lock_timeout` and `statement_timeout`.
+    pub connect: PgConnect,
     /// This instance's name (heartbeat row, `item_events.receiver`).
     pub instance: String,
-}
-
-impl std::fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgTarget")
-            .field("lock_timeout", &self.lock_timeout)
-            .field("instance", &self.instance)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The writer's connection and what it needs to open it again.
@@ -53,6 +45,51 @@ pub struct PgBatches {
     runtime: tokio::runtime::Runtime,
     target: PgTarget,
     client: Option<Client>,
+    reconnect: Reconnect,
+}
+
+/// The first wait before connecting again after a failed attempt; it doubles up to
+/// [`RECONNECT_CAP`].
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+/// When the writer may try to connect again: after a failed attempt, batches are answered
+/// at once (503) until a wait that doubles per failure has passed, so a server that is down
+/// is not asked once per batch.
+#[derive(Debug, Default)]
+struct Reconnect {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+impl Reconnect {
+    /// A new connection, unless the last attempt failed too recently.
+    async fn open(&mut self, target: &PgTarget) -> Result<Client, WriteError> {
+        if let Some(at) = self.not_before.filter(|at| Instant::now() < *at) {
+            let wait = at.saturating_duration_since(Instant::now());
+            return Err(WriteError::Storage(format!(
+                "PostgreSQL unreachable; connecting again in {} ms",
+                wait.as_millis()
+            )));
+        }
+        match open(target).await {
+            Ok(client) => {
+                if self.failures > 0 {
+                    tracing::info!(failures = self.failures, "the writer is connected again");
+                }
+                *self = Self::default();
+                Ok(client)
+            }
+            Err(error) => {
+                let wait = RECONNECT_BASE
+                    .saturating_mul(1 << self.failures.min(16))
+                    .min(RECONNECT_CAP);
+                self.failures += 1;
+                self.not_before = Some(Instant::now() + wait);
+                Err(error)
+            }
+        }
+    }
 }
 
 /// How many times a batch runs when PostgreSQL asks for a retry (deadlock, serialization
@@ -71,49 +108,32 @@ impl PgBatches {
             runtime,
             target,
             client: Some(client),
+            reconnect: Reconnect::default(),
         })
     }
 }
 
-/// A connection to `target`, driven on the current runtime.
+/// A connection to `target`, driven on the current runtime, committing synchronously (a 200
+/// is only sent for a commit that is on disk, whatever the server's default).
 async fn open(target: &PgTarget) -> Result<Client, WriteError> {
-    let (client, connection) = tokio_postgres::connect(&target.url, NoTls)
+    let client = target
+        .connect
+        .connect()
         .await
         .map_err(|e| unreachable_database(&e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "the writer's PostgreSQL connection ended");
-        }
-    });
-    let lock_timeout = format!("{}ms", target.lock_timeout.as_millis());
     client
-        .execute(
-            "SELECT set_config('lock_timeout', $1, false), \
-                    set_config('synchronous_commit', 'on', false)",
-            &[&lock_timeout],
-        )
+        .batch_execute("SET synchronous_commit = on")
         .await
         .map_err(|e| storage(&e))?;
     Ok(client)
 }
 
 fn storage(error: &tokio_postgres::Error) -> WriteError {
-    WriteError::Storage(one_line(error))
+    WriteError::Storage(describe_error(error))
 }
 
 fn unreachable_database(error: &tokio_postgres::Error) -> WriteError {
-    WriteError::Storage(format!("PostgreSQL unreachable: {}", one_line(error)))
-}
-
-/// The error with its cause (tokio-postgres keeps the server's message in the source).
-fn one_line(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => match std::error::Error::source(error) {
-            Some(source) => format!("{error}: {source}"),
-            None => error.to_string(),
-        },
-    }
+    WriteError::Storage(format!("PostgreSQL unreachable: {}", describe_error(error)))
 }
 
 /// Whether PostgreSQL asks for the transaction to be run again.
@@ -166,11 +186,12 @@ impl Batches for PgBatches {
             runtime,
             target,
             client,
+            reconnect,
         } = self;
         runtime.block_on(async {
             if client.as_ref().is_none_or(Client::is_closed) {
                 *client = None;
-                *client = Some(open(target).await?);
+                *client = Some(reconnect.open(target).await?);
             }
             let connection = client.as_mut().expect("connected just above");
             let mut last = None;
@@ -183,7 +204,7 @@ impl Batches for PgBatches {
                         return Err(error);
                     }
                     Err(Failed::Retry(error)) => {
-                        tracing::info!(error = %one_line(&error), "batch run again");
+                        tracing::info!(error = %describe_error(&error), "batch run again");
                         last = Some(error);
                     }
                 }
@@ -211,7 +232,7 @@ async fn commit_batch(
     tx.commit().await.map_err(|e| {
         let error = WriteError::Storage(format!(
             "COMMIT failed, its outcome unknown: {}",
-            one_line(&e)
+            describe_error(&e)
         ));
         if connection_lost(&e) {
             Failed::Lost(error)

@@ -94,6 +94,7 @@ pub async fn changes(
         result.scanned_to = Some(cursor);
         let change = Change {
             id: cursor.id,
+            cursor: cursor.to_string(),
             item: row.get(2),
             order: row.get(3),
             old_status: row.get(4),

@@ -68,6 +68,12 @@ pub enum MigrateError {
         oldest_compatible: i32,
         known: i32,
     },
+    /// The database has no orderwatch schema yet (a read-only command found it so).
+    #[error(
+        "the database has no orderwatch schema (orderwatch run or orderwatch migrate creates it; \
+         check [database] url)"
+    )]
+    NotMigrated,
     /// The server refused a statement, or the connection failed.
     #[error("migrating the PostgreSQL schema to version {target}: {source}")]
     Postgres {
@@ -75,6 +81,46 @@ pub enum MigrateError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// Whether a read-only command can read the database as it is: refuses a database never
+/// migrated (`NotMigrated`: nothing is created by reading) and one too new for this binary.
+pub async fn check_readable(client: &Client) -> Result<SchemaState, MigrateError> {
+    let failed = |source| MigrateError::Postgres {
+        target: SCHEMA_VERSION,
+        source,
+    };
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    if !exists {
+        return Err(MigrateError::NotMigrated);
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0), coalesce(max(oldest_compatible), 0) \
+             FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(failed)?;
+    let (version, oldest_compatible): (i32, i32) = (row.get(0), row.get(1));
+    if version == 0 {
+        return Err(MigrateError::NotMigrated);
+    }
+    if oldest_compatible > SCHEMA_VERSION {
+        return Err(MigrateError::TooNew {
+            version,
+            oldest_compatible,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(SchemaState {
+        version,
+        applied: 0,
+    })
 }
 
 /// What `schema_migrations` says about the database.

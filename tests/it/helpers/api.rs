@@ -15,6 +15,7 @@ use orderwatch::observation::Observation;
 use orderwatch::reconciler::{self, PassSummary, Reconciler};
 use orderwatch::store;
 use orderwatch::store::Outcome;
+use orderwatch::store::reads::Reads;
 use orderwatch::store::writer::{Writer, WriterThread};
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -116,7 +117,24 @@ fn reconciler_as(
     metrics: &Arc<Metrics>,
     role: &str,
 ) -> Reconciler {
-    reconciler::build(config, writer.clone(), clock.clone(), metrics.clone(), role).unwrap()
+    reconciler::build(
+        config,
+        writer.clone(),
+        reads(config),
+        clock.clone(),
+        metrics.clone(),
+        role,
+    )
+    .unwrap()
+}
+
+/// The read side of the harness's database, as `store::open` gives the daemon.
+fn reads(config: &Config) -> Reads {
+    Reads::new(
+        &config.database.path,
+        config.database.busy_timeout,
+        store::DEFAULT_READ_DEADLINE,
+    )
 }
 
 /// Rows as text (`NULL` as `None`).
@@ -402,10 +420,7 @@ impl Harness {
 
     /// The `/metrics` text as the daemon would render it now (plain Prometheus format).
     pub async fn metrics_text(&self) -> String {
-        let source = orderwatch::metrics::StateSource::new(
-            self.config.database.path.clone(),
-            self.clock.clone(),
-        );
+        let source = orderwatch::metrics::StateSource::new(reads(&self.config), self.clock.clone());
         self.metrics.render(&source, false).await
     }
 

@@ -179,48 +179,145 @@ fn run(command: &mut Command, what: &str) -> Result<(), String> {
 }
 
 fn start_cluster(bin: &Path) -> Result<Server, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("orderwatch-test-pg-")
-        .tempdir()
-        .map_err(|e| format!("a temp dir for the cluster: {e}"))?
-        .keep();
-    if is_root() {
-        run(
-            Command::new("chown").args(["postgres:"]).arg(&dir),
-            "chown postgres: on the cluster's dir",
-        )?;
-    }
-    let data = dir.join("data");
-    run(
-        as_server_user(&bin.join("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-            .args(["--locale", "C"]),
-        "initdb",
-    )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("a free port: {e}"))?
-        .port();
-    let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=300",
-        dir.display()
-    );
-    run(
-        as_server_user(&bin.join("pg_ctl"))
-            .args(["-w", "-D"])
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(dir.join("server.log"))
-            .arg("start"),
-        "pg_ctl start",
-    )?;
-    spawn_watchdog(bin, &dir, &data);
+    let cluster = Cluster::init(bin)?;
+    cluster.pg_ctl("start")?;
+    spawn_watchdog(bin, &cluster.dir, &cluster.data);
     Ok(Server {
-        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-        owned: Some(dir),
+        admin_url: cluster.url_of("postgres"),
+        owned: Some(cluster.dir),
     })
+}
+
+/// A new cluster's files and how to start it (on 127.0.0.1, a free port, `fsync=off`).
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// `initdb` in a new temp dir (owned by `postgres` when we are root).
+    fn init(bin: &Path) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("orderwatch-test-pg-")
+            .tempdir()
+            .map_err(|e| format!("a temp dir for the cluster: {e}"))?
+            .keep();
+        if is_root() {
+            run(
+                Command::new("chown").args(["postgres:"]).arg(&dir),
+                "chown postgres: on the cluster's dir",
+            )?;
+        }
+        let data = dir.join("data");
+        run(
+            as_server_user(&bin.join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+                .args(["--locale", "C"]),
+            "initdb",
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("a free port: {e}"))?
+            .port();
+        Ok(Self {
+            bin: bin.to_owned(),
+            dir,
+            data,
+            port,
+        })
+    }
+
+    /// `pg_ctl ACTION` (`start`, or `stop` at once) on this cluster, waiting for it.
+    fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=300",
+            self.port,
+            self.dir.display()
+        );
+        let mut command = as_server_user(&self.bin.join("pg_ctl"));
+        command.args(["-w", "-D"]).arg(&self.data);
+        match action {
+            "start" => command
+                .args(["-o", &options, "-l"])
+                .arg(self.dir.join("server.log"))
+                .arg("start"),
+            _ => command.args(["stop", "-m", "immediate"]),
+        };
+        run(&mut command, &format!("pg_ctl {action}"))
+    }
+
+    /// The URL of database `name`, as the `postgres` superuser.
+    fn url_of(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// A cluster of one test's own, for faults that would disturb every other test (stopping the
+/// server); stopped and removed when dropped (and by a watchdog if the test process dies).
+pub struct OwnCluster {
+    /// A database of its own on it (`orderwatch`).
+    pub url: String,
+    /// The `postgres` database, for administration.
+    pub admin_url: String,
+    cluster: Cluster,
+}
+
+impl OwnCluster {
+    /// Starts one, or `None` after saying why it cannot (the test returns then). Needs the
+    /// server binaries even when `ORDERWATCH_TEST_PG` names a server: only a cluster of its
+    /// own can be restarted.
+    pub fn start(what: &str) -> Option<Self> {
+        let started = server_binaries()
+            .ok_or_else(|| {
+                "PostgreSQL's server binaries are not installed (Debian: apt-get install \
+                 postgresql); a cluster of the test's own is needed"
+                    .to_owned()
+            })
+            .and_then(|bin| {
+                let cluster = Cluster::init(&bin)?;
+                cluster.pg_ctl("start")?;
+                spawn_watchdog(&bin, &cluster.dir, &cluster.data);
+                admin(&cluster.url_of("postgres"), "CREATE DATABASE orderwatch")?;
+                Ok(cluster)
+            });
+        match started {
+            Ok(cluster) => Some(Self {
+                url: cluster.url_of("orderwatch"),
+                admin_url: cluster.url_of("postgres"),
+                cluster,
+            }),
+            Err(why) => {
+                let required = std::env::var(TEST_PG_REQUIRED).is_ok_and(|v| !v.is_empty());
+                assert!(
+                    !required,
+                    "SKIPPED {what} on PostgreSQL: {why}; {TEST_PG_REQUIRED} is set"
+                );
+                super::skip(&format!("{what} on PostgreSQL"), &why);
+                None
+            }
+        }
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop_immediately(&self) {
+        self.cluster.pg_ctl("stop").unwrap();
+    }
+
+    /// Starts the server again on the same files and port (it recovers from its WAL).
+    pub fn restart(&self) {
+        self.cluster.pg_ctl("start").unwrap();
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.cluster.pg_ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.cluster.dir);
+    }
 }
 
 /// Stops the cluster and removes its folder once this test process is gone.
