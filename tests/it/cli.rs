@@ -216,7 +216,6 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         &[("CLI_TEST_PASSWORD", SECRET)],
     );
     let addr = daemon.addr;
-    let db_path = daemon.db_path();
     let client = http_client();
     let response = daemon
         .webhook_request()
@@ -245,8 +244,7 @@ async fn the_daemon_stores_a_webhook_and_exits_0_on_sigterm() {
         lines.iter().all(|l| !l.contains(SECRET)),
         "the password is never logged"
     );
-    let db = rusqlite::Connection::open(&db_path).unwrap();
-    let status: String = value(&db, "SELECT status FROM order_items", []);
+    let status: String = value(&daemon.db(), "SELECT status FROM order_items", []);
     assert_eq!(
         status, "OK",
         "the database sits next to the config and holds the item"

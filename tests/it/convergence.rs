@@ -14,9 +14,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
+use crate::helpers::backend;
+use crate::helpers::db::{Query, TestDb};
 use crate::helpers::process::{KillOnDrop, lines_of, signal, wait_bounded};
 use crate::helpers::{Daemon, binary, free_port};
 
@@ -130,7 +131,8 @@ fn run(scenario: &Scenario) -> Figures {
     let sim_port = free_port();
     let config = daemon_config(sim_port);
     let config_path = dir.path().join("config.toml");
-    let db_path = dir.path().join("orderwatch.db");
+    // What `musement-sim compare --database` takes: the SQLite file or the PostgreSQL URL.
+    let database = backend::database_argument(dir.path());
     let truth_path = dir.path().join("truth.json");
     let watch_log = dir.path().join("watch.log");
     let daemon = Daemon::start_with_env(dir, &config, &[("CONVERGENCE_SECRET", CLIENT_SECRET)]);
@@ -155,7 +157,7 @@ fn run(scenario: &Scenario) -> Figures {
     let mut last_diff = Vec::new();
     while settled_at.elapsed() < CONVERGE_LIMIT {
         daemon_log.extend(log_lines(&daemon));
-        last_diff = diff(&truth, &db_path);
+        last_diff = diff(&truth, &daemon.db());
         if last_diff.is_empty() {
             break;
         }
@@ -177,7 +179,7 @@ fn run(scenario: &Scenario) -> Figures {
     let passes_after_settle = passes(&daemon_log) - passes_at_settle;
     // The demo's judge agrees with this test's.
     let compare = Command::new(env!("CARGO_BIN_EXE_musement-sim"))
-        .args(["compare", "--database", db_path.to_str().unwrap()])
+        .args(["compare", "--database", &database])
         .args(["--truth", truth_path.to_str().unwrap()])
         .output()
         .unwrap();
@@ -403,27 +405,22 @@ fn passes(lines: &[String]) -> usize {
 }
 
 /// Every difference between `order_items` and the truth, one line each.
-fn diff(truth: &Value, db_path: &Path) -> Vec<String> {
-    let Ok(db) = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
-        return vec!["the database cannot be opened yet".into()];
-    };
+fn diff(truth: &Value, db: &TestDb) -> Vec<String> {
     let mut rows = std::collections::HashMap::new();
-    let read = db
-        .prepare("SELECT item_uuid, order_uuid, status, item_version FROM order_items")
-        .and_then(|mut statement| {
-            statement
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        (
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Option<i64>>(3)?,
-                        ),
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()
-        });
+    let read = db.query_rows(
+        "SELECT item_uuid, order_uuid, status, item_version FROM order_items",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ),
+            ))
+        },
+    );
     match read {
         Ok(all) => rows.extend(all),
         Err(error) => return vec![format!("cannot read order_items: {error}")],
@@ -439,7 +436,7 @@ fn diff(truth: &Value, db_path: &Path) -> Vec<String> {
             uuid, item["kind"], item["history"], item["delivered_versions"]
         );
         let Some((order, status, version)) = rows.remove(uuid) else {
-            let order = describe_order(&db, item["order"].as_str().unwrap());
+            let order = describe_order(db, item["order"].as_str().unwrap());
             differences.push(format!("missing: {context}; its order: {order}"));
             continue;
         };
@@ -468,17 +465,37 @@ fn diff(truth: &Value, db_path: &Path) -> Vec<String> {
 }
 
 /// The reconciler's bookkeeping of one order and the statuses of its known items.
-fn describe_order(db: &Connection, order: &str) -> String {
+fn describe_order(db: &TestDb, order: &str) -> String {
+    let items = db.query_rows(
+        "SELECT status, item_version, vouchers FROM order_items WHERE order_uuid = ?1",
+        [order],
+        |r| {
+            let version = r.get::<_, Option<i64>>(1)?;
+            let vouchers = r.get::<_, Option<String>>(2)?.unwrap_or_default();
+            Ok(format!(
+                "{}{}{}",
+                r.get::<_, String>(0)?,
+                version.map(|v| format!(" v{v}")).unwrap_or_default(),
+                if vouchers.is_empty() || vouchers == "[]" {
+                    ""
+                } else {
+                    " +vouchers"
+                }
+            ))
+        },
+    );
+    let items = match items {
+        Ok(items) => items.join(", "),
+        Err(e) => format!("{e}"),
+    };
     let row = db.query_row(
-        "SELECT watched, needs_poll, next_poll_at, last_polled_at, poll_failures, not_found_at, repoll_at,
-                (SELECT group_concat(status || coalesce(' v' || item_version, '') ||
-                                     CASE WHEN coalesce(vouchers, '[]') <> '[]' THEN ' +vouchers' ELSE '' END, ', ')
-                 FROM order_items WHERE order_uuid = orders.order_uuid)
+        "SELECT watched, needs_poll, next_poll_at, last_polled_at, poll_failures, not_found_at,
+                repoll_at
          FROM orders WHERE order_uuid = ?1",
         [order],
         |r| {
             Ok(format!(
-                "watched {} needs_poll {} next_poll_at {:?} last_polled_at {:?} poll_failures {} not_found_at {:?} repoll_at {:?} items [{}]",
+                "watched {} needs_poll {} next_poll_at {:?} last_polled_at {:?} poll_failures {} not_found_at {:?} repoll_at {:?} items [{items}]",
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<String>>(2)?,
@@ -486,7 +503,6 @@ fn describe_order(db: &Connection, order: &str) -> String {
                 r.get::<_, i64>(4)?,
                 r.get::<_, Option<String>>(5)?,
                 r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<String>>(7)?.unwrap_or_default(),
             ))
         },
     );

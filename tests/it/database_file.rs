@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::helpers::backend::sqlite_only;
 use crate::helpers::db::value;
 use crate::helpers::{Daemon, http_client, uuid, webhook};
 
@@ -52,6 +53,9 @@ fn events(db: &Path) -> i64 {
 /// retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarted() {
+    if sqlite_only("the SQLite database file itself") {
+        return;
+    }
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
     let db = daemon.db_path();
     assert_eq!(post(&daemon, nth(1)).await.0, 200);
@@ -93,6 +97,9 @@ async fn a_deleted_database_gets_503_one_error_and_failing_probes_until_restarte
 /// later start replays it onto the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_connection() {
+    if sqlite_only("the SQLite database file itself") {
+        return;
+    }
     let mut daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
     let db = daemon.db_path();
     for n in 0..20 {
@@ -137,6 +144,9 @@ async fn a_backup_copied_over_the_live_file_is_never_written_through_the_old_con
 /// the reader ending the WAL is back to its working size while webhooks keep coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_wal_stays_within_max_size_bytes_and_shrinks_once_the_reader_ends() {
+    if sqlite_only("the SQLite database file itself") {
+        return;
+    }
     const MAX: u64 = 8_000_000;
     const WORKING_SIZE: u64 = 4 * 1024 * 1024;
     let daemon = Daemon::start(
@@ -233,6 +243,9 @@ fn wait_for_line(daemon: &Daemon, needle: &str, limit: Duration) -> String {
 /// are not logged at INFO.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hammering_readyz_costs_one_write_per_second_and_no_log_lines() {
+    if sqlite_only("the SQLite database file itself") {
+        return;
+    }
     let daemon = Daemon::start(tempfile::tempdir().unwrap(), CONFIG);
     let batches = "orderwatch_store_batch_size_count";
     let before = metric(&daemon, batches).await.unwrap();

@@ -12,12 +12,14 @@ use orderwatch::clock::ManualClock;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::db::{column, row, rows, value};
+use crate::helpers::backend;
+use crate::helpers::backend::sqlite_only;
+use crate::helpers::db::{Query, TestDb, column, row, rows, value};
 use crate::helpers::fake_musement::{FakeMusement, FakeResponse, new_uuid, order_json};
 use crate::helpers::process::{lines_of, signal, wait_bounded};
 use crate::helpers::{
     Daemon, assert_one_line_error, cli, config_file, config_for, fixture, read_repo_file,
-    spawn_app_in, webhook,
+    spawn_app_in, webhook, write_config_at,
 };
 
 /// Generous bound for anything the tests wait on.
@@ -397,7 +399,7 @@ async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_
     // A pass the rate limit makes long says so before it starts.
     let text = std::fs::read_to_string(&f.config).unwrap();
     let slow = f.daemon.dir.path().join("slow.toml");
-    std::fs::write(
+    write_config_at(
         &slow,
         text.replace(
             "max_requests_per_second = 0.0",
@@ -423,7 +425,7 @@ async fn reconcile_polls_the_due_orders_then_all_or_named_ones_and_says_what_is_
 
     // Credentials refused while several polls are in flight: said once.
     let refused = f.daemon.dir.path().join("refused.toml");
-    std::fs::write(
+    write_config_at(
         &refused,
         text.replace(FakeMusement::CLIENT_SECRET, "not-the-secret"),
     )
@@ -502,7 +504,7 @@ fn reconcile_does_not_count_what_it_just_polled_as_left_for_later() {
 
     // Refused credentials: the one order handled is not counted as polled.
     let refused = dir.path().join("refused.toml");
-    std::fs::write(
+    write_config_at(
         &refused,
         std::fs::read_to_string(&config)
             .unwrap()
@@ -557,7 +559,7 @@ async fn stats_says_whether_the_reconciler_is_on_and_counts_orders_to_poll() {
 
     // Off in the configuration: said, with why, in every format.
     let off = f.daemon.dir.path().join("off.toml");
-    std::fs::write(
+    write_config_at(
         &off,
         "[database]\npath = \"orderwatch.db\"\n[reconciler]\nenabled = false\n",
     )
@@ -574,7 +576,7 @@ async fn stats_says_whether_the_reconciler_is_on_and_counts_orders_to_poll() {
         "{table}"
     );
     let without = f.daemon.dir.path().join("no-credentials.toml");
-    std::fs::write(&without, "").unwrap();
+    write_config_at(&without, "").unwrap();
     let table = ok(&without, &["stats"]);
     assert!(
         table.contains("off: no Musement API credentials"),
@@ -628,7 +630,7 @@ async fn show_says_when_no_poll_is_coming_and_keeps_long_statuses_aligned() {
     assert!(text.contains("CANCELLATION_ERROR APPLIED"), "{text}");
 
     let off = f.daemon.dir.path().join("off.toml");
-    std::fs::write(&off, "[database]\npath = \"orderwatch.db\"\n").unwrap();
+    write_config_at(&off, "[database]\npath = \"orderwatch.db\"\n").unwrap();
     let text = ok(&off, &["show", &f.order_b.to_string()]);
     let polling = text
         .lines()
@@ -719,7 +721,12 @@ async fn stats_and_rejected_report_what_came_in() {
     assert_eq!(stats["orders_in_backoff"], 0);
     assert_eq!(stats["rejected_webhooks"], 1);
     assert_eq!(stats["events"], 6);
-    assert_eq!(stats["schema_version"], orderwatch::store::SCHEMA_VERSION);
+    let schema_version = if backend::postgres() {
+        i64::from(orderwatch::store::postgres::migrate::SCHEMA_VERSION)
+    } else {
+        orderwatch::store::SCHEMA_VERSION
+    };
+    assert_eq!(stats["schema_version"], schema_version);
     assert!(stats["last_webhook_at"].is_string() && stats["last_poll_at"].is_string());
     assert!(stats["oldest_pending_age_seconds"].as_i64().unwrap() >= 0);
     let by_status = each(&stats["items_by_status"], |s| {
@@ -864,6 +871,22 @@ fn backlog(n: i64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), "");
     let db = dir.path().join("orderwatch.db");
+    if backend::postgres() {
+        ok(&config, &["migrate"]);
+        TestDb::open(dir.path(), &db)
+            .execute(
+                "INSERT INTO item_events (item_uuid, order_uuid, source, status, item_version,
+                                          as_of, received_at, outcome, payload)
+                 SELECT ('00000000-0000-4000-8000-' || lpad((x % 10)::text, 12, '0'))::uuid,
+                        '00000000-0000-4000-8000-00000000ffff', 'webhook',
+                        CASE (x / 10) % 2 WHEN 0 THEN 'PENDING' ELSE 'OK' END, x / 10 + 1,
+                        '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z', 'applied', '{}'
+                 FROM generate_series(1, ?1) AS x",
+                [n],
+            )
+            .unwrap();
+        return (dir, config);
+    }
     let conn = orderwatch::store::open_for_writing(&db, Duration::from_secs(1)).unwrap();
     conn.execute(
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1)
@@ -953,7 +976,7 @@ fn watch_exits_1_when_standard_input_cannot_be_read() {
 fn watch_prints_a_line_per_order_and_skips_bad_lines_with_exit_1_at_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "[reconciler]\nenabled = false\n").unwrap();
+    write_config_at(&config, "[reconciler]\nenabled = false\n").unwrap();
     let (a, b, c) = (new_uuid(), new_uuid(), new_uuid());
     let watch = |args: &[&str], input: Vec<u8>| {
         let mut child = cli(&config, args)
@@ -1017,14 +1040,13 @@ fn watch_prints_a_line_per_order_and_skips_bad_lines_with_exit_1_at_the_end() {
     );
     assert!(!stderr.contains(" INFO "), "no daemon log lines: {stderr}");
 
-    let watched: Vec<String> = rusqlite::Connection::open(dir.path().join("orderwatch.db"))
-        .unwrap()
-        .prepare("SELECT order_uuid FROM orders WHERE watched = 1 ORDER BY order_uuid")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let watched: Vec<String> = TestDb::open(dir.path(), &dir.path().join("orderwatch.db"))
+        .query_rows(
+            "SELECT order_uuid FROM orders WHERE watched = 1 ORDER BY order_uuid",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     let mut expected = vec![a.to_string(), b.to_string(), c.to_string()];
     expected.sort();
     assert_eq!(
@@ -1047,7 +1069,8 @@ fn wait(child: &mut std::process::Child) -> Option<i32> {
 
 /// Every item (uuid, status, version) of the database at `db`, and how many events it holds.
 fn items_and_events(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
-    let conn = rusqlite::Connection::open(db).unwrap();
+    let folder = db.parent().expect("a database file is in a folder");
+    let conn = TestDb::open(folder, db);
     let items = rows(
         &conn,
         "SELECT item_uuid, status, item_version FROM order_items ORDER BY item_uuid",
@@ -1059,6 +1082,9 @@ fn items_and_events(db: &Path) -> (Vec<(String, String, Option<i64>)>, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
+    if sqlite_only("orderwatch backup (PostgreSQL: pg_dump)") {
+        return;
+    }
     let f = Filled::start().await;
     let target = f.daemon.dir.path().join("copy.db");
     let target_text = target.to_str().unwrap();
@@ -1116,6 +1142,9 @@ async fn backup_copies_the_live_database_and_refuses_to_overwrite() {
 /// backup's state and stores new webhooks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores_by_stop_copy_start_and_check() {
+    if sqlite_only("orderwatch backup and restoring its copy (PostgreSQL: pg_dump)") {
+        return;
+    }
     let readme = read_repo_file("README.md");
     let restore = &readme[readme
         .find("**Restoring a backup.**")
@@ -1273,6 +1302,9 @@ async fn the_daemon_prunes_by_itself_with_events_keep() {
 
 #[test]
 fn a_missing_or_newer_database_is_a_clear_error() {
+    if sqlite_only("a missing or foreign SQLite file") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), "");
     let db = dir.path().join("orderwatch.db");
@@ -1315,6 +1347,9 @@ fn a_missing_or_newer_database_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_version_1_database_is_readable_then_migrated_to_the_views() {
+    if sqlite_only("SQLite's schema versions 1 to 4") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orderwatch.db");
     let config = config_file(dir.path(), "");
@@ -1505,6 +1540,9 @@ async fn look_alike_statuses_show_escaped_for_people_and_exact_in_exports() {
 /// here: they must work if it is that new, and fail as the README says if it is older.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_names_the_sqlite3_shells_that_open_the_database() {
+    if sqlite_only("the sqlite3 shells") {
+        return;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let schema = std::fs::read_to_string(root.join("src/store/schema.sql")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::DateTime;
 use serde_json::Value;
 
+use crate::helpers::backend;
 use crate::helpers::fake_musement::{
     CLIENT_SECRET, FakeMusement, FakeResponse, new_uuid, order_json,
 };
@@ -85,7 +86,8 @@ async fn json_lines_are_flat_events_with_readable_values_and_a_complete_start_up
     let dir = tempfile::tempdir().unwrap();
     let config = config(&fake);
     watch_before_start(dir.path(), &config, &[order]).await;
-    let database = dir.path().join("orderwatch.db");
+    // The file's full path, or the URL (this one has no password to mask).
+    let database = backend::database_argument(dir.path());
     let mut daemon = Daemon::start(dir, &config);
     let lines = startup_lines(&daemon, "reconciler pass");
     let events = flat_events(&lines);
@@ -102,15 +104,19 @@ async fn json_lines_are_flat_events_with_readable_values_and_a_complete_start_up
     assert_eq!(start["metrics"], daemon.addr.to_string(), "{start}");
     assert_eq!(start["path"], "/webhooks/musement", "{start}");
     assert_eq!(
-        start["database"],
-        database.to_str().unwrap(),
-        "the database as a full path: {start}"
+        start["database"], database,
+        "where the database is: {start}"
     );
 
     let opened = with_message(&events, "database opened for writing");
     assert_eq!(opened.len(), 1, "{lines:#?}");
-    assert_eq!(opened[0]["synchronous"], "FULL", "{}", opened[0]);
-    assert_eq!(opened[0]["journal_mode"], "wal", "{}", opened[0]);
+    if backend::postgres() {
+        assert_eq!(opened[0]["tls"], "disable", "{}", opened[0]);
+        assert_eq!(opened[0]["schema_version"], 1, "{}", opened[0]);
+    } else {
+        assert_eq!(opened[0]["synchronous"], "FULL", "{}", opened[0]);
+        assert_eq!(opened[0]["journal_mode"], "wal", "{}", opened[0]);
+    }
 
     let on = with_message(&events, "the reconciler is on");
     assert_eq!(on.len(), 1, "{lines:#?}");

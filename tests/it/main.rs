@@ -19,6 +19,7 @@ mod leases;
 mod logs;
 mod metrics;
 mod musement_client;
+mod on_postgres;
 mod ordering_props;
 mod postgres_apply;
 mod postgres_daemon;

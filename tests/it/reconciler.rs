@@ -11,7 +11,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::api::{Harness, at, config_for, harness, harness_on};
-use crate::helpers::db::{row, value};
+use crate::helpers::backend::sqlite_only;
+use crate::helpers::db::{column, row, value};
 use crate::helpers::fake_musement::{
     APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement, FakeResponse, PERSONAL_VALUES, httpdate,
     new_uuid, order_json, voucher_url,
@@ -80,11 +81,7 @@ async fn personal_data_is_never_stored() {
     let h = harness("").await;
     let (_, item) = h.watch_new_order("OK").await;
     h.pass().await;
-    let dump: String = value(
-        &h.db(),
-        "SELECT group_concat(payload, ' ') FROM item_events",
-        [],
-    );
+    let dump = column::<String>(&h.db(), "SELECT payload FROM item_events", []).join(" ");
     assert!(dump.contains(&item.to_string()));
     for personal in PERSONAL_VALUES {
         assert!(
@@ -591,7 +588,8 @@ async fn watch_cli_registers_orders_from_arguments_and_stdin() {
     );
     for order in [a, b] {
         assert_eq!(
-            h.order_field(order, "CAST(watched AS TEXT)").as_deref(),
+            h.order_field(order, "CAST(CAST(watched AS INTEGER) AS TEXT)")
+                .as_deref(),
             Some("1")
         );
     }
@@ -798,6 +796,11 @@ fn reconcile_once_cli_pauses_on_a_429_and_says_until_when() {
 /// are overwritten (issue 11, defect 5).
 #[tokio::test]
 async fn a_poll_stores_every_item_whatever_a_hand_edit_left_in_the_rows() {
+    if sqlite_only(
+        "cells SQLite's loose typing lets a hand edit break (PostgreSQL's column types refuse them)",
+    ) {
+        return;
+    }
     let h = harness("").await;
     let (typed, unreadable) = (
         (new_uuid(), new_uuid(), new_uuid()),
@@ -1026,6 +1029,11 @@ async fn an_item_musement_stops_listing_is_marked_missing_until_it_comes_back() 
 /// every poll of its order), and an item missing from its order once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_logs_a_bad_cell_and_a_missing_item_once() {
+    if sqlite_only(
+        "cells SQLite's loose typing lets a hand edit break (PostgreSQL's column types refuse them)",
+    ) {
+        return;
+    }
     let fake = FakeMusement::start().await;
     let (order, kept, dropped) = (new_uuid(), new_uuid(), new_uuid());
     fake.put_order(order_json(

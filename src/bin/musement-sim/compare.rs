@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
+use orderwatch::config::DatabaseConfig;
+use orderwatch::store::inspect::ItemFilter;
+use orderwatch::store::inspection::Inspection;
 use serde_json::Value;
 
 /// Exit code while the database does not agree (yet).
@@ -18,9 +20,10 @@ const EXIT_ERROR: u8 = 2;
 /// Compare an orderwatch database with the truth; exit 0 when they agree, 1 when not (yet).
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// The orderwatch SQLite file (opened read-only).
+    /// The orderwatch database: its SQLite file (opened read-only), or a PostgreSQL URL
+    /// (`postgres://…`).
     #[arg(long)]
-    pub database: PathBuf,
+    pub database: String,
     /// The truth JSON written by `--truth`; until it exists only the database is summed up.
     #[arg(long)]
     pub truth: Option<PathBuf>,
@@ -33,10 +36,7 @@ pub fn run(args: &CompareArgs) -> ExitCode {
     let rows = match read_items(&args.database) {
         Ok(rows) => rows,
         Err(error) => {
-            eprintln!(
-                "musement-sim compare: --database {}: {error}",
-                args.database.display()
-            );
+            eprintln!("musement-sim compare: --database: {error}");
             return ExitCode::from(EXIT_ERROR);
         }
     };
@@ -112,18 +112,23 @@ fn counts<'a>(statuses: impl Iterator<Item = &'a str>) -> String {
         .join(", ")
 }
 
-fn read_items(path: &std::path::Path) -> Result<HashMap<String, Row>, String> {
-    if !path.exists() {
-        return Err("no such file (is orderwatch running?)".into());
+/// Every item's status and version, read as `orderwatch items` reads them.
+fn read_items(database: &str) -> Result<HashMap<String, Row>, String> {
+    let mut config = DatabaseConfig::default();
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        config.url = Some(database.parse()?);
+    } else {
+        config.path = PathBuf::from(database);
+        if !config.path.exists() {
+            return Err(format!("{database}: no such file (is orderwatch running?)"));
+        }
     }
-    let conn = orderwatch::store::open_read_only(path, Duration::from_secs(5))
+    let inspection = Inspection::open(&config, "musement-sim").map_err(|e| e.to_string())?;
+    let items = inspection
+        .items(&ItemFilter::default(), chrono::Utc::now())
         .map_err(|e| e.to_string())?;
-    let mut statement = conn
-        .prepare("SELECT item_uuid, status, item_version FROM order_items")
-        .map_err(|e| e.to_string())?;
-    let rows = statement
-        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
-        .and_then(|rows| rows.collect::<Result<HashMap<_, _>, _>>())
-        .map_err(|e| e.to_string())?;
-    Ok(rows)
+    Ok(items
+        .into_iter()
+        .map(|item| (item.item, (item.status, item.version)))
+        .collect())
 }

@@ -5,7 +5,7 @@
 //! where SQLite sorts it. SQLite's care for files from before schema version 4 (no arrival
 //! numbers) has no twin here: PostgreSQL's first schema has them.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
@@ -17,6 +17,10 @@ use super::super::inspect::{
 use crate::clock::to_db_text;
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
+
+/// PostgreSQL's `timestamptz` starts in 4713 BC; a `--since` reaching before that filters
+/// nothing out.
+const POSTGRES_FIRST_YEAR: i32 = -4712;
 
 /// Items matching `filter`, longest in their current status first.
 pub async fn items(
@@ -46,7 +50,12 @@ pub async fn items(
             " AND order_seq = (SELECT seq FROM orders WHERE order_uuid = ${n}) AND order_uuid = ${n}"
         ));
     }
-    if let Some(since) = &filter.changed_since {
+    // Before PostgreSQL's first representable time (4713 BC) every row is newer: no filter
+    // (sending such a time would fail the query).
+    let since = filter
+        .changed_since
+        .filter(|since| since.year() > POSTGRES_FIRST_YEAR);
+    if let Some(since) = &since {
         values.push(since);
         sql.push_str(&format!(" AND changed_at >= ${}", values.len()));
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::db::{Query, TestDb};
 use chrono::{DateTime, Duration, Utc};
 use orderwatch::clock::{Clock, ManualClock};
 use orderwatch::config::Config;
@@ -17,7 +18,6 @@ use orderwatch::store;
 use orderwatch::store::Outcome;
 use orderwatch::store::reads::Reads;
 use orderwatch::store::writer::{Writer, WriterThread};
-use rusqlite::Connection;
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -62,6 +62,8 @@ pub struct Harness {
     /// The store's writer, shared with the reconciler.
     pub writer: Writer,
     writer_thread: Option<WriterThread>,
+    /// The store's read side, as the daemon's.
+    pub reads: Reads,
     /// What the writer, the reconciler and its API client count into.
     pub metrics: Arc<Metrics>,
     /// The loaded config (`dir/config.toml`).
@@ -92,16 +94,21 @@ pub async fn harness_on(text: &str) -> Harness {
     let config = Config::load(&path).unwrap();
     let clock = Arc::new(ManualClock::new(at(START)));
     let metrics = Arc::new(Metrics::new());
-    let (writer, writer_thread) = store::open_writer(&config, clock.clone(), metrics.clone())
+    let store::Opened {
+        writer,
+        writer_thread,
+        reads,
+    } = store::open(&config, clock.clone(), metrics.clone())
         .await
         .unwrap();
     Harness {
         fake: None,
         date_pinned: AtomicBool::new(false),
-        reconciler: reconciler_as(&config, &writer, &clock, &metrics, "test"),
+        reconciler: reconciler_as(&config, &writer, &reads, &clock, &metrics, "test"),
         clock,
         writer,
         writer_thread: Some(writer_thread),
+        reads,
         metrics,
         config,
         dir,
@@ -109,10 +116,11 @@ pub async fn harness_on(text: &str) -> Harness {
 }
 
 /// A reconciler built the way the daemon builds it, in `role` (`reconciler::DAEMON_ROLE`, or
-/// a command's name), on `writer` and `clock`, counting into `metrics`.
+/// a command's name), on `writer`, `reads` and `clock`, counting into `metrics`.
 fn reconciler_as(
     config: &Config,
     writer: &Writer,
+    reads: &Reads,
     clock: &Arc<ManualClock>,
     metrics: &Arc<Metrics>,
     role: &str,
@@ -120,21 +128,12 @@ fn reconciler_as(
     reconciler::build(
         config,
         writer.clone(),
-        reads(config),
+        reads.clone(),
         clock.clone(),
         metrics.clone(),
         role,
     )
     .unwrap()
-}
-
-/// The read side of the harness's database, as `store::open` gives the daemon.
-fn reads(config: &Config) -> Reads {
-    Reads::new(
-        &config.database.path,
-        config.database.busy_timeout,
-        store::DEFAULT_READ_DEADLINE,
-    )
 }
 
 /// Rows as text (`NULL` as `None`).
@@ -168,7 +167,14 @@ impl Harness {
     /// A second reconciler on this harness's store and clock, in `role` (the lease holder's
     /// name depends on it).
     pub fn reconciler_as(&self, role: &str) -> Reconciler {
-        reconciler_as(&self.config, &self.writer, &self.clock, &self.metrics, role)
+        reconciler_as(
+            &self.config,
+            &self.writer,
+            &self.reads,
+            &self.clock,
+            &self.metrics,
+            role,
+        )
     }
 
     /// Runs a pass that must not stop early.
@@ -267,8 +273,8 @@ impl Harness {
     }
 
     /// A separate connection to the database, as an operator's `sqlite3` would have.
-    pub fn db(&self) -> Connection {
-        Connection::open(&self.config.database.path).unwrap()
+    pub fn db(&self) -> TestDb {
+        TestDb::open(self.dir.path(), &self.config.database.path)
     }
 
     /// `(status, source)` of an item.
@@ -313,17 +319,12 @@ impl Harness {
     pub fn snapshot(&self) -> Snapshot {
         let db = self.db();
         let rows = |sql: &str| -> Rows {
-            let mut statement = db.prepare(sql).unwrap();
-            let columns = statement.column_count();
-            statement
-                .query_map([], |r| {
-                    (0..columns)
-                        .map(|i| r.get::<_, Option<String>>(i))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
+            db.query_rows(sql, [], |r| {
+                (0..r.as_ref().column_count())
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
         };
         let items = rows(
             "SELECT item_uuid, status, CAST(item_version AS TEXT), CAST(status_version AS TEXT),
@@ -420,7 +421,7 @@ impl Harness {
 
     /// The `/metrics` text as the daemon would render it now (plain Prometheus format).
     pub async fn metrics_text(&self) -> String {
-        let source = orderwatch::metrics::StateSource::new(reads(&self.config), self.clock.clone());
+        let source = orderwatch::metrics::StateSource::new(self.reads.clone(), self.clock.clone());
         self.metrics.render(&source, false).await
     }
 

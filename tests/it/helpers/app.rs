@@ -11,11 +11,12 @@ use orderwatch::config::Config;
 use orderwatch::reload::Reload;
 use orderwatch::store;
 use orderwatch::store::observer::Unobserved;
-use rusqlite::Connection;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+use super::db::TestDb;
 
 /// A running orderwatch server and what a test needs to talk to it.
 pub struct TestApp {
@@ -167,9 +168,10 @@ impl TestApp {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
-    /// A separate connection to the database, as an operator's `sqlite3` would have.
-    pub fn db(&self) -> Connection {
-        Connection::open(&self.db_path).unwrap()
+    /// A separate connection to the database, as an operator's `sqlite3` (or `psql`) would
+    /// have.
+    pub fn db(&self) -> TestDb {
+        TestDb::open(self.dir.path(), &self.db_path)
     }
 
     /// Asserts the database holds no item, event or order: nothing half-read was stored.

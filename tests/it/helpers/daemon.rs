@@ -258,9 +258,10 @@ impl Daemon {
         self.dir.path().join("orderwatch.db")
     }
 
-    /// A separate connection to the daemon's database, as an operator's `sqlite3` would have.
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.db_path()).unwrap()
+    /// A separate connection to the daemon's database, as an operator's `sqlite3` (or `psql`)
+    /// would have.
+    pub fn db(&self) -> super::db::TestDb {
+        super::db::TestDb::open(self.dir.path(), &self.db_path())
     }
 
     /// The process id, for looking at it in /proc.

@@ -1,41 +1,354 @@
 //! Reading a database the way a test checks it: one row, or every row, of a query, each read as
 //! a tuple of its columns (or one value / one column), panicking with the query on any error.
+//!
+//! [`TestDb`] is the database a test's app or daemon writes, on the engine under test
+//! ([`super::backend`]). Tests write their SQL in SQLite's dialect with rusqlite's types, as
+//! an operator's `sqlite3` would; on PostgreSQL each statement is carried over (parameters
+//! inlined as literals, which PostgreSQL types from their context; `flag = 1` for the boolean
+//! columns) and each row's values (uuid and times as SQLite stores them: lower-case text and
+//! RFC 3339 with milliseconds) handed back as rusqlite values, so the same closures and
+//! `FromSql` types read them.
 
-use rusqlite::types::FromSql;
+use std::path::Path;
+
+use rusqlite::types::{FromSql, Value};
 use rusqlite::{Connection, Params, Row};
 
+use super::backend;
+
+/// A test's view of the database under test.
+pub enum TestDb {
+    Sqlite(Connection),
+    /// The database's URL; each statement runs on a connection of its own.
+    Postgres(String),
+}
+
+/// What the `row`/`rows`/`value`/`column` helpers read from.
+pub trait Query {
+    /// Runs `sql` with `params` and maps every row with `f`.
+    fn query_rows<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>>;
+}
+
+impl Query for Connection {
+    fn query_rows<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>> {
+        let mut statement = self.prepare(sql)?;
+        statement.query_map(params, f)?.collect()
+    }
+}
+
+impl Query for TestDb {
+    fn query_rows<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        mut f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>> {
+        match self {
+            Self::Sqlite(conn) => conn.query_rows(sql, params, f),
+            Self::Postgres(url) => {
+                let (names, rows) = postgres_rows(url, &postgres_sql(sql, params)?);
+                let scratch = Connection::open_in_memory()?;
+                let select = if names.is_empty() {
+                    "SELECT 1".to_owned()
+                } else {
+                    let columns: Vec<String> = names
+                        .iter()
+                        .enumerate()
+                        .map(|(n, name)| format!("?{} AS \"{}\"", n + 1, name.replace('"', "")))
+                        .collect();
+                    format!("SELECT {}", columns.join(", "))
+                };
+                rows.into_iter()
+                    .map(|values| {
+                        scratch.query_row(&select, rusqlite::params_from_iter(values), &mut f)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl TestDb {
+    /// The database of the test folder `dir`: the SQLite file `path`, or on PostgreSQL the
+    /// folder's own database.
+    pub fn open(dir: &Path, path: &Path) -> Self {
+        if backend::postgres() {
+            Self::Postgres(backend::database_url(dir))
+        } else {
+            Self::Sqlite(Connection::open(path).unwrap())
+        }
+    }
+
+    /// rusqlite's `query_row`, on either engine.
+    pub fn query_row<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let mut f = Some(f);
+        let mut rows = self.query_rows(sql, params, |row| (f.take().expect("one row"))(row))?;
+        match rows.len() {
+            0 => Err(rusqlite::Error::QueryReturnedNoRows),
+            _ => Ok(rows.swap_remove(0)),
+        }
+    }
+
+    /// rusqlite's `execute`, on either engine: the number of rows changed.
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        match self {
+            Self::Sqlite(conn) => conn.execute(sql, params),
+            Self::Postgres(url) => Ok(postgres_execute(url, &postgres_sql(sql, params)?)),
+        }
+    }
+
+    /// rusqlite's `execute_batch`, on either engine.
+    pub fn execute_batch(&self, sql: &str) -> rusqlite::Result<()> {
+        match self {
+            Self::Sqlite(conn) => conn.execute_batch(sql),
+            Self::Postgres(url) => {
+                postgres_execute(url, &postgres_sql(sql, [])?);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// PostgreSQL's boolean columns, which SQLite's SQL compares with 1 and 0.
+const BOOLEAN_COLUMNS: &[&str] = &["watched", "needs_poll", "overdue"];
+
+/// `sql` in PostgreSQL's dialect with `params` inlined: `?N` and `?` become literals.
+fn postgres_sql<P: Params>(sql: &str, params: P) -> rusqlite::Result<String> {
+    let values = bound_values(sql, params)?;
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut next_anonymous = 0;
+    let mut in_quote = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            in_quote = !in_quote;
+        }
+        if c != '?' || in_quote {
+            out.push(c);
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        let index = if digits.is_empty() {
+            next_anonymous += 1;
+            next_anonymous
+        } else {
+            digits.parse::<usize>().unwrap()
+        };
+        out.push_str(&literal(&values[index - 1]));
+    }
+    for column in BOOLEAN_COLUMNS {
+        for (from, to) in [("1", "true"), ("0", "false")] {
+            out = out.replace(&format!("{column} = {from}"), &format!("{column} = {to}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The values `params` binds to `sql`'s parameters, read back through SQLite itself.
+fn bound_values<P: Params>(sql: &str, params: P) -> rusqlite::Result<Vec<Value>> {
+    let count = parameter_count(sql);
+    let scratch = Connection::open_in_memory()?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let select: Vec<String> = (1..=count).map(|n| format!("?{n}")).collect();
+    scratch.query_row(&format!("SELECT {}", select.join(", ")), params, |row| {
+        (0..count).map(|n| row.get::<_, Value>(n)).collect()
+    })
+}
+
+/// How many parameters `sql` has: the highest `?N`, or the number of bare `?`.
+fn parameter_count(sql: &str) -> usize {
+    let (mut highest, mut anonymous, mut in_quote) = (0, 0, false);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => in_quote = !in_quote,
+            '?' if !in_quote => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                match digits.parse::<usize>() {
+                    Ok(n) => highest = highest.max(n),
+                    Err(_) => anonymous += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+    highest.max(anonymous)
+}
+
+/// `value` as a PostgreSQL literal (text untyped, so the column it meets gives its type).
+fn literal(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".to_owned(),
+        Value::Integer(n) => n.to_string(),
+        Value::Real(x) => format!("{x:?}"),
+        Value::Text(text) => format!("'{}'", text.replace('\'', "''")),
+        Value::Blob(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("'\\x{hex}'::bytea")
+        }
+    }
+}
+
+/// Runs `sql` on `url` (from a thread of its own: the caller may be inside a runtime) and
+/// gives the column names and every row's values as SQLite would hold them.
+fn postgres_rows(url: &str, sql: &str) -> (Vec<String>, Vec<Vec<Value>>) {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    on_postgres(move |runtime| {
+        runtime.block_on(async {
+            let client = super::pg::connect(&url).await;
+            let statement = client
+                .prepare(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+            let names = statement
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
+            let rows = client
+                .query(&statement, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+            let values = rows
+                .iter()
+                .map(|row| (0..row.len()).map(|n| sqlite_value(row, n, &sql)).collect())
+                .collect();
+            (names, values)
+        })
+    })
+}
+
+/// Runs `sql` (one or more statements) on `url`; the rows the last one changed.
+fn postgres_execute(url: &str, sql: &str) -> usize {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    on_postgres(move |runtime| {
+        runtime.block_on(async {
+            let client = super::pg::connect(&url).await;
+            let messages = client
+                .simple_query(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+            messages
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n as usize),
+                    _ => None,
+                })
+                .last()
+                .unwrap_or(0)
+        })
+    })
+}
+
+fn on_postgres<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        work(&runtime)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn describe(error: &tokio_postgres::Error) -> String {
+    orderwatch::store::postgres::describe_error(error)
+}
+
+/// Column `n` of `row` as SQLite stores its twin: flags as 0/1, UUIDs as text, times as
+/// RFC 3339 text with milliseconds, JSON as its text.
+fn sqlite_value(row: &tokio_postgres::Row, n: usize, sql: &str) -> Value {
+    use tokio_postgres::types::Type;
+    let kind = row.columns()[n].type_().clone();
+    let value = match kind {
+        Type::BOOL => row
+            .get::<_, Option<bool>>(n)
+            .map(|b| Value::Integer(b.into())),
+        Type::INT2 => row
+            .get::<_, Option<i16>>(n)
+            .map(|v| Value::Integer(v.into())),
+        Type::INT4 => row
+            .get::<_, Option<i32>>(n)
+            .map(|v| Value::Integer(v.into())),
+        Type::INT8 => row.get::<_, Option<i64>>(n).map(Value::Integer),
+        Type::FLOAT4 => row.get::<_, Option<f32>>(n).map(|v| Value::Real(v.into())),
+        Type::FLOAT8 => row.get::<_, Option<f64>>(n).map(Value::Real),
+        Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => {
+            row.get::<_, Option<String>>(n).map(Value::Text)
+        }
+        Type::UUID => row
+            .get::<_, Option<uuid::Uuid>>(n)
+            .map(|u| Value::Text(u.to_string())),
+        Type::TIMESTAMPTZ => row
+            .get::<_, Option<chrono::DateTime<chrono::Utc>>>(n)
+            .map(|t| Value::Text(orderwatch::clock::to_db_text(t))),
+        Type::JSON | Type::JSONB => row
+            .get::<_, Option<serde_json::Value>>(n)
+            .map(|j| Value::Text(j.to_string())),
+        Type::BYTEA => row.get::<_, Option<Vec<u8>>>(n).map(Value::Blob),
+        other => panic!(
+            "{sql}: column {n} is of type {other}, which the test layer does not read; cast it"
+        ),
+    };
+    value.unwrap_or(Value::Null)
+}
+
 /// The one row `sql` (with `params`) returns, as a tuple of its columns.
-pub fn row<T>(db: &Connection, sql: &str, params: impl Params) -> T
+pub fn row<T>(db: &impl Query, sql: &str, params: impl Params) -> T
 where
     T: for<'r> TryFrom<&'r Row<'r>, Error = rusqlite::Error>,
 {
-    db.query_row(sql, params, |r| T::try_from(r))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    let mut found = rows::<T>(db, sql, params);
+    assert!(!found.is_empty(), "{sql}: no row");
+    found.swap_remove(0)
 }
 
 /// Every row `sql` (with `params`) returns, in its order, each as a tuple of its columns.
-pub fn rows<T>(db: &Connection, sql: &str, params: impl Params) -> Vec<T>
+pub fn rows<T>(db: &impl Query, sql: &str, params: impl Params) -> Vec<T>
 where
     T: for<'r> TryFrom<&'r Row<'r>, Error = rusqlite::Error>,
 {
-    let mut statement = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    statement
-        .query_map(params, |r| T::try_from(r))
-        .and_then(Iterator::collect)
+    db.query_rows(sql, params, |r| T::try_from(r))
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// The single value `sql` (with `params`) returns.
-pub fn value<T: FromSql>(db: &Connection, sql: &str, params: impl Params) -> T {
-    db.query_row(sql, params, |r| r.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+pub fn value<T: FromSql>(db: &impl Query, sql: &str, params: impl Params) -> T {
+    let mut found = column::<T>(db, sql, params);
+    assert!(!found.is_empty(), "{sql}: no row");
+    found.swap_remove(0)
 }
 
 /// The first column of every row `sql` (with `params`) returns, in its order.
-pub fn column<T: FromSql>(db: &Connection, sql: &str, params: impl Params) -> Vec<T> {
-    let mut statement = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    statement
-        .query_map(params, |r| r.get(0))
-        .and_then(Iterator::collect)
+pub fn column<T: FromSql>(db: &impl Query, sql: &str, params: impl Params) -> Vec<T> {
+    db.query_rows(sql, params, |r| r.get(0))
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backend;
 pub mod daemon;
 pub mod db;
 pub mod exposition;
@@ -107,12 +108,19 @@ pub fn cli(config: &Path, args: &[&str]) -> Command {
     command
 }
 
-/// Writes `text` to `dir/config.toml`, where the app, the daemon and the CLI look for it; its
-/// path.
+/// Writes `text` to `dir/config.toml`, where the app, the daemon and the CLI look for it, on
+/// the engine under test ([`backend::configured`]); its path.
 pub fn config_file(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    write_config_at(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     path
+}
+
+/// Writes `text` as a configuration file at `path` on the engine under test (the database
+/// of `path`'s folder, see [`backend::configured`]).
+pub fn write_config_at(path: &Path, text: impl AsRef<str>) -> std::io::Result<()> {
+    let folder = path.parent().expect("a config file is in a folder");
+    std::fs::write(path, backend::configured(folder, text.as_ref()))
 }
 
 /// Asserts that a command (`(exit code, stdout, stderr)`) failed with `code`, printing nothing

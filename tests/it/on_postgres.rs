@@ -1,0 +1,54 @@
+//! The whole integration suite once more, on PostgreSQL: `cargo test` runs this test binary
+//! again with `ORDERWATCH_TEST_BACKEND=postgres` (see `helpers/backend.rs`), so the README's one
+//! test command checks both engines. The tests about SQLite itself say `NOT ON POSTGRESQL` and
+//! return there; the inner run's own PostgreSQL tests (`postgres_*`) run in the outer one.
+
+use std::process::Command;
+
+use crate::helpers::backend::{self, TEST_BACKEND};
+use crate::helpers::pg;
+
+#[test]
+fn the_whole_suite_passes_on_postgresql() {
+    if backend::postgres() {
+        return; // this is the inner run
+    }
+    // A server is there (or the skip is said, and fails under ORDERWATCH_TEST_PG_REQUIRED).
+    let Some(probe) = pg::database("the whole suite") else {
+        return;
+    };
+    drop(probe);
+    let this_binary = std::env::current_exe().unwrap();
+    let output = Command::new(&this_binary)
+        .env(TEST_BACKEND, "postgres")
+        .args([
+            "--skip",
+            "on_postgres::",
+            "--skip",
+            "postgres_",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let summary = stdout
+        .lines()
+        .filter(|line| line.starts_with("test result:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("the suite on PostgreSQL: {summary}");
+    let exempt: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("NOT ON POSTGRESQL"))
+        .collect();
+    eprintln!(
+        "{} tests about SQLite itself:\n{}",
+        exempt.len(),
+        exempt.join("\n")
+    );
+    assert!(
+        output.status.success(),
+        "the suite failed on PostgreSQL ({summary}):\n{stdout}\n{stderr}"
+    );
+}
