@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use orderwatch::config::Config;
 
-use crate::helpers::backend::sqlite_only;
 use crate::helpers::db::value;
 use crate::helpers::notify::{Notified, start_notified};
 use crate::helpers::process::{KillOnDrop, assert_succeeded};
@@ -110,16 +109,12 @@ fn all_lines(daemon: &Daemon, later: Vec<String>) -> Vec<String> {
 
 #[test]
 fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
-    if sqlite_only("a SQLite write lock held by another process") {
-        return;
-    }
     let Notified {
         mut daemon, notify, ..
     } = start_notified("[database]\nbusy_timeout = \"50ms\"\n", "900000");
 
     // Another process holds the write lock, as a long sqlite3 session could.
-    let lock = daemon.db();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = daemon.db().lock_writes();
     assert_eq!(
         http_status(daemon.addr, "/readyz"),
         503,
@@ -132,7 +127,7 @@ fn a_locked_database_makes_the_daemon_unready_but_not_dead() {
     notify.until("WATCHDOG=1");
     assert_eq!(http_status(daemon.addr, "/readyz"), 503, "still locked");
 
-    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
     // A "not ready" is reused until a write goes through or a second passes.
     let deadline = Instant::now() + Duration::from_secs(2);
     while http_status(daemon.addr, "/readyz") != 200 {

@@ -24,7 +24,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::helpers::backend::sqlite_only;
+use crate::helpers::backend::{self, sqlite_only};
+use crate::helpers::db::TestDb;
 use crate::helpers::db::{rows, value};
 use crate::helpers::{Daemon, http_client, json_post, spawn_app_with, uuid, webhook};
 
@@ -419,13 +420,18 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Option
 
 /// Events stored for `item`, read through a connection of our own.
 fn events_of(db: &Path, item: &str) -> i64 {
-    read_only(db)
-        .query_row(
-            "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
-            [item],
-            |r| r.get(0),
-        )
-        .unwrap()
+    let folder = db.parent().expect("a database file is in a folder");
+    let db = if backend::postgres() {
+        TestDb::open(folder, db)
+    } else {
+        TestDb::Sqlite(read_only(db))
+    };
+    db.query_row(
+        "SELECT count(*) FROM item_events WHERE item_uuid = ?1",
+        [item],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 /// A refusal as the promise wants it: 503, `Retry-After`, a reason, nothing stored.
@@ -760,9 +766,6 @@ async fn a_file_size_limit_gives_503_and_never_kills_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_write_queue_refuses_at_once_with_retry_after() {
-    if sqlite_only("the writer stalled by another process's SQLite write lock") {
-        return;
-    }
     const QUEUE: usize = 2;
     const REQUESTS: u64 = 50;
     let app = Arc::new(
@@ -776,8 +779,7 @@ async fn a_full_write_queue_refuses_at_once_with_retry_after() {
     // one must be refused while the lock is still held.
     let can_wait = 1 + 2 * QUEUE;
 
-    let other_process = app.db();
-    other_process.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = app.db().lock_writes();
     let answered = Arc::new(AtomicUsize::new(0));
     let url = app.url(&app.path);
     let tasks: Vec<_> = (0..REQUESTS)
@@ -803,7 +805,7 @@ async fn a_full_write_queue_refuses_at_once_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let refused_while_blocked = answered.load(Ordering::SeqCst);
-    other_process.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
 
     let (mut stored, mut queue_full) = (0, 0);
     for task in tasks {

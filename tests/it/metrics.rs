@@ -835,9 +835,6 @@ async fn the_interval_gauge_follows_the_schedule_and_its_reloads() {
 
 #[tokio::test]
 async fn the_ready_gauge_is_the_readiness_check_at_scrape_time() {
-    if sqlite_only("the writer stalled by another process's SQLite write lock") {
-        return;
-    }
     let mut daemon = Daemon::start(
         tempfile::tempdir().unwrap(),
         "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nbusy_timeout = \"50ms\"\n",
@@ -847,8 +844,7 @@ async fn the_ready_gauge_is_the_readiness_check_at_scrape_time() {
         .expect("ready", &[("orderwatch_ready", &[], 1.0)]);
     // Another process holds the write lock, as a long sqlite3 session could: nothing probes
     // /readyz, yet the scrape shows it.
-    let lock = rusqlite::Connection::open(daemon.dir.path().join("orderwatch.db")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = daemon.db().lock_writes();
     // One readiness answer is reused for a second (src/receiver/readiness.rs).
     let ready_becomes = |wanted: f64, what: &'static str| {
         let daemon = &daemon;
@@ -861,7 +857,7 @@ async fn the_ready_gauge_is_the_readiness_check_at_scrape_time() {
         }
     };
     ready_becomes(0.0, "not ready while locked").await;
-    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
     ready_becomes(1.0, "ready again").await;
     daemon.stop();
 }

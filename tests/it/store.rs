@@ -105,14 +105,10 @@ async fn every_acknowledged_concurrent_webhook_is_in_the_table() {
 
 #[tokio::test]
 async fn a_locked_database_gets_503_and_recovers_without_restart() {
-    if sqlite_only("a database locked by another process (BEGIN EXCLUSIVE)") {
-        return;
-    }
     let app = spawn_app_with("[database]\nbusy_timeout = \"200ms\"\n").await;
     let (item, order) = (uuid(1, 9), uuid(2, 9));
 
-    let other_process = app.db();
-    other_process.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = app.db().lock_writes();
     let response = app.post_webhook(webhook(&item, &order, 1, "PENDING")).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
@@ -127,7 +123,7 @@ async fn a_locked_database_gets_503_and_recovers_without_restart() {
         503,
         "not ready while the database cannot be written"
     );
-    other_process.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
 
     assert_eq!(
         app.count("item_events"),
@@ -149,9 +145,6 @@ async fn a_locked_database_gets_503_and_recovers_without_restart() {
 /// retry of the same body is then a `duplicate` that leaves the row as it was.
 #[tokio::test]
 async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a_duplicate() {
-    if sqlite_only("a commit held back by another process's write lock (BEGIN IMMEDIATE)") {
-        return;
-    }
     // The lock below is held from before the webhook until after its answer: past
     // request_timeout by construction, and far within busy_timeout on any machine.
     let app = spawn_app_with(
@@ -166,7 +159,7 @@ async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a
     };
 
     let other_process = app.db();
-    other_process.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let lock = other_process.lock_writes();
     let response = app.post_webhook(body.clone()).await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
@@ -178,7 +171,7 @@ async fn a_commit_past_request_timeout_gets_503_commits_later_and_the_retry_is_a
     let reason = answer["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("request_timeout"), "{answer}");
     assert!(events(&app.db()).is_empty(), "not committed while locked");
-    other_process.execute_batch("COMMIT").unwrap();
+    drop(lock);
 
     // The job was not dropped with its request: it commits now.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

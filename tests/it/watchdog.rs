@@ -4,7 +4,6 @@
 //! keep-alives, and systemd would restart the daemon; once the writer moves, they resume.
 //! (A writer that answers with an error is alive; `deploy.rs` covers that case.)
 
-use crate::helpers::backend::sqlite_only;
 use crate::helpers::notify::{Notified, start_notified};
 
 /// What the daemon logs each time it withholds a keep-alive.
@@ -12,9 +11,6 @@ const WITHHELD: &str = "withholding the watchdog keep-alive";
 
 #[test]
 fn the_watchdog_withholds_keep_alives_while_the_writer_is_stuck() {
-    if sqlite_only("the writer stalled by another process's SQLite write lock") {
-        return;
-    }
     // 600 ms: a ping every 200 ms, each given 200 ms to come back; a lock waited for up to
     // a minute is a writer that does not come back.
     let Notified {
@@ -22,8 +18,7 @@ fn the_watchdog_withholds_keep_alives_while_the_writer_is_stuck() {
     } = start_notified("[database]\nbusy_timeout = \"60s\"\n", "600000");
     notify.until("WATCHDOG=1");
 
-    let lock = daemon.db();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = daemon.db().lock_writes();
     // A keep-alive from a ping answered before the lock was taken is sent before this line.
     daemon.wait_for_log(WITHHELD);
     notify.drain();
@@ -37,7 +32,7 @@ fn the_watchdog_withholds_keep_alives_while_the_writer_is_stuck() {
     }
     assert_eq!(daemon.exit_status(), None, "still running: systemd decides");
 
-    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
     notify.until("WATCHDOG=1");
     daemon.stop();
 }

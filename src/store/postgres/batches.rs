@@ -7,8 +7,9 @@
 //! - The batch runs in one savepoint; when a command fails, it is undone and each half runs
 //!   again, down to the failing command, which alone gets its error (no savepoint per command:
 //!   PostgreSQL stalls past ~64 subtransactions in one transaction).
-//! - A deadlock, a serialization failure or a lock timeout undoes the whole batch and runs it
-//!   again (twice at most); after that its commands are answered with the error (503).
+//! - A deadlock or a serialization failure undoes the whole batch and runs it again (twice at
+//!   most); after that its commands are answered with the error (503). A lock timeout fails
+//!   the batch at once ("the database is locked", 503): it already waited `lock_timeout`.
 //! - A failed `COMMIT` fails every command: its outcome is unknown, and the retry Musement
 //!   sends comes back as `duplicate`.
 //! - A lost connection fails the batch it happened in; the next batch connects again, and
@@ -93,7 +94,7 @@ impl Reconnect {
 }
 
 /// How many times a batch runs when PostgreSQL asks for a retry (deadlock, serialization
-/// failure, lock timeout).
+/// failure).
 const ATTEMPTS: usize = 3;
 
 impl PgBatches {
@@ -129,6 +130,13 @@ async fn open(target: &PgTarget) -> Result<Client, WriteError> {
 }
 
 fn storage(error: &tokio_postgres::Error) -> WriteError {
+    if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        // Said as SQLite's busy timeout is, so operators and alerts read one thing.
+        return WriteError::Storage(format!(
+            "the database is locked (a row or table lock held longer than lock_timeout): {}",
+            describe_error(error)
+        ));
+    }
     WriteError::Storage(describe_error(error))
 }
 
@@ -136,12 +144,12 @@ fn unreachable_database(error: &tokio_postgres::Error) -> WriteError {
     WriteError::Storage(format!("PostgreSQL unreachable: {}", describe_error(error)))
 }
 
-/// Whether PostgreSQL asks for the transaction to be run again.
+/// Whether PostgreSQL asks for the transaction to be run again. A lock timeout is not among
+/// them: the batch already waited as long as `lock_timeout` allows (running it again would
+/// triple the wait a webhook sees); it fails with 503 and Musement retries.
 fn asks_for_retry(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
-        *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::LOCK_NOT_AVAILABLE
+        *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
     })
 }
 
@@ -152,7 +160,7 @@ fn connection_lost(error: &tokio_postgres::Error) -> bool {
     error.is_closed()
         || error.code().is_some_and(|code| {
             let class = &code.code()[..2];
-            class == "08" || class == "57"
+            class == "08" || code.code().starts_with("57P")
         })
 }
 

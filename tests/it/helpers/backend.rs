@@ -5,7 +5,9 @@
 //! in-process app, the real daemon and the CLI all read it) gains `[database] url` naming a
 //! database of the test folder's own on the throwaway cluster ([`super::pg`]), created on first
 //! use and reused when the test starts again in the same folder (a restart on "the same
-//! database"); SQLite's keys are dropped from it, as a partner's PostgreSQL config has none.
+//! database"); SQLite's keys are dropped from it, as a partner's PostgreSQL config has none,
+//! but `busy_timeout`, which becomes `lock_timeout` (the same promise: how long a write waits
+//! for another process's lock before the webhook gets 503).
 //! Tests about SQLite itself (its file, WAL, `backup`) call [`sqlite_only`] and do not run there.
 
 use std::path::Path;
@@ -39,7 +41,12 @@ pub fn configured(dir: &Path, text: &str) -> String {
         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
         .as_table_mut()
         .expect("[database] is a table");
-    for key in ["path", "busy_timeout", "max_size_bytes"] {
+    // How long a write waits for another process's lock: SQLite's busy_timeout is
+    // PostgreSQL's lock_timeout.
+    if let Some(wait) = database.remove("busy_timeout") {
+        database.insert("lock_timeout".into(), wait);
+    }
+    for key in ["path", "max_size_bytes"] {
         database.remove(key);
     }
     database.insert("url".into(), toml::Value::String(database_url(dir)));

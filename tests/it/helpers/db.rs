@@ -124,6 +124,80 @@ impl TestDb {
     }
 }
 
+/// Another process's write lock on the database, as a long `sqlite3` (or `psql`) session
+/// holds one: on SQLite `BEGIN EXCLUSIVE`; on PostgreSQL every table orderwatch writes locked
+/// `IN EXCLUSIVE MODE` (reads go on, writes wait). Released when dropped.
+pub enum WriteLock {
+    Sqlite(Connection),
+    Postgres {
+        release: Option<std::sync::mpsc::Sender<()>>,
+        holder: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+/// The tables orderwatch writes on PostgreSQL.
+const WRITTEN_TABLES: &str =
+    "orders, order_items, item_events, rejected_webhooks, leases, heartbeat";
+
+impl TestDb {
+    /// Takes a write lock as another process would, once it is held.
+    pub fn lock_writes(&self) -> WriteLock {
+        match self {
+            Self::Sqlite(conn) => {
+                let path = conn.path().expect("a file database").to_owned();
+                let other = Connection::open(path).unwrap();
+                other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                WriteLock::Sqlite(other)
+            }
+            Self::Postgres(url) => {
+                let url = url.clone();
+                let (release, released) = std::sync::mpsc::channel::<()>();
+                let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+                let holder = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let client = super::pg::connect(&url).await;
+                        client
+                            .batch_execute(&format!(
+                                "BEGIN; LOCK TABLE {WRITTEN_TABLES} IN EXCLUSIVE MODE"
+                            ))
+                            .await
+                            .unwrap();
+                        locked.send(()).unwrap();
+                        // Held until the lock is dropped (or the test is gone).
+                        let _ = tokio::task::spawn_blocking(move || released.recv()).await;
+                        client.batch_execute("ROLLBACK").await.unwrap();
+                    });
+                });
+                is_locked.recv().expect("the lock is taken");
+                WriteLock::Postgres {
+                    release: Some(release),
+                    holder: Some(holder),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite(conn) => {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Self::Postgres { release, holder } => {
+                drop(release.take());
+                if let Some(holder) = holder.take() {
+                    let _ = holder.join();
+                }
+            }
+        }
+    }
+}
+
 /// PostgreSQL's boolean columns, which SQLite's SQL compares with 1 and 0.
 const BOOLEAN_COLUMNS: &[&str] = &["watched", "needs_poll", "overdue"];
 
