@@ -99,7 +99,7 @@ struct StoreAlone {
     wal_peak_bytes: u64,
 }
 
-const VARIANTS: [(&str, &str, &str); 4] = [
+const VARIANTS: [(&str, &str, &str); 6] = [
     ("noop", "(a) no-op hyper server", "#888888"),
     ("orderwatch", "(b) orderwatch, group commit", "#1f77b4"),
     ("naive", "(c) naive, max_batch = 1", "#d62728"),
@@ -107,6 +107,12 @@ const VARIANTS: [(&str, &str, &str); 4] = [
         "prefilled",
         "(d) orderwatch on a prefilled database",
         "#2ca02c",
+    ),
+    ("postgres", "(f) orderwatch on PostgreSQL, empty", "#9467bd"),
+    (
+        "postgres-prefilled",
+        "(g) orderwatch on a prefilled PostgreSQL database",
+        "#8c564b",
     ),
 ];
 
@@ -143,19 +149,19 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
         md,
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let rps = |r: Option<&LoadResult>| r.map_or("–".into(), |r| format!("{:.0}", r.rps));
+    let lat = |r: Option<&LoadResult>| {
+        r.map_or("–".into(), |r| {
+            format!("{:.2} / {:.2}", r.p50_ms, r.p99_ms)
+        })
+    };
+    let ratio = |x: Option<&LoadResult>, y: Option<&LoadResult>| match (x, y) {
+        (Some(x), Some(y)) if y.rps > 0.0 => format!("{:.2}", x.rps / y.rps),
+        _ => "–".into(),
+    };
     for &c in &connections {
         let (a, b, n) = (get("noop", c), get("orderwatch", c), get("naive", c));
         let d = get("prefilled", c);
-        let rps = |r: Option<&LoadResult>| r.map_or("–".into(), |r| format!("{:.0}", r.rps));
-        let lat = |r: Option<&LoadResult>| {
-            r.map_or("–".into(), |r| {
-                format!("{:.2} / {:.2}", r.p50_ms, r.p99_ms)
-            })
-        };
-        let ratio = |x: Option<&LoadResult>, y: Option<&LoadResult>| match (x, y) {
-            (Some(x), Some(y)) if y.rps > 0.0 => format!("{:.2}", x.rps / y.rps),
-            _ => "–".into(),
-        };
         let _ = writeln!(
             md,
             "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -177,6 +183,52 @@ pub fn report(args: ReportArgs) -> BenchResult<ExitCode> {
                 .map_or("–".into(), |bytes| mib(bytes / 1024)),
             ratio(d, b),
         );
+    }
+
+    if connections.iter().any(|&c| {
+        get("postgres", c)
+            .or(get("postgres-prefilled", c))
+            .is_some()
+    }) {
+        let _ = writeln!(
+            md,
+            "\nPostgreSQL (one local server sharing the daemon's core, durable commits):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| conns | (f) empty req/s | (f) p50 / p99 ms | (f) avg batch | (g) prefilled req/s | (g) p50 / p99 ms | (g) avg batch | f/b | g/d |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &c in &connections {
+            let (f, g) = (get("postgres", c), get("postgres-prefilled", c));
+            let batch = |r: Option<&LoadResult>| {
+                r.and_then(|r| r.avg_batch)
+                    .map_or("–".into(), |x| format!("{x:.1}"))
+            };
+            let _ = writeln!(
+                md,
+                "| {c} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                rps(f),
+                lat(f),
+                batch(f),
+                rps(g),
+                lat(g),
+                batch(g),
+                ratio(f, get("orderwatch", c)),
+                ratio(g, get("prefilled", c)),
+            );
+        }
+        if let Some(g) = get("postgres-prefilled", 64) {
+            let met = |ok: bool| if ok { "met" } else { "MISSED" };
+            let _ = writeln!(
+                md,
+                "\nTarget (issue 15), (g) at 64 connections: ≥ 5,000 req/s: {:.0}, {}; p99 ≤ 30 ms: {:.2} ms, {}.",
+                g.rps,
+                met(g.rps >= 5_000.0),
+                g.p99_ms,
+                met(g.p99_ms <= 30.0)
+            );
+        }
     }
 
     let _ = writeln!(md, "\nEvery run:\n");

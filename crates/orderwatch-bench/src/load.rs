@@ -55,8 +55,11 @@ pub struct LoadArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// The server's SQLite file: check that every acknowledged webhook is stored.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "database_url")]
     db: Option<PathBuf>,
+    /// The server's PostgreSQL database (a URL): the same check there.
+    #[arg(long)]
+    database_url: Option<String>,
     /// The server's PID, to report its peak RSS (VmHWM).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -172,9 +175,10 @@ pub fn run(args: LoadArgs) -> BenchResult<ExitCode> {
     drop(runtime);
     result.wal_peak_bytes = wal.map(WalWatch::stop);
 
-    match &args.db {
-        Some(db) => check_ledger(db, &mut result, &acknowledged, seed, started)?,
-        None => result.ledger = "skipped".into(),
+    match (&args.db, &args.database_url) {
+        (Some(db), _) => check_ledger(db, &mut result, &acknowledged, seed, started)?,
+        (None, Some(url)) => check_pg_ledger(url, &mut result, &acknowledged, seed, started)?,
+        (None, None) => result.ledger = "skipped".into(),
     }
     if let Some(pid) = args.server_pid {
         result.server_peak_rss_kib = rss_kib(pid).map(|(peak, _)| peak);
@@ -422,6 +426,43 @@ fn check_ledger(
     let stored: HashSet<String> = statement
         .query_map([VERSION as i64], |row| row.get::<_, String>(0))?
         .collect::<Result<_, _>>()?;
+    record_ledger(result, acknowledged, seed, &stored);
+    let (items, commit_times): (i64, i64) = conn.query_row(
+        "SELECT count(*), count(DISTINCT first_seen_at) FROM order_items WHERE first_seen_at >= ?1",
+        [orderwatch::clock::to_db_text(started)],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let (items, commit_times) = (items as u64, commit_times as u64);
+    result.stored_items = Some(items);
+    result.commit_times = Some(commit_times);
+    result.avg_batch = (commit_times > 0).then(|| items as f64 / commit_times as f64);
+    Ok(())
+}
+
+/// [`check_ledger`] on PostgreSQL.
+fn check_pg_ledger(
+    url: &str,
+    result: &mut LoadResult,
+    acknowledged: &[u64],
+    seed: u64,
+    started: chrono::DateTime<chrono::Utc>,
+) -> BenchResult<()> {
+    let found = crate::postgres::ledger(url, VERSION as i64, started)?;
+    record_ledger(result, acknowledged, seed, &found.stored);
+    result.stored_items = Some(found.items);
+    result.commit_times = Some(found.commit_times);
+    result.avg_batch =
+        (found.commit_times > 0).then(|| found.items as f64 / found.commit_times as f64);
+    Ok(())
+}
+
+/// Sets the ledger verdict from the items found for this run's version.
+fn record_ledger(
+    result: &mut LoadResult,
+    acknowledged: &[u64],
+    seed: u64,
+    stored: &HashSet<String>,
+) {
     let missing: Vec<u64> = acknowledged
         .iter()
         .copied()
@@ -435,16 +476,6 @@ fn check_ledger(
             derived_uuid(seed, ITEM, *index)
         );
     }
-    let (items, commit_times): (i64, i64) = conn.query_row(
-        "SELECT count(*), count(DISTINCT first_seen_at) FROM order_items WHERE first_seen_at >= ?1",
-        [orderwatch::clock::to_db_text(started)],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    let (items, commit_times) = (items as u64, commit_times as u64);
-    result.stored_items = Some(items);
-    result.commit_times = Some(commit_times);
-    result.avg_batch = (commit_times > 0).then(|| items as f64 / commit_times as f64);
-    Ok(())
 }
 
 /// Samples the size of a database's `-wal` file on a thread of its own until stopped.

@@ -2,9 +2,10 @@
 //!
 //! - `load`: a webhook load generator (N keep-alive HTTP/1.1 connections, closed loop or a fixed
 //!   `--rate`, latency from the scheduled send time) that checks the ledger against the SQLite
-//!   file at the end;
+//!   file or the PostgreSQL database at the end;
 //! - `noop`: a hyper server that reads the whole body and answers 200, the HTTP ceiling;
 //! - `ingest-report`: the ingest table and SVG chart from the `load` results of a run;
+//! - `prepare-pg`: a PostgreSQL database with F final items, as `prepare` makes a SQLite one;
 //! - `prepare`, `reconcile`: a database with P pending orders and F final items, and timed
 //!   reconciler passes against a built-in fake Musement API with a fixed latency;
 //! - `startup`: time from process start to `/readyz` answering 200;
@@ -15,6 +16,7 @@
 mod fake_api;
 mod ingest;
 mod load;
+mod postgres;
 mod reconcile;
 mod startup;
 mod store_alone;
@@ -45,6 +47,8 @@ enum Command {
     IngestReport(ingest::ReportArgs),
     /// Create a database with P pending orders (due for a poll) and F final items.
     Prepare(reconcile::PrepareArgs),
+    /// Fill a PostgreSQL database with F final items, as `prepare` fills a SQLite file.
+    PreparePg(postgres::PreparePgArgs),
     /// Time reconciler passes against a fake Musement API with a fixed latency.
     Reconcile(reconcile::ReconcileArgs),
     /// Time from `orderwatch run` starting to `/readyz` answering 200.
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Noop(args) => ingest::noop(args),
         Command::IngestReport(args) => ingest::report(args),
         Command::Prepare(args) => reconcile::prepare_command(args),
+        Command::PreparePg(args) => postgres::prepare_command(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Startup(args) => startup::run(args),
         Command::StoreAlone(args) => store_alone::run(args),
