@@ -25,6 +25,7 @@ mod postgres_apply;
 mod postgres_daemon;
 mod postgres_feed;
 mod postgres_schema;
+mod postgres_tls;
 mod postgres_writer;
 mod quick_path;
 mod rate_limit;

@@ -271,6 +271,47 @@ impl OwnCluster {
     /// server binaries even when `ORDERWATCH_TEST_PG` names a server: only a cluster of its
     /// own can be restarted.
     pub fn start(what: &str) -> Option<Self> {
+        Self::start_prepared(what, |_| Ok(()))
+    }
+
+    /// [`OwnCluster::start`] with TLS on, its certificate (for `localhost` and 127.0.0.1)
+    /// signed by a CA made for it; the role `orderwatch` may connect only over TLS (the
+    /// `postgres` superuser still connects without). Also gives the CA's certificate file.
+    pub fn start_with_tls(what: &str) -> Option<(Self, PathBuf)> {
+        let cluster = Self::start_prepared(what, |cluster| {
+            make_certificates(&cluster.dir)?;
+            let conf = cluster.data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
+            text.push_str(&format!(
+                "\nssl = on\nssl_cert_file = '{0}/server.pem'\nssl_key_file = '{0}/server.key'\n",
+                cluster.dir.display()
+            ));
+            std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+            let hba = cluster.data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+            std::fs::write(
+                &hba,
+                format!(
+                    "hostnossl all orderwatch 127.0.0.1/32 reject\n\
+                     hostssl all orderwatch 127.0.0.1/32 trust\n{rules}"
+                ),
+            )
+            .map_err(|e| e.to_string())
+        })?;
+        admin(
+            &cluster.admin_url,
+            "CREATE ROLE orderwatch LOGIN SUPERUSER; ALTER DATABASE orderwatch OWNER TO orderwatch",
+        )
+        .unwrap();
+        let ca = cluster.cluster.dir.join("ca.pem");
+        Some((cluster, ca))
+    }
+
+    /// Starts one after `prepare` has seen its files (`initdb` done, not started yet).
+    fn start_prepared(
+        what: &str,
+        prepare: impl FnOnce(&Cluster) -> Result<(), String>,
+    ) -> Option<Self> {
         let started = server_binaries()
             .ok_or_else(|| {
                 "PostgreSQL's server binaries are not installed (Debian: apt-get install \
@@ -279,6 +320,7 @@ impl OwnCluster {
             })
             .and_then(|bin| {
                 let cluster = Cluster::init(&bin)?;
+                prepare(&cluster)?;
                 cluster.pg_ctl("start")?;
                 spawn_watchdog(&bin, &cluster.dir, &cluster.data);
                 admin(&cluster.url_of("postgres"), "CREATE DATABASE orderwatch")?;
@@ -311,6 +353,74 @@ impl OwnCluster {
     pub fn restart(&self) {
         self.cluster.pg_ctl("start").unwrap();
     }
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, with the real
+/// `openssl` tool, in `dir`: `ca.pem`, `server.pem` and `server.key` (readable by the server
+/// only, as PostgreSQL demands).
+fn make_certificates(dir: &Path) -> Result<(), String> {
+    let openssl =
+        |args: &[&str], what: &str| run(Command::new("openssl").current_dir(dir).args(args), what);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
+            &["-subj", "/CN=orderwatch test CA"],
+        ]
+        .concat(),
+        "openssl: the CA",
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr"],
+            &["-subj", "/CN=localhost"],
+        ]
+        .concat(),
+        "openssl: the server's request",
+    )?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+        "openssl: the server's certificate",
+    )?;
+    let key = dir.join("server.key");
+    if is_root() {
+        run(
+            Command::new("chown").args(["postgres:"]).arg(&key),
+            "chown the key",
+        )?;
+    }
+    run(Command::new("chmod").arg("600").arg(&key), "chmod the key")
 }
 
 impl Drop for OwnCluster {
