@@ -9,6 +9,8 @@
 //!   `pg_ctl -m immediate`, and the daemon itself `kill -9`ed and restarted: every webhook
 //!   answered 200 is in `item_events` afterwards, `/readyz` fails while the server is down,
 //!   and the daemon takes webhooks again without a restart.
+//! - `changes_follow_waits_for_an_open_transaction_and_skips_nothing`: the CLI's feed past a
+//!   transaction held open while the daemon commits more.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -350,4 +352,97 @@ async fn faults_cost_no_acknowledged_webhook() {
     );
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
     drop(daemon);
+}
+
+/// `orderwatch changes --follow` on PostgreSQL while a test transaction that wrote a change
+/// stays open and the daemon commits more: the feed waits at the open transaction (what
+/// committed after it began is not printed yet, so nothing is skipped), then prints the held
+/// change first and every change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_follow_waits_for_an_open_transaction_and_skips_nothing() {
+    let Some(db) = pg::database("changes --follow past an open transaction") else {
+        return;
+    };
+    let mut daemon = Daemon::launch(tempfile::tempdir().unwrap(), CONFIG)
+        .env("ORDERWATCH_DATABASE__URL", &db.url)
+        .env("RUST_LOG", LOG_FILTER)
+        .start();
+    daemon.wait_ready().await;
+    let post = |item: u64| {
+        daemon
+            .webhook_request()
+            .body(webhook(&uuid(1, item), &uuid(2, item), 1, "PENDING"))
+            .send()
+    };
+    assert_eq!(post(1).await.unwrap().status(), 200);
+
+    // The test's own writer: a change stored in a transaction it keeps open.
+    let mut held = pg::connect(&db.url).await;
+    let tx = held.transaction().await.unwrap();
+    let body = webhook(&uuid(1, 2), &uuid(2, 2), 1, "PENDING");
+    let observation =
+        orderwatch::observation::Observation::from_webhook(body.as_bytes(), chrono::Utc::now())
+            .unwrap();
+    orderwatch::store::postgres::apply::apply_batch(
+        &tx,
+        &[&observation],
+        &orderwatch::store::StoreSettings::default(),
+        chrono::Utc::now(),
+        "test",
+    )
+    .await
+    .unwrap();
+    for item in 3..=5 {
+        assert_eq!(post(item).await.unwrap().status(), 200);
+    }
+
+    let mut follow = cli(
+        &daemon.dir.path().join("config.toml"),
+        &["changes", "--follow"],
+    )
+    .env("ORDERWATCH_DATABASE__URL", &db.url)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let lines = crate::helpers::process::lines_of(follow.stdout.take().unwrap());
+    let item_of = |line: &str| {
+        serde_json::from_str::<Value>(line).unwrap()["item"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        item_of(&first),
+        uuid(1, 1),
+        "committed before the open transaction began"
+    );
+    // Items 3 to 5 are committed, but after the open transaction began: held back with it.
+    assert!(
+        lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        "printed past a transaction still open"
+    );
+    tx.commit().await.unwrap();
+    let mut after = Vec::new();
+    while after.len() < 4 {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("every change once the transaction committed");
+        after.push(item_of(&line));
+    }
+    assert_eq!(
+        after,
+        [uuid(1, 2), uuid(1, 3), uuid(1, 4), uuid(1, 5)],
+        "in commit order, the held change first"
+    );
+    assert!(
+        lines.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "nothing printed twice"
+    );
+    crate::helpers::process::signal(follow.id(), "INT");
+    let status = crate::helpers::process::wait_bounded(&mut follow, Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    drop(held);
+    daemon.stop();
 }

@@ -9,7 +9,7 @@
 //!   schema version a binary must know to run on the database once it is applied. A binary
 //!   starts when it knows at least the highest of those, and refuses otherwise, naming both.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// One schema change, in order. Never edit a shipped entry: append a new one.
 #[derive(Debug, Clone, Copy)]
@@ -98,15 +98,10 @@ pub async fn check_readable(client: &Client) -> Result<SchemaState, MigrateError
     if !exists {
         return Err(MigrateError::NotMigrated);
     }
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(version), 0), coalesce(max(oldest_compatible), 0) \
-             FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(failed)?;
-    let (version, oldest_compatible): (i32, i32) = (row.get(0), row.get(1));
+    let Recorded {
+        version,
+        oldest_compatible,
+    } = recorded(client).await.map_err(failed)?;
     if version == 0 {
         return Err(MigrateError::NotMigrated);
     }
@@ -128,6 +123,21 @@ pub async fn check_readable(client: &Client) -> Result<SchemaState, MigrateError
 struct Recorded {
     version: i32,
     oldest_compatible: i32,
+}
+
+/// The highest version applied and the highest `oldest_compatible` (0 and 0: none yet).
+async fn recorded(client: &impl GenericClient) -> Result<Recorded, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0), coalesce(max(oldest_compatible), 0) \
+             FROM schema_migrations",
+            &[],
+        )
+        .await?;
+    Ok(Recorded {
+        version: row.get(0),
+        oldest_compatible: row.get(1),
+    })
 }
 
 /// Brings the database to [`SCHEMA_VERSION`] (or leaves a compatible newer one alone), in one
@@ -152,18 +162,7 @@ pub async fn migrate_with(
         .await
         .map_err(failed)?;
     tx.batch_execute(BOOKKEEPING).await.map_err(failed)?;
-    let row = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0), coalesce(max(oldest_compatible), 0) \
-             FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(failed)?;
-    let recorded = Recorded {
-        version: row.get(0),
-        oldest_compatible: row.get(1),
-    };
+    let recorded = recorded(&tx).await.map_err(failed)?;
     if recorded.oldest_compatible > known {
         return Err(MigrateError::TooNew {
             version: recorded.version,
