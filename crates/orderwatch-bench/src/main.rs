@@ -5,7 +5,7 @@
 //!   file or the PostgreSQL database at the end;
 //! - `noop`: a hyper server that reads the whole body and answers 200, the HTTP ceiling;
 //! - `ingest-report`: the ingest table and SVG chart from the `load` results of a run;
-//! - `prepare-pg`: a PostgreSQL database with F final items, as `prepare` makes a SQLite one;
+//! - `prepare-pg`: a PostgreSQL database holding the rows of a `prepare`d SQLite file;
 //! - `prepare`, `reconcile`: a database with P pending orders and F final items, and timed
 //!   reconciler passes against a built-in fake Musement API with a fixed latency;
 //! - `startup`: time from process start to `/readyz` answering 200;
@@ -47,7 +47,7 @@ enum Command {
     IngestReport(ingest::ReportArgs),
     /// Create a database with P pending orders (due for a poll) and F final items.
     Prepare(reconcile::PrepareArgs),
-    /// Fill a PostgreSQL database with F final items, as `prepare` fills a SQLite file.
+    /// Give a PostgreSQL database the rows of a SQLite fixture made by `prepare`.
     PreparePg(postgres::PreparePgArgs),
     /// Time reconciler passes against a fake Musement API with a fixed latency.
     Reconcile(reconcile::ReconcileArgs),
