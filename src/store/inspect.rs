@@ -396,6 +396,31 @@ pub struct StatusCount {
     pub count: i64,
 }
 
+/// What `stats` derives from the counts by status and the oldest pending time, the same way
+/// on every engine.
+pub(crate) struct StatusTotals {
+    pub(crate) items: i64,
+    pub(crate) pending: i64,
+    pub(crate) oldest_pending_age_seconds: Option<i64>,
+}
+
+impl StatusTotals {
+    pub(crate) fn of(
+        by_status: &[StatusCount],
+        oldest_pending_since: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            items: by_status.iter().map(|s| s.count).sum(),
+            pending: by_status
+                .iter()
+                .find(|s| s.status == "PENDING")
+                .map_or(0, |s| s.count),
+            oldest_pending_age_seconds: oldest_pending_since.map(|t| seconds_since(t, now)),
+        }
+    }
+}
+
 /// Events of the last hour with one source and outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventCount {
@@ -500,17 +525,13 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
             |r| r.get::<_, String>(0),
         )
         .optional()?;
+    let totals = StatusTotals::of(&items_by_status, oldest_pending_since.as_deref(), now);
     Ok(Stats {
         at: now_text.clone(),
-        items: items_by_status.iter().map(|s| s.count).sum(),
-        pending: items_by_status
-            .iter()
-            .find(|s| s.status == "PENDING")
-            .map_or(0, |s| s.count),
+        items: totals.items,
+        pending: totals.pending,
         items_by_status,
-        oldest_pending_age_seconds: oldest_pending_since
-            .as_deref()
-            .map(|t| seconds_since(t, now)),
+        oldest_pending_age_seconds: totals.oldest_pending_age_seconds,
         oldest_pending_since,
         overdue: conn.query_row(
             &format!("SELECT count(*) FROM order_items WHERE {OVERDUE}"),

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::super::inspect::{
     EventCount, EventRow, ItemFilter, ItemRow, OrderRow, RECENT_EVENTS, RejectedRow, ShowError,
-    Shown, Stats, StatusCount, seconds_since, why,
+    Shown, Stats, StatusCount, StatusTotals, seconds_since, why,
 };
 use crate::clock::to_db_text;
 
@@ -340,17 +340,13 @@ pub async fn stats(client: &Client, now: DateTime<Utc>) -> Result<Stats> {
         .await?;
     let oldest_pending_since = optional_time(&row, 0);
     let orders_to_poll = row.get(4);
+    let totals = StatusTotals::of(&items_by_status, oldest_pending_since.as_deref(), now);
     Ok(Stats {
         at: to_db_text(now),
-        items: items_by_status.iter().map(|s| s.count).sum(),
-        pending: items_by_status
-            .iter()
-            .find(|s| s.status == "PENDING")
-            .map_or(0, |s| s.count),
+        items: totals.items,
+        pending: totals.pending,
         items_by_status,
-        oldest_pending_age_seconds: oldest_pending_since
-            .as_deref()
-            .map(|t| seconds_since(t, now)),
+        oldest_pending_age_seconds: totals.oldest_pending_age_seconds,
         oldest_pending_since,
         overdue: row.get(1),
         orders: row.get(2),
