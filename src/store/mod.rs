@@ -165,25 +165,12 @@ async fn open_postgres(
 ) -> Result<Opened, StoreError> {
     let database = &config.database;
     let shown = database.describe();
-    let failed = |reason: String| StoreError::Postgres {
-        url: shown.clone(),
-        reason,
-    };
     let ignored = database.ignored(&config.sources);
     if !ignored.is_empty() {
         tracing::info!(ignored = %ignored.join(", "), "database.url selects PostgreSQL; SQLite's keys are ignored");
     }
     let instance = config.server.instance_id();
-    let connect = PgConnect::from_config(database, &instance).map_err(|e| failed(e.to_string()))?;
-    let mut client = connect
-        .connect()
-        .await
-        .map_err(|e| failed(format!("cannot connect: {}", postgres::describe_error(&e))))?;
-    let applied_by = format!("orderwatch {} on {instance}", crate::build_info::VERSION);
-    let schema = postgres::migrate::migrate(&mut client, &applied_by)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    drop(client);
+    let (connect, schema) = connect_and_migrate(config, &instance, "").await?;
     tracing::info!(
         database = %shown,
         tls = %database.tls_mode(),
@@ -197,7 +184,10 @@ async fn open_postgres(
     };
     let (writer, writer_thread) = postgres::start_writer(target, settings, clock, observer)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| StoreError::Postgres {
+            url: shown,
+            reason: e.to_string(),
+        })?;
     let reads = Reads::postgres(connect.pool(database.pool_size), DEFAULT_READ_DEADLINE);
     Ok(Opened {
         writer,
@@ -239,28 +229,40 @@ pub async fn migrate_schema(config: &Config) -> Result<SchemaReport, StoreError>
             source: std::io::Error::other(e.to_string()),
         })?;
     }
+    let instance = config.server.instance_id();
+    let (_, schema) = connect_and_migrate(config, &instance, " migrate").await?;
+    Ok(SchemaReport {
+        version: schema.version.into(),
+        applied: schema.applied,
+    })
+}
+
+/// Connects to the configured PostgreSQL server as `instance` and brings its schema up to date
+/// (`orderwatch VERSION{role} on INSTANCE` in the bookkeeping row); the connection configuration, for
+/// the writer and the pool, and where the schema stands.
+async fn connect_and_migrate(
+    config: &Config,
+    instance: &str,
+    role: &str,
+) -> Result<(PgConnect, postgres::migrate::SchemaState), StoreError> {
     let failed = |reason: String| StoreError::Postgres {
-        url: database.describe(),
+        url: config.database.describe(),
         reason,
     };
-    let instance = config.server.instance_id();
     let connect =
-        PgConnect::from_config(&database, &instance).map_err(|e| failed(e.to_string()))?;
+        PgConnect::from_config(&config.database, instance).map_err(|e| failed(e.to_string()))?;
     let mut client = connect
         .connect()
         .await
         .map_err(|e| failed(format!("cannot connect: {}", postgres::describe_error(&e))))?;
     let applied_by = format!(
-        "orderwatch {} migrate on {instance}",
+        "orderwatch {}{role} on {instance}",
         crate::build_info::VERSION
     );
     let schema = postgres::migrate::migrate(&mut client, &applied_by)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    Ok(SchemaReport {
-        version: schema.version.into(),
-        applied: schema.applied,
-    })
+    Ok((connect, schema))
 }
 
 /// [`open`] for the commands that only write (`watch`, `prune`).

@@ -426,16 +426,13 @@ fn check_ledger(
     let stored: HashSet<String> = statement
         .query_map([VERSION as i64], |row| row.get::<_, String>(0))?
         .collect::<Result<_, _>>()?;
-    record_ledger(result, acknowledged, seed, &stored);
     let (items, commit_times): (i64, i64) = conn.query_row(
         "SELECT count(*), count(DISTINCT first_seen_at) FROM order_items WHERE first_seen_at >= ?1",
         [orderwatch::clock::to_db_text(started)],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
-    let (items, commit_times) = (items as u64, commit_times as u64);
-    result.stored_items = Some(items);
-    result.commit_times = Some(commit_times);
-    result.avg_batch = (commit_times > 0).then(|| items as f64 / commit_times as f64);
+    let batches = (items as u64, commit_times as u64);
+    record_ledger(result, acknowledged, seed, &stored, batches);
     Ok(())
 }
 
@@ -448,20 +445,20 @@ fn check_pg_ledger(
     started: chrono::DateTime<chrono::Utc>,
 ) -> BenchResult<()> {
     let found = crate::postgres::ledger(url, VERSION as i64, started)?;
-    record_ledger(result, acknowledged, seed, &found.stored);
-    result.stored_items = Some(found.items);
-    result.commit_times = Some(found.commit_times);
-    result.avg_batch =
-        (found.commit_times > 0).then(|| found.items as f64 / found.commit_times as f64);
+    let batches = (found.items, found.commit_times);
+    record_ledger(result, acknowledged, seed, &found.stored, batches);
     Ok(())
 }
 
-/// Sets the ledger verdict from the items found for this run's version.
+/// Sets the ledger verdict from the items found for this run's version, and the average
+/// group-commit batch from `(items, commit_times)`: the run's new items and their distinct
+/// commit times.
 fn record_ledger(
     result: &mut LoadResult,
     acknowledged: &[u64],
     seed: u64,
     stored: &HashSet<String>,
+    (items, commit_times): (u64, u64),
 ) {
     let missing: Vec<u64> = acknowledged
         .iter()
@@ -476,6 +473,9 @@ fn record_ledger(
             derived_uuid(seed, ITEM, *index)
         );
     }
+    result.stored_items = Some(items);
+    result.commit_times = Some(commit_times);
+    result.avg_batch = (commit_times > 0).then(|| items as f64 / commit_times as f64);
 }
 
 /// Samples the size of a database's `-wal` file on a thread of its own until stopped.

@@ -203,31 +203,14 @@ const BOOLEAN_COLUMNS: &[&str] = &["watched", "needs_poll", "overdue"];
 
 /// `sql` in PostgreSQL's dialect with `params` inlined: `?N` and `?` become literals.
 fn postgres_sql<P: Params>(sql: &str, params: P) -> rusqlite::Result<String> {
-    let values = bound_values(sql, params)?;
+    let pieces = split_at_parameters(sql);
+    let values = bound_values(&pieces, params)?;
     let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    let mut next_anonymous = 0;
-    let mut in_quote = false;
-    while let Some(c) = chars.next() {
-        if c == '\'' {
-            in_quote = !in_quote;
+    for piece in &pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Parameter(index) => out.push_str(&literal(&values[index - 1])),
         }
-        if c != '?' || in_quote {
-            out.push(c);
-            continue;
-        }
-        let mut digits = String::new();
-        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-            digits.push(*d);
-            chars.next();
-        }
-        let index = if digits.is_empty() {
-            next_anonymous += 1;
-            next_anonymous
-        } else {
-            digits.parse::<usize>().unwrap()
-        };
-        out.push_str(&literal(&values[index - 1]));
     }
     for column in BOOLEAN_COLUMNS {
         for (from, to) in [("1", "true"), ("0", "false")] {
@@ -237,41 +220,63 @@ fn postgres_sql<P: Params>(sql: &str, params: P) -> rusqlite::Result<String> {
     Ok(out)
 }
 
-/// The values `params` binds to `sql`'s parameters, read back through SQLite itself.
-fn bound_values<P: Params>(sql: &str, params: P) -> rusqlite::Result<Vec<Value>> {
-    let count = parameter_count(sql);
-    let scratch = Connection::open_in_memory()?;
+/// A stretch of SQL text, or a parameter by its 1-based number.
+enum Piece<'a> {
+    Text(&'a str),
+    Parameter(usize),
+}
+
+/// `sql` cut at its parameters (`?N`, or bare `?` numbered in order), outside quotes.
+fn split_at_parameters(sql: &str) -> Vec<Piece<'_>> {
+    let (mut pieces, mut start, mut anonymous, mut in_quote) = (Vec::new(), 0, 0, false);
+    let bytes = sql.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\'' => in_quote = !in_quote,
+            b'?' if !in_quote => {
+                pieces.push(Piece::Text(&sql[start..at]));
+                let digits = bytes[at + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                let index = match sql[at + 1..at + 1 + digits].parse() {
+                    Ok(index) => index,
+                    Err(_) => {
+                        anonymous += 1;
+                        anonymous
+                    }
+                };
+                pieces.push(Piece::Parameter(index));
+                at += digits;
+                start = at + 1;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    pieces.push(Piece::Text(&sql[start..]));
+    pieces
+}
+
+/// The values `params` binds to the parameters among `pieces`, read back through SQLite itself.
+fn bound_values<P: Params>(pieces: &[Piece<'_>], params: P) -> rusqlite::Result<Vec<Value>> {
+    let count = pieces
+        .iter()
+        .filter_map(|piece| match piece {
+            Piece::Parameter(index) => Some(*index),
+            Piece::Text(_) => None,
+        })
+        .max()
+        .unwrap_or(0);
     if count == 0 {
         return Ok(Vec::new());
     }
+    let scratch = Connection::open_in_memory()?;
     let select: Vec<String> = (1..=count).map(|n| format!("?{n}")).collect();
     scratch.query_row(&format!("SELECT {}", select.join(", ")), params, |row| {
         (0..count).map(|n| row.get::<_, Value>(n)).collect()
     })
-}
-
-/// How many parameters `sql` has: the highest `?N`, or the number of bare `?`.
-fn parameter_count(sql: &str) -> usize {
-    let (mut highest, mut anonymous, mut in_quote) = (0, 0, false);
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => in_quote = !in_quote,
-            '?' if !in_quote => {
-                let mut digits = String::new();
-                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                    digits.push(*d);
-                    chars.next();
-                }
-                match digits.parse::<usize>() {
-                    Ok(n) => highest = highest.max(n),
-                    Err(_) => anonymous += 1,
-                }
-            }
-            _ => {}
-        }
-    }
-    highest.max(anonymous)
 }
 
 /// `value` as a PostgreSQL literal (text untyped, so the column it meets gives its type).
