@@ -49,6 +49,21 @@ fn the_whole_suite_passes_on_postgresql() {
     );
     assert!(
         output.status.success(),
-        "the suite failed on PostgreSQL ({summary}):\n{stdout}\n{stderr}"
+        "the suite failed on PostgreSQL ({summary}); the panics first:\n{}\n\nall it printed:\n{stdout}\n{stderr}",
+        panics(&stderr)
     );
+}
+
+/// Each panic of the inner run with the lines after it (its message), so a failure reads first
+/// even where only the start and end of a long output are shown.
+fn panics(stderr: &str) -> String {
+    const LINES_AFTER: usize = 60;
+    let lines: Vec<&str> = stderr.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains("panicked at"))
+        .map(|(at, _)| lines[at..lines.len().min(at + LINES_AFTER)].join("\n"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
