@@ -48,7 +48,7 @@ pub struct DatabaseConfig {
     /// PEM certificates of a private CA to verify the server with (instead of the system's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
-    /// PostgreSQL connections for reads and claims (the writer has its own).
+    /// PostgreSQL connections for reads and claims (the two writers have their own).
     pub pool_size: usize,
     /// How long a PostgreSQL statement waits for a row lock before failing (then 503).
     #[serde(with = "humantime_serde")]

@@ -1,7 +1,9 @@
-//! The single writer: one thread owns the write connection, drains a bounded queue, applies a
-//! batch of jobs in one transaction, commits once, then answers every waiter (group commit).
-//! How a batch is committed is the database engine's ([`Batches`]; SQLite's is
-//! `sqlite_batches.rs`); the queue, batching, answers and health are here, the same for all.
+//! The writer: a thread owns a write connection, drains a bounded queue, applies a batch of
+//! jobs in one transaction, commits once, then answers every waiter (group commit). SQLite has
+//! one such thread (one writer is all SQLite allows); PostgreSQL two on one queue, so one batch
+//! runs while the other's commit is flushed (the order locks keep them apart). How a batch is
+//! committed is the database engine's ([`Batches`]; SQLite's is `sqlite_batches.rs`); the
+//! queue, batching, answers and health are here, the same for all.
 //!
 //! One fsync then covers a whole batch, so throughput does not collapse to one commit per
 //! request, and nobody hears "stored" before the commit that stored it returned. A full queue
@@ -80,10 +82,10 @@ pub struct Writer {
     health: Arc<Health>,
 }
 
-/// The writer thread. It stops when every [`Writer`] handle is dropped or when
-/// [`WriterThread::shutdown`] asks it to.
+/// The writer threads. They stop when every [`Writer`] handle is dropped or when
+/// [`WriterThread::shutdown`] asks them to.
 pub struct WriterThread {
-    handle: JoinHandle<()>,
+    handles: Vec<JoinHandle<()>>,
     /// Used only to queue the shutdown request behind everything already queued.
     writer: Writer,
     /// SQLite's checkpointer, stopped before the writer closes its connection, so the
@@ -92,18 +94,19 @@ pub struct WriterThread {
 }
 
 impl WriterThread {
-    /// Lets the writer commit everything queued so far, stops it, and waits for the thread.
-    /// Jobs sent after this are answered [`WriteError::Closed`] (a 503 for webhooks).
+    /// Lets the writers commit everything queued so far, stops them, and waits for the
+    /// threads. Jobs sent after this are answered [`WriteError::Closed`] (a 503 for webhooks).
     pub async fn shutdown(self) {
         if let Some(checkpointer) = self.checkpointer {
             checkpointer.stop().await;
         }
         let _ = self.writer.submit(Command::Shutdown, WhenFull::Wait).await;
         drop(self.writer);
-        let handle = self.handle;
-        match tokio::task::spawn_blocking(move || handle.join()).await {
-            Ok(Ok(())) => {}
-            _ => tracing::error!("the writer thread panicked"),
+        for handle in self.handles {
+            match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!("a writer thread panicked"),
+            }
         }
     }
 }
@@ -245,7 +248,7 @@ pub fn spawn(
         file: Some(sqlite.file.clone()),
         checkpointer: Some(sqlite.checkpointer),
     };
-    spawn_on(sqlite.batches, engine, settings, clock, observer).map_err(|source| {
+    spawn_on(vec![sqlite.batches], engine, settings, clock, observer).map_err(|source| {
         super::StoreError::Io {
             path: path.display().to_string(),
             source,
@@ -262,9 +265,10 @@ pub struct Engine {
     pub checkpointer: Option<CheckpointerThread>,
 }
 
-/// Starts the writer thread on `batches`, whichever engine commits them.
-pub fn spawn_on(
-    batches: impl Batches,
+/// Starts a writer thread on each of `connections` (one [`Batches`] per connection, whichever
+/// engine commits them), all taking batches from one queue.
+pub fn spawn_on<B: Batches>(
+    connections: Vec<B>,
     engine: Engine,
     settings: WriterSettings,
     clock: Arc<dyn Clock>,
@@ -277,27 +281,50 @@ pub fn spawn_on(
         batches_without_failures: AtomicU64::new(0),
     });
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-    let thread_health = health.clone();
-    let handle = std::thread::Builder::new()
-        .name("orderwatch-writer".into())
-        .spawn(move || {
+    let queue = Arc::new(Mutex::new(receiver));
+    let mut handles = Vec::with_capacity(connections.len());
+    for (n, batches) in connections.into_iter().enumerate() {
+        let name = match n {
+            0 => "orderwatch-writer".to_owned(),
+            n => format!("orderwatch-writer-{}", n + 1),
+        };
+        let (settings, clock, observer) = (settings.clone(), clock.clone(), observer.clone());
+        let (thread_health, thread_queue) = (health.clone(), queue.clone());
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
             let context = Context {
                 settings,
                 clock,
                 observer: observer.as_ref(),
                 health: &thread_health,
             };
-            run(batches, receiver, &context)
-        })?;
+            run(batches, &thread_queue, &context)
+        });
+        match handle {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                // The threads already started end once the queue is closed.
+                lock(&queue).close();
+                return Err(error);
+            }
+        }
+    }
     let writer = Writer { sender, health };
     Ok((
         writer.clone(),
         WriterThread {
-            handle,
+            handles,
             writer,
             checkpointer: engine.checkpointer,
         },
     ))
+}
+
+/// The queue the writer threads share; one at a time takes a batch from it.
+type Queue = Mutex<mpsc::Receiver<Job>>;
+
+fn lock(queue: &Queue) -> std::sync::MutexGuard<'_, mpsc::Receiver<Job>> {
+    // A thread that panicked while holding it left the receiver whole.
+    queue.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How one database engine commits the writer's batches: every command of a batch in one
@@ -473,16 +500,9 @@ struct Context<'a> {
     health: &'a Health,
 }
 
-fn run(mut batches: impl Batches, mut receiver: mpsc::Receiver<Job>, context: &Context<'_>) {
+fn run(mut batches: impl Batches, queue: &Queue, context: &Context<'_>) {
     let mut batch = Vec::with_capacity(context.settings.max_batch);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < context.settings.max_batch {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while take_batch(queue, context.settings.max_batch, &mut batch) {
         let started = Instant::now();
         let commands: Vec<&Command> = batch.iter().map(|job| &job.command).collect();
         let results = batches.commit(&commands, &context.settings.store, context.clock.as_ref());
@@ -514,6 +534,30 @@ fn run(mut batches: impl Batches, mut receiver: mpsc::Receiver<Job>, context: &C
         }
     }
     batches.close(context.health.defunct().is_some());
+}
+
+/// Waits for a job, then adds whatever else is queued, up to `max` jobs; `false` once the queue
+/// is closed and empty. A shutdown request closes the queue for every thread: what was queued
+/// before it is still taken, anything sent after it is refused ([`WriteError::Closed`]).
+fn take_batch(queue: &Queue, max: usize, batch: &mut Vec<Job>) -> bool {
+    let mut receiver = lock(queue);
+    let Some(first) = receiver.blocking_recv() else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    if batch
+        .iter()
+        .any(|job| matches!(job.command, Command::Shutdown))
+    {
+        receiver.close();
+    }
+    true
 }
 
 /// What one command of a batch produced, or why it did not.

@@ -17,6 +17,7 @@ use orderwatch::store::postgres::inspect as pg_inspect;
 use orderwatch::store::postgres::migrate as pg_migrate;
 use orderwatch::store::postgres::polls as pg_polls;
 use orderwatch::store::postgres::queries as pg_queries;
+use orderwatch::store::postgres::session::{Session, Statements};
 use orderwatch::store::{self, Outcome, PollFailure, PollRecord, RejectedWebhook, StoreSettings};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -335,9 +336,16 @@ async fn apply_in_one_transaction(
     at: DateTime<Utc>,
 ) -> Vec<Outcome> {
     let tx = client.transaction().await.unwrap();
-    let outcomes = apply_batch(&tx, observations, &settings(), at, "test")
-        .await
-        .unwrap();
+    let statements = Statements::default();
+    let outcomes = apply_batch(
+        &Session::new(&tx, &statements),
+        observations,
+        &settings(),
+        at,
+        "test",
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     outcomes
 }
@@ -423,11 +431,14 @@ fn concurrent_batches_on_shared_orders_serialize_without_deadlocks() {
                 .collect();
             writers.push(tokio::spawn(async move {
                 let mut client = pg::connect(&url).await;
+                // Prepared once per connection, as the writer does.
+                let statements = Statements::default();
                 let mut applied = Vec::new();
                 for (n, batch) in mine {
                     let observations: Vec<&Observation> = batch.iter().collect();
                     let tx = client.transaction().await.unwrap();
-                    let outcomes = apply_batch(&tx, &observations, &settings(), now(), "test")
+                    let session = Session::new(&tx, &statements);
+                    let outcomes = apply_batch(&session, &observations, &settings(), now(), "test")
                         .await
                         .unwrap_or_else(|e| panic!("batch {n}: {e}"));
                     let last_event: i64 = tx
@@ -889,15 +900,18 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
         .await
         .unwrap();
     let mut answers = Vec::new();
+    // Prepared once for every transaction of the run, as the writer's connection keeps them.
+    let statements = Statements::default();
     for (i, op) in ops.iter().enumerate() {
         let now = op_now(i);
         let tx = client.transaction().await.unwrap();
+        let session = Session::new(&tx, &statements);
         let answer = match op {
             Op::Batch(batch) => {
                 let observations: Vec<&Observation> = batch.iter().collect();
                 format!(
                     "{:?}",
-                    apply_batch(&tx, &observations, &settings(), now, "test")
+                    apply_batch(&session, &observations, &settings(), now, "test")
                         .await
                         .unwrap()
                 )
@@ -911,7 +925,7 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
                 format!(
                     "{:?}",
                     pg_polls::record_poll(
-                        &tx,
+                        &session,
                         &poll_record(*order, requested, items),
                         &settings(),
                         now,
@@ -923,30 +937,32 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
             }
             Op::NotFound(_) | Op::Failed { .. } => format!(
                 "{:?}",
-                pg_polls::record_poll_failure(&tx, &failure(op).unwrap(), &settings(), now)
+                pg_polls::record_poll_failure(&session, &failure(op).unwrap(), &settings(), now)
                     .await
                     .unwrap()
             ),
             Op::Watch(list) => format!(
                 "{:?}",
-                pg_polls::watch(&tx, &orders_of(list), &settings(), now)
+                pg_polls::watch(&session, &orders_of(list), &settings(), now)
                     .await
                     .unwrap()
             ),
             Op::Expire(list) => format!(
                 "{:?}",
-                pg_polls::expire(&tx, &orders_of(list), now).await.unwrap()
+                pg_polls::expire(&session, &orders_of(list), now)
+                    .await
+                    .unwrap()
             ),
             Op::OverdueWarned(list) => format!(
                 "{:?}",
-                pg_polls::mark_overdue_warned(&tx, &items_of(list), now)
+                pg_polls::mark_overdue_warned(&session, &items_of(list), now)
                     .await
                     .unwrap()
             ),
             Op::Lease { holder, ttl_s } => format!(
                 "{:?}",
                 pg_polls::acquire_lease(
-                    &tx,
+                    &session,
                     LEASE,
                     &format!("holder-{holder}"),
                     chrono::Duration::seconds(*ttl_s),
@@ -957,21 +973,25 @@ async fn postgres_ops(client: &mut tokio_postgres::Client, ops: &[Op]) -> (Vec<A
             ),
             Op::Release(holder) => format!(
                 "{:?}",
-                pg_polls::release_lease(&tx, LEASE, &format!("holder-{holder}"))
+                pg_polls::release_lease(&session, LEASE, &format!("holder-{holder}"))
                     .await
                     .unwrap()
             ),
             Op::Reject(n) => format!(
                 "{:?}",
-                pg_commands::record_rejected(&tx, &rejected(*n, now), settings().rejected_keep)
-                    .await
-                    .unwrap()
+                pg_commands::record_rejected(
+                    &session,
+                    &rejected(*n, now),
+                    settings().rejected_keep
+                )
+                .await
+                .unwrap()
             ),
             Op::Prune { cutoff_ms, batch } => {
                 let mut cursor = PruneCursor::START;
                 let mut steps = Vec::new();
                 while !cursor.done() {
-                    let step = pg_commands::prune_step(&tx, at(*cutoff_ms), cursor, *batch)
+                    let step = pg_commands::prune_step(&session, at(*cutoff_ms), cursor, *batch)
                         .await
                         .unwrap();
                     cursor = step.next;
@@ -1115,4 +1135,53 @@ fn a_lease_falls_free_exactly_at_its_expiry_on_both_engines() {
     assert!(expected[2].starts_with("Acquired"), "{expected:?}");
     let (answers, _) = runtime.block_on(postgres_ops(&mut client, &leases));
     assert_eq!(answers, expected);
+}
+
+/// The writer's prepared statements belong to its connection, not to a transaction: those
+/// prepared in a batch that rolled back serve the next one, which prepares nothing new.
+#[test]
+fn prepared_statements_outlive_a_rolled_back_batch() {
+    let Some(db) = pg::database("prepared statements") else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime.block_on(db.migrated_client());
+    let webhook = |item: u64| {
+        let body = crate::helpers::webhook(
+            &crate::helpers::uuid(1, item),
+            &crate::helpers::uuid(2, item),
+            1,
+            "PENDING",
+        );
+        Observation::from_webhook(body.as_bytes(), now()).unwrap()
+    };
+    let statements = Statements::default();
+    let items_stored = runtime.block_on(async {
+        let tx = client.transaction().await.unwrap();
+        let session = Session::new(&tx, &statements);
+        apply_batch(&session, &[&webhook(1)], &settings(), now(), "test")
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let prepared = statements.len();
+        assert!(prepared >= 5, "{prepared} statements prepared");
+        let tx = client.transaction().await.unwrap();
+        let session = Session::new(&tx, &statements);
+        let outcomes = apply_batch(&session, &[&webhook(2)], &settings(), now(), "test")
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [Outcome::Applied]);
+        tx.commit().await.unwrap();
+        assert_eq!(
+            statements.len(),
+            prepared,
+            "the second batch prepared again"
+        );
+        client
+            .query_one("SELECT count(*) FROM order_items", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    });
+    assert_eq!(items_stored, 1);
 }

@@ -383,8 +383,9 @@ async fn changes_follow_waits_for_an_open_transaction_and_skips_nothing() {
     let observation =
         orderwatch::observation::Observation::from_webhook(body.as_bytes(), chrono::Utc::now())
             .unwrap();
+    let statements = orderwatch::store::postgres::session::Statements::default();
     orderwatch::store::postgres::apply::apply_batch(
-        &tx,
+        &orderwatch::store::postgres::session::Session::new(&tx, &statements),
         &[&observation],
         &orderwatch::store::StoreSettings::default(),
         chrono::Utc::now(),
@@ -444,5 +445,67 @@ async fn changes_follow_waits_for_an_open_transaction_and_skips_nothing() {
     let status = crate::helpers::process::wait_bounded(&mut follow, Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     drop(held);
+    daemon.stop();
+}
+
+/// Two writers: while one batch waits for an order row that another transaction holds locked,
+/// webhooks for other orders are stored and answered by the second writer; the held one is
+/// answered 200 as soon as the lock is released, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_order_holds_back_one_writer_while_the_other_goes_on() {
+    let Some(db) = pg::database("two writers past a locked order") else {
+        return;
+    };
+    let mut daemon = Daemon::launch(tempfile::tempdir().unwrap(), CONFIG)
+        .env("ORDERWATCH_DATABASE__URL", &db.url)
+        // Above the time this test holds the lock.
+        .env("ORDERWATCH_DATABASE__LOCK_TIMEOUT", "30s")
+        .env("RUST_LOG", LOG_FILTER)
+        .start();
+    daemon.wait_ready().await;
+    let post = |order: u64, item: u64| {
+        daemon
+            .webhook_request()
+            .body(webhook(&uuid(1, item), &uuid(2, order), 1, "PENDING"))
+            .send()
+    };
+    assert_eq!(post(1, 1).await.unwrap().status(), 200);
+
+    let mut holder = pg::connect(&db.url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM orders WHERE order_uuid = $1::text::uuid FOR UPDATE",
+        &[&uuid(2, 1)],
+    )
+    .await
+    .unwrap();
+    let held = tokio::spawn(post(1, 2));
+    // The held webhook's batch is taken and waits for the lock before the others arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "answered while its order was locked");
+    let started = Instant::now();
+    for item in 3..=12 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), post(2 + item, item))
+            .await
+            .unwrap_or_else(|_| panic!("webhook {item} waited for another order's lock"))
+            .unwrap();
+        assert_eq!(answer.status(), 200, "webhook {item}");
+    }
+    let others_took = started.elapsed();
+    assert!(!held.is_finished(), "the lock was never held");
+    tx.commit().await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("answered once the lock is released")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let stored: i64 = holder
+        .query_one("SELECT count(*) FROM order_items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 12);
+    println!("10 webhooks for other orders answered in {others_took:?} while one order was locked");
     daemon.stop();
 }

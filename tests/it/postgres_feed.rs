@@ -11,6 +11,7 @@ use orderwatch::observation::Observation;
 use orderwatch::store::StoreSettings;
 use orderwatch::store::postgres::apply::apply_batch;
 use orderwatch::store::postgres::feed::{FeedCursor, changes, cursor_of_event};
+use orderwatch::store::postgres::session::{Session, Statements};
 
 use crate::helpers::{pg, uuid, webhook};
 
@@ -26,9 +27,16 @@ fn observation(item: u64, version: u64, status: &str) -> Observation {
 async fn store(client: &mut tokio_postgres::Client, observations: &[Observation]) {
     let tx = client.transaction().await.unwrap();
     let refs: Vec<&Observation> = observations.iter().collect();
-    apply_batch(&tx, &refs, &StoreSettings::default(), now(), "test")
-        .await
-        .unwrap();
+    let statements = Statements::default();
+    apply_batch(
+        &Session::new(&tx, &statements),
+        &refs,
+        &StoreSettings::default(),
+        now(),
+        "test",
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -83,8 +91,9 @@ async fn a_transaction_still_open_holds_the_feed_back_and_then_comes_first() {
     let reader = db.client().await;
 
     let held = open.transaction().await.unwrap();
+    let statements = Statements::default();
     apply_batch(
-        &held,
+        &Session::new(&held, &statements),
         &[&observation(1, 1, "PENDING")],
         &StoreSettings::default(),
         now(),

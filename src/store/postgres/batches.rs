@@ -16,13 +16,16 @@
 //!   after a failed attempt batches are refused at once for a wait that doubles per failure
 //!   (100 ms up to 5 s), so `/readyz` says "not ready" meanwhile without asking the server.
 //!
+//! - Statements run prepared, once per connection ([`Session`]), and the connection plans
+//!   without sequential scans (see [`open`]).
+//!
 //! The writer thread is synchronous; this owns a current-thread runtime to drive its client.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Transaction};
 
 use super::super::StoreSettings;
 use super::super::commands::Command;
@@ -30,6 +33,7 @@ use super::super::writer::{Batches, JobResult, WriteError};
 use super::commands::execute_all;
 use super::connect::PgConnect;
 use super::describe_error;
+use super::session::{Session, Statements};
 use crate::clock::Clock;
 
 /// How the writer reaches the database.
@@ -45,8 +49,23 @@ pub struct PgTarget {
 pub struct PgBatches {
     runtime: tokio::runtime::Runtime,
     target: PgTarget,
-    client: Option<Client>,
+    connection: Option<Connection>,
     reconnect: Reconnect,
+}
+
+/// A connection and the statements prepared on it, which die with it.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+impl Connection {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            statements: Statements::default(),
+        }
+    }
 }
 
 /// The first wait before connecting again after a failed attempt; it doubles up to
@@ -108,14 +127,20 @@ impl PgBatches {
         Ok(Self {
             runtime,
             target,
-            client: Some(client),
+            connection: Some(Connection::new(client)),
             reconnect: Reconnect::default(),
         })
     }
 }
 
 /// A connection to `target`, driven on the current runtime, committing synchronously (a 200
-/// is only sent for a commit that is on disk, whatever the server's default).
+/// is only sent for a commit that is on disk, whatever the server's default), and planning
+/// without sequential scans: every statement of the write path reaches its rows by key, yet on
+/// a table growing faster than autovacuum's ANALYZE the planner judged a scan cheaper, and a
+/// prepared statement's generic plan, made once while the tables were small, kept it (measured
+/// on an empty database at 64 connections: 4,000–4,900 webhooks/s with the scans, 6,600–7,100
+/// without; 3,900 and 6,800 on a million items). `enable_seqscan = off` only prices a scan out
+/// where an index serves; a table without one is still scanned.
 async fn open(target: &PgTarget) -> Result<Client, WriteError> {
     let client = target
         .connect
@@ -123,7 +148,7 @@ async fn open(target: &PgTarget) -> Result<Client, WriteError> {
         .await
         .map_err(|e| unreachable_database(&e))?;
     client
-        .batch_execute("SET synchronous_commit = on")
+        .batch_execute("SET synchronous_commit = on; SET enable_seqscan = off")
         .await
         .map_err(|e| storage(&e))?;
     Ok(client)
@@ -193,22 +218,22 @@ impl Batches for PgBatches {
         let Self {
             runtime,
             target,
-            client,
+            connection,
             reconnect,
         } = self;
         runtime.block_on(async {
-            if client.as_ref().is_none_or(Client::is_closed) {
-                *client = None;
-                *client = Some(reconnect.open(target).await?);
+            if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+                *connection = None;
+                *connection = Some(Connection::new(reconnect.open(target).await?));
             }
-            let connection = client.as_mut().expect("connected just above");
+            let open = connection.as_mut().expect("connected just above");
             let mut last = None;
             for _ in 0..ATTEMPTS {
-                match commit_batch(connection, batch, store, clock, &target.instance).await {
+                match commit_batch(open, batch, store, clock, &target.instance).await {
                     Ok(results) => return Ok(results),
                     Err(Failed::Batch(error)) => return Err(error),
                     Err(Failed::Lost(error)) => {
-                        *client = None;
+                        *connection = None;
                         return Err(error);
                     }
                     Err(Failed::Retry(error)) => {
@@ -226,17 +251,22 @@ impl Batches for PgBatches {
 
 /// Runs every command of the batch in one transaction and commits once.
 async fn commit_batch(
-    client: &mut Client,
+    connection: &mut Connection,
     batch: &[&Command],
     store: &StoreSettings,
     clock: &dyn Clock,
     instance: &str,
 ) -> Result<Vec<JobResult>, Failed> {
-    let tx = client.transaction().await.map_err(|e| whole_batch(&e))?;
+    let tx = connection
+        .client
+        .transaction()
+        .await
+        .map_err(|e| whole_batch(&e))?;
     let now = clock.now();
     let mut results: Vec<Option<JobResult>> = vec![None; batch.len()];
     let jobs: Vec<usize> = (0..batch.len()).collect();
-    run_in_halves(&tx, batch, &jobs, store, now, instance, &mut results).await?;
+    let session = Session::new(&tx, &connection.statements);
+    run_in_halves(&session, batch, &jobs, store, now, instance, &mut results).await?;
     tx.commit().await.map_err(|e| {
         let error = WriteError::Storage(format!(
             "COMMIT failed, its outcome unknown: {}",
@@ -259,7 +289,7 @@ type Halves<'a> = Pin<Box<dyn Future<Output = Result<(), Failed>> + Send + 'a>>;
 /// Runs the commands at `jobs` in one savepoint; when one fails, all are undone and each half
 /// runs again on its own, down to the failing command, answered alone with its error.
 fn run_in_halves<'a>(
-    tx: &'a Transaction<'_>,
+    tx: &'a Session<'_>,
     batch: &'a [&Command],
     jobs: &'a [usize],
     store: &'a StoreSettings,

@@ -2,8 +2,8 @@
 //! SQLite, with the same steps (consecutive observations through one [`apply_batch`]) and the
 //! same answers.
 
+use super::session::Session;
 use chrono::{DateTime, SubsecRound, Utc};
-use tokio_postgres::Transaction;
 
 use super::super::StoreSettings;
 use super::super::apply::RejectedWebhook;
@@ -19,7 +19,7 @@ type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 /// `store::commands::steps`); `instance` names this instance (heartbeat row,
 /// `item_events.receiver`). Stops at the first error (the caller undoes the lot).
 pub async fn execute_all(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     commands: &[&Command],
     settings: &StoreSettings,
     now: DateTime<Utc>,
@@ -40,7 +40,7 @@ pub async fn execute_all(
 
 /// Runs one command.
 async fn execute(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     command: &Command,
     settings: &StoreSettings,
     now: DateTime<Utc>,
@@ -94,7 +94,7 @@ async fn execute(
 
 /// Stores a rejected webhook and keeps the newest `keep` rows.
 pub async fn record_rejected(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     rejected: &RejectedWebhook,
     keep: u32,
 ) -> Result<()> {
@@ -124,7 +124,7 @@ pub async fn record_rejected(
 /// most `batch` rows, done once a row received `COMMIT_LAG` after the cutoff is seen; an
 /// item's newest event and newest applied event are kept).
 pub async fn prune_step(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     cutoff: DateTime<Utc>,
     after: PruneCursor,
     batch: usize,
@@ -170,10 +170,10 @@ pub async fn prune_step(
 /// id, `$2` the cutoff, `$3` the batch) and deletes the deletable ones with `delete`. Gives the
 /// rows deleted and where the table's walk goes on (`None`: done).
 async fn walk(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     after: Option<i64>,
-    select: &str,
-    delete: &str,
+    select: &'static str,
+    delete: &'static str,
     (cutoff, stop, batch): (DateTime<Utc>, DateTime<Utc>, i64),
 ) -> Result<(usize, Option<i64>)> {
     let Some(after) = after else {

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod migrate;
 pub mod polls;
 pub mod queries;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -25,7 +26,11 @@ use super::observer::StoreObserver;
 use super::writer::{Engine, WriteError, Writer, WriterSettings, WriterThread, spawn_on};
 use crate::clock::Clock;
 
-/// Starts the writer thread on PostgreSQL: its own connection (opened here, off the async
+/// The writer threads per instance, each with its own connection: while one batch's commit
+/// is flushed, the next batch runs (PostgreSQL flushes concurrent commits together).
+pub const WRITERS: usize = 2;
+
+/// Starts the writer threads on PostgreSQL: [`WRITERS`] connections (opened here, off the async
 /// threads), the same queue, batching and answers as on SQLite.
 pub async fn start_writer(
     target: PgTarget,
@@ -33,15 +38,19 @@ pub async fn start_writer(
     clock: Arc<dyn Clock>,
     observer: Arc<dyn StoreObserver>,
 ) -> Result<(Writer, WriterThread), WriteError> {
-    let batches = tokio::task::spawn_blocking(move || PgBatches::connect(target))
-        .await
-        .map_err(|e| WriteError::Storage(format!("connecting the writer: {e}")))??;
+    let connections = tokio::task::spawn_blocking(move || {
+        (0..WRITERS)
+            .map(|_| PgBatches::connect(target.clone()))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| WriteError::Storage(format!("connecting the writers: {e}")))??;
     let engine = Engine {
         file: None,
         checkpointer: None,
     };
-    spawn_on(batches, engine, settings, clock, observer)
-        .map_err(|e| WriteError::Storage(format!("starting the writer thread: {e}")))
+    spawn_on(connections, engine, settings, clock, observer)
+        .map_err(|e| WriteError::Storage(format!("starting the writer threads: {e}")))
 }
 
 /// The error on one line, with its cause (tokio-postgres keeps the server's message in the source).

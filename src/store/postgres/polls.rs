@@ -8,8 +8,8 @@
 
 use std::collections::HashSet;
 
+use super::session::Session;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::super::poll_state::{self, ItemPollView, PollFields, Trigger};
@@ -27,7 +27,7 @@ fn ms(time: DateTime<Utc>) -> DateTime<Utc> {
 /// Creates the order's row if there is none, then locks it; returns its `poll_failures` and
 /// `repoll_at`.
 async fn lock_order(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     order: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(i64, Option<DateTime<Utc>>)> {
@@ -48,7 +48,7 @@ async fn lock_order(
 /// Recomputes `needs_poll` and moves `next_poll_at` for one (locked) order: the pure
 /// `poll_state::plan` over its stored fields and items.
 async fn refresh(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     order: Uuid,
     settings: &StoreSettings,
     trigger: Trigger,
@@ -97,7 +97,7 @@ async fn refresh(
 /// Stores a poll: each item through the one ordering rule, the items it no longer lists, then
 /// the order's bookkeeping (what `store::record_poll` does).
 pub async fn record_poll(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     record: &PollRecord,
     settings: &StoreSettings,
     now: DateTime<Utc>,
@@ -138,7 +138,7 @@ pub async fn record_poll(
 /// clears it on those it lists again; an item first seen at or after the request is not
 /// expected in the answer.
 async fn note_missing_items(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     record: &PollRecord,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -190,7 +190,7 @@ async fn note_missing_items(
 
 /// Records a failed poll; returns when the order is due again (`None` for a 404).
 pub async fn record_poll_failure(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     failure: &PollFailure,
     settings: &StoreSettings,
     now: DateTime<Utc>,
@@ -242,7 +242,7 @@ pub async fn record_poll_failure(
 /// Registers orders to poll before any webhook arrives; a watch also revives a `not_found`
 /// order. Returns the orders that were new.
 pub async fn watch(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     orders: &[Uuid],
     settings: &StoreSettings,
     now: DateTime<Utc>,
@@ -279,11 +279,7 @@ pub async fn watch(
 }
 
 /// Stops polling orders past `max_age`; returns those newly expired (to report once).
-pub async fn expire(
-    tx: &Transaction<'_>,
-    orders: &[Uuid],
-    now: DateTime<Utc>,
-) -> Result<Vec<Uuid>> {
+pub async fn expire(tx: &Session<'_>, orders: &[Uuid], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
     let rows = tx
         .query(
             "UPDATE orders SET expired_at = $2, needs_poll = false
@@ -303,7 +299,7 @@ pub async fn expire(
 
 /// Notes that the overdue warning for these items was logged.
 pub async fn mark_overdue_warned(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     items: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -319,7 +315,7 @@ pub async fn mark_overdue_warned(
 /// `now` is our clock, as on SQLite; several instances use the database clock instead (the
 /// high-availability issue).
 pub async fn acquire_lease(
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     name: &str,
     holder: &str,
     ttl: Duration,
@@ -352,7 +348,7 @@ pub async fn acquire_lease(
 }
 
 /// Gives the lease back (only if `holder` still has it).
-pub async fn release_lease(tx: &Transaction<'_>, name: &str, holder: &str) -> Result<()> {
+pub async fn release_lease(tx: &Session<'_>, name: &str, holder: &str) -> Result<()> {
     tx.execute(
         "DELETE FROM leases WHERE name = $1 AND holder = $2",
         &[&name, &holder],
