@@ -302,8 +302,9 @@ pub fn spawn_on<B: Batches>(
         match handle {
             Ok(handle) => handles.push(handle),
             Err(error) => {
-                // The threads already started end once the queue is closed.
-                lock(&queue).close();
+                // The threads already started see the queue end and stop (one may be waiting
+                // on it with the lock held, so it is ended by its sender, not closed).
+                drop(sender);
                 return Err(error);
             }
         }
