@@ -774,10 +774,15 @@ async fn a_full_write_queue_refuses_at_once_with_retry_after() {
         ))
         .await,
     );
-    // The writer takes one job (plus what is queued at that moment) and then waits for the
-    // lock; the queue fills behind it. At most this many webhooks can be waiting; every other
-    // one must be refused while the lock is still held.
-    let can_wait = 1 + 2 * QUEUE;
+    // Each writer (SQLite's one, PostgreSQL's two) takes one job (plus what is queued at that
+    // moment) and then waits for the lock; the queue fills behind them. At most this many
+    // webhooks can be waiting; every other one must be refused while the lock is still held.
+    let writers = if backend::postgres() {
+        orderwatch::store::postgres::WRITERS
+    } else {
+        1
+    };
+    let can_wait = writers * (1 + QUEUE) + QUEUE;
 
     let lock = app.db().lock_writes();
     let answered = Arc::new(AtomicUsize::new(0));

@@ -24,6 +24,7 @@ mod ordering_props;
 mod postgres_apply;
 mod postgres_daemon;
 mod postgres_feed;
+mod postgres_ha;
 mod postgres_schema;
 mod postgres_tls;
 mod postgres_writer;

@@ -1,0 +1,183 @@
+//! Several orderwatch instances on one PostgreSQL database (issue 16): the real binary three
+//! times, each with its own port and `instance_id`, the same `[database] url`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderwatch::observation::Observation;
+use orderwatch::store::{self, StoreSettings};
+use tokio::sync::Semaphore;
+
+use crate::helpers::pg;
+use crate::helpers::{Daemon, http_client, json_post, uuid, webhook};
+
+/// The instances' config: no reconciler (webhooks only), JSON log.
+const CONFIG: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+                      [reconciler]\nenabled = false\n";
+
+const INSTANCES: [&str; 3] = ["ha-a", "ha-b", "ha-c"];
+
+/// Orders, items per order and versions per item of the webhook set.
+const ORDERS: u64 = 30;
+const ITEMS_PER_ORDER: u64 = 3;
+const VERSIONS: u64 = 6;
+
+/// Requests in flight at once, over all instances.
+const IN_FLIGHT: usize = 24;
+
+/// Every webhook of the set: (item, order, version, status), each item's versions with a status
+/// drawn from Musement's, a fifth of them sent twice.
+fn webhook_set(rng: &mut fastrand::Rng) -> Vec<(String, String, u64, &'static str)> {
+    const STATUSES: [&str; 5] = ["PENDING", "OK", "KO", "REFUND_STARTED", "REFUNDED"];
+    let mut set = Vec::new();
+    for order in 1..=ORDERS {
+        for n in 0..ITEMS_PER_ORDER {
+            let item = order * 100 + n;
+            for version in 1..=VERSIONS {
+                let status = STATUSES[rng.usize(..STATUSES.len())];
+                let copies = if rng.u8(..5) == 0 { 2 } else { 1 };
+                for _ in 0..copies {
+                    set.push((uuid(1, item), uuid(2, order), version, status));
+                }
+            }
+        }
+    }
+    rng.shuffle(&mut set);
+    set
+}
+
+/// What the rule makes of `bodies`, whatever their order: the item rows SQLite's store keeps
+/// after applying them (in the order given) — (status, item_version) by item.
+fn the_rules_items(bodies: &[String]) -> BTreeMap<String, (String, i64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn =
+        store::open_for_writing(&dir.path().join("rule.db"), Duration::from_secs(5)).unwrap();
+    let received = chrono::Utc::now();
+    let observations: Vec<Observation> = bodies
+        .iter()
+        .map(|body| Observation::from_webhook(body.as_bytes(), received).unwrap())
+        .collect();
+    let refs: Vec<&Observation> = observations.iter().collect();
+    let tx = conn.transaction().unwrap();
+    store::apply_batch(&tx, &refs, &StoreSettings::default(), received).unwrap();
+    tx.commit().unwrap();
+    let mut statement = conn
+        .prepare("SELECT item_uuid, status, item_version FROM order_items")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Three instances take webhooks for the same items at once, spread at random: every one
+/// answered 200 is in `item_events`, the table is what the rule makes of them, each instance
+/// stored its share, and the server saw no deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_database_store_what_the_rule_decides() {
+    let Some(db) = pg::database("three instances on one database") else {
+        return;
+    };
+    let mut daemons: Vec<Daemon> = INSTANCES
+        .iter()
+        .map(|id| {
+            Daemon::launch(tempfile::tempdir().unwrap(), CONFIG)
+                .env("ORDERWATCH_DATABASE__URL", &db.url)
+                .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
+                .start()
+        })
+        .collect();
+    for daemon in &daemons {
+        daemon.wait_ready().await;
+    }
+    let urls: Vec<String> = daemons.iter().map(Daemon::webhook_url).collect();
+
+    let mut rng = fastrand::Rng::with_seed(16);
+    let set = webhook_set(&mut rng);
+    let client = http_client();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut sends = Vec::with_capacity(set.len());
+    for (item, order, version, status) in &set {
+        let body = webhook(item, order, *version, status);
+        let instance = rng.usize(..urls.len());
+        let (client, url, slots) = (client.clone(), urls[instance].clone(), slots.clone());
+        sends.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            let answer = json_post(&client, &url)
+                .body(body.clone())
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            (instance, body, answer.map(|a| a.status().as_u16()))
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    let mut per_instance: HashMap<usize, usize> = HashMap::new();
+    for send in sends {
+        let (instance, body, answer) = send.await.unwrap();
+        assert_eq!(answer.as_ref().ok(), Some(&200), "{body}: {answer:?}");
+        *per_instance.entry(instance).or_default() += 1;
+        acknowledged.push(body);
+    }
+
+    let client = pg::connect(&db.url).await;
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM item_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events as usize, acknowledged.len(), "an event per 200");
+    let stored: BTreeMap<String, (String, i64)> = client
+        .query(
+            "SELECT item_uuid::text, status, item_version FROM order_items",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect();
+    assert_eq!(stored.len() as u64, ORDERS * ITEMS_PER_ORDER);
+    assert_eq!(
+        stored,
+        the_rules_items(&acknowledged),
+        "the table against the rule's"
+    );
+    let receivers: BTreeMap<String, i64> = client
+        .query(
+            "SELECT receiver, count(*) FROM item_events GROUP BY receiver",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    for (n, id) in INSTANCES.iter().enumerate() {
+        assert_eq!(
+            receivers.get(*id).copied(),
+            Some(per_instance[&n] as i64),
+            "events stored by {id}: {receivers:?}"
+        );
+    }
+    let deadlocks: i64 = client
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deadlocks, 0, "deadlocks reported by the server");
+    println!(
+        "three instances: {} webhooks ({} per instance: {receivers:?}), {} items, 0 deadlocks",
+        acknowledged.len(),
+        acknowledged.len() / INSTANCES.len(),
+        stored.len()
+    );
+    for daemon in &mut daemons {
+        daemon.stop();
+    }
+}
