@@ -181,3 +181,163 @@ async fn three_instances_on_one_database_store_what_the_rule_decides() {
         daemon.stop();
     }
 }
+
+/// What the senders of the kill test saw, per instance.
+#[derive(Default)]
+struct Answers {
+    /// (item, version) answered 200, and by which instance.
+    acknowledged: Vec<(String, u64, usize)>,
+    /// Per instance: answers other than 200, and requests that got no answer.
+    not_200: [usize; INSTANCES.len()],
+}
+
+/// Senders that keep posting webhooks (rising versions of their own items on shared orders),
+/// each request to the next instance in turn, until `stop`.
+fn keep_sending(
+    urls: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    answers: Arc<std::sync::Mutex<Answers>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    (0..IN_FLIGHT as u64)
+        .map(|sender| {
+            let (urls, stop, answers) = (urls.clone(), stop.clone(), answers.clone());
+            tokio::spawn(async move {
+                let client = http_client();
+                let mut version = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    version += 1;
+                    let instance = (sender + version) as usize % INSTANCES.len();
+                    let url = urls.lock().unwrap()[instance].clone();
+                    // Eight items per sender, each always in the same one of ten shared orders.
+                    let k = version % 8;
+                    let item = uuid(1, sender << 32 | k);
+                    let order = uuid(2, (sender * 8 + k) % 10);
+                    let body = webhook(&item, &order, version, "PENDING");
+                    let answer = json_post(&client, &url)
+                        .body(body)
+                        .timeout(Duration::from_secs(20))
+                        .send()
+                        .await;
+                    let ok = matches!(&answer, Ok(a) if a.status() == 200);
+                    {
+                        let mut answers = answers.lock().unwrap();
+                        if ok {
+                            answers.acknowledged.push((item, version, instance));
+                        } else {
+                            answers.not_200[instance] += 1;
+                        }
+                    }
+                    if !ok {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until `more` further webhooks were answered 200 (bounded).
+async fn until_acknowledged(answers: &std::sync::Mutex<Answers>, more: usize, what: &str) {
+    let target = answers.lock().unwrap().acknowledged.len() + more;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while answers.lock().unwrap().acknowledged.len() < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: no progress in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `kill -9` of one of three instances under load, then its restart: every webhook any of them
+/// answered 200 is stored, and the two survivors answered every request sent to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_instances_under_load_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(db) = pg::database("kill one of three instances") else {
+        return;
+    };
+    let launch = |dir: tempfile::TempDir, id: &str| {
+        Daemon::launch(dir, CONFIG)
+            .env("ORDERWATCH_DATABASE__URL", &db.url)
+            .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
+            .start()
+    };
+    let mut daemons: Vec<Option<Daemon>> = INSTANCES
+        .iter()
+        .map(|id| Some(launch(tempfile::tempdir().unwrap(), id)))
+        .collect();
+    for daemon in daemons.iter().flatten() {
+        daemon.wait_ready().await;
+    }
+    let urls = Arc::new(std::sync::Mutex::new(
+        daemons
+            .iter()
+            .flatten()
+            .map(Daemon::webhook_url)
+            .collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(std::sync::Mutex::new(Answers::default()));
+    let senders = keep_sending(urls.clone(), stop.clone(), answers.clone());
+    until_acknowledged(&answers, 300, "before the kill").await;
+
+    const VICTIM: usize = 1;
+    let dir = daemons[VICTIM].take().unwrap().sigkill();
+    until_acknowledged(&answers, 300, "with one instance dead").await;
+    let refused_by_the_dead = answers.lock().unwrap().not_200[VICTIM];
+
+    let restarted = launch(dir, INSTANCES[VICTIM]);
+    restarted.wait_ready().await;
+    urls.lock().unwrap()[VICTIM] = restarted.webhook_url();
+    daemons[VICTIM] = Some(restarted);
+    until_acknowledged(&answers, 300, "after the restart").await;
+    stop.store(true, Ordering::SeqCst);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let client = pg::connect(&db.url).await;
+    let stored: std::collections::HashSet<(String, u64)> = client
+        .query(
+            "SELECT item_uuid::text, item_version FROM item_events WHERE item_version IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect();
+    let answers = answers.lock().unwrap();
+    let lost: Vec<_> = answers
+        .acknowledged
+        .iter()
+        .filter(|(item, version, _)| !stored.contains(&(item.clone(), *version)))
+        .collect();
+    let mut per_instance = [0usize; INSTANCES.len()];
+    for (_, _, instance) in &answers.acknowledged {
+        per_instance[*instance] += 1;
+    }
+    println!(
+        "kill one of three: acknowledged per instance {per_instance:?}, {} checked, {} lost; \
+         not answered 200 per instance {:?} ({refused_by_the_dead} while {} was dead)",
+        answers.acknowledged.len(),
+        lost.len(),
+        answers.not_200,
+        INSTANCES[VICTIM],
+    );
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    for survivor in (0..INSTANCES.len()).filter(|&n| n != VICTIM) {
+        assert_eq!(
+            answers.not_200[survivor], 0,
+            "{} failed requests (while {} was dead or restarting)",
+            INSTANCES[survivor], INSTANCES[VICTIM]
+        );
+    }
+    assert!(refused_by_the_dead > 0, "the dead instance was asked too");
+    drop(answers);
+    for daemon in daemons.iter_mut().flatten() {
+        daemon.stop();
+    }
+}
