@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::session::Session;
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -26,6 +25,7 @@ use super::super::apply::{log_decision, warn_about_times};
 use super::super::batch::{self, ItemWrite, Loaded, OrderWrite, StoredItem, StoredOrder};
 use super::super::poll_state::{ItemPollView, PollFields};
 use super::super::rule::{ItemState, OrderState, Outcome, musement_time};
+use super::session::Session;
 use crate::observation::{ItemFacts, Observation, OrderFacts, Source, Status};
 
 /// Times as both engines store them: to the millisecond.

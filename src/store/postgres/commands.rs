@@ -2,7 +2,6 @@
 //! SQLite, with the same steps (consecutive observations through one [`apply_batch`]) and the
 //! same answers.
 
-use super::session::Session;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::super::StoreSettings;
@@ -12,6 +11,7 @@ use super::super::inspect::COMMIT_LAG;
 use super::super::maintenance::{PruneCursor, PruneStep};
 use super::apply::apply_batch;
 use super::polls;
+use super::session::Session;
 
 type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 

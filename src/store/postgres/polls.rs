@@ -8,13 +8,13 @@
 
 use std::collections::HashSet;
 
-use super::session::Session;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use uuid::Uuid;
 
 use super::super::poll_state::{self, ItemPollView, PollFields, Trigger};
 use super::super::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, StoreSettings};
 use super::apply::apply_batch;
+use super::session::Session;
 use crate::clock::later;
 use crate::observation::{Observation, Status};
 
