@@ -172,9 +172,8 @@ async fn three_instances_on_one_database_store_what_the_rule_decides() {
         .get(0);
     assert_eq!(deadlocks, 0, "deadlocks reported by the server");
     println!(
-        "three instances: {} webhooks ({} per instance: {receivers:?}), {} items, 0 deadlocks",
+        "three instances: {} webhooks (stored per instance: {receivers:?}), {} items, 0 deadlocks",
         acknowledged.len(),
-        acknowledged.len() / INSTANCES.len(),
         stored.len()
     );
     for daemon in &mut daemons {
@@ -338,6 +337,121 @@ async fn killing_one_of_three_instances_under_load_loses_nothing() {
     assert!(refused_by_the_dead > 0, "the dead instance was asked too");
     drop(answers);
     for daemon in daemons.iter_mut().flatten() {
+        daemon.stop();
+    }
+}
+
+/// `orderwatch changes --follow` while three instances write and a test transaction that wrote
+/// a change stays open: nothing is printed past the open transaction; once it commits, its
+/// change comes first and every change of the three instances follows, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_skips_nothing_and_repeats_nothing_with_three_writing_instances() {
+    const WEBHOOKS: u64 = 300;
+    let Some(db) = pg::database("the feed with three instances") else {
+        return;
+    };
+    let mut daemons: Vec<Daemon> = INSTANCES
+        .iter()
+        .map(|id| {
+            Daemon::launch(tempfile::tempdir().unwrap(), CONFIG)
+                .env("ORDERWATCH_DATABASE__URL", &db.url)
+                .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
+                .start()
+        })
+        .collect();
+    for daemon in &daemons {
+        daemon.wait_ready().await;
+    }
+
+    // The test's own writer: a change stored in a transaction it keeps open.
+    let mut holder = pg::connect(&db.url).await;
+    let held = holder.transaction().await.unwrap();
+    let held_item = uuid(1, 1_000_000);
+    let body = webhook(&held_item, &uuid(2, 1_000_000), 1, "PENDING");
+    let observation = Observation::from_webhook(body.as_bytes(), chrono::Utc::now()).unwrap();
+    let statements = orderwatch::store::postgres::session::Statements::default();
+    orderwatch::store::postgres::apply::apply_batch(
+        &orderwatch::store::postgres::session::Session::new(&held, &statements),
+        &[&observation],
+        &StoreSettings::default(),
+        chrono::Utc::now(),
+        "test",
+    )
+    .await
+    .unwrap();
+
+    let mut follow = crate::helpers::cli(
+        &daemons[0].dir.path().join("config.toml"),
+        &["changes", "--follow"],
+    )
+    .env("ORDERWATCH_DATABASE__URL", &db.url)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let lines = crate::helpers::process::lines_of(follow.stdout.take().unwrap());
+
+    // Every instance commits its share while the test's transaction stays open.
+    let client = http_client();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let sends: Vec<_> = (1..=WEBHOOKS)
+        .map(|n| {
+            let url = daemons[n as usize % INSTANCES.len()].webhook_url();
+            let (client, slots) = (client.clone(), slots.clone());
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await.unwrap();
+                let item = uuid(1, n);
+                let answer = json_post(&client, &url)
+                    .body(webhook(&item, &uuid(2, n % 20), 1, "PENDING"))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .map(|a| a.status().as_u16());
+                (item, answer)
+            })
+        })
+        .collect();
+    let mut sent = std::collections::BTreeSet::new();
+    for send in sends {
+        let (item, answer) = send.await.unwrap();
+        assert_eq!(answer.as_ref().ok(), Some(&200), "{item}: {answer:?}");
+        sent.insert(item);
+    }
+    assert!(
+        lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        "printed past a transaction still open"
+    );
+
+    held.commit().await.unwrap();
+    let mut printed = Vec::new();
+    while printed.len() < sent.len() + 1 {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("only {} changes printed", printed.len()));
+        let change: serde_json::Value = serde_json::from_str(&line).unwrap();
+        printed.push((
+            change["item"].as_str().unwrap().to_owned(),
+            change["id"].as_i64().unwrap(),
+        ));
+    }
+    assert_eq!(printed[0].0, held_item, "the held change first");
+    let items: std::collections::BTreeSet<String> =
+        printed[1..].iter().map(|(item, _)| item.clone()).collect();
+    assert_eq!(items, sent, "every instance's changes");
+    let ids: std::collections::HashSet<i64> = printed.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.len(), printed.len(), "an event printed twice");
+    assert!(
+        lines.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "nothing printed twice"
+    );
+    crate::helpers::process::signal(follow.id(), "INT");
+    let status = crate::helpers::process::wait_bounded(&mut follow, Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    println!(
+        "feed with three instances: {} changes printed once each, the held one first",
+        printed.len()
+    );
+    for daemon in &mut daemons {
         daemon.stop();
     }
 }
