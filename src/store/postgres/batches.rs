@@ -137,10 +137,10 @@ impl PgBatches {
 /// is only sent for a commit that is on disk, whatever the server's default), and planning
 /// without sequential scans: every statement of the write path reaches its rows by key, yet on
 /// a table growing faster than autovacuum's ANALYZE the planner judged a scan cheaper, and a
-/// prepared statement's generic plan, made once while the tables were small, kept it (measured
-/// on an empty database at 64 connections: 4,000–4,900 webhooks/s with the scans, 6,600–7,100
-/// without; 3,900 and 6,800 on a million items). `enable_seqscan = off` only prices a scan out
-/// where an index serves; a table without one is still scanned.
+/// prepared statement's generic plan, made once while the tables were small, kept it (with
+/// the prepared statements, on an empty database at 64 connections: 4,000–4,900 webhooks/s
+/// before, 6,600–7,100 after; BENCHMARKS.md has the million-item runs). `enable_seqscan = off`
+/// only prices a scan out where an index serves; a table without one is still scanned.
 async fn open(target: &PgTarget) -> Result<Client, WriteError> {
     let client = target
         .connect
