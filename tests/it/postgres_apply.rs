@@ -459,18 +459,7 @@ fn concurrent_batches_on_shared_orders_serialize_without_deadlocks() {
         for writer in writers {
             applied.extend(writer.await.unwrap());
         }
-        client
-            .execute("SELECT pg_stat_force_next_flush()", &[])
-            .await
-            .unwrap();
-        let deadlocks: i64 = client
-            .query_one(
-                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let deadlocks = pg::deadlocks_once_alone(&client).await;
         applied.sort_by_key(|(last_event, _, _)| *last_event);
         (applied, deadlocks)
     });

@@ -328,17 +328,7 @@ async fn faults_cost_no_acknowledged_webhook() {
         sender.await.unwrap();
     }
 
-    let client = pg::connect(&cluster.url).await;
-    let stored: HashSet<(String, u64)> = client
-        .query(
-            "SELECT item_uuid::text, item_version FROM item_events WHERE item_version IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
-        .collect();
+    let stored = pg::stored_versions(&pg::connect(&cluster.url).await).await;
     let ledger = ledger.lock().await;
     let lost: Vec<_> = ledger.acknowledged.difference(&stored).collect();
     eprintln!(
@@ -379,20 +369,7 @@ async fn changes_follow_waits_for_an_open_transaction_and_skips_nothing() {
     // The test's own writer: a change stored in a transaction it keeps open.
     let mut held = pg::connect(&db.url).await;
     let tx = held.transaction().await.unwrap();
-    let body = webhook(&uuid(1, 2), &uuid(2, 2), 1, "PENDING");
-    let observation =
-        orderwatch::observation::Observation::from_webhook(body.as_bytes(), chrono::Utc::now())
-            .unwrap();
-    let statements = orderwatch::store::postgres::session::Statements::default();
-    orderwatch::store::postgres::apply::apply_batch(
-        &orderwatch::store::postgres::session::Session::new(&tx, &statements),
-        &[&observation],
-        &orderwatch::store::StoreSettings::default(),
-        chrono::Utc::now(),
-        "test",
-    )
-    .await
-    .unwrap();
+    pg::store_webhook_in(&tx, &webhook(&uuid(1, 2), &uuid(2, 2), 1, "PENDING")).await;
     for item in 3..=5 {
         assert_eq!(post(item).await.unwrap().status(), 200);
     }

@@ -47,6 +47,26 @@ fn webhook_set(rng: &mut fastrand::Rng) -> Vec<(String, String, u64, &'static st
     set
 }
 
+/// Instance `id` on the database at `url`, its config and state in `dir`.
+fn instance(dir: tempfile::TempDir, url: &str, id: &str) -> Daemon {
+    Daemon::launch(dir, CONFIG)
+        .env("ORDERWATCH_DATABASE__URL", url)
+        .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
+        .start()
+}
+
+/// The [`INSTANCES`] on the database at `url`, each ready.
+async fn start_instances(url: &str) -> Vec<Daemon> {
+    let daemons: Vec<Daemon> = INSTANCES
+        .iter()
+        .map(|id| instance(tempfile::tempdir().unwrap(), url, id))
+        .collect();
+    for daemon in &daemons {
+        daemon.wait_ready().await;
+    }
+    daemons
+}
+
 /// What the rule makes of `bodies`, whatever their order: the item rows SQLite's store keeps
 /// after applying them (in the order given) — (status, item_version) by item.
 fn the_rules_items(bodies: &[String]) -> BTreeMap<String, (String, i64)> {
@@ -80,18 +100,7 @@ async fn three_instances_on_one_database_store_what_the_rule_decides() {
     let Some(db) = pg::database("three instances on one database") else {
         return;
     };
-    let mut daemons: Vec<Daemon> = INSTANCES
-        .iter()
-        .map(|id| {
-            Daemon::launch(tempfile::tempdir().unwrap(), CONFIG)
-                .env("ORDERWATCH_DATABASE__URL", &db.url)
-                .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
-                .start()
-        })
-        .collect();
-    for daemon in &daemons {
-        daemon.wait_ready().await;
-    }
+    let mut daemons = start_instances(&db.url).await;
     let urls: Vec<String> = daemons.iter().map(Daemon::webhook_url).collect();
 
     let mut rng = fastrand::Rng::with_seed(16);
@@ -162,23 +171,20 @@ async fn three_instances_on_one_database_store_what_the_rule_decides() {
             "events stored by {id}: {receivers:?}"
         );
     }
-    let deadlocks: i64 = client
-        .query_one(
-            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(deadlocks, 0, "deadlocks reported by the server");
+    // Read once the instances are gone: their backends report deadlocks on exit at the latest.
+    for daemon in &mut daemons {
+        daemon.stop();
+    }
+    assert_eq!(
+        pg::deadlocks_once_alone(&client).await,
+        0,
+        "deadlocks reported by the server"
+    );
     println!(
         "three instances: {} webhooks (stored per instance: {receivers:?}), {} items, 0 deadlocks",
         acknowledged.len(),
         stored.len()
     );
-    for daemon in &mut daemons {
-        daemon.stop();
-    }
 }
 
 /// What the senders of the kill test saw, per instance.
@@ -257,19 +263,11 @@ async fn killing_one_of_three_instances_under_load_loses_nothing() {
     let Some(db) = pg::database("kill one of three instances") else {
         return;
     };
-    let launch = |dir: tempfile::TempDir, id: &str| {
-        Daemon::launch(dir, CONFIG)
-            .env("ORDERWATCH_DATABASE__URL", &db.url)
-            .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
-            .start()
-    };
-    let mut daemons: Vec<Option<Daemon>> = INSTANCES
-        .iter()
-        .map(|id| Some(launch(tempfile::tempdir().unwrap(), id)))
+    let mut daemons: Vec<Option<Daemon>> = start_instances(&db.url)
+        .await
+        .into_iter()
+        .map(Some)
         .collect();
-    for daemon in daemons.iter().flatten() {
-        daemon.wait_ready().await;
-    }
     let urls = Arc::new(std::sync::Mutex::new(
         daemons
             .iter()
@@ -287,7 +285,7 @@ async fn killing_one_of_three_instances_under_load_loses_nothing() {
     until_acknowledged(&answers, 300, "with one instance dead").await;
     let refused_by_the_dead = answers.lock().unwrap().not_200[VICTIM];
 
-    let restarted = launch(dir, INSTANCES[VICTIM]);
+    let restarted = instance(dir, &db.url, INSTANCES[VICTIM]);
     restarted.wait_ready().await;
     urls.lock().unwrap()[VICTIM] = restarted.webhook_url();
     daemons[VICTIM] = Some(restarted);
@@ -297,17 +295,7 @@ async fn killing_one_of_three_instances_under_load_loses_nothing() {
         sender.await.unwrap();
     }
 
-    let client = pg::connect(&db.url).await;
-    let stored: std::collections::HashSet<(String, u64)> = client
-        .query(
-            "SELECT item_uuid::text, item_version FROM item_events WHERE item_version IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
-        .collect();
+    let stored = pg::stored_versions(&pg::connect(&db.url).await).await;
     let answers = answers.lock().unwrap();
     let lost: Vec<_> = answers
         .acknowledged
@@ -350,35 +338,17 @@ async fn the_feed_skips_nothing_and_repeats_nothing_with_three_writing_instances
     let Some(db) = pg::database("the feed with three instances") else {
         return;
     };
-    let mut daemons: Vec<Daemon> = INSTANCES
-        .iter()
-        .map(|id| {
-            Daemon::launch(tempfile::tempdir().unwrap(), CONFIG)
-                .env("ORDERWATCH_DATABASE__URL", &db.url)
-                .env("ORDERWATCH_SERVER__INSTANCE_ID", id)
-                .start()
-        })
-        .collect();
-    for daemon in &daemons {
-        daemon.wait_ready().await;
-    }
+    let mut daemons = start_instances(&db.url).await;
 
     // The test's own writer: a change stored in a transaction it keeps open.
     let mut holder = pg::connect(&db.url).await;
     let held = holder.transaction().await.unwrap();
     let held_item = uuid(1, 1_000_000);
-    let body = webhook(&held_item, &uuid(2, 1_000_000), 1, "PENDING");
-    let observation = Observation::from_webhook(body.as_bytes(), chrono::Utc::now()).unwrap();
-    let statements = orderwatch::store::postgres::session::Statements::default();
-    orderwatch::store::postgres::apply::apply_batch(
-        &orderwatch::store::postgres::session::Session::new(&held, &statements),
-        &[&observation],
-        &StoreSettings::default(),
-        chrono::Utc::now(),
-        "test",
+    pg::store_webhook_in(
+        &held,
+        &webhook(&held_item, &uuid(2, 1_000_000), 1, "PENDING"),
     )
-    .await
-    .unwrap();
+    .await;
 
     let mut follow = crate::helpers::cli(
         &daemons[0].dir.path().join("config.toml"),

@@ -476,6 +476,77 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The deadlocks PostgreSQL counted in `client`'s database, read once every other client
+/// session there has ended: a backend reports its counters when it exits or after a while
+/// idle, so a count read while the writers are still connected can miss theirs.
+pub async fn deadlocks_once_alone(client: &tokio_postgres::Client) -> i64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND backend_type = 'client backend'
+                   AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if others == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{others} other sessions still connected after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    client
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Every (item, version) a webhook event was stored for: what acknowledged webhooks are
+/// checked against.
+pub async fn stored_versions(
+    client: &tokio_postgres::Client,
+) -> std::collections::HashSet<(String, u64)> {
+    client
+        .query(
+            "SELECT item_uuid::text, item_version FROM item_events WHERE item_version IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect()
+}
+
+/// Stores the webhook `body` inside `tx` as the daemon's writer would (and leaves the
+/// transaction open: the feed tests hold a change back with it).
+pub async fn store_webhook_in(tx: &tokio_postgres::Transaction<'_>, body: &str) {
+    use orderwatch::store::postgres::session::{Session, Statements};
+    let now = chrono::Utc::now();
+    let observation =
+        orderwatch::observation::Observation::from_webhook(body.as_bytes(), now).unwrap();
+    let statements = Statements::default();
+    orderwatch::store::postgres::apply::apply_batch(
+        &Session::new(tx, &statements),
+        &[&observation],
+        &orderwatch::store::StoreSettings::default(),
+        now,
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
 /// Runs one statement on `url` from a thread of its own (callers may be inside a runtime).
 fn admin(url: &str, sql: &str) -> Result<(), String> {
     let (url, sql) = (url.to_owned(), sql.to_owned());
