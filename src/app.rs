@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::build_info;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::leadership::{Leadership, LeaseKeeper};
 use crate::metrics::{Metrics, StateSource};
 use crate::receiver::server::{self, ConnectionLimits};
 use crate::receiver::{Listener, Receiver, ReceiverSettings};
@@ -76,6 +77,9 @@ pub struct App {
     /// `None` when `[reconciler]` is off or has no credentials (said at build).
     reconciler: Option<Arc<Reconciler>>,
     receiver: Arc<Receiver>,
+    /// Takes and renews the cluster lease (PostgreSQL); stopped last, giving it back.
+    lease_keeper: LeaseKeeper,
+    leadership: Leadership,
 }
 
 impl App {
@@ -108,12 +112,14 @@ impl App {
                 None
             }
         };
+        let cluster = reads.cluster(&config.server.instance_id());
+        let (lease_keeper, leadership) = LeaseKeeper::start(cluster, metrics.clone()).await;
         let receiver = Arc::new(Receiver::new(
             ReceiverSettings::from(&config.server),
             writer.clone(),
             clock.clone(),
             metrics,
-            StateSource::new(reads, clock.clone()),
+            StateSource::new(reads, clock.clone(), leadership.clone()),
         ));
         Ok(Self {
             config,
@@ -123,6 +129,8 @@ impl App {
             writer_thread,
             reconciler,
             receiver,
+            lease_keeper,
+            leadership,
         })
     }
 
@@ -152,6 +160,8 @@ impl App {
             writer_thread,
             reconciler,
             receiver,
+            lease_keeper,
+            leadership,
         } = self;
         let passes = match &reconciler {
             Some(reconciler) => Some(Arc::new(Mutex::new(
@@ -167,6 +177,7 @@ impl App {
                 writer.clone(),
                 clock.clone(),
                 keep,
+                leadership,
             ))
         });
         announce(&config, &listeners);
@@ -190,6 +201,7 @@ impl App {
         reloads.abort();
         stop_reconciler(&config, passes, reconciler, graceful).await;
         stop_pruning(pruning);
+        lease_keeper.stop().await;
         writer_thread.shutdown().await;
         tracing::info!("stopped");
         Ok(())

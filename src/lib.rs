@@ -11,6 +11,7 @@ pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod leadership;
 pub mod metrics;
 pub mod musement;
 pub mod observation;

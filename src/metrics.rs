@@ -29,6 +29,7 @@ use prometheus_client::registry::{Registry, Unit};
 use self::process::ProcessStats;
 use crate::build_info;
 use crate::clock::Clock;
+use crate::leadership::Leadership;
 use crate::observation::Status;
 use crate::store::observer::{BatchStats, StoreObserver};
 use crate::store::queries::StateSnapshot;
@@ -175,6 +176,8 @@ pub struct Metrics {
     /// Until when (Unix seconds) the Musement client sends nothing because Musement asked us
     /// to wait; 0 when not paused (a past value is reset to 0 at the next scrape).
     pub musement_paused_until: Gauge,
+    /// 1 while this instance exports the database-wide gauges (always on SQLite).
+    cluster_lease_held: Gauge,
     /// Connections closed at `max_connections`, by result: `evicted_idle` (the longest-idle
     /// connection made room) or `refused_busy` (every connection had a request in progress).
     pub connections_closed_at_cap: Family<ResultLabel, Counter>,
@@ -302,6 +305,13 @@ impl Metrics {
             "Connections open on the webhook listener",
             connections_open.clone(),
         );
+        let cluster_lease_held = Gauge::default();
+        registry.register(
+            "cluster_lease_held",
+            "1 while this instance holds the cluster lease: it alone exports the database-wide \
+             gauges (items, pending, overdue, backoff, oldest pending age) and prunes history",
+            cluster_lease_held.clone(),
+        );
         let musement_paused_until = Gauge::default();
         registry.register_with_unit(
             "musement_paused_until_timestamp",
@@ -391,6 +401,7 @@ impl Metrics {
             api_duration,
             logins,
             scrape_errors,
+            cluster_lease_held,
             scraping: tokio::sync::Mutex::new(()),
         }
     }
@@ -435,6 +446,10 @@ impl Metrics {
     }
 
     /// Shows that the Musement client sends nothing until `until` (rounded up to the second).
+    pub fn cluster_lease_held(&self, held: bool) {
+        self.cluster_lease_held.set(i64::from(held));
+    }
+
     pub fn musement_paused_until(&self, until: chrono::DateTime<chrono::Utc>) {
         let seconds = until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0);
         self.musement_paused_until.set(seconds);
@@ -501,7 +516,7 @@ impl Metrics {
         let snapshot = {
             let _one_at_a_time = self.scraping.lock().await;
             match database.snapshot().await {
-                Ok(snapshot) => Some(snapshot),
+                Ok(snapshot) => snapshot,
                 Err(error) => {
                     tracing::warn!(%error, "metrics: cannot read the database gauges; leaving them out");
                     self.scrape_errors.inc();
@@ -589,6 +604,8 @@ pub struct StateSource {
     reads: Reads,
     /// The app's clock.
     clock: Arc<dyn Clock>,
+    /// Only the instance leading the cluster exports the database-wide gauges.
+    leadership: Leadership,
 }
 
 impl std::fmt::Debug for StateSource {
@@ -600,18 +617,25 @@ impl std::fmt::Debug for StateSource {
 }
 
 impl StateSource {
-    /// Asks `reads` within the scrape deadline; ages are measured on `clock`.
-    pub fn new(reads: Reads, clock: Arc<dyn Clock>) -> Self {
+    /// Asks `reads` within the scrape deadline while `leadership` says this instance leads;
+    /// ages are measured on `clock`.
+    pub fn new(reads: Reads, clock: Arc<dyn Clock>, leadership: Leadership) -> Self {
         Self {
             reads: reads.with_deadline(SCRAPE_DB_DEADLINE),
             clock,
+            leadership,
         }
     }
 
-    async fn snapshot(&self) -> Result<StateSnapshot, String> {
+    /// The stored state, or `None` when another instance exports it.
+    async fn snapshot(&self) -> Result<Option<StateSnapshot>, String> {
+        if !self.leadership.leads() {
+            return Ok(None);
+        }
         self.reads
             .state_snapshot(self.clock.now())
             .await
+            .map(Some)
             .map_err(|e| e.to_string())
     }
 }
@@ -683,6 +707,7 @@ mod tests {
                 SCRAPE_DB_DEADLINE,
             ),
             Arc::new(crate::clock::SystemClock),
+            Leadership::sole(),
         );
         let out = runtime.block_on(metrics.render(&missing, false));
         assert!(

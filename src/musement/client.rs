@@ -389,6 +389,34 @@ impl MusementClient {
         })
     }
 
+    /// Pauses every call for `wait` from now (at most [`MAX_PAUSE`]), unless a pause already
+    /// runs as long: the answer of a 429, or a pause another instance recorded for the cluster.
+    /// Gives when the pause ends and whether it began now (none ran before), or `None` when
+    /// the running pause already lasts as long.
+    pub fn pause_for(&self, wait: Duration) -> Option<(DateTime<Utc>, bool)> {
+        let now = self.inner.clock.now();
+        // At most an hour, so the conversion cannot fail; `later` saturates at the clock's end.
+        let until = later(
+            now,
+            chrono::Duration::from_std(wait.min(MAX_PAUSE)).unwrap_or(chrono::Duration::zero()),
+        );
+        let started = {
+            let mut paused = self
+                .inner
+                .paused_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if paused.is_some_and(|current| current >= until) {
+                return None;
+            }
+            let was_paused = paused.is_some_and(|current| now < current);
+            *paused = Some(until);
+            !was_paused
+        };
+        self.inner.metrics.musement_paused_until(until);
+        Some((until, started))
+    }
+
     /// Starts (or lengthens) the pause when `reply` asks for one: a 429 (for its `Retry-After`,
     /// else [`RATE_LIMIT_PAUSE`]) or a 503 with `Retry-After`; at most [`MAX_PAUSE`]. Requests
     /// already in flight finish; no new one leaves until the pause ends.
@@ -403,26 +431,9 @@ impl MusementClient {
         if wait.is_zero() {
             return; // "Retry-After: 0", or a date already past: no wait asked.
         }
-        let now = self.inner.clock.now();
-        // At most an hour, so the conversion cannot fail; `later` saturates at the clock's end.
-        let until = later(
-            now,
-            chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero()),
-        );
-        let started = {
-            let mut paused = self
-                .inner
-                .paused_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if paused.is_some_and(|current| current >= until) {
-                return;
-            }
-            let was_paused = paused.is_some_and(|current| now < current);
-            *paused = Some(until);
-            !was_paused
+        let Some((until, started)) = self.pause_for(wait) else {
+            return;
         };
-        self.inner.metrics.musement_paused_until(until);
         let status = reply.status.as_u16();
         let until_text = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         if started {

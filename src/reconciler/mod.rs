@@ -3,9 +3,12 @@
 //!
 //! A pass reads the due orders from a partial index (re-poll marks first), expires those past
 //! `max_age`, polls the rest with bounded concurrency and a request-rate ceiling, records each
-//! answer or failure through the writer, and finally warns about overdue items. Passes never
-//! overlap: within the process a mutex (a tick that finds a pass running waits for it, a third
-//! is dropped), across processes a lease row in the database.
+//! answer or failure through the writer, and finally warns about overdue items. Within the
+//! process passes never overlap (a mutex: a tick that finds a pass running waits for it, a
+//! third is dropped). Across processes, on SQLite a lease row lets one pass run at a time; on
+//! PostgreSQL every instance runs passes and they split the work instead: each claims due
+//! orders a chunk at a time (`store::cluster`), draws on one request budget, and pauses when
+//! Musement asked any of them to wait.
 
 pub mod build;
 pub mod schedule;
@@ -26,6 +29,7 @@ use crate::clock::{Clock, later};
 use crate::metrics::Metrics;
 use crate::musement::{ApiError, MusementClient, PolledOrder};
 use crate::observation::{ItemFacts, Observation, OrderFacts, Position};
+use crate::store::cluster::Cluster;
 use crate::store::queries::DueOrder;
 use crate::store::reader::ReadError;
 use crate::store::reads::Reads;
@@ -166,6 +170,11 @@ pub struct Reconciler {
     lease_ttl: Duration,
     /// Passes and orders are counted here.
     metrics: Arc<Metrics>,
+    /// On PostgreSQL, the work shared with other instances: due orders are claimed per order
+    /// instead of under a pass-wide lease, and the request budget and pauses are the cluster's.
+    cluster: Option<Cluster>,
+    /// Requests the shared budget granted this instance and it has not sent yet.
+    granted: std::sync::Mutex<u32>,
     /// The latest [`Progress`], for whoever watches (e.g. `orderwatch reconcile`'s progress bar).
     progress: watch::Sender<Progress>,
 }
@@ -196,6 +205,7 @@ impl Reconciler {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limiter = RateLimiter::new(settings.max_requests_per_second);
+        let cluster = settings.reads.with_deadline(READ_DEADLINE).cluster(&holder);
         metrics.reconciler_started();
         Self {
             client,
@@ -209,6 +219,8 @@ impl Reconciler {
             limiter,
             lease_ttl: LEASE_TTL,
             metrics,
+            cluster,
+            granted: std::sync::Mutex::new(0),
             progress: watch::Sender::new(Progress::default()),
         }
     }
@@ -278,8 +290,24 @@ impl Reconciler {
         let _ = self.pass.lock().await;
     }
 
-    /// A pass over `selection`; the caller holds [`Self::pass`].
+    /// A pass over `selection`; the caller holds [`Self::pass`]. On PostgreSQL a scheduled
+    /// pass claims its orders a chunk at a time, so instances split the due orders, and a pass
+    /// over orders named by a person polls them without a lease (a second poll of an order is
+    /// harmless: the rule makes the older answer stale); on SQLite a pass holds the lease.
     async fn pass_for(&self, selection: &Selection) -> Result<PassSummary, PassError> {
+        let Some(cluster) = &self.cluster else {
+            return self.leased_pass(selection).await;
+        };
+        let result = match selection {
+            Selection::Due => self.poll_claimed(cluster).await,
+            _ => self.poll_selected(selection).await,
+        };
+        self.count_pass(&result);
+        result
+    }
+
+    /// A pass over `selection` under the pass-wide lease (SQLite).
+    async fn leased_pass(&self, selection: &Selection) -> Result<PassSummary, PassError> {
         let started = std::time::Instant::now();
         let lease = self
             .writer
@@ -411,38 +439,182 @@ impl Reconciler {
             ..Progress::default()
         });
         let credentials_refused = AtomicBool::new(false);
-        let results: Vec<(Uuid, PollResult)> = futures_util::stream::iter(to_poll)
-            .map(|due| {
+        let results = self.poll_all(to_poll, &credentials_refused).await;
+        add_results(&mut summary, results);
+        summary.paused_until = self.client.paused_until();
+        summary.overdue = self.warn_overdue().await?;
+        Ok(summary)
+    }
+
+    /// Polls `orders`, `concurrency` at a time, counting each as it ends.
+    async fn poll_all(
+        &self,
+        orders: Vec<DueOrder>,
+        credentials_refused: &AtomicBool,
+    ) -> Vec<(Uuid, PollResult)> {
+        futures_util::stream::iter(orders)
+            .map(|due| async move {
                 let order = due.order;
-                let credentials_refused = &credentials_refused;
-                async move { (order, self.poll_one(order, credentials_refused).await) }
+                (order, self.poll_one(order, credentials_refused).await)
             })
             .buffer_unordered(self.settings.concurrency.max(1))
             .inspect(|(_, result)| self.count_order(result))
             .collect()
-            .await;
-        for (order, result) in results {
-            if matches!(
-                result,
-                PollResult::Polled { .. } | PollResult::Failed | PollResult::NotFound
-            ) {
-                summary.recorded.push(order);
+            .await
+    }
+
+    /// A scheduled pass on PostgreSQL: claims due orders a chunk at a time and polls them,
+    /// until none is left that this pass has not handled and no other instance holds. Each
+    /// recorded poll ends its claim; the claims of orders left unpolled (a pause, a stop) are
+    /// given back at the end of their chunk.
+    async fn poll_claimed(&self, cluster: &Cluster) -> Result<PassSummary, PassError> {
+        self.client.forget_login_failure().await;
+        let mut summary = PassSummary::default();
+        self.progress.send_replace(Progress::default());
+        let credentials_refused = AtomicBool::new(false);
+        let mut handled: Vec<Uuid> = Vec::new();
+        let ttl = self.lease_ttl;
+        let began = self.clock.now();
+        loop {
+            self.adopt_cluster_pause(cluster).await;
+            if self.not_now(&credentials_refused).is_some() {
+                break;
             }
-            match result {
-                PollResult::Polled { changed } => {
-                    summary.polled += 1;
-                    summary.items_changed += changed;
-                }
-                PollResult::Failed => summary.failures += 1,
-                PollResult::NotFound => summary.not_found += 1,
-                PollResult::Credentials(message) => summary.stopped = Some(message),
-                PollResult::Paused => summary.paused_orders += 1,
-                PollResult::Skipped => {}
+            let now = self.clock.now();
+            let claimed = cluster
+                .claim_due(now, began, self.chunk(), ttl, &handled)
+                .await
+                .map_err(read_error)?;
+            if claimed.is_empty() {
+                break;
+            }
+            summary.due += claimed.len();
+            handled.extend(claimed.iter().map(|d| d.order));
+            let (too_old, to_poll): (Vec<DueOrder>, Vec<DueOrder>) = claimed
+                .into_iter()
+                .partition(|d| !d.repoll && later(d.first_seen_at, self.settings.max_age) < now);
+            let expired = self.expire(too_old).await?;
+            summary.expired += expired;
+            self.metrics.count_orders("expired", expired);
+            self.progress.send_modify(|p| p.total += to_poll.len());
+            let chunk: Vec<Uuid> = to_poll.iter().map(|d| d.order).collect();
+            let results = self.poll_all(to_poll, &credentials_refused).await;
+            let before = summary.recorded.len();
+            add_results(&mut summary, results);
+            let recorded = &summary.recorded[before..];
+            let unpolled: Vec<Uuid> = chunk
+                .into_iter()
+                .filter(|order| !recorded.contains(order))
+                .collect();
+            if !unpolled.is_empty()
+                && let Err(error) = cluster.release_claims(&unpolled).await
+            {
+                tracing::warn!(%error, "could not give back the claims of unpolled orders; they expire by themselves");
             }
         }
         summary.paused_until = self.client.paused_until();
+        if summary.paused_until.is_some() || summary.stopped.is_some() {
+            // Counted as a pass over all due orders counts them, so the summary reads alike on
+            // both engines: the due orders this pass stopped short of.
+            let left = cluster
+                .unclaimed_due(self.clock.now(), &handled)
+                .await
+                .map_err(read_error)?;
+            summary.due += left;
+            if summary.paused_until.is_some() {
+                summary.paused_orders += left;
+            }
+        }
         summary.overdue = self.warn_overdue().await?;
         Ok(summary)
+    }
+
+    /// How many orders a claimed pass takes at once: enough to keep `concurrency` polls busy,
+    /// but no more than the request budget lets it poll within half a claim's lifetime, so
+    /// claims do not expire while their orders wait for the budget.
+    fn chunk(&self) -> usize {
+        let busy = self.settings.concurrency.max(1) * 2;
+        let rate = self.settings.max_requests_per_second;
+        if rate > 0.0 {
+            let within_ttl = (rate * self.lease_ttl.as_secs_f64() / 2.0).floor() as usize;
+            busy.min(within_ttl.max(1))
+        } else {
+            busy
+        }
+    }
+
+    /// Takes up a pause another instance recorded for the cluster (Musement asked it to wait).
+    async fn adopt_cluster_pause(&self, cluster: &Cluster) {
+        match cluster.paused_until(self.clock.now()).await {
+            Ok(Some(until)) => self.pause_as_cluster(until),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "could not read the cluster's Musement pause"),
+        }
+    }
+
+    /// Pauses this instance's client until the cluster's pause ends, saying so when it starts.
+    fn pause_as_cluster(&self, until: DateTime<Utc>) {
+        let Ok(wait) = (until - self.clock.now()).to_std() else {
+            return;
+        };
+        if let Some((until, true)) = self.client.pause_for(wait) {
+            let until = telemetry::rfc3339(until);
+            tracing::info!(%until, "Musement asked another instance to wait; pausing too");
+        }
+    }
+
+    /// Records the pause this client just began (Musement answered 429 or 503 with
+    /// `Retry-After`) for the whole cluster.
+    async fn share_pause(&self, cluster: &Cluster) {
+        let Some(until) = self.client.paused_until() else {
+            return;
+        };
+        if let Err(error) = cluster.pause_all(until).await {
+            tracing::warn!(%error, "could not record Musement's pause for the other instances");
+        }
+    }
+
+    /// Waits for a request from the cluster's budget (when there is a ceiling): one this
+    /// instance was granted earlier, or a few more taken from the shared bucket. `false` when
+    /// a cluster-wide pause began meanwhile (this client is paused too, then).
+    async fn shared_request(&self, cluster: &Cluster) -> bool {
+        let rate = self.settings.max_requests_per_second;
+        if rate <= 0.0 {
+            return true;
+        }
+        // About a tenth of a second's worth at a time: few round trips, and no instance
+        // sits on budget the others could use.
+        let want = (rate / 10.0).ceil().max(1.0) as u32;
+        loop {
+            {
+                let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+                if *granted > 0 {
+                    *granted -= 1;
+                    return true;
+                }
+            }
+            match cluster
+                .take_requests(self.clock.now(), rate, rate.max(1.0), want)
+                .await
+            {
+                Ok(grant) if grant.paused => {
+                    self.adopt_cluster_pause(cluster).await;
+                    return false;
+                }
+                Ok(grant) if grant.requests > 0 => {
+                    *self.granted.lock().unwrap_or_else(|e| e.into_inner()) += grant.requests;
+                }
+                Ok(grant) => {
+                    tokio::time::sleep(grant.refill_in.max(Duration::from_millis(5))).await;
+                }
+                Err(error) => {
+                    // The poll's own write will meet the same database; the local ceiling
+                    // still holds.
+                    tracing::debug!(%error, "could not draw on the shared request budget");
+                    return true;
+                }
+            }
+        }
     }
 
     async fn poll_one(&self, order: Uuid, credentials_refused: &AtomicBool) -> PollResult {
@@ -450,11 +622,21 @@ impl Reconciler {
             return skip;
         }
         self.limiter.wait().await;
+        if let Some(cluster) = &self.cluster
+            && !self.shared_request(cluster).await
+        {
+            return PollResult::Paused;
+        }
         if let Some(skip) = self.not_now(credentials_refused) {
             return skip;
         }
         let requested_at = self.clock.now();
         let answer = self.client.get_order(order).await;
+        if let (Some(cluster), Err(error)) = (&self.cluster, &answer)
+            && (error.retry_after().is_some() || matches!(error, ApiError::RateLimited { .. }))
+        {
+            self.share_pause(cluster).await;
+        }
         match self.store_answer(order, requested_at, answer).await {
             Ok(PollResult::Credentials(message)) => {
                 // Said once, with the pass's result (the scheduler logs it, `reconcile`
@@ -612,15 +794,18 @@ impl Reconciler {
 
     async fn warn_overdue(&self) -> Result<usize, PassError> {
         let now = self.clock.now();
+        if let Some(cluster) = &self.cluster {
+            // Taken and marked in one statement: each item is reported by one instance.
+            let overdue = cluster.take_overdue(now).await.map_err(read_error)?;
+            log_overdue(&overdue);
+            return Ok(overdue.len());
+        }
         let overdue = self
             .reads()
             .unwarned_overdue(now)
             .await
             .map_err(read_error)?;
-        for item in &overdue {
-            tracing::warn!(item = %item.item, order = %item.order, deadline = %item.deadline,
-                "item is still PENDING past its confirmation deadline");
-        }
+        log_overdue(&overdue);
         if !overdue.is_empty() {
             self.writer
                 .mark_overdue_warned(overdue.iter().map(|o| o.item).collect())
@@ -643,6 +828,37 @@ impl Reconciler {
 /// A failed read stops the pass like any store error.
 fn read_error(error: ReadError) -> PassError {
     PassError::Store(error.to_string())
+}
+
+/// One WARN line per item newly found past its confirmation deadline.
+fn log_overdue(overdue: &[crate::store::queries::OverdueItem]) {
+    for item in overdue {
+        tracing::warn!(item = %item.item, order = %item.order, deadline = %item.deadline,
+            "item is still PENDING past its confirmation deadline");
+    }
+}
+
+/// Adds the polls of (part of) a pass to its summary.
+fn add_results(summary: &mut PassSummary, results: Vec<(Uuid, PollResult)>) {
+    for (order, result) in results {
+        if matches!(
+            result,
+            PollResult::Polled { .. } | PollResult::Failed | PollResult::NotFound
+        ) {
+            summary.recorded.push(order);
+        }
+        match result {
+            PollResult::Polled { changed } => {
+                summary.polled += 1;
+                summary.items_changed += changed;
+            }
+            PollResult::Failed => summary.failures += 1,
+            PollResult::NotFound => summary.not_found += 1,
+            PollResult::Credentials(message) => summary.stopped = Some(message),
+            PollResult::Paused => summary.paused_orders += 1,
+            PollResult::Skipped => {}
+        }
+    }
 }
 
 /// The pass's INFO line; `stopped` only when something stopped it.

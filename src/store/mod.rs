@@ -18,6 +18,7 @@ mod apply;
 mod batch;
 mod cells;
 pub mod checkpoint;
+pub mod cluster;
 pub mod commands;
 pub mod inspect;
 pub mod inspection;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use super::maintenance::{PRUNE_BATCH, PruneCursor, Pruned};
 use super::writer::{WriteError, Writer};
 use crate::clock::{Clock, to_db_text};
+use crate::leadership::Leadership;
 
 /// Prunes everything received before `cutoff`, one short writer command at a time.
 pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, WriteError> {
@@ -27,10 +28,21 @@ pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, Wri
 const PRUNE_EVERY: StdDuration = StdDuration::from_secs(3600);
 
 /// Deletes history older than `keep` now and every [`PRUNE_EVERY`], in writer-sized batches,
-/// until dropped (a batch already sent still commits).
-pub async fn prune_periodically(writer: Writer, clock: Arc<dyn Clock>, keep: StdDuration) {
+/// until dropped (a batch already sent still commits). With several instances on one
+/// database, only the one that `leadership` says leads prunes.
+pub async fn prune_periodically(
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    keep: StdDuration,
+    leadership: Leadership,
+) {
     let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
     loop {
+        if !leadership.leads() {
+            tracing::debug!("another instance holds the cluster lease; it prunes history");
+            tokio::time::sleep(PRUNE_EVERY).await;
+            continue;
+        }
         let cutoff = clock.now().checked_sub_signed(keep).unwrap_or_default();
         match prune(&writer, cutoff).await {
             Ok(pruned) => tracing::info!(

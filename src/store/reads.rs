@@ -69,6 +69,19 @@ impl Reads {
         }
     }
 
+    /// The shared work of several instances on this database, for the instance `holder`;
+    /// `None` on SQLite, where one instance owns the file.
+    pub fn cluster(&self, holder: &str) -> Option<super::cluster::Cluster> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(pool) => Some(super::cluster::Cluster::new(
+                pool.clone(),
+                holder.to_owned(),
+                self.deadline,
+            )),
+        }
+    }
+
     /// The orders a scheduled pass polls at `now` ([`queries::due_orders`]).
     pub async fn due_orders(&self, now: DateTime<Utc>) -> Result<Vec<DueOrder>, ReadError> {
         match &self.engine {

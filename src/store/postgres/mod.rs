@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod batches;
+pub mod cluster;
 pub mod commands;
 pub mod connect;
 pub mod feed;

@@ -3,6 +3,8 @@
 //! [`apply_batch`]), a failed poll, watching and expiring orders, overdue marks, and the lease.
 //! Each one locks the order row it changes first (`FOR NO KEY UPDATE`), like `apply_batch`, so
 //! a webhook batch and a poll of the same order never decide from each other's stale rows.
+//! Recording a poll (or its failure, or an expiry) ends the order's claim
+//! ([`super::cluster::claim_due`]): the order is free for whichever instance finds it due next.
 //! PostgreSQL's types leave no cell unreadable, so SQLite's repairs of hand-damaged cells
 //! (an unreadable `first_seen_at` or re-poll mark) have nothing to do here.
 
@@ -120,7 +122,7 @@ pub async fn record_poll(
     let settled = !still_in_doubt && repoll_at.is_none_or(|at| record.requested_at >= at);
     tx.execute(
         "UPDATE orders SET last_polled_at = $2, poll_failures = 0, last_error = NULL,
-           not_found_at = NULL,
+           not_found_at = NULL, poll_claimed_by = NULL, poll_claimed_until = NULL,
            repoll_at = CASE WHEN $3 THEN NULL ELSE repoll_at END,
            repoll_attempts = CASE WHEN $3 THEN 0 ELSE repoll_attempts END
          WHERE order_uuid = $1",
@@ -201,7 +203,8 @@ pub async fn record_poll_failure(
             lock_order(tx, *order, now).await?;
             tx.execute(
                 "UPDATE orders SET not_found_at = $2, last_error = 'not found (404)',
-                   repoll_at = NULL, repoll_attempts = 0
+                   repoll_at = NULL, repoll_attempts = 0,
+                   poll_claimed_by = NULL, poll_claimed_until = NULL
                  WHERE order_uuid = $1",
                 &[order, &now],
             )
@@ -225,7 +228,7 @@ pub async fn record_poll_failure(
             let due_mark = repoll_at.is_some_and(|at| at <= now);
             tx.execute(
                 "UPDATE orders SET poll_failures = poll_failures + 1, last_error = $2,
-                   next_poll_at = $3,
+                   next_poll_at = $3, poll_claimed_by = NULL, poll_claimed_until = NULL,
                    repoll_at = CASE WHEN $4 THEN $3 ELSE repoll_at END
                  WHERE order_uuid = $1",
                 &[order, error, &next, &due_mark],
@@ -282,7 +285,8 @@ pub async fn watch(
 pub async fn expire(tx: &Session<'_>, orders: &[Uuid], now: DateTime<Utc>) -> Result<Vec<Uuid>> {
     let rows = tx
         .query(
-            "UPDATE orders SET expired_at = $2, needs_poll = false
+            "UPDATE orders SET expired_at = $2, needs_poll = false,
+               poll_claimed_by = NULL, poll_claimed_until = NULL
              WHERE order_uuid = ANY($1) AND expired_at IS NULL
              RETURNING order_uuid",
             &[&orders, &ms(now)],

@@ -90,7 +90,7 @@ pub async fn poll_backlog(
 }
 
 /// The overdue rule ([`super::super::queries::OVERDUE`]) in PostgreSQL's words, `$1` being now.
-const OVERDUE: &str = "(status = 'PENDING' AND coalesce(confirm_deadline < $1, false))";
+pub(super) const OVERDUE: &str = "(status = 'PENDING' AND coalesce(confirm_deadline < $1, false))";
 
 /// Items overdue at `now` that have not been warned about.
 pub async fn unwarned_overdue(client: &Client, now: DateTime<Utc>) -> Result<Vec<OverdueItem>> {

@@ -36,10 +36,16 @@ pub fn config_for(fake: &FakeMusement, reconciler_extra: &str) -> String {
 /// `[musement]` pointing at `base_url` with the fake's credentials, and `[reconciler]` with an
 /// hourly interval, no rate limit and `reconciler_extra` appended.
 pub fn config_at(base_url: &str, reconciler_extra: &str) -> String {
+    // No ceiling on requests unless the test sets one.
+    let ceiling = if reconciler_extra.contains("max_requests_per_second") {
+        ""
+    } else {
+        "max_requests_per_second = 0.0\n"
+    };
     format!(
         "[musement]\nbase_url = \"{base_url}\"\napplication = \"{APPLICATION}\"\n\
          client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\n[reconciler]\n\
-         interval = \"1h\"\nmax_requests_per_second = 0.0\n{reconciler_extra}\n"
+         interval = \"1h\"\n{ceiling}{reconciler_extra}\n"
     )
 }
 
@@ -421,7 +427,11 @@ impl Harness {
 
     /// The `/metrics` text as the daemon would render it now (plain Prometheus format).
     pub async fn metrics_text(&self) -> String {
-        let source = orderwatch::metrics::StateSource::new(self.reads.clone(), self.clock.clone());
+        let source = orderwatch::metrics::StateSource::new(
+            self.reads.clone(),
+            self.clock.clone(),
+            orderwatch::leadership::Leadership::sole(),
+        );
         self.metrics.render(&source, false).await
     }
 

@@ -80,6 +80,16 @@ pub fn database_argument(dir: &Path) -> String {
     }
 }
 
+/// For a test of what only PostgreSQL does (several instances sharing work): says so and
+/// returns true on SQLite, where the test then returns.
+pub fn postgres_only(what: &str) -> bool {
+    if !postgres() {
+        eprintln!("NOT ON SQLITE: {what}");
+        return true;
+    }
+    false
+}
+
 /// For a test about SQLite itself: on PostgreSQL it says so (one line, like a skip, but never
 /// a failure: the engine has no such thing) and gives `true`, and the test returns.
 pub fn sqlite_only(what: &str) -> bool {

@@ -92,6 +92,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body, lossily decoded.
     pub body: String,
+    /// When it arrived (after its body was read).
+    pub at: std::time::Instant,
     /// When the fake had read it (before any latency, hold or scripted delay): what spacing
     /// checks measure.
     pub received: Instant,
@@ -484,6 +486,7 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             })
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        at: std::time::Instant::now(),
         received: Instant::now(),
     };
     let (scripted, latency, mut held) = {
