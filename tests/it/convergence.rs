@@ -42,6 +42,27 @@ struct Scenario {
     extra: &'static [&'static str],
     /// Basic auth password the simulator sends (a wrong one: every webhook is refused).
     webhook_password: &'static str,
+    /// Daemons on one database (PostgreSQL only past 1), webhooks spread over them in turn.
+    instances: usize,
+    /// `[reconciler] max_requests_per_second` (0: no ceiling).
+    requests_per_second: f64,
+}
+
+impl Scenario {
+    /// A single daemon without a request ceiling.
+    const fn one(
+        seed: u64,
+        extra: &'static [&'static str],
+        webhook_password: &'static str,
+    ) -> Self {
+        Self {
+            seed,
+            extra,
+            webhook_password,
+            instances: 1,
+            requests_per_second: 0.0,
+        }
+    }
 }
 
 /// What one run measured.
@@ -53,6 +74,10 @@ struct Figures {
     versions_checked: usize,
     webhooks: Value,
     gets: u64,
+    /// GETs of an order within 100 ms of its previous GET (one pass polling it twice).
+    repeats: u64,
+    /// The most GETs that arrived within one second.
+    peak_per_second: u64,
     api: Value,
     passes_total: usize,
     passes_after_settle: usize,
@@ -63,23 +88,11 @@ struct Figures {
 #[test]
 fn order_items_converge_to_the_simulators_truth_under_lossy_delivery() {
     let scenarios = [
-        Scenario {
-            seed: 1,
-            extra: &[],
-            webhook_password: WEBHOOK_PASSWORD,
-        },
-        Scenario {
-            seed: 2,
-            // REFUND_STARTED is then visible only by polling (the newest guide's trigger list).
-            extra: &["--no-refund-started-webhook"],
-            webhook_password: WEBHOOK_PASSWORD,
-        },
-        Scenario {
-            seed: 3,
-            // A lagging read replica: polls show the state of 300ms ago under a current Date.
-            extra: &["--api-read-lag", "300ms"],
-            webhook_password: WEBHOOK_PASSWORD,
-        },
+        Scenario::one(1, &[], WEBHOOK_PASSWORD),
+        // REFUND_STARTED is then visible only by polling (the newest guide's trigger list).
+        Scenario::one(2, &["--no-refund-started-webhook"], WEBHOOK_PASSWORD),
+        // A lagging read replica: polls show the state of 300ms ago under a current Date.
+        Scenario::one(3, &["--api-read-lag", "300ms"], WEBHOOK_PASSWORD),
     ];
     // One after the other: side by side they share two busy cores and one disk, and a stalled
     // fsync then costs webhook timeouts that blur the figures.
@@ -112,11 +125,11 @@ fn order_items_converge_to_the_simulators_truth_under_lossy_delivery() {
 /// schedule and gives up, and the table converges on polls alone.
 #[test]
 fn order_items_converge_on_polls_alone_when_every_webhook_is_refused() {
-    let f = run(&Scenario {
-        seed: 4,
-        extra: &["--orders", "40", "--items", "100"],
-        webhook_password: "not-the-password",
-    });
+    let f = run(&Scenario::one(
+        4,
+        &["--orders", "40", "--items", "100"],
+        "not-the-password",
+    ));
     let w = &f.webhooks;
     assert_eq!(w["delivered"], 0, "{w}");
     assert!(w["retried"].as_u64() > Some(0), "{w}");
@@ -130,18 +143,88 @@ fn order_items_converge_on_polls_alone_when_every_webhook_is_refused() {
     );
 }
 
+/// Several instances on one PostgreSQL database share the reconciler's work and Musement's
+/// request budget: three daemons behind a round-robin split of the webhooks, every one
+/// reconciling, converge like one, with about the GETs one daemon alone sends for the same
+/// seed (not three times as many), almost never the same order twice within 100 ms (one pass
+/// polling it twice), and at most a second's budget plus its refill in any second.
+#[test]
+fn three_reconciling_instances_converge_sharing_the_polls_and_the_request_budget() {
+    if backend::postgres_only("several instances on one database") {
+        return;
+    }
+    const RATE: f64 = 60.0;
+    let scenario = |instances| Scenario {
+        instances,
+        requests_per_second: RATE,
+        ..Scenario::one(5, &[], WEBHOOK_PASSWORD)
+    };
+    let alone = run(&scenario(1));
+    let three = run(&scenario(3));
+    for (what, f) in [("one instance", &alone), ("three instances", &three)] {
+        println!(
+            "seed {} with {what}: {} items; GET /orders {} ({} within 100 ms of the order's previous GET), \
+             at most {} in one second; passes {}; settled after {:.1}s, converged {:.1}s later",
+            f.seed,
+            f.items,
+            f.gets,
+            f.repeats,
+            f.peak_per_second,
+            f.passes_total,
+            f.settle.as_secs_f64(),
+            f.converge.as_secs_f64(),
+        );
+    }
+    let ratio = three.gets as f64 / alone.gets.max(1) as f64;
+    println!("GETs, three instances to one: {ratio:.2}");
+    assert!(
+        ratio < 1.5,
+        "three instances sent {ratio:.2}× the GETs of one: {} vs {}",
+        three.gets,
+        alone.gets
+    );
+    assert!(
+        three.repeats * 10 < three.gets,
+        "{} of {} GETs repeated an order's previous one within 100 ms",
+        three.repeats,
+        three.gets
+    );
+    // The bucket holds a second's worth and refills a second's worth; each instance may hold
+    // a tenth of a second's worth it was granted earlier.
+    let ceiling = 2.0 * RATE + 3.0 * (RATE / 10.0).ceil();
+    assert!(
+        three.peak_per_second as f64 <= ceiling,
+        "{} GETs in one second, over the shared budget's {ceiling}",
+        three.peak_per_second
+    );
+}
+
 fn run(scenario: &Scenario) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..scenario.instances)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    for other in &dirs[1..] {
+        backend::share_database(dirs[0].path(), other.path());
+    }
+    let dir = dirs[0].path().to_owned();
     let sim_port = free_port();
-    let config = daemon_config(sim_port);
-    let config_path = dir.path().join("config.toml");
+    let config_path = dir.join("config.toml");
     // What `musement-sim compare --database` takes: the SQLite file or the PostgreSQL URL.
-    let database = backend::database_argument(dir.path());
-    let truth_path = dir.path().join("truth.json");
-    let watch_log = dir.path().join("watch.log");
-    let daemon = Daemon::start_with_env(dir, &config, &[("CONVERGENCE_SECRET", CLIENT_SECRET)]);
+    let database = backend::database_argument(&dir);
+    let truth_path = dir.join("truth.json");
+    let watch_log = dir.join("watch.log");
+    let daemons: Vec<Daemon> = dirs
+        .into_iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let config = daemon_config(sim_port, scenario.requests_per_second, i);
+            Daemon::start_with_env(dir, &config, &[("CONVERGENCE_SECRET", CLIENT_SECRET)])
+        })
+        .collect();
+    let daemon = &daemons[0];
     let started = Instant::now();
-    let mut sim = Simulator::start(scenario, sim_port, &daemon.webhook_url(), &truth_path);
+    let webhook_urls: Vec<String> = daemons.iter().map(Daemon::webhook_url).collect();
+    let mut sim = Simulator::start(scenario, sim_port, &webhook_urls, &truth_path);
     let mut watch = Command::new(binary())
         .args(["watch", "--config", config_path.to_str().unwrap(), "-"])
         .env_remove("RUST_LOG")
@@ -153,14 +236,14 @@ fn run(scenario: &Scenario) -> Figures {
         .unwrap();
 
     let mut daemon_log = Vec::new();
-    let truth = sim.wait_settled(&truth_path, &daemon, &mut daemon_log);
+    let truth = sim.wait_settled(&truth_path, &daemons, &mut daemon_log);
     let settle = started.elapsed();
     let passes_at_settle = passes(&daemon_log);
     let settled_at = Instant::now();
     let items = truth["items"].as_array().unwrap().len();
     let mut last_diff = Vec::new();
     while settled_at.elapsed() < CONVERGE_LIMIT {
-        daemon_log.extend(log_lines(&daemon));
+        daemon_log.extend(daemons.iter().flat_map(log_lines));
         last_diff = diff(&truth, &daemon.db());
         if last_diff.is_empty() {
             break;
@@ -199,8 +282,9 @@ fn run(scenario: &Scenario) -> Figures {
         output.contains(&format!("watching {} order(s)", truth["orders"])),
         "{output}"
     );
-    let mut daemon = daemon;
-    daemon_log.extend(daemon.stop());
+    for mut daemon in daemons {
+        daemon_log.extend(daemon.stop());
+    }
     Figures {
         seed: scenario.seed,
         items,
@@ -212,6 +296,10 @@ fn run(scenario: &Scenario) -> Figures {
             .count(),
         webhooks: final_truth["webhooks"].clone(),
         gets: final_truth["get_orders"].as_u64().unwrap_or(0),
+        repeats: final_truth["get_order_repeats"].as_u64().unwrap_or(0),
+        peak_per_second: final_truth["get_order_peak_per_second"]
+            .as_u64()
+            .unwrap_or(0),
         api: final_truth["api"].clone(),
         passes_total: passes(&daemon_log),
         passes_after_settle,
@@ -222,11 +310,12 @@ fn run(scenario: &Scenario) -> Figures {
 
 /// The daemon: webhooks with Basic auth, the simulator as Musement, and the reconciler tuned
 /// for seconds instead of hours (every knob at or above its minimum).
-fn daemon_config(sim_port: u16) -> String {
+fn daemon_config(sim_port: u16, requests_per_second: f64, instance: usize) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
+instance_id = "convergence-{instance}"
 [server.auth]
 username = "{WEBHOOK_USER}"
 password = "{WEBHOOK_PASSWORD}"
@@ -249,7 +338,7 @@ client_secret_env = "CONVERGENCE_SECRET"
 [reconciler]
 interval = "1s"
 concurrency = 8
-max_requests_per_second = 0.0
+max_requests_per_second = {requests_per_second:.1}
 request_timeout = "1s"
 quiet_period = "300ms"
 recheck_interval = "1s"
@@ -271,7 +360,7 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn start(scenario: &Scenario, port: u16, webhook_url: &str, truth: &Path) -> Self {
+    fn start(scenario: &Scenario, port: u16, webhook_urls: &[String], truth: &Path) -> Self {
         let listen = format!("127.0.0.1:{port}");
         let seed = scenario.seed.to_string();
         let mut args = vec![
@@ -297,8 +386,6 @@ impl Simulator {
             "200ms..1s",
             "--voucher-delay",
             "0ms..300ms",
-            "--webhook-url",
-            webhook_url,
             "--webhook-user",
             WEBHOOK_USER,
             "--drop",
@@ -326,6 +413,9 @@ impl Simulator {
             "--truth",
             truth.to_str().unwrap(),
         ];
+        for url in webhook_urls {
+            args.extend(["--webhook-url", url]);
+        }
         // Later flags win (clap keeps the last value), so a scenario can override the above.
         args.extend_from_slice(scenario.extra);
         let mut child = KillOnDrop(
@@ -352,16 +442,16 @@ impl Simulator {
         self.lines.join("\n")
     }
 
-    /// Waits for the truth file to say `settled`, collecting the daemon's log meanwhile.
+    /// Waits for the truth file to say `settled`, collecting the daemons' logs meanwhile.
     fn wait_settled(
         &mut self,
         truth: &Path,
-        daemon: &Daemon,
+        daemons: &[Daemon],
         daemon_log: &mut Vec<String>,
     ) -> Value {
         let deadline = Instant::now() + SETTLE_LIMIT;
         loop {
-            daemon_log.extend(log_lines(daemon));
+            daemon_log.extend(daemons.iter().flat_map(log_lines));
             if let Some(value) = read_truth(truth)
                 && value["phase"] == "settled"
             {

@@ -122,7 +122,11 @@ impl Api {
         if parts.uri.path() == "/sim/stats" && parts.method == hyper::Method::GET {
             return json_response(200, self.counters.json().to_string(), &[]);
         }
-        let endpoint = counter_name(Endpoint::of(&parts.method, parts.uri.path()));
+        let route = Endpoint::of(&parts.method, parts.uri.path());
+        if let Endpoint::GetOrder { order } = route {
+            self.counters.get_order_arrived(order);
+        }
+        let endpoint = counter_name(route);
         let sleep = {
             let mut rng = self.lock_rng();
             self.faults.latency.sample(&mut rng)

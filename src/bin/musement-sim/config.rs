@@ -71,8 +71,10 @@ pub struct Args {
     pub max_confirmation_time: String,
 
     /// Where webhooks go (http:// on loopback, or https://); none = no webhooks at all.
+    /// Repeated, the attempts take the URLs in turn (round-robin, as a load balancer in front
+    /// of several receivers would spread them).
     #[arg(long)]
-    pub webhook_url: Option<String>,
+    pub webhook_url: Vec<String>,
     /// Basic auth username sent with every webhook (needs a password).
     #[arg(long, requires = "webhook_password")]
     pub webhook_user: Option<String>,
@@ -322,7 +324,7 @@ impl Settings {
                 args.listen
             ));
         }
-        if let Some(url) = &args.webhook_url {
+        for url in &args.webhook_url {
             check_webhook_url(url)?;
         }
         check_iso_duration(&args.max_confirmation_time)

@@ -100,7 +100,10 @@ async fn run(settings: Settings) -> ExitCode {
         musement_wire::PREFIX,
         plans.len(),
         settings.items,
-        settings.args.webhook_url.as_deref().unwrap_or("off"),
+        match settings.args.webhook_url.join(", ") {
+            urls if urls.is_empty() => "off".to_owned(),
+            urls => urls,
+        },
     );
 
     let write_truth = |phase: Phase| {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -48,6 +49,43 @@ pub struct Stats {
     pub api: BTreeMap<&'static str, BTreeMap<String, u64>>,
     /// Versions acknowledged with 200, per item.
     pub delivered: HashMap<Uuid, BTreeSet<u64>>,
+    /// How the `GET /orders/{uuid}` requests came in time.
+    pub polls: PollTimes,
+}
+
+/// When `GET /orders/{uuid}` requests arrived: what shows several reconciling instances
+/// sharing the work (few repeats) and the request budget (the peak second).
+#[derive(Debug, Default)]
+pub struct PollTimes {
+    /// The first request's arrival; seconds are counted from it.
+    first: Option<Instant>,
+    /// Each order's latest request.
+    last: HashMap<String, Instant>,
+    /// Requests for an order that came within [`REPEAT_WINDOW`] of its previous one: polled
+    /// twice in one pass.
+    repeats: u64,
+    /// Requests per whole second since the first.
+    per_second: HashMap<u64, u64>,
+}
+
+/// Two polls of one order this close are one pass polling it twice (passes are a second
+/// apart or more; a failed poll backs off longer).
+pub const REPEAT_WINDOW: Duration = Duration::from_millis(100);
+
+impl PollTimes {
+    /// Counts a request for `order` arriving `at`.
+    fn count(&mut self, order: &str, at: Instant) {
+        let first = *self.first.get_or_insert(at);
+        *self
+            .per_second
+            .entry(at.duration_since(first).as_secs())
+            .or_default() += 1;
+        if let Some(previous) = self.last.insert(order.to_owned(), at)
+            && at.duration_since(previous) < REPEAT_WINDOW
+        {
+            self.repeats += 1;
+        }
+    }
 }
 
 /// [`Stats`], shared.
@@ -58,6 +96,11 @@ impl Counters {
     /// The stats, locked (poisoning ignored: counters stay usable).
     pub fn lock(&self) -> MutexGuard<'_, Stats> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a `GET /orders/{order}` arriving now.
+    pub fn get_order_arrived(&self, order: &str) {
+        self.lock().polls.count(order, Instant::now());
     }
 
     /// Counts one API request on `endpoint` answered `answer`.
@@ -82,6 +125,8 @@ impl Counters {
             "webhooks": stats.webhooks,
             "api": stats.api,
             "get_orders": get_orders,
+            "get_order_repeats": stats.polls.repeats,
+            "get_order_peak_per_second": stats.polls.per_second.values().max().copied().unwrap_or(0),
         })
     }
 }

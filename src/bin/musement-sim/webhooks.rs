@@ -36,7 +36,10 @@ pub struct Pusher {
 }
 
 struct Target {
-    url: String,
+    /// Taken in turn, one attempt each.
+    urls: Vec<String>,
+    /// The next attempt's index into `urls` (modulo its length).
+    next: std::sync::atomic::AtomicUsize,
     authorization: Option<String>,
     http: reqwest::Client,
 }
@@ -49,10 +52,12 @@ impl Pusher {
         counters: Arc<Counters>,
     ) -> Result<Arc<Self>, String> {
         let args = &settings.args;
-        let target = match &args.webhook_url {
-            None => None,
-            Some(url) => Some(Target {
-                url: url.clone(),
+        let target = if args.webhook_url.is_empty() {
+            None
+        } else {
+            Some(Target {
+                urls: args.webhook_url.clone(),
+                next: std::sync::atomic::AtomicUsize::new(0),
                 authorization: args.webhook_user.as_ref().map(|user| {
                     let password = args.webhook_password.as_deref().unwrap_or("");
                     let pair = format!("{user}:{password}");
@@ -66,7 +71,7 @@ impl Pusher {
                     .timeout(args.webhook_timeout)
                     .build()
                     .map_err(|e| format!("cannot build the webhook client: {e}"))?,
-            }),
+            })
         };
         Ok(Arc::new(Self {
             target,
@@ -182,9 +187,10 @@ impl Pusher {
 impl Target {
     /// One POST; the status, or why there was none (`connect`, `timeout`, `error`).
     async fn post(&self, body: &str) -> Result<u16, &'static str> {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut request = self
             .http
-            .post(&self.url)
+            .post(&self.urls[turn % self.urls.len()])
             .header("content-type", "application/json")
             .body(body.to_owned());
         if let Some(authorization) = &self.authorization {

@@ -70,6 +70,12 @@ pub fn database_url(dir: &Path) -> String {
     url
 }
 
+/// Makes the test folder `to` use `from`'s PostgreSQL database: several instances, one
+/// database.
+pub fn share_database(from: &Path, to: &Path) {
+    std::fs::write(to.join(URL_FILE), database_url(from)).unwrap();
+}
+
 /// The database of the test folder `dir` as a command line names it: the default SQLite file
 /// in it, or the folder's PostgreSQL URL.
 pub fn database_argument(dir: &Path) -> String {
