@@ -27,6 +27,7 @@ mod postgres_feed;
 mod postgres_ha;
 mod postgres_schema;
 mod postgres_tls;
+mod postgres_topology;
 mod postgres_writer;
 mod quick_path;
 mod rate_limit;

@@ -9,6 +9,7 @@ use orderwatch::observation::Observation;
 use orderwatch::store::{self, StoreSettings};
 use tokio::sync::Semaphore;
 
+use crate::helpers::exposition::Exposition;
 use crate::helpers::pg;
 use crate::helpers::{Daemon, http_client, json_post, uuid, webhook};
 
@@ -422,6 +423,100 @@ async fn the_feed_skips_nothing_and_repeats_nothing_with_three_writing_instances
         printed.len()
     );
     for daemon in &mut daemons {
+        daemon.stop();
+    }
+}
+
+/// Which instances export the database-wide gauges now: `(instance, its orderwatch_items by
+/// status)` for each that shows `orderwatch_cluster_lease_held 1`; the others must show 0
+/// and no database gauge.
+async fn gauge_exporters(daemons: &[Option<Daemon>]) -> Vec<(usize, BTreeMap<String, f64>)> {
+    let mut exporters = Vec::new();
+    for (n, daemon) in daemons.iter().enumerate() {
+        let Some(daemon) = daemon else { continue };
+        let text = daemon.metrics_text().await;
+        let metrics = Exposition::parse(&text);
+        let held = metrics.get("orderwatch_cluster_lease_held", &[]);
+        let items: BTreeMap<String, f64> = metrics
+            .samples
+            .iter()
+            .filter(|s| s.name == "orderwatch_items")
+            .map(|s| (s.labels.get("status").cloned().unwrap_or_default(), s.value))
+            .collect();
+        match held {
+            Some(1.0) => exporters.push((n, items)),
+            Some(0.0) => assert!(
+                items.is_empty() && metrics.get("orderwatch_pending_items", &[]).is_none(),
+                "{} does not hold the cluster lease but exports database gauges:\n{text}",
+                INSTANCES[n]
+            ),
+            other => panic!("{}: orderwatch_cluster_lease_held {other:?}", INSTANCES[n]),
+        }
+    }
+    exporters
+}
+
+/// Of three instances exactly one exports the database-wide gauges (the cluster lease
+/// holder), so a sum across instances is the database's count; when it stops, another takes
+/// the lease at its next renewal and exports them instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_exports_the_database_gauges_and_another_takes_over_when_it_stops() {
+    let Some(db) = pg::database("the database gauges of three instances") else {
+        return;
+    };
+    let mut daemons: Vec<Option<Daemon>> = start_instances(&db.url)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    let client = http_client();
+    for n in 0..9 {
+        let daemon = daemons[n % 3].as_ref().unwrap();
+        let body = webhook(
+            &uuid(1, n as u64),
+            &uuid(2, n as u64),
+            1,
+            ["OK", "PENDING", "KO"][n % 3],
+        );
+        let answer = json_post(&client, &daemon.webhook_url())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let expected: BTreeMap<String, f64> = [("KO", 3.0), ("OK", 3.0), ("PENDING", 3.0)]
+        .map(|(s, n)| (s.to_owned(), n))
+        .into();
+
+    let exporters = gauge_exporters(&daemons).await;
+    assert_eq!(exporters.len(), 1, "exactly one exports: {exporters:?}");
+    let (leader, items) = exporters[0].clone();
+    assert_eq!(items, expected, "the database's counts, once");
+
+    daemons[leader].take().unwrap().stop();
+    let stopped_at = std::time::Instant::now();
+    let limit = orderwatch::leadership::RENEW_EVERY + Duration::from_secs(10);
+    let successor = loop {
+        let exporters = gauge_exporters(&daemons).await;
+        assert!(exporters.len() <= 1, "two export at once: {exporters:?}");
+        if let Some((n, items)) = exporters.into_iter().next() {
+            assert_eq!(items, expected);
+            break n;
+        }
+        assert!(
+            stopped_at.elapsed() < limit,
+            "nobody took the lease within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "database gauges: {} exported them, then {} {:.1}s after it stopped",
+        INSTANCES[leader],
+        INSTANCES[successor],
+        stopped_at.elapsed().as_secs_f64()
+    );
+    for daemon in daemons.iter_mut().flatten() {
         daemon.stop();
     }
 }
