@@ -478,7 +478,7 @@ async fn one_instance_exports_the_database_gauges_and_another_takes_over_when_it
             1,
             ["OK", "PENDING", "KO"][n % 3],
         );
-        let answer = json_post(&client, &daemon.webhook_url())
+        let answer = json_post(&client, daemon.webhook_url())
             .body(body)
             .send()
             .await
