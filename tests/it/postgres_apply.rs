@@ -396,6 +396,86 @@ fn postgres_applies_every_batch_as_sqlite_does() {
         .unwrap();
 }
 
+/// A writer batch is cut into steps (consecutive webhooks; a readiness ping or a poll record
+/// alone), and two writers of one instance share its heartbeat row. Batches whose steps name
+/// the same orders in crossing order, with pings between them, run on four connections at
+/// once: every batch locks all its orders up front, in UUID order, so none waits for another
+/// in a cycle (before that, step by step, such batches deadlocked).
+#[test]
+fn batches_cut_into_steps_lock_all_their_orders_up_front_and_never_deadlock() {
+    use orderwatch::store::commands::Command;
+
+    let Some(db) = pg::database("batches cut into steps") else {
+        return;
+    };
+    let webhook = |o: u8, version: i64| {
+        Command::Apply(Box::new(Observation::bare(
+            item(2 * o),
+            order(o),
+            Status::parse("PENDING"),
+            Position::Webhook {
+                version,
+                updated: at(version * 1_000),
+            },
+            at(version),
+        )))
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let deadlocks = runtime.block_on(async {
+        let mut client = db.migrated_client().await;
+        // The orders exist already, as they mostly do: a webhook's order was seen before.
+        let first: Vec<Command> = (0..3).map(|o| webhook(o, 1)).collect();
+        let tx = client.transaction().await.unwrap();
+        let statements = Statements::default();
+        let commands: Vec<&Command> = first.iter().collect();
+        pg_commands::execute_all(
+            &Session::new(&tx, &statements),
+            &commands,
+            &settings(),
+            now(),
+            "test",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut writers = Vec::new();
+        for writer in 0..4u64 {
+            let url = db.url.clone();
+            writers.push(tokio::spawn(async move {
+                let mut client = pg::connect(&url).await;
+                let statements = Statements::default();
+                let mut rng = fastrand::Rng::with_seed(writer);
+                for n in 0..60i64 {
+                    let mut orders = vec![0u8, 1, 2];
+                    rng.shuffle(&mut orders);
+                    // One order, two or three; a ping first or not.
+                    orders.truncate(rng.usize(1..=3));
+                    let mut batch: Vec<Command> = orders
+                        .iter()
+                        .flat_map(|o| [webhook(*o, 2 + n), Command::Ping])
+                        .collect();
+                    if rng.bool() {
+                        batch.insert(0, Command::Ping);
+                    }
+                    let commands: Vec<&Command> = batch.iter().collect();
+                    let tx = client.transaction().await.unwrap();
+                    let session = Session::new(&tx, &statements);
+                    pg_commands::execute_all(&session, &commands, &settings(), now(), "test")
+                        .await
+                        .unwrap_or_else(|e| panic!("writer {writer}, batch {n}: {e}"));
+                    tx.commit().await.unwrap();
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        pg::deadlocks_once_alone(&client).await
+    });
+    assert_eq!(deadlocks, 0, "deadlocks reported by the server");
+}
+
 /// Four connections apply batches over the same three orders at once. Sorted order locks mean
 /// no deadlock and no error; and the rows must be those of applying the batches one after the
 /// other in the order PostgreSQL serialized them (a batch's events are inserted under its

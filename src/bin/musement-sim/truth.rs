@@ -49,6 +49,9 @@ pub struct Stats {
     pub api: BTreeMap<&'static str, BTreeMap<String, u64>>,
     /// Versions acknowledged with 200, per item.
     pub delivered: HashMap<Uuid, BTreeSet<u64>>,
+    /// Versions with an attempt that got no answer (timed out, or the connection broke after
+    /// it was sent), per item: the receiver may have stored them all the same.
+    pub unanswered: HashMap<Uuid, BTreeSet<u64>>,
     /// How the `GET /orders/{uuid}` requests came in time.
     pub polls: PollTimes,
 }
@@ -147,7 +150,10 @@ pub enum Phase {
 
 /// The truth as JSON.
 pub fn truth(world: &World, counters: &Counters, seed: u64, phase: Phase) -> Value {
-    let delivered = counters.lock().delivered.clone();
+    let (delivered, unanswered) = {
+        let stats = counters.lock();
+        (stats.delivered.clone(), stats.unanswered.clone())
+    };
     let items: Vec<Value> = world
         .created
         .iter()
@@ -164,6 +170,7 @@ pub fn truth(world: &World, counters: &Counters, seed: u64, phase: Phase) -> Val
                     "version": current.version,
                     "final_version_delivered": versions.contains(&current.version),
                     "delivered_versions": versions,
+                    "unanswered_versions": unanswered.get(&item.uuid).cloned().unwrap_or_default(),
                     "history": item.history.iter().map(|c| json!({
                         "version": c.version,
                         "status": c.status.as_str(),

@@ -162,6 +162,13 @@ impl Pusher {
                     Err(kind) => (*kind).to_owned(),
                 };
                 *stats.webhooks.answers.entry(label).or_default() += 1;
+                if matches!(answer, Err("timeout" | "error")) {
+                    stats
+                        .unanswered
+                        .entry(webhook.item)
+                        .or_default()
+                        .insert(webhook.version);
+                }
                 if matches!(answer, Ok(200)) {
                     stats.webhooks.delivered += 1;
                     stats

@@ -3,12 +3,14 @@
 //! same answers.
 
 use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
 
 use super::super::StoreSettings;
 use super::super::apply::RejectedWebhook;
 use super::super::commands::{Command, Done, Step, steps};
 use super::super::inspect::COMMIT_LAG;
 use super::super::maintenance::{PruneCursor, PruneStep};
+use super::super::polls::PollFailure;
 use super::apply::apply_batch;
 use super::polls;
 use super::session::Session;
@@ -25,6 +27,7 @@ pub async fn execute_all(
     now: DateTime<Utc>,
     instance: &str,
 ) -> Result<Vec<Done>> {
+    lock_orders(tx, commands).await?;
     let mut done = Vec::with_capacity(commands.len());
     for step in steps(commands) {
         match step {
@@ -36,6 +39,43 @@ pub async fn execute_all(
         }
     }
     Ok(done)
+}
+
+/// Locks, in UUID order, the row of every existing order the batch's commands write, before
+/// the first step runs. Each step locks its own orders in UUID order too, but a batch is cut
+/// into steps (a readiness ping or a poll record runs alone), so step by step two batches
+/// could take the same orders in crossing order (order A in one's first step, B in its second;
+/// B then A in the other's) and deadlock; taken all at once, in one order, they cannot. A
+/// ping's heartbeat row is then the only row a batch locks after its orders, and a batch
+/// holding it already holds every order it will lock. Orders not created yet are locked by
+/// the step that creates them (a second batch creating the same one waits for the first's
+/// commit).
+async fn lock_orders(tx: &Session<'_>, commands: &[&Command]) -> Result<()> {
+    let mut orders: Vec<Uuid> = commands
+        .iter()
+        .flat_map(|command| -> Vec<Uuid> {
+            match command {
+                Command::Apply(observation) => vec![observation.order],
+                Command::RecordPoll(record) => vec![record.order],
+                Command::RecordPollFailure(
+                    PollFailure::NotFound { order } | PollFailure::Failed { order, .. },
+                ) => vec![*order],
+                Command::Watch(orders) | Command::Expire(orders) => orders.clone(),
+                _ => Vec::new(),
+            }
+        })
+        .collect();
+    if orders.is_empty() {
+        return Ok(());
+    }
+    orders.sort_unstable();
+    orders.dedup();
+    tx.execute(
+        "SELECT 1 FROM orders WHERE order_uuid = ANY($1) ORDER BY order_uuid FOR NO KEY UPDATE",
+        &[&orders],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs one command.
