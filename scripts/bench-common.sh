@@ -1,5 +1,6 @@
-# Shared by scripts/bench-ingest, scripts/bench-reconcile and scripts/bench-startup; sourced,
-# not run. Parses the common flags, builds the binaries and describes the machine.
+# Shared by scripts/bench-ingest, scripts/bench-reconcile, scripts/bench-startup and
+# scripts/bench-ha; sourced, not run. Parses the common flags, builds the binaries and describes
+# the machine.
 #
 #   --quick      a seconds-long smoke run (CI): tiny sizes, debug build, results under
 #                TARGET/bench-smoke/ instead of benchmarks/
@@ -12,6 +13,8 @@
 # databases live under it too, on purpose: they are build products (`cargo clean` removes
 # them), and whoever moves the target folder out of the repository (a shared or bigger disk)
 # takes the 1 GB database with it. The tables of full runs stay in benchmarks/, committed.
+#
+# shellcheck shell=bash disable=SC2034 # bin, bench, pin_*, pinning: for the sourcing scripts
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

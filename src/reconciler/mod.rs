@@ -225,9 +225,11 @@ impl Reconciler {
         }
     }
 
-    /// The same reconciler holding its lease for `ttl` instead of [`LEASE_TTL`] (renewed at a
-    /// third of it). A seam for tests: renewal waits on real time, not on the [`Clock`] that
-    /// judges expiry, so a test of renewals would otherwise wait 20 s for each.
+    /// The same reconciler holding its lease (SQLite), or its claims on orders (PostgreSQL),
+    /// for `ttl` instead of [`LEASE_TTL`] (a lease is renewed at a third of it). A seam for
+    /// tests: renewal waits on real time, not on the [`Clock`] that judges expiry, so a test
+    /// of renewals would otherwise wait 20 s for each; a claim's expiry is on the database
+    /// clock, so a test of a takeover would wait a minute.
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self

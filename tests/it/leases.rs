@@ -1,8 +1,14 @@
-//! The reconciler lease on a `ManualClock`: a lease left by a pass that died is taken over
-//! exactly when it expires, a pass that outlasts the lease keeps renewing it so nobody else
-//! polls meanwhile, and a pass whose lease was taken stops. Expiry is judged by the clock the
-//! test moves; renewal runs on real time, so the renewal tests shorten the lease to seconds
-//! (`Reconciler::with_lease_ttl`) instead of waiting 20 s per renewal.
+//! How reconcilers in several processes share one database.
+//!
+//! On SQLite, the reconciler lease on a `ManualClock`: a lease left by a pass that died is
+//! taken over exactly when it expires, a pass that outlasts the lease keeps renewing it so
+//! nobody else polls meanwhile, and a pass whose lease was taken stops. Expiry is judged by
+//! the clock the test moves; renewal runs on real time, so the renewal tests shorten the lease
+//! to seconds (`Reconciler::with_lease_ttl`) instead of waiting 20 s per renewal.
+//!
+//! On PostgreSQL (`claims_*`), passes of several instances run at once and claim due orders:
+//! they split them, a dead pass's claims are taken over at their expiry (database clock) and
+//! not before, a pause Musement asked of one stops all, and they share one request budget.
 
 use std::future::Future;
 use std::time::{Duration as StdDuration, Instant};

@@ -400,14 +400,33 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// Prints one numeric field of a result file.
+/// Prints one field of a result file: a number, a string (`ledger`), or a list of numbers
+/// separated by spaces (`cpu_ticks`).
 pub fn result_field(json: &Path, field: &str) -> BenchResult<ExitCode> {
     let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
-    match value.get(field).and_then(serde_json::Value::as_f64) {
-        Some(number) => {
-            println!("{number}");
+    match value.get(field).and_then(field_text) {
+        Some(text) => {
+            println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        None => fail(format!("{}: no numeric field {field:?}", json.display())),
+        None => fail(format!(
+            "{}: no numeric, text or number list field {field:?}",
+            json.display()
+        )),
+    }
+}
+
+/// A number, a string, or numbers separated by spaces, as `result-field` prints them.
+fn field_text(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Number(_) => value.as_f64().map(|n| n.to_string()),
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_f64().map(|n| n.to_string()))
+            .collect::<Option<Vec<_>>>()
+            .map(|numbers| numbers.join(" ")),
+        _ => None,
     }
 }

@@ -8,6 +8,8 @@
 //! slot, so a generator or server that falls behind shows up as latency instead of hiding it
 //! (no coordinated omission). Every answer is recorded; at the end the ledger is checked: every
 //! webhook answered 200 must be in `item_events` (item and version), otherwise the run is VOID.
+//! With several `--url`s (instances sharing one database), connection `c` goes to URL `c % n`
+//! for the whole run, reconnecting there after an error; the run still gives one result.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -39,9 +41,10 @@ const VERSION: u64 = 1;
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// The webhook URL (a loopback address).
+    /// The webhook URL (a loopback address). Repeat it to spread the connections over several
+    /// servers: connection i goes to the i-th URL modulo their number.
     #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/musement")]
-    url: String,
+    url: Vec<String>,
     /// Keep-alive connections.
     #[arg(long, short = 'c', default_value_t = 16)]
     connections: usize,
@@ -63,6 +66,11 @@ pub struct LoadArgs {
     /// The server's PID, to report its peak RSS (VmHWM).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A process whose CPU time during the load (its own and its descendants', in clock ticks)
+    /// goes into the result's `cpu_ticks`, in the order given; repeatable. Measured from just
+    /// before the first send (20 ms) to the last answer, so the ledger check is not in it.
+    #[arg(long)]
+    cpu_pid: Vec<u32>,
     /// A name for this run in reports (the scripts use noop, orderwatch, naive).
     #[arg(long, default_value = "run")]
     label: String,
@@ -120,6 +128,10 @@ pub struct LoadResult {
     /// `--db`; absent in results written before it was measured).
     #[serde(default)]
     pub wal_peak_bytes: Option<u64>,
+    /// CPU time each `--cpu-pid` process tree used during the load (utime + stime in clock
+    /// ticks, `getconf CLK_TCK` a second), in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_ticks: Vec<u64>,
 }
 
 /// One answered request.
@@ -139,9 +151,23 @@ struct ConnectionLog {
     last_done: Option<Instant>,
 }
 
-struct Plan {
+/// Where one connection sends its requests.
+struct Target {
     url: LoopbackUrl,
+    /// The `Host` header value.
     host: String,
+}
+
+impl Target {
+    fn new(url: LoopbackUrl) -> Self {
+        Self {
+            host: url.host(),
+            url,
+        }
+    }
+}
+
+struct Plan {
     seed: u64,
     updated: String,
     next: AtomicU64,
@@ -156,7 +182,7 @@ struct Plan {
 }
 
 pub fn run(args: LoadArgs) -> BenchResult<ExitCode> {
-    let url = LoopbackUrl::parse(&args.url)?;
+    let urls = parse_urls(&args.url)?;
     if args.connections == 0 {
         return fail("--connections must be at least 1");
     }
@@ -171,7 +197,7 @@ pub fn run(args: LoadArgs) -> BenchResult<ExitCode> {
     // Rows first seen from here on are this run's (a prefilled database holds older ones).
     let started = chrono::Utc::now();
     let wal = args.db.as_deref().map(WalWatch::start);
-    let (mut result, acknowledged, seed) = runtime.block_on(generate(&args, url, duration))?;
+    let (mut result, acknowledged, seed) = runtime.block_on(generate(&args, urls, duration))?;
     drop(runtime);
     result.wal_peak_bytes = wal.map(WalWatch::stop);
 
@@ -193,23 +219,40 @@ pub fn run(args: LoadArgs) -> BenchResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `--url` values, parsed (at least one: clap gives the default when none is given).
+fn parse_urls(texts: &[String]) -> BenchResult<Vec<LoopbackUrl>> {
+    if texts.is_empty() {
+        return fail("--url must be given at least once");
+    }
+    texts.iter().map(|text| LoopbackUrl::parse(text)).collect()
+}
+
+/// The target of every connection: connection `c` goes to URL `c % urls.len()`.
+fn assign_targets(urls: Vec<LoopbackUrl>, connections: usize) -> Vec<Arc<Target>> {
+    let targets: Vec<Arc<Target>> = urls.into_iter().map(|u| Arc::new(Target::new(u))).collect();
+    (0..connections)
+        .map(|c| targets[c % targets.len()].clone())
+        .collect()
+}
+
 /// Runs the load; returns the result, the indexes answered 200, and the run's UUID seed.
 async fn generate(
     args: &LoadArgs,
-    url: LoopbackUrl,
+    urls: Vec<LoopbackUrl>,
     duration: Option<Duration>,
 ) -> BenchResult<(LoadResult, Vec<u64>, u64)> {
     // Connect everything first, so connection set-up is not part of the measurement.
+    let targets = assign_targets(urls, args.connections);
     let mut senders = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        senders.push(connect(&url).await?);
+    for target in &targets {
+        senders.push(connect(&target.url).await?);
     }
+    // Read before the start is fixed, so reading /proc takes nothing from the first slots.
+    let cpu_before = cpu_ticks_of(&args.cpu_pid)?;
     let seed = fastrand::u64(..);
     let start = Instant::now() + Duration::from_millis(20);
     let deadline = duration.map(|d| start + d);
     let plan = Arc::new(Plan {
-        host: url.host(),
-        url,
         seed,
         updated: musement_time(chrono::Utc::now()),
         next: AtomicU64::new(0),
@@ -225,13 +268,98 @@ async fn generate(
     });
     let tasks: Vec<_> = senders
         .into_iter()
-        .map(|sender| tokio::spawn(drive(sender, plan.clone())))
+        .zip(targets)
+        .map(|(sender, target)| tokio::spawn(drive(sender, target, plan.clone())))
         .collect();
     let mut logs = Vec::with_capacity(tasks.len());
     for task in tasks {
         logs.push(task.await?);
     }
-    Ok(summarize(args, &plan, logs))
+    let cpu_after = cpu_ticks_of(&args.cpu_pid)?;
+    let (mut result, acknowledged, seed) = summarize(args, &plan, logs);
+    result.cpu_ticks = cpu_after
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
+    Ok((result, acknowledged, seed))
+}
+
+/// The CPU time used so far by each process and its descendants, in clock ticks: utime +
+/// stime of the process and of every live descendant, plus the cutime + cstime of each (its
+/// children already exited and reaped, such as a PostgreSQL server's finished backends).
+fn cpu_ticks_of(pids: &[u32]) -> BenchResult<Vec<u64>> {
+    if pids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stats = process_stats()?;
+    pids.iter()
+        .map(|&pid| match stats.get(&pid) {
+            Some(_) => Ok(tree_ticks(&stats, pid)),
+            None => fail(format!("--cpu-pid {pid}: no such process")),
+        })
+        .collect()
+}
+
+/// What `/proc/PID/stat` says about one process.
+struct ProcessStat {
+    parent: u32,
+    /// utime + stime + cutime + cstime.
+    ticks: u64,
+}
+
+/// Every process's parent and CPU ticks, by PID.
+fn process_stats() -> BenchResult<BTreeMap<u32, ProcessStat>> {
+    let mut stats = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|text| parse_stat(&text))
+        {
+            stats.insert(pid, stat);
+        }
+    }
+    Ok(stats)
+}
+
+/// Parses `/proc/PID/stat`: the fields after the command name (which may hold spaces and
+/// parentheses) are state, ppid, …, utime (14th field), stime, cutime, cstime.
+fn parse_stat(text: &str) -> Option<ProcessStat> {
+    let fields: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
+    let ticks = (11..=14).map(number).sum::<Option<i64>>()?;
+    Some(ProcessStat {
+        parent: u32::try_from(number(1)?).ok()?,
+        ticks: u64::try_from(ticks).unwrap_or(0),
+    })
+}
+
+/// The ticks of `pid` and of all its live descendants.
+fn tree_ticks(stats: &BTreeMap<u32, ProcessStat>, pid: u32) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![pid];
+    while let Some(pid) = pending.pop() {
+        total += stats.get(&pid).map_or(0, |s| s.ticks);
+        pending.extend(
+            stats
+                .iter()
+                .filter(|(child, s)| s.parent == pid && **child != pid)
+                .map(|(&child, _)| child),
+        );
+    }
+    total
 }
 
 async fn connect(url: &LoopbackUrl) -> BenchResult<SendRequest<Full<Bytes>>> {
@@ -246,8 +374,13 @@ async fn connect(url: &LoopbackUrl) -> BenchResult<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
-/// One connection's loop: claim an index, wait for its slot (open loop), send, record.
-async fn drive(mut sender: SendRequest<Full<Bytes>>, plan: Arc<Plan>) -> ConnectionLog {
+/// One connection's loop: claim an index, wait for its slot (open loop), send to its target,
+/// record.
+async fn drive(
+    mut sender: SendRequest<Full<Bytes>>,
+    target: Arc<Target>,
+    plan: Arc<Plan>,
+) -> ConnectionLog {
     let mut log = ConnectionLog::default();
     loop {
         let index = plan.next.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +412,7 @@ async fn drive(mut sender: SendRequest<Full<Bytes>>, plan: Arc<Plan>) -> Connect
                 }
             }
         };
-        let request = build_request(&plan, index);
+        let request = build_request(&plan, &target, index);
         match tokio::time::timeout(plan.timeout, exchange(&mut sender, request)).await {
             Ok(Ok((status, outcome))) => {
                 let done = Instant::now();
@@ -295,10 +428,11 @@ async fn drive(mut sender: SendRequest<Full<Bytes>>, plan: Arc<Plan>) -> Connect
             }
             _ => {
                 log.errors += 1;
-                // The connection is in an unknown state: start a new one (for up to a second).
+                // The connection is in an unknown state: start a new one to the same target
+                // (for up to a second).
                 let mut attempts = 0;
                 loop {
-                    match connect(&plan.url).await {
+                    match connect(&target.url).await {
                         Ok(fresh) => {
                             sender = fresh;
                             break;
@@ -316,7 +450,7 @@ async fn drive(mut sender: SendRequest<Full<Bytes>>, plan: Arc<Plan>) -> Connect
     log
 }
 
-fn build_request(plan: &Plan, index: u64) -> Request<Full<Bytes>> {
+fn build_request(plan: &Plan, target: &Target, index: u64) -> Request<Full<Bytes>> {
     let item = derived_uuid(plan.seed, ITEM, index);
     let order = derived_uuid(plan.seed, ORDER, index);
     let body = webhook_body(
@@ -329,8 +463,8 @@ fn build_request(plan: &Plan, index: u64) -> Request<Full<Bytes>> {
     );
     Request::builder()
         .method(Method::POST)
-        .uri(plan.url.path.as_str())
-        .header(HOST, plan.host.as_str())
+        .uri(target.url.path.as_str())
+        .header(HOST, target.host.as_str())
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("a request from valid parts")
@@ -566,5 +700,53 @@ fn print_result(r: &LoadResult) {
     }
     if let Some(bytes) = r.wal_peak_bytes {
         println!("  WAL peak {:.1} MiB", bytes as f64 / 1_048_576.0);
+    }
+    if !r.cpu_ticks.is_empty() {
+        let ticks: Vec<String> = r.cpu_ticks.iter().map(u64::to_string).collect();
+        println!("  CPU during the load (clock ticks): {}", ticks.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_round_robin_over_the_urls() {
+        let texts: Vec<String> = (1..=3)
+            .map(|port| format!("http://127.0.0.1:{port}/webhooks/musement"))
+            .collect();
+        let targets = assign_targets(parse_urls(&texts).unwrap(), 7);
+        let ports: Vec<u16> = targets.iter().map(|t| t.url.addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1]);
+        assert_eq!(targets[4].host, "127.0.0.1:2");
+        assert!(parse_urls(&[]).is_err());
+        assert!(parse_urls(&["http://10.0.0.1:1/".into()]).is_err());
+    }
+
+    #[test]
+    fn stat_lines_give_parent_and_ticks() {
+        let line = "42 (post gres: a) b) S 7 42 42 0 -1 4194560 100 0 0 0 250 31 5 2 20 0 1 0 9";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.parent, 7);
+        assert_eq!(stat.ticks, 250 + 31 + 5 + 2);
+        assert!(parse_stat("42 (x) S 7").is_none());
+    }
+
+    #[test]
+    fn process_trees_add_up_their_descendants() {
+        let stat = |parent, ticks| ProcessStat { parent, ticks };
+        let stats = BTreeMap::from([
+            (1, stat(0, 1000)),
+            (10, stat(1, 100)),
+            (11, stat(10, 20)),
+            (12, stat(10, 3)),
+            (20, stat(1, 7)),
+        ]);
+        assert_eq!(tree_ticks(&stats, 10), 123);
+        assert_eq!(tree_ticks(&stats, 20), 7);
+        assert_eq!(cpu_ticks_of(&[]).unwrap(), Vec::<u64>::new());
+        let own = cpu_ticks_of(&[std::process::id()]).unwrap();
+        assert_eq!(own.len(), 1);
     }
 }

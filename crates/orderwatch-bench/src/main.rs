@@ -67,7 +67,8 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = util::parse_duration)]
         timeout: Duration,
     },
-    /// Print one numeric field of a `load --json` result (for the scripts).
+    /// Print one field of a `load --json` result (for the scripts): a number, a string, or a
+    /// list of numbers separated by spaces.
     ResultField {
         /// The JSON file.
         #[arg(long)]
