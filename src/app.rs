@@ -296,6 +296,7 @@ fn announce(config: &Config, listeners: &Listeners) {
     tracing::info!(
         version = build_info::VERSION,
         commit = build_info::COMMIT,
+        instance = %config.server.instance_id(),
         listen = %webhooks,
         path = %config.server.path,
         %metrics,

@@ -101,6 +101,9 @@ async fn json_lines_are_flat_events_with_readable_values_and_a_complete_start_up
         "{start}"
     );
     assert_eq!(start["listen"], daemon.addr.to_string(), "{start}");
+    // Unset in this config: the host name, as in leases, claims and `item_events.receiver`.
+    let host = orderwatch::config::ServerConfig::default().instance_id();
+    assert_eq!(start["instance"], host, "{start}");
     assert_eq!(start["metrics"], daemon.addr.to_string(), "{start}");
     assert_eq!(start["path"], "/webhooks/musement", "{start}");
     assert_eq!(
