@@ -4,42 +4,25 @@
 //! production config, and the nginx example in front of the real daemon (where nginx exists).
 //! Checks that need a tool the machine lacks print why they were skipped.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orderwatch::config::Config;
 
 use crate::helpers::db::value;
+use crate::helpers::nginx::Nginx;
 use crate::helpers::notify::{Notified, start_notified};
-use crate::helpers::process::{KillOnDrop, assert_succeeded};
+use crate::helpers::process::assert_succeeded;
 use crate::helpers::wire::blocking_get;
 use crate::helpers::{
-    Daemon, binary, deploy_file, free_port, json_post, read_deploy, repo_file, uuid, webhook,
+    Daemon, binary, deploy_file, json_post, read_deploy, replace_once, repo_file, tool, uuid,
+    webhook,
 };
 
 /// Generous bound for anything the daemon or a tool does here (noisy machines).
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// Replaces the single occurrence of `from`, so a test notices when the file it adapts changes.
-fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "expected `{from}` once in:\n{text}"
-    );
-    text.replacen(from, to, 1)
-}
-
-/// Runs a tool, `None` when it is not installed.
-fn tool(program: &str, args: &[&str]) -> Option<Output> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-}
 
 fn skip(what: &str, why: &str) {
     crate::helpers::skip(what, why);
@@ -574,118 +557,6 @@ fn the_dockerfile_builds_where_docker_can_fetch_its_base_images() {
 
 // ---- nginx in front of the daemon --------------------------------------------------------
 
-/// nginx running deploy/nginx.conf in the foreground, with its files in a temp dir.
-struct Nginx {
-    /// The nginx master process (killed when the test ends; dropped before `dir`).
-    child: KillOnDrop,
-    /// The loopback port it serves HTTPS on.
-    port: u16,
-    /// Its config, certificate and logs.
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    /// Starts nginx on a loopback port with a fresh self-signed certificate, proxying to
-    /// `upstream`; `None` when nginx or openssl is missing.
-    fn start(upstream: SocketAddr) -> Option<Self> {
-        tool("nginx", &["-v"])?;
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let made = tool(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                key.to_str().unwrap(),
-                "-out",
-                cert.to_str().unwrap(),
-            ],
-        )?;
-        assert_succeeded("openssl req", &made);
-        let port = free_port();
-        let mut site = read_deploy("nginx.conf");
-        site = replace_once(
-            &site,
-            "server 127.0.0.1:8080;",
-            &format!("server {upstream};"),
-        );
-        site = replace_once(
-            &site,
-            "listen 443 ssl;",
-            &format!("listen 127.0.0.1:{port} ssl;"),
-        );
-        site = replace_once(&site, "listen [::]:443 ssl;", "");
-        site = replace_once(
-            &site,
-            "/etc/letsencrypt/live/orderwatch.example.com/fullchain.pem",
-            cert.to_str().unwrap(),
-        );
-        site = replace_once(
-            &site,
-            "/etc/letsencrypt/live/orderwatch.example.com/privkey.pem",
-            key.to_str().unwrap(),
-        );
-        std::fs::write(dir.path().join("orderwatch.conf"), site).unwrap();
-        let d = dir.path().display();
-        // One process as the invoking user, every file in the temp dir.
-        let main = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             include {d}/orderwatch.conf;\n}}\n"
-        );
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, main).unwrap();
-        let error_log = dir.path().join("error.log");
-        let args = [
-            "-p",
-            dir.path().to_str().unwrap(),
-            "-e",
-            error_log.to_str().unwrap(),
-            "-c",
-            conf.to_str().unwrap(),
-        ];
-        let test = tool("nginx", &[&["-t"][..], &args[..]].concat()).unwrap();
-        assert_succeeded("nginx -t", &test);
-        let child = KillOnDrop(
-            Command::new("nginx")
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut nginx = Self { child, port, dir };
-        let deadline = Instant::now() + LIMIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = nginx.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(nginx.dir.path().join("error.log"));
-                panic!("nginx exited {status}: {log:?}");
-            }
-            assert!(Instant::now() < deadline, "nginx never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(nginx)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
-    }
-}
-
 #[tokio::test]
 async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
     // The production config as deployed, but on a free port, with its database in the temp
@@ -716,7 +587,16 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
     write_deploy_config(dir.path(), &config);
     let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     let daemon = Daemon::start(dir, &config);
-    let Some(nginx) = Nginx::start(daemon.addr) else {
+    let upstream = daemon.addr;
+    let nginx = Nginx::start("nginx.conf", |site| {
+        let site = replace_once(
+            &site,
+            "server 127.0.0.1:8080;",
+            &format!("server {upstream};"),
+        );
+        replace_once(&site, "listen [::]:443 ssl;", "")
+    });
+    let Some(nginx) = nginx else {
         return skip("nginx example", "nginx or openssl is not installed");
     };
     let client = reqwest::Client::builder()

@@ -7,18 +7,20 @@
 //! nginx with `nginx.ha.conf`. Named `postgres_*` so it runs once, in the outer test pass.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::helpers::nginx::Nginx;
 use crate::helpers::pg;
-use crate::helpers::process::{KillOnDrop, assert_succeeded};
+use crate::helpers::process::assert_succeeded;
 use crate::helpers::{
-    Daemon, deploy_file, free_port, json_post, orderwatch, read_deploy, uuid, webhook,
+    Daemon, deploy_file, free_port, json_post, orderwatch, read_deploy, replace_once, tool, uuid,
+    webhook,
 };
 
 /// Generous bound for anything a tool does here (noisy machines).
@@ -33,25 +35,6 @@ const YAMLLINT_CONFIG: &str = "{extends: default, rules: {line-length: disable}}
 
 /// Where compose mounts a secret named `NAME`: `/run/secrets/NAME`.
 const SECRETS: &str = "/run/secrets/";
-
-/// Replaces the single occurrence of `from`, so a test notices when the file it adapts changes.
-fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "expected `{from}` once in:\n{text}"
-    );
-    text.replacen(from, to, 1)
-}
-
-/// Runs a tool, `None` when it is not installed.
-fn tool(program: &str, args: &[&str]) -> Option<Output> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-}
 
 // ---- the compose file, parsed -------------------------------------------------------------
 
@@ -420,129 +403,23 @@ fn the_ha_compose_file_passes_yamllint() {
 
 // ---- the topology as processes ---------------------------------------------------------------
 
-/// nginx running deploy/nginx.ha.conf in the foreground, its files in a temp dir.
-struct Nginx {
-    /// The nginx process (killed when the test ends; dropped before `dir`).
-    child: KillOnDrop,
-    /// The loopback port it serves HTTPS on.
-    port: u16,
-    /// The loopback port of its status server (the container's health check).
-    status_port: u16,
-    /// Its config, certificate and logs.
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    /// Starts nginx on loopback ports with a fresh self-signed certificate, the site's
-    /// upstream servers (the compose file's fixed addresses, `compose_upstreams`) replaced by
-    /// `upstreams`; `None` when nginx or openssl is missing.
-    fn start(compose_upstreams: &[String], upstreams: &[SocketAddr]) -> Option<Self> {
-        tool("nginx", &["-v"])?;
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        let made = tool(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                key.to_str().unwrap(),
-                "-out",
-                cert.to_str().unwrap(),
-            ],
-        )?;
-        assert_succeeded("openssl req", &made);
-        let (port, status_port) = (free_port(), free_port());
-        let mut site = read_deploy("nginx.ha.conf");
+/// nginx with `deploy/nginx.ha.conf`, its upstream servers (the compose file's fixed
+/// addresses, `compose_upstreams`) replaced by `upstreams` and its status server (the
+/// container's health check) moved to a free loopback port; with that port. `None` when nginx
+/// or openssl is missing.
+fn start_nginx(compose_upstreams: &[String], upstreams: &[SocketAddr]) -> Option<(Nginx, u16)> {
+    let status_port = free_port();
+    let nginx = Nginx::start("nginx.ha.conf", |mut site| {
         for (from, to) in compose_upstreams.iter().zip(upstreams) {
             site = replace_once(&site, &format!("server {from};"), &format!("server {to};"));
         }
-        site = replace_once(
-            &site,
-            "listen 443 ssl;",
-            &format!("listen 127.0.0.1:{port} ssl;"),
-        );
-        site = replace_once(
+        replace_once(
             &site,
             "listen 127.0.0.1:8081;",
             &format!("listen 127.0.0.1:{status_port};"),
-        );
-        site = replace_once(
-            &site,
-            "/etc/letsencrypt/live/orderwatch.example.com/fullchain.pem",
-            cert.to_str().unwrap(),
-        );
-        site = replace_once(
-            &site,
-            "/etc/letsencrypt/live/orderwatch.example.com/privkey.pem",
-            key.to_str().unwrap(),
-        );
-        std::fs::write(dir.path().join("orderwatch.conf"), site).unwrap();
-        let d = dir.path().display();
-        // One process as the invoking user, every file in the temp dir.
-        let main = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n access_log {d}/access.log;\n client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             include {d}/orderwatch.conf;\n}}\n"
-        );
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, main).unwrap();
-        let error_log = dir.path().join("error.log");
-        let args = [
-            "-p",
-            dir.path().to_str().unwrap(),
-            "-e",
-            error_log.to_str().unwrap(),
-            "-c",
-            conf.to_str().unwrap(),
-        ];
-        let test = tool("nginx", &[&["-t"][..], &args[..]].concat()).unwrap();
-        assert_succeeded("nginx -t", &test);
-        let child = KillOnDrop(
-            Command::new("nginx")
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut nginx = Self {
-            child,
-            port,
-            status_port,
-            dir,
-        };
-        let deadline = Instant::now() + LIMIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = nginx.child.try_wait().unwrap() {
-                panic!("nginx exited {status}: {:?}", nginx.error_log());
-            }
-            assert!(Instant::now() < deadline, "nginx never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(nginx)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.port)
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
+        )
+    })?;
+    Some((nginx, status_port))
 }
 
 /// Whether a `postgres://` URL carries a password.
@@ -677,12 +554,12 @@ async fn two_instances_behind_nginx_store_every_webhook_when_one_is_killed() {
     );
     let compose_upstreams: Vec<String> = upstream_servers(&read_deploy("nginx.ha.conf"));
     let addrs: Vec<SocketAddr> = daemons.iter().map(|d| d.addr).collect();
-    let Some(nginx) = Nginx::start(&compose_upstreams, &addrs) else {
+    let Some((nginx, status_port)) = start_nginx(&compose_upstreams, &addrs) else {
         return crate::helpers::skip("nginx HA topology", "nginx or openssl is not installed");
     };
     let nginx_check = texts(&service(&compose, "nginx")["healthcheck"]["test"]);
     assert!(
-        health_check_passes(&nginx_check, "8081", nginx.status_port),
+        health_check_passes(&nginx_check, "8081", status_port),
         "nginx's health check passes: {}",
         nginx.error_log()
     );

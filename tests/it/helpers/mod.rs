@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod db;
 pub mod exposition;
 pub mod fake_musement;
+pub mod nginx;
 pub mod notify;
 pub mod observations;
 pub mod pg;
@@ -20,7 +21,7 @@ pub mod strategies;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 pub use api::{config_for, harness};
 pub use app::{
@@ -195,4 +196,23 @@ pub fn free_port() -> u16 {
 /// A deterministic UUID-shaped string for test item/order `n`.
 pub fn uuid(kind: u8, n: u64) -> String {
     format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
+
+/// Replaces the single occurrence of `from`, so a test notices when the file it adapts changes.
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "expected `{from}` once in:\n{text}"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// Runs a tool, `None` when it is not installed.
+pub fn tool(program: &str, args: &[&str]) -> Option<Output> {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
 }
