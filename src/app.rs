@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::api::Api;
 use crate::build_info;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -48,21 +49,32 @@ pub struct Listeners {
     pub webhooks: TcpListener,
     /// `GET /metrics` only: `[server] metrics_listen`, if set.
     pub metrics: Option<TcpListener>,
+    /// The partner API: `[api] listen`, if set.
+    pub api: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds `[server] listen` and `metrics_listen` as configured.
+    /// Binds `[server] listen`, `metrics_listen` and `[api] listen` as configured.
     pub fn bind(config: &Config) -> Result<Self, StartupError> {
-        Self::on(config.server.listen, config.server.metrics_listen)
+        Self::on(
+            config.server.listen,
+            config.server.metrics_listen,
+            config.api.listen,
+        )
     }
 
-    /// Binds `webhooks` and, if given, `metrics` (port 0: any free port).
-    pub fn on(webhooks: SocketAddr, metrics: Option<SocketAddr>) -> Result<Self, StartupError> {
+    /// Binds `webhooks` and, if given, `metrics` and `api` (port 0: any free port).
+    pub fn on(
+        webhooks: SocketAddr,
+        metrics: Option<SocketAddr>,
+        api: Option<SocketAddr>,
+    ) -> Result<Self, StartupError> {
         let bind =
             |addr| server::listen_on(addr).map_err(|source| StartupError::Bind { addr, source });
         Ok(Self {
             webhooks: bind(webhooks)?,
             metrics: metrics.map(bind).transpose()?,
+            api: api.map(bind).transpose()?,
         })
     }
 }
@@ -77,6 +89,8 @@ pub struct App {
     /// `None` when `[reconciler]` is off or has no credentials (said at build).
     reconciler: Option<Arc<Reconciler>>,
     receiver: Arc<Receiver>,
+    /// The partner API, when `[api] listen` is set.
+    api: Option<Arc<Api>>,
     /// Takes and renews the cluster lease (PostgreSQL); stopped last, giving it back.
     lease_keeper: LeaseKeeper,
     leadership: Leadership,
@@ -114,6 +128,15 @@ impl App {
         };
         let cluster = reads.cluster(&config.server.instance_id());
         let (lease_keeper, leadership) = LeaseKeeper::start(cluster, metrics.clone()).await;
+        let api = listeners.api.is_some().then(|| {
+            Api::new(
+                &config,
+                reads.clone(),
+                writer.clone(),
+                clock.clone(),
+                metrics.clone(),
+            )
+        });
         let receiver = Arc::new(Receiver::new(
             ReceiverSettings::from(&config.server),
             writer.clone(),
@@ -129,6 +152,7 @@ impl App {
             writer_thread,
             reconciler,
             receiver,
+            api,
             lease_keeper,
             leadership,
         })
@@ -142,6 +166,11 @@ impl App {
     /// Where `metrics_listen` serves `/metrics`, if it is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.listeners.metrics.as_ref().map(local_addr)
+    }
+
+    /// Where `[api] listen` serves the partner API, if it is set.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.listeners.api.as_ref().map(local_addr)
     }
 
     /// Serves, runs the reconciler on its schedule and applies `reload`'s configurations until
@@ -160,6 +189,7 @@ impl App {
             writer_thread,
             reconciler,
             receiver,
+            api,
             lease_keeper,
             leadership,
         } = self;
@@ -193,7 +223,7 @@ impl App {
         systemd::ready(listeners.webhooks.local_addr().ok(), reconciler.is_some());
 
         let graceful = GracefulShutdown::new();
-        serve(&config, listeners, &receiver, &graceful, shutdown).await;
+        serve(&config, listeners, &receiver, api, &graceful, shutdown).await;
 
         systemd::stopping();
         drop(watchdog);
@@ -208,11 +238,12 @@ impl App {
     }
 }
 
-/// Serves both listeners until `shutdown` resolves.
+/// Serves every listener until `shutdown` resolves.
 async fn serve(
     config: &Config,
     listeners: Listeners,
     receiver: &Arc<Receiver>,
+    api: Option<Arc<Api>>,
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -241,7 +272,22 @@ async fn serve(
         graceful,
         shutdown.clone(),
     );
-    tokio::join!(serve_webhooks, serve_metrics);
+    // axum's graceful shutdown wants a future of its own: told through a channel.
+    let (stop_api, api_stopping) = tokio::sync::watch::channel(false);
+    let serve_api = async {
+        if let (Some(listener), Some(api)) = (listeners.api, api) {
+            let mut stopping = api_stopping;
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            crate::api::serve(listener, api, stopped).await;
+        }
+    };
+    let tell_api = async {
+        shutdown.clone().await;
+        let _ = stop_api.send(true);
+    };
+    tokio::join!(serve_webhooks, serve_metrics, serve_api, tell_api);
 }
 
 /// Stops the schedule, then lets a running pass and the open connections finish together,
@@ -293,6 +339,9 @@ fn announce(config: &Config, listeners: &Listeners) {
         None if config.server.trusted_proxies.is_empty() => webhooks.to_string(),
         None => "off".to_owned(),
     };
+    let api = listeners.api.as_ref().map_or("off".to_owned(), |listener| {
+        local_addr(listener).to_string()
+    });
     tracing::info!(
         version = build_info::VERSION,
         commit = build_info::COMMIT,
@@ -300,6 +349,7 @@ fn announce(config: &Config, listeners: &Listeners) {
         listen = %webhooks,
         path = %config.server.path,
         %metrics,
+        %api,
         database = %config.database.describe(),
         "orderwatch is receiving webhooks"
     );

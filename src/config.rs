@@ -9,10 +9,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod api;
 mod database;
 mod secret;
 mod sources;
 mod validate;
+pub use api::{ApiConfig, ApiToken, Scope};
 pub use database::{DatabaseConfig, DatabaseUrl, TlsMode};
 pub use secret::Secret;
 use secret::SecretSource;
@@ -110,6 +112,8 @@ impl Serialize for IpRange {
 pub struct Config {
     /// The webhook listener.
     pub server: ServerConfig,
+    /// The HTTP API for the partner's systems (off unless `[api] listen` is set).
+    pub api: ApiConfig,
     /// The SQLite file, or the PostgreSQL server.
     pub database: DatabaseConfig,
     /// Ordering rule and group-commit tuning.
@@ -542,7 +546,8 @@ impl Config {
             .chain([
                 musement.client_id_file.as_mut(),
                 musement.client_secret_file.as_mut(),
-            ]);
+            ])
+            .chain(self.api.paths_mut().map(Some));
         for path in paths.flatten() {
             relative_to(base, path);
         }
@@ -563,6 +568,7 @@ impl Config {
             problems.extend(auth.resolve(file, secrets));
         }
         problems.extend(self.musement.resolve(file, secrets));
+        problems.extend(self.api.resolve(file, secrets));
         problems
     }
 }

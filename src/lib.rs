@@ -5,6 +5,7 @@
 //! through [`store::apply_batch`], whose ordering rule is the pure [`store::decide`]. [`app`] wires it
 //! together for `main` and for the tests.
 
+pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod build_info;

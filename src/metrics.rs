@@ -53,6 +53,15 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// `route` and `code` of a partner API request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// The route's template, e.g. `/v1/items/{item_uuid}` (`unmatched` for unknown paths).
+    pub route: String,
+    /// HTTP status code sent.
+    pub code: u16,
+}
+
 /// One word naming a result, e.g. `ok` / `failed`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -148,6 +157,8 @@ pub struct Metrics {
     registry: Registry,
     /// Webhook requests by status code and outcome.
     pub webhook_requests: Family<RequestLabels, Counter>,
+    /// Partner API requests by route and status.
+    api_requests: Family<ApiLabels, Counter>,
     /// Time from a webhook request's arrival to its answer.
     pub webhook_duration: Histogram,
     /// Jobs per committed group-commit transaction (its count is the commits, its sum the jobs).
@@ -222,6 +233,12 @@ impl Metrics {
             "build_info",
             "Always 1; the labels say which version and commit is running",
             build_info,
+        );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Partner API requests ([api] listen) by route and HTTP status code",
+            api_requests.clone(),
         );
         let webhook_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -390,6 +407,7 @@ impl Metrics {
             musement_paused_until,
             connections_closed_at_cap,
             webhook_requests,
+            api_requests,
             webhook_duration,
             batch_size,
             commit_duration,
@@ -446,6 +464,15 @@ impl Metrics {
     }
 
     /// Shows that the Musement client sends nothing until `until` (rounded up to the second).
+    pub fn api_request(&self, route: &str, code: u16) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                route: route.to_owned(),
+                code,
+            })
+            .inc();
+    }
+
     pub fn cluster_lease_held(&self, held: bool) {
         self.cluster_lease_held.set(i64::from(held));
     }

@@ -78,6 +78,7 @@ pub(super) fn items(config_file: &ConfigFile, args: Args) -> ExitCode {
         overdue: args.overdue,
         // One more than asked, to know whether rows were left out.
         limit: (args.limit > 0).then(|| args.limit.saturating_add(1)),
+        arrived_after: None,
     };
     let mut unknown = Vec::new();
     for status in &filter.statuses {

@@ -3,15 +3,15 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use chrono::Utc;
 use serde::Serialize;
+
+use chrono::Utc;
 
 use super::ConfigFile;
 use super::output::{self, Format, column, fail, finish, human_age, open_database, second, table};
-use crate::config::{Config, Schedule};
 use crate::observation::escape_status;
-use crate::reconciler::configured_off;
-use crate::store::inspect::{Stats, seconds_since};
+use crate::reconciler::{ReconcilerState, StatsShown};
+use crate::store::inspect::seconds_since;
 
 /// Counts by status, pending and overdue items, polling and whether the reconciler is on,
 /// latest traffic.
@@ -32,60 +32,6 @@ pub(super) struct Args {
     format: Format,
 }
 
-/// Whether the configuration turns the reconciler on.
-#[derive(Debug, Serialize)]
-struct ReconcilerState {
-    /// Polls on a schedule.
-    on: bool,
-    /// When passes run (`every 1m`, `cron 0 */5 * * * *`); null when off.
-    schedule: Option<String>,
-    /// Why it is off; null when on.
-    off_because: Option<String>,
-    /// The same, short enough for the table.
-    #[serde(skip)]
-    off_short: &'static str,
-}
-
-impl ReconcilerState {
-    fn of(config: &Config) -> Self {
-        match configured_off(config) {
-            Some(off) => Self {
-                on: false,
-                schedule: None,
-                off_because: Some(off.to_string()),
-                off_short: off.brief(),
-            },
-            None => Self {
-                on: true,
-                schedule: Some(match config.reconciler.schedule() {
-                    Schedule::Every(every) => {
-                        format!("every {}", humantime::format_duration(every))
-                    }
-                    Schedule::Cron(cron) => format!("cron {cron}"),
-                }),
-                off_because: None,
-                off_short: "",
-            },
-        }
-    }
-
-    /// One cell for the table.
-    fn summary(&self) -> String {
-        match &self.schedule {
-            Some(schedule) => format!("on, {schedule}"),
-            None => format!("off: {}", self.off_short),
-        }
-    }
-}
-
-/// What `stats` prints: the database's numbers and the reconciler's state.
-#[derive(Debug, Serialize)]
-struct Shown<'a> {
-    #[serde(flatten)]
-    stats: &'a Stats,
-    reconciler: ReconcilerState,
-}
-
 pub(super) fn stats(config_file: &ConfigFile, args: Args) -> ExitCode {
     let (config, database) = match open_database(config_file) {
         Ok(opened) => opened,
@@ -95,7 +41,7 @@ pub(super) fn stats(config_file: &ConfigFile, args: Args) -> ExitCode {
         Ok(stats) => stats,
         Err(error) => return fail(format!("cannot read the statistics: {error}")),
     };
-    let shown = Shown {
+    let shown = StatsShown {
         stats: &stats,
         reconciler: ReconcilerState::of(&config),
     };
@@ -137,7 +83,7 @@ fn write_csv(out: &mut impl Write, metrics: &[(String, String)]) -> std::io::Res
 }
 
 /// Every number as a `(name, value)` pair; `human` shows times with their age for a table.
-fn metrics(shown: &Shown<'_>, human: bool) -> Vec<(String, String)> {
+fn metrics(shown: &StatsShown<'_>, human: bool) -> Vec<(String, String)> {
     let stats = shown.stats;
     let now = stats.at.parse().unwrap_or_else(|_| Utc::now());
     let time = |t: &Option<String>| match t {

@@ -43,6 +43,9 @@ impl Config {
             found: Vec::new(),
         };
         self.check_server(&mut problems);
+        for (key, reason) in self.api.check() {
+            problems.add(&key, reason);
+        }
         for (key, reason) in self.database.check(&self.sources) {
             problems.add(&key, reason);
         }

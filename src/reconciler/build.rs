@@ -1,16 +1,19 @@
 //! The reconciler as the configuration describes it: its API client, its settings, and who it
-//! is in the lease table; or why it is off.
+//! is in the lease table; or why it is off (and that state as `stats` shows it).
 
-use crate::store::reads::Reads;
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::Serialize;
 
 use super::{Reconciler, ReconcilerSettings};
 use crate::backoff::BackoffPolicy;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Schedule};
 use crate::metrics::Metrics;
 use crate::musement::{MusementClient, MusementSettings};
+use crate::store::inspect::Stats;
+use crate::store::reads::Reads;
 use crate::store::writer::Writer;
 
 /// Why the reconciler does not run; said once at start-up.
@@ -114,4 +117,59 @@ pub fn build(
     Ok(Reconciler::new(
         client, writer, clock, settings, holder, metrics,
     ))
+}
+
+/// Whether the configuration turns the reconciler on.
+#[derive(Debug, Serialize)]
+pub struct ReconcilerState {
+    /// Polls on a schedule.
+    pub on: bool,
+    /// When passes run (`every 1m`, `cron 0 */5 * * * *`); null when off.
+    pub schedule: Option<String>,
+    /// Why it is off; null when on.
+    pub off_because: Option<String>,
+    /// The same, short enough for the table.
+    #[serde(skip)]
+    off_short: &'static str,
+}
+
+impl ReconcilerState {
+    pub fn of(config: &Config) -> Self {
+        match configured_off(config) {
+            Some(off) => Self {
+                on: false,
+                schedule: None,
+                off_because: Some(off.to_string()),
+                off_short: off.brief(),
+            },
+            None => Self {
+                on: true,
+                schedule: Some(match config.reconciler.schedule() {
+                    Schedule::Every(every) => {
+                        format!("every {}", humantime::format_duration(every))
+                    }
+                    Schedule::Cron(cron) => format!("cron {cron}"),
+                }),
+                off_because: None,
+                off_short: "",
+            },
+        }
+    }
+
+    /// One cell for the table.
+    pub fn summary(&self) -> String {
+        match &self.schedule {
+            Some(schedule) => format!("on, {schedule}"),
+            None => format!("off: {}", self.off_short),
+        }
+    }
+}
+
+/// What `orderwatch stats` prints and `GET /v1/stats` answers: the database's numbers and
+/// the reconciler's state.
+#[derive(Debug, Serialize)]
+pub struct StatsShown<'a> {
+    #[serde(flatten)]
+    pub stats: &'a Stats,
+    pub reconciler: ReconcilerState,
 }

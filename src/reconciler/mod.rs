@@ -14,7 +14,7 @@ pub mod build;
 mod cluster;
 pub mod schedule;
 
-pub use build::{DAEMON_ROLE, ReconcilerOff, build, configured_off};
+pub use build::{DAEMON_ROLE, ReconcilerOff, ReconcilerState, StatsShown, build, configured_off};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -36,6 +36,10 @@ pub struct ItemRow {
     /// database from before schema version 3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing_since: Option<String>,
+    /// Its arrival number (`order_items.seq`; the rowid before schema version 4): the API's
+    /// page cursor, never printed.
+    #[serde(skip)]
+    pub seq: i64,
 }
 
 /// What `orderwatch items` selects.
@@ -51,6 +55,10 @@ pub struct ItemFilter {
     pub overdue: bool,
     /// At most this many rows (`None`: all).
     pub limit: Option<usize>,
+    /// A page in arrival order: the items that arrived after this arrival number
+    /// ([`ItemRow::seq`]; 0 for the first page), oldest first, instead of longest in their
+    /// status first. Stable while items change: an item's arrival number never does.
+    pub arrived_after: Option<i64>,
 }
 
 /// Whether the file has the arrival numbers of schema version 4 (`seq`, `order_seq`,
@@ -83,8 +91,9 @@ fn item_columns(conn: &Connection) -> rusqlite::Result<String> {
     } else {
         "NULL"
     };
+    let seq = if version >= 4 { "seq" } else { "rowid" };
     Ok(format!(
-        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}, {missing_since}"
+        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}, {missing_since}, {seq}"
     ))
 }
 
@@ -102,6 +111,7 @@ fn item_row(row: &Row<'_>, now: DateTime<Utc>) -> rusqlite::Result<ItemRow> {
         changed_at,
         confirm_deadline: row.get(7)?,
         missing_since: row.get(9)?,
+        seq: row.get(10)?,
     })
 }
 
@@ -135,7 +145,13 @@ pub fn items(
     if filter.overdue {
         sql.push_str(&format!(" AND {OVERDUE}"));
     }
-    sql.push_str(" ORDER BY changed_at, item_uuid");
+    if let Some(after) = filter.arrived_after {
+        let seq = if has_seqs(conn)? { "seq" } else { "rowid" };
+        sql.push_str(&format!(" AND {seq} > ? ORDER BY {seq}"));
+        values.push(Box::new(after));
+    } else {
+        sql.push_str(" ORDER BY changed_at, item_uuid");
+    }
     if let Some(limit) = filter.limit {
         sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
     }

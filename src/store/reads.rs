@@ -1,5 +1,5 @@
-//! The store's read side for the daemon: one method per question the reconciler, `/metrics`
-//! and `orderwatch reconcile` ask, each answered within a deadline. On SQLite each read opens
+//! The store's read side for the daemon: one method per question the reconciler, `/metrics`,
+//! the partner API and `orderwatch reconcile` ask, each answered within a deadline. On SQLite each read opens
 //! a read-only connection off the async threads ([`Reader`]); on PostgreSQL it borrows one
 //! from the pool. Callers never see a connection or SQL, nor which engine answers.
 
@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
+use super::inspect::{self, ItemFilter, ItemRow, ShowError, Shown, Stats};
+use super::postgres::inspect as pg_inspect;
 use super::postgres::queries as pg;
 use super::queries::{self, DueOrder, OverdueItem, PollBacklog, StateSnapshot};
 use super::reader::{ReadError, Reader};
@@ -171,6 +173,70 @@ impl Reads {
             }
             Engine::Postgres(pool) => {
                 self.on(pool, async |client| pg::state_snapshot(client, now).await)
+                    .await
+            }
+        }
+    }
+
+    /// What `orderwatch show` shows for the item or order `uuid` (its full UUID); `None` when
+    /// no item or order has it.
+    pub async fn show(&self, uuid: Uuid, now: DateTime<Utc>) -> Result<Option<Shown>, ReadError> {
+        let text = uuid.to_string();
+        let shown = match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        Ok(inspect::show(conn, &text, now))
+                    })
+                    .await?
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    Ok(pg_inspect::show(client, &text, now).await)
+                })
+                .await?
+            }
+        };
+        match shown {
+            Ok(shown) => Ok(Some(shown)),
+            Err(ShowError::NotFound(_)) => Ok(None),
+            Err(error) => Err(ReadError::Failed(error.to_string())),
+        }
+    }
+
+    /// Items matching `filter` ([`inspect::items`]), ages measured to `now`.
+    pub async fn items(
+        &self,
+        filter: ItemFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ItemRow>, ReadError> {
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        inspect::items(conn, &filter, now)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    pg_inspect::items(client, &filter, now).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// What `orderwatch stats` counts, ages measured to `now`.
+    pub async fn stats(&self, now: DateTime<Utc>) -> Result<Stats, ReadError> {
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| inspect::stats(conn, now))
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| pg_inspect::stats(client, now).await)
                     .await
             }
         }

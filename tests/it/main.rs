@@ -5,6 +5,7 @@
 //! test module.
 
 mod alerts;
+mod api;
 mod api_faults;
 mod batch_apply;
 mod cli;

@@ -866,6 +866,16 @@ fn item_filters(now: DateTime<Utc>) -> Vec<store::inspect::ItemFilter> {
             limit: Some(2),
             ..ItemFilter::default()
         },
+        // The API's pages: the first two in arrival order, then the rest after the second.
+        ItemFilter {
+            arrived_after: Some(0),
+            limit: Some(2),
+            ..ItemFilter::default()
+        },
+        ItemFilter {
+            arrived_after: Some(2),
+            ..ItemFilter::default()
+        },
     ]
 }
 

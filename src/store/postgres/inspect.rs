@@ -62,7 +62,12 @@ pub async fn items(
     if filter.overdue {
         sql.push_str(" AND status = 'PENDING' AND coalesce(confirm_deadline < $1, false)");
     }
-    sql.push_str(" ORDER BY changed_at, item_uuid");
+    if let Some(after) = &filter.arrived_after {
+        values.push(after);
+        sql.push_str(&format!(" AND seq > ${} ORDER BY seq", values.len()));
+    } else {
+        sql.push_str(" ORDER BY changed_at, item_uuid");
+    }
     if let Some(limit) = filter.limit {
         sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
     }
@@ -74,7 +79,7 @@ pub async fn items(
 /// `store::queries::OVERDUE`), so other parameters of a query selecting them are `$2` on.
 const ITEM_COLUMNS: &str = "item_uuid, order_uuid, status, item_version, source,
     as_of, changed_at, confirm_deadline,
-    (status = 'PENDING' AND coalesce(confirm_deadline < $1, false)), missing_since";
+    (status = 'PENDING' AND coalesce(confirm_deadline < $1, false)), missing_since, seq";
 
 fn item_row(row: &Row, now: DateTime<Utc>) -> ItemRow {
     let changed_at = to_db_text(row.get(6));
@@ -90,6 +95,7 @@ fn item_row(row: &Row, now: DateTime<Utc>) -> ItemRow {
         confirm_deadline: optional_time(row, 7),
         overdue: row.get(8),
         missing_since: optional_time(row, 9),
+        seq: row.get(10),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Where `/metrics` has a listener of its own (`[server] metrics_listen`), when it has.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the partner API listens (`[api] listen` set: on `127.0.0.1:0`).
+    pub api_addr: Option<SocketAddr>,
     /// The folder holding the config and the database; removed on drop.
     pub dir: TempDir,
     /// The SQLite file.
@@ -72,16 +74,25 @@ async fn spawn(
     metrics: Option<SocketAddr>,
 ) -> TestApp {
     let config = write_config(dir.path(), toml);
-    let listeners = Listeners::on(loopback(), metrics).unwrap();
+    let api = config.api.listen.map(|_| loopback());
+    let listeners = Listeners::on(loopback(), metrics, api).unwrap();
     let (db_path, path) = (config.database.path.clone(), config.server.path.clone());
     let app = App::build(config, clock, listeners).await.unwrap();
-    let (addr, metrics_addr) = (app.addr(), app.metrics_addr());
+    let (addr, metrics_addr, api_addr) = (app.addr(), app.metrics_addr(), app.api_addr());
     let (shutdown, stop) = oneshot::channel::<()>();
     let stopped = async {
         let _ = stop.await;
     };
     let task = tokio::spawn(app.run_until(stopped, Reload::none()));
-    TestApp::ready(addr, metrics_addr, dir, db_path, path, shutdown, task).await
+    TestApp::ready(
+        (addr, metrics_addr, api_addr),
+        dir,
+        db_path,
+        path,
+        shutdown,
+        task,
+    )
+    .await
 }
 
 /// Writes `toml` to `dir/config.toml` and loads it.
@@ -105,8 +116,7 @@ pub async fn watch_before_start(dir: &Path, config: &str, orders: &[Uuid]) {
 impl TestApp {
     /// The app spawned as `task`, once it answers `/readyz`.
     async fn ready(
-        addr: SocketAddr,
-        metrics_addr: Option<SocketAddr>,
+        (addr, metrics_addr, api_addr): (SocketAddr, Option<SocketAddr>, Option<SocketAddr>),
         dir: TempDir,
         db_path: PathBuf,
         path: String,
@@ -116,6 +126,7 @@ impl TestApp {
         let app = TestApp {
             addr,
             metrics_addr,
+            api_addr,
             dir,
             db_path,
             client: super::http_client(),

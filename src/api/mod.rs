@@ -1,0 +1,112 @@
+//! The HTTP API for the partner's booking system (`[api]`): register orders, read their
+//! reconciled state. A listener of its own, routed by axum; every request authorized by
+//! bearer token ([`auth`]), counted in `/metrics` by route and status, and logged with the
+//! token's name. Errors are `application/problem+json` ([`problem`]).
+
+pub mod auth;
+pub mod problem;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use tokio::net::TcpListener;
+
+use self::auth::Tokens;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::reads::Reads;
+use crate::store::writer::Writer;
+
+/// What the handlers share.
+pub struct Api {
+    reads: Reads,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    tokens: Tokens,
+    metrics: Arc<Metrics>,
+    /// For `stats`' reconciler state.
+    config: Config,
+}
+
+impl Api {
+    /// The API over `reads` and `writer`, its tokens from `config`.
+    pub fn new(
+        config: &Config,
+        reads: Reads,
+        writer: Writer,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            reads,
+            writer,
+            clock,
+            tokens: Tokens::new(config.api.tokens.clone()),
+            metrics,
+            config: config.clone(),
+        })
+    }
+
+    /// The routes, each behind [`guard`].
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/stats", get(routes::stats))
+            .route("/v1/orders/{order_uuid}", get(routes::order))
+            .route("/v1/orders/{order_uuid}/watch", put(routes::watch))
+            .route("/v1/items", get(routes::items))
+            .route("/v1/items/{item_uuid}", get(routes::item))
+            .fallback(routes::no_route)
+            .layer(middleware::from_fn_with_state(self.clone(), guard))
+            .with_state(self.clone())
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let router = api.router();
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "the API listener failed");
+    }
+}
+
+/// Authorizes the request (401/403 before any handler runs), then counts and logs it.
+async fn guard(
+    State(api): State<Arc<Api>>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = matched.map_or("unmatched".to_owned(), |m| m.as_str().to_owned());
+    let (response, caller) = match api.tokens.authorize(&method, request.headers()) {
+        Ok(caller) => (next.run(request).await, caller.0),
+        Err(problem) => (problem.into_response(), None),
+    };
+    let status = response.status().as_u16();
+    api.metrics.api_request(&route, status);
+    tracing::info!(
+        %method,
+        route,
+        status,
+        token = caller.as_deref().unwrap_or("-"),
+        latency_ms = started.elapsed().as_millis() as u64,
+        "api request"
+    );
+    response
+}

@@ -1,0 +1,198 @@
+//! The routes under `/v1`, each a small handler: parse the path, ask the store, answer JSON
+//! (or a [`Problem`]).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::Api;
+use super::problem::Problem;
+use crate::reconciler::{ReconcilerState, StatsShown};
+use crate::store::inspect::{ItemFilter, Shown};
+use crate::store::reader::ReadError;
+
+/// `GET /v1/stats`: what `orderwatch stats --format json` prints.
+pub async fn stats(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> {
+    let stats = api
+        .reads
+        .stats(api.clock.now())
+        .await
+        .map_err(read_failed)?;
+    let shown = StatsShown {
+        stats: &stats,
+        reconciler: ReconcilerState::of(&api.config),
+    };
+    Ok(Json(json!(shown)))
+}
+
+/// `GET /v1/orders/{order_uuid}`: the order's polling state and its items' reconciled state.
+pub async fn order(
+    State(api): State<Arc<Api>>,
+    Path(order): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let order = uuid_param("order_uuid", &order)?;
+    let shown = api.show(order).await?;
+    match shown.order {
+        Some(row) if row.order == order.to_string() => Ok(Json(json!({
+            "order": row,
+            "items": shown.items,
+        }))),
+        _ => Err(Problem::not_found(format!("no order {order} is stored"))),
+    }
+}
+
+/// `GET /v1/items/{item_uuid}`: the item, its order, and its history with the rule's words.
+pub async fn item(
+    State(api): State<Arc<Api>>,
+    Path(item): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let item = uuid_param("item_uuid", &item)?;
+    let shown = api.show(item).await?;
+    match shown.items.as_slice() {
+        [row] if row.item == item.to_string() => Ok(Json(json!({
+            "item": row,
+            "order": shown.order,
+            "history": shown.events,
+        }))),
+        _ => Err(Problem::not_found(format!("no item {item} is stored"))),
+    }
+}
+
+/// How many items or changes a page holds unless `limit` says otherwise, and at most.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+
+/// `GET /v1/items?status=…&overdue=true&limit=…&cursor=…`: items in arrival order, a page at
+/// a time. `next_cursor` (null on the last page) continues after the page's last item; an
+/// item's place never moves, so paging while webhooks arrive skips and repeats nothing
+/// (items that arrive meanwhile come on later pages).
+pub async fn items(
+    State(api): State<Arc<Api>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, Problem> {
+    let mut filter = ItemFilter {
+        arrived_after: Some(0),
+        ..ItemFilter::default()
+    };
+    let mut limit = DEFAULT_LIMIT;
+    for (name, value) in &params {
+        match name.as_str() {
+            "status" => filter.statuses.extend(
+                value
+                    .split(',')
+                    .map(|s| s.trim().to_uppercase())
+                    .filter(|s| !s.is_empty()),
+            ),
+            "overdue" => filter.overdue = bool_param("overdue", value)?,
+            "limit" => limit = limit_param(value)?,
+            "cursor" => filter.arrived_after = Some(cursor_param(value)?),
+            other => {
+                return Err(Problem::bad_request(format!(
+                    "unknown parameter {other:?}: /v1/items takes status, overdue, limit, cursor"
+                )));
+            }
+        }
+    }
+    // One more than the page, to know whether another page follows.
+    filter.limit = Some(limit + 1);
+    let mut rows = api
+        .reads
+        .items(filter, api.clock.now())
+        .await
+        .map_err(read_failed)?;
+    let next_cursor = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|row| row.seq.to_string())
+    });
+    Ok(Json(
+        json!({ "items": rows, "next_cursor": next_cursor.flatten() }),
+    ))
+}
+
+/// `PUT /v1/orders/{order_uuid}/watch`: registers the order for polling, as `orderwatch
+/// watch` does; 201 when it was new, 200 when it was known already.
+pub async fn watch(
+    State(api): State<Arc<Api>>,
+    Path(order): Path<String>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let order = uuid_param("order_uuid", &order)?;
+    let new = api
+        .writer
+        .watch(vec![order])
+        .await
+        .map_err(|e| Problem::unavailable(format!("the order was not registered: {e}")))?;
+    let created = new.contains(&order);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "order": order.to_string(), "watched": true, "new": created })),
+    ))
+}
+
+/// Any other path.
+pub async fn no_route() -> Problem {
+    Problem::not_found("no such route; the API's routes are listed at /v1/openapi.json")
+}
+
+impl Api {
+    /// What `show` finds for `uuid`: an item or an order; 404 when neither.
+    async fn show(&self, uuid: Uuid) -> Result<Shown, Problem> {
+        self.reads
+            .show(uuid, self.clock.now())
+            .await
+            .map_err(read_failed)?
+            .ok_or_else(|| Problem::not_found(format!("no item or order {uuid} is stored")))
+    }
+}
+
+/// `true` or `false`, or a 400 naming the parameter.
+fn bool_param(name: &str, text: &str) -> Result<bool, Problem> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Problem::bad_request(format!(
+            "{name}: {text:?} is neither true nor false"
+        ))),
+    }
+}
+
+/// A page size from 1 to [`MAX_LIMIT`], or a 400.
+fn limit_param(text: &str) -> Result<usize, Problem> {
+    match text.parse::<usize>() {
+        Ok(limit @ 1..=MAX_LIMIT) => Ok(limit),
+        Ok(_) => Err(Problem::bad_request(format!(
+            "limit: {text} is not between 1 and {MAX_LIMIT}"
+        ))),
+        Err(_) => Err(Problem::bad_request(format!(
+            "limit: {text:?} is not a whole number"
+        ))),
+    }
+}
+
+/// A cursor this API gave out (`next_cursor`), or a 400.
+fn cursor_param(text: &str) -> Result<i64, Problem> {
+    text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        Problem::bad_request(format!(
+            "cursor: {text:?} is not a cursor this API gave (use next_cursor as it is)"
+        ))
+    })
+}
+
+/// A path segment that must be a UUID, or a 400 naming it.
+fn uuid_param(name: &str, text: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(text)
+        .map_err(|e| Problem::bad_request(format!("{name}: {text:?} is not a UUID ({e})")))
+}
+
+/// A read that failed or timed out: 503, worth retrying.
+fn read_failed(error: ReadError) -> Problem {
+    Problem::unavailable(format!("the database did not answer: {error}"))
+}

@@ -1,0 +1,392 @@
+//! The partner API (`[api]`): its routes on both engines, bearer tokens and their scopes,
+//! problem+json errors, and its metrics; the app in this process, the API on `127.0.0.1:0`.
+
+use std::sync::Arc;
+
+use orderwatch::clock::SystemClock;
+use orderwatch::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::app::{TestApp, spawn_app_in};
+use crate::helpers::{uuid, webhook};
+
+/// Tokens of the tests: a writer, its replacement during a rotation, and a reader.
+const WRITER: &str = "w-1f0c8e6a2d";
+const NEXT_WRITER: &str = "w-77ab90c3e5";
+const READER: &str = "r-5d2e4b9a10";
+
+/// `[api]` on loopback with the three tokens, each from a file beside the config.
+const WITH_TOKENS: &str = r#"
+[api]
+listen = "127.0.0.1:0"
+[[api.tokens]]
+name = "booking-system"
+token_file = "writer.token"
+scope = "write"
+[[api.tokens]]
+name = "booking-system-next"
+token_file = "next-writer.token"
+scope = "write"
+[[api.tokens]]
+name = "dashboard"
+token_file = "reader.token"
+"#;
+
+/// The app with [`WITH_TOKENS`], the token files written first.
+async fn app_with_tokens() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, token) in [
+        ("writer.token", WRITER),
+        ("next-writer.token", NEXT_WRITER),
+        ("reader.token", READER),
+    ] {
+        std::fs::write(dir.path().join(file), format!("{token}\n")).unwrap();
+    }
+    spawn_app_in(dir, WITH_TOKENS, Arc::new(SystemClock)).await
+}
+
+/// The app with `[api]` on loopback and no token: every route open.
+async fn open_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    spawn_app_in(
+        dir,
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        Arc::new(SystemClock),
+    )
+    .await
+}
+
+/// A request to the API of `app`, with `token` as bearer when given.
+fn request(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let url = format!(
+        "http://{}{path}",
+        app.api_addr.expect("[api] listen is set")
+    );
+    let request = app.client.request(method, url);
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Sends it; the status, the content type and the body as JSON (`Null` when empty).
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String, Value) {
+    let response = request(app, method, path, token).send().await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    };
+    (status, content_type, body)
+}
+
+/// Asserts a problem+json answer with `status` whose detail contains `words`.
+fn assert_problem(answer: &(StatusCode, String, Value), status: u16, words: &str) {
+    let (got, content_type, body) = answer;
+    assert_eq!(got.as_u16(), status, "{body}");
+    assert_eq!(content_type, "application/problem+json", "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(words), "detail {detail:?} lacks {words:?}");
+}
+
+#[tokio::test]
+async fn every_route_needs_a_configured_token_and_writes_need_scope_write() {
+    use reqwest::Method;
+    let app = app_with_tokens().await;
+    let order = uuid(2, 1);
+    let watch = format!("/v1/orders/{order}/watch");
+
+    let none = call(&app, Method::GET, "/v1/stats", None).await;
+    assert_problem(&none, 401, "no Authorization header");
+    let response = request(&app, Method::GET, "/v1/stats", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"orderwatch\""
+    );
+    let wrong = call(&app, Method::GET, "/v1/stats", Some("w-1f0c8e6a2e")).await;
+    assert_problem(&wrong, 401, "not one of [[api.tokens]]");
+    let basic = request(&app, Method::GET, "/v1/stats", None)
+        .basic_auth("booking-system", Some(WRITER))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 401, "Basic is not Bearer");
+    // Unknown routes too: nothing is served to a caller without a token.
+    let unknown = call(&app, Method::GET, "/v1/nothing", None).await;
+    assert_problem(&unknown, 401, "no Authorization header");
+
+    let (status, _, _) = call(&app, Method::GET, "/v1/stats", Some(READER)).await;
+    assert_eq!(status, 200, "a read token reads");
+    let forbidden = call(&app, Method::PUT, &watch, Some(READER)).await;
+    assert_problem(&forbidden, 403, "\"dashboard\" has scope read");
+
+    // Rotation: the old and the new writer token both work until the old one is removed.
+    let (status, _, body) = call(&app, Method::PUT, &watch, Some(WRITER)).await;
+    assert_eq!(
+        (status.as_u16(), &body["new"]),
+        (201, &Value::Bool(true)),
+        "{body}"
+    );
+    let (status, _, body) = call(&app, Method::PUT, &watch, Some(NEXT_WRITER)).await;
+    assert_eq!(
+        (status.as_u16(), &body["new"]),
+        (200, &Value::Bool(false)),
+        "{body}"
+    );
+
+    let metrics = app.metrics_text().await;
+    for line in [
+        "orderwatch_api_requests_total{route=\"/v1/stats\",code=\"401\"} 4",
+        "orderwatch_api_requests_total{route=\"/v1/stats\",code=\"200\"} 1",
+        "orderwatch_api_requests_total{route=\"/v1/orders/{order_uuid}/watch\",code=\"403\"} 1",
+        "orderwatch_api_requests_total{route=\"/v1/orders/{order_uuid}/watch\",code=\"201\"} 1",
+        "orderwatch_api_requests_total{route=\"unmatched\",code=\"401\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn orders_and_items_read_as_show_reads_them() {
+    use reqwest::Method;
+    let app = open_app().await;
+    let (order, item) = (uuid(2, 7), uuid(1, 7));
+
+    let (status, _, body) = call(
+        &app,
+        Method::PUT,
+        &format!("/v1/orders/{order}/watch"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _, body) = call(&app, Method::GET, &format!("/v1/orders/{order}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["order"]["order"], order);
+    assert_eq!(body["order"]["watched"], true);
+    assert_eq!(body["items"], Value::Array(Vec::new()));
+
+    for (version, status) in [(1, "PENDING"), (2, "OK")] {
+        let answer = app
+            .post_webhook(webhook(&item, &order, version, status))
+            .await;
+        assert_eq!(answer.status(), 200);
+    }
+    let (status, _, body) = call(&app, Method::GET, &format!("/v1/items/{item}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["item"]["item"], item);
+    assert_eq!(
+        (&body["item"]["status"], &body["item"]["version"]),
+        (&Value::from("OK"), &Value::from(2))
+    );
+    assert_eq!(body["order"]["order"], order);
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{body}");
+    assert_eq!(history[1]["outcome"], "applied");
+    let why = history[1]["why"].as_str().unwrap();
+    assert!(why.starts_with("set the status"), "{why}");
+
+    let (_, _, body) = call(&app, Method::GET, &format!("/v1/orders/{order}"), None).await;
+    assert_eq!(body["items"][0]["item"], item, "{body}");
+
+    // An item's UUID is no order, an order's no item; unknown and malformed ones.
+    let not_order = call(&app, Method::GET, &format!("/v1/orders/{item}"), None).await;
+    assert_problem(&not_order, 404, &format!("no order {item}"));
+    let not_item = call(&app, Method::GET, &format!("/v1/items/{order}"), None).await;
+    assert_problem(&not_item, 404, &format!("no item {order}"));
+    let unknown = uuid(9, 9);
+    let missing = call(&app, Method::GET, &format!("/v1/items/{unknown}"), None).await;
+    assert_problem(&missing, 404, &unknown);
+    let malformed = call(&app, Method::GET, "/v1/items/11045e18", None).await;
+    assert_problem(&malformed, 400, "item_uuid: \"11045e18\" is not a UUID");
+    let bad_watch = call(&app, Method::PUT, "/v1/orders/not-a-uuid/watch", None).await;
+    assert_problem(&bad_watch, 400, "order_uuid: \"not-a-uuid\" is not a UUID");
+    let no_route = call(&app, Method::GET, "/v2/items", None).await;
+    assert_problem(&no_route, 404, "no such route");
+}
+
+#[tokio::test]
+async fn stats_answers_what_the_stats_command_prints() {
+    use reqwest::Method;
+    let app = open_app().await;
+    let answer = app
+        .post_webhook(webhook(&uuid(1, 3), &uuid(2, 3), 1, "PENDING"))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let (status, content_type, body) = call(&app, Method::GET, "/v1/stats", None).await;
+    assert_eq!(
+        (status.as_u16(), content_type.as_str()),
+        (200, "application/json")
+    );
+    let output = crate::helpers::cli(
+        &app.dir.path().join("config.toml"),
+        &["stats", "--format", "json"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let keys = |value: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&body), keys(&printed));
+    assert_eq!(body["items_by_status"], printed["items_by_status"]);
+    assert_eq!(body["reconciler"], printed["reconciler"]);
+}
+
+#[test]
+fn an_api_beyond_loopback_needs_tokens_and_each_token_one_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        Config::from_toml(text, &dir.path().join("config.toml"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let error = load("[api]\nlisten = \"0.0.0.0:8081\"\n").unwrap_err();
+    assert!(
+        error.contains("api.listen") && error.contains("needs [[api.tokens]]"),
+        "{error}"
+    );
+    let both = "[api]\nlisten = \"127.0.0.1:8081\"\n[[api.tokens]]\nname = \"a\"\n\
+                token_env = \"A\"\ntoken_file = \"a.token\"\n";
+    let error = load(both).unwrap_err();
+    assert!(
+        error.contains("api.tokens[0]") && error.contains("exactly one of token_env, token_file"),
+        "{error}"
+    );
+    let twice = "[api]\nlisten = \"127.0.0.1:8081\"\n[[api.tokens]]\nname = \"a\"\n\
+                 token_file = \"a.token\"\n[[api.tokens]]\nname = \"a\"\ntoken_file = \"b.token\"\n";
+    std::fs::write(dir.path().join("a.token"), "tok-secret-aaa").unwrap();
+    std::fs::write(dir.path().join("b.token"), "tok-secret-bbb").unwrap();
+    let error = load(twice).unwrap_err();
+    assert!(
+        error.contains("api.tokens[1].name") && error.contains("names two tokens"),
+        "{error}"
+    );
+    assert!(!error.contains("tok-secret"), "no token in errors: {error}");
+}
+
+/// Pages of `GET /v1/items` while webhooks keep changing and adding items: every item stored
+/// before the first page is on exactly one page, in arrival order, whatever changed
+/// meanwhile; the last page says so with a null `next_cursor`.
+#[tokio::test]
+async fn item_pages_skip_and_repeat_nothing_while_webhooks_arrive() {
+    use reqwest::Method;
+    let app = open_app().await;
+    let before: Vec<String> = (0..25u64).map(|n| uuid(1, 100 + n)).collect();
+    for (n, item) in before.iter().enumerate() {
+        let order = uuid(2, 100 + n as u64);
+        let answer = app.post_webhook(webhook(item, &order, 1, "PENDING")).await;
+        assert_eq!(answer.status(), 200);
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/v1/items?limit=10&cursor={cursor}"),
+            None => "/v1/items?limit=10".to_owned(),
+        };
+        let (status, _, body) = call(&app, Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        seen.extend(
+            body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| item["item"].as_str().unwrap().to_owned()),
+        );
+        // Between pages: an item already read changes, one not read yet changes, one is new.
+        let n = pages as u64;
+        for (item, order, version) in [
+            (before[0].clone(), uuid(2, 100), 1 + n),
+            (before[24].clone(), uuid(2, 124), 1 + n),
+            (uuid(1, 500 + n), uuid(2, 500 + n), 1),
+        ] {
+            let answer = app
+                .post_webhook(webhook(&item, &order, version, "OK"))
+                .await;
+            assert_eq!(answer.status(), 200);
+        }
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 20, "pages never end: {body}");
+    }
+    let original: Vec<&String> = seen.iter().filter(|item| before.contains(item)).collect();
+    assert_eq!(
+        original,
+        before.iter().collect::<Vec<_>>(),
+        "each once, in arrival order"
+    );
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "nothing twice: {seen:?}");
+
+    // Filters, and a page size past the first page's.
+    let (_, _, body) = call(&app, Method::GET, "/v1/items?status=ok&limit=1000", None).await;
+    let statuses: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == "OK"),
+        "{body}"
+    );
+    let (_, _, body) = call(&app, Method::GET, "/v1/items?overdue=true", None).await;
+    assert_eq!(body["items"], Value::Array(Vec::new()), "{body}");
+    assert_eq!(body["next_cursor"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_item_page_parameters_are_400_naming_the_parameter() {
+    use reqwest::Method;
+    let app = open_app().await;
+    for (query, words) in [
+        ("limit=1001", "limit: 1001 is not between 1 and 1000"),
+        ("limit=0", "limit: 0 is not between 1 and 1000"),
+        ("limit=ten", "limit: \"ten\" is not a whole number"),
+        (
+            "cursor=abc",
+            "cursor: \"abc\" is not a cursor this API gave",
+        ),
+        ("overdue=yes", "overdue: \"yes\" is neither true nor false"),
+        ("order=x", "unknown parameter \"order\""),
+    ] {
+        let answer = call(&app, Method::GET, &format!("/v1/items?{query}"), None).await;
+        assert_problem(&answer, 400, words);
+    }
+}
