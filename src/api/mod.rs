@@ -1,5 +1,5 @@
 //! The HTTP API for the partner's booking system (`[api]`): register orders, read their
-//! reconciled state. A listener of its own, routed by axum; every request authorized by
+//! reconciled state, follow the change feed. A listener of its own, routed by axum; every request authorized by
 //! bearer token ([`auth`]), counted in `/metrics` by route and status, and logged with the
 //! token's name. Errors are `application/problem+json` ([`problem`]).
 
@@ -34,6 +34,8 @@ pub struct Api {
     metrics: Arc<Metrics>,
     /// For `stats`' reconciler state.
     config: Config,
+    /// Set once the daemon stops: long-polls answer at once instead of holding the shutdown.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Api {
@@ -52,6 +54,7 @@ impl Api {
             tokens: Tokens::new(config.api.tokens.clone()),
             metrics,
             config: config.clone(),
+            stopping: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -63,6 +66,7 @@ impl Api {
             .route("/v1/orders/{order_uuid}/watch", put(routes::watch))
             .route("/v1/items", get(routes::items))
             .route("/v1/items/{item_uuid}", get(routes::item))
+            .route("/v1/changes", get(routes::changes))
             .fallback(routes::no_route)
             .layer(middleware::from_fn_with_state(self.clone(), guard))
             .with_state(self.clone())
@@ -76,6 +80,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let router = api.router();
+    // Long-polls are told first, so the graceful shutdown waits for no `wait`.
+    let shutdown = async move {
+        shutdown.await;
+        api.stopping.send_replace(true);
+    };
     if let Err(error) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

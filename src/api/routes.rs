@@ -2,6 +2,7 @@
 //! (or a [`Problem`]).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use super::Api;
 use super::problem::Problem;
 use crate::reconciler::{ReconcilerState, StatsShown};
-use crate::store::inspect::{ItemFilter, Shown};
+use crate::store::inspect::{FeedPosition, ItemFilter, Shown};
 use crate::store::reader::ReadError;
 
 /// `GET /v1/stats`: what `orderwatch stats --format json` prints.
@@ -113,6 +114,70 @@ pub async fn items(
     ))
 }
 
+/// The longest `wait` a change request may ask for, and how often a waiting one looks for new
+/// changes besides each commit of this instance (so it answers within that of a commit that
+/// another instance on the same PostgreSQL database made).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// `GET /v1/changes?after=…&limit=…&wait=…`: the status changes after `after` (the start when
+/// absent), as `orderwatch changes` prints them, at most `limit`; `cursor` resumes after the
+/// last event looked at. With nothing new, waits up to `wait` for a change.
+pub async fn changes(
+    State(api): State<Arc<Api>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, Problem> {
+    let (mut after, mut limit, mut wait) = (FeedPosition::Start, DEFAULT_LIMIT, Duration::ZERO);
+    for (name, value) in &params {
+        match name.as_str() {
+            "after" => {
+                after = value
+                    .parse()
+                    .map_err(|e| Problem::bad_request(format!("after: {e}")))?
+            }
+            "limit" => limit = limit_param(value)?,
+            "wait" => wait = wait_param(value)?,
+            other => {
+                return Err(Problem::bad_request(format!(
+                    "unknown parameter {other:?}: /v1/changes takes after, limit, wait"
+                )));
+            }
+        }
+    }
+    let until = Instant::now() + wait;
+    let mut stopping = api.stopping.subscribe();
+    let mut commits = api.writer.health().commits();
+    loop {
+        // Before the read: a commit during it wakes the wait below at once.
+        commits.mark_unchanged();
+        let page = api
+            .reads
+            .changes(after, limit)
+            .await
+            .map_err(read_failed)?
+            .map_err(|unusable| Problem::bad_request(format!("after: {unusable}")))?;
+        after = page.scanned_to.unwrap_or(after);
+        if !page.changes.is_empty() {
+            return Ok(Json(
+                json!({ "changes": page.changes, "cursor": after.to_string() }),
+            ));
+        }
+        // A page of events that changed no status: read on at once.
+        if !page.caught_up {
+            continue;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || *stopping.borrow() {
+            return Ok(Json(json!({ "changes": [], "cursor": after.to_string() })));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(left.min(LOOK_EVERY)) => {}
+            _ = commits.changed() => {}
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
 /// `PUT /v1/orders/{order_uuid}/watch`: registers the order for polling, as `orderwatch
 /// watch` does; 201 when it was new, 200 when it was known already.
 pub async fn watch(
@@ -184,6 +249,24 @@ fn cursor_param(text: &str) -> Result<i64, Problem> {
             "cursor: {text:?} is not a cursor this API gave (use next_cursor as it is)"
         ))
     })
+}
+
+/// How long a change request may wait: `30s`, `500ms`, or plain seconds (`30`), at most
+/// [`MAX_WAIT`]; or a 400.
+fn wait_param(text: &str) -> Result<Duration, Problem> {
+    let wait = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            Problem::bad_request(format!("wait: {text:?} is not a duration like 30s ({e})"))
+        })?,
+    };
+    if wait > MAX_WAIT {
+        return Err(Problem::bad_request(format!(
+            "wait: {text} is longer than {}s",
+            MAX_WAIT.as_secs()
+        )));
+    }
+    Ok(wait)
 }
 
 /// A path segment that must be a UUID, or a 400 naming it.

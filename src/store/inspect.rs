@@ -688,6 +688,23 @@ impl std::str::FromStr for FeedPosition {
     }
 }
 
+impl std::fmt::Display for FeedPosition {
+    /// As [`FromStr`](std::str::FromStr) reads it back: `0`, an event id, or `TX.ID`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Start => f.write_str("0"),
+            Self::AfterEvent(id) => write!(f, "{id}"),
+            Self::After(cursor) => write!(f, "{cursor}"),
+        }
+    }
+}
+
+/// A well-formed position this database cannot resume from: the other engine's kind of
+/// cursor, or (on PostgreSQL) an event id that no event has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnusableCursor(pub String);
+
 /// A page of the change feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangePage {
@@ -703,7 +720,26 @@ pub struct ChangePage {
 /// from the item's previous applied status: the status changes, in commit order. Ids of
 /// committed events only grow (one writer; pruning never deletes an item's newest event), so
 /// `id` is a stable cursor.
-pub fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<ChangePage> {
+pub fn changes_from(
+    conn: &Connection,
+    after: FeedPosition,
+    page: usize,
+) -> rusqlite::Result<Result<ChangePage, UnusableCursor>> {
+    let after = match after {
+        FeedPosition::Start => 0,
+        FeedPosition::AfterEvent(id) => id,
+        FeedPosition::After(cursor) => {
+            return Ok(Err(UnusableCursor(format!(
+                "{cursor} is a PostgreSQL cursor; this database is SQLite, whose cursors are \
+                 event ids"
+            ))));
+        }
+    };
+    changes(conn, after, page).map(Ok)
+}
+
+/// [`changes_from`] after the event id `after`.
+fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<ChangePage> {
     let same_item = if has_seqs(conn)? {
         "p.item_seq IS e.item_seq AND p.item_uuid = e.item_uuid"
     } else {

@@ -15,7 +15,7 @@ use super::inspect::{
 };
 use super::maintenance::{self, BackupError};
 use super::postgres::connect::PgConnect;
-use super::postgres::feed::{self, FeedCursor};
+use super::postgres::feed;
 use super::postgres::{self as pg, describe_error, migrate};
 use super::{StoreError, open_read_only};
 use crate::config::DatabaseConfig;
@@ -154,45 +154,13 @@ impl Inspection {
 
     /// Up to `page` events after `after`, the status changes among them.
     pub fn changes(&self, after: FeedPosition, page: usize) -> Result<ChangePage, ReadFailed> {
-        match &self.engine {
-            Engine::Sqlite(conn) => {
-                let after = match after {
-                    FeedPosition::Start => 0,
-                    FeedPosition::AfterEvent(id) => id,
-                    FeedPosition::After(cursor) => {
-                        return Err(ReadFailed(format!(
-                            "{cursor} is a PostgreSQL cursor; this database is SQLite, whose \
-                             cursors are event ids"
-                        )));
-                    }
-                };
-                Ok(inspect::changes(conn, after, page)?)
+        let found = match &self.engine {
+            Engine::Sqlite(conn) => inspect::changes_from(conn, after, page)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(feed::changes_from(client, after, page))?
             }
-            Engine::Postgres { runtime, client } => runtime.block_on(async {
-                let after = match after {
-                    FeedPosition::Start => FeedCursor::START,
-                    FeedPosition::After(cursor) => cursor,
-                    FeedPosition::AfterEvent(id) => {
-                        feed::cursor_of_event(client, id).await?.ok_or_else(|| {
-                            ReadFailed(format!(
-                                "no event has id {id} (pruned, or never written): resume from \
-                                 a cursor instead"
-                            ))
-                        })?
-                    }
-                };
-                let found = feed::changes(client, after, page).await?;
-                Ok(ChangePage {
-                    changes: found
-                        .changes
-                        .into_iter()
-                        .map(|(_, change)| change)
-                        .collect(),
-                    scanned_to: found.scanned_to.map(FeedPosition::After),
-                    caught_up: found.caught_up,
-                })
-            }),
-        }
+        };
+        found.map_err(|unusable| ReadFailed(unusable.0))
     }
 
     /// A consistent copy of the SQLite database at `target` ([`maintenance::backup`]), then

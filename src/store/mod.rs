@@ -508,7 +508,14 @@ mod tests {
             ..inspect::ItemFilter::default()
         };
         assert_eq!(inspect::items(&old, &filter, now).unwrap().len(), 1);
-        assert_eq!(inspect::changes(&old, 0, 10).unwrap().changes.len(), 1);
+        assert_eq!(
+            inspect::changes_from(&old, inspect::FeedPosition::Start, 10)
+                .unwrap()
+                .unwrap()
+                .changes
+                .len(),
+            1
+        );
         drop(old);
         let conn = open_for_writing(&path, Duration::from_secs(1)).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);

@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::inspect::{self, ItemFilter, ItemRow, ShowError, Shown, Stats};
+use super::inspect::{
+    self, ChangePage, FeedPosition, ItemFilter, ItemRow, ShowError, Shown, Stats, UnusableCursor,
+};
+use super::postgres::feed;
 use super::postgres::inspect as pg_inspect;
 use super::postgres::queries as pg;
 use super::queries::{self, DueOrder, OverdueItem, PollBacklog, StateSnapshot};
@@ -238,6 +241,30 @@ impl Reads {
             Engine::Postgres(pool) => {
                 self.on(pool, async |client| pg_inspect::stats(client, now).await)
                     .await
+            }
+        }
+    }
+
+    /// Up to `page` events after `after`, the status changes among them (the feed
+    /// `orderwatch changes` prints); the inner error is a cursor this database cannot use.
+    pub async fn changes(
+        &self,
+        after: FeedPosition,
+        page: usize,
+    ) -> Result<Result<ChangePage, UnusableCursor>, ReadError> {
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        inspect::changes_from(conn, after, page)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    feed::changes_from(client, after, page).await
+                })
+                .await
             }
         }
     }

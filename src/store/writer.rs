@@ -130,6 +130,8 @@ pub struct Health {
     batches_with_failures: AtomicU64,
     /// Batches that committed every job so far (a "not ready" found before one is stale).
     batches_without_failures: AtomicU64,
+    /// Counts committed batches: the partner API's long-polls wait on it for new changes.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// A run of consecutive failed batches of real work.
@@ -183,8 +185,17 @@ impl Health {
         self.batches_without_failures.load(Ordering::Relaxed)
     }
 
+    /// Changes each time a batch of this instance's writer commits (other instances' commits
+    /// are not seen here).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
     /// Notes how a batch went; batches holding only heartbeats say nothing about real work.
     fn batch_done(&self, batch: &[Job], results: &Result<Vec<JobResult>, WriteError>) {
+        if results.is_ok() {
+            self.commits.send_modify(|n| *n += 1);
+        }
         let any_failure = match results {
             Err(_) => true,
             Ok(results) => results.iter().any(Result::is_err),
@@ -279,6 +290,7 @@ pub fn spawn_on<B: Batches>(
         failing: Mutex::new(Failures::default()),
         batches_with_failures: AtomicU64::new(0),
         batches_without_failures: AtomicU64::new(0),
+        commits: tokio::sync::watch::Sender::new(0),
     });
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
     let queue = Arc::new(Mutex::new(receiver));

@@ -390,3 +390,165 @@ async fn bad_item_page_parameters_are_400_naming_the_parameter() {
         assert_problem(&answer, 400, words);
     }
 }
+
+/// Reads the whole feed through `GET /v1/changes`, `limit` at a time from the start; every
+/// page's changes, in order, and the last cursor.
+async fn read_feed(app: &TestApp, limit: usize) -> (Vec<Value>, String) {
+    let (mut changes, mut cursor) = (Vec::new(), "0".to_owned());
+    loop {
+        let path = format!("/v1/changes?after={cursor}&limit={limit}");
+        let (status, _, body) = call(app, reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["changes"].as_array().unwrap().clone();
+        assert!(page.len() <= limit, "{body}");
+        cursor = body["cursor"].as_str().unwrap().to_owned();
+        if page.is_empty() {
+            return (changes, cursor);
+        }
+        changes.extend(page);
+    }
+}
+
+/// The feed through the API, a page at a time, is what `orderwatch changes` prints: each status
+/// change once, in commit order, without the events that changed no status; its last cursor
+/// answers an empty page and itself.
+#[tokio::test]
+async fn change_pages_are_the_feed_the_changes_command_prints() {
+    let app = open_app().await;
+    let order = uuid(2, 40);
+    for (n, version, status) in [
+        (0, 1, "PENDING"),
+        (1, 1, "PENDING"),
+        (2, 1, "PENDING"),
+        (0, 2, "OK"),
+        // A newer version with the same status: applied, but no change.
+        (0, 3, "OK"),
+        (1, 2, "KO"),
+        (2, 2, "OK"),
+        (2, 3, "REFUNDED"),
+    ] {
+        let answer = app
+            .post_webhook(webhook(&uuid(1, 40 + n), &order, version, status))
+            .await;
+        assert_eq!(answer.status(), 200);
+    }
+    let (changes, last) = read_feed(&app, 2).await;
+    let output = crate::helpers::cli(&app.dir.path().join("config.toml"), &["changes"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(changes.len(), 7, "{changes:#?}");
+    assert_eq!(changes, printed);
+    let (status, _, body) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/changes?after={last}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({ "changes": [], "cursor": last }));
+}
+
+/// A request with nothing new waits (`wait`) and answers within a second of the commit that
+/// brings a change; with nothing at all it answers empty when its wait is over.
+#[tokio::test]
+async fn a_waiting_change_request_answers_within_a_second_of_a_commit() {
+    let app = open_app().await;
+    let order = uuid(2, 60);
+    let answer = app
+        .post_webhook(webhook(&uuid(1, 60), &order, 1, "PENDING"))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let (_, cursor) = read_feed(&app, 100).await;
+
+    let waiting = request(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/changes?after={cursor}&wait=30s"),
+        None,
+    )
+    .send();
+    let waiting = tokio::spawn(waiting);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "it waits while nothing is new");
+    let answer = app
+        .post_webhook(webhook(&uuid(1, 60), &order, 2, "OK"))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let committed = std::time::Instant::now();
+    let response = waiting.await.unwrap().unwrap();
+    let woken_after = committed.elapsed();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["changes"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["changes"][0]["new_status"], "OK", "{body}");
+    assert!(
+        woken_after < std::time::Duration::from_secs(1),
+        "answered {woken_after:?} after the commit"
+    );
+
+    let cursor = body["cursor"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let (status, _, body) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/changes?after={cursor}&wait=1s"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({ "changes": [], "cursor": cursor }));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+}
+
+/// Stopping the daemon answers a waiting request at once (an empty page), so a long-poll never
+/// holds the shutdown for its `wait`.
+#[tokio::test]
+async fn stopping_answers_waiting_change_requests_at_once() {
+    let app = open_app().await;
+    let waiting =
+        tokio::spawn(request(&app, reqwest::Method::GET, "/v1/changes?wait=60s", None).send());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let _dir = app.stop().await;
+    let response = waiting.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["changes"], Value::Array(Vec::new()), "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Bad change parameters are 400s naming the parameter, and so is a cursor of the other
+/// engine's kind (or, on PostgreSQL, an event id no event has).
+#[tokio::test]
+async fn bad_change_parameters_are_400_naming_the_parameter() {
+    use reqwest::Method;
+    let app = open_app().await;
+    for (query, words) in [
+        ("after=abc", "after: \"abc\" is neither an event id"),
+        ("after=1.x", "after: \"1.x\" is not a feed cursor"),
+        ("limit=1001", "limit: 1001 is not between 1 and 1000"),
+        ("wait=61s", "wait: 61s is longer than 60s"),
+        ("wait=soon", "wait: \"soon\" is not a duration"),
+        ("since=5", "unknown parameter \"since\""),
+    ] {
+        let answer = call(&app, Method::GET, &format!("/v1/changes?{query}"), None).await;
+        assert_problem(&answer, 400, words);
+    }
+    let (query, words) = if crate::helpers::backend::postgres() {
+        ("after=424242", "after: no event has id 424242")
+    } else {
+        ("after=7412.1093", "after: 7412.1093 is a PostgreSQL cursor")
+    };
+    let answer = call(&app, Method::GET, &format!("/v1/changes?{query}"), None).await;
+    assert_problem(&answer, 400, words);
+}

@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use tokio_postgres::Client;
 
-use super::super::inspect::Change;
+use super::super::inspect::{Change, ChangePage, FeedPosition, UnusableCursor};
 use crate::clock::to_db_text;
 
 /// A position in the feed: the writing transaction and the event id (printed `tx.id`).
@@ -110,6 +110,38 @@ pub async fn changes(
     }
     result.caught_up = rows.len() < page;
     Ok(result)
+}
+
+/// Up to `page` events after `after` as `--after` or the API's `after` takes it (a plain
+/// event id is resolved through its event's transaction), the status changes among them.
+pub async fn changes_from(
+    client: &Client,
+    after: FeedPosition,
+    page: usize,
+) -> Result<Result<ChangePage, UnusableCursor>, tokio_postgres::Error> {
+    let after = match after {
+        FeedPosition::Start => FeedCursor::START,
+        FeedPosition::After(cursor) => cursor,
+        FeedPosition::AfterEvent(id) => match cursor_of_event(client, id).await? {
+            Some(cursor) => cursor,
+            None => {
+                return Ok(Err(UnusableCursor(format!(
+                    "no event has id {id} (pruned, or never written): resume from a cursor \
+                     (TX.ID) instead"
+                ))));
+            }
+        },
+    };
+    let found = changes(client, after, page).await?;
+    Ok(Ok(ChangePage {
+        changes: found
+            .changes
+            .into_iter()
+            .map(|(_, change)| change)
+            .collect(),
+        scanned_to: found.scanned_to.map(FeedPosition::After),
+        caught_up: found.caught_up,
+    }))
 }
 
 /// The cursor just after event `id` (a plain event id, as SQLite's feed and older scripts
