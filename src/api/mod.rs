@@ -63,7 +63,10 @@ impl Api {
         Router::new()
             .route("/v1/stats", get(routes::stats))
             .route("/v1/orders/{order_uuid}", get(routes::order))
-            .route("/v1/orders/{order_uuid}/watch", put(routes::watch))
+            .route(
+                "/v1/orders/{order_uuid}/watch",
+                put(routes::watch).delete(routes::unwatch),
+            )
             .route("/v1/items", get(routes::items))
             .route("/v1/items/{item_uuid}", get(routes::item))
             .route("/v1/changes", get(routes::changes))

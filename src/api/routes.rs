@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Api;
 use super::problem::Problem;
 use crate::reconciler::{ReconcilerState, StatsShown};
-use crate::store::inspect::{FeedPosition, ItemFilter, Shown};
+use crate::store::inspect::{EventRow, FeedPosition, ItemFilter, Shown};
 use crate::store::reader::ReadError;
 
 /// `GET /v1/stats`: what `orderwatch stats --format json` prints.
@@ -46,21 +46,43 @@ pub async fn order(
     }
 }
 
-/// `GET /v1/items/{item_uuid}`: the item, its order, and its history with the rule's words.
+/// `GET /v1/items/{item_uuid}`: the item, its facts and vouchers, its order, and its history
+/// with the rule's words (`why`, as `orderwatch show` says them).
 pub async fn item(
     State(api): State<Arc<Api>>,
     Path(item): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let item = uuid_param("item_uuid", &item)?;
+    let not_found = || Problem::not_found(format!("no item {item} is stored"));
     let shown = api.show(item).await?;
-    match shown.items.as_slice() {
-        [row] if row.item == item.to_string() => Ok(Json(json!({
-            "item": row,
-            "order": shown.order,
-            "history": shown.events,
-        }))),
-        _ => Err(Problem::not_found(format!("no item {item} is stored"))),
+    let [row] = shown.items.as_slice() else {
+        return Err(not_found());
+    };
+    if row.item != item.to_string() {
+        return Err(not_found());
     }
+    let facts = api
+        .reads
+        .item_facts(item)
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(not_found)?;
+    let history: Vec<Value> = shown.events.iter().map(event_json).collect();
+    Ok(Json(json!({
+        "item": row,
+        "facts": facts,
+        "order": shown.order,
+        "history": history,
+    })))
+}
+
+/// An event as `show` has it, its stored payload as JSON rather than a string of JSON.
+fn event_json(event: &EventRow) -> Value {
+    let mut value = json!(event);
+    if let Ok(payload) = serde_json::from_str::<Value>(&event.payload) {
+        value["payload"] = payload;
+    }
+    value
 }
 
 /// How many items or changes a page holds unless `limit` says otherwise, and at most.
@@ -200,6 +222,25 @@ pub async fn watch(
         status,
         Json(json!({ "order": order.to_string(), "watched": true, "new": created })),
     ))
+}
+
+/// `DELETE /v1/orders/{order_uuid}/watch`: stops polling the order, as `orderwatch unwatch`
+/// does (webhooks still update it; a PUT resumes polling); 204, or 404 for an unknown order.
+pub async fn unwatch(
+    State(api): State<Arc<Api>>,
+    Path(order): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let order = uuid_param("order_uuid", &order)?;
+    let known = api
+        .writer
+        .unwatch(vec![order])
+        .await
+        .map_err(|e| Problem::unavailable(format!("the order was not unwatched: {e}")))?;
+    if known.contains(&order) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("no order {order} is stored")))
+    }
 }
 
 /// Any other path.

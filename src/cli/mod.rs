@@ -13,6 +13,7 @@ mod rejected;
 mod run;
 mod show;
 mod stats;
+mod unwatch;
 mod watch;
 
 use std::path::PathBuf;
@@ -75,6 +76,7 @@ enum Command {
     Run,
     CheckConfig(check_config::Args),
     Watch(watch::Args),
+    Unwatch(unwatch::Args),
     Reconcile(reconcile::Args),
     Items(items::Args),
     Show(show::Args),
@@ -129,6 +131,7 @@ impl Cli {
             Command::Run => run::run(config),
             Command::CheckConfig(args) => check_config::check_config(config, &args),
             Command::Watch(args) => watch::watch(config, args),
+            Command::Unwatch(args) => unwatch::unwatch(config, args),
             Command::Reconcile(args) => reconcile::reconcile(config, args),
             Command::Items(args) => items::items(config, args),
             Command::Show(args) => show::show(config, args),

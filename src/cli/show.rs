@@ -109,6 +109,8 @@ fn render_order(text: &mut String, order: &OrderRow, polling_off: Option<&str>) 
         format!("stopped, Musement said 404 at {}", second(at))
     } else if let Some(at) = &order.expired_at {
         format!("stopped, past max_age at {}", second(at))
+    } else if let Some(at) = &order.unwatched_at {
+        format!("stopped, unwatched at {}", second(at))
     } else if order.needs_poll {
         format!("next at {}", second_or_dash(order.next_poll_at.as_deref()))
     } else {

@@ -152,6 +152,10 @@ fn metrics(shown: &StatsShown<'_>, human: bool) -> Vec<(String, String)> {
             stats.orders_not_found.to_string(),
         ),
         ("orders_expired".into(), stats.orders_expired.to_string()),
+        (
+            "orders_unwatched".into(),
+            stats.orders_unwatched.to_string(),
+        ),
         ("last_webhook_at".into(), time(&stats.last_webhook_at)),
         ("last_poll_at".into(), time(&stats.last_poll_at)),
     ]);

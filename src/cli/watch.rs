@@ -192,7 +192,9 @@ impl Tally {
 }
 
 /// The UUIDs given as arguments.
-fn parse_orders<'a>(arguments: impl Iterator<Item = &'a String>) -> Result<Vec<Uuid>, String> {
+pub(super) fn parse_orders<'a>(
+    arguments: impl Iterator<Item = &'a String>,
+) -> Result<Vec<Uuid>, String> {
     arguments
         .map(|text| {
             Uuid::try_parse(text.trim()).map_err(|_| format!("{text:?} is not an order UUID"))

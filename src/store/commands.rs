@@ -26,6 +26,8 @@ pub enum Command {
     RecordPollFailure(PollFailure),
     /// Register orders to poll.
     Watch(Vec<Uuid>),
+    /// Stop polling orders (the partner unwatched them).
+    Unwatch(Vec<Uuid>),
     /// Stop polling orders past `max_age`.
     Expire(Vec<Uuid>),
     /// Note that overdue warnings were logged.
@@ -142,6 +144,7 @@ pub fn execute(
             Done::BackedOff(polls::record_poll_failure(conn, failure, settings, now)?)
         }
         Command::Watch(orders) => Done::Orders(polls::watch(conn, orders, settings, now)?),
+        Command::Unwatch(orders) => Done::Orders(polls::unwatch(conn, orders, settings, now)?),
         Command::Expire(orders) => Done::Orders(polls::expire(conn, orders, now)?),
         Command::MarkOverdueWarned(items) => {
             polls::mark_overdue_warned(conn, items, now)?;

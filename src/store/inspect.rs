@@ -70,6 +70,12 @@ fn has_seqs(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(version >= 4)
 }
 
+/// `orders.unwatched_at`, which exists from schema version 5 on (`NULL` in older files).
+fn unwatched_at(conn: &Connection) -> rusqlite::Result<&'static str> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(if version >= 5 { "unwatched_at" } else { "NULL" })
+}
+
 /// The items of the order `?{n}` (its UUID).
 fn items_of_order(conn: &Connection, n: usize) -> rusqlite::Result<String> {
     Ok(if has_seqs(conn)? {
@@ -194,6 +200,8 @@ pub struct OrderRow {
     pub repoll_at: Option<String>,
     pub not_found_at: Option<String>,
     pub expired_at: Option<String>,
+    /// When the partner stopped watching it (no longer polled).
+    pub unwatched_at: Option<String>,
 }
 
 /// One observation from `item_events` with what the ordering rule made of it.
@@ -217,6 +225,56 @@ pub struct EventRow {
     pub why: String,
     /// The raw JSON (polls: without personal data).
     pub payload: String,
+}
+
+/// What polls told about an item beyond its status (the partner API's item answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemFacts {
+    pub product_id: Option<String>,
+    pub product_title: Option<String>,
+    /// The activity's local date, as Musement sent it.
+    pub product_date: Option<String>,
+    /// ISO-8601 duration, as sent.
+    pub max_confirmation_time: Option<String>,
+    /// Musement's `order_item_created` and the `order_item_updated` of the newest version.
+    pub created: Option<String>,
+    pub updated: Option<String>,
+    /// Musement time of the poll these facts come from (`None`: never polled).
+    pub facts_as_of: Option<String>,
+    /// The voucher URLs as Musement lists them (`None` before the first poll; empty until
+    /// Musement issues them).
+    pub vouchers: Option<serde_json::Value>,
+}
+
+/// The stored facts of the item `item` (its full UUID); `None` when no such item is stored.
+pub fn item_facts(conn: &Connection, item: &str) -> rusqlite::Result<Option<ItemFacts>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let facts_as_of = if version >= 3 { "facts_as_of" } else { "NULL" };
+    conn.query_row(
+        &format!(
+            "SELECT product_id, product_title, product_date, max_confirmation_time,
+                    item_created, item_updated, {facts_as_of}, vouchers
+             FROM order_items WHERE item_uuid = ?1"
+        ),
+        [item],
+        |r| {
+            let vouchers: Option<String> = r.get(7)?;
+            Ok(ItemFacts {
+                product_id: r.get(0)?,
+                product_title: r.get(1)?,
+                product_date: r.get(2)?,
+                max_confirmation_time: r.get(3)?,
+                created: r.get(4)?,
+                updated: r.get(5)?,
+                facts_as_of: r.get(6)?,
+                // Written by orderwatch as JSON; text that is not is shown as it is.
+                vouchers: vouchers.map(|text| {
+                    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+                }),
+            })
+        },
+    )
+    .optional()
 }
 
 /// What `orderwatch show` found for an item or an order.
@@ -380,9 +438,13 @@ fn find(conn: &Connection, table: &str, column: &str, key: &str) -> rusqlite::Re
 
 fn order_row(conn: &Connection, order: &str) -> rusqlite::Result<Option<OrderRow>> {
     conn.query_row(
-        "SELECT order_uuid, identifier, order_status, first_seen_at, watched, needs_poll, next_poll_at,
-                last_polled_at, poll_failures, last_error, repoll_at, not_found_at, expired_at
-         FROM orders WHERE order_uuid = ?1",
+        &format!(
+            "SELECT order_uuid, identifier, order_status, first_seen_at, watched, needs_poll,
+                    next_poll_at, last_polled_at, poll_failures, last_error, repoll_at,
+                    not_found_at, expired_at, {}
+             FROM orders WHERE order_uuid = ?1",
+            unwatched_at(conn)?
+        ),
         [order],
         |r| {
             Ok(OrderRow {
@@ -399,6 +461,7 @@ fn order_row(conn: &Connection, order: &str) -> rusqlite::Result<Option<OrderRow
                 repoll_at: r.get(10)?,
                 not_found_at: r.get(11)?,
                 expired_at: r.get(12)?,
+                unwatched_at: r.get(13)?,
             })
         },
     )
@@ -474,6 +537,8 @@ pub struct Stats {
     pub orders_not_found: i64,
     /// Orders past `[reconciler] max_age`: no longer polled.
     pub orders_expired: i64,
+    /// Orders the partner unwatched (`orderwatch unwatch`, the API): no longer polled.
+    pub orders_unwatched: i64,
     /// Our clock when the newest webhook observation arrived; looked for among the newest
     /// [`RECENT_EVENTS`] events only (null when none of them is a webhook).
     pub last_webhook_at: Option<String>,
@@ -518,9 +583,12 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         |r| r.get(0),
     )?;
     let orders = conn.query_row(
-        "SELECT count(*), coalesce(sum(watched), 0), coalesce(sum(needs_poll), 0),
-                count(not_found_at), count(expired_at)
-         FROM orders",
+        &format!(
+            "SELECT count(*), coalesce(sum(watched), 0), coalesce(sum(needs_poll), 0),
+                    count(not_found_at), count(expired_at), count({})
+             FROM orders",
+            unwatched_at(conn)?
+        ),
         [],
         |r| {
             Ok([
@@ -529,6 +597,7 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
+                r.get(5)?,
             ])
         },
     )?;
@@ -561,6 +630,7 @@ pub fn stats(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Stats> {
         orders_in_backoff: super::queries::orders_in_backoff(conn)?,
         orders_not_found: orders[3],
         orders_expired: orders[4],
+        orders_unwatched: orders[5],
         last_webhook_at,
         last_poll_at: conn.query_row("SELECT max(last_polled_at) FROM orders", [], |r| r.get(0))?,
         events_last_hour: events_since(conn, now - Duration::hours(1))?,

@@ -288,7 +288,7 @@ fn synchronous_name(level: i64) -> String {
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`. Databases at
 /// every earlier version exist in the field: never edit a shipped entry, append a new one.
@@ -297,6 +297,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 /// Why the store could not do what was asked.

@@ -149,9 +149,21 @@ pub fn refresh(
     write(conn, order_uuid, &decided)
 }
 
+/// Whether an order's polls are stopped for good (SQL on `orders`, either engine): Musement
+/// answered 404, it passed `max_age`, or the partner unwatched it. A macro so that both
+/// engines' queries include the one text.
+macro_rules! stopped_sql {
+    () => {
+        "(not_found_at IS NOT NULL OR expired_at IS NOT NULL OR unwatched_at IS NOT NULL)"
+    };
+}
+pub(crate) use stopped_sql;
+
 /// Columns of `orders` that [`read_fields`] reads, in its order.
-pub const FIELD_COLUMNS: &str = "poll_failures, next_poll_at, last_polled_at IS NULL,
-    not_found_at IS NOT NULL OR expired_at IS NOT NULL";
+pub const FIELD_COLUMNS: &str = concat!(
+    "poll_failures, next_poll_at, last_polled_at IS NULL, ",
+    stopped_sql!()
+);
 
 /// [`PollFields`] from [`FIELD_COLUMNS`] starting at column `at`.
 pub fn read_fields(row: &Row<'_>, at: usize, order_uuid: &str) -> rusqlite::Result<PollFields> {

@@ -288,8 +288,8 @@ pub fn record_poll_failure(
     }
 }
 
-/// Registers orders to poll before any webhook arrives; a watch also revives a `not_found`
-/// order. Returns the orders that were new.
+/// Registers orders to poll before any webhook arrives; a watch also revives a `not_found` or
+/// unwatched order. Returns the orders that were new.
 pub fn watch(
     conn: &Connection,
     orders: &[Uuid],
@@ -311,14 +311,42 @@ pub fn watch(
         }
         conn.prepare_cached(
             "UPDATE orders SET watched = 1,
-               next_poll_at = CASE WHEN not_found_at IS NOT NULL THEN ?2 ELSE next_poll_at END,
-               not_found_at = NULL
+               next_poll_at = CASE WHEN not_found_at IS NOT NULL OR unwatched_at IS NOT NULL
+                              THEN ?2 ELSE next_poll_at END,
+               not_found_at = NULL, unwatched_at = NULL
              WHERE order_uuid = ?1",
         )?
         .execute(params![order_uuid, now_text])?;
         poll_state::refresh(conn, &order_uuid, &settings.policy, Trigger::Other, now)?;
     }
     Ok(new)
+}
+
+/// Stops polling orders the partner no longer watches (`unwatched_at`, kept from the first
+/// unwatch), dropping a pending re-poll mark; webhooks still update their items. Returns the
+/// orders that are stored (unwatching an unknown order does nothing).
+pub fn unwatch(
+    conn: &Connection,
+    orders: &[Uuid],
+    settings: &StoreSettings,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Vec<Uuid>> {
+    let mut known = Vec::new();
+    for order in orders {
+        let order_uuid = order.to_string();
+        let changed = conn
+            .prepare_cached(
+                "UPDATE orders SET unwatched_at = coalesce(unwatched_at, ?2),
+                   repoll_at = NULL, repoll_attempts = 0
+                 WHERE order_uuid = ?1",
+            )?
+            .execute(params![order_uuid, to_db_text(now)])?;
+        if changed > 0 && !known.contains(order) {
+            known.push(*order);
+            poll_state::refresh(conn, &order_uuid, &settings.policy, Trigger::Other, now)?;
+        }
+    }
+    Ok(known)
 }
 
 /// Stops polling orders past `max_age`; returns those newly expired (to report once).

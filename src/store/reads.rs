@@ -12,7 +12,8 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::inspect::{
-    self, ChangePage, FeedPosition, ItemFilter, ItemRow, ShowError, Shown, Stats, UnusableCursor,
+    self, ChangePage, FeedPosition, ItemFacts, ItemFilter, ItemRow, ShowError, Shown, Stats,
+    UnusableCursor,
 };
 use super::postgres::feed;
 use super::postgres::inspect as pg_inspect;
@@ -204,6 +205,25 @@ impl Reads {
             Ok(shown) => Ok(Some(shown)),
             Err(ShowError::NotFound(_)) => Ok(None),
             Err(error) => Err(ReadError::Failed(error.to_string())),
+        }
+    }
+
+    /// The stored facts of the item `item` ([`inspect::item_facts`]); `None` when no such
+    /// item is stored.
+    pub async fn item_facts(&self, item: Uuid) -> Result<Option<ItemFacts>, ReadError> {
+        match &self.engine {
+            Engine::Sqlite(reader) => {
+                let text = item.to_string();
+                reader
+                    .read(self.deadline, move |conn| inspect::item_facts(conn, &text))
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    pg_inspect::item_facts(client, item).await
+                })
+                .await
+            }
         }
     }
 

@@ -417,6 +417,18 @@ impl Writer {
         }
     }
 
+    /// Stops polling orders the partner no longer wants watched; returns those stored (the
+    /// others are unknown).
+    pub async fn unwatch(&self, orders: Vec<Uuid>) -> Result<Vec<Uuid>, WriteError> {
+        match self
+            .submit(Command::Unwatch(orders), WhenFull::Wait)
+            .await?
+        {
+            Done::Orders(known) => Ok(known),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Stops polling orders past `max_age`; returns those newly expired.
     pub async fn expire(&self, orders: Vec<Uuid>) -> Result<Vec<Uuid>, WriteError> {
         match self.submit(Command::Expire(orders), WhenFull::Wait).await? {

@@ -552,3 +552,137 @@ async fn bad_change_parameters_are_400_naming_the_parameter() {
     let answer = call(&app, Method::GET, &format!("/v1/changes?{query}"), None).await;
     assert_problem(&answer, 400, words);
 }
+
+/// The app with `[api]` open on loopback and a reconciler polling `fake` every second.
+async fn polling_app(fake: &crate::helpers::fake_musement::FakeMusement) -> TestApp {
+    use crate::helpers::fake_musement::{APPLICATION, CLIENT_ID, CLIENT_SECRET};
+    let config = format!(
+        "[api]\nlisten = \"127.0.0.1:0\"\n\n\
+         [musement]\nbase_url = \"{}\"\napplication = \"{APPLICATION}\"\n\
+         client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\n\
+         [reconciler]\ninterval = \"1s\"\n",
+        fake.base_url()
+    );
+    spawn_app_in(tempfile::tempdir().unwrap(), &config, Arc::new(SystemClock)).await
+}
+
+/// Polls `check` every 50 ms for up to 15 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// An order watched through the API is polled, and its item answers with the facts and the
+/// voucher the poll brought; `DELETE …/watch` (204) stops the polls while webhooks still
+/// update it, `PUT …/watch` (200, known) resumes them; unknown orders are 404, and `orderwatch
+/// unwatch` does what the DELETE does.
+#[tokio::test]
+async fn unwatching_stops_the_polls_and_watching_again_resumes_them() {
+    use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
+    use reqwest::Method;
+    let fake = FakeMusement::start().await;
+    let (order, item) = (new_uuid(), new_uuid());
+    fake.put_order(order_json(order, &[(item, "PENDING")]));
+    fake.set_item_status(order, item, "OK");
+    // Musement's clock an hour back, so a webhook sent now is clearly newer than the poll.
+    let now = chrono::Utc::now();
+    fake.set_date(Some(now - chrono::Duration::hours(1)));
+    let app = polling_app(&fake).await;
+    let watch = format!("/v1/orders/{order}/watch");
+    let (status, _, body) = call(&app, Method::PUT, &watch, None).await;
+    assert_eq!(status, 201, "{body}");
+
+    let item_path = format!("/v1/items/{item}");
+    eventually("the poll stores the item", async || {
+        call(&app, Method::GET, &item_path, None).await.0 == 200
+    })
+    .await;
+    let (_, _, body) = call(&app, Method::GET, &item_path, None).await;
+    assert_eq!(body["item"]["status"], "OK", "{body}");
+    let facts = &body["facts"];
+    assert_eq!(facts["product_title"], "Test activity 0", "{body}");
+    assert_eq!(facts["max_confirmation_time"], "PT30M", "{body}");
+    assert_eq!(facts["product_date"], "2024-02-01 15:30", "{body}");
+    assert!(facts["facts_as_of"].is_string(), "{body}");
+    let vouchers = facts["vouchers"].as_array().expect("vouchers once OK");
+    assert_eq!(vouchers.len(), 1, "{body}");
+    let history = body["history"].as_array().unwrap();
+    assert_eq!(history[0]["source"], "poll", "{body}");
+    assert!(history[0]["payload"].is_object(), "payload as JSON: {body}");
+
+    // Stopped: no poll for three passes, though the order is due (an item PENDING again).
+    let answer = call(&app, Method::DELETE, &watch, None).await;
+    assert_eq!((answer.0.as_u16(), &answer.2), (204, &Value::Null));
+    let (_, _, body) = call(&app, Method::GET, &format!("/v1/orders/{order}"), None).await;
+    assert!(body["order"]["unwatched_at"].is_string(), "{body}");
+    assert_eq!(body["order"]["needs_poll"], false, "{body}");
+    let mut refund: Value = serde_json::from_str(&webhook(
+        &item.to_string(),
+        &order.to_string(),
+        5,
+        "REFUND_STARTED",
+    ))
+    .unwrap();
+    let sent = (now - chrono::Duration::minutes(1)).format("%Y-%m-%dT%H:%M:%S+0000");
+    refund["order_item_updated"] = Value::from(sent.to_string());
+    let answer = app.post_webhook(refund.to_string()).await;
+    assert_eq!(answer.status(), 200, "webhooks still update it");
+    fake.set_item_status(order, item, "REFUNDED");
+    let polls = fake.count("GET", &format!("/orders/{order}"));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(fake.count("GET", &format!("/orders/{order}")), polls);
+    let (_, _, body) = call(&app, Method::GET, &item_path, None).await;
+    assert_eq!(body["item"]["status"], "REFUND_STARTED", "{body}");
+    let again = call(&app, Method::DELETE, &watch, None).await;
+    assert_eq!(again.0, 204, "unwatching twice is no error");
+
+    // Watched again: the next pass polls it and stores what Musement says (its clock now
+    // past the webhook's time).
+    fake.set_date(None);
+    let (status, _, body) = call(&app, Method::PUT, &watch, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["new"], false, "{body}");
+    eventually("a poll after watching again", async || {
+        let (_, _, body) = call(&app, Method::GET, &item_path, None).await;
+        body["item"]["status"] == "REFUNDED"
+    })
+    .await;
+
+    let unknown = new_uuid();
+    let missing = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/orders/{unknown}/watch"),
+        None,
+    )
+    .await;
+    assert_problem(&missing, 404, &format!("no order {unknown} is stored"));
+    let malformed = call(&app, Method::DELETE, "/v1/orders/nope/watch", None).await;
+    assert_problem(&malformed, 400, "order_uuid: \"nope\" is not a UUID");
+
+    // The CLI: the same stop, and an unknown order named on stderr with exit 1.
+    let config = app.dir.path().join("config.toml");
+    let output = crate::helpers::cli(&config, &["unwatch", &order.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("unwatched {order}\n")
+    );
+    let (_, _, body) = call(&app, Method::GET, &format!("/v1/orders/{order}"), None).await;
+    assert!(body["order"]["unwatched_at"].is_string(), "{body}");
+    let output = crate::helpers::cli(&config, &["unwatch", &unknown.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("no order {unknown} is stored")),
+        "{output:?}"
+    );
+}

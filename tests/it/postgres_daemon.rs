@@ -152,7 +152,10 @@ async fn the_daemon_and_every_command_run_on_postgres() {
 
     let migrated = succeeded(ow(dir, &url, &["migrate"]), "migrate");
     assert!(
-        migrated.contains("schema version 1 (0 migration(s) applied now)"),
+        migrated.contains(&format!(
+            "schema version {} (0 migration(s) applied now)",
+            orderwatch::store::postgres::migrate::SCHEMA_VERSION
+        )),
         "{migrated}"
     );
     assert!(migrated.contains("postgres:********@"), "{migrated}");

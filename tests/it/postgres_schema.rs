@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use orderwatch::store::postgres::migrate::{
-    MIGRATIONS, MigrateError, Migration, SCHEMA_VERSION, migrate, migrate_with,
+    MIGRATIONS, MigrateError, Migration, SCHEMA_VERSION, check_readable, migrate, migrate_with,
 };
 
 use crate::helpers::db::column;
@@ -144,7 +144,10 @@ async fn a_newer_compatible_schema_runs_and_an_incompatible_one_is_refused_namin
     };
     let newer = with_future(&[expand]);
     let state = migrate_with(&mut client, &newer, "newer").await.unwrap();
-    assert_eq!((state.version, state.applied), (SCHEMA_VERSION + 1, 2));
+    assert_eq!(
+        (state.version, state.applied),
+        (SCHEMA_VERSION + 1, MIGRATIONS.len() + 1)
+    );
 
     // This binary (it knows SCHEMA_VERSION) starts on the expanded schema and changes nothing.
     let state = migrate(&mut client, "older").await.unwrap();
@@ -165,6 +168,50 @@ async fn a_newer_compatible_schema_runs_and_an_incompatible_one_is_refused_namin
             && message.contains(&format!("knows version {SCHEMA_VERSION}")),
         "{message}"
     );
+}
+
+/// A database at schema version 1 (an older binary's): read-only commands refuse it, naming
+/// both versions and `orderwatch migrate`; migrating expands it in place, its rows kept.
+#[tokio::test]
+async fn an_older_schema_is_refused_by_readers_and_expanded_by_migrate() {
+    let Some(db) = pg::database("older schema") else {
+        return;
+    };
+    let mut client = db.client().await;
+    migrate_with(&mut client, &MIGRATIONS[..1], "old")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO orders (order_uuid, first_seen_at) VALUES (gen_random_uuid(), now())",
+            &[],
+        )
+        .await
+        .unwrap();
+    let refused = check_readable(&client).await.unwrap_err();
+    assert!(matches!(refused, MigrateError::Behind { version: 1, .. }));
+    let message = refused.to_string();
+    assert!(
+        message.contains("at version 1")
+            && message.contains(&format!("reads version {SCHEMA_VERSION}"))
+            && message.contains("orderwatch migrate"),
+        "{message}"
+    );
+    let state = migrate(&mut client, "new").await.unwrap();
+    assert_eq!(
+        (state.version, state.applied),
+        (SCHEMA_VERSION, MIGRATIONS.len() - 1)
+    );
+    check_readable(&client).await.unwrap();
+    let unwatched: i64 = client
+        .query_one(
+            "SELECT count(*) FROM orders WHERE unwatched_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unwatched, 1, "the order kept, not unwatched");
 }
 
 #[tokio::test]

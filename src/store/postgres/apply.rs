@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::super::StoreSettings;
 use super::super::apply::{log_decision, warn_about_times};
 use super::super::batch::{self, ItemWrite, Loaded, OrderWrite, StoredItem, StoredOrder};
-use super::super::poll_state::{ItemPollView, PollFields};
+use super::super::poll_state::{ItemPollView, PollFields, stopped_sql};
 use super::super::rule::{ItemState, OrderState, Outcome, musement_time};
 use super::session::Session;
 use crate::observation::{ItemFacts, Observation, OrderFacts, Source, Status};
@@ -135,12 +135,14 @@ async fn load(
     let mut seqs = Seqs::default();
     let rows = tx
         .query(
-            "SELECT order_uuid, order_id, order_version, order_created, order_updated,
-                    order_status, identifier, order_polled_as_of, repoll_at, repoll_attempts,
-                    poll_failures, next_poll_at, last_polled_at IS NULL,
-                    not_found_at IS NOT NULL OR expired_at IS NOT NULL, seq
-             FROM orders WHERE order_uuid = ANY($1)
-             ORDER BY order_uuid FOR NO KEY UPDATE",
+            concat!(
+                "SELECT order_uuid, order_id, order_version, order_created, order_updated,
+                        order_status, identifier, order_polled_as_of, repoll_at, repoll_attempts,
+                        poll_failures, next_poll_at, last_polled_at IS NULL, ",
+                stopped_sql!(),
+                ", seq FROM orders WHERE order_uuid = ANY($1)
+                 ORDER BY order_uuid FOR NO KEY UPDATE"
+            ),
             &[&orders],
         )
         .await?;

@@ -60,7 +60,9 @@ async fn lock_orders(tx: &Session<'_>, commands: &[&Command]) -> Result<()> {
                 Command::RecordPollFailure(
                     PollFailure::NotFound { order } | PollFailure::Failed { order, .. },
                 ) => vec![*order],
-                Command::Watch(orders) | Command::Expire(orders) => orders.clone(),
+                Command::Watch(orders) | Command::Unwatch(orders) | Command::Expire(orders) => {
+                    orders.clone()
+                }
                 _ => Vec::new(),
             }
         })
@@ -112,6 +114,7 @@ async fn execute(
             Done::BackedOff(polls::record_poll_failure(tx, failure, settings, now).await?)
         }
         Command::Watch(orders) => Done::Orders(polls::watch(tx, orders, settings, now).await?),
+        Command::Unwatch(orders) => Done::Orders(polls::unwatch(tx, orders, settings, now).await?),
         Command::Expire(orders) => Done::Orders(polls::expire(tx, orders, now).await?),
         Command::MarkOverdueWarned(items) => {
             polls::mark_overdue_warned(tx, items, now).await?;

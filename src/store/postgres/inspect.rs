@@ -11,8 +11,8 @@ use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use super::super::inspect::{
-    EventCount, EventRow, ItemFilter, ItemRow, OrderRow, RECENT_EVENTS, RejectedRow, ShowError,
-    Shown, Stats, StatusCount, StatusTotals, seconds_since, why,
+    EventCount, EventRow, ItemFacts, ItemFilter, ItemRow, OrderRow, RECENT_EVENTS, RejectedRow,
+    ShowError, Shown, Stats, StatusCount, StatusTotals, seconds_since, why,
 };
 use crate::clock::to_db_text;
 
@@ -102,6 +102,28 @@ fn item_row(row: &Row, now: DateTime<Utc>) -> ItemRow {
 /// A nullable timestamptz cell as SQLite stores it.
 fn optional_time(row: &Row, column: usize) -> Option<String> {
     row.get::<_, Option<DateTime<Utc>>>(column).map(to_db_text)
+}
+
+/// The stored facts of the item `item`; `None` when no such item is stored.
+pub async fn item_facts(client: &Client, item: Uuid) -> Result<Option<ItemFacts>> {
+    let row = client
+        .query_opt(
+            "SELECT product_id, product_title, product_date, max_confirmation_time,
+                    item_created, item_updated, facts_as_of, vouchers
+             FROM order_items WHERE item_uuid = $1",
+            &[&item],
+        )
+        .await?;
+    Ok(row.map(|r| ItemFacts {
+        product_id: r.get(0),
+        product_title: r.get(1),
+        product_date: r.get(2),
+        max_confirmation_time: r.get(3),
+        created: optional_time(&r, 4),
+        updated: optional_time(&r, 5),
+        facts_as_of: optional_time(&r, 6),
+        vouchers: r.get(7),
+    }))
 }
 
 /// Whether any item is stored with exactly `status`.
@@ -266,7 +288,7 @@ async fn order_row(client: &Client, order: Uuid) -> Result<Option<OrderRow>> {
         .query_opt(
             "SELECT order_uuid, identifier, order_status, first_seen_at, watched, needs_poll,
                     next_poll_at, last_polled_at, poll_failures, last_error, repoll_at,
-                    not_found_at, expired_at
+                    not_found_at, expired_at, unwatched_at
              FROM orders WHERE order_uuid = $1",
             &[&order],
         )
@@ -285,6 +307,7 @@ async fn order_row(client: &Client, order: Uuid) -> Result<Option<OrderRow>> {
         repoll_at: optional_time(&r, 10),
         not_found_at: optional_time(&r, 11),
         expired_at: optional_time(&r, 12),
+        unwatched_at: optional_time(&r, 13),
     }))
 }
 
@@ -335,10 +358,12 @@ pub async fn stats(client: &Client, now: DateTime<Utc>) -> Result<Stats> {
                 ORDER BY id DESC LIMIT 1),
                (SELECT count(*) FROM item_events),
                (SELECT count(*) FROM rejected_webhooks),
-               (SELECT coalesce(max(version), 0)::bigint FROM schema_migrations)
+               (SELECT coalesce(max(version), 0)::bigint FROM schema_migrations),
+               o.unwatched
              FROM (SELECT count(*) AS orders, count(*) FILTER (WHERE watched) AS watched,
                           count(*) FILTER (WHERE needs_poll) AS to_poll,
                           count(not_found_at) AS not_found, count(expired_at) AS expired,
+                          count(unwatched_at) AS unwatched,
                           max(last_polled_at) AS last_poll
                    FROM orders) o",
             &[&now, &RECENT_EVENTS],
@@ -362,6 +387,7 @@ pub async fn stats(client: &Client, now: DateTime<Utc>) -> Result<Stats> {
         orders_in_backoff: super::queries::orders_in_backoff(client).await?,
         orders_not_found: row.get(5),
         orders_expired: row.get(6),
+        orders_unwatched: row.get(12),
         last_webhook_at: optional_time(&row, 8),
         last_poll_at: optional_time(&row, 7),
         events_last_hour,

@@ -25,11 +25,19 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    oldest_compatible: 1,
-    sql: include_str!("schema_v1.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        oldest_compatible: 1,
+        sql: include_str!("schema_v1.sql"),
+    },
+    // Expand-only: `orders.unwatched_at`.
+    Migration {
+        version: 2,
+        oldest_compatible: 1,
+        sql: include_str!("schema_v2.sql"),
+    },
+];
 
 /// The schema version this binary knows and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -68,6 +76,13 @@ pub enum MigrateError {
         oldest_compatible: i32,
         known: i32,
     },
+    /// The database's schema is older than this binary's, and a read-only command does not
+    /// migrate it.
+    #[error(
+        "the database schema is at version {version}; this binary reads version {known}: run \
+         orderwatch migrate (or start this version's daemon) first"
+    )]
+    Behind { version: i32, known: i32 },
     /// The database has no orderwatch schema yet (a read-only command found it so).
     #[error(
         "the database has no orderwatch schema (orderwatch run or orderwatch migrate creates it; \
@@ -84,7 +99,8 @@ pub enum MigrateError {
 }
 
 /// Whether a read-only command can read the database as it is: refuses a database never
-/// migrated (`NotMigrated`: nothing is created by reading) and one too new for this binary.
+/// migrated (`NotMigrated`: nothing is created by reading), one older than this binary reads
+/// (`Behind`) and one too new for it.
 pub async fn check_readable(client: &Client) -> Result<SchemaState, MigrateError> {
     let failed = |source| MigrateError::Postgres {
         target: SCHEMA_VERSION,
@@ -109,6 +125,12 @@ pub async fn check_readable(client: &Client) -> Result<SchemaState, MigrateError
         return Err(MigrateError::TooNew {
             version,
             oldest_compatible,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        return Err(MigrateError::Behind {
+            version,
             known: SCHEMA_VERSION,
         });
     }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use uuid::Uuid;
 
-use super::super::poll_state::{self, ItemPollView, PollFields, Trigger};
+use super::super::poll_state::{self, ItemPollView, PollFields, Trigger, stopped_sql};
 use super::super::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded, StoreSettings};
 use super::apply::apply_batch;
 use super::session::Session;
@@ -58,9 +58,11 @@ async fn refresh(
 ) -> Result<()> {
     let row = tx
         .query_one(
-            "SELECT poll_failures, next_poll_at, last_polled_at IS NULL,
-                    not_found_at IS NOT NULL OR expired_at IS NOT NULL, seq
-             FROM orders WHERE order_uuid = $1",
+            concat!(
+                "SELECT poll_failures, next_poll_at, last_polled_at IS NULL, ",
+                stopped_sql!(),
+                ", seq FROM orders WHERE order_uuid = $1"
+            ),
             &[&order],
         )
         .await?;
@@ -242,8 +244,8 @@ pub async fn record_poll_failure(
     }
 }
 
-/// Registers orders to poll before any webhook arrives; a watch also revives a `not_found`
-/// order. Returns the orders that were new.
+/// Registers orders to poll before any webhook arrives; a watch also revives a `not_found` or
+/// unwatched order. Returns the orders that were new.
 pub async fn watch(
     tx: &Session<'_>,
     orders: &[Uuid],
@@ -268,8 +270,9 @@ pub async fn watch(
         }
         tx.execute(
             "UPDATE orders SET watched = true,
-               next_poll_at = CASE WHEN not_found_at IS NOT NULL THEN $2 ELSE next_poll_at END,
-               not_found_at = NULL
+               next_poll_at = CASE WHEN not_found_at IS NOT NULL OR unwatched_at IS NOT NULL
+                              THEN $2 ELSE next_poll_at END,
+               not_found_at = NULL, unwatched_at = NULL
              WHERE order_uuid = $1",
             &[&order, &now],
         )
@@ -279,6 +282,35 @@ pub async fn watch(
     // Reported in the order asked.
     new.sort_by_key(|order| orders.iter().position(|o| o == order));
     Ok(new)
+}
+
+/// Stops polling orders the partner no longer watches (`unwatched_at`, kept from the first
+/// unwatch), dropping a pending re-poll mark and any claim; webhooks still update their
+/// items. Returns the orders that are stored, in the order asked.
+pub async fn unwatch(
+    tx: &Session<'_>,
+    orders: &[Uuid],
+    settings: &StoreSettings,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    let now = ms(now);
+    let mut known = Vec::new();
+    for order in orders {
+        let changed = tx
+            .execute(
+                "UPDATE orders SET unwatched_at = coalesce(unwatched_at, $2),
+                   repoll_at = NULL, repoll_attempts = 0,
+                   poll_claimed_by = NULL, poll_claimed_until = NULL
+                 WHERE order_uuid = $1",
+                &[order, &now],
+            )
+            .await?;
+        if changed > 0 && !known.contains(order) {
+            known.push(*order);
+            refresh(tx, *order, settings, Trigger::Other, now).await?;
+        }
+    }
+    Ok(known)
 }
 
 /// Stops polling orders past `max_age`; returns those newly expired (to report once).
