@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tokio::net::TcpListener;
 
 use self::auth::Tokens;
@@ -58,22 +59,50 @@ impl Api {
         })
     }
 
-    /// The routes, each behind [`guard`].
+    /// The routes of [`table`], each behind [`guard`].
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/v1/stats", get(routes::stats))
-            .route("/v1/orders/{order_uuid}", get(routes::order))
-            .route(
-                "/v1/orders/{order_uuid}/watch",
-                put(routes::watch).delete(routes::unwatch),
-            )
-            .route("/v1/items", get(routes::items))
-            .route("/v1/items/{item_uuid}", get(routes::item))
-            .route("/v1/changes", get(routes::changes))
+        table()
+            .into_iter()
+            .fold(Router::new(), |router, (_, path, handler)| {
+                router.route(path, handler)
+            })
             .fallback(routes::no_route)
             .layer(middleware::from_fn_with_state(self.clone(), guard))
             .with_state(self.clone())
     }
+}
+
+/// The API's OpenAPI document (`docs/openapi.json`), served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// A route of [`table`]: its method once, for both the router and [`routes`].
+macro_rules! route {
+    ($method:ident, $path:literal, $handler:expr) => {
+        (Method::$method, $path, on(MethodFilter::$method, $handler))
+    };
+}
+
+/// Every route: the router is built from this list, and [`routes`] lists it for the test
+/// that compares it with the OpenAPI document.
+fn table() -> Vec<(Method, &'static str, MethodRouter<Arc<Api>>)> {
+    vec![
+        route!(PUT, "/v1/orders/{order_uuid}/watch", routes::watch),
+        route!(DELETE, "/v1/orders/{order_uuid}/watch", routes::unwatch),
+        route!(GET, "/v1/orders/{order_uuid}", routes::order),
+        route!(GET, "/v1/items/{item_uuid}", routes::item),
+        route!(GET, "/v1/items", routes::items),
+        route!(GET, "/v1/changes", routes::changes),
+        route!(GET, "/v1/stats", routes::stats),
+        route!(GET, "/v1/openapi.json", routes::openapi),
+    ]
+}
+
+/// The routes that exist: method and path (`{name}` for a path parameter, as OpenAPI writes it).
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish.

@@ -243,6 +243,14 @@ pub async fn unwatch(
     }
 }
 
+/// `GET /v1/openapi.json`: the API's OpenAPI 3.1 document.
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        super::OPENAPI,
+    )
+}
+
 /// Any other path.
 pub async fn no_route() -> Problem {
     Problem::not_found("no such route; the API's routes are listed at /v1/openapi.json")

@@ -686,3 +686,112 @@ async fn unwatching_stops_the_polls_and_watching_again_resumes_them() {
         "{output:?}"
     );
 }
+
+/// `docs/openapi.json`, parsed.
+fn openapi() -> Value {
+    serde_json::from_str(&crate::helpers::read_repo_file("docs/openapi.json")).unwrap()
+}
+
+/// The document's routes: method and path.
+fn documented_routes(document: &Value) -> std::collections::BTreeSet<(String, String)> {
+    let mut routes = std::collections::BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            if item.get(method).is_some() {
+                routes.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    routes
+}
+
+/// Asserts that `value` has every property `schema` requires, following `$ref`s into
+/// `document` and through objects and arrays; `at` says where, for the message.
+fn assert_has_required(document: &Value, schema: &Value, value: &Value, at: &str) {
+    let schema = match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            &document["components"]["schemas"][name]
+        }
+        None => schema,
+    };
+    if let Some(choices) = schema["oneOf"].as_array() {
+        if !value.is_null() {
+            let object = choices.iter().find(|c| c["type"] != "null").unwrap();
+            assert_has_required(document, object, value, at);
+        }
+        return;
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), value.as_array()) {
+        for (n, element) in values.iter().enumerate() {
+            assert_has_required(document, items, element, &format!("{at}[{n}]"));
+        }
+    }
+    let Some(object) = value.as_object() else {
+        return;
+    };
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let key = required.as_str().unwrap();
+        assert!(object.contains_key(key), "{at}: no {key:?} in {value}");
+    }
+    for (key, property) in schema["properties"].as_object().into_iter().flatten() {
+        if let Some(inner) = object.get(key) {
+            assert_has_required(document, property, inner, &format!("{at}.{key}"));
+        }
+    }
+}
+
+/// The OpenAPI document lists exactly the routes the API serves (a route missing from it, or
+/// documented but absent, fails), each documented route answers from its handler (not the
+/// fallback), the API serves the same document, real answers carry every property it says
+/// they have, and a real validator accepts it.
+#[tokio::test]
+async fn the_openapi_document_describes_exactly_the_routes_that_exist() {
+    use reqwest::Method;
+    let document = openapi();
+    let served: std::collections::BTreeSet<(String, String)> = orderwatch::api::routes()
+        .into_iter()
+        .map(|(method, path)| (method.to_string(), path.to_owned()))
+        .collect();
+    assert_eq!(documented_routes(&document), served);
+
+    let app = open_app().await;
+    let (order, item) = (uuid(2, 80), uuid(1, 80));
+    for (version, status) in [(1, "PENDING"), (2, "OK")] {
+        let answer = app
+            .post_webhook(webhook(&item, &order, version, status))
+            .await;
+        assert_eq!(answer.status(), 200);
+    }
+    for (method, path) in &served {
+        let concrete = path
+            .replace("{order_uuid}", &order)
+            .replace("{item_uuid}", &item);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, _, body) = call(&app, method.clone(), &concrete, None).await;
+        assert!(status.is_success(), "{method} {concrete}: {status} {body}");
+        // The documented answer for that status, where it has a body.
+        let verb = method.as_str().to_lowercase();
+        let answer = &document["paths"][path][&verb]["responses"][status.as_str()];
+        assert!(
+            answer.is_object(),
+            "{method} {path}: {status} is not documented"
+        );
+        if let Some(schema) = answer["content"]["application/json"].get("schema") {
+            assert_has_required(&document, schema, &body, &format!("{method} {path}"));
+        }
+    }
+    let (_, content_type, body) = call(&app, Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body, document);
+
+    let path = crate::helpers::repo_file("docs/openapi.json");
+    let Some(output) = crate::helpers::tool("openapi-spec-validator", &[path.to_str().unwrap()])
+    else {
+        return crate::helpers::skip(
+            "openapi-spec-validator",
+            "openapi-spec-validator is not installed (pip install openapi-spec-validator)",
+        );
+    };
+    crate::helpers::process::assert_succeeded("openapi-spec-validator", &output);
+}
