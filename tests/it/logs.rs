@@ -307,3 +307,61 @@ fn a_reload_that_cannot_apply_a_setting_says_so_once_and_does_not_call_it_reload
     );
     daemon.stop();
 }
+
+/// The partner API's log line per request names the token's name, never the token: with the
+/// right token, a wrong one and none, in the real daemon's JSON log (and the start-up line
+/// names the API's address).
+#[tokio::test]
+async fn api_requests_are_logged_with_the_token_name_never_the_token() {
+    const TOKEN: &str = "tok-3c9e1f7a5b2d";
+    const WRONG: &str = "tok-wrong-8a6d4e";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api.token"), format!("{TOKEN}\n")).unwrap();
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+                  [api]\nlisten = \"127.0.0.1:0\"\n[[api.tokens]]\nname = \"booking-system\"\n\
+                  token_file = \"api.token\"\n";
+    let mut daemon = Daemon::start(dir, config);
+    daemon.wait_ready().await;
+    let startup = daemon.startup_log.last().unwrap().clone();
+    let api = startup["api"]
+        .as_str()
+        .expect("the start-up line names the API");
+    let client = crate::helpers::http_client();
+    let url = format!("http://{api}/v1/stats");
+    for (token, status) in [(Some(TOKEN), 200), (Some(WRONG), 401), (None, 401)] {
+        let request = client.get(&url);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        assert_eq!(request.send().await.unwrap().status(), status);
+    }
+    let lines = daemon.stop();
+    for line in &lines {
+        assert!(
+            !line.contains(TOKEN) && !line.contains(WRONG),
+            "a token in the log: {line}"
+        );
+    }
+    let requests: Vec<(String, u64)> = flat_events(&lines)
+        .into_iter()
+        .filter(|event| event["message"] == "api request")
+        .map(|event| {
+            assert_eq!(event["route"], "/v1/stats", "{event}");
+            assert_eq!(event["method"], "GET", "{event}");
+            assert!(event["latency_ms"].is_u64(), "{event}");
+            (
+                event["token"].as_str().unwrap().to_owned(),
+                event["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            ("booking-system".to_owned(), 200),
+            ("-".to_owned(), 401),
+            ("-".to_owned(), 401)
+        ]
+    );
+}
