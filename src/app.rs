@@ -218,6 +218,7 @@ impl App {
                 receiver: receiver.clone(),
                 passes: passes.clone(),
                 log: reload.log,
+                api: api.clone(),
             },
         ));
         systemd::ready(listeners.webhooks.local_addr().ok(), reconciler.is_some());

@@ -1,9 +1,10 @@
 //! Configuration reloads (SIGHUP): what can change while the daemon runs is applied at once and
 //! logged; every other change is named in a warning and waits for a restart.
 //!
-//! Reloadable: `log.level`, the reconciler's `interval`/`cron`, and who may post webhooks
+//! Reloadable: `log.level`, the reconciler's `interval`/`cron`, who may post webhooks
 //! (`server.allow_ips`, `server.trusted_proxies`, `[server.auth]`, so a password can be
-//! rotated without dropping a webhook).
+//! rotated without dropping a webhook), and the partner API's `[[api.tokens]]` (rotated the
+//! same way: add the new token, move the client, remove the old one).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +25,7 @@ const RELOADABLE: &[&str] = &[
     "server.allow_ips",
     "server.trusted_proxies",
     "server.auth",
+    "api.tokens",
 ];
 
 /// New configurations for the running daemon, and the log filter they may change.
@@ -78,6 +80,8 @@ pub(crate) struct Targets {
     pub passes: Option<Arc<Mutex<ScheduledPasses>>>,
     /// Gets the new level.
     pub log: Option<LogControl>,
+    /// Gets the new API tokens (absent when the API is off).
+    pub api: Option<Arc<crate::api::Api>>,
 }
 
 /// Applies each configuration from `configs` until the channel closes.
@@ -118,6 +122,11 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     }
     if touches("server.allow_ips") || touches("server.trusted_proxies") || touches("server.auth") {
         targets.receiver.set_access(Access::from(&candidate.server));
+    }
+    if touches("api.tokens")
+        && let Some(api) = &targets.api
+    {
+        api.set_tokens(&candidate.api);
     }
     if touches("reconciler.interval") || touches("reconciler.cron") {
         let rescheduled = match &targets.passes {
@@ -178,6 +187,7 @@ fn take_reloadable(config: &mut Config, new: &Config) {
     config.server.allow_ips = new.server.allow_ips.clone();
     config.server.trusted_proxies = new.server.trusted_proxies.clone();
     config.server.auth = new.server.auth.clone();
+    config.api.tokens = new.api.tokens.clone();
     config.reconciler.interval = new.reconciler.interval;
     config.reconciler.cron = new.reconciler.cron.clone();
 }
@@ -268,7 +278,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<Change> {
 
 /// The loaded secrets of `config`, each under the key its change is listed as, for comparing
 /// only: they are masked everywhere else.
-fn secret_values(config: &Config) -> [(&'static str, Option<Vec<&str>>); 3] {
+fn secret_values(config: &Config) -> [(&'static str, Option<Vec<&str>>); 4] {
     let auth = config.server.auth.as_ref();
     [
         (
@@ -287,6 +297,17 @@ fn secret_values(config: &Config) -> [(&'static str, Option<Vec<&str>>); 3] {
                 .credentials
                 .as_ref()
                 .map(|(id, secret)| vec![id.as_str(), secret.expose()]),
+        ),
+        (
+            "api.tokens",
+            Some(
+                config
+                    .api
+                    .tokens
+                    .iter()
+                    .map(|token| token.resolved.expose())
+                    .collect(),
+            ),
         ),
     ]
 }

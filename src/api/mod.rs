@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use self::auth::Tokens;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{ApiConfig, Config};
 use crate::metrics::Metrics;
 use crate::store::reads::Reads;
 use crate::store::writer::Writer;
@@ -31,7 +31,8 @@ pub struct Api {
     reads: Reads,
     writer: Writer,
     clock: Arc<dyn Clock>,
-    tokens: Tokens,
+    /// Replaced by a reload (SIGHUP), so tokens rotate without a restart.
+    tokens: std::sync::RwLock<Tokens>,
     metrics: Arc<Metrics>,
     /// For `stats`' reconciler state.
     config: Config,
@@ -52,11 +53,17 @@ impl Api {
             reads,
             writer,
             clock,
-            tokens: Tokens::new(config.api.tokens.clone()),
+            tokens: std::sync::RwLock::new(Tokens::new(config.api.tokens.clone())),
             metrics,
             config: config.clone(),
             stopping: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Takes the tokens of a reloaded `[api]` (their secrets loaded): requests from now on are
+    /// checked against them.
+    pub fn set_tokens(&self, api: &ApiConfig) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Tokens::new(api.tokens.clone());
     }
 
     /// The routes of [`table`], each behind [`guard`].
@@ -135,7 +142,12 @@ async fn guard(
     let started = Instant::now();
     let method = request.method().clone();
     let route = matched.map_or("unmatched".to_owned(), |m| m.as_str().to_owned());
-    let (response, caller) = match api.tokens.authorize(&method, request.headers()) {
+    let authorized = api
+        .tokens
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .authorize(&method, request.headers());
+    let (response, caller) = match authorized {
         Ok(caller) => (next.run(request).await, caller.0),
         Err(problem) => (problem.into_response(), None),
     };

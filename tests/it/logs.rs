@@ -115,7 +115,12 @@ async fn json_lines_are_flat_events_with_readable_values_and_a_complete_start_up
     assert_eq!(opened.len(), 1, "{lines:#?}");
     if backend::postgres() {
         assert_eq!(opened[0]["tls"], "disable", "{}", opened[0]);
-        assert_eq!(opened[0]["schema_version"], 1, "{}", opened[0]);
+        assert_eq!(
+            opened[0]["schema_version"],
+            orderwatch::store::postgres::migrate::SCHEMA_VERSION,
+            "{}",
+            opened[0]
+        );
     } else {
         assert_eq!(opened[0]["synchronous"], "FULL", "{}", opened[0]);
         assert_eq!(opened[0]["journal_mode"], "wal", "{}", opened[0]);

@@ -180,3 +180,74 @@ async fn a_reload_moves_the_metrics_rule_with_trusted_proxies() {
     assert_eq!(daemon.status_of("/metrics").await, 200);
     daemon.stop();
 }
+
+/// `[[api.tokens]]` rotate on SIGHUP: a second token added works beside the first, the first
+/// removed stops working, and a token file rewritten in place takes effect; the reload line
+/// names `api.tokens` and no token.
+#[tokio::test]
+async fn sighup_rotates_the_api_tokens() {
+    const OLD: &str = "tok-old-5e1d9c";
+    const NEW: &str = "tok-new-a07b3f";
+    const NEWER: &str = "tok-newer-c4d2e8";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old.token"), OLD).unwrap();
+    std::fs::write(dir.path().join("new.token"), NEW).unwrap();
+    let token = |name: &str, file: &str| {
+        format!("[[api.tokens]]\nname = \"{name}\"\ntoken_file = \"{file}\"\nscope = \"write\"\n")
+    };
+    let api = "[api]\nlisten = \"127.0.0.1:0\"\n";
+    let mut daemon = Daemon::start(dir, &format!("{BASE}{api}{}", token("old", "old.token")));
+    let address = daemon.startup_log.last().unwrap().to_string();
+    let at = address
+        .find("api=")
+        .expect("the start-up line names the API")
+        + 4;
+    let api_addr: String = address[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    let client = crate::helpers::http_client();
+    let status = async |token: &str| {
+        client
+            .get(format!("http://{api_addr}/v1/stats"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!((status(OLD).await, status(NEW).await), (200, 401));
+
+    rewrite(
+        &daemon,
+        &format!(
+            "{BASE}{api}{}{}",
+            token("old", "old.token"),
+            token("new", "new.token")
+        ),
+    );
+    daemon.signal("HUP");
+    let reloaded = daemon.wait_for_log("configuration reloaded");
+    assert!(reloaded.contains("api.tokens"), "{reloaded}");
+    assert_eq!((status(OLD).await, status(NEW).await), (200, 200));
+
+    rewrite(
+        &daemon,
+        &format!("{BASE}{api}{}", token("new", "new.token")),
+    );
+    daemon.signal("HUP");
+    daemon.wait_for_log("configuration reloaded");
+    assert_eq!((status(OLD).await, status(NEW).await), (401, 200));
+
+    std::fs::write(daemon.dir.path().join("new.token"), NEWER).unwrap();
+    daemon.signal("HUP");
+    let reloaded = daemon.wait_for_log("configuration reloaded");
+    assert!(reloaded.contains("api.tokens"), "{reloaded}");
+    assert_eq!((status(NEW).await, status(NEWER).await), (401, 200));
+    for line in daemon.stop().iter().chain([&reloaded]) {
+        for secret in [OLD, NEW, NEWER] {
+            assert!(!line.contains(secret), "a token in the log: {line}");
+        }
+    }
+}
