@@ -92,7 +92,9 @@ const MAX_LIMIT: usize = 1_000;
 /// `GET /v1/items?status=…&overdue=true&limit=…&cursor=…`: items in arrival order, a page at
 /// a time. `next_cursor` (null on the last page) continues after the page's last item; an
 /// item's place never moves, so paging while webhooks arrive skips and repeats nothing
-/// (items that arrive meanwhile come on later pages).
+/// (of the items stored when the first page was read; items first stored meanwhile usually
+/// come on later pages, but on PostgreSQL one whose writer commits after a later-numbered
+/// one's can fall behind the cursor: `/v1/changes` is the complete record).
 pub async fn items(
     State(api): State<Arc<Api>>,
     Query(params): Query<Vec<(String, String)>>,
