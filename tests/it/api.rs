@@ -484,6 +484,7 @@ async fn a_waiting_change_request_answers_within_a_second_of_a_commit() {
     let committed = std::time::Instant::now();
     let response = waiting.await.unwrap().unwrap();
     let woken_after = committed.elapsed();
+    println!("a waiting change request answered {woken_after:?} after the commit");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["changes"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["changes"][0]["new_status"], "OK", "{body}");
