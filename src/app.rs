@@ -273,22 +273,13 @@ async fn serve(
         graceful,
         shutdown.clone(),
     );
-    // axum's graceful shutdown wants a future of its own: told through a channel.
-    let (stop_api, api_stopping) = tokio::sync::watch::channel(false);
     let serve_api = async {
         if let (Some(listener), Some(api)) = (listeners.api, api) {
-            let mut stopping = api_stopping;
-            let stopped = async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            };
-            crate::api::serve(listener, api, stopped).await;
+            let timeout = limits.header_read_timeout;
+            crate::api::serve(listener, api, timeout, graceful, shutdown.clone()).await;
         }
     };
-    let tell_api = async {
-        shutdown.clone().await;
-        let _ = stop_api.send(true);
-    };
-    tokio::join!(serve_webhooks, serve_metrics, serve_api, tell_api);
+    tokio::join!(serve_webhooks, serve_metrics, serve_api);
 }
 
 /// Stops the schedule, then lets a running pass and the open connections finish together,

@@ -463,7 +463,7 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Shows that the Musement client sends nothing until `until` (rounded up to the second).
+    /// Counts one request to the partner API by its route template and status.
     pub fn api_request(&self, route: &str, code: u16) {
         self.api_requests
             .get_or_create(&ApiLabels {
@@ -477,6 +477,7 @@ impl Metrics {
         self.cluster_lease_held.set(i64::from(held));
     }
 
+    /// Shows that the Musement client sends nothing until `until` (rounded up to the second).
     pub fn musement_paused_until(&self, until: chrono::DateTime<chrono::Utc>) {
         let seconds = until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0);
         self.musement_paused_until.set(seconds);

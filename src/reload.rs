@@ -123,10 +123,8 @@ async fn apply(running: Config, new: &Config, targets: &Targets) -> Config {
     if touches("server.allow_ips") || touches("server.trusted_proxies") || touches("server.auth") {
         targets.receiver.set_access(Access::from(&candidate.server));
     }
-    if touches("api.tokens")
-        && let Some(api) = &targets.api
-    {
-        api.set_tokens(&candidate.api);
+    if let Some(api) = &targets.api {
+        api.reconfigure(&candidate);
     }
     if touches("reconciler.interval") || touches("reconciler.cron") {
         let rescheduled = match &targets.passes {

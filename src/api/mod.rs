@@ -9,7 +9,7 @@ mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -17,11 +17,16 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use self::auth::Tokens;
 use crate::clock::Clock;
-use crate::config::{ApiConfig, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::reads::Reads;
 use crate::store::writer::Writer;
@@ -34,8 +39,8 @@ pub struct Api {
     /// Replaced by a reload (SIGHUP), so tokens rotate without a restart.
     tokens: std::sync::RwLock<Tokens>,
     metrics: Arc<Metrics>,
-    /// For `stats`' reconciler state.
-    config: Config,
+    /// For `stats`' reconciler state; replaced by a reload, as the schedule may change.
+    config: std::sync::RwLock<Config>,
     /// Set once the daemon stops: long-polls answer at once instead of holding the shutdown.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -55,15 +60,25 @@ impl Api {
             clock,
             tokens: std::sync::RwLock::new(Tokens::new(config.api.tokens.clone())),
             metrics,
-            config: config.clone(),
+            config: std::sync::RwLock::new(config.clone()),
             stopping: tokio::sync::watch::Sender::new(false),
         })
     }
 
-    /// Takes the tokens of a reloaded `[api]` (their secrets loaded): requests from now on are
-    /// checked against them.
-    pub fn set_tokens(&self, api: &ApiConfig) {
-        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Tokens::new(api.tokens.clone());
+    /// Takes a reloaded configuration: requests from now on are checked against its tokens
+    /// (their secrets loaded), and `stats` shows its reconciler schedule.
+    pub fn reconfigure(&self, config: &Config) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) =
+            Tokens::new(config.api.tokens.clone());
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+    }
+
+    /// The configuration in force (for what `stats` shows).
+    fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The routes of [`table`], each behind [`guard`].
@@ -74,6 +89,7 @@ impl Api {
                 router.route(path, handler)
             })
             .fallback(routes::no_route)
+            .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(middleware::from_fn_with_state(self.clone(), guard))
             .with_state(self.clone())
     }
@@ -112,24 +128,56 @@ pub fn routes() -> Vec<(Method, &'static str)> {
         .collect()
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish.
+/// Most connections the API listener serves at once; more are closed as they come (a booking
+/// system needs a few, each long-poll one).
+const MAX_CONNECTIONS: usize = 256;
+
+/// Serves the API on `listener` until `shutdown` resolves: HTTP/1 with the webhook listener's
+/// `header_read_timeout`, at most [`MAX_CONNECTIONS`] at once, each connection watched by
+/// `graceful` so the daemon's `shutdown_grace` bounds how long they may finish.
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Duration,
+    graceful: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
 ) {
-    let router = api.router();
-    // Long-polls are told first, so the graceful shutdown waits for no `wait`.
-    let shutdown = async move {
-        shutdown.await;
-        api.stopping.send_replace(true);
-    };
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "the API listener failed");
+    let service = TowerToHyperService::new(api.router());
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(%error, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "{MAX_CONNECTIONS} API connections are open; closed a new one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "API connection ended with an error");
+            }
+            drop(slot);
+        });
     }
+    // Long-polls answer now, so the connections can close within the grace.
+    api.stopping.send_replace(true);
 }
 
 /// Authorizes the request (401/403 before any handler runs), then counts and logs it.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -25,7 +26,7 @@ pub async fn stats(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> 
         .map_err(read_failed)?;
     let shown = StatsShown {
         stats: &stats,
-        reconciler: ReconcilerState::of(&api.config),
+        reconciler: ReconcilerState::of(&api.config()),
     };
     Ok(Json(json!(shown)))
 }
@@ -33,9 +34,9 @@ pub async fn stats(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> 
 /// `GET /v1/orders/{order_uuid}`: the order's polling state and its items' reconciled state.
 pub async fn order(
     State(api): State<Arc<Api>>,
-    Path(order): Path<String>,
+    order: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let order = uuid_param("order_uuid", &order)?;
+    let order = uuid_param("order_uuid", order)?;
     let shown = api.show(order).await?;
     match shown.order {
         Some(row) if row.order == order.to_string() => Ok(Json(json!({
@@ -50,9 +51,9 @@ pub async fn order(
 /// with the rule's words (`why`, as `orderwatch show` says them).
 pub async fn item(
     State(api): State<Arc<Api>>,
-    Path(item): Path<String>,
+    item: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let item = uuid_param("item_uuid", &item)?;
+    let item = uuid_param("item_uuid", item)?;
     let not_found = || Problem::not_found(format!("no item {item} is stored"));
     let shown = api.show(item).await?;
     let [row] = shown.items.as_slice() else {
@@ -144,6 +145,10 @@ pub async fn items(
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
+/// How long a change request reads on through events that changed no status (a long run of
+/// confirmations, say) before it answers an empty page whose cursor moved past them.
+const READ_ON_FOR: Duration = Duration::from_secs(2);
+
 /// `GET /v1/changes?after=…&limit=…&wait=…`: the status changes after `after` (the start when
 /// absent), as `orderwatch changes` prints them, at most `limit`; `cursor` resumes after the
 /// last event looked at. With nothing new, waits up to `wait` for a change.
@@ -168,7 +173,8 @@ pub async fn changes(
             }
         }
     }
-    let until = Instant::now() + wait;
+    let started = Instant::now();
+    let until = started + wait;
     let mut stopping = api.stopping.subscribe();
     let mut commits = api.writer.health().commits();
     loop {
@@ -186,12 +192,14 @@ pub async fn changes(
                 json!({ "changes": page.changes, "cursor": after.to_string() }),
             ));
         }
-        // A page of events that changed no status: read on at once.
-        if !page.caught_up {
+        let stopped = *stopping.borrow();
+        // A page of events that changed no status: read on at once, for the wait or at
+        // least READ_ON_FOR; past that, the moved cursor says where to go on.
+        if !page.caught_up && !stopped && Instant::now() < until.max(started + READ_ON_FOR) {
             continue;
         }
         let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || *stopping.borrow() {
+        if left.is_zero() || stopped || !page.caught_up {
             return Ok(Json(json!({ "changes": [], "cursor": after.to_string() })));
         }
         tokio::select! {
@@ -206,9 +214,9 @@ pub async fn changes(
 /// watch` does; 201 when it was new, 200 when it was known already.
 pub async fn watch(
     State(api): State<Arc<Api>>,
-    Path(order): Path<String>,
+    order: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let order = uuid_param("order_uuid", &order)?;
+    let order = uuid_param("order_uuid", order)?;
     let new = api
         .writer
         .watch(vec![order])
@@ -230,9 +238,9 @@ pub async fn watch(
 /// does (webhooks still update it; a PUT resumes polling); 204, or 404 for an unknown order.
 pub async fn unwatch(
     State(api): State<Arc<Api>>,
-    Path(order): Path<String>,
+    order: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
-    let order = uuid_param("order_uuid", &order)?;
+    let order = uuid_param("order_uuid", order)?;
     let known = api
         .writer
         .unwatch(vec![order])
@@ -250,6 +258,14 @@ pub async fn openapi() -> impl axum::response::IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         super::OPENAPI,
+    )
+}
+
+/// A route that exists, asked with another method.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method; /v1/openapi.json lists each route's methods",
     )
 }
 
@@ -321,8 +337,10 @@ fn wait_param(text: &str) -> Result<Duration, Problem> {
 }
 
 /// A path segment that must be a UUID, or a 400 naming it.
-fn uuid_param(name: &str, text: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(text)
+fn uuid_param(name: &str, segment: Result<Path<String>, PathRejection>) -> Result<Uuid, Problem> {
+    let Path(text) = segment
+        .map_err(|rejection| Problem::bad_request(format!("{name}: {}", rejection.body_text())))?;
+    Uuid::parse_str(&text)
         .map_err(|e| Problem::bad_request(format!("{name}: {text:?} is not a UUID ({e})")))
 }
 

@@ -18,11 +18,13 @@ mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{Config, ConfigErrors};
+use crate::store::writer::Writer;
 
 /// Exit code for usage and configuration errors.
 pub const EXIT_CONFIG: u8 = 2;
@@ -223,6 +225,25 @@ fn init_command_logging(config: &Config) {
 }
 
 /// A multi-threaded runtime for the commands that need one.
+/// Runs `work` with a writer on `config`'s database (as the daemon writes), then lets the
+/// writer commit and stop: for the commands that write (`watch`, `unwatch`, `prune`).
+fn with_writer<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&Writer) -> Result<T, Box<dyn std::error::Error>>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    runtime().block_on(async {
+        let (writer, writer_thread) = crate::store::open_writer(
+            config,
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(crate::store::observer::Unobserved),
+        )
+        .await?;
+        let done = work(&writer).await;
+        writer_thread.shutdown().await;
+        done
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap_or_else(|error| {
         eprintln!("orderwatch: cannot start the async runtime: {error}");

@@ -2,15 +2,12 @@
 //! `[store] events_keep`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use chrono::Utc;
 
 use super::output::{fail, open_database};
-use super::{ConfigFile, init_command_logging, runtime};
-use crate::clock::{SystemClock, to_db_text};
-use crate::store;
-use crate::store::observer::Unobserved;
+use super::{ConfigFile, init_command_logging, with_writer};
+use crate::clock::to_db_text;
 use crate::store::pruning;
 
 /// Delete item_events and rejected_webhooks rows received before a cutoff.
@@ -36,12 +33,8 @@ pub(super) fn prune(config_file: &ConfigFile, args: Args) -> ExitCode {
     let keep = chrono::Duration::from_std(args.events_older_than).unwrap_or(chrono::Duration::MAX);
     let cutoff = Utc::now().checked_sub_signed(keep).unwrap_or_default();
     init_command_logging(&config);
-    let result = runtime().block_on(async {
-        let (writer, writer_thread) =
-            store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved)).await?;
-        let pruned = pruning::prune(&writer, cutoff).await;
-        writer_thread.shutdown().await;
-        Ok::<_, Box<dyn std::error::Error>>(pruned?)
+    let result = with_writer(&config, async |writer| {
+        Ok(pruning::prune(writer, cutoff).await?)
     });
     match result {
         Ok(pruned) => {

@@ -2,15 +2,11 @@
 //! (`orders.unwatched_at`); webhooks still update them, and `orderwatch watch` resumes polling.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use super::watch::parse_orders;
 use super::{
-    ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_database_config, runtime,
+    ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_database_config, with_writer,
 };
-use crate::clock::SystemClock;
-use crate::store;
-use crate::store::observer::Unobserved;
 
 /// Stop polling orders (webhooks still update them; `watch` resumes polling).
 ///
@@ -36,12 +32,8 @@ pub(super) fn unwatch(config_file: &ConfigFile, args: Args) -> ExitCode {
         }
     };
     init_command_logging(&config);
-    let result = runtime().block_on(async {
-        let (writer, writer_thread) =
-            store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved)).await?;
-        let known = writer.unwatch(orders.clone()).await;
-        writer_thread.shutdown().await;
-        Ok::<_, Box<dyn std::error::Error>>(known?)
+    let result = with_writer(&config, async |writer| {
+        Ok(writer.unwatch(orders.clone()).await?)
     });
     let known = match result {
         Ok(known) => known,

@@ -10,17 +10,13 @@
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_database_config, runtime,
+    ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_database_config, with_writer,
 };
-use crate::clock::SystemClock;
-use crate::store;
-use crate::store::observer::Unobserved;
 use crate::store::writer::Writer;
 
 /// Register orders to poll before any webhook arrives (call it right after creating an order).
@@ -69,15 +65,12 @@ pub(super) fn watch(config_file: &ConfigFile, args: Args) -> ExitCode {
         verbose: !args.quiet,
         ..Tally::default()
     };
-    let result = runtime().block_on(async {
-        let (writer, writer_thread) =
-            store::open_writer(&config, Arc::new(SystemClock), Arc::new(Unobserved)).await?;
-        let mut result = tally.register(&writer, listed).await;
-        if result.is_ok() && from_stdin {
-            result = tally.register_stdin(&writer).await;
+    let result = with_writer(&config, async |writer| {
+        tally.register(writer, listed).await?;
+        if from_stdin {
+            tally.register_stdin(writer).await?;
         }
-        writer_thread.shutdown().await;
-        result
+        Ok(())
     });
     if tally.total > 0 || tally.skipped > 0 {
         println!("watching {} order(s), {} new", tally.total, tally.new);

@@ -36,8 +36,8 @@ pub struct ItemRow {
     /// database from before schema version 3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing_since: Option<String>,
-    /// Its arrival number (`order_items.seq`; the rowid before schema version 4): the API's
-    /// page cursor, never printed.
+    /// Its arrival number, the API's page cursor, never printed: the rowid on SQLite (unique;
+    /// only a VACUUM run by hand could renumber it), `seq` on PostgreSQL.
     #[serde(skip)]
     pub seq: i64,
 }
@@ -97,9 +97,8 @@ fn item_columns(conn: &Connection) -> rusqlite::Result<String> {
     } else {
         "NULL"
     };
-    let seq = if version >= 4 { "seq" } else { "rowid" };
     Ok(format!(
-        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}, {missing_since}, {seq}"
+        "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}, {missing_since}, rowid"
     ))
 }
 
@@ -152,8 +151,9 @@ pub fn items(
         sql.push_str(&format!(" AND {OVERDUE}"));
     }
     if let Some(after) = filter.arrived_after {
-        let seq = if has_seqs(conn)? { "seq" } else { "rowid" };
-        sql.push_str(&format!(" AND {seq} > ? ORDER BY {seq}"));
+        // The rowid: unique, in arrival order, and a range of the table's own B-tree (the
+        // `seq` column has no index of its own).
+        sql.push_str(" AND rowid > ? ORDER BY rowid");
         values.push(Box::new(after));
     } else {
         sql.push_str(" ORDER BY changed_at, item_uuid");

@@ -223,8 +223,12 @@ async fn orders_and_items_read_as_show_reads_them() {
     assert_problem(&malformed, 400, "item_uuid: \"11045e18\" is not a UUID");
     let bad_watch = call(&app, Method::PUT, "/v1/orders/not-a-uuid/watch", None).await;
     assert_problem(&bad_watch, 400, "order_uuid: \"not-a-uuid\" is not a UUID");
+    let undecodable = call(&app, Method::GET, "/v1/items/%FF", None).await;
+    assert_problem(&undecodable, 400, "item_uuid: ");
     let no_route = call(&app, Method::GET, "/v2/items", None).await;
     assert_problem(&no_route, 404, "no such route");
+    let wrong_method = call(&app, Method::POST, "/v1/stats", None).await;
+    assert_problem(&wrong_method, 405, "does not take that method");
 }
 
 #[tokio::test]
@@ -508,24 +512,39 @@ async fn a_waiting_change_request_answers_within_a_second_of_a_commit() {
 }
 
 /// Stopping the daemon answers a waiting request at once (an empty page), so a long-poll never
-/// holds the shutdown for its `wait`.
+/// holds the shutdown for its `wait`; nor does a client that sent half a request head.
 #[tokio::test]
 async fn stopping_answers_waiting_change_requests_at_once() {
+    use tokio::io::AsyncWriteExt;
     let app = open_app().await;
     let waiting =
         tokio::spawn(request(&app, reqwest::Method::GET, "/v1/changes?wait=60s", None).send());
+    let mut half = tokio::net::TcpStream::connect(app.api_addr.unwrap())
+        .await
+        .unwrap();
+    half.write_all(b"GET /v1/stats HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let started = std::time::Instant::now();
-    let _dir = app.stop().await;
+    let stopping = tokio::spawn(app.stop());
     let response = waiting.await.unwrap().unwrap();
+    let answered = started.elapsed();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["changes"], Value::Array(Vec::new()), "{body}");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
+        answered < std::time::Duration::from_secs(2),
+        "the waiting request was answered {answered:?} after the stop began"
+    );
+    // The half-sent head holds its connection until header_read_timeout (10 s), never longer.
+    let _dir = stopping.await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
         "the stop took {:?}",
         started.elapsed()
     );
+    drop(half);
 }
 
 /// Bad change parameters are 400s naming the parameter, and so is a cursor of the other
@@ -561,7 +580,7 @@ async fn polling_app(fake: &crate::helpers::fake_musement::FakeMusement) -> Test
         "[api]\nlisten = \"127.0.0.1:0\"\n\n\
          [musement]\nbase_url = \"{}\"\napplication = \"{APPLICATION}\"\n\
          client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\n\
-         [reconciler]\ninterval = \"1s\"\n",
+         [reconciler]\ninterval = \"1s\"\nquiet_period = \"0s\"\n",
         fake.base_url()
     );
     spawn_app_in(tempfile::tempdir().unwrap(), &config, Arc::new(SystemClock)).await
@@ -587,9 +606,13 @@ async fn unwatching_stops_the_polls_and_watching_again_resumes_them() {
     use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
     use reqwest::Method;
     let fake = FakeMusement::start().await;
+    // `order` is unwatched below; `control` lives the same life, watched throughout.
     let (order, item) = (new_uuid(), new_uuid());
-    fake.put_order(order_json(order, &[(item, "PENDING")]));
-    fake.set_item_status(order, item, "OK");
+    let (control, control_item) = (new_uuid(), new_uuid());
+    for (order, item) in [(order, item), (control, control_item)] {
+        fake.put_order(order_json(order, &[(item, "PENDING")]));
+        fake.set_item_status(order, item, "OK");
+    }
     // Musement's clock an hour back, so a webhook sent now is clearly newer than the poll.
     let now = chrono::Utc::now();
     fake.set_date(Some(now - chrono::Duration::hours(1)));
@@ -597,10 +620,14 @@ async fn unwatching_stops_the_polls_and_watching_again_resumes_them() {
     let watch = format!("/v1/orders/{order}/watch");
     let (status, _, body) = call(&app, Method::PUT, &watch, None).await;
     assert_eq!(status, 201, "{body}");
+    let control_watch = format!("/v1/orders/{control}/watch");
+    assert_eq!(call(&app, Method::PUT, &control_watch, None).await.0, 201);
 
     let item_path = format!("/v1/items/{item}");
-    eventually("the poll stores the item", async || {
+    eventually("the polls store both items", async || {
+        let control_path = format!("/v1/items/{control_item}");
         call(&app, Method::GET, &item_path, None).await.0 == 200
+            && call(&app, Method::GET, &control_path, None).await.0 == 200
     })
     .await;
     let (_, _, body) = call(&app, Method::GET, &item_path, None).await;
@@ -616,27 +643,41 @@ async fn unwatching_stops_the_polls_and_watching_again_resumes_them() {
     assert_eq!(history[0]["source"], "poll", "{body}");
     assert!(history[0]["payload"].is_object(), "payload as JSON: {body}");
 
-    // Stopped: no poll for three passes, though the order is due (an item PENDING again).
+    // Stopped: a refund starts on both orders, which makes them due (quiet_period 0, one pass
+    // a second); in three seconds the control order is polled, the unwatched one is not.
     let answer = call(&app, Method::DELETE, &watch, None).await;
     assert_eq!((answer.0.as_u16(), &answer.2), (204, &Value::Null));
     let (_, _, body) = call(&app, Method::GET, &format!("/v1/orders/{order}"), None).await;
     assert!(body["order"]["unwatched_at"].is_string(), "{body}");
+    for (order, item) in [(order, item), (control, control_item)] {
+        let mut refund: Value = serde_json::from_str(&webhook(
+            &item.to_string(),
+            &order.to_string(),
+            5,
+            "REFUND_STARTED",
+        ))
+        .unwrap();
+        let sent = (now - chrono::Duration::minutes(1)).format("%Y-%m-%dT%H:%M:%S+0000");
+        refund["order_item_updated"] = Value::from(sent.to_string());
+        let answer = app.post_webhook(refund.to_string()).await;
+        assert_eq!(answer.status(), 200, "webhooks still update it");
+        fake.set_item_status(order, item, "REFUNDED");
+    }
+    let (_, _, body) = call(&app, Method::GET, &format!("/v1/orders/{order}"), None).await;
     assert_eq!(body["order"]["needs_poll"], false, "{body}");
-    let mut refund: Value = serde_json::from_str(&webhook(
-        &item.to_string(),
-        &order.to_string(),
-        5,
-        "REFUND_STARTED",
-    ))
-    .unwrap();
-    let sent = (now - chrono::Duration::minutes(1)).format("%Y-%m-%dT%H:%M:%S+0000");
-    refund["order_item_updated"] = Value::from(sent.to_string());
-    let answer = app.post_webhook(refund.to_string()).await;
-    assert_eq!(answer.status(), 200, "webhooks still update it");
-    fake.set_item_status(order, item, "REFUNDED");
-    let polls = fake.count("GET", &format!("/orders/{order}"));
+    let (_, _, body) = call(&app, Method::GET, &format!("/v1/orders/{control}"), None).await;
+    assert_eq!(
+        body["order"]["needs_poll"], true,
+        "the control is due: {body}"
+    );
+    let polls_of = |order: uuid::Uuid| fake.count("GET", &format!("/orders/{order}"));
+    let (polls, control_polls) = (polls_of(order), polls_of(control));
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert_eq!(fake.count("GET", &format!("/orders/{order}")), polls);
+    assert!(
+        polls_of(control) > control_polls,
+        "the control order was polled"
+    );
+    assert_eq!(polls_of(order), polls, "the unwatched order was not");
     let (_, _, body) = call(&app, Method::GET, &item_path, None).await;
     assert_eq!(body["item"]["status"], "REFUND_STARTED", "{body}");
     let again = call(&app, Method::DELETE, &watch, None).await;

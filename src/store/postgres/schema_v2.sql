@@ -3,7 +3,13 @@
 -- Musement answered 404 for; webhooks still update its items. Watching it again clears the mark.
 --
 -- Expand-only: a binary of schema version 1 keeps running beside one of version 2 (a rolling
--- deploy). It does not know the column, so while both run it may plan one poll of an unwatched
--- order; the poll it records makes a version-2 binary's next plan stop it again.
+-- deploy), but it does not know the column: while one runs, an order unwatched meanwhile is
+-- planned for polling again by every webhook or poll that instance stores, and is polled as if
+-- watched. Once only version-2 binaries run, the next poll of such an order stops it for good.
+-- Unwatch orders after the deploy, not during it.
 
 ALTER TABLE orders ADD COLUMN unwatched_at timestamptz;  -- unwatched: no longer polled
+
+-- The partner API pages items in arrival order (`seq > cursor ORDER BY seq LIMIT n`): an index
+-- range instead of reading and sorting every item.
+CREATE INDEX order_items_seq ON order_items (seq);
