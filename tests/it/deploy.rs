@@ -416,6 +416,10 @@ fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_vol
         args_of(runtime, "ENV").contains(&"ORDERWATCH_CONFIG=/etc/orderwatch/config.toml"),
         "the CLI finds the config without --config"
     );
+    assert!(
+        args_of(runtime, "COPY").contains(&"deploy/container.toml /etc/orderwatch/config.toml"),
+        "the image holds its container defaults where ORDERWATCH_CONFIG points"
+    );
 
     // The build context is the repository root; only what the COPYs need may be sent.
     let ignore = read_deploy("Dockerfile.dockerignore");
@@ -429,7 +433,11 @@ fn the_dockerfile_builds_locked_in_a_builder_stage_and_runs_as_non_root_on_a_vol
         patterns.iter().all(|p| !p.contains("target")),
         "target/ is never re-included"
     );
-    for copy in args_of(builder, "COPY") {
+    let from_context = args_of(builder, "COPY")
+        .into_iter()
+        .chain(args_of(runtime, "COPY"))
+        .filter(|copy| !copy.starts_with("--from="));
+    for copy in from_context {
         let words: Vec<&str> = copy.split_whitespace().collect();
         for source in &words[..words.len() - 1] {
             let source = source.trim_end_matches('/');

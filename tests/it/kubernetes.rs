@@ -1,0 +1,1 @@
+//! deploy/kubernetes/: written by the Kubernetes manifests work (issue 20).
