@@ -12,9 +12,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use yaml_rust2::yaml::Hash;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::Yaml;
 
+use crate::helpers::compose::{
+    SECRETS, compose as compose_file, dockerfile_healthcheck, environment, keys, secret_name,
+    service, text, texts,
+};
 use crate::helpers::nginx::Nginx;
 use crate::helpers::pg;
 use crate::helpers::process::assert_succeeded;
@@ -33,113 +36,16 @@ const INSTANCES: [&str; 2] = ["orderwatch-a", "orderwatch-b"];
 /// commands are long).
 const YAMLLINT_CONFIG: &str = "{extends: default, rules: {line-length: disable}}";
 
-/// Where compose mounts a secret named `NAME`: `/run/secrets/NAME`.
-const SECRETS: &str = "/run/secrets/";
-
 // ---- the compose file, parsed -------------------------------------------------------------
 
-/// `deploy/compose.ha.yaml` parsed, its merge keys (`<<: *anchor`) applied as compose applies
-/// them: the anchored mapping's entries first, the mapping's own entries over them.
+/// `deploy/compose.ha.yaml`, parsed.
 fn compose() -> Yaml {
-    let text = read_deploy("compose.ha.yaml");
-    let mut documents = YamlLoader::load_from_str(&text).expect("compose.ha.yaml is YAML");
-    assert_eq!(documents.len(), 1, "one YAML document");
-    merged(documents.remove(0))
-}
-
-fn merged(yaml: Yaml) -> Yaml {
-    match yaml {
-        Yaml::Hash(hash) => {
-            let merge_key = Yaml::String("<<".into());
-            let mut out = Hash::new();
-            let mut own = Vec::new();
-            for (key, value) in hash {
-                let value = merged(value);
-                if key == merge_key {
-                    let Yaml::Hash(base) = value else {
-                        panic!("<< takes one mapping here: {value:?}")
-                    };
-                    out.extend(base);
-                } else {
-                    own.push((key, value));
-                }
-            }
-            out.extend(own);
-            Yaml::Hash(out)
-        }
-        Yaml::Array(items) => Yaml::Array(items.into_iter().map(merged).collect()),
-        other => other,
-    }
-}
-
-/// `services.NAME`, which must exist.
-fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
-    let service = &compose["services"][name];
-    assert!(
-        service.as_hash().is_some(),
-        "compose.ha.yaml has no service {name}"
-    );
-    service
-}
-
-/// A scalar as text (compose reads `environment` values and the like as strings).
-fn text(yaml: &Yaml) -> String {
-    match yaml {
-        Yaml::String(s) | Yaml::Real(s) => s.clone(),
-        Yaml::Integer(i) => i.to_string(),
-        Yaml::Boolean(b) => b.to_string(),
-        other => panic!("not a scalar: {other:?}"),
-    }
-}
-
-/// The keys of a mapping, as text.
-fn keys(yaml: &Yaml) -> BTreeSet<String> {
-    yaml.as_hash()
-        .unwrap_or_else(|| panic!("not a mapping: {yaml:?}"))
-        .keys()
-        .map(text)
-        .collect()
-}
-
-/// A list of scalars, as text.
-fn texts(yaml: &Yaml) -> Vec<String> {
-    yaml.as_vec()
-        .unwrap_or_else(|| panic!("not a list: {yaml:?}"))
-        .iter()
-        .map(text)
-        .collect()
-}
-
-/// A service's `environment` (the mapping form).
-fn environment(service: &Yaml) -> BTreeMap<String, String> {
-    service["environment"]
-        .as_hash()
-        .expect("environment is a mapping")
-        .iter()
-        .map(|(key, value)| (text(key), text(value)))
-        .collect()
-}
-
-/// The secret a `/run/secrets/NAME` path names.
-fn secret_name(path: &str) -> &str {
-    path.strip_prefix(SECRETS)
-        .unwrap_or_else(|| panic!("{path} is not a compose secret's path ({SECRETS}NAME)"))
+    compose_file("compose.ha.yaml")
 }
 
 /// A service's fixed address on the `edge` network.
 fn edge_address(service: &Yaml) -> String {
     text(&service["networks"]["edge"]["ipv4_address"])
-}
-
-/// The Dockerfile's HEALTHCHECK command (exec form).
-fn dockerfile_healthcheck() -> Vec<String> {
-    let dockerfile = read_deploy("Dockerfile").replace("\\\n", " ");
-    let line = dockerfile
-        .lines()
-        .find(|line| line.starts_with("HEALTHCHECK "))
-        .expect("the Dockerfile has a HEALTHCHECK");
-    let json = &line[line.find("CMD [").expect("exec form") + "CMD ".len()..];
-    serde_json::from_str(json).unwrap()
 }
 
 /// The `server ADDR;` lines of nginx.ha.conf's `upstream orderwatch` block, as ADDR.

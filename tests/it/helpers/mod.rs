@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod compose;
 pub mod daemon;
 pub mod db;
 pub mod exposition;
