@@ -28,6 +28,7 @@ mod postgres_apply;
 mod postgres_daemon;
 mod postgres_feed;
 mod postgres_ha;
+mod postgres_restore;
 mod postgres_schema;
 mod postgres_tls;
 mod postgres_topology;

@@ -145,6 +145,14 @@ fn server_binaries() -> Option<PathBuf> {
         .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
 }
 
+/// A PostgreSQL client program (`pg_dump`, `pg_restore`) beside the server binaries; `None`
+/// when none is installed.
+pub fn client_program(name: &str) -> Option<PathBuf> {
+    server_binaries()
+        .map(|bin| bin.join(name))
+        .filter(|program| program.is_file())
+}
+
 /// Whether this process runs as root (then PostgreSQL's tools must run as `postgres`).
 fn is_root() -> bool {
     // SAFETY: getuid has no preconditions and touches no memory.
