@@ -12,6 +12,7 @@ pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod forward;
 pub mod leadership;
 pub mod metrics;
 pub mod musement;
