@@ -837,3 +837,38 @@ async fn the_openapi_document_describes_exactly_the_routes_that_exist() {
     };
     crate::helpers::process::assert_succeeded("openapi-spec-validator", &output);
 }
+
+/// A database that cannot answer is a 503 problem, worth retrying, never a 200 or a panic:
+/// here the SQLite file is gone from under the daemon (the reads open it per request, and the
+/// writer refuses a file that was replaced).
+#[tokio::test]
+async fn a_database_that_cannot_answer_is_a_503_problem() {
+    use reqwest::Method;
+    if crate::helpers::backend::sqlite_only("moving the SQLite file away") {
+        return;
+    }
+    let app = open_app().await;
+    let (order, item) = (uuid(2, 90), uuid(1, 90));
+    let answer = app.post_webhook(webhook(&item, &order, 1, "PENDING")).await;
+    assert_eq!(answer.status(), 200);
+    let aside = app.dir.path().join("moved-away.db");
+    std::fs::rename(&app.db_path, &aside).unwrap();
+    for path in [
+        "/v1/stats".to_owned(),
+        format!("/v1/items/{item}"),
+        "/v1/items".to_owned(),
+        "/v1/changes".to_owned(),
+    ] {
+        let answer = call(&app, Method::GET, &path, None).await;
+        assert_problem(&answer, 503, "the database did not answer");
+    }
+    // Nor is a write to a replaced file ever acknowledged.
+    let watch = call(
+        &app,
+        Method::PUT,
+        &format!("/v1/orders/{order}/watch"),
+        None,
+    )
+    .await;
+    assert_problem(&watch, 503, "the order was not registered");
+}
