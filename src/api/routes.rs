@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -98,8 +98,9 @@ const MAX_LIMIT: usize = 1_000;
 /// one's can fall behind the cursor: `/v1/changes` is the complete record).
 pub async fn items(
     State(api): State<Arc<Api>>,
-    Query(params): Query<Vec<(String, String)>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
+    let params = query_params(query)?;
     let mut filter = ItemFilter {
         arrived_after: Some(0),
         ..ItemFilter::default()
@@ -154,8 +155,9 @@ const READ_ON_FOR: Duration = Duration::from_secs(2);
 /// last event looked at. With nothing new, waits up to `wait` for a change.
 pub async fn changes(
     State(api): State<Arc<Api>>,
-    Query(params): Query<Vec<(String, String)>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, Problem> {
+    let params = query_params(query)?;
     let (mut after, mut limit, mut wait) = (FeedPosition::Start, DEFAULT_LIMIT, Duration::ZERO);
     for (name, value) in &params {
         match name.as_str() {
@@ -334,6 +336,15 @@ fn wait_param(text: &str) -> Result<Duration, Problem> {
         )));
     }
     Ok(wait)
+}
+
+/// The query's `name=value` pairs in order, or a 400 when it does not decode.
+fn query_params(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, Problem> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|rejection| Problem::bad_request(format!("the query: {}", rejection.body_text())))
 }
 
 /// A path segment that must be a UUID, or a 400 naming it.

@@ -560,6 +560,7 @@ async fn bad_change_parameters_are_400_naming_the_parameter() {
         ("wait=61s", "wait: 61s is longer than 60s"),
         ("wait=soon", "wait: \"soon\" is not a duration"),
         ("since=5", "unknown parameter \"since\""),
+        ("after=%FF", "after: \"\u{fffd}\" is neither"),
     ] {
         let answer = call(&app, Method::GET, &format!("/v1/changes?{query}"), None).await;
         assert_problem(&answer, 400, words);
