@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::connections::{Admission, ConnectionTable};
 use super::{Listener, Receiver};
@@ -84,15 +84,7 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
         };
         let Admission::Admitted {
             id,
@@ -156,6 +148,21 @@ pub async fn serve(
     }
     if on == Listener::Webhooks {
         tracing::info!("shutting down: no longer accepting connections");
+    }
+}
+
+/// The next connection on `listener`; a failed accept (typically EMFILE) is logged and retried
+/// after a pause instead of spinning.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                let on = listener.local_addr().ok();
+                tracing::warn!(%error, ?on, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -595,16 +595,7 @@ async fn nginx_example_forwards_only_the_webhook_path_with_the_peer_address() {
     write_deploy_config(dir.path(), &config);
     let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     let daemon = Daemon::start(dir, &config);
-    let upstream = daemon.addr;
-    let nginx = Nginx::start("nginx.conf", |site| {
-        let site = replace_once(
-            &site,
-            "server 127.0.0.1:8080;",
-            &format!("server {upstream};"),
-        );
-        replace_once(&site, "listen [::]:443 ssl;", "")
-    });
-    let Some(nginx) = nginx else {
+    let Some(nginx) = Nginx::in_front_of(daemon.addr) else {
         return skip("nginx example", "nginx or openssl is not installed");
     };
     let client = reqwest::Client::builder()

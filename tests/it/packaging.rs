@@ -15,7 +15,7 @@ use crate::helpers::db::value;
 use crate::helpers::fake_musement::{APPLICATION, CLIENT_ID, CLIENT_SECRET, FakeMusement};
 use crate::helpers::nginx::Nginx;
 use crate::helpers::process::assert_succeeded;
-use crate::helpers::{Daemon, json_post, orderwatch, read_deploy, replace_once, valid_webhook};
+use crate::helpers::{Daemon, json_post, orderwatch, read_deploy, valid_webhook};
 
 /// Where the container reads its secrets, in `deploy/docker.env` and `deploy/compose.yaml`.
 const SECRETS: &str = "/run/secrets/";
@@ -299,16 +299,7 @@ async fn the_compose_pair_stores_webhooks_through_nginx() {
     );
     let daemon = launch.start();
     daemon.wait_ready().await;
-    let upstream = daemon.addr;
-    let nginx = Nginx::start("nginx.conf", |site| {
-        let site = replace_once(
-            &site,
-            "server 127.0.0.1:8080;",
-            &format!("server {upstream};"),
-        );
-        replace_once(&site, "listen [::]:443 ssl;", "")
-    });
-    let Some(nginx) = nginx else {
+    let Some(nginx) = Nginx::in_front_of(daemon.addr) else {
         return crate::helpers::skip("compose pair", "nginx or openssl is not installed");
     };
     let client = reqwest::Client::builder()

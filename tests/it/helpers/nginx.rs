@@ -114,6 +114,20 @@ impl Nginx {
         Some(nginx)
     }
 
+    /// nginx with `deploy/nginx.conf` (the single-instance site) in front of a daemon at
+    /// `upstream` instead of 127.0.0.1:8080, on IPv4 only; `None` when nginx or openssl is
+    /// missing.
+    pub fn in_front_of(upstream: std::net::SocketAddr) -> Option<Self> {
+        Self::start("nginx.conf", |site| {
+            let site = replace_once(
+                &site,
+                "server 127.0.0.1:8080;",
+                &format!("server {upstream};"),
+            );
+            replace_once(&site, "listen [::]:443 ssl;", "")
+        })
+    }
+
     /// `https://localhost:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.port)
