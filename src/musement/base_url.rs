@@ -1,7 +1,8 @@
 //! `[musement] base_url`, parsed once with the URL parser reqwest itself uses (the WHATWG one in
 //! the `url` crate), so the host checked here is the host requests go to. Both the config check
 //! (`check-config`, start-up) and [`MusementClient::new`](super::MusementClient::new) go
-//! through [`parse`]; there is no second, hand-written reading of the URL.
+//! through [`parse`]; there is no second, hand-written reading of the URL. `[[forward]] url`
+//! (signed webhooks out) goes through the same check ([`check`] with [`Purpose::Forward`]).
 
 use std::net::IpAddr;
 
@@ -20,6 +21,38 @@ use reqwest::Url;
 ///   Loopback is an IP in `127.0.0.0/8`, `::1`, or exactly `localhost`; `localhost.`,
 ///   `localhost.example.com` and `127.0.0.1.example.com` are names DNS resolves, so they are not.
 pub(crate) fn parse(text: &str) -> Result<Url, String> {
+    check(text, Purpose::MusementApi)
+}
+
+/// What a checked URL is for: the words of its errors, and whether it may have a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// `[musement] base_url`: paths are appended to it, and the client secret goes to it.
+    MusementApi,
+    /// `[[forward]] url`: posted to as it is (a query is kept), signed changes go to it.
+    Forward,
+}
+
+impl Purpose {
+    /// Where credentials belong instead of user info.
+    fn credentials(self) -> &'static str {
+        match self {
+            Self::MusementApi => "put credentials in client_id / client_secret",
+            Self::Forward => "the deliveries are signed with secret_env / secret_file",
+        }
+    }
+
+    /// What plain http:// would expose.
+    fn in_clear(self) -> &'static str {
+        match self {
+            Self::MusementApi => "the client secret would travel in clear",
+            Self::Forward => "the bookings' changes would travel in clear",
+        }
+    }
+}
+
+/// [`parse`]'s rules for `purpose`: a query is refused only where paths are appended.
+pub(crate) fn check(text: &str, purpose: Purpose) -> Result<Url, String> {
     if text.contains('\\') {
         return Err("must not contain a backslash (URL parsers disagree on what it means)".into());
     }
@@ -34,19 +67,22 @@ pub(crate) fn parse(text: &str) -> Result<Url, String> {
         return Err("must name a host".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "must not contain user info (user@ or user:password@): the host is what follows the @; put credentials in client_id / client_secret"
-                .into(),
-        );
+        return Err(format!(
+            "must not contain user info (user@ or user:password@): the host is what follows the @; {}",
+            purpose.credentials()
+        ));
     }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
+    if url.fragment().is_some() || (purpose == Purpose::MusementApi && url.query().is_some()) {
+        return Err(match purpose {
+            Purpose::MusementApi => "must not have a query or fragment".into(),
+            Purpose::Forward => "must not have a fragment".into(),
+        });
     }
     if url.scheme() == "http" && !is_loopback(&url) {
-        return Err(
-            "plain http:// is allowed only for a loopback host (the client secret would travel in clear); use https://"
-                .into(),
-        );
+        return Err(format!(
+            "plain http:// is allowed only for a loopback host ({}); use https://",
+            purpose.in_clear()
+        ));
     }
     Ok(url)
 }

@@ -497,7 +497,7 @@ fn transport_error(error: reqwest::Error) -> ApiError {
 }
 
 /// `error` and its sources joined with `: `, on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![error.to_string()];
     let mut source = error.source();
     while let Some(cause) = source {

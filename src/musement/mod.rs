@@ -11,7 +11,7 @@
 pub(crate) mod base_url;
 pub mod client;
 pub mod error;
-mod headers;
+pub(crate) mod headers;
 pub mod model;
 
 pub use client::{MusementClient, MusementSettings};

@@ -13,6 +13,7 @@ mod convergence;
 mod database_file;
 mod deploy;
 mod durability;
+mod forward;
 mod helpers;
 mod hostile;
 mod inspect;
