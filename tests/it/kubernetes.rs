@@ -10,6 +10,7 @@ use std::process::Stdio;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::helpers::compose::text;
 use crate::helpers::process::assert_succeeded;
 use crate::helpers::{deploy_file, orderwatch, read_deploy, repo_file, tool};
 
@@ -45,16 +46,6 @@ fn manifest(file: &str) -> Vec<Yaml> {
         );
     }
     documents
-}
-
-/// A scalar as text (Kubernetes reads a quantity or an annotation as text either way).
-fn text(yaml: &Yaml) -> String {
-    match yaml {
-        Yaml::String(s) | Yaml::Real(s) => s.clone(),
-        Yaml::Integer(i) => i.to_string(),
-        Yaml::Boolean(b) => b.to_string(),
-        other => panic!("not a scalar: {other:?}"),
-    }
 }
 
 /// A list (an absent one is empty: Kubernetes treats both alike).
