@@ -128,6 +128,24 @@ impl Filled {
         ok(&self.config, args)
     }
 
+    /// `orderwatch changes ARGS`, read again until it prints `lines` lines (bounded): on
+    /// PostgreSQL the feed shows a change only once every older transaction has ended, and the
+    /// daemon's own (a heartbeat, a lease) may still be open when the command reads.
+    fn changes(&self, args: &[&str], lines: usize) -> String {
+        let args: Vec<&str> = ["changes"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            let text = self.ok(&args);
+            if text.lines().count() >= lines || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let stdout = self.ok(args);
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
@@ -805,7 +823,7 @@ fn feed(text: &str) -> Vec<(String, Option<String>, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_lists_status_changes_with_a_stable_cursor() {
     let f = Filled::start().await;
-    let text = f.ok(&["changes"]);
+    let text = f.changes(&[], 4);
     let some = |s: &str| Some(s.to_owned());
     assert_eq!(
         feed(&text),
@@ -822,7 +840,7 @@ async fn changes_lists_status_changes_with_a_stable_cursor() {
     assert_eq!(second["order"], f.order_a.to_string());
     assert!(second["received_at"].is_string() && second["as_of"].is_string());
     let after = second["id"].as_i64().unwrap().to_string();
-    let rest = f.ok(&["changes", "--after", &after]);
+    let rest = f.changes(&["--after", &after], 2);
     assert_eq!(
         rest,
         text.lines()
