@@ -177,8 +177,13 @@ fn three_reconciling_instances_converge_sharing_the_polls_and_the_request_budget
     }
     let ratio = three.gets as f64 / alone.gets.max(1) as f64;
     println!("GETs, three instances to one: {ratio:.2}");
+    // Three instances polling every due order each would send about 3x. Below that, the ratio
+    // follows timing: a run that converges later makes more passes, and an order still due
+    // in a later pass is rightly polled again (the repeats check below catches one pass
+    // polling an order twice). Measured on two loaded cores in CI on 2026-12-07: 0.79, 1.03
+    // and 1.63.
     assert!(
-        ratio < 1.5,
+        ratio < 2.0,
         "three instances sent {ratio:.2}× the GETs of one: {} vs {}",
         three.gets,
         alone.gets
