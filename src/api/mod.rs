@@ -28,6 +28,7 @@ use self::auth::Tokens;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reconciler::ReconcilerState;
 use crate::store::reads::Reads;
 use crate::store::writer::Writer;
 
@@ -73,12 +74,9 @@ impl Api {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
     }
 
-    /// The configuration in force (for what `stats` shows).
-    fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The reconciler's state under the configuration in force (what `stats` shows).
+    fn reconciler_state(&self) -> ReconcilerState {
+        ReconcilerState::of(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The routes of [`table`], each behind [`guard`].

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Api;
 use super::problem::Problem;
-use crate::reconciler::{ReconcilerState, StatsShown};
+use crate::reconciler::StatsShown;
 use crate::store::inspect::{EventRow, FeedPosition, ItemFilter, Shown};
 use crate::store::reader::ReadError;
 
@@ -26,7 +26,7 @@ pub async fn stats(State(api): State<Arc<Api>>) -> Result<Json<Value>, Problem> 
         .map_err(read_failed)?;
     let shown = StatsShown {
         stats: &stats,
-        reconciler: ReconcilerState::of(&api.config()),
+        reconciler: api.reconciler_state(),
     };
     Ok(Json(json!(shown)))
 }

@@ -66,14 +66,31 @@ pub struct ItemFilter {
 /// its events; the commands also read older files the daemon has not migrated yet, through
 /// the UUIDs.
 fn has_seqs(conn: &Connection) -> rusqlite::Result<bool> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    Ok(version >= 4)
+    Ok(schema_version(conn)? >= 4)
+}
+
+/// The file's schema version (`PRAGMA user_version`): the commands also read files the daemon
+/// has not migrated yet, so a column added later is read only where it exists.
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// `column`, or `NULL` in a file older than schema version `since`, which added it.
+fn column_since(
+    conn: &Connection,
+    column: &'static str,
+    since: i64,
+) -> rusqlite::Result<&'static str> {
+    Ok(if schema_version(conn)? >= since {
+        column
+    } else {
+        "NULL"
+    })
 }
 
 /// `orders.unwatched_at`, which exists from schema version 5 on (`NULL` in older files).
 fn unwatched_at(conn: &Connection) -> rusqlite::Result<&'static str> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    Ok(if version >= 5 { "unwatched_at" } else { "NULL" })
+    column_since(conn, "unwatched_at", 5)
 }
 
 /// The items of the order `?{n}` (its UUID).
@@ -91,12 +108,7 @@ fn items_of_order(conn: &Connection, n: usize) -> rusqlite::Result<String> {
 /// query selecting them are `?2` on. `missing_since` only exists from schema version 3 on (the
 /// commands also read older files the daemon has not migrated yet).
 fn item_columns(conn: &Connection) -> rusqlite::Result<String> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let missing_since = if version >= 3 {
-        "missing_since"
-    } else {
-        "NULL"
-    };
+    let missing_since = column_since(conn, "missing_since", 3)?;
     Ok(format!(
         "item_uuid, order_uuid, status, item_version, source, as_of, changed_at, confirm_deadline, {OVERDUE}, {missing_since}, rowid"
     ))
@@ -248,8 +260,7 @@ pub struct ItemFacts {
 
 /// The stored facts of the item `item` (its full UUID); `None` when no such item is stored.
 pub fn item_facts(conn: &Connection, item: &str) -> rusqlite::Result<Option<ItemFacts>> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let facts_as_of = if version >= 3 { "facts_as_of" } else { "NULL" };
+    let facts_as_of = column_since(conn, "facts_as_of", 3)?;
     conn.query_row(
         &format!(
             "SELECT product_id, product_title, product_date, max_confirmation_time,

@@ -10,18 +10,15 @@ use std::process::Stdio;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::helpers::compose::text;
+use crate::helpers::compose::{assert_yamllint_clean, text};
 use crate::helpers::process::assert_succeeded;
-use crate::helpers::{deploy_file, orderwatch, read_deploy, repo_file, tool};
+use crate::helpers::{deploy_file, orderwatch, read_deploy, repo_file};
 
 /// The two manifests, and the workload kind each runs the daemon with.
 const MANIFESTS: [(&str, &str); 2] = [
     ("sqlite.yaml", "StatefulSet"),
     ("postgres.yaml", "Deployment"),
 ];
-
-/// yamllint's default rules without the line-length limit (as for `compose.ha.yaml`).
-const YAMLLINT_CONFIG: &str = "{extends: default, rules: {line-length: disable}}";
 
 /// The image's user and group (`USER 10001:10001` in `deploy/Dockerfile`).
 const IMAGE_UID: i64 = 10001;
@@ -593,14 +590,7 @@ fn each_container_environment_passes_check_config_with_the_image_config() {
 #[test]
 fn the_manifests_pass_yamllint() {
     for (file, _) in MANIFESTS {
-        let path = deploy_file("kubernetes").join(file);
-        let Some(output) = tool(
-            "yamllint",
-            &["--strict", "-d", YAMLLINT_CONFIG, path.to_str().unwrap()],
-        ) else {
-            return crate::helpers::skip("yamllint", "yamllint is not installed");
-        };
-        assert_succeeded(&format!("yamllint --strict {file}"), &output);
+        assert_yamllint_clean(&deploy_file("kubernetes").join(file));
     }
 }
 

@@ -246,19 +246,7 @@ fn the_compose_daemon_is_configured_by_its_environment_alone() {
 
 #[test]
 fn the_compose_file_passes_yamllint() {
-    let path = crate::helpers::deploy_file("compose.yaml");
-    let Some(output) = crate::helpers::tool(
-        "yamllint",
-        &[
-            "--strict",
-            "-d",
-            "{extends: default, rules: {line-length: disable}}",
-            path.to_str().unwrap(),
-        ],
-    ) else {
-        return crate::helpers::skip("yamllint", "yamllint is not installed");
-    };
-    assert_succeeded("yamllint --strict compose.yaml", &output);
+    crate::helpers::compose::assert_yamllint_clean(&crate::helpers::deploy_file("compose.yaml"));
 }
 
 /// The pair as processes: the daemon with the compose file's environment (its loopback port a

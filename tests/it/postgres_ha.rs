@@ -68,6 +68,11 @@ async fn start_instances(url: &str) -> Vec<Daemon> {
     daemons
 }
 
+/// [`start_instances`], each in a slot a test can empty by stopping or killing it.
+async fn start_stoppable_instances(url: &str) -> Vec<Option<Daemon>> {
+    start_instances(url).await.into_iter().map(Some).collect()
+}
+
 /// What the rule makes of `bodies`, whatever their order: the item rows SQLite's store keeps
 /// after applying them (in the order given) — (status, item_version) by item.
 fn the_rules_items(bodies: &[String]) -> BTreeMap<String, (String, i64)> {
@@ -264,11 +269,7 @@ async fn killing_one_of_three_instances_under_load_loses_nothing() {
     let Some(db) = pg::database("kill one of three instances") else {
         return;
     };
-    let mut daemons: Vec<Option<Daemon>> = start_instances(&db.url)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut daemons = start_stoppable_instances(&db.url).await;
     let urls = Arc::new(std::sync::Mutex::new(
         daemons
             .iter()
@@ -464,11 +465,7 @@ async fn one_instance_exports_the_database_gauges_and_another_takes_over_when_it
     let Some(db) = pg::database("the database gauges of three instances") else {
         return;
     };
-    let mut daemons: Vec<Option<Daemon>> = start_instances(&db.url)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut daemons = start_stoppable_instances(&db.url).await;
     let client = http_client();
     for n in 0..9 {
         let daemon = daemons[n % 3].as_ref().unwrap();

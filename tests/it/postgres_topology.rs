@@ -15,8 +15,8 @@ use std::time::Duration;
 use yaml_rust2::Yaml;
 
 use crate::helpers::compose::{
-    SECRETS, compose as compose_file, dockerfile_healthcheck, environment, keys, secret_name,
-    service, text, texts,
+    SECRETS, assert_yamllint_clean, compose as compose_file, dockerfile_healthcheck, environment,
+    keys, secret_name, service, text, texts,
 };
 use crate::helpers::nginx::Nginx;
 use crate::helpers::pg;
@@ -31,10 +31,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// The two instances' services.
 const INSTANCES: [&str; 2] = ["orderwatch-a", "orderwatch-b"];
-
-/// yamllint's default rules without the line-length limit (the health checks' one-line shell
-/// commands are long).
-const YAMLLINT_CONFIG: &str = "{extends: default, rules: {line-length: disable}}";
 
 // ---- the compose file, parsed -------------------------------------------------------------
 
@@ -297,14 +293,7 @@ fn each_instance_is_configured_by_its_environment_alone() {
 
 #[test]
 fn the_ha_compose_file_passes_yamllint() {
-    let path = deploy_file("compose.ha.yaml");
-    let Some(output) = tool(
-        "yamllint",
-        &["--strict", "-d", YAMLLINT_CONFIG, path.to_str().unwrap()],
-    ) else {
-        return crate::helpers::skip("yamllint", "yamllint is not installed");
-    };
-    assert_succeeded("yamllint --strict compose.ha.yaml", &output);
+    assert_yamllint_clean(&deploy_file("compose.ha.yaml"));
 }
 
 // ---- the topology as processes ---------------------------------------------------------------

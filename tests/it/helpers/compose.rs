@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::read_deploy;
+use super::process::assert_succeeded;
+use super::{read_deploy, skip, tool};
 
 /// Where compose mounts a secret named `NAME`: `/run/secrets/NAME`.
 pub const SECRETS: &str = "/run/secrets/";
@@ -109,4 +110,19 @@ pub fn dockerfile_healthcheck() -> Vec<String> {
         .expect("the Dockerfile has a HEALTHCHECK");
     let json = &line[line.find("CMD [").expect("exec form") + "CMD ".len()..];
     serde_json::from_str(json).unwrap()
+}
+
+/// yamllint's default rules without the line-length limit (health checks' one-line shell
+/// commands are long).
+const YAMLLINT_CONFIG: &str = "{extends: default, rules: {line-length: disable}}";
+
+/// Asserts that `yamllint --strict` finds nothing in `path` (skipped where yamllint is missing).
+pub fn assert_yamllint_clean(path: &std::path::Path) {
+    let Some(output) = tool(
+        "yamllint",
+        &["--strict", "-d", YAMLLINT_CONFIG, path.to_str().unwrap()],
+    ) else {
+        return skip("yamllint", "yamllint is not installed");
+    };
+    assert_succeeded(&format!("yamllint --strict {}", path.display()), &output);
 }
