@@ -17,6 +17,7 @@ use crate::api::Api;
 use crate::build_info;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::forward::{self, Forwarder};
 use crate::leadership::{Leadership, LeaseKeeper};
 use crate::metrics::{Metrics, StateSource};
 use crate::receiver::server::{self, ConnectionLimits};
@@ -41,6 +42,8 @@ pub enum StartupError {
     },
     #[error("cannot start the reconciler's scheduler: {0}")]
     Scheduler(String),
+    #[error("cannot start forwarding: {0}")]
+    Forward(String),
 }
 
 /// The daemon's listeners, bound before it is built (so a test can pass port 0 and ask).
@@ -94,6 +97,8 @@ pub struct App {
     /// Takes and renews the cluster lease (PostgreSQL); stopped last, giving it back.
     lease_keeper: LeaseKeeper,
     leadership: Leadership,
+    /// What the `[[forward]]` destinations' feeders and senders share.
+    forward: forward::Context,
 }
 
 impl App {
@@ -126,6 +131,13 @@ impl App {
                 None
             }
         };
+        let forward = forward::Context {
+            writer: writer.clone(),
+            reads: reads.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            holder: config.server.instance_id(),
+        };
         let cluster = reads.cluster(&config.server.instance_id());
         let (lease_keeper, leadership) = LeaseKeeper::start(cluster, metrics.clone()).await;
         let api = listeners.api.is_some().then(|| {
@@ -155,6 +167,7 @@ impl App {
             api,
             lease_keeper,
             leadership,
+            forward,
         })
     }
 
@@ -192,7 +205,11 @@ impl App {
             api,
             lease_keeper,
             leadership,
+            forward,
         } = self;
+        let forwarder = Forwarder::start(&config, forward)
+            .await
+            .map_err(StartupError::Forward)?;
         let passes = match &reconciler {
             Some(reconciler) => Some(Arc::new(Mutex::new(
                 ScheduledPasses::start(reconciler.clone(), config.reconciler.schedule())
@@ -231,6 +248,7 @@ impl App {
         receiver.start_draining();
         reloads.abort();
         stop_reconciler(&config, passes, reconciler, graceful).await;
+        forwarder.stop().await;
         stop_pruning(pruning);
         lease_keeper.stop().await;
         writer_thread.shutdown().await;

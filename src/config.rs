@@ -11,11 +11,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod api;
 mod database;
+mod forward;
 mod secret;
 mod sources;
 mod validate;
 pub use api::{ApiConfig, ApiToken, Scope};
 pub use database::{DatabaseConfig, DatabaseUrl, TlsMode};
+pub use forward::{ForwardConfig, Start};
 pub use secret::Secret;
 use secret::SecretSource;
 pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};
@@ -114,6 +116,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// The HTTP API for the partner's systems (off unless `[api] listen` is set).
     pub api: ApiConfig,
+    /// `[[forward]]`: destinations of signed webhooks out (none unless configured).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<ForwardConfig>,
     /// The SQLite file, or the PostgreSQL server.
     pub database: DatabaseConfig,
     /// Ordering rule and group-commit tuning.
@@ -516,8 +521,24 @@ impl Config {
     /// The environment variables the configuration names through its `*_env` keys.
     fn variables_named(&self) -> Vec<String> {
         let table = toml::Table::try_from(self).unwrap_or_default();
+        // Arrays of tables (`[[api.tokens]]`, `[[forward]]`) are leaves to `leaves`; their
+        // tables name variables too.
+        let in_arrays = leaves(&table)
+            .into_iter()
+            .filter_map(|(_, value)| value.as_array())
+            .flatten()
+            .filter_map(toml::Value::as_table)
+            .flat_map(|inner| {
+                leaves(inner)
+                    .into_iter()
+                    .map(|(key, value)| (key, value.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
         leaves(&table)
             .into_iter()
+            .map(|(key, value)| (key, value.clone()))
+            .chain(in_arrays)
             .filter(|(key, _)| key.ends_with("_env"))
             .filter_map(|(_, value)| value.as_str().map(str::to_owned))
             .collect()
@@ -547,7 +568,8 @@ impl Config {
                 musement.client_id_file.as_mut(),
                 musement.client_secret_file.as_mut(),
             ])
-            .chain(self.api.paths_mut().map(Some));
+            .chain(self.api.paths_mut().map(Some))
+            .chain(forward::paths_mut(&mut self.forward).map(Some));
         for path in paths.flatten() {
             relative_to(base, path);
         }
@@ -569,6 +591,7 @@ impl Config {
         }
         problems.extend(self.musement.resolve(file, secrets));
         problems.extend(self.api.resolve(file, secrets));
+        problems.extend(forward::resolve(&mut self.forward, file, secrets));
         problems
     }
 }

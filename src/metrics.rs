@@ -31,6 +31,7 @@ use crate::build_info;
 use crate::clock::Clock;
 use crate::leadership::Leadership;
 use crate::observation::Status;
+use crate::store::deliveries::DestinationRow;
 use crate::store::observer::{BatchStats, StoreObserver};
 use crate::store::queries::StateSnapshot;
 use crate::store::reads::Reads;
@@ -94,6 +95,23 @@ pub struct LoginLabels {
     pub reason: &'static str,
     /// `ok`, `refused` (credentials not accepted) or `failed` (timeout, 5xx, bad answer).
     pub result: &'static str,
+}
+
+/// An attempt to deliver a signed webhook out: to which destination, and what became of it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    /// `[[forward]] name`.
+    pub destination: String,
+    /// `delivered` (2xx), `failed` (tried again later), `parked` (past give_up_after) or
+    /// `gone` (410: the destination is disabled).
+    pub result: &'static str,
+}
+
+/// A destination of signed webhooks out.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// `[[forward]] name`.
+    pub destination: String,
 }
 
 /// A SQLite checkpoint: which kind and how it went.
@@ -180,6 +198,10 @@ pub struct Metrics {
     pub api_duration: HistogramFamily<EndpointLabel>,
     /// Logins to the Musement API by reason and result.
     pub logins: Family<LoginLabels, Counter>,
+    /// Attempts to deliver signed webhooks out, by destination and result.
+    forward_attempts: Family<ForwardLabels, Counter>,
+    /// Time of one delivery attempt, by destination.
+    forward_duration: HistogramFamily<DestinationLabel>,
     /// Scrapes that could not read the database gauges.
     pub scrape_errors: Counter,
     /// Connections open on the webhook listener now.
@@ -304,6 +326,20 @@ impl Metrics {
             Unit::Seconds,
             api_duration.clone(),
         );
+        let forward_attempts = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "forward_attempts",
+            "Attempts to deliver signed webhooks out ([[forward]]) by destination and result: delivered, failed (tried again later), parked, gone (410, destination disabled)",
+            forward_attempts.clone(),
+        );
+        let forward_duration: HistogramFamily<DestinationLabel> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        registry.register_with_unit(
+            "forward_attempt_duration",
+            "Time of one delivery attempt of a signed webhook out, by destination",
+            Unit::Seconds,
+            forward_duration.clone(),
+        );
         let logins = Family::<LoginLabels, Counter>::default();
         registry.register(
             "musement_logins",
@@ -418,6 +454,8 @@ impl Metrics {
             api_calls,
             api_duration,
             logins,
+            forward_attempts,
+            forward_duration,
             scrape_errors,
             cluster_lease_held,
             scraping: tokio::sync::Mutex::new(()),
@@ -460,6 +498,21 @@ impl Metrics {
             .inc();
         self.api_duration
             .get_or_create(&EndpointLabel { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one delivery attempt to `destination` and its time.
+    pub fn forward_attempt(&self, destination: &str, result: &'static str, elapsed: Duration) {
+        self.forward_attempts
+            .get_or_create(&ForwardLabels {
+                destination: destination.to_owned(),
+                result,
+            })
+            .inc();
+        self.forward_duration
+            .get_or_create(&DestinationLabel {
+                destination: destination.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -554,7 +607,11 @@ impl Metrics {
         };
         let now = database.clock.now();
         self.end_past_pause(now);
-        let state = snapshot.map(|s| state_registry(&s, now));
+        let state = snapshot.map(|(state, destinations)| {
+            let mut registry = state_registry(&state, now);
+            register_destinations(&mut registry, &destinations, now);
+            registry
+        });
         let process = match ProcessStats::read() {
             Ok(stats) => Some(stats.registry()),
             Err(error) => {
@@ -656,16 +713,74 @@ impl StateSource {
     }
 
     /// The stored state, or `None` when another instance exports it.
-    async fn snapshot(&self) -> Result<Option<StateSnapshot>, String> {
+    async fn snapshot(&self) -> Result<Option<(StateSnapshot, Vec<DestinationRow>)>, String> {
         if !self.leadership.leads() {
             return Ok(None);
         }
-        self.reads
+        let state = self
+            .reads
             .state_snapshot(self.clock.now())
             .await
-            .map(Some)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let destinations = self.reads.destinations().await.map_err(|e| e.to_string())?;
+        Ok(Some((state, destinations)))
     }
+}
+
+/// The outbox of signed webhooks out, per destination, into `registry`; ages run to `now`.
+fn register_destinations(
+    registry: &mut Registry,
+    destinations: &[DestinationRow],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    if destinations.is_empty() {
+        return;
+    }
+    let undelivered = Family::<DestinationLabel, Gauge>::default();
+    let parked = Family::<DestinationLabel, Gauge>::default();
+    let disabled = Family::<DestinationLabel, Gauge>::default();
+    let oldest = Family::<DestinationLabel, FloatGauge>::default();
+    for destination in destinations {
+        let label = DestinationLabel {
+            destination: destination.name.clone(),
+        };
+        undelivered
+            .get_or_create(&label)
+            .set(destination.undelivered);
+        parked.get_or_create(&label).set(destination.parked);
+        disabled
+            .get_or_create(&label)
+            .set(i64::from(destination.disabled_at.is_some()));
+        let age = destination
+            .oldest_undelivered_at
+            .as_deref()
+            .and_then(|text| crate::clock::from_db_text(text).ok())
+            .map_or(0.0, |since| {
+                (now - since).num_milliseconds().max(0) as f64 / 1000.0
+            });
+        oldest.get_or_create(&label).set(age);
+    }
+    registry.register(
+        "forward_undelivered",
+        "Signed webhooks out not yet acknowledged (pending or parked), by destination",
+        undelivered,
+    );
+    registry.register(
+        "forward_parked",
+        "Deliveries parked past give_up_after, holding back their items' later changes, by destination",
+        parked,
+    );
+    registry.register(
+        "forward_destination_disabled",
+        "1 while a destination is disabled (it answered 410 Gone) until `orderwatch deliveries enable`",
+        disabled,
+    );
+    registry.register_with_unit(
+        "forward_oldest_undelivered_age",
+        "How long the oldest unacknowledged delivery has waited since it was enqueued (0 when none), by destination",
+        Unit::Seconds,
+        oldest,
+    );
 }
 
 /// The stored state as a registry of its own, rendered after the main one; ages run to `now`.

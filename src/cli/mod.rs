@@ -4,6 +4,7 @@ mod backup;
 mod changes;
 mod check_config;
 mod completions;
+mod deliveries;
 mod items;
 mod migrate;
 mod output;
@@ -85,6 +86,7 @@ enum Command {
     Stats(stats::Args),
     Rejected(rejected::Args),
     Changes(changes::Args),
+    Deliveries(deliveries::Args),
     Prune(prune::Args),
     Backup(backup::Args),
     Migrate(migrate::Args),
@@ -140,6 +142,7 @@ impl Cli {
             Command::Stats(args) => stats::stats(config, args),
             Command::Rejected(args) => rejected::rejected(config, args),
             Command::Changes(args) => changes::changes(config, args),
+            Command::Deliveries(args) => deliveries::deliveries(config, args),
             Command::Prune(args) => prune::prune(config, args),
             Command::Backup(args) => backup::backup(config, args),
             Command::Migrate(args) => migrate::migrate(config, args),

@@ -46,6 +46,9 @@ impl Config {
         for (key, reason) in self.api.check() {
             problems.add(&key, reason);
         }
+        for (key, reason) in super::forward::check(&self.forward) {
+            problems.add(&key, reason);
+        }
         for (key, reason) in self.database.check(&self.sources) {
             problems.add(&key, reason);
         }

@@ -29,8 +29,8 @@ struct Data<'a> {
 }
 
 /// The body of the delivery of `change` with the item's `vouchers`.
-pub fn body(change: &Change, vouchers: &[String]) -> Vec<u8> {
-    serde_json::to_vec(&Envelope {
+pub fn body(change: &Change, vouchers: &[String]) -> String {
+    serde_json::to_string(&Envelope {
         kind: STATUS_CHANGED,
         timestamp: &change.received_at,
         data: Data { change, vouchers },
@@ -41,7 +41,12 @@ pub fn body(change: &Change, vouchers: &[String]) -> Vec<u8> {
 /// The message id (`webhook-id`): the change's event id, the same in every attempt, from every
 /// instance and in a replay, so the receiver can deduplicate on it.
 pub fn id(change: &Change) -> String {
-    format!("orderwatch-{}", change.id)
+    id_of(change.id)
+}
+
+/// [`id`] of the change whose event id is `event_id`.
+pub fn id_of(event_id: i64) -> String {
+    format!("orderwatch-{event_id}")
 }
 
 #[cfg(test)]
@@ -63,7 +68,7 @@ mod tests {
             received_at: "2026-12-07T10:00:01.250Z".into(),
         };
         let vouchers = ["https://example.com/voucher/1".to_owned()];
-        let body: serde_json::Value = serde_json::from_slice(&body(&change, &vouchers)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body(&change, &vouchers)).unwrap();
         let mut data = serde_json::to_value(&change).unwrap();
         data["vouchers"] = serde_json::json!(vouchers);
         assert_eq!(

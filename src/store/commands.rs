@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::Connection;
 use uuid::Uuid;
 
+use super::deliveries::{self, ForwardCommand, ForwardDone};
 use super::maintenance::{self, PruneStep};
 use super::polls::{self, Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
 use super::{RejectedWebhook, StoreSettings, apply, apply_batch, record_rejected};
@@ -46,6 +47,8 @@ pub enum Command {
         after: maintenance::PruneCursor,
         batch: usize,
     },
+    /// Work on the outbox of signed webhooks out.
+    Forward(ForwardCommand),
     /// Commit what came before, then stop the writer: later jobs are answered "shut down".
     Shutdown,
 }
@@ -70,6 +73,7 @@ pub enum Done {
     Orders(Vec<Uuid>),
     Lease(LeaseAnswer),
     Pruned(PruneStep),
+    Forward(ForwardDone),
     Nothing,
 }
 
@@ -162,5 +166,6 @@ pub fn execute(
             after,
             batch,
         } => Done::Pruned(maintenance::prune_step(conn, *cutoff, *after, *batch)?),
+        Command::Forward(command) => Done::Forward(deliveries::execute(conn, command, now)?),
     })
 }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use tokio_postgres::Client;
 
+use super::deliveries::{self, DeliveryFilter, DeliveryRow, DestinationRow};
 use super::inspect::{
     self, ChangePage, FeedPosition, ItemFilter, ItemRow, RejectedRow, ShowError, Shown, Stats,
 };
@@ -148,6 +149,26 @@ impl Inspection {
             Engine::Sqlite(conn) => inspect::rejected(conn, limit)?,
             Engine::Postgres { runtime, client } => {
                 runtime.block_on(pg::inspect::rejected(client, limit))?
+            }
+        })
+    }
+
+    /// The deliveries of signed webhooks out matching `filter`, newest first.
+    pub fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, ReadFailed> {
+        Ok(match &self.engine {
+            Engine::Sqlite(conn) => deliveries::deliveries(conn, filter)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::deliveries::deliveries(client, filter))?
+            }
+        })
+    }
+
+    /// Every destination of signed webhooks out with its backlog.
+    pub fn destinations(&self) -> Result<Vec<DestinationRow>, ReadFailed> {
+        Ok(match &self.engine {
+            Engine::Sqlite(conn) => deliveries::destinations(conn)?,
+            Engine::Postgres { runtime, client } => {
+                runtime.block_on(pg::deliveries::destinations(client))?
             }
         })
     }

@@ -20,6 +20,7 @@ mod cells;
 pub mod checkpoint;
 pub mod cluster;
 pub mod commands;
+pub mod deliveries;
 pub mod inspect;
 pub mod inspection;
 pub mod maintenance;
@@ -288,7 +289,7 @@ fn synchronous_name(level: i64) -> String {
 }
 
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations, in order: entry `n` takes the schema from version `n` to `n + 1`. Databases at
 /// every earlier version exist in the field: never edit a shipped entry, append a new one.
@@ -298,6 +299,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
+    include_str!("schema_v6.sql"),
 ];
 
 /// Why the store could not do what was asked.

@@ -3,6 +3,7 @@
 //! a read-only connection off the async threads ([`Reader`]); on PostgreSQL it borrows one
 //! from the pool. Callers never see a connection or SQL, nor which engine answers.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -11,10 +12,12 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
+use super::deliveries::{self, DestinationRow};
 use super::inspect::{
     self, ChangePage, FeedPosition, ItemFacts, ItemFilter, ItemRow, ShowError, Shown, Stats,
     UnusableCursor,
 };
+use super::postgres::deliveries as pg_deliveries;
 use super::postgres::feed;
 use super::postgres::inspect as pg_inspect;
 use super::postgres::queries as pg;
@@ -283,6 +286,43 @@ impl Reads {
             Engine::Postgres(pool) => {
                 self.on(pool, async |client| {
                     feed::changes_from(client, after, page).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// The voucher URLs of `items`, for the bodies of their deliveries (items never polled
+    /// have none).
+    pub async fn vouchers(
+        &self,
+        items: Vec<String>,
+    ) -> Result<HashMap<String, Vec<String>>, ReadError> {
+        let found = match &self.engine {
+            Engine::Sqlite(reader) => {
+                reader
+                    .read(self.deadline, move |conn| {
+                        deliveries::vouchers(conn, &items)
+                    })
+                    .await
+            }
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    pg_deliveries::vouchers(client, &items).await
+                })
+                .await
+            }
+        }?;
+        Ok(found.into_iter().collect())
+    }
+
+    /// Every destination of signed webhooks out with its backlog (`/metrics`).
+    pub async fn destinations(&self) -> Result<Vec<DestinationRow>, ReadError> {
+        match &self.engine {
+            Engine::Sqlite(reader) => reader.read(self.deadline, deliveries::destinations).await,
+            Engine::Postgres(pool) => {
+                self.on(pool, async |client| {
+                    pg_deliveries::destinations(client).await
                 })
                 .await
             }

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::checkpoint::{CheckpointSettings, CheckpointerThread};
 use super::commands::{Command, Done};
+use super::deliveries::{ForwardCommand, ForwardDone};
 use super::maintenance::{PruneCursor, PruneStep};
 use super::observer::{BatchStats, StoreObserver};
 use super::polls::{Backoff, LeaseAnswer, PollFailure, PollRecord, PollRecorded};
@@ -377,6 +378,18 @@ impl Writer {
         self.submit(Command::Reject(rejected), WhenFull::Refuse)
             .await
             .map(drop)
+    }
+
+    /// Runs a command on the outbox of signed webhooks out (waits when the queue is full:
+    /// nobody is waiting on an HTTP answer).
+    pub async fn forward(&self, command: ForwardCommand) -> Result<ForwardDone, WriteError> {
+        match self
+            .submit(Command::Forward(command), WhenFull::Wait)
+            .await?
+        {
+            Done::Forward(done) => Ok(done),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Round-trips a write transaction through the writer (used by `/readyz`).

@@ -26,7 +26,8 @@ use crate::helpers::exposition::{Exposition, Sample};
 use crate::helpers::fake_musement::{FakeMusement, new_uuid, order_json};
 use crate::helpers::process::assert_succeeded;
 use crate::helpers::{
-    Daemon, config_for, deploy_file, fixture, read_deploy, read_repo_file, skip, watch_before_start,
+    Daemon, config_for, deploy_file, fixture, free_port, read_deploy, read_repo_file, skip,
+    watch_before_start,
 };
 
 /// Series Prometheus makes itself, never in a scrape.
@@ -240,11 +241,21 @@ fn unmatched(queries: &[String], scrape: &Exposition) -> Vec<String> {
 
 // ---- the live daemon -------------------------------------------------------------------------
 
-/// The real daemon with its reconciler on against `fake`, `orders` watched before it starts.
+/// The real daemon with its reconciler on against `fake`, `orders` watched before it starts,
+/// and a destination of signed webhooks out (where nothing listens: its series exist, as a
+/// partner's would).
 async fn daemon_against(fake: &FakeMusement, orders: &[uuid::Uuid]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
+    // 24 bytes in base64 after whsec_.
+    std::fs::write(
+        dir.path().join("forward-secret"),
+        "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3\n",
+    )
+    .unwrap();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[forward]]\nname = \"booking\"\n\
+         url = \"http://127.0.0.1:{}/hooks\"\nsecret_file = \"forward-secret\"\n\n{}",
+        free_port(),
         config_for(fake, "")
     );
     watch_before_start(dir.path(), &config, orders).await;

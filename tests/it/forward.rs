@@ -127,7 +127,7 @@ async fn send(addr: SocketAddr, secrets: &str, timeout: Duration) -> Attempt {
         .send(
             &secrets,
             &message::id(&change),
-            message::body(&change, &vouchers),
+            message::body(&change, &vouchers).into_bytes(),
             chrono::Utc::now(),
         )
         .await

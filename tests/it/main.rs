@@ -14,6 +14,7 @@ mod database_file;
 mod deploy;
 mod durability;
 mod forward;
+mod forward_outbox;
 mod helpers;
 mod hostile;
 mod inspect;

@@ -132,6 +132,9 @@ async fn execute(
             after,
             batch,
         } => Done::Pruned(prune_step(tx, *cutoff, *after, *batch).await?),
+        Command::Forward(command) => {
+            Done::Forward(super::deliveries::execute(tx, command, now).await?)
+        }
     })
 }
 

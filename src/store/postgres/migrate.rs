@@ -37,6 +37,12 @@ pub const MIGRATIONS: &[Migration] = &[
         oldest_compatible: 1,
         sql: include_str!("schema_v2.sql"),
     },
+    // Expand-only: the outbox of signed webhooks out (`[[forward]]`).
+    Migration {
+        version: 3,
+        oldest_compatible: 1,
+        sql: include_str!("schema_v3.sql"),
+    },
 ];
 
 /// The schema version this binary knows and writes.

@@ -13,6 +13,7 @@ pub mod batches;
 pub mod cluster;
 pub mod commands;
 pub mod connect;
+pub mod deliveries;
 pub mod feed;
 pub mod inspect;
 pub mod migrate;

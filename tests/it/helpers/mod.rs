@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod db;
 pub mod exposition;
 pub mod fake_musement;
+pub mod hooks;
 pub mod nginx;
 pub mod notify;
 pub mod observations;
