@@ -17,7 +17,7 @@ mod sources;
 mod validate;
 pub use api::{ApiConfig, ApiToken, Scope};
 pub use database::{DatabaseConfig, DatabaseUrl, TlsMode};
-pub use forward::{ForwardConfig, Start};
+pub use forward::{ForwardConfig, Outcome, Start};
 pub use secret::Secret;
 use secret::SecretSource;
 pub use sources::{ENV_PREFIX, Origin, Sources, annotate, leaves};

@@ -10,10 +10,12 @@ use super::{ConfigFile, init_command_logging, with_writer};
 use crate::clock::to_db_text;
 use crate::store::pruning;
 
-/// Delete item_events and rejected_webhooks rows received before a cutoff.
+/// Delete item_events and rejected_webhooks rows received before a cutoff, and the records of
+/// signed webhooks out (delivered or skipped) enqueued before it.
 ///
 /// Never deletes current state (order_items, orders), nor an item's newest event or its newest
-/// `applied` event, so `show` still explains every row and `changes` cursors stay valid. Runs
+/// `applied` event, so `show` still explains every row and `changes` cursors stay valid; nor a
+/// pending or parked delivery. Runs
 /// while the daemon does: deletes in short batches through its own writer, each a brief
 /// transaction. Freed pages are reused by SQLite; the file does not shrink (VACUUM does that,
 /// with the daemon stopped).
@@ -39,10 +41,12 @@ pub(super) fn prune(config_file: &ConfigFile, args: Args) -> ExitCode {
     match result {
         Ok(pruned) => {
             println!(
-                "deleted {} event(s) and {} rejected webhook(s) received before {}",
+                "deleted {} event(s) and {} rejected webhook(s) received before {}, and {} \
+                 delivered or skipped webhook(s) out enqueued before it",
                 pruned.events,
                 pruned.rejected,
-                to_db_text(cutoff)
+                to_db_text(cutoff),
+                pruned.deliveries,
             );
             ExitCode::SUCCESS
         }

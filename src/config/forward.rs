@@ -24,6 +24,20 @@ pub enum Start {
     Beginning,
 }
 
+/// Which applied observations a destination is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The item's status changed (`order_item.status_changed`; the default).
+    StatusChanged,
+    /// A newer version applied with the same status (`order_item.updated`).
+    Updated,
+}
+
+fn default_outcomes() -> Vec<Outcome> {
+    vec![Outcome::StatusChanged]
+}
+
 /// One `[[forward]]` destination.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +52,11 @@ pub struct ForwardConfig {
     /// File holding one or more `whsec_…` secrets (relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
-    /// Only changes to these statuses (empty: every status change).
+    /// Which applied observations are sent: `status_changed` (the default) and/or `updated`
+    /// (a newer version with the same status).
+    #[serde(default = "default_outcomes")]
+    pub outcomes: Vec<Outcome>,
+    /// Only changes to these statuses (empty: every status).
     #[serde(default)]
     pub statuses: Vec<String>,
     /// Longest one attempt may take.
@@ -118,6 +136,12 @@ pub(super) fn check(forward: &[ForwardConfig]) -> Vec<(String, String)> {
         if destination.give_up_after.is_zero() {
             problems.push((key("give_up_after"), "must be longer than 0s".into()));
         }
+        if destination.outcomes.is_empty() {
+            problems.push((
+                key("outcomes"),
+                "is empty: give status_changed, updated or both".into(),
+            ));
+        }
         if destination.statuses.iter().any(|s| s.trim().is_empty()) {
             problems.push((key("statuses"), "holds an empty status".into()));
         }
@@ -193,7 +217,11 @@ mod tests {
         let forward = &config.forward[0];
         assert_eq!(forward.name, "booking-system");
         assert_eq!(forward.statuses, ["OK", "REFUNDED"]);
-        assert_eq!(forward.resolved_secrets.len(), 2, "one per secret in the file");
+        assert_eq!(
+            forward.resolved_secrets.len(),
+            2,
+            "one per secret in the file"
+        );
         let defaults = load(
             "[[forward]]\nname = \"a\"\nurl = \"https://example.com/h\"\nsecret_file = \"secret\"\n",
             KEY,
@@ -209,6 +237,7 @@ mod tests {
             assert_eq!(shown, default, "the example shows the defaults");
         }
         assert_eq!(forward.max_in_flight, default.max_in_flight);
+        assert_eq!(forward.outcomes, default.outcomes);
         assert_eq!(forward.start, default.start);
     }
 

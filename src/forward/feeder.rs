@@ -139,9 +139,9 @@ async fn feed_once(
         });
     };
     let wanted: Vec<_> = page
-        .changes
+        .applied
         .into_iter()
-        .filter(|change| destination.wants(&change.new_status))
+        .filter(|change| destination.wants(change))
         .collect();
     let items: Vec<String> = wanted.iter().map(|change| change.item.clone()).collect();
     let vouchers: HashMap<String, Vec<String>> = if items.is_empty() {

@@ -7,8 +7,17 @@ use serde::Serialize;
 
 use crate::store::inspect::Change;
 
-/// The event type of every delivery.
+/// The event type of a delivery whose change moved the item's status.
 pub const STATUS_CHANGED: &str = "order_item.status_changed";
+
+/// The event type of a delivery whose observation applied with the same status (a newer
+/// version; sent only to destinations with `outcomes` including `updated`).
+pub const UPDATED: &str = "order_item.updated";
+
+/// Whether `change` moved the item's status (the first status of an item counts).
+pub fn changes_status(change: &Change) -> bool {
+    change.old_status.as_deref() != Some(change.new_status.as_str())
+}
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -31,7 +40,11 @@ struct Data<'a> {
 /// The body of the delivery of `change` with the item's `vouchers`.
 pub fn body(change: &Change, vouchers: &[String]) -> String {
     serde_json::to_string(&Envelope {
-        kind: STATUS_CHANGED,
+        kind: if changes_status(change) {
+            STATUS_CHANGED
+        } else {
+            UPDATED
+        },
         timestamp: &change.received_at,
         data: Data { change, vouchers },
     })
@@ -81,5 +94,11 @@ mod tests {
         );
         assert_eq!(body["data"]["cursor"], "7412.1093");
         assert_eq!(id(&change), "orderwatch-1093");
+        let same = Change {
+            old_status: Some("OK".into()),
+            ..change
+        };
+        let updated: serde_json::Value = serde_json::from_str(&super::body(&same, &[])).unwrap();
+        assert_eq!(updated["type"], "order_item.updated");
     }
 }

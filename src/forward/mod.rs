@@ -29,9 +29,10 @@ use self::retry::RetryPolicy;
 use self::signature::SigningSecret;
 use crate::backoff::BackoffPolicy;
 use crate::clock::Clock;
-use crate::config::{Config, ForwardConfig, Start};
+use crate::config::{Config, ForwardConfig, Outcome, Start};
 use crate::metrics::Metrics;
 use crate::store::deliveries::{ForwardCommand, StartAt};
+use crate::store::inspect::Change;
 use crate::store::reads::Reads;
 use crate::store::writer::Writer;
 
@@ -40,7 +41,9 @@ use crate::store::writer::Writer;
 pub struct Destination {
     /// `[[forward]] name`.
     pub name: String,
-    /// Only changes to these statuses (empty: all).
+    /// Which applied observations are sent.
+    pub outcomes: Vec<Outcome>,
+    /// Only those to these statuses (empty: all).
     pub statuses: Vec<String>,
     pub start: StartAt,
     pub max_in_flight: usize,
@@ -60,6 +63,7 @@ impl Destination {
             |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         Ok(Self {
             name: config.name.clone(),
+            outcomes: config.outcomes.clone(),
             statuses: config.statuses.clone(),
             start: match config.start {
                 Start::End => StartAt::End,
@@ -79,9 +83,15 @@ impl Destination {
         })
     }
 
-    /// Whether a change to `status` is sent here.
-    pub fn wants(&self, status: &str) -> bool {
-        self.statuses.is_empty() || self.statuses.iter().any(|s| s == status)
+    /// Whether the applied observation `change` is sent here.
+    pub fn wants(&self, change: &Change) -> bool {
+        let outcome = if message::changes_status(change) {
+            Outcome::StatusChanged
+        } else {
+            Outcome::Updated
+        };
+        self.outcomes.contains(&outcome)
+            && (self.statuses.is_empty() || self.statuses.contains(&change.new_status))
     }
 }
 
@@ -116,7 +126,7 @@ impl Forwarder {
                 Destination::from_config(destination)
                     .map_err(|reason| format!("forward {:?}: {reason}", destination.name))?,
             );
-            tracing::info!(destination = %destination.name, statuses = ?destination.statuses, "forwarding status changes");
+            tracing::info!(destination = %destination.name, outcomes = ?destination.outcomes, statuses = ?destination.statuses, "forwarding signed webhooks");
             names.push(destination.name.clone());
             let cursor = feeder::register_once(&destination, &context).await;
             let enqueued = Arc::new(Notify::new());

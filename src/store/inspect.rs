@@ -791,6 +791,10 @@ pub struct UnusableCursor(pub String);
 pub struct ChangePage {
     /// Changes after the cursor, in commit order.
     pub changes: Vec<Change>,
+    /// Every `applied` event looked at, in the same order: the changes and the observations
+    /// that applied without changing the status (a newer version of the same status), for
+    /// destinations of signed webhooks out that take those too.
+    pub applied: Vec<Change>,
     /// The last event looked at (resume after it); `None` when nothing was newer.
     pub scanned_to: Option<FeedPosition>,
     /// Fewer than the page size were looked at: the feed is caught up.
@@ -851,6 +855,7 @@ fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<Chang
     })?;
     let mut result = ChangePage {
         changes: Vec::new(),
+        applied: Vec::new(),
         scanned_to: None,
         caught_up: false,
     };
@@ -860,8 +865,9 @@ fn changes(conn: &Connection, after: i64, page: usize) -> rusqlite::Result<Chang
         looked_at += 1;
         result.scanned_to = Some(FeedPosition::AfterEvent(change.id));
         if change.old_status.as_deref() != Some(change.new_status.as_str()) {
-            result.changes.push(change);
+            result.changes.push(change.clone());
         }
+        result.applied.push(change);
     }
     result.caught_up = looked_at < page;
     Ok(result)

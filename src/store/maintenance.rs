@@ -25,18 +25,20 @@ pub const PRUNE_BATCH: usize = 1000;
 pub struct PruneCursor {
     pub events: Option<i64>,
     pub rejected: Option<i64>,
+    pub deliveries: Option<i64>,
 }
 
 impl PruneCursor {
-    /// Before the first row of both tables.
+    /// Before the first row of every table.
     pub const START: Self = Self {
         events: Some(0),
         rejected: Some(0),
+        deliveries: Some(0),
     };
 
-    /// Both tables are done.
+    /// Every table is done.
     pub fn done(&self) -> bool {
-        self.events.is_none() && self.rejected.is_none()
+        self.events.is_none() && self.rejected.is_none() && self.deliveries.is_none()
     }
 }
 
@@ -47,6 +49,8 @@ pub struct PruneStep {
     pub events: usize,
     /// Rejected webhooks deleted.
     pub rejected: usize,
+    /// Signed webhooks out deleted (delivered or skipped ones only).
+    pub deliveries: usize,
     /// Where the next batch starts.
     pub next: PruneCursor,
 }
@@ -56,6 +60,7 @@ pub struct PruneStep {
 pub struct Pruned {
     pub events: usize,
     pub rejected: usize,
+    pub deliveries: usize,
 }
 
 /// Deletes old rows among the next `batch` of each table after `after`, inside the caller's
@@ -100,12 +105,21 @@ pub fn prune_step(
          FROM rejected_webhooks WHERE id > ?1 ORDER BY id LIMIT ?3",
         "DELETE FROM rejected_webhooks WHERE id = ?1",
     )?;
+    let (deliveries, next_delivery) = walk.run(
+        conn,
+        after.deliveries,
+        "SELECT id, created_at, state IN ('delivered', 'skipped') AND created_at < ?2
+         FROM forward_deliveries WHERE id > ?1 ORDER BY id LIMIT ?3",
+        "DELETE FROM forward_deliveries WHERE id = ?1",
+    )?;
     Ok(PruneStep {
         events,
         rejected,
+        deliveries,
         next: PruneCursor {
             events: next_event,
             rejected: next_rejected,
+            deliveries: next_delivery,
         },
     })
 }

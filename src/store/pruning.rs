@@ -19,6 +19,7 @@ pub async fn prune(writer: &Writer, cutoff: DateTime<Utc>) -> Result<Pruned, Wri
         let step = writer.prune_step(cutoff, cursor, PRUNE_BATCH).await?;
         total.events += step.events;
         total.rejected += step.rejected;
+        total.deliveries += step.deliveries;
         cursor = step.next;
     }
     Ok(total)
@@ -48,6 +49,7 @@ pub async fn prune_periodically(
             Ok(pruned) => tracing::info!(
                 events = pruned.events,
                 rejected_webhooks = pruned.rejected,
+                deliveries = pruned.deliveries,
                 older_than = %to_db_text(cutoff),
                 "pruned history"
             ),

@@ -202,12 +202,23 @@ pub async fn prune_step(
         (cutoff, stop, batch),
     )
     .await?;
+    let (deliveries, next_delivery) = walk(
+        tx,
+        after.deliveries,
+        "SELECT id, created_at, state IN ('delivered', 'skipped') AND created_at < $2
+         FROM forward_deliveries WHERE id > $1 ORDER BY id LIMIT $3",
+        "DELETE FROM forward_deliveries WHERE id = ANY($1)",
+        (cutoff, stop, batch),
+    )
+    .await?;
     Ok(PruneStep {
         events,
         rejected,
+        deliveries,
         next: PruneCursor {
             events: next_event,
             rejected: next_rejected,
+            deliveries: next_delivery,
         },
     })
 }

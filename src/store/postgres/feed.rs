@@ -54,6 +54,8 @@ impl FromStr for FeedCursor {
 pub struct FeedPage {
     /// The changes after the cursor, in commit order, each with its own cursor.
     pub changes: Vec<(FeedCursor, Change)>,
+    /// Every `applied` event looked at, status changes included, in the same order.
+    pub applied: Vec<Change>,
     /// The last event looked at (resume after it); `None` when nothing was readable.
     pub scanned_to: Option<FeedCursor>,
     /// Fewer than the page size were readable: caught up with everything committed below the
@@ -105,8 +107,9 @@ pub async fn changes(
             received_at: to_db_text(row.get(9)),
         };
         if change.old_status.as_deref() != Some(change.new_status.as_str()) {
-            result.changes.push((cursor, change));
+            result.changes.push((cursor, change.clone()));
         }
+        result.applied.push(change);
     }
     result.caught_up = rows.len() < page;
     Ok(result)
@@ -139,6 +142,7 @@ pub async fn changes_from(
             .into_iter()
             .map(|(_, change)| change)
             .collect(),
+        applied: found.applied,
         scanned_to: found.scanned_to.map(FeedPosition::After),
         caught_up: found.caught_up,
     }))
