@@ -6,8 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use super::output::{
-    Format, column, fail, finish, open_database, second, second_or_dash, short_uuid, truncate,
-    write_records,
+    Format, column, fail, finish, minute, open_database, short_uuid, table, truncate, write_records,
 };
 use super::{
     ConfigFile, EXIT_CONFIG, EXIT_FAILURE, init_command_logging, load_database_config, with_writer,
@@ -19,7 +18,8 @@ use crate::store::inspect::FeedPosition;
 ///
 /// A delivery is `pending` (due at NEXT, or being sent), `delivered` (acknowledged with a
 /// 2xx), `parked` (failed until give_up_after; it holds back its item's later changes until
-/// `retry` or `skip`) or `skipped`. `--destinations` shows each destination's place in the
+/// `retry` or `skip`) or `skipped`. The table gives WHEN (delivered, or due) and under it the
+/// last answer; json/ndjson/csv give every field. `--destinations` shows each destination's place in the
 /// feed, its backlog, and whether a 410 Gone disabled it.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -75,6 +75,16 @@ enum Action {
     },
 }
 
+const DESTINATION_FIELDS: &[&str] = &[
+    "name",
+    "feed_cursor",
+    "disabled_at",
+    "disabled_reason",
+    "undelivered",
+    "parked",
+    "oldest_undelivered_at",
+];
+
 const STATES: [&str; 4] = ["pending", "delivered", "parked", "skipped"];
 
 const FIELDS: &[&str] = &[
@@ -115,24 +125,44 @@ pub(super) fn deliveries(config_file: &ConfigFile, args: Args) -> ExitCode {
             Ok(rows) => rows,
             Err(error) => return fail(format!("cannot read the destinations: {error}")),
         };
+        if rows.is_empty() && args.format == Format::Table {
+            println!(
+                "no destination is registered (the daemon registers each [[forward]] of its config at start)"
+            );
+            return ExitCode::SUCCESS;
+        }
         let columns = [
-            column("DESTINATION", 20),
-            column("CURSOR", 16),
+            column("DESTINATION", 16),
+            column("CURSOR", 14),
             column("UNDELIVERED", 11),
             column("PARKED", 6),
-            column("OLDEST (UTC)", 19),
-            column("DISABLED", 30),
+            column("OLDEST (UTC)", 16),
+            column("DISABLED", 8),
         ];
-        write_records(&mut out, args.format, &rows, &columns, &[], |row| {
-            vec![
-                row.name.clone(),
-                row.feed_cursor.clone(),
-                row.undelivered.to_string(),
-                row.parked.to_string(),
-                second_or_dash(row.oldest_undelivered_at.as_deref()),
-                row.disabled_reason.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
+        write_records(
+            &mut out,
+            args.format,
+            &rows,
+            &columns,
+            DESTINATION_FIELDS,
+            |row| {
+                vec![
+                    row.name.clone(),
+                    row.feed_cursor.clone(),
+                    row.undelivered.to_string(),
+                    row.parked.to_string(),
+                    row.oldest_undelivered_at
+                        .as_deref()
+                        .map_or("-".into(), minute),
+                    if row.disabled_at.is_some() {
+                        "yes"
+                    } else {
+                        "-"
+                    }
+                    .into(),
+                ]
+            },
+        )
     } else {
         let filter = DeliveryFilter {
             destination: args.destination,
@@ -144,43 +174,64 @@ pub(super) fn deliveries(config_file: &ConfigFile, args: Args) -> ExitCode {
             Ok(rows) => rows,
             Err(error) => return fail(format!("cannot read the deliveries: {error}")),
         };
-        let columns = [
-            column("ID", 8),
-            column("DESTINATION", 14),
-            column("ITEM", 8),
-            column("STATUS", 14),
-            column("STATE", 9),
-            column("TRIES", 5),
-            column("WHEN (UTC)", 19),
-            column("LAST ANSWER", 40),
-        ];
-        write_records(&mut out, args.format, &rows, &columns, FIELDS, cells)
+        if rows.is_empty() && args.format == Format::Table {
+            println!("no deliveries match");
+            return ExitCode::SUCCESS;
+        }
+        if args.format == Format::Table {
+            // Two lines per delivery when it has a last answer, so both fit 80 columns.
+            out.write_all(render(&rows).as_bytes())
+        } else {
+            write_records(&mut out, args.format, &rows, &[], FIELDS, |_| Vec::new())
+        }
     };
     finish(written.and_then(|()| out.flush()))
 }
 
-/// A delivery's table cells: WHEN is when it was delivered, or when it is due.
-fn cells(row: &DeliveryRow) -> Vec<String> {
-    let when = match &row.delivered_at {
-        Some(at) => second(at),
-        None => second(&row.next_attempt_at),
-    };
-    let last = match (row.last_status, &row.last_error) {
-        (Some(status), Some(error)) => format!("{status}: {error}"),
-        (Some(status), None) => status.to_string(),
-        (None, Some(error)) => error.clone(),
-        (None, None) => "-".into(),
-    };
-    vec![
-        row.id.to_string(),
-        row.destination.clone(),
-        short_uuid(&row.item),
-        row.new_status.clone(),
-        row.state.clone(),
-        row.attempts.to_string(),
-        when,
-        truncate(&last, 40),
-    ]
+/// The table: a line of facts per delivery (WHEN is when it was delivered, or when it is due),
+/// and under it the last answer, if any.
+fn render(rows: &[DeliveryRow]) -> String {
+    let columns = [
+        column("ID", 7),
+        column("DESTINATION", 12),
+        column("ITEM", 8),
+        column("STATUS", 10),
+        column("STATE", 9),
+        column("TRIES", 5),
+        column("WHEN (UTC)", 16),
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.id.to_string(),
+                row.destination.clone(),
+                short_uuid(&row.item),
+                row.new_status.clone(),
+                row.state.clone(),
+                row.attempts.to_string(),
+                minute(row.delivered_at.as_deref().unwrap_or(&row.next_attempt_at)),
+            ]
+        })
+        .collect();
+    let aligned = table(&columns, &cells);
+    let mut lines = aligned.lines();
+    let mut text = format!("{}\n", lines.next().unwrap_or_default());
+    for (line, row) in lines.zip(rows) {
+        text.push_str(line);
+        text.push('\n');
+        let last = match (row.last_status, &row.last_error) {
+            (Some(status), Some(error)) if error.starts_with(&format!("HTTP {status}")) => {
+                error.clone()
+            }
+            (Some(status), Some(error)) => format!("{status}: {error}"),
+            (Some(status), None) => format!("HTTP {status}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => continue,
+        };
+        text.push_str(&format!("        last answer: {}\n", truncate(&last, 59)));
+    }
+    text
 }
 
 /// Runs `action` through a writer, as the daemon writes; says what it changed.

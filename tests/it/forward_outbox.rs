@@ -225,6 +225,22 @@ async fn parked_retried_skipped_disabled_enabled_and_replayed_through_the_cli() 
     .await;
     assert!(parked["attempts"].as_i64().unwrap() >= 2, "{parked}");
     assert_eq!(parked["last_status"], 500);
+    let (code, table, err) = run(&path, &["--failed"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[1].contains("parked") && lines[1].contains(&uuid(1, 1)[..8]),
+        "{table}"
+    );
+    assert!(lines[2].contains("last answer: HTTP 500"), "{table}");
+    let (_, destinations, _) = run(&path, &["--destinations"]);
+    assert!(
+        destinations.lines().nth(1).unwrap().starts_with("booking"),
+        "{destinations}"
+    );
+    for line in table.lines().chain(destinations.lines()) {
+        assert!(line.chars().count() <= 80, "fits 80 columns: {line:?}");
+    }
     let metrics = daemon.metrics_text().await;
     assert!(
         metrics.contains("orderwatch_forward_parked{destination=\"booking\"} 1"),
