@@ -752,8 +752,7 @@ fn register_destinations(
             .get_or_create(&label)
             .set(i64::from(destination.disabled_at.is_some()));
         let age = destination
-            .oldest_undelivered_at
-            .as_deref()
+            .waiting_since()
             .and_then(|text| crate::clock::from_db_text(text).ok())
             .map_or(0.0, |since| {
                 (now - since).num_milliseconds().max(0) as f64 / 1000.0
@@ -777,7 +776,7 @@ fn register_destinations(
     );
     registry.register_with_unit(
         "forward_oldest_undelivered_age",
-        "How long the oldest unacknowledged delivery has waited since it was enqueued (0 when none), by destination",
+        "How long the destination has been missing a change: since the oldest unacknowledged delivery was enqueued, or the oldest change not yet enqueued arrived (0 when none), by destination",
         Unit::Seconds,
         oldest,
     );

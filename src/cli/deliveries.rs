@@ -63,6 +63,12 @@ enum Action {
         #[arg(value_name = "NAME")]
         destination: String,
     },
+    /// Delete a destination removed from the configuration, with its deliveries (its backlog
+    /// would otherwise count in /metrics, and hold back pruning, for ever).
+    Forget {
+        #[arg(value_name = "NAME")]
+        destination: String,
+    },
     /// Enqueue the destination's changes again from a point in the change feed (a cursor from
     /// `orderwatch changes` or a delivery, or 0 for the whole feed); receivers deduplicate on
     /// webhook-id.
@@ -83,6 +89,7 @@ const DESTINATION_FIELDS: &[&str] = &[
     "undelivered",
     "parked",
     "oldest_undelivered_at",
+    "oldest_unfed_at",
 ];
 
 const STATES: [&str; 4] = ["pending", "delivered", "parked", "skipped"];
@@ -136,7 +143,7 @@ pub(super) fn deliveries(config_file: &ConfigFile, args: Args) -> ExitCode {
             column("CURSOR", 14),
             column("UNDELIVERED", 11),
             column("PARKED", 6),
-            column("OLDEST (UTC)", 16),
+            column("MISSING SINCE", 16),
             column("DISABLED", 8),
         ];
         write_records(
@@ -151,9 +158,7 @@ pub(super) fn deliveries(config_file: &ConfigFile, args: Args) -> ExitCode {
                     row.feed_cursor.clone(),
                     row.undelivered.to_string(),
                     row.parked.to_string(),
-                    row.oldest_undelivered_at
-                        .as_deref()
-                        .map_or("-".into(), minute),
+                    row.waiting_since().map_or("-".into(), minute),
                     if row.disabled_at.is_some() {
                         "yes"
                     } else {
@@ -241,10 +246,20 @@ fn act(config_file: &ConfigFile, action: Action) -> ExitCode {
         Err(code) => return code,
     };
     init_command_logging(&config);
+    if let Action::Forget { destination } = &action
+        && config.forward.iter().any(|f| &f.name == destination)
+    {
+        eprintln!(
+            "orderwatch: {destination} is a [[forward]] destination of {}: remove it there and restart the daemon first",
+            config_file.path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let (command, what) = match action {
         Action::Retry { ids } => (ForwardCommand::Retry(ids), "retried"),
         Action::Skip { ids } => (ForwardCommand::Skip(ids), "skipped"),
         Action::Enable { destination } => (ForwardCommand::Enable(destination), "enabled"),
+        Action::Forget { destination } => (ForwardCommand::Forget(destination), "forgot"),
         Action::Replay { destination, from } => {
             (ForwardCommand::Replay { destination, from }, "replaying")
         }
@@ -267,7 +282,9 @@ fn asked_for(command: &ForwardCommand) -> Vec<String> {
         ForwardCommand::Retry(ids) | ForwardCommand::Skip(ids) => {
             ids.iter().map(i64::to_string).collect()
         }
-        ForwardCommand::Enable(destination) => vec![destination.clone()],
+        ForwardCommand::Enable(destination) | ForwardCommand::Forget(destination) => {
+            vec![destination.clone()]
+        }
         ForwardCommand::Replay { destination, from } => {
             vec![format!("{destination} from {from}")]
         }
@@ -286,7 +303,7 @@ fn report(what: &str, asked: &[String], done: ForwardDone) -> ExitCode {
                 } else {
                     missed += 1;
                     eprintln!(
-                        "orderwatch: no pending or parked delivery {id} (see orderwatch deliveries)"
+                        "orderwatch: no parked or waiting delivery {id} (delivered, skipped, being sent, or unknown: see orderwatch deliveries)"
                     );
                 }
             }

@@ -44,7 +44,9 @@ fn default_outcomes() -> Vec<Outcome> {
 pub struct ForwardConfig {
     /// Names the destination in the database, the logs, `/metrics` and `orderwatch deliveries`.
     pub name: String,
-    /// Where deliveries are posted: https, or http on loopback only; no user info.
+    /// Where deliveries are posted: https, or http on loopback only; no user info. Its query
+    /// is masked when shown (it may carry a receiver's token).
+    #[serde(serialize_with = "query_masked")]
     pub url: String,
     /// Name of an environment variable holding one or more `whsec_…` secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +82,16 @@ pub struct ForwardConfig {
     /// The signing secrets, loaded from their source.
     #[serde(skip)]
     pub resolved_secrets: Vec<SigningSecret>,
+}
+
+/// `url` with its query (if any) masked, for `check-config` and the logs.
+fn query_masked<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match url.split_once('?') {
+        Some((before, _)) => {
+            serializer.collect_str(&format_args!("{before}?{}", super::secret::MASK))
+        }
+        None => serializer.serialize_str(url),
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -239,6 +251,26 @@ mod tests {
         assert_eq!(forward.max_in_flight, default.max_in_flight);
         assert_eq!(forward.outcomes, default.outcomes);
         assert_eq!(forward.start, default.start);
+    }
+
+    #[test]
+    fn the_shown_configuration_masks_the_url_query_and_every_secret() {
+        let config = load(
+            "[[forward]]\nname = \"a\"\nurl = \"https://e.com/hooks?token=s3cr3t\"\n\
+             secret_file = \"secret\"\n",
+            KEY,
+        )
+        .unwrap();
+        let shown = config.to_masked_toml();
+        assert!(
+            shown.contains("url = \"https://e.com/hooks?********\""),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains(&KEY[6..]),
+            "{shown}"
+        );
+        assert_eq!(config.forward[0].url, "https://e.com/hooks?token=s3cr3t");
     }
 
     #[test]

@@ -14,11 +14,12 @@ use super::attempt::Attempt;
 use super::message;
 use super::retry::Next;
 use super::{Context, Destination};
-use crate::clock::later;
 use crate::store::deliveries::{Claimed, Finish, ForwardCommand, ForwardDone};
 
-/// How long a claim outlives the attempt's timeout (recording the answer takes a commit).
-const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+/// How long a claim outlives the attempt's timeout: recording the answer takes a commit. It
+/// starts when the claim commits (on PostgreSQL by the database's clock), so a queue in
+/// front of the writer does not eat into it.
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
 /// How long the sender waits for a new delivery before looking again anyway (retries that
 /// came due, deliveries another instance enqueued or gave back).
@@ -91,19 +92,15 @@ async fn claim(
     context: &Context,
     limit: usize,
 ) -> Result<Claim, String> {
-    let now = context.clock.now();
-    let until = later(
-        now,
-        chrono::Duration::from_std(destination.timeout + CLAIM_MARGIN)
-            .unwrap_or(chrono::Duration::MAX),
-    );
+    let ttl = chrono::Duration::from_std(destination.timeout + CLAIM_MARGIN)
+        .unwrap_or(chrono::Duration::MAX);
     let answer = context
         .writer
         .forward(ForwardCommand::Claim {
             destination: destination.name.clone(),
             holder: context.holder.clone(),
             limit,
-            until,
+            ttl,
         })
         .await
         .map_err(|e| e.to_string())?;

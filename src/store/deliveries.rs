@@ -4,14 +4,22 @@
 //! commands and answers. What a delivery holds and when it is tried again are decided in
 //! `forward`; here they are only stored.
 //!
-//! Two rules live in the SQL here and nowhere else:
+//! Three rules live in the SQL here and nowhere else:
 //! - **Exactly one enqueue per change:** a page of the feed is enqueued together with the
 //!   destination's new cursor, and only if the cursor is still where the page was read from
 //!   (compare-and-set), so two instances reading the same page enqueue it once.
-//! - **Per-item order:** a delivery can be claimed only when no earlier delivery of the same
-//!   item to the same destination is still pending or parked, and a claimed one stays pending
-//!   until its 2xx; so an item's changes go out one at a time, in feed order, while other
-//!   items go on in parallel.
+//! - **Per-item order:** of an item's open (pending or parked) deliveries to a destination,
+//!   exactly one is its `head`: the earliest change (lowest event id). Only heads are claimed,
+//!   and a claimed head stays pending until its 2xx; then (or when it is skipped) the next
+//!   open delivery of the item becomes the head. So an item's changes go out one at a time, in
+//!   the order the rule applied them, while other items go on in parallel; and finding what to
+//!   send reads heads only, however long a failing destination's backlog grows.
+//! - **One sender at a time:** a delivery is claimed until `claimed_until`, and an operator's
+//!   retry or skip leaves a delivery being sent alone.
+//!
+//! SQLite has one writer, so its feed is in event id order and every change of an item is
+//! enqueued in the order the rule applied them; PostgreSQL's feed is not, which its claim
+//! makes up for (`postgres/deliveries.rs`).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -91,13 +99,14 @@ pub enum ForwardCommand {
         to: String,
         deliveries: Vec<NewDelivery>,
     },
-    /// Claims up to `limit` due deliveries (each its item's head) for `holder` until `until`;
-    /// nothing while the destination is disabled.
+    /// Claims up to `limit` due deliveries (each its item's head) for `holder`, for `ttl`
+    /// (from the database's clock on PostgreSQL, shared by every instance); nothing while
+    /// the destination is disabled.
     Claim {
         destination: String,
         holder: String,
         limit: usize,
-        until: DateTime<Utc>,
+        ttl: chrono::Duration,
     },
     /// Records an attempt of the delivery `id`, begun at `attempted_at`, by `holder`.
     Finish {
@@ -110,10 +119,14 @@ pub enum ForwardCommand {
     /// Gives back every claim of `holder` on `destination` (it stops, or starts again after
     /// a crash).
     ReleaseClaims { destination: String, holder: String },
-    /// Parked (or pending) deliveries due again now, their give-up time counted afresh.
+    /// Parked (or waiting, not being sent) deliveries due again now, their give-up time
+    /// counted afresh.
     Retry(Vec<i64>),
-    /// Parked (or pending) deliveries never sent; the item's later changes go on.
+    /// Parked (or waiting, not being sent) deliveries never sent; the item's later changes
+    /// go on.
     Skip(Vec<i64>),
+    /// A destination no longer configured, and its deliveries, deleted.
+    Forget(String),
     /// A destination disabled by a 410 sends again.
     Enable(String),
     /// The destination's cursor set back (or forward) to `from`: the feed is enqueued again
@@ -138,8 +151,8 @@ pub enum ForwardDone {
     },
     /// `Retry`, `Skip`: the deliveries changed.
     Changed(Vec<i64>),
-    /// `Enable`, `Finish`, `ReleaseClaims`: whether a row changed; `Replay`: whether the
-    /// destination exists, or why the position cannot be used.
+    /// `Enable`, `Forget`, `Finish`, `ReleaseClaims`: whether a row changed; `Replay`:
+    /// whether the destination exists, or why the position cannot be used.
     Done(Result<bool, String>),
 }
 
@@ -154,11 +167,7 @@ pub fn execute(
         ForwardCommand::Register { destination, start } => {
             let start_cursor = match start {
                 StartAt::Beginning => "0".to_owned(),
-                StartAt::End => conn
-                    .query_row("SELECT coalesce(max(id), 0) FROM item_events", [], |r| {
-                        r.get::<_, i64>(0)
-                    })?
-                    .to_string(),
+                StartAt::End => newest_event(conn)?.to_string(),
             };
             conn.execute(
                 "INSERT INTO forward_destinations (name, feed_cursor) VALUES (?1, ?2)
@@ -181,21 +190,8 @@ pub fn execute(
                 params![to, destination, expected],
             )?;
             if moved == 1 {
-                let mut insert = conn.prepare_cached(
-                    "INSERT INTO forward_deliveries (destination, event_id, item_uuid, cursor,
-                         new_status, body, state, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
-                )?;
                 for delivery in deliveries {
-                    insert.execute(params![
-                        destination,
-                        delivery.event_id,
-                        delivery.item,
-                        delivery.cursor,
-                        delivery.new_status,
-                        delivery.body,
-                        now_text
-                    ])?;
+                    enqueue(conn, destination, delivery, &now_text)?;
                 }
             }
             ForwardDone::Enqueued {
@@ -207,8 +203,8 @@ pub fn execute(
             destination,
             holder,
             limit,
-            until,
-        } => claim(conn, destination, holder, *limit, &now_text, until)?,
+            ttl,
+        } => claim(conn, destination, holder, *limit, now, *ttl)?,
         ForwardCommand::Finish {
             id,
             destination,
@@ -232,21 +228,23 @@ pub fn execute(
              WHERE destination = ?1 AND claimed_by = ?2 AND state = 'pending'",
             [destination, holder],
         )? > 0)),
-        ForwardCommand::Retry(ids) => ForwardDone::Changed(each(
+        ForwardCommand::Retry(ids) => ForwardDone::Changed(operate(
             conn,
             ids,
             "UPDATE forward_deliveries SET state = 'pending', attempts = 0,
                  first_attempt_at = NULL, next_attempt_at = ?2, claimed_by = NULL,
                  claimed_until = NULL
-             WHERE id = ?1 AND state IN ('pending', 'parked')",
+             WHERE id = ?1 AND (state = 'parked' OR (state = 'pending'
+                   AND (claimed_until IS NULL OR claimed_until <= ?2)))",
             &now_text,
         )?),
-        ForwardCommand::Skip(ids) => ForwardDone::Changed(each(
+        ForwardCommand::Skip(ids) => ForwardDone::Changed(operate(
             conn,
             ids,
-            "UPDATE forward_deliveries SET state = 'skipped', claimed_by = NULL,
+            "UPDATE forward_deliveries SET state = 'skipped', head = 0, claimed_by = NULL,
                  claimed_until = NULL, last_error = coalesce(last_error, 'skipped at ' || ?2)
-             WHERE id = ?1 AND state IN ('pending', 'parked')",
+             WHERE id = ?1 AND (state = 'parked' OR (state = 'pending'
+                   AND (claimed_until IS NULL OR claimed_until <= ?2)))",
             &now_text,
         )?),
         ForwardCommand::Enable(destination) => ForwardDone::Done(Ok(conn.execute(
@@ -254,18 +252,44 @@ pub fn execute(
              WHERE name = ?1",
             [destination],
         )? == 1)),
+        ForwardCommand::Forget(destination) => {
+            conn.execute(
+                "DELETE FROM forward_deliveries WHERE destination = ?1",
+                [destination],
+            )?;
+            ForwardDone::Done(Ok(conn.execute(
+                "DELETE FROM forward_destinations WHERE name = ?1",
+                [destination],
+            )? == 1))
+        }
         ForwardCommand::Replay { destination, from } => {
-            if let FeedPosition::After(cursor) = from {
-                return Ok(ForwardDone::Done(Err(format!(
+            let newest = newest_event(conn)?;
+            let refused = match from {
+                FeedPosition::After(cursor) => Some(format!(
                     "{cursor} is a PostgreSQL cursor; this database is SQLite, whose cursors \
                      are event ids"
-                ))));
+                )),
+                FeedPosition::AfterEvent(id) if *id > newest => Some(format!(
+                    "{id} is past the end of the feed (the newest event is {newest}): \
+                     nothing would be sent until the feed got there"
+                )),
+                _ => None,
+            };
+            if let Some(reason) = refused {
+                return Ok(ForwardDone::Done(Err(reason)));
             }
             ForwardDone::Done(Ok(conn.execute(
                 "UPDATE forward_destinations SET feed_cursor = ?1 WHERE name = ?2",
                 params![from.to_string(), destination],
             )? == 1))
         }
+    })
+}
+
+/// The newest event's id (0 when there is none): the end of the feed.
+fn newest_event(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM item_events", [], |r| {
+        r.get(0)
     })
 }
 
@@ -279,16 +303,98 @@ fn cursor_of(conn: &Connection, destination: &str) -> rusqlite::Result<Option<St
     .optional()
 }
 
-/// Runs `sql` (`?1` the id, `?2` now) for each of `ids`; the ids it changed.
-fn each(conn: &Connection, ids: &[i64], sql: &str, now: &str) -> rusqlite::Result<Vec<i64>> {
-    let mut statement = conn.prepare_cached(sql)?;
+/// An item's head delivery to a destination: its id, event id and state, and whether it is
+/// claimed at `now`.
+type Head = (i64, i64, String, bool);
+
+/// Adds `delivery` to `destination`'s outbox as its item's head if the item has no open
+/// delivery, or if it is an earlier change than a head not being sent (PostgreSQL's feed can
+/// list an item's later change first; the claim holds that one back until the earlier one is
+/// enqueued, so it is never being sent then); else behind the head.
+fn enqueue(
+    conn: &Connection,
+    destination: &str,
+    delivery: &NewDelivery,
+    now: &str,
+) -> rusqlite::Result<()> {
+    let head: Option<Head> = conn
+        .prepare_cached(
+            "SELECT id, event_id, state, coalesce(claimed_until > ?3, 0)
+             FROM forward_deliveries
+             WHERE destination = ?1 AND item_uuid = ?2 AND head = 1
+               AND state IN ('pending', 'parked')",
+        )?
+        .query_row(params![destination, delivery.item, now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let is_head = match head {
+        None => true,
+        Some((id, event_id, state, claimed)) => {
+            let overtakes = event_id > delivery.event_id && state == PENDING && !claimed;
+            if overtakes {
+                conn.prepare_cached("UPDATE forward_deliveries SET head = 0 WHERE id = ?1")?
+                    .execute([id])?;
+            }
+            overtakes
+        }
+    };
+    conn.prepare_cached(
+        "INSERT INTO forward_deliveries (destination, event_id, item_uuid, cursor, new_status,
+             body, state, head, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?8)",
+    )?
+    .execute(params![
+        destination,
+        delivery.event_id,
+        delivery.item,
+        delivery.cursor,
+        delivery.new_status,
+        delivery.body,
+        is_head,
+        now
+    ])?;
+    Ok(())
+}
+
+/// Makes the earliest open delivery of `item` to `destination` its head, when it has none
+/// (its head was delivered or skipped).
+fn promote(conn: &Connection, destination: &str, item: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE forward_deliveries SET head = 1
+         WHERE id = (SELECT id FROM forward_deliveries
+                     WHERE destination = ?1 AND item_uuid = ?2
+                       AND state IN ('pending', 'parked')
+                     ORDER BY event_id, id LIMIT 1)
+           AND NOT EXISTS (SELECT 1 FROM forward_deliveries
+                           WHERE destination = ?1 AND item_uuid = ?2 AND head = 1
+                             AND state IN ('pending', 'parked'))",
+    )?
+    .execute(params![destination, item])?;
+    Ok(())
+}
+
+/// Runs the operator's `sql` (`?1` the id, `?2` now) on each of `ids`, keeping each item's
+/// head; the ids it changed.
+fn operate(conn: &Connection, ids: &[i64], sql: &str, now: &str) -> rusqlite::Result<Vec<i64>> {
     let mut changed = Vec::new();
     for id in ids {
-        if statement.execute(params![id, now])? == 1 {
+        let Some((destination, item)) = delivery_item(conn, *id)? else {
+            continue;
+        };
+        if conn.prepare_cached(sql)?.execute(params![id, now])? == 1 {
+            promote(conn, &destination, &item)?;
             changed.push(*id);
         }
     }
     Ok(changed)
+}
+
+/// The destination and item of the delivery `id`.
+fn delivery_item(conn: &Connection, id: i64) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached("SELECT destination, item_uuid FROM forward_deliveries WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
 }
 
 /// [`ForwardCommand::Claim`].
@@ -297,8 +403,8 @@ fn claim(
     destination: &str,
     holder: &str,
     limit: usize,
-    now: &str,
-    until: &DateTime<Utc>,
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
 ) -> rusqlite::Result<ForwardDone> {
     let disabled: Option<bool> = conn
         .query_row(
@@ -313,19 +419,17 @@ fn claim(
             deliveries: Vec::new(),
         });
     }
+    let now_text = to_db_text(now);
     let mut due = conn.prepare_cached(
-        "SELECT d.id, d.event_id, d.item_uuid, d.body, d.attempts, d.first_attempt_at
-         FROM forward_deliveries d
-         WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2
-           AND (d.claimed_until IS NULL OR d.claimed_until <= ?2)
-           AND NOT EXISTS (SELECT 1 FROM forward_deliveries e
-                           WHERE e.destination = d.destination AND e.item_uuid = d.item_uuid
-                             AND e.id < d.id AND e.state IN ('pending', 'parked'))
-         ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+        "SELECT id, event_id, item_uuid, body, attempts, first_attempt_at
+         FROM forward_deliveries
+         WHERE destination = ?1 AND head = 1 AND state = 'pending' AND next_attempt_at <= ?2
+           AND (claimed_until IS NULL OR claimed_until <= ?2)
+         ORDER BY next_attempt_at, id LIMIT ?3",
     )?;
     let deliveries = due
         .query_map(
-            params![destination, now, limit.min(i64::MAX as usize) as i64],
+            params![destination, now_text, limit.min(i64::MAX as usize) as i64],
             |r| {
                 let first: Option<String> = r.get(5)?;
                 Ok(Claimed {
@@ -342,7 +446,7 @@ fn claim(
     let mut take = conn.prepare_cached(
         "UPDATE forward_deliveries SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
     )?;
-    let until = to_db_text(*until);
+    let until = to_db_text(crate::clock::later(now, ttl));
     for delivery in &deliveries {
         take.execute(params![delivery.id, holder, until])?;
     }
@@ -352,7 +456,8 @@ fn claim(
     })
 }
 
-/// [`ForwardCommand::Finish`]: a 2xx counts whoever holds the claim now (it was delivered);
+/// [`ForwardCommand::Finish`]: a 2xx counts whoever holds the claim now (it was delivered,
+/// and `webhook-id` lets the receiver drop a copy another instance may still be sending);
 /// a failure only while `holder` still holds it (else another instance took it over and its
 /// record wins).
 fn finish(
@@ -365,15 +470,25 @@ fn finish(
     now: &str,
 ) -> rusqlite::Result<bool> {
     let changed = match result {
-        Finish::Delivered { status } => conn
-            .prepare_cached(
-                "UPDATE forward_deliveries SET state = 'delivered', delivered_at = ?3,
-                     attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, ?4),
-                     last_attempt_at = ?4, last_status = ?2, last_error = NULL,
-                     claimed_by = NULL, claimed_until = NULL
-                 WHERE id = ?1 AND state = 'pending'",
-            )?
-            .execute(params![id, status, now, attempted_at])?,
+        Finish::Delivered { status } => {
+            let Some((_, item)) = delivery_item(conn, id)? else {
+                return Ok(false);
+            };
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE forward_deliveries SET state = 'delivered', head = 0,
+                         delivered_at = ?3, attempts = attempts + 1,
+                         first_attempt_at = coalesce(first_attempt_at, ?4),
+                         last_attempt_at = ?4, last_status = ?2, last_error = NULL,
+                         claimed_by = NULL, claimed_until = NULL
+                     WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, status, now, attempted_at])?;
+            if changed == 1 {
+                promote(conn, destination, &item)?;
+            }
+            changed
+        }
         Finish::Retry { status, error, at } => failed(
             conn,
             "pending",
@@ -468,6 +583,20 @@ pub struct DestinationRow {
     pub parked: i64,
     /// When the oldest undelivered one was enqueued.
     pub oldest_undelivered_at: Option<String>,
+    /// When the oldest change not yet enqueued (after `feed_cursor`) arrived: a feeder that
+    /// cannot go on shows here.
+    pub oldest_unfed_at: Option<String>,
+}
+
+impl DestinationRow {
+    /// Since when the destination has been missing a change: the older of the oldest
+    /// undelivered delivery and the oldest change not yet enqueued.
+    pub fn waiting_since(&self) -> Option<&str> {
+        match (&self.oldest_undelivered_at, &self.oldest_unfed_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.as_deref().or(b.as_deref()),
+        }
+    }
 }
 
 /// The SQL condition of [`DeliveryFilter::failed`], shared by both engines.
@@ -525,8 +654,12 @@ pub fn destinations(conn: &Connection) -> rusqlite::Result<Vec<DestinationRow>> 
                  WHERE destination = f.name AND state IN ('pending', 'parked')),
                 (SELECT count(*) FROM forward_deliveries
                  WHERE destination = f.name AND state = 'parked'),
-                (SELECT min(created_at) FROM forward_deliveries
-                 WHERE destination = f.name AND state IN ('pending', 'parked'))
+                (SELECT created_at FROM forward_deliveries
+                 WHERE destination = f.name AND state IN ('pending', 'parked')
+                 ORDER BY id LIMIT 1),
+                (SELECT received_at FROM item_events
+                 WHERE id > CAST(f.feed_cursor AS INTEGER) AND outcome = 'applied'
+                 ORDER BY id LIMIT 1)
          FROM forward_destinations f ORDER BY f.name",
     )?;
     let rows = statement.query_map([], |r| {
@@ -538,6 +671,7 @@ pub fn destinations(conn: &Connection) -> rusqlite::Result<Vec<DestinationRow>> 
             undelivered: r.get(4)?,
             parked: r.get(5)?,
             oldest_undelivered_at: r.get(6)?,
+            oldest_unfed_at: r.get(7)?,
         })
     })?;
     rows.collect()

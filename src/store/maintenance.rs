@@ -81,7 +81,8 @@ pub fn prune_step(
         batch: batch.clamp(1, i64::MAX as usize) as i64,
     };
     // `deletable` is only worked out for old events; an item's newest event and newest
-    // applied event are always kept.
+    // applied event are always kept, and so is an event a destination of signed webhooks out
+    // has not fed yet.
     let (events, next_event) = walk.run(
         conn,
         after.events,
@@ -93,6 +94,9 @@ pub fn prune_step(
                      WHEN e.id IS (SELECT max(a.id) FROM item_events a
                                    WHERE a.item_seq IS e.item_seq AND a.item_uuid = e.item_uuid
                                      AND a.outcome = 'applied')
+                       THEN 0
+                     WHEN e.id > (SELECT min(CAST(feed_cursor AS INTEGER))
+                                  FROM forward_destinations)
                        THEN 0
                      ELSE 1 END
          FROM item_events e WHERE e.id > ?1 ORDER BY e.id LIMIT ?3",

@@ -10,7 +10,7 @@ CREATE TABLE forward_destinations (
 );
 
 CREATE TABLE forward_deliveries (
-    id                INTEGER PRIMARY KEY,  -- delivery order within an item
+    id                INTEGER PRIMARY KEY,  -- enqueue order
     destination       TEXT NOT NULL,
     event_id          INTEGER NOT NULL,     -- item_events.id of the change (webhook-id)
     item_uuid         TEXT NOT NULL,
@@ -18,6 +18,7 @@ CREATE TABLE forward_deliveries (
     new_status        TEXT NOT NULL,
     body              TEXT NOT NULL,        -- the exact JSON posted on every attempt
     state             TEXT NOT NULL,        -- pending | delivered | parked | skipped
+    head              INTEGER NOT NULL DEFAULT 0, -- the item's next open delivery: the only one sent
     attempts          INTEGER NOT NULL DEFAULT 0,
     created_at        TEXT NOT NULL,
     first_attempt_at  TEXT,                 -- give_up_after counts from here
@@ -30,7 +31,12 @@ CREATE TABLE forward_deliveries (
     delivered_at      TEXT
 );
 
--- What to send next: a destination's pending deliveries by when they are due.
-CREATE INDEX forward_deliveries_due ON forward_deliveries (destination, state, next_attempt_at, id);
--- Per-item order: whether an earlier delivery of the same item is still undelivered.
-CREATE INDEX forward_deliveries_item ON forward_deliveries (destination, item_uuid, id);
+-- What to send next: a destination's sendable deliveries (each its item's head) by when due.
+CREATE INDEX forward_deliveries_due ON forward_deliveries (destination, next_attempt_at, id)
+    WHERE head = 1 AND state = 'pending';
+-- Per-item order: an item's open deliveries in the order of its changes (the next head).
+CREATE INDEX forward_deliveries_open ON forward_deliveries (destination, item_uuid, event_id, id)
+    WHERE state IN ('pending', 'parked');
+-- The backlog: a destination's open deliveries, oldest first (/metrics).
+CREATE INDEX forward_deliveries_backlog ON forward_deliveries (destination, id)
+    WHERE state IN ('pending', 'parked');

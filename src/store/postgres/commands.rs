@@ -177,10 +177,12 @@ pub async fn prune_step(
 ) -> Result<PruneStep> {
     let batch = batch.clamp(1, i64::MAX as usize) as i64;
     let stop = cutoff + COMMIT_LAG;
+    // An event a destination of signed webhooks out has not fed yet stays.
     let (events, next_event) = walk(
         tx,
         after.events,
-        "SELECT e.id, e.received_at,
+        concat!(
+            "SELECT e.id, e.received_at,
                 e.received_at < $2
                 AND e.id <> (SELECT max(l.id) FROM item_events l
                              WHERE l.item_seq IS NOT DISTINCT FROM e.item_seq
@@ -188,7 +190,11 @@ pub async fn prune_step(
                 AND e.id IS DISTINCT FROM (SELECT max(a.id) FROM item_events a
                              WHERE a.item_seq IS NOT DISTINCT FROM e.item_seq
                                AND a.item_uuid = e.item_uuid AND a.outcome = 'applied')
-         FROM item_events e WHERE e.id > $1 ORDER BY e.id LIMIT $3",
+                AND NOT EXISTS (SELECT 1 FROM forward_destinations f WHERE (e.tx, e.id) > ",
+            super::deliveries::cursor_of_f!(),
+            ")
+         FROM item_events e WHERE e.id > $1 ORDER BY e.id LIMIT $3"
+        ),
         "DELETE FROM item_events WHERE id = ANY($1)",
         (cutoff, stop, batch),
     )

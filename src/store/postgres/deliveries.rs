@@ -1,18 +1,31 @@
 //! The outbox of signed webhooks out on PostgreSQL: `store::deliveries` (SQLite) with the same
-//! commands, answers and rules; what differs is how several instances share it. Claims take
-//! rows with `FOR UPDATE SKIP LOCKED`, so two instances claiming at once take different
-//! deliveries, and a claim another instance holds is taken over only once `claimed_until` has
-//! passed (it died mid-send).
+//! commands, answers and rules (read its introduction first); what differs is how several
+//! instances share it, and the order of the feed.
+//!
+//! - **Claims** take rows with `FOR UPDATE SKIP LOCKED`, so two instances claiming at once take
+//!   different deliveries, and last until `claimed_until` on the database's clock (every
+//!   instance agrees on it); a claim is taken over only once it has passed (its instance died
+//!   mid-send).
+//! - **The feed is not in event order per item.** It is ordered by writing transaction, and
+//!   an item's earlier change can be written by a transaction that started later (it waited
+//!   for the order's lock), so it can come after the later change, even a page later. So a
+//!   head is claimed only once the destination's cursor has passed every earlier applied
+//!   event of its item: by then each was enqueued (and became the head before it) or left out
+//!   by the destination's filters.
+//! - **The destination's row is never waited for** inside a batch (it rides with webhooks):
+//!   enqueueing and disabling take it with `SKIP LOCKED`, and whoever finds it taken tries
+//!   again (the feeder at once, a 410 at the next attempt). Two batches locking destinations
+//!   in crossing order cannot deadlock.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio_postgres::{Client, Row};
 
 use super::super::deliveries::{
     Claimed, DeliveryFilter, DeliveryRow, DestinationRow, Finish, ForwardCommand, ForwardDone,
-    StartAt,
+    NewDelivery, StartAt,
 };
 use super::super::inspect::FeedPosition;
-use super::feed;
+use super::feed::FeedCursor;
 use super::session::Session;
 use crate::clock::to_db_text;
 
@@ -21,6 +34,16 @@ type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 fn ms(time: DateTime<Utc>) -> DateTime<Utc> {
     time.trunc_subsecs(3)
 }
+
+/// A stored `feed_cursor` (`0`, or `TX.ID`) as the `(tx, id)` pair SQL compares events with:
+/// the expression, for `f.feed_cursor` (`f` a `forward_destinations` row).
+macro_rules! cursor_of_f {
+    () => {
+        "((split_part(f.feed_cursor, '.', 1)::bigint)::text::xid8, \
+          coalesce(nullif(split_part(f.feed_cursor, '.', 2), '')::bigint, 0))"
+    };
+}
+pub(crate) use cursor_of_f;
 
 /// Runs `command` inside `tx` at `now`.
 pub async fn execute(
@@ -33,7 +56,10 @@ pub async fn execute(
         ForwardCommand::Register { destination, start } => {
             let start_cursor = match start {
                 StartAt::Beginning => "0".to_owned(),
-                StartAt::End => end_of_feed(tx).await?,
+                StartAt::End => end_of_feed(tx)
+                    .await?
+                    .map_or(FeedPosition::Start, FeedPosition::After)
+                    .to_string(),
             };
             tx.execute(
                 "INSERT INTO forward_destinations (name, feed_cursor) VALUES ($1, $2)
@@ -51,32 +77,18 @@ pub async fn execute(
             to,
             deliveries,
         } => {
-            // The row lock taken here makes a second instance's update of the same page wait,
-            // then find the cursor moved and enqueue nothing.
             let moved = tx
                 .execute(
                     "UPDATE forward_destinations SET feed_cursor = $1
-                     WHERE name = $2 AND feed_cursor = $3",
+                     WHERE name = $2 AND feed_cursor = $3
+                       AND name IN (SELECT name FROM forward_destinations WHERE name = $2
+                                    FOR UPDATE SKIP LOCKED)",
                     &[to, destination, expected],
                 )
                 .await?;
             if moved == 1 {
                 for delivery in deliveries {
-                    tx.execute(
-                        "INSERT INTO forward_deliveries (destination, event_id, item_uuid,
-                             cursor, new_status, body, state, created_at, next_attempt_at)
-                         VALUES ($1, $2, ($3::text)::uuid, $4, $5, $6, 'pending', $7, $7)",
-                        &[
-                            destination,
-                            &delivery.event_id,
-                            &delivery.item,
-                            &delivery.cursor,
-                            &delivery.new_status,
-                            &delivery.body,
-                            &now,
-                        ],
-                    )
-                    .await?;
+                    enqueue(tx, destination, delivery, now).await?;
                 }
             }
             ForwardDone::Enqueued {
@@ -90,8 +102,8 @@ pub async fn execute(
             destination,
             holder,
             limit,
-            until,
-        } => claim(tx, destination, holder, *limit, now, ms(*until)).await?,
+            ttl,
+        } => claim(tx, destination, holder, *limit, now, *ttl).await?,
         ForwardCommand::Finish {
             id,
             destination,
@@ -120,30 +132,33 @@ pub async fn execute(
             .await?
             > 0)),
         ForwardCommand::Retry(ids) => ForwardDone::Changed(
-            tx.query(
+            operate(
+                tx,
+                ids,
                 "UPDATE forward_deliveries SET state = 'pending', attempts = 0,
                      first_attempt_at = NULL, next_attempt_at = $2, claimed_by = NULL,
                      claimed_until = NULL
-                 WHERE id = ANY($1) AND state IN ('pending', 'parked') RETURNING id",
-                &[ids, &now],
+                 WHERE id = $1 AND (state = 'parked' OR (state = 'pending'
+                       AND (claimed_until IS NULL OR claimed_until <= clock_timestamp())))
+                 RETURNING destination, item_uuid::text",
+                now,
             )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect(),
+            .await?,
         ),
         ForwardCommand::Skip(ids) => ForwardDone::Changed(
-            tx.query(
-                "UPDATE forward_deliveries SET state = 'skipped', claimed_by = NULL,
-                     claimed_until = NULL,
-                     last_error = coalesce(last_error, 'skipped at ' || $2::text)
-                 WHERE id = ANY($1) AND state IN ('pending', 'parked') RETURNING id",
-                &[ids, &to_db_text(now)],
+            operate(
+                tx,
+                ids,
+                "UPDATE forward_deliveries SET state = 'skipped', head = false,
+                     claimed_by = NULL, claimed_until = NULL,
+                     last_error = coalesce(last_error, 'skipped at ' || to_char($2 AT TIME ZONE 'UTC',
+                                                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+                 WHERE id = $1 AND (state = 'parked' OR (state = 'pending'
+                       AND (claimed_until IS NULL OR claimed_until <= clock_timestamp())))
+                 RETURNING destination, item_uuid::text",
+                now,
             )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect(),
+            .await?,
         ),
         ForwardCommand::Enable(destination) => ForwardDone::Done(Ok(tx
             .execute(
@@ -153,60 +168,86 @@ pub async fn execute(
             )
             .await?
             == 1)),
-        ForwardCommand::Replay { destination, from } => {
-            // A plain event id is resolved to its place in the commit-ordered feed now, so the
-            // feed reader only ever meets cursors it can resume from.
-            let from = match from {
-                FeedPosition::AfterEvent(id) => match tx
-                    .query_opt(
-                        "SELECT (tx::text)::bigint FROM item_events WHERE id = $1",
-                        &[id],
-                    )
-                    .await?
-                {
-                    Some(row) => FeedPosition::After(feed::FeedCursor {
-                        tx: row.get(0),
-                        id: *id,
-                    }),
-                    None => {
-                        return Ok(ForwardDone::Done(Err(format!(
-                            "no event has id {id} (pruned, or never written): replay from a \
-                             cursor (TX.ID) instead"
-                        ))));
-                    }
-                },
-                other => *other,
-            };
+        ForwardCommand::Forget(destination) => {
+            tx.execute(
+                "DELETE FROM forward_deliveries WHERE destination = $1",
+                &[destination],
+            )
+            .await?;
             ForwardDone::Done(Ok(tx
+                .execute(
+                    "DELETE FROM forward_destinations WHERE name = $1",
+                    &[destination],
+                )
+                .await?
+                == 1))
+        }
+        ForwardCommand::Replay { destination, from } => match replay_from(tx, *from).await? {
+            Err(reason) => ForwardDone::Done(Err(reason)),
+            Ok(from) => ForwardDone::Done(Ok(tx
                 .execute(
                     "UPDATE forward_destinations SET feed_cursor = $1 WHERE name = $2",
                     &[&from.to_string(), destination],
                 )
                 .await?
-                == 1))
-        }
+                == 1)),
+        },
     })
 }
 
-/// The cursor after the newest event the feed can read now (below the oldest running
-/// transaction): where a destination with `start = "end"` begins.
-async fn end_of_feed(tx: &Session<'_>) -> Result<String> {
-    let row = tx
+/// Where a replay from `from` starts: a plain event id resolved to its place in the
+/// commit-ordered feed now (so the feeder only ever meets cursors it can resume from); a
+/// position past the newest event refused (nothing would be sent until the feed got there).
+async fn replay_from(
+    tx: &Session<'_>,
+    from: FeedPosition,
+) -> Result<std::result::Result<FeedPosition, String>> {
+    let cursor = match from {
+        FeedPosition::Start => return Ok(Ok(from)),
+        FeedPosition::After(cursor) => cursor,
+        FeedPosition::AfterEvent(id) => {
+            let row = tx
+                .query_opt(
+                    "SELECT (tx::text)::bigint FROM item_events WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            match row {
+                Some(row) => FeedCursor { tx: row.get(0), id },
+                None => {
+                    return Ok(Err(format!(
+                        "no event has id {id} (pruned, or never written): replay from a \
+                         cursor (TX.ID) instead"
+                    )));
+                }
+            }
+        }
+    };
+    match end_of_feed(tx).await? {
+        Some(end) if cursor <= end => Ok(Ok(FeedPosition::After(cursor))),
+        end => Ok(Err(format!(
+            "{cursor} is past the end of the feed (the newest change is at {}): nothing \
+             would be sent until the feed got there",
+            end.map_or("0".to_owned(), |end| end.to_string())
+        ))),
+    }
+}
+
+/// The newest position the feed can read now (below the oldest running transaction): where
+/// a destination with `start = "end"` begins; `None` with no event.
+async fn end_of_feed(tx: &Session<'_>) -> Result<Option<FeedCursor>> {
+    Ok(tx
         .query_opt(
             "SELECT (tx::text)::bigint, id FROM item_events
              WHERE outcome = 'applied' AND tx < pg_snapshot_xmin(pg_current_snapshot())
              ORDER BY tx DESC, id DESC LIMIT 1",
             &[],
         )
-        .await?;
-    Ok(row
-        .map_or(FeedPosition::Start, |row| {
-            FeedPosition::After(feed::FeedCursor {
-                tx: row.get(0),
-                id: row.get(1),
-            })
-        })
-        .to_string())
+        .await?
+        .map(|row| FeedCursor {
+            tx: row.get(0),
+            id: row.get(1),
+        }))
 }
 
 async fn cursor_of(tx: &Session<'_>, destination: &str) -> Result<Option<String>> {
@@ -219,14 +260,104 @@ async fn cursor_of(tx: &Session<'_>, destination: &str) -> Result<Option<String>
         .map(|row| row.get(0)))
 }
 
-/// [`ForwardCommand::Claim`].
+/// `store::deliveries::enqueue`: the item's head, or behind it.
+async fn enqueue(
+    tx: &Session<'_>,
+    destination: &str,
+    delivery: &NewDelivery,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let head = tx
+        .query_opt(
+            "SELECT id, event_id, state,
+                    coalesce(claimed_until > clock_timestamp(), false)
+             FROM forward_deliveries
+             WHERE destination = $1 AND item_uuid = ($2::text)::uuid AND head
+               AND state IN ('pending', 'parked')
+             FOR UPDATE",
+            &[&destination, &delivery.item],
+        )
+        .await?;
+    let is_head = match head {
+        None => true,
+        Some(row) => {
+            let (id, event_id, state, claimed): (i64, i64, String, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let overtakes = event_id > delivery.event_id && state == "pending" && !claimed;
+            if overtakes {
+                tx.execute(
+                    "UPDATE forward_deliveries SET head = false WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            }
+            overtakes
+        }
+    };
+    tx.execute(
+        "INSERT INTO forward_deliveries (destination, event_id, item_uuid, cursor, new_status,
+             body, state, head, created_at, next_attempt_at)
+         VALUES ($1, $2, ($3::text)::uuid, $4, $5, $6, 'pending', $7, $8, $8)",
+        &[
+            &destination,
+            &delivery.event_id,
+            &delivery.item,
+            &delivery.cursor,
+            &delivery.new_status,
+            &delivery.body,
+            &is_head,
+            &now,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `store::deliveries::promote`.
+async fn promote(tx: &Session<'_>, destination: &str, item: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE forward_deliveries SET head = true
+         WHERE id = (SELECT id FROM forward_deliveries
+                     WHERE destination = $1 AND item_uuid = ($2::text)::uuid
+                       AND state IN ('pending', 'parked')
+                     ORDER BY event_id, id LIMIT 1)
+           AND NOT EXISTS (SELECT 1 FROM forward_deliveries
+                           WHERE destination = $1 AND item_uuid = ($2::text)::uuid AND head
+                             AND state IN ('pending', 'parked'))",
+        &[&destination, &item],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `store::deliveries::operate`: `sql` (`$1` the id, `$2` now, returning the destination and
+/// item) on each of `ids`.
+async fn operate(
+    tx: &Session<'_>,
+    ids: &[i64],
+    sql: &'static str,
+    now: DateTime<Utc>,
+) -> Result<Vec<i64>> {
+    let mut changed = Vec::new();
+    for id in ids {
+        if let Some(row) = tx.query_opt(sql, &[id, &now]).await? {
+            let (destination, item): (String, String) = (row.get(0), row.get(1));
+            promote(tx, &destination, &item).await?;
+            changed.push(*id);
+        }
+    }
+    Ok(changed)
+}
+
+/// [`ForwardCommand::Claim`]: heads due, not claimed, and whose item has no earlier applied
+/// event the destination's cursor has not passed yet (see the introduction).
 async fn claim(
     tx: &Session<'_>,
     destination: &str,
     holder: &str,
     limit: usize,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
+    ttl: chrono::Duration,
 ) -> Result<ForwardDone> {
     let disabled: Option<bool> = tx
         .query_opt(
@@ -242,22 +373,32 @@ async fn claim(
         });
     }
     let limit = limit.min(i64::MAX as usize) as i64;
+    let ttl_ms = ttl.num_milliseconds() as f64;
     let rows = tx
         .query(
-            "UPDATE forward_deliveries SET claimed_by = $2, claimed_until = $4
-             WHERE id IN (
-                 SELECT d.id FROM forward_deliveries d
-                 WHERE d.destination = $1 AND d.state = 'pending' AND d.next_attempt_at <= $3
-                   AND (d.claimed_until IS NULL OR d.claimed_until <= $3)
-                   AND NOT EXISTS (SELECT 1 FROM forward_deliveries e
-                                   WHERE e.destination = d.destination
-                                     AND e.item_uuid = d.item_uuid AND e.id < d.id
-                                     AND e.state IN ('pending', 'parked'))
-                 ORDER BY d.next_attempt_at, d.id LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING id, event_id, item_uuid::text, body, attempts, first_attempt_at,
-                       next_attempt_at",
-            &[&destination, &holder, &now, &until, &limit],
+            concat!(
+                "UPDATE forward_deliveries
+                 SET claimed_by = $2,
+                     claimed_until = clock_timestamp() + $4::float8 * interval '1 millisecond'
+                 WHERE id IN (
+                     SELECT d.id FROM forward_deliveries d
+                     WHERE d.destination = $1 AND d.head AND d.state = 'pending'
+                       AND d.next_attempt_at <= $3
+                       AND (d.claimed_until IS NULL OR d.claimed_until <= clock_timestamp())
+                       AND NOT EXISTS (
+                           SELECT 1 FROM forward_destinations f, order_items i, item_events p
+                           WHERE f.name = d.destination AND i.item_uuid = d.item_uuid
+                             AND p.item_seq IS NOT DISTINCT FROM i.seq
+                             AND p.item_uuid = i.item_uuid AND p.outcome = 'applied'
+                             AND p.id < d.event_id AND (p.tx, p.id) > ",
+                cursor_of_f!(),
+                ")
+                     ORDER BY d.next_attempt_at, d.id LIMIT $5
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id, event_id, item_uuid::text, body, attempts, first_attempt_at,
+                           next_attempt_at"
+            ),
+            &[&destination, &holder, &now, &ttl_ms, &limit],
         )
         .await?;
     let mut deliveries: Vec<(DateTime<Utc>, Claimed)> = rows
@@ -297,15 +438,25 @@ async fn finish(
     let status = |status: &Option<u16>| status.map(i32::from);
     let changed = match result {
         Finish::Delivered { status } => {
-            tx.execute(
-                "UPDATE forward_deliveries SET state = 'delivered', delivered_at = $3,
-                     attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, $4),
-                     last_attempt_at = $4, last_status = $2, last_error = NULL,
-                     claimed_by = NULL, claimed_until = NULL
-                 WHERE id = $1 AND state = 'pending'",
-                &[&id, &i32::from(*status), &now, &attempted_at],
-            )
-            .await?
+            let delivered = tx
+                .query_opt(
+                    "UPDATE forward_deliveries SET state = 'delivered', head = false,
+                         delivered_at = $3, attempts = attempts + 1,
+                         first_attempt_at = coalesce(first_attempt_at, $4),
+                         last_attempt_at = $4, last_status = $2, last_error = NULL,
+                         claimed_by = NULL, claimed_until = NULL
+                     WHERE id = $1 AND state = 'pending'
+                     RETURNING item_uuid::text",
+                    &[&id, &i32::from(*status), &now, &attempted_at],
+                )
+                .await?;
+            match delivered {
+                Some(row) => {
+                    promote(tx, destination, row.get(0)).await?;
+                    1
+                }
+                None => 0,
+            }
         }
         Finish::Retry {
             status: code,
@@ -341,7 +492,9 @@ async fn finish(
         } => {
             tx.execute(
                 "UPDATE forward_destinations SET disabled_at = $2, disabled_reason = $3
-                 WHERE name = $1 AND disabled_at IS NULL",
+                 WHERE name = $1 AND disabled_at IS NULL
+                   AND name IN (SELECT name FROM forward_destinations WHERE name = $1
+                                FOR UPDATE SKIP LOCKED)",
                 &[&destination, &now, &format!("{code} Gone: {error}")],
             )
             .await?;
@@ -401,14 +554,21 @@ fn delivery_row(r: &Row) -> DeliveryRow {
 pub async fn destinations(client: &Client) -> Result<Vec<DestinationRow>> {
     let rows = client
         .query(
-            "SELECT f.name, f.feed_cursor, f.disabled_at, f.disabled_reason,
-                    (SELECT count(*) FROM forward_deliveries
-                     WHERE destination = f.name AND state IN ('pending', 'parked')),
-                    (SELECT count(*) FROM forward_deliveries
-                     WHERE destination = f.name AND state = 'parked'),
-                    (SELECT min(created_at) FROM forward_deliveries
-                     WHERE destination = f.name AND state IN ('pending', 'parked'))
-             FROM forward_destinations f ORDER BY f.name",
+            concat!(
+                "SELECT f.name, f.feed_cursor, f.disabled_at, f.disabled_reason,
+                        (SELECT count(*) FROM forward_deliveries
+                         WHERE destination = f.name AND state IN ('pending', 'parked')),
+                        (SELECT count(*) FROM forward_deliveries
+                         WHERE destination = f.name AND state = 'parked'),
+                        (SELECT created_at FROM forward_deliveries
+                         WHERE destination = f.name AND state IN ('pending', 'parked')
+                         ORDER BY id LIMIT 1),
+                        (SELECT e.received_at FROM item_events e
+                         WHERE e.outcome = 'applied' AND (e.tx, e.id) > ",
+                cursor_of_f!(),
+                "        ORDER BY e.tx, e.id LIMIT 1)
+                 FROM forward_destinations f ORDER BY f.name"
+            ),
             &[],
         )
         .await?;
@@ -422,6 +582,7 @@ pub async fn destinations(client: &Client) -> Result<Vec<DestinationRow>> {
             undelivered: r.get(4),
             parked: r.get(5),
             oldest_undelivered_at: r.get::<_, Option<DateTime<Utc>>>(6).map(to_db_text),
+            oldest_unfed_at: r.get::<_, Option<DateTime<Utc>>>(7).map(to_db_text),
         })
         .collect())
 }

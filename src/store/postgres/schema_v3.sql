@@ -13,7 +13,7 @@ CREATE TABLE forward_destinations (
 );
 
 CREATE TABLE forward_deliveries (
-    id                bigserial PRIMARY KEY, -- delivery order within an item
+    id                bigserial PRIMARY KEY, -- enqueue order
     destination       text NOT NULL,
     event_id          bigint NOT NULL,       -- item_events.id of the change (webhook-id)
     item_uuid         uuid NOT NULL,
@@ -21,6 +21,7 @@ CREATE TABLE forward_deliveries (
     new_status        text NOT NULL,
     body              text NOT NULL,         -- the exact JSON posted on every attempt
     state             text NOT NULL,         -- pending | delivered | parked | skipped
+    head              boolean NOT NULL DEFAULT false, -- the item's next open delivery: the only one sent
     attempts          integer NOT NULL DEFAULT 0,
     created_at        timestamptz NOT NULL,
     first_attempt_at  timestamptz,           -- give_up_after counts from here
@@ -33,7 +34,12 @@ CREATE TABLE forward_deliveries (
     delivered_at      timestamptz
 );
 
--- What to send next: a destination's pending deliveries by when they are due.
-CREATE INDEX forward_deliveries_due ON forward_deliveries (destination, state, next_attempt_at, id);
--- Per-item order: whether an earlier delivery of the same item is still undelivered.
-CREATE INDEX forward_deliveries_item ON forward_deliveries (destination, item_uuid, id);
+-- What to send next: a destination's sendable deliveries (each its item's head) by when due.
+CREATE INDEX forward_deliveries_due ON forward_deliveries (destination, next_attempt_at, id)
+    WHERE head AND state = 'pending';
+-- Per-item order: an item's open deliveries in the order of its changes (the next head).
+CREATE INDEX forward_deliveries_open ON forward_deliveries (destination, item_uuid, event_id, id)
+    WHERE state IN ('pending', 'parked');
+-- The backlog: a destination's open deliveries, oldest first (/metrics).
+CREATE INDEX forward_deliveries_backlog ON forward_deliveries (destination, id)
+    WHERE state IN ('pending', 'parked');

@@ -5,8 +5,10 @@
 //! proxy that resets a share of connections, and records what it saw.
 //!
 //! It also checks the delivery guarantees as requests arrive: per item, a change arrives only
-//! after every earlier change of the item was acknowledged with a 2xx ([`Hooks::order_violations`]),
-//! and no message is being received twice at the same moment ([`Hooks::overlaps`]).
+//! after every earlier change of the item was acknowledged with a 2xx, and never after a later
+//! one was ([`Hooks::order_violations`]); and no message is being received twice at the same
+//! moment ([`Hooks::overlaps`]; a request whose sender went away mid-answer counts as over
+//! then).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -203,13 +205,18 @@ impl Hooks {
         if let Some(sequence) = sequences.get(item) {
             let position = sequence.iter().position(|s| s == status);
             let acknowledged = log.acknowledged.get(item).cloned().unwrap_or_default();
-            let earlier_missing = match position {
-                Some(position) => sequence[..position]
-                    .iter()
-                    .any(|earlier| !acknowledged.contains(earlier)),
+            let out_of_order = match position {
+                Some(position) => {
+                    sequence[..position]
+                        .iter()
+                        .any(|earlier| !acknowledged.contains(earlier))
+                        || sequence[position + 1..]
+                            .iter()
+                            .any(|later| acknowledged.contains(later))
+                }
                 None => true,
             };
-            if earlier_missing {
+            if out_of_order {
                 log.order_violations.push(format!(
                     "{item} {status} arrived with only {acknowledged:?} acknowledged"
                 ));
@@ -217,11 +224,15 @@ impl Hooks {
         }
     }
 
-    fn answered(&self, received: Received, item: &str, status: &str) {
-        let mut log = self.log.lock().unwrap();
-        if let Some(count) = log.in_flight.get_mut(&received.id) {
+    /// The request `id` is no longer being handled.
+    fn leave(&self, id: &str) {
+        if let Some(count) = self.log.lock().unwrap().in_flight.get_mut(id) {
             *count -= 1;
         }
+    }
+
+    fn answered(&self, received: Received, item: &str, status: &str) {
+        let mut log = self.log.lock().unwrap();
         if (200..300).contains(&received.status) {
             let statuses = log.acknowledged.entry(item.to_owned()).or_default();
             if !statuses.iter().any(|s| s == status) {
@@ -249,6 +260,11 @@ async fn receive(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes) ->
         .unwrap_or_default()
         .to_owned();
     hooks.arrive(&id, &item, &status);
+    // Leaves when the handler ends or is dropped (its sender went away mid-answer).
+    let _in_flight = InFlight {
+        hooks: hooks.clone(),
+        id: id.clone(),
+    };
     let (code, delay) = hooks.next_answer();
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -268,6 +284,18 @@ async fn receive(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes) ->
         [("connection", "close")],
     )
         .into_response()
+}
+
+/// A request being handled, until dropped.
+struct InFlight {
+    hooks: Hooks,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.hooks.leave(&self.id);
+    }
 }
 
 /// A TCP proxy on `127.0.0.1:0` in front of `upstream` that resets `share` of the
