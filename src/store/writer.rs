@@ -131,7 +131,8 @@ pub struct Health {
     batches_with_failures: AtomicU64,
     /// Batches that committed every job so far (a "not ready" found before one is stale).
     batches_without_failures: AtomicU64,
-    /// Counts committed batches: the partner API's long-polls wait on it for new changes.
+    /// Counts committed batches that stored observations: the partner API's long-polls and
+    /// the feeders of signed webhooks out wait on it for new changes.
     commits: tokio::sync::watch::Sender<u64>,
 }
 
@@ -186,15 +187,19 @@ impl Health {
         self.batches_without_failures.load(Ordering::Relaxed)
     }
 
-    /// Changes each time a batch of this instance's writer commits (other instances' commits
-    /// are not seen here).
+    /// Changes each time a batch of this instance's writer that stored observations (webhooks,
+    /// polls) commits: what may have added to the change feed. Other instances' commits are
+    /// not seen here, and neither are batches of other work (claims and records of signed
+    /// webhooks out, heartbeats), so the feed's readers are not woken by their own writes.
     pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.commits.subscribe()
     }
 
     /// Notes how a batch went; batches holding only heartbeats say nothing about real work.
     fn batch_done(&self, batch: &[Job], results: &Result<Vec<JobResult>, WriteError>) {
-        if results.is_ok() {
+        let observed =
+            |job: &Job| matches!(job.command, Command::Apply(_) | Command::RecordPoll(_));
+        if results.is_ok() && batch.iter().any(observed) {
             self.commits.send_modify(|n| *n += 1);
         }
         let any_failure = match results {

@@ -177,19 +177,28 @@ pub async fn prune_step(
 ) -> Result<PruneStep> {
     let batch = batch.clamp(1, i64::MAX as usize) as i64;
     let stop = cutoff + COMMIT_LAG;
-    // An event a destination of signed webhooks out has not fed yet stays.
+    // An event a destination of signed webhooks out has not fed yet stays. An item's events
+    // are found with `item_seq =` (indexed), events without one by a second lookup (see
+    // `feed.rs`).
     let (events, next_event) = walk(
         tx,
         after.events,
         concat!(
             "SELECT e.id, e.received_at,
                 e.received_at < $2
-                AND e.id <> (SELECT max(l.id) FROM item_events l
-                             WHERE l.item_seq IS NOT DISTINCT FROM e.item_seq
-                               AND l.item_uuid = e.item_uuid)
-                AND e.id IS DISTINCT FROM (SELECT max(a.id) FROM item_events a
-                             WHERE a.item_seq IS NOT DISTINCT FROM e.item_seq
-                               AND a.item_uuid = e.item_uuid AND a.outcome = 'applied')
+                AND e.id <> coalesce(
+                        (SELECT max(l.id) FROM item_events l
+                         WHERE l.item_seq = e.item_seq AND l.item_uuid = e.item_uuid),
+                        (SELECT max(l.id) FROM item_events l
+                         WHERE e.item_seq IS NULL AND l.item_seq IS NULL
+                           AND l.item_uuid = e.item_uuid))
+                AND e.id IS DISTINCT FROM coalesce(
+                        (SELECT max(a.id) FROM item_events a
+                         WHERE a.item_seq = e.item_seq AND a.item_uuid = e.item_uuid
+                           AND a.outcome = 'applied'),
+                        (SELECT max(a.id) FROM item_events a
+                         WHERE e.item_seq IS NULL AND a.item_seq IS NULL
+                           AND a.item_uuid = e.item_uuid AND a.outcome = 'applied'))
                 AND NOT EXISTS (SELECT 1 FROM forward_destinations f WHERE (e.tx, e.id) > ",
             super::deliveries::cursor_of_f!(),
             ")

@@ -388,7 +388,7 @@ async fn claim(
                        AND NOT EXISTS (
                            SELECT 1 FROM forward_destinations f, order_items i, item_events p
                            WHERE f.name = d.destination AND i.item_uuid = d.item_uuid
-                             AND p.item_seq IS NOT DISTINCT FROM i.seq
+                             AND p.item_seq = i.seq
                              AND p.item_uuid = i.item_uuid AND p.outcome = 'applied'
                              AND p.id < d.event_id AND (p.tx, p.id) > ",
                 cursor_of_f!(),

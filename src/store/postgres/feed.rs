@@ -9,6 +9,11 @@
 //! never has to go back. A long transaction anywhere in the cluster pauses the feed; it loses
 //! nothing. (Two transactions' `tx` order is their start order, not their commit order, which
 //! is why the whole prefix below the oldest running one is waited for.)
+//!
+//! An item's previous status is found through `item_events (item_seq, id)` with `=`, never
+//! `IS NOT DISTINCT FROM`, which no index serves (it made each change's lookup a scan of
+//! every older event); events without an arrival number (only ever inserted by hand) are
+//! matched by a second lookup that runs for them alone.
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,10 +78,15 @@ pub async fn changes(
     let rows = client
         .query(
             "SELECT (e.tx::text)::bigint, e.id, e.item_uuid::text, e.order_uuid::text,
-                    (SELECT p.status FROM item_events p
-                     WHERE p.item_seq IS NOT DISTINCT FROM e.item_seq
-                       AND p.item_uuid = e.item_uuid AND p.id < e.id AND p.outcome = 'applied'
-                     ORDER BY p.id DESC LIMIT 1),
+                    coalesce(
+                        (SELECT p.status FROM item_events p
+                         WHERE p.item_seq = e.item_seq
+                           AND p.item_uuid = e.item_uuid AND p.id < e.id AND p.outcome = 'applied'
+                         ORDER BY p.id DESC LIMIT 1),
+                        (SELECT p.status FROM item_events p
+                         WHERE e.item_seq IS NULL AND p.item_seq IS NULL
+                           AND p.item_uuid = e.item_uuid AND p.id < e.id AND p.outcome = 'applied'
+                         ORDER BY p.id DESC LIMIT 1)),
                     e.status, e.item_version, e.source, e.as_of, e.received_at
              FROM item_events e
              WHERE e.outcome = 'applied'
