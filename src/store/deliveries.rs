@@ -654,9 +654,8 @@ pub fn destinations(conn: &Connection) -> rusqlite::Result<Vec<DestinationRow>> 
                  WHERE destination = f.name AND state IN ('pending', 'parked')),
                 (SELECT count(*) FROM forward_deliveries
                  WHERE destination = f.name AND state = 'parked'),
-                (SELECT created_at FROM forward_deliveries
-                 WHERE destination = f.name AND state IN ('pending', 'parked')
-                 ORDER BY id LIMIT 1),
+                (SELECT min(created_at) FROM forward_deliveries
+                 WHERE destination = f.name AND state IN ('pending', 'parked')),
                 (SELECT received_at FROM item_events
                  WHERE id > CAST(f.feed_cursor AS INTEGER) AND outcome = 'applied'
                  ORDER BY id LIMIT 1)

@@ -37,6 +37,3 @@ CREATE INDEX forward_deliveries_due ON forward_deliveries (destination, next_att
 -- Per-item order: an item's open deliveries in the order of its changes (the next head).
 CREATE INDEX forward_deliveries_open ON forward_deliveries (destination, item_uuid, event_id, id)
     WHERE state IN ('pending', 'parked');
--- The backlog: a destination's open deliveries, oldest first (/metrics).
-CREATE INDEX forward_deliveries_backlog ON forward_deliveries (destination, id)
-    WHERE state IN ('pending', 'parked');

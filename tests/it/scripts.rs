@@ -112,7 +112,8 @@ fn write_executable(path: &Path, text: &str) {
 
 /// The scripts and, for each, the path-valued argument of its first binary call that must lie
 /// under the target folder too (its data), if any.
-const SCRIPTS: [(&str, Option<&str>); 4] = [
+const SCRIPTS: [(&str, Option<&str>); 5] = [
+    ("bench-forward", None),
     ("bench-ingest", None),
     ("bench-reconcile", Some("--data-dir")),
     ("bench-startup", Some("--db")),

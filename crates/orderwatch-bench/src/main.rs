@@ -9,11 +9,14 @@
 //! - `prepare`, `reconcile`: a database with P pending orders and F final items, and timed
 //!   reconciler passes against a built-in fake Musement API with a fixed latency;
 //! - `startup`: time from process start to `/readyz` answering 200;
+//! - `forward`: signed webhooks out (`[[forward]]`): a receiver standing in for a partner, a
+//!   plain client posting to it (the baseline), and the lag from webhook to delivery;
 //! - `free-port`, `wait-ready`, `result-field`: small helpers for the `scripts/bench-*` drivers.
 //!
 //! Everything talks to loopback addresses only.
 
 mod fake_api;
+mod forward;
 mod ingest;
 mod load;
 mod postgres;
@@ -56,6 +59,9 @@ enum Command {
     /// Commit batches of webhooks through the store's own batch path, no HTTP and no queue
     /// (the storage limit the HTTP run is compared with).
     StoreAlone(store_alone::StoreAloneArgs),
+    /// Signed webhooks out (`[[forward]]`): a no-op receiver, the baseline client, the lag
+    /// from webhook to delivery, and their report.
+    Forward(forward::ForwardArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
     /// Wait until a loopback URL answers 200 (exit 1 on timeout).
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
         Command::Reconcile(args) => reconcile::run(args),
         Command::Startup(args) => startup::run(args),
         Command::StoreAlone(args) => store_alone::run(args),
+        Command::Forward(args) => forward::run(args),
         Command::FreePort => util::free_port().map(|port| {
             println!("{port}");
             ExitCode::SUCCESS

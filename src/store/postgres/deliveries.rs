@@ -560,9 +560,8 @@ pub async fn destinations(client: &Client) -> Result<Vec<DestinationRow>> {
                          WHERE destination = f.name AND state IN ('pending', 'parked')),
                         (SELECT count(*) FROM forward_deliveries
                          WHERE destination = f.name AND state = 'parked'),
-                        (SELECT created_at FROM forward_deliveries
-                         WHERE destination = f.name AND state IN ('pending', 'parked')
-                         ORDER BY id LIMIT 1),
+                        (SELECT min(created_at) FROM forward_deliveries
+                         WHERE destination = f.name AND state IN ('pending', 'parked')),
                         (SELECT e.received_at FROM item_events e
                          WHERE e.outcome = 'applied' AND (e.tx, e.id) > ",
                 cursor_of_f!(),
