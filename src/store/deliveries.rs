@@ -165,6 +165,11 @@ pub fn execute(
     let now_text = to_db_text(now);
     Ok(match command {
         ForwardCommand::Register { destination, start } => {
+            // Registered already (every start, and the feeder's look every few seconds): its
+            // cursor, without working out where a new one would start.
+            if let Some(cursor) = cursor_of(conn, destination)? {
+                return Ok(ForwardDone::Registered { cursor });
+            }
             let start_cursor = match start {
                 StartAt::Beginning => "0".to_owned(),
                 StartAt::End => newest_event(conn)?.to_string(),

@@ -54,6 +54,11 @@ pub async fn execute(
     let now = ms(now);
     Ok(match command {
         ForwardCommand::Register { destination, start } => {
+            // Registered already (every start, and the feeder's look every few seconds): its
+            // cursor, without working out where a new one would start.
+            if let Some(cursor) = cursor_of(tx, destination).await? {
+                return Ok(ForwardDone::Registered { cursor });
+            }
             let start_cursor = match start {
                 StartAt::Beginning => "0".to_owned(),
                 StartAt::End => end_of_feed(tx)
