@@ -12,19 +12,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use orderwatch::forward::attempt::{Attempt, Sender, destination_url};
 use orderwatch::forward::message;
 use orderwatch::forward::signature::SigningSecret;
 use orderwatch::store::inspect::Change;
 
-/// A secret as the specification writes it, `n` bytes of `byte`.
-fn secret(byte: u8, n: usize) -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(vec![byte; n])
-    )
-}
+use crate::helpers::hooks::secret;
 
 /// What the receiver answers, one per request in order (200 once they run out).
 #[derive(Clone)]
